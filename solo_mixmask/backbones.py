@@ -1,0 +1,62 @@
+"""Backbones by name, through timm (torchvision's ResNet names are the same as timm's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from solo_mixmask.config import suggest
+from solo_mixmask.errors import ConfigError
+
+
+def build_backbone(
+    name: str, kwargs: dict[str, Any] | None = None, cifar_stem: bool = False
+) -> tuple[nn.Module, int]:
+    """A feature extractor with its classifier removed, and its feature width.
+
+    Args:
+        name: a timm model name (``resnet18``, ``resnet50``, ``resnet18d`` ...).
+        kwargs: extra constructor arguments, e.g. ``{"channels": [32, 64, 128, 256]}`` for a
+            half-width ResNet-18 (timm's ResNet takes ``channels`` and ``stem_width``).
+        cifar_stem: replace the 7x7 stride-2 conv + max-pool stem by a 3x3 stride-1 conv and no
+            pool, as solo-learn does for 32-pixel images.
+
+    Returns:
+        ``(module, features_dim)``: ``module(x)`` maps ``(B, 3, H, W)`` to ``(B, features_dim)``.
+    """
+    if not timm.is_model(name):
+        names = timm.list_models()
+        raise ConfigError(
+            "backbone.name", name, f"a timm/torchvision model name{suggest(name, names)}"
+        )
+    kwargs = dict(kwargs or {})
+    for key in ("channels",):
+        if key in kwargs and kwargs[key] is not None:
+            kwargs[key] = tuple(kwargs[key])
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except TypeError as err:
+        raise ConfigError(
+            "backbone.kwargs", kwargs, f"arguments accepted by timm's {name}: {err}"
+        ) from err
+    if cifar_stem:
+        conv1 = getattr(model, "conv1", None)
+        if not isinstance(conv1, nn.Conv2d):
+            raise ConfigError(
+                "backbone.cifar_stem", True, f"false for {name} (no plain conv1 stem to replace)"
+            )
+        model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=False)
+        if hasattr(model, "maxpool"):
+            model.maxpool = nn.Identity()
+    return model, int(model.num_features)
+
+
+@torch.no_grad()
+def momentum_copy(online: nn.Module, momentum: nn.Module) -> None:
+    """Initialise ``momentum`` as a copy of ``online`` and freeze it (no gradients)."""
+    momentum.load_state_dict(online.state_dict())
+    for p in momentum.parameters():
+        p.requires_grad = False

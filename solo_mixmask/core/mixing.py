@@ -1,0 +1,182 @@
+"""Mixing a batch with its partners: MixMask (masked filling) and Un-Mix (mixup / CutMix).
+
+``partner[j]`` is the index of the image that fills the masked part of image j; the mixed batch
+is ``x_mix[j] = M[j] * x[j] + (1 - M[j]) * x[partner[j]]`` and lambda[j] is the share of x[j].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from solo_mixmask.core.masks import mask_lambdas
+
+__all__ = [
+    "UnmixParams",
+    "inverse_permutation",
+    "mix_with_masks",
+    "random_partner",
+    "reversed_partner",
+    "sample_unmix_params",
+    "unmix",
+]
+
+UNMIX_KINDS = ("mixup", "cutmix")
+
+
+def reversed_partner(n: int, device=None) -> torch.Tensor:
+    """The seed's partner: the batch reversed, ``[n-1, ..., 0]`` (long, (n,))."""
+    if n < 1:
+        raise ValueError(f"n={n!r} is not allowed: expected an integer >= 1")
+    return torch.arange(n - 1, -1, -1, device=device)
+
+
+def random_partner(n: int, *, generator: torch.Generator, device=None) -> torch.Tensor:
+    """A uniformly random permutation of ``range(n)`` (long, (n,)), drawn with ``generator``."""
+    if n < 1:
+        raise ValueError(f"n={n!r} is not allowed: expected an integer >= 1")
+    device = generator.device if device is None else device
+    return torch.randperm(n, generator=generator, device=device)
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inv`` with ``inv[perm[j]] = j`` (long, same shape and device as the 1-D ``perm``)."""
+    if perm.dim() != 1:
+        raise ValueError(f"perm.shape={tuple(perm.shape)} is not allowed: expected (n,)")
+    ids = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
+    return torch.empty_like(perm).scatter_(0, perm, ids)
+
+
+def _check_partner(partner: torch.Tensor, n: int) -> None:
+    if partner.dim() != 1 or partner.shape[0] != n:
+        raise ValueError(
+            f"partner.shape={tuple(partner.shape)} is not allowed: expected ({n},) for a batch "
+            f"of {n}"
+        )
+
+
+def mix_with_masks(
+    x: torch.Tensor, masks: torch.Tensor, partner: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixMask filling: ``x_mix = M * x + (1 - M) * x[partner]``.
+
+    x: (n, C, H, W), any float dtype; masks: (n or 1, 1, H, W) with 1 = keep x (cast to x's
+    dtype); partner: long (n,). Returns ``x_mix`` (n, C, H, W) in x's dtype and lambda,
+    float32 (n,), the mean of each sample's mask.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x.shape={tuple(x.shape)} is not allowed: expected (n, C, H, W)")
+    n, _, height, width = x.shape
+    if (
+        masks.dim() != 4
+        or masks.shape[0] not in (1, n)
+        or masks.shape[1] != 1
+        or tuple(masks.shape[2:]) != (height, width)
+    ):
+        raise ValueError(
+            f"masks.shape={tuple(masks.shape)} is not allowed: expected ({n} or 1, 1, "
+            f"{height}, {width}) for x of shape {tuple(x.shape)}"
+        )
+    _check_partner(partner, n)
+    m = masks.to(dtype=x.dtype, device=x.device)
+    x_mix = m * x + (1 - m) * x[partner]
+    lam = mask_lambdas(masks).to(x.device).expand(n).contiguous()
+    return x_mix, lam
+
+
+@dataclass(frozen=True)
+class UnmixParams:
+    """One Un-Mix draw for a batch: ``kind`` 'mixup' or 'cutmix', lambda (share of x), and for
+    CutMix the pasted box ``(y0, y1, x0, x1)`` in pixels (half-open), else None."""
+
+    kind: str
+    lam: float
+    box: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in UNMIX_KINDS:
+            raise ValueError(f"kind={self.kind!r} is not allowed: expected one of {UNMIX_KINDS}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam={self.lam!r} is not allowed: expected a float in [0, 1]")
+        if (self.kind == "cutmix") != (self.box is not None):
+            raise ValueError(
+                f"box={self.box!r} is not allowed for kind={self.kind!r}: expected a box "
+                "(y0, y1, x0, x1) for 'cutmix' and None for 'mixup'"
+            )
+        if self.box is not None:
+            y0, y1, x0, x1 = self.box
+            if not (0 <= y0 <= y1 and 0 <= x0 <= x1):
+                raise ValueError(
+                    f"box={self.box!r} is not allowed: expected 0 <= y0 <= y1 and 0 <= x0 <= x1"
+                )
+
+
+def sample_unmix_params(
+    alpha: float, prob: float, height: int, width: int, *, generator: torch.Generator
+) -> UnmixParams:
+    """Draw one Un-Mix operation for a batch of (height, width) images, on the host.
+
+    lambda ~ Beta(alpha, alpha); with probability ``prob`` global mixup, otherwise CutMix with a
+    box of sides ``round(sqrt(1 - lambda) * H)`` x ``round(sqrt(1 - lambda) * W)``, integer centre
+    uniform over the image, clipped to it; CutMix's lambda is then ``1 - box_area / (H * W)``.
+    Reproducible from the CPU ``generator``: one int64 seed is drawn from it and feeds a NumPy
+    ``default_rng`` (exact Beta sampling). No device tensor is touched.
+    """
+    if not float(alpha) > 0.0:
+        raise ValueError(f"alpha={alpha!r} is not allowed: expected a float > 0")
+    if not 0.0 <= float(prob) <= 1.0:
+        raise ValueError(f"prob={prob!r} is not allowed: expected a float in [0, 1]")
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"(height, width)=({height!r}, {width!r}) is not allowed: expected positive integers"
+        )
+    if generator.device.type != "cpu":
+        raise ValueError(
+            f"generator on {str(generator.device)!r} is not allowed: expected a CPU generator"
+        )
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    rng = np.random.default_rng(seed)
+    lam = float(rng.beta(alpha, alpha))
+    if float(rng.random()) < prob:
+        return UnmixParams(kind="mixup", lam=lam)
+    side = math.sqrt(1.0 - lam)
+    cut_h, cut_w = round(side * height), round(side * width)
+    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+    y0, x0 = cy - cut_h // 2, cx - cut_w // 2
+    y0c, y1c = min(max(y0, 0), height), min(max(y0 + cut_h, 0), height)
+    x0c, x1c = min(max(x0, 0), width), min(max(x0 + cut_w, 0), width)
+    area = (y1c - y0c) * (x1c - x0c)
+    return UnmixParams(kind="cutmix", lam=1.0 - area / (height * width), box=(y0c, y1c, x0c, x1c))
+
+
+def unmix(
+    x: torch.Tensor, partner: torch.Tensor, params: UnmixParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply one Un-Mix draw to x (n, C, H, W) with partner (n,).
+
+    mixup: ``lam * x + (1 - lam) * x[partner]``; cutmix: a copy of x with ``params.box`` pasted
+    from ``x[partner]``, lambda being the kept share ``1 - box_area / (H * W)`` (equal to
+    ``params.lam`` when the params were drawn for this H, W). Returns x_mix in x's dtype and
+    lambda, float32 (n,) on x's device.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x.shape={tuple(x.shape)} is not allowed: expected (n, C, H, W)")
+    n, _, height, width = x.shape
+    _check_partner(partner, n)
+    if params.kind == "mixup":
+        lam = params.lam
+        x_mix = lam * x + (1.0 - lam) * x[partner]
+    else:
+        y0, y1, x0, x1 = params.box
+        if y1 > height or x1 > width:
+            raise ValueError(
+                f"box={params.box!r} is not allowed for images of {height}x{width}: expected "
+                f"y1 <= {height} and x1 <= {width}"
+            )
+        x_mix = x.clone()
+        x_mix[:, :, y0:y1, x0:x1] = x[partner, :, y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+    return x_mix, torch.full((n,), lam, dtype=torch.float32, device=x.device)

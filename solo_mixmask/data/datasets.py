@@ -1,0 +1,510 @@
+"""Datasets: Fashion-MNIST (idx files), torchvision CIFAR/STL-10 and robust ImageFolder trees.
+
+Every dataset returned by :func:`build_dataset` yields ``(transform(image), target)`` where
+``image`` is a PIL image in mode ``'RGB'`` (grayscale, palette, 16-bit, CMYK and alpha images
+are converted first) and ``target`` is an ``int`` class index, or ``-1`` for unlabeled images.
+
+Where the data is looked for (``data.train_path`` for ``split='train'``, ``data.val_path``
+for ``split='val'``):
+
+- ``fashion_mnist``: the idx ``.gz`` (or uncompressed) files in the given folder (directly or
+  under ``FashionMNIST/raw``), then ``/usr/share/datasets/fashion-mnist`` (Debian package
+  ``dataset-fashion-mnist``), then torchvision's ``FashionMNIST`` in the cache folder.
+- ``cifar10``, ``cifar100``, ``stl10``: torchvision datasets rooted at the given folder, or at
+  the cache folder ``$SOLO_MIXMASK_DATA/<dataset>`` (default ``~/.cache/solo_mixmask/<dataset>``).
+  They are downloaded only when ``data.download`` is true.
+- ``imagenet``, ``imagenet100``, ``custom``: an ImageFolder tree (one sub-folder per class), or
+  with ``data.no_labels`` any folder of images (searched recursively, targets ``-1``).
+
+STL-10 choice: ``split='train'`` (pretraining) uses torchvision's ``'train+unlabeled'``
+(105,000 images; the 100,000 unlabeled ones have target -1), while ``split='train_labeled'``
+uses the 5,000 labeled training images (what the k-NN monitor needs). For every other dataset
+``'train_labeled'`` is the same as ``'train'``.
+
+Unreadable images in ImageFolder trees (truncated, zero bytes, not an image) are found when they
+are first read: with ``data.strict`` false the file is skipped with one warning per file and the
+next readable sample is returned instead; with ``data.strict`` true a :class:`DataError`
+naming the file is raised. ``data.scan_images: true`` decodes every file once at build time
+(see :func:`scan_image_folder`) and leaves the bad ones out from the start.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch.utils.data import Dataset
+
+from solo_mixmask.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+DATASET_NUM_CLASSES: dict[str, int] = {
+    "fashion_mnist": 10,
+    "cifar10": 10,
+    "cifar100": 100,
+    "stl10": 10,
+    "imagenet": 1000,
+    "imagenet100": 100,
+}
+TORCHVISION_DATASETS = ("cifar10", "cifar100", "stl10")
+IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet100", "custom")
+KNOWN_DATASETS = ("fashion_mnist", *TORCHVISION_DATASETS, *IMAGE_FOLDER_DATASETS)
+SPLITS = ("train", "train_labeled", "val")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_STATS = {
+    # Fashion-MNIST train set, pixels in [0, 1]: mean 0.2860, std 0.3530 (grayscale, x3).
+    "fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+class BadImageWarning(UserWarning):
+    """An image file could not be decoded and was skipped."""
+
+
+# --------------------------------------------------------------------------- config helpers
+
+
+def cfg_value(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    """``cfg.<key>`` (dotted) or ``default`` when the key is absent or null."""
+    value = OmegaConf.select(cfg, key, default=default)
+    return default if value is None else value
+
+
+def dataset_name(cfg: DictConfig) -> str:
+    """``cfg.data.dataset``, checked against the known names (ConfigError otherwise)."""
+    name = cfg_value(cfg, "data.dataset")
+    if name not in KNOWN_DATASETS:
+        raise ConfigError("data.dataset", name, f"one of {list(KNOWN_DATASETS)}")
+    return name
+
+
+def _check_format(cfg: DictConfig) -> None:
+    fmt = cfg_value(cfg, "data.format", "image_folder")
+    if fmt != "image_folder":
+        raise ConfigError("data.format", fmt, "'image_folder' (the only format this loader reads)")
+
+
+def default_root(dataset: str) -> Path:
+    """Cache folder of a torchvision dataset: ``$SOLO_MIXMASK_DATA/<dataset>`` when that
+    variable is set, else ``~/.cache/solo_mixmask/<dataset>``."""
+    base = os.environ.get("SOLO_MIXMASK_DATA")
+    base_path = Path(base) if base else Path.home() / ".cache" / "solo_mixmask"
+    return base_path / dataset
+
+
+def default_stats(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of pixels in [0, 1], 3 channels each.
+
+    Fashion-MNIST and CIFAR-10/100 use their own training-set statistics (Fashion-MNIST's
+    grayscale values repeated for the 3 channels); every other dataset uses ImageNet's.
+    """
+    return _STATS.get(dataset, _IMAGENET_STATS)
+
+
+# --------------------------------------------------------------------------- small wrappers
+
+
+class ToRGB:
+    """Convert a PIL image to mode ``'RGB'`` (see :func:`to_rgb`) and apply ``transform``."""
+
+    def __init__(self, transform: Callable | None):
+        self.transform = transform
+
+    def __call__(self, img: Image.Image) -> Any:
+        img = to_rgb(img)
+        return img if self.transform is None else self.transform(img)
+
+    def __repr__(self) -> str:
+        return f"ToRGB({self.transform!r})"
+
+
+class ArrayImageDataset(Dataset):
+    """Grayscale images held in memory: ``images`` uint8 (N, H, W), ``labels`` int (N,).
+
+    Item ``i`` is ``(transform(PIL RGB image), int label)``.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None):
+        assert images.ndim == 3 and images.dtype == np.uint8, images.shape
+        assert len(images) == len(labels)
+        self.images, self.labels = images, labels
+        self.targets = [int(t) for t in labels]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img = Image.fromarray(self.images[index], mode="L").convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an idx file (``.gz`` or plain) into a numpy array of the shape in its header.
+
+    Header: two zero bytes, a dtype code (0x08 = uint8), the number of dimensions, then
+    each dimension as a big-endian uint32. Raises DataError for a malformed file.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read idx file {path}: {err}") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an idx file (bad magic number {raw[:4]!r})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: header says {dims} ({expected} bytes) but holds "
+                        f"{len(raw) - header} bytes of data")
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return data.astype(dtype.newbyteorder("="))  # native byte order, writable copy
+
+
+_FMNIST_STEMS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find_idx_file(folder: Path, stem: str) -> Path | None:
+    for sub in (folder, folder / "FashionMNIST" / "raw"):
+        for name in (stem + ".gz", stem):
+            if (sub / name).is_file():
+                return sub / name
+    return None
+
+
+def _find_fashion_mnist(folder: Path, split: str) -> tuple[Path, Path] | None:
+    images, labels = (_find_idx_file(folder, s) for s in _FMNIST_STEMS[split])
+    return (images, labels) if images is not None and labels is not None else None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_fashion_mnist_files(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8 or labels.shape != (len(images),):
+        raise DataError(f"{images_path} / {labels_path}: expected uint8 images (N, H, W) and "
+                        f"N labels, got {images.shape} {images.dtype} and {labels.shape}")
+    return images, labels.astype(np.int64)
+
+
+def _fashion_mnist(cfg: DictConfig, split: str, transform: Callable | None) -> Dataset:
+    split = "val" if split == "val" else "train"
+    keys = ["data.val_path", "data.train_path"] if split == "val" else ["data.train_path"]
+    folders = [Path(cfg_value(cfg, k)) for k in keys if cfg_value(cfg, k)]
+    for folder in [*folders, FASHION_MNIST_SYSTEM_DIR]:
+        found = _find_fashion_mnist(folder, split)
+        if found is None and folder in folders:
+            log.info("no Fashion-MNIST %s idx files in %s; trying the next location", split, folder)
+        if found is not None:
+            images, labels = _load_fashion_mnist_files(str(found[0]), str(found[1]))
+            return ArrayImageDataset(images, labels, transform)
+    root = folders[0] if folders else default_root("fashion_mnist")
+    download = bool(cfg_value(cfg, "data.download", False))
+    if not download:
+        searched = ", ".join(str(f) for f in [*folders, FASHION_MNIST_SYSTEM_DIR])
+        raise DataError(
+            f"Fashion-MNIST ({split}) idx files not found (searched {searched}): install the "
+            "Debian package dataset-fashion-mnist or set data.download=true")
+    import torchvision
+
+    try:
+        tv = torchvision.datasets.FashionMNIST(str(root), train=split == "train", download=True)
+    except (RuntimeError, OSError) as err:
+        raise DataError(f"Fashion-MNIST download into {root} failed: {err}") from err
+    return ArrayImageDataset(tv.data.numpy(), tv.targets.numpy(), transform)
+
+
+# --------------------------------------------------------------------------- torchvision sets
+
+
+def _torchvision_dataset(cfg: DictConfig, name: str, split: str, transform: Callable | None):
+    import torchvision
+
+    key = "data.val_path" if split == "val" else "data.train_path"
+    given = cfg_value(cfg, key) or (cfg_value(cfg, "data.train_path") if split == "val" else None)
+    root = Path(given) if given else default_root(name)
+    download = bool(cfg_value(cfg, "data.download", False))
+    wrapped = ToRGB(transform)
+    try:
+        if name == "stl10":
+            tv_split = {"train": "train+unlabeled", "train_labeled": "train", "val": "test"}[split]
+            return torchvision.datasets.STL10(str(root), split=tv_split, download=download,
+                                              transform=wrapped)
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        return cls(str(root), train=split != "val", download=download, transform=wrapped)
+    except (RuntimeError, OSError) as err:
+        hint = ("set data.download=true to download it" if not download
+                else "the download failed; fetch it by hand into that folder")
+        raise DataError(f"data.dataset={name!r}: not found under {key}={str(root)!r} ({err}); "
+                        f"{hint}, or point {key} at a folder that holds it") from err
+
+
+# --------------------------------------------------------------------------- image decoding
+
+
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Return a new ``'RGB'`` copy of ``img`` whatever its mode.
+
+    - alpha (RGBA, LA, PA, palette or RGB with a transparency entry): composited on white;
+    - 16-bit / 32-bit integer ('I;16*', 'I'): values in [0, 65535] scaled by 255/65535 and
+      rounded (so 65535 -> 255 and 32896 -> 128), never clipped at 255;
+    - float ('F'): values taken as [0, 1] when max <= 1, else as [0, 255]; clipped;
+    - everything else (L, 1, P, CMYK, YCbCr, ...): Pillow's own conversion.
+    """
+    mode = img.mode
+    if mode.startswith("I"):
+        arr = np.asarray(img).astype(np.float64)
+        arr8 = np.rint(np.clip(arr, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
+        arr8 = np.rint(np.clip(np.nan_to_num(arr) * scale, 0, 255)).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image_rgb(path: str | Path) -> Image.Image:
+    """Fully decode the image file at ``path`` and return it as a PIL ``'RGB'`` image.
+
+    Raises DataError naming the file when it cannot be decoded (zero bytes, truncated,
+    corrupt, not an image).
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
+        raise DataError(f"cannot decode image file {str(path)!r}: "
+                        f"{type(err).__name__}: {err}") from err
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def list_image_files(root: str | Path) -> list[str]:
+    """All files under ``root`` (recursive, hidden entries skipped) whose extension is an
+    image extension (case-insensitive), sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+        for name in filenames:
+            if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(os.path.join(dirpath, name))
+    return sorted(found)
+
+
+def scan_image_folder(root: str | Path) -> tuple[list[str], list[str]]:
+    """Decode every image file under ``root`` once: returns ``(good_paths, bad_paths)``, sorted.
+
+    Costs one full decode per file; meant for small folders, tests and ``data.scan_images``.
+    """
+    good, bad = [], []
+    for path in list_image_files(root):
+        try:
+            load_image_rgb(path)
+        except DataError:
+            bad.append(path)
+        else:
+            good.append(path)
+    return good, bad
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+
+class ImageFolderDataset(Dataset):
+    """Images listed in ``samples`` (path, target), decoded robustly when read.
+
+    Item ``i`` is ``(transform(RGB image), target)``. When the file of sample ``i`` cannot be
+    decoded: with ``strict`` a DataError naming it is raised; otherwise the path is added to
+    ``bad_files`` (once, with one :class:`BadImageWarning`) and the next decodable sample
+    (``i+1``, ``i+2``, ... wrapping around) is returned instead, so the result is deterministic.
+    ``bad_files`` only lists what this process has read: DataLoader workers hold their own.
+    """
+
+    def __init__(self, root: str | Path, samples: Sequence[tuple[str, int]],
+                 classes: Sequence[str], transform: Callable | None, strict: bool = False):
+        self.root = str(root)
+        self.samples = list(samples)
+        self.targets = [t for _, t in self.samples]
+        self.classes = list(classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.transform = transform
+        self.strict = strict
+        self.bad_files: list[str] = []
+        self._bad: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _mark_bad(self, path: str, err: DataError) -> None:
+        if path not in self._bad:
+            self._bad.add(path)
+            self.bad_files.append(path)
+            warnings.warn(f"skipping unreadable image {path!r} ({err.__cause__ or err}); "
+                          "set data.strict=true to stop instead", BadImageWarning, stacklevel=3)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        n = len(self.samples)
+        for offset in range(n):
+            path, target = self.samples[(index + offset) % n]
+            if path in self._bad:
+                continue
+            try:
+                img = load_image_rgb(path)
+            except DataError as err:
+                if self.strict:
+                    raise
+                self._mark_bad(path, err)
+                continue
+            if self.transform is not None:
+                img = self.transform(img)
+            return img, target
+        raise DataError(f"no image under {self.root!r} can be decoded "
+                        f"({len(self.bad_files)} bad files)")
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name))
+
+
+def _image_folder(cfg: DictConfig, split: str, transform: Callable | None) -> Dataset:
+    key = "data.val_path" if split == "val" else "data.train_path"
+    given = cfg_value(cfg, key)
+    if not given:
+        raise DataError(f"{key} is not set: data.dataset={cfg_value(cfg, 'data.dataset')!r} "
+                        "reads an image folder tree, give its path")
+    root = Path(given).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{key}={str(root)!r} is not an existing folder")
+    no_labels = bool(cfg_value(cfg, "data.no_labels", False))
+    if no_labels:
+        classes: list[str] = []
+        samples = [(p, -1) for p in list_image_files(root)]
+    else:
+        classes = _class_folders(root)
+        if not classes:
+            raise DataError(f"{key}={str(root)!r} has no class sub-folders; for a flat folder "
+                            "of unlabeled images set data.no_labels=true")
+        samples = [(p, i) for i, c in enumerate(classes) for p in list_image_files(root / c)]
+    if not samples:
+        raise DataError(f"{key}={str(root)!r} holds no image files "
+                        f"(extensions {', '.join(IMAGE_EXTENSIONS)})")
+    strict = bool(cfg_value(cfg, "data.strict", False))
+    if bool(cfg_value(cfg, "data.scan_images", False)):
+        samples = _drop_bad_samples(samples, strict)
+        if not samples:
+            raise DataError(f"{key}={str(root)!r}: none of its image files can be decoded")
+    return ImageFolderDataset(root, samples, classes, transform, strict=strict)
+
+
+def _drop_bad_samples(samples: list[tuple[str, int]], strict: bool) -> list[tuple[str, int]]:
+    kept = []
+    for path, target in samples:
+        try:
+            load_image_rgb(path)
+        except DataError as err:
+            if strict:
+                raise
+            warnings.warn(f"skipping unreadable image {path!r} ({err.__cause__ or err})",
+                          BadImageWarning, stacklevel=3)
+            continue
+        kept.append((path, target))
+    return kept
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_dataset(cfg: DictConfig, split: str, transform: Callable | None) -> Dataset:
+    """Dataset of ``cfg.data.dataset`` for ``split`` in ('train', 'train_labeled', 'val').
+
+    Items are ``(transform(PIL RGB image), int target)`` (target -1 when unlabeled).
+    Raises ConfigError for an unknown dataset / split / format, DataError when the data
+    cannot be found or is empty.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not allowed: expected one of {list(SPLITS)}")
+    name = dataset_name(cfg)
+    _check_format(cfg)
+    if name == "fashion_mnist":
+        return _fashion_mnist(cfg, split, transform)
+    if name in TORCHVISION_DATASETS:
+        return _torchvision_dataset(cfg, name, split, transform)
+    return _image_folder(cfg, split, transform)
+
+
+def num_classes(cfg: DictConfig) -> int:
+    """Number of classes of ``cfg.data.dataset``.
+
+    ``data.num_classes`` wins when set. ``custom`` counts the class sub-folders of
+    ``data.train_path``; with ``data.no_labels`` it is 1 (a placeholder so that an online
+    classifier can be built; every target is -1 and ignored).
+    """
+    explicit = cfg_value(cfg, "data.num_classes")
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1:
+            raise ConfigError("data.num_classes", explicit, "an int >= 1 or null")
+        return explicit
+    name = dataset_name(cfg)
+    if name in DATASET_NUM_CLASSES:
+        return DATASET_NUM_CLASSES[name]
+    if bool(cfg_value(cfg, "data.no_labels", False)):
+        return 1
+    root = cfg_value(cfg, "data.train_path")
+    if not root or not Path(root).is_dir():
+        raise DataError(f"data.train_path={root!r} is not an existing folder: cannot count the "
+                        "classes of data.dataset='custom'")
+    count = len(_class_folders(Path(root)))
+    if count == 0:
+        raise DataError(f"data.train_path={root!r} has no class sub-folders; for unlabeled "
+                        "images set data.no_labels=true")
+    return count
+
+
+def subset_indices(n: int, size: int | None, seed: int) -> list[int] | None:
+    """Sorted indices of a random subset of ``size`` out of ``n`` items, fixed by ``seed``
+    (None when ``size`` is None or covers everything)."""
+    if size is None or size >= n:
+        return None
+    gen = torch.Generator().manual_seed(int(seed))
+    return sorted(torch.randperm(n, generator=gen)[:size].tolist())

@@ -1,0 +1,133 @@
+"""DataLoaders for pretraining (multi-view batches) and for the k-NN monitor.
+
+Training batches follow solo-learn: ``[indexes (B,) int64, [view_1, ..., view_V], targets (B,)
+int64]`` with each view a float tensor (B, 3, crop, crop). Subsets (``data.train_subset``,
+``data.val_subset``, ``data.knn_train_subset``) are random but fixed by ``cfg.seed``: the same
+seed picks the same images (sorted by index).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from solo_mixmask.data.augmentations import build_eval_transform, build_pretrain_transform
+from solo_mixmask.data.datasets import build_dataset, cfg_value, subset_indices
+from solo_mixmask.data.datasets import num_classes as num_classes  # re-exported
+from solo_mixmask.errors import ConfigError, DataError
+
+DEFAULT_SEED = 5
+DEFAULT_KNN_TRAIN_SUBSET = 10_000
+
+
+class IndexedDataset(Dataset):
+    """Wraps a dataset so that item ``i`` is ``(i, *dataset[i])`` (solo-learn's indexes)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return (index, *self.dataset[index])
+
+
+def _seed(cfg: DictConfig) -> int:
+    seed = cfg_value(cfg, "seed", DEFAULT_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError("seed", seed, "an int")
+    return seed
+
+
+def _num_workers(cfg: DictConfig) -> int:
+    workers = cfg_value(cfg, "data.num_workers", 2)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError("data.num_workers", workers, "an int >= 0")
+    return workers
+
+
+def _batch_size(cfg: DictConfig) -> int:
+    batch = cfg_value(cfg, "optimizer.batch_size")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 2:
+        raise ConfigError("optimizer.batch_size", batch, "an int >= 2 (each image is mixed "
+                          "with a partner from the same per-device batch)")
+    return batch
+
+
+def _subset(dataset: Dataset, cfg: DictConfig, key: str, clamp: bool,
+            default: int | None = None) -> Dataset:
+    """``dataset`` restricted to ``cfg.<key>`` random images (``default`` when the key is
+    absent; all of them when null). A size above the dataset's length is a ConfigError unless
+    ``clamp`` (then: everything).
+    """
+    size = OmegaConf.select(cfg, key, default=default)
+    n = len(dataset)  # type: ignore[arg-type]
+    if size is None:
+        return dataset
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or (size > n and not clamp):
+        raise ConfigError(key, size, f"null or an int in [1, {n}] (the split has {n} images)")
+    indices = subset_indices(n, size, _seed(cfg))
+    return dataset if indices is None else Subset(dataset, indices)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed Python's and numpy's RNGs in a worker from torch's per-worker seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def build_train_loader(cfg: DictConfig) -> DataLoader:
+    """Shuffled, drop-last loader of the pretraining views.
+
+    Yields ``[indexes (B,) int64, [V tensors (B, 3, H, W) float32], targets (B,) int64]`` with
+    B = optimizer.batch_size and V = sum of num_crops; indexes count within the (sub)set.
+    Raises ConfigError for batch_size < 2, DataError when the (sub)set is smaller than a batch.
+    """
+    batch = _batch_size(cfg)
+    workers = _num_workers(cfg)
+    dataset = build_dataset(cfg, "train", build_pretrain_transform(cfg))
+    dataset = _subset(dataset, cfg, "data.train_subset", clamp=False)
+    if len(dataset) < batch:  # type: ignore[arg-type]
+        raise DataError(f"the training set has {len(dataset)} images, fewer than one batch of "  # type: ignore[arg-type]
+                        f"optimizer.batch_size={batch}: lower the batch size or add images")
+    return DataLoader(
+        IndexedDataset(dataset), batch_size=batch, shuffle=True, drop_last=True,
+        num_workers=workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0, worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(_seed(cfg)),
+    )
+
+
+def _eval_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch, shuffle=False, drop_last=False,
+                      num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=_seed_worker)
+
+
+def build_knn_loaders(cfg: DictConfig) -> tuple[DataLoader, DataLoader]:
+    """(knn_train_loader, val_loader), both yielding ``(x (B, 3, crop, crop) float32,
+    y (B,) int64)`` with the eval transform, in a fixed order.
+
+    knn_train: ``data.knn_train_subset`` (default 10,000) clean images of the labeled training
+    split (all when null or larger than the split); val: ``data.val_subset`` images of the
+    val split (all when null). Batch size is optimizer.batch_size. Raises DataError when the
+    data has no labels.
+    """
+    if bool(cfg_value(cfg, "data.no_labels", False)):
+        raise DataError("the k-NN monitor needs labeled images but data.no_labels=true; "
+                        "disable the k-NN monitor for unlabeled data")
+    batch, workers = _batch_size(cfg), _num_workers(cfg)
+    transform = build_eval_transform(cfg)
+    train = build_dataset(cfg, "train_labeled", transform)
+    train = _subset(train, cfg, "data.knn_train_subset", clamp=True,
+                    default=DEFAULT_KNN_TRAIN_SUBSET)
+    val = build_dataset(cfg, "val", transform)
+    val = _subset(val, cfg, "data.val_subset", clamp=False)
+    return _eval_loader(train, batch, workers), _eval_loader(val, batch, workers)

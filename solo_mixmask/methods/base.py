@@ -1,0 +1,303 @@
+"""The standalone engine: ``BaseMethod`` and ``BaseMomentumMethod`` with solo-learn's contract.
+
+A method is ``cls(cfg)`` with one omegaconf config. Subclasses add their own config defaults and
+checks in ``add_and_assert_specific_cfg`` (chained to the parent), their parameter groups in
+``learnable_params``, their (online, momentum) module pairs in ``momentum_pairs``, and their
+self-supervised loss in ``training_step`` on top of the dict this base returns:
+
+``{"loss": online-classifier loss, "acc1", "acc5", "feats": [per view (B, D)], "logits": [...],
+  "momentum_feats": [...], plus whatever ``forward`` / ``momentum_forward`` add (e.g. "z")}``.
+
+Training batches are ``[indexes (B,), [view_1 (B,3,H,W), view_2, ...], targets (B,)]``; validation
+batches ``(x, y)``. With ``knn_eval.enabled`` validation takes two loaders: clean training images
+(dataloader 0, the k-NN memory) and the validation split (dataloader 1).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from solo_mixmask.backbones import build_backbone, momentum_copy
+from solo_mixmask.config import (
+    BASE_DEFAULTS,
+    crop_size,
+    fill_defaults,
+    select,
+    to_container,
+    validate_base,
+)
+from solo_mixmask.errors import ConfigError
+from solo_mixmask.eval.knn import knn_accuracy
+from solo_mixmask.utils.momentum import cosine_tau, ema_update
+
+
+def _num_classes(cfg: DictConfig) -> int:
+    value = select(cfg, "data.num_classes")
+    if value is None:
+        from solo_mixmask.data.datasets import DATASET_NUM_CLASSES
+
+        value = DATASET_NUM_CLASSES.get(cfg.data.dataset)
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            "data.num_classes", value, "an integer >= 1 (required for custom datasets)"
+        )
+    return value
+
+
+def _masked_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k accuracy (fraction) over labelled samples (target >= 0), without a host sync."""
+    labelled = targets >= 0
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    hit = (top == targets.unsqueeze(1)).any(dim=1) & labelled
+    return hit.sum() / labelled.sum().clamp(min=1)
+
+
+class BaseMethod(L.LightningModule):
+    """Backbone + online linear classifier + k-NN monitor + optimiser/schedule from the config."""
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__()
+        cfg = self.add_and_assert_specific_cfg(cfg)
+        self.cfg = cfg
+        self.save_hyperparameters({"cfg": to_container(cfg)})
+        cifar_stem = select(cfg, "backbone.cifar_stem")
+        if cifar_stem is None:
+            cifar_stem = crop_size(cfg) <= 64
+        self.backbone, self.features_dim = build_backbone(
+            cfg.backbone.name, select(cfg, "backbone.kwargs", {}), bool(cifar_stem)
+        )
+        self.channels_last = bool(cfg.performance.channels_last)
+        if self.channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.num_classes = _num_classes(cfg)
+        self.classifier = nn.Linear(self.features_dim, self.num_classes)
+        self.knn_enabled = bool(cfg.knn_eval.enabled)
+        # Which views of a training batch go through the online network (None = all).
+        self.online_views: list[int] | None = None
+        self._val_store: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {0: [], 1: []}
+
+    # ------------------------------------------------------------------ config
+    @staticmethod
+    def add_and_assert_specific_cfg(cfg: DictConfig) -> DictConfig:
+        """Fill the engine's defaults and check the keys shared by every method."""
+        fill_defaults(cfg, BASE_DEFAULTS)
+        validate_base(cfg)
+        return cfg
+
+    # --------------------------------------------------------------- parameters
+    @property
+    def learnable_params(self) -> list[dict[str, Any]]:
+        """Parameter groups: ``{"name", "params", optional "lr", "weight_decay", "static_lr"}``."""
+        return [
+            {"name": "backbone", "params": self.backbone.parameters()},
+            {
+                "name": "classifier",
+                "params": self.classifier.parameters(),
+                "lr": self.cfg.optimizer.classifier_lr,
+                "weight_decay": 0.0,
+                "static_lr": True,
+            },
+        ]
+
+    # ----------------------------------------------------------------- forward
+    def backbone_features(self, backbone: nn.Module, X: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            X = X.contiguous(memory_format=torch.channels_last)
+        return backbone(X)
+
+    def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``X`` (B,3,H,W) -> ``{"feats": (B,D), "logits": (B,classes)}`` (classifier on detached feats)."""
+        feats = self.backbone_features(self.backbone, X)
+        return {"feats": feats, "logits": self.classifier(feats.detach())}
+
+    def _classification(
+        self, logits: torch.Tensor, targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        labelled = (targets >= 0).sum().clamp(min=1)
+        loss = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum") / labelled
+        return {
+            "loss": loss,
+            "acc1": _masked_accuracy(logits, targets, 1),
+            "acc5": _masked_accuracy(logits, targets, 5),
+        }
+
+    def training_step(self, batch: list[Any], batch_idx: int) -> dict[str, Any]:
+        _, views, targets = batch
+        chosen = self.online_views if self.online_views is not None else range(len(views))
+        outs = [self.forward(views[i]) for i in chosen]
+        out: dict[str, Any] = {key: [o[key] for o in outs] for key in outs[0]}
+        stats = [self._classification(o["logits"], targets) for o in outs]
+        for key in ("loss", "acc1", "acc5"):
+            out[key] = torch.stack([s[key] for s in stats]).mean()
+        self.log_dict(
+            {"train_class_loss": out["loss"], "train_acc1": out["acc1"], "train_acc5": out["acc5"]},
+            on_epoch=True,
+            sync_dist=True,
+        )
+        return out
+
+    # -------------------------------------------------------------- validation
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        out = self.forward(x)
+        is_val = dataloader_idx == (1 if self.knn_enabled else 0)
+        if is_val:
+            stats = self._classification(out["logits"], y)
+            self.log_dict(
+                {
+                    "val_loss": stats["loss"],
+                    "val_acc1": 100 * stats["acc1"],
+                    "val_acc5": 100 * stats["acc5"],
+                },
+                on_epoch=True,
+                sync_dist=True,
+                add_dataloader_idx=False,
+            )
+        if self.knn_enabled:
+            self._val_store[dataloader_idx].append((out["feats"].detach().float(), y))
+
+    def on_validation_epoch_end(self) -> None:
+        stores, self._val_store = self._val_store, {0: [], 1: []}
+        if not self.knn_enabled or self.trainer.sanity_checking or not stores[0] or not stores[1]:
+            return
+        gathered = []
+        for idx in (0, 1):
+            feats = torch.cat([f for f, _ in stores[idx]])
+            targets = torch.cat([t for _, t in stores[idx]])
+            if self.trainer.world_size > 1:
+                feats = self.all_gather(feats).flatten(0, 1)
+                targets = self.all_gather(targets).flatten(0, 1)
+            gathered.append((feats, targets))
+        (train_f, train_t), (val_f, val_t) = gathered
+        top1, top5 = knn_accuracy(
+            train_f,
+            train_t,
+            val_f,
+            val_t,
+            self.num_classes,
+            self.cfg.knn_eval.k,
+            self.cfg.knn_eval.T,
+        )
+        self.log_dict({"val_knn_acc1": top1, "val_knn_acc5": top5}, add_dataloader_idx=False)
+
+    # ------------------------------------------------------------ optimisation
+    def scaled_lr(self, lr: float) -> float:
+        """solo-learn's linear scaling: ``lr * batch_size * devices * nodes / 256``."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return lr * self.cfg.optimizer.batch_size * world / 256
+
+    def configure_optimizers(self) -> Any:
+        opt_cfg = self.cfg.optimizer
+        groups = []
+        for group in self.learnable_params:
+            group = dict(group)
+            group["lr"] = self.scaled_lr(group.get("lr", opt_cfg.lr))
+            groups.append(group)
+        kwargs = dict(select(self.cfg, "optimizer.kwargs", {}))
+        name = opt_cfg.name
+        if name == "sgd":
+            optimizer = torch.optim.SGD(
+                groups, lr=self.scaled_lr(opt_cfg.lr), weight_decay=opt_cfg.weight_decay, **kwargs
+            )
+        elif name == "lars":
+            from timm.optim import Lars
+
+            optimizer = Lars(
+                groups, lr=self.scaled_lr(opt_cfg.lr), weight_decay=opt_cfg.weight_decay, **kwargs
+            )
+        else:
+            kwargs.pop("momentum", None)
+            optimizer = torch.optim.AdamW(
+                groups, lr=self.scaled_lr(opt_cfg.lr), weight_decay=opt_cfg.weight_decay, **kwargs
+            )
+        scheduler = self._build_scheduler(optimizer)
+        if scheduler is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """timm schedulers stepped once per optimiser step (``t_in_epochs=False``)."""
+        from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
+
+        sch = self.cfg.scheduler
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        per_epoch = max(total // max(int(self.trainer.max_epochs or 1), 1), 1)
+        if sch.name == "none":
+            return None
+        if sch.name == "step":
+            milestones = [
+                int(m) * per_epoch for m in select(self.cfg, "scheduler.lr_decay_steps", [60, 80])
+            ]
+            return MultiStepLRScheduler(
+                optimizer,
+                decay_t=milestones,
+                decay_rate=select(self.cfg, "scheduler.gamma", 0.1),
+                t_in_epochs=False,
+            )
+        warmup = int(sch.warmup_epochs * per_epoch) if sch.name == "warmup_cosine" else 0
+        return CosineLRScheduler(
+            optimizer,
+            t_initial=max(total - warmup, 1),
+            lr_min=sch.min_lr,
+            warmup_t=warmup,
+            warmup_lr_init=sch.warmup_start_lr,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
+        scheduler.step_update(num_updates=self.global_step)
+        for group in scheduler.optimizer.param_groups:
+            if group.get("static_lr"):
+                group["lr"] = group["initial_lr"]
+
+
+class BaseMomentumMethod(BaseMethod):
+    """Adds a momentum (EMA) copy of the backbone, updated after every optimiser step.
+
+    tau follows a cosine from ``momentum.base_tau`` to ``momentum.final_tau`` over all steps.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        self.momentum_backbone = copy.deepcopy(self.backbone)
+        momentum_copy(self.backbone, self.momentum_backbone)
+        # Which views go through the momentum network (None = all).
+        self.momentum_views: list[int] | None = None
+
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, momentum) modules updated by EMA; subclasses append theirs."""
+        return [(self.backbone, self.momentum_backbone)]
+
+    @torch.no_grad()
+    def momentum_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``X`` (B,3,H,W) -> ``{"feats": (B,D)}`` from the momentum backbone."""
+        return {"feats": self.backbone_features(self.momentum_backbone, X)}
+
+    def training_step(self, batch: list[Any], batch_idx: int) -> dict[str, Any]:
+        out = super().training_step(batch, batch_idx)
+        views = batch[1]
+        chosen = self.momentum_views if self.momentum_views is not None else range(len(views))
+        outs = [self.momentum_forward(views[i]) for i in chosen]
+        for key in outs[0]:
+            out[f"momentum_{key}"] = [o[key] for o in outs]
+        return out
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        step = self.global_step - 1  # index of the optimiser step just taken
+        tau = cosine_tau(step, total, self.cfg.momentum.base_tau, self.cfg.momentum.final_tau)
+        for online, momentum in self.momentum_pairs:
+            ema_update(online, momentum, tau)
+        self.log("tau", tau)

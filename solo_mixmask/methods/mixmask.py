@@ -1,0 +1,96 @@
+"""MixMask: part of each query image is filled with a block-masked patchwork of another image.
+
+The mixed view ``x_mix = M * x + (1 - M) * x[partner]`` must match its own key with weight
+lambda = mean(M) and its filler's key with weight 1 - lambda (``mixed_moco_loss``).
+Cost: one extra query forward + backward per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from solo_mixmask.config import check_choice, check_number, crop_size
+from solo_mixmask.core.masks import sample_masks
+from solo_mixmask.core.mixing import mix_with_masks, reversed_partner
+from solo_mixmask.errors import ConfigError
+from solo_mixmask.losses.mixed import mixed_moco_loss
+from solo_mixmask.methods.base import BaseMomentumMethod
+from solo_mixmask.methods.mocov2plus import MoCoV2PlusLogic
+
+MASK_TYPES = ("block", "discrete")
+
+
+class MixMaskLogic(MoCoV2PlusLogic):
+    """MoCo + a MixMask branch (see module docstring)."""
+
+    method_defaults: dict[str, Any] = {
+        **MoCoV2PlusLogic.method_defaults,
+        "grid_size": 8,
+        "mask_ratio": 0.5,
+        "mask_type": "block",
+        "per_sample_masks": False,
+    }
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        kw = cfg.method_kwargs
+        self.grid_size = int(kw.grid_size)
+        self.mask_ratio = float(kw.mask_ratio)
+        self.mask_type = str(kw.mask_type)
+        self.per_sample_masks = bool(kw.per_sample_masks)
+
+    @classmethod
+    def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:
+        cfg = super().add_and_assert_specific_cfg(cfg)
+        check_number(cfg, "method_kwargs.mask_ratio", low=0, high=1, low_open=True, high_open=True)
+        check_choice(cfg, "method_kwargs.mask_type", MASK_TYPES)
+        smallest = (
+            min(int(a.get("crop_size", 32)) for a in cfg.augmentations)
+            if cfg.augmentations
+            else crop_size(cfg)
+        )
+        low = 2 if cfg.method_kwargs.mask_type == "discrete" else 1
+        grid = cfg.method_kwargs.grid_size
+        if not isinstance(grid, int) or isinstance(grid, bool) or not low <= grid <= smallest:
+            raise ConfigError(
+                "method_kwargs.grid_size",
+                grid,
+                f"an integer in [{low}, {smallest}] (the crop size in pixels)",
+            )
+        return cfg
+
+    def mask_branch(
+        self, x: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, partner: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixMask loss of images ``x`` (B,3,H,W) filled from ``x[partner]``; returns (loss, mean lambda)."""
+        masks = sample_masks(
+            x.shape[0],
+            self.grid_size,
+            self.mask_ratio,
+            tuple(x.shape[-2:]),
+            mask_type=self.mask_type,
+            per_sample=self.per_sample_masks,
+            generator=self.mixing_generator(x.device),
+            device=x.device,
+            dtype=x.dtype,
+        )
+        x_mix, lam = mix_with_masks(x, masks, partner)
+        q_mix = self.forward(x_mix)["z"]
+        return mixed_moco_loss(q_mix, k, queue, lam, partner, self.temperature), lam.mean()
+
+    def mixed_losses(
+        self, batch: list[Any], out: dict[str, Any], queue: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        x = batch[1][0]
+        loss, lam = self.mask_branch(
+            x, out["momentum_z"][-1], queue[-1], reversed_partner(x.shape[0], x.device)
+        )
+        self.log("train_mask_lambda", lam, on_epoch=True)  # type: ignore[attr-defined]
+        return {"train_mask_loss": loss}
+
+
+class MixMask(MixMaskLogic, BaseMomentumMethod):
+    """MixMask on the standalone engine."""

@@ -1,0 +1,113 @@
+"""Tests of solo_mixmask/data/augmentations.py: view count/shape, hand-computed values, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from solo_mixmask.data import augmentations as A
+from solo_mixmask.errors import ConfigError
+from tests.data.helpers import make_cfg
+
+OFF = {"rrc": {"enabled": False}, "color_jitter": {"prob": 0.0}, "grayscale": {"prob": 0.0},
+       "gaussian_prob": 0.0, "horizontal_flip": {"prob": 0.0}}
+
+
+def _gray(value: int, size: int = 28) -> Image.Image:
+    return Image.new("RGB", (size, size), (value, value, value))
+
+
+def test_aug_plus_gives_two_normalised_views():
+    transform = A.build_pretrain_transform(make_cfg(augmentations=[{}]))  # all defaults
+    views = transform(_gray(128))
+    assert transform.num_views == 2 and len(views) == 2
+    for v in views:
+        assert v.shape == (3, 32, 32) and v.dtype == torch.float32
+    spec = A.parse_augmentations(make_cfg(augmentations=[{}]))[0]
+    assert (spec.crop_min_scale, spec.color_jitter_prob, spec.gaussian_prob) == (0.2, 0.8, 0.5)
+    assert (spec.brightness, spec.saturation, spec.hue, spec.grayscale_prob) == (0.4, 0.4, 0.1, 0.2)
+
+
+def test_two_pipelines_in_order():
+    augs = [{"crop_size": 32, "num_crops": 1, "gaussian_prob": 1.0},
+            {"crop_size": 16, "num_crops": 2, "gaussian_blur": {"prob": 0.1},
+             "solarization": {"prob": 0.2}}]
+    transform = A.build_pretrain_transform(make_cfg(augmentations=augs))
+    views = transform(_gray(90, 40))
+    assert [tuple(v.shape) for v in views] == [(3, 32, 32), (3, 16, 16), (3, 16, 16)]
+    specs = A.parse_augmentations(make_cfg(augmentations=augs))
+    assert [s.gaussian_prob for s in specs] == [1.0, 0.1]
+    assert [s.solarization_prob for s in specs] == [0.0, 0.2]
+
+
+def test_values_are_normalised_by_hand():
+    # no randomness: resize a constant image; value = (128/255 - 0.2860) / 0.3530
+    view = A.build_pretrain_transform(make_cfg(augmentations=[{**OFF, "num_crops": 1}]))(
+        _gray(128))[0]
+    expected = (128 / 255 - 0.2860) / 0.3530
+    assert torch.allclose(view, torch.full((3, 32, 32), expected), atol=1e-5)
+    # solarization always on: 200 >= 128 is inverted to 55
+    solar = {**OFF, "num_crops": 1, "solarization": {"prob": 1.0}}
+    view = A.build_pretrain_transform(make_cfg(augmentations=[solar]))(_gray(200))[0]
+    assert torch.allclose(view, torch.full((3, 32, 32), (55 / 255 - 0.2860) / 0.3530), atol=1e-5)
+
+
+def test_mean_std_overrides():
+    cfg = make_cfg({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.5, 1.0]},
+                   augmentations=[{**OFF, "num_crops": 1}])
+    view = A.build_pretrain_transform(cfg)(_gray(255))[0]
+    assert torch.allclose(view[:, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+    with pytest.raises(ConfigError, match="data.std"):
+        A.build_pretrain_transform(make_cfg({"std": [0.2, 0.0, 0.2]}))
+
+
+def test_eval_transform_sizes_and_determinism():
+    small = A.build_eval_transform(make_cfg())
+    out = small(_gray(128))
+    assert out.shape == (3, 32, 32)
+    assert torch.allclose(out, torch.full_like(out, (128 / 255 - 0.2860) / 0.3530), atol=1e-5)
+    big = A.build_eval_transform(make_cfg({"dataset": "imagenet"}, [{"crop_size": 224}]))
+    img = Image.new("RGB", (400, 300), (10, 20, 30))
+    a, b = big(img), big(img)
+    assert a.shape == (3, 224, 224) and torch.equal(a, b)
+
+
+def test_blur_kernel_size():
+    assert [A.blur_kernel_size(c) for c in (8, 32, 64, 96, 224)] == [3, 3, 7, 9, 23]
+
+
+@pytest.mark.parametrize(("entry", "key", "value"), [
+    ({"color_jitter": {"prob": 1.5}}, "augmentations[0].color_jitter.prob", 1.5),
+    ({"grayscale": {"prob": -0.1}}, "augmentations[0].grayscale.prob", -0.1),
+    ({"gaussian_prob": "often"}, "augmentations[0].gaussian_prob", "often"),
+    ({"horizontal_flip": {"prob": True}}, "augmentations[0].horizontal_flip.prob", True),
+    ({"rrc": {"crop_min_scale": 0.0}}, "augmentations[0].rrc.crop_min_scale", 0.0),
+    ({"rrc": {"crop_min_scale": 0.9, "crop_max_scale": 0.5}},
+     "augmentations[0].rrc.crop_min_scale", 0.9),
+    ({"crop_size": 4}, "augmentations[0].crop_size", 4),
+    ({"num_crops": 0}, "augmentations[0].num_crops", 0),
+    ({"color_jitter": {"hue": 0.7}}, "augmentations[0].color_jitter.hue", 0.7),
+    ({"solarisation": {"prob": 0.2}}, "augmentations[0].solarisation", {"prob": 0.2}),
+    ({"rrc": {"min_scale": 0.2}}, "augmentations[0].rrc.min_scale", 0.2),
+    ({"gaussian_prob": 0.5, "gaussian_blur": {"prob": 0.1}},
+     "augmentations[0].gaussian_blur.prob", 0.1),
+])
+def test_bad_values_raise_config_error(entry, key, value):
+    with pytest.raises(ConfigError) as info:
+        A.build_pretrain_transform(make_cfg(augmentations=[entry]))
+    assert info.value.key == key and info.value.value == value
+    assert str(info.value).startswith(f"{key}={value!r} is not allowed: expected ")
+
+
+def test_error_names_the_right_pipeline():
+    with pytest.raises(ConfigError, match=r"augmentations\[1\]\.num_crops=-1"):
+        A.build_pretrain_transform(make_cfg(augmentations=[{}, {"num_crops": -1}]))
+    with pytest.raises(ConfigError, match="augmentations=\\[\\]"):
+        A.build_pretrain_transform(make_cfg(augmentations=[]))
+
+
+def test_disabled_blocks():
+    spec = A.parse_augmentations(make_cfg(augmentations=[
+        {"grayscale": {"enabled": False, "prob": 0.2}, "gaussian_blur": {"enabled": False}}]))[0]
+    assert spec.grayscale_prob == 0.0 and spec.gaussian_prob == 0.0

@@ -1,0 +1,203 @@
+"""Tests of solo_mixmask/data/datasets.py: idx reader, Fashion-MNIST, ImageFolder, errors."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from solo_mixmask.data import datasets as D
+from solo_mixmask.errors import ConfigError, DataError
+from tests.data.helpers import make_cfg, needs_fmnist, save_rgb
+
+
+def _write_idx(path: Path, array: np.ndarray) -> Path:
+    """idx file by hand: 0, 0, dtype code 0x08 (uint8), ndim, big-endian dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+# --------------------------------------------------------------------------- idx reader
+
+
+@pytest.mark.parametrize("name", ["a.idx.gz", "a.idx"])
+def test_read_idx_hand_made(tmp_path, name):
+    expected = np.array([[1, 2, 3], [4, 5, 250]], dtype=np.uint8)
+    out = D.read_idx(_write_idx(tmp_path / name, expected))
+    assert out.shape == (2, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_read_idx_rejects_bad_files(tmp_path):
+    (tmp_path / "junk").write_bytes(b"\x01\x02\x03\x04hello")
+    with pytest.raises(DataError, match="not an idx file"):
+        D.read_idx(tmp_path / "junk")
+    short = tmp_path / "short"
+    short.write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"\x00" * 3)
+    with pytest.raises(DataError, match="10"):
+        D.read_idx(short)
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+
+@needs_fmnist
+def test_fashion_mnist_train_and_val():
+    train = D.build_dataset(make_cfg(), "train", None)
+    val = D.build_dataset(make_cfg(), "val", None)
+    assert (len(train), len(val)) == (60000, 10000)
+    img, label = train[0]
+    assert label == 9  # the first training image is an ankle boot
+    assert img.mode == "RGB" and img.size == (28, 28)
+    assert sorted(set(train.targets)) == list(range(10))
+    assert sorted(set(val.targets)) == list(range(10))
+    # grayscale replicated: the three channels are equal
+    arr = np.asarray(img)
+    np.testing.assert_array_equal(arr[..., 0], arr[..., 2])
+
+
+@needs_fmnist
+def test_fashion_mnist_default_stats_match_the_data():
+    train = D.build_dataset(make_cfg(), "train", None)
+    mean, std = D.default_stats("fashion_mnist")
+    pixels = train.images.astype(np.float64) / 255.0
+    assert mean == (mean[0],) * 3 and std == (std[0],) * 3
+    assert abs(pixels.mean() - mean[0]) < 1e-3
+    assert abs(pixels.std() - std[0]) < 1e-3
+
+
+def test_fashion_mnist_train_path_comes_first(tmp_path):
+    images = np.arange(5 * 4 * 4, dtype=np.uint8).reshape(5, 4, 4)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([3, 1, 4, 1, 5]))
+    ds = D.build_dataset(make_cfg({"train_path": str(tmp_path)}), "train", None)
+    assert len(ds) == 5 and ds.targets == [3, 1, 4, 1, 5]
+    img, _ = ds[2]
+    assert img.getpixel((1, 0)) == (33, 33, 33)  # images[2, 0, 1] = 2*16 + 1
+
+
+def test_fashion_mnist_missing_without_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
+    cfg = make_cfg({"train_path": str(tmp_path)})
+    with pytest.raises(DataError, match="dataset-fashion-mnist or set data.download=true"):
+        D.build_dataset(cfg, "train", None)
+
+
+def test_default_stats():
+    assert D.default_stats("cifar10") == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    assert D.default_stats("cifar100")[0] == (0.5071, 0.4865, 0.4409)
+    for name in ("stl10", "imagenet", "imagenet100", "custom"):
+        assert D.default_stats(name) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+# --------------------------------------------------------------------------- torchvision / config
+
+
+def test_cifar_missing_names_key_and_download(tmp_path):
+    cfg = make_cfg({"dataset": "cifar10", "train_path": str(tmp_path)})
+    with pytest.raises(DataError, match=r"data.train_path=.*data.download=true"):
+        D.build_dataset(cfg, "train", None)
+
+
+def test_unknown_dataset_split_and_format():
+    with pytest.raises(ConfigError, match="data.dataset='mnist'"):
+        D.build_dataset(make_cfg({"dataset": "mnist"}), "train", None)
+    with pytest.raises(ConfigError, match="data.format='dali'"):
+        D.build_dataset(make_cfg({"format": "dali"}), "train", None)
+    with pytest.raises(ValueError, match="split='test'"):
+        D.build_dataset(make_cfg(), "test", None)
+
+
+def test_cache_folder_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SOLO_MIXMASK_DATA", str(tmp_path))
+    assert D.default_root("cifar10") == tmp_path / "cifar10"
+    monkeypatch.delenv("SOLO_MIXMASK_DATA")
+    assert D.default_root("cifar10") == Path.home() / ".cache" / "solo_mixmask" / "cifar10"
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+
+def _labeled_tree(root: Path) -> Path:
+    save_rgb(root / "cat" / "a.png", (200, 10, 10))
+    save_rgb(root / "cat" / "b.JPG", (200, 10, 10))
+    save_rgb(root / "dog" / "c.png", (10, 10, 200))
+    save_rgb(root / "dog" / "sub" / "d.png", (10, 10, 200))
+    save_rgb(root / ".ipynb_checkpoints" / "e.png", (0, 0, 0))  # hidden: ignored
+    (root / "dog" / "notes.txt").write_text("not an image")  # wrong extension: ignored
+    return root
+
+
+def test_image_folder_with_labels(tmp_path):
+    root = _labeled_tree(tmp_path / "train")
+    cfg = make_cfg({"dataset": "custom", "train_path": str(root)})
+    ds = D.build_dataset(cfg, "train", None)
+    assert ds.classes == ["cat", "dog"]
+    assert ds.targets == [0, 0, 1, 1]
+    img, target = ds[3]
+    assert target == 1 and img.mode == "RGB" and img.getpixel((0, 0)) == (10, 10, 200)
+    assert D.num_classes(cfg) == 2
+
+
+def test_image_folder_flat_without_labels(tmp_path):
+    for i in range(3):
+        save_rgb(tmp_path / f"img{i}.png", (i, i, i))
+    cfg = make_cfg({"dataset": "custom", "train_path": str(tmp_path), "no_labels": True})
+    ds = D.build_dataset(cfg, "train", None)
+    assert len(ds) == 3 and ds.targets == [-1, -1, -1]
+    img, target = ds[2]
+    assert target == -1 and img.getpixel((0, 0)) == (2, 2, 2)
+    assert D.num_classes(cfg) == 1
+
+
+def test_image_folder_flat_with_labels_asks_for_no_labels(tmp_path):
+    save_rgb(tmp_path / "img.png", (1, 2, 3))
+    cfg = make_cfg({"dataset": "custom", "train_path": str(tmp_path)})
+    with pytest.raises(DataError, match="data.no_labels=true"):
+        D.build_dataset(cfg, "train", None)
+
+
+def test_image_folder_missing_path_names_key(tmp_path):
+    missing = tmp_path / "nowhere"
+    cfg = make_cfg({"dataset": "imagenet", "train_path": str(missing)})
+    with pytest.raises(DataError, match=f"data.train_path='{missing}'"):
+        D.build_dataset(cfg, "train", None)
+    with pytest.raises(DataError, match="data.val_path is not set"):
+        D.build_dataset(cfg, "val", None)
+
+
+def test_image_folder_empty_raises(tmp_path):
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "readme.txt").write_text("no images here")
+    cfg = make_cfg({"dataset": "custom", "train_path": str(tmp_path)})
+    with pytest.raises(DataError, match="holds no image files"):
+        D.build_dataset(cfg, "train", None)
+    cfg = make_cfg({"dataset": "custom", "train_path": str(tmp_path), "no_labels": True})
+    with pytest.raises(DataError, match="holds no image files"):
+        D.build_dataset(cfg, "train", None)
+
+
+def test_num_classes_table_and_override():
+    assert D.num_classes(make_cfg()) == 10
+    assert D.num_classes(make_cfg({"dataset": "imagenet100"})) == 100
+    assert D.num_classes(make_cfg({"dataset": "cifar100", "num_classes": 7})) == 7
+    with pytest.raises(ConfigError, match="data.num_classes=0"):
+        D.num_classes(make_cfg({"num_classes": 0}))
+
+
+def test_subset_indices_deterministic():
+    a = D.subset_indices(100, 10, seed=5)
+    assert a == D.subset_indices(100, 10, seed=5)
+    assert a != D.subset_indices(100, 10, seed=6)
+    assert a == sorted(a) and len(set(a)) == 10 and all(0 <= i < 100 for i in a)
+    assert D.subset_indices(100, None, seed=5) is None
+    assert D.subset_indices(100, 100, seed=5) is None

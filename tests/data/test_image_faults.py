@@ -1,0 +1,133 @@
+"""Issue 6: unusual image modes decode to correct RGB; unreadable files are skipped or fatal."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from solo_mixmask.data import datasets as D
+from solo_mixmask.errors import DataError
+from tests.data.helpers import make_cfg
+
+GOOD = ("a_rgba.png", "b_cmyk.jpg", "c_16bit.png", "d_gray.png", "e_palette.png")
+BAD = ("f_truncated.jpg", "g_empty.jpg", "h_text.png")
+
+
+def _write_faulty_folder(folder: Path) -> Path:
+    """Five decodable images of unusual modes and three unreadable files, in sorted order."""
+    folder.mkdir(parents=True)
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[...] = (255, 0, 0, 128)  # half-transparent red
+    Image.fromarray(rgba, mode="RGBA").save(folder / GOOD[0])
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(folder / GOOD[1], quality=95)  # red
+    sixteen = np.array([[0, 1000], [32896, 65535]], dtype=np.uint16)
+    Image.fromarray(sixteen).save(folder / GOOD[2])
+    Image.new("L", (6, 6), 77).save(folder / GOOD[3])
+    palette = Image.new("P", (6, 6), 1)
+    palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * (256 * 3 - 6))
+    palette.save(folder / GOOD[4])
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG")
+    (folder / BAD[0]).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / BAD[1]).write_bytes(b"")
+    (folder / BAD[2]).write_text("this is a text file, not a PNG\n")
+    return folder
+
+
+@pytest.fixture()
+def faulty(tmp_path) -> Path:
+    return _write_faulty_folder(tmp_path / "imgs")
+
+
+def _cfg(root: Path, **data):
+    return make_cfg({"dataset": "custom", "train_path": str(root), "no_labels": True, **data})
+
+
+def test_unusual_modes_decode_to_rgb(faulty):
+    rgba, cmyk, sixteen, gray, palette = (D.load_image_rgb(faulty / n) for n in GOOD)
+    for img in (rgba, cmyk, sixteen, gray, palette):
+        assert img.mode == "RGB"
+    # red at alpha 128 over white: G = B = 255 * (1 - 128/255) = 127
+    assert all(abs(a - b) <= 1 for a, b in zip(rgba.getpixel((3, 3)), (255, 127, 127)))
+    # CMYK (0, 255, 255, 0) is red; JPEG is lossy so allow a small error
+    assert all(abs(a - b) <= 8 for a, b in zip(cmyk.getpixel((8, 8)), (255, 0, 0)))
+    # 16-bit scaled by 255/65535: 1000 -> 3.89 -> 4 (clipping would give 255), 32896 -> 128
+    assert [sixteen.getpixel((x, y))[0] for y in (0, 1) for x in (0, 1)] == [0, 4, 128, 255]
+    assert gray.getpixel((2, 2)) == (77, 77, 77)
+    assert palette.getpixel((2, 2)) == (10, 200, 30)
+
+
+def test_other_modes_in_memory():
+    int32 = Image.fromarray(np.array([[65535, 257]], dtype=np.int32))
+    assert int32.mode == "I"
+    assert D.to_rgb(int32).getpixel((0, 0)) == (255, 255, 255)
+    assert D.to_rgb(int32).getpixel((1, 0)) == (1, 1, 1)
+    la = Image.new("LA", (2, 2), (0, 0))  # black, fully transparent -> white
+    assert D.to_rgb(la).getpixel((0, 0)) == (255, 255, 255)
+    trans = Image.new("P", (2, 1), 0)
+    trans.putpalette([0, 0, 0, 10, 200, 30] + [0] * (256 * 3 - 6))
+    trans.putpixel((1, 0), 1)
+    trans.info["transparency"] = 0  # palette entry 0 is transparent -> white
+    assert [D.to_rgb(trans).getpixel((x, 0)) for x in (0, 1)] == [(255, 255, 255), (10, 200, 30)]
+    floats = Image.fromarray(np.array([[0.5, 1.0]], dtype=np.float32))
+    assert D.to_rgb(floats).getpixel((0, 0)) == (128, 128, 128)
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_files_raise_data_error_naming_them(faulty, name):
+    with pytest.raises(DataError, match=name):
+        D.load_image_rgb(faulty / name)
+
+
+def test_scan_image_folder(faulty):
+    good, bad = D.scan_image_folder(faulty)
+    assert [Path(p).name for p in good] == list(GOOD)
+    assert [Path(p).name for p in bad] == list(BAD)
+
+
+def test_bad_files_skipped_with_one_warning_each(faulty):
+    ds = D.build_dataset(_cfg(faulty), "train", None)
+    assert len(ds) == 8
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = [ds[i] for i in range(len(ds))]
+        second = [ds[i] for i in range(len(ds))]
+    messages = [str(w.message) for w in caught if issubclass(w.category, D.BadImageWarning)]
+    assert len(messages) == 3
+    for name in BAD:
+        assert sum(name in m for m in messages) == 1
+    assert [Path(p).name for p in ds.bad_files] == list(BAD)
+    # a bad index returns the next good sample, wrapping around: f, g, h -> a
+    rgba = np.asarray(first[0][0])
+    for i in (5, 6, 7):
+        np.testing.assert_array_equal(np.asarray(first[i][0]), rgba)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+
+
+def test_strict_raises_naming_the_file(faulty):
+    ds = D.build_dataset(_cfg(faulty, strict=True), "train", None)
+    assert ds[0][0].mode == "RGB"
+    with pytest.raises(DataError, match="f_truncated.jpg"):
+        ds[5]
+
+
+def test_scan_images_drops_bad_files_at_build(faulty):
+    with pytest.warns(D.BadImageWarning):
+        ds = D.build_dataset(_cfg(faulty, scan_images=True), "train", None)
+    assert [Path(p).name for p, _ in ds.samples] == list(GOOD)
+    with pytest.raises(DataError, match="f_truncated.jpg"):
+        D.build_dataset(_cfg(faulty, scan_images=True, strict=True), "train", None)
+
+
+def test_folder_of_only_bad_files(tmp_path):
+    (tmp_path / "x.jpg").write_bytes(b"")
+    ds = D.build_dataset(_cfg(tmp_path), "train", None)
+    with pytest.warns(D.BadImageWarning), pytest.raises(DataError, match="can be decoded"):
+        ds[0]

@@ -1,0 +1,131 @@
+import math
+
+import pytest
+import torch
+
+from solo_mixmask.core import inverse_permutation, random_partner, reversed_partner
+from solo_mixmask.losses import mixed_moco_loss, moco_loss
+
+
+def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> float:
+    """One sample's InfoNCE written out in float64 python arithmetic."""
+    q = (q / q.norm()).double()
+    k = (k / k.norm()).double()
+    pos = float(q @ k) / t
+    negs = [float(q @ queue[:, m].double()) / t for m in range(queue.shape[1])]
+    return -pos + math.log(math.exp(pos) + sum(math.exp(v) for v in negs))
+
+
+def paper_form(q_mix, k, queue, lam, partner, t) -> float:
+    """lam L(q_mix, k) + (1 - lam) L(q_mix_partner, k), realigned with the inverse permutation:
+    for key i, the mixed image whose filler was i is j = inv[i], weighted by 1 - lam[j]."""
+    n = q_mix.shape[0]
+    lam = torch.as_tensor(lam, dtype=torch.float64).expand(n)
+    inv = inverse_permutation(partner)
+    total = 0.0
+    for i in range(n):
+        total += float(lam[i]) * infonce(q_mix[i], k[i], queue, t)
+        j = int(inv[i])
+        total += (1 - float(lam[j])) * infonce(q_mix[j], k[i], queue, t)
+    return total / n
+
+
+def data(n: int, d: int, size: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    q_mix = torch.randn(n, d, generator=g)
+    k = torch.randn(n, d, generator=g)
+    queue = torch.nn.functional.normalize(torch.randn(d, size, generator=g), dim=0)
+    return q_mix, k, queue, g
+
+
+def test_hand_case_n2_d2_k1():
+    # k0 = (1, 0), k1 = (0, 1), queued key (-1, 0), T = 1, partner = reversed, lam = (.75, .25).
+    # q_mix0 = (1, 0): own pos 1, partner pos 0, neg -1
+    #   -> l_own = log(1 + e^-2) = 0.126928, l_partner = log(1 + e^-1) = 0.313262.
+    # q_mix1 = (0, 1): own pos 1, partner pos 0, neg 0
+    #   -> l_own = log(1 + e^-1) = 0.313262, l_partner = log(2) = 0.693147.
+    # loss = (.75 * 0.126928 + .25 * 0.313262 + .25 * 0.313262 + .75 * 0.693147) / 2 = 0.385844
+    q_mix = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    k = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    queue = torch.tensor([[-1.0], [0.0]])
+    lam = torch.tensor([0.75, 0.25])
+    loss = mixed_moco_loss(q_mix, k, queue, lam, reversed_partner(2), 1.0)
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert loss.item() == pytest.approx(0.385844, abs=1e-6)
+
+
+def test_scalar_lambda_with_reversed_partner():
+    q_mix, k, queue, _ = data(6, 5, 7, seed=0)
+    partner = reversed_partner(6)
+    got = mixed_moco_loss(q_mix, k, queue, 0.4, partner, 0.2)
+    assert got.item() == pytest.approx(paper_form(q_mix, k, queue, 0.4, partner, 0.2), rel=1e-5)
+    # With a scalar lambda it is the seed's lam * L(q_mix, k) + (1 - lam) * L(q_mix[::-1], k).
+    seed_form = 0.4 * moco_loss(q_mix, k, queue, 0.2) + 0.6 * moco_loss(
+        q_mix.flip(0), k, queue, 0.2
+    )
+    assert got.item() == pytest.approx(seed_form.item(), rel=1e-5)
+
+
+def test_per_sample_lambda_with_random_permutations():
+    for seed in range(5):
+        q_mix, k, queue, g = data(8, 4, 9, seed=seed)
+        partner = random_partner(8, generator=g)
+        lam = torch.rand(8, generator=g)
+        got = mixed_moco_loss(q_mix, k, queue, lam, partner, 0.5)
+        assert got.item() == pytest.approx(paper_form(q_mix, k, queue, lam, partner, 0.5), rel=1e-5)
+
+
+def test_non_involutive_permutation():
+    partner = torch.tensor([1, 2, 3, 0, 4])  # a 4-cycle and a fixed point: inverse != itself
+    assert not torch.equal(inverse_permutation(partner), partner)
+    q_mix, k, queue, _ = data(5, 3, 4, seed=11)
+    lam = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    got = mixed_moco_loss(q_mix, k, queue, lam, partner, 0.3)
+    assert got.item() == pytest.approx(paper_form(q_mix, k, queue, lam, partner, 0.3), rel=1e-5)
+    # Realigning with the partner itself instead of its inverse gives a different number.
+    wrong = paper_form(q_mix, k, queue, lam, inverse_permutation(partner), 0.3)
+    assert abs(got.item() - wrong) > 1e-4
+
+
+def test_lambda_one_is_plain_moco():
+    q_mix, k, queue, g = data(4, 3, 5, seed=3)
+    partner = random_partner(4, generator=g)
+    got = mixed_moco_loss(q_mix, k, queue, torch.ones(4), partner, 0.2)
+    assert got.item() == pytest.approx(moco_loss(q_mix, k, queue, 0.2).item(), rel=1e-6)
+
+
+def test_gradient_flows_to_q_mix_only():
+    q_mix, k, queue, _ = data(4, 3, 5, seed=4)
+    q_mix.requires_grad_(True)
+    k.requires_grad_(True)
+    queue.requires_grad_(True)
+    lam = torch.full((4,), 0.5, requires_grad=False)
+    mixed_moco_loss(q_mix, k, queue, lam, reversed_partner(4), 0.2).backward()
+    assert q_mix.grad is not None and q_mix.grad.abs().sum() > 0
+    assert k.grad is None and queue.grad is None
+
+
+def test_bfloat16_queries():
+    q_mix, k, queue, _ = data(4, 3, 5, seed=5)
+    ref = mixed_moco_loss(q_mix, k, queue, 0.5, reversed_partner(4), 0.2)
+    low = mixed_moco_loss(q_mix.bfloat16(), k.bfloat16(), queue, 0.5, reversed_partner(4), 0.2)
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(ref.item(), rel=5e-2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lam=torch.ones(3)), r"lam.shape=\(3,\)"),
+        (dict(partner=torch.arange(3)), r"partner.shape=\(3,\)"),
+        (dict(temperature=-1.0), "temperature=-1.0"),
+    ],
+)
+def test_rejects_bad_arguments(kwargs, match):
+    q_mix, k, queue, _ = data(4, 3, 5, seed=6)
+    args = dict(
+        q_mix=q_mix, k=k, queue=queue, lam=0.5, partner=reversed_partner(4), temperature=0.2
+    )
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        mixed_moco_loss(**args)
