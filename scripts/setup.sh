@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by demo.sh and test.sh (source it):
+#   - a virtual environment in .venv (or $SOLO_MIXMASK_VENV) with PyTorch, this package (editable)
+#     and its test tools; re-installs only when setup.cfg / pyproject.toml change;
+#   - Fashion-MNIST from the Debian package dataset-fashion-mnist where apt is available
+#     (elsewhere the demo lets torchvision download it into ~/.cache/solo_mixmask).
+# Environment: PYTHON (interpreter for the venv, default python3), TORCH_SPEC (pip requirement
+# for torch/torchvision, default the pinned wheels this project is tested with).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SOLO_MIXMASK_VENV:-$ROOT/.venv}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+FMNIST_DIR=/usr/share/datasets/fashion-mnist
+
+quiet_pip() { # pip, without the noise of unreachable local find-links; keeps pip's status
+  local log rc=0
+  log="$(mktemp)"
+  "$VENV/bin/python" -m pip "$@" >"$log" 2>&1 || rc=$?
+  grep -vE "^WARNING: Location" "$log" || true
+  rm -f "$log"
+  return "$rc"
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
+stamp="$VENV/.solo-mixmask-installed"
+want="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup] installing PyTorch and solo-mixmask into $VENV"
+  quiet_pip install -q --upgrade pip
+  if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+    # shellcheck disable=SC2086
+    quiet_pip install -q $TORCH_SPEC || quiet_pip install -q torch torchvision
+  fi
+  quiet_pip install -q -e "$ROOT[test]"
+  echo "$want" >"$stamp"
+fi
+if [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
+  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) ||
+    echo "[setup] apt could not install dataset-fashion-mnist; the demo will download it with torchvision"
+fi
+export PATH="$VENV/bin:$PATH"
