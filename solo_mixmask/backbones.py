@@ -20,7 +20,7 @@ def build_backbone(
     Args:
         name: a timm model name (``resnet18``, ``resnet50``, ``resnet18d`` ...).
         kwargs: extra constructor arguments, e.g. ``{"channels": [32, 64, 128, 256]}`` for a
-            half-width ResNet-18 (timm's ResNet takes ``channels`` and ``stem_width``).
+            half-width ResNet-18 (timm's ResNet takes ``channels``; its plain 7x7 stem stays 64 wide).
         cifar_stem: replace the 7x7 stride-2 conv + max-pool stem by a 3x3 stride-1 conv and no
             pool, as solo-learn does for 32-pixel images.
 

@@ -1,7 +1,9 @@
 """``solo-mixmask`` command line: one sub-command per job.
 
-User mistakes (bad config values, missing data, unusable checkpoints) print one ``error:`` line
-and exit with status 2; anything else is a bug and keeps its traceback.
+User mistakes (bad config values, missing data, unusable or unsafe checkpoints, impossible
+Trainer settings) print one ``error:`` line and exit with status 2; a run stopped by a NaN/inf
+loss prints one ``error:`` line and exits with status 3 (its last good checkpoint is kept);
+Ctrl-C exits with 130. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -52,7 +54,7 @@ def compose_config(
         group_overrides = [o.input_line for o in parsed if o.key_or_group in groups]
         with initialize_config_dir(config_dir=str(path), version_base="1.3"):
             cfg = compose(config_name=name, overrides=group_overrides)
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, TypeError, ValueError) as err:
         raise ConfigError("overrides", list(overrides), f"valid hydra overrides ({err})") from err
     # Plain keys are set directly, so keys with engine defaults need no '+' prefix.
     with open_dict(cfg):
@@ -106,22 +108,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. max_epochs=20")
     p.set_defaults(func=_resume)
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    from solo_mixmask.eval.commands import add_eval_commands
+    from solo_mixmask.solo import add_solo_commands
+
+    add_eval_commands(sub)
+    add_solo_commands(sub)
     return parser
 
 
-#: Other modules add their sub-commands here: ``fn(subparsers)``.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+#: Exit statuses.
+EXIT_USER_ERROR = 2
+EXIT_NON_FINITE_LOSS = 3
+EXIT_INTERRUPTED = 130
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS plus config-library and Lightning misconfiguration errors (lazy imports)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    types: list[type[BaseException]] = [*USER_ERRORS, OmegaConfBaseException]
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover - lightning is a dependency
+        pass
+    else:
+        types.append(MisconfigurationException)
+    return tuple(types)
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line; for an error re-raised from a DataLoader worker (whose
+    message embeds the worker's traceback) the original message only."""
+    text = str(err)
+    if "Original Traceback" in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        last = lines[-1] if lines else text
+        name = type(err).__name__
+        for prefix in (f"{type(err).__module__}.{name}: ", f"{name}: "):
+            if last.startswith(prefix):
+                last = last[len(prefix) :]
+        text = last
+    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; continue with `solo-mixmask resume RUN_DIR`", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        from solo_mixmask.callbacks import NonFiniteLossError
+
+        if isinstance(err, NonFiniteLossError):
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return EXIT_NON_FINITE_LOSS
+        if isinstance(err, _user_error_types()):
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
     return 0
 
 

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
 
 from solo_mixmask.errors import ConfigError
 
@@ -36,6 +36,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "val_subset": None,
         "knn_train_subset": 10000,
         "strict": False,
+        "scan_images": False,
         "mean": None,
         "std": None,
     },
@@ -55,21 +56,30 @@ BASE_DEFAULTS: dict[str, Any] = {
         "min_lr": 0.0,
     },
     "knn_eval": {"enabled": True, "k": 200, "T": 0.1},
-    "checkpoint": {"enabled": True, "dir": "runs", "frequency": 1, "run_dir": None},
+    "checkpoint": {
+        "enabled": True,
+        "dir": "runs",
+        "frequency": 1,
+        "run_dir": None,
+        "every_n_steps": None,
+    },
     "logging": {"csv": True, "tensorboard": False},
     "wandb": {"enabled": False, "offline": True, "project": "solo-mixmask", "entity": None},
-    "performance": {"channels_last": True, "compile": False},
+    "performance": {"channels_last": True, "compile": False, "compile_backend": "inductor"},
     "progress_bar": True,
     "max_epochs": 100,
     "devices": 1,
     "accelerator": "auto",
-    "precision": "32-true",
+    "precision": "auto",  # bf16-mixed on CUDA, 32-true on CPU (pretrain.trainer_kwargs)
     "strategy": "auto",
     "num_nodes": 1,
     "sync_batchnorm": False,
 }
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
+#: Hydra's instantiation keys. solo-mixmask never calls ``hydra.utils.instantiate``; a config that
+#: holds one of these anywhere is refused so that nobody believes it builds the object it names.
+INSTANTIATION_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 SCHEDULERS = ("warmup_cosine", "cosine", "step", "none")
 
 
@@ -86,6 +96,13 @@ def select(cfg: DictConfig, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _has_key(cfg: DictConfig, path: str) -> bool:
+    """Whether dotted ``path`` exists in ``cfg``, even with a missing (``???``) value."""
+    parent, _, leaf = path.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node.keys()
+
+
 def fill_defaults(cfg: DictConfig, defaults: dict[str, Any], prefix: str = "") -> DictConfig:
     """Add every key of ``defaults`` that ``cfg`` lacks (recursively), in place; returns ``cfg``."""
     with open_dict(cfg):
@@ -95,7 +112,7 @@ def fill_defaults(cfg: DictConfig, defaults: dict[str, Any], prefix: str = "") -
                 if OmegaConf.select(cfg, path) is None:
                     OmegaConf.update(cfg, path, {}, force_add=True)
                 fill_defaults(cfg, value, prefix=f"{path}.")
-            elif OmegaConf.select(cfg, path, default="__absent__") == "__absent__":
+            elif not _has_key(cfg, path):  # a mandatory '???' counts as present
                 OmegaConf.update(cfg, path, value, force_add=True)
     return cfg
 
@@ -158,10 +175,63 @@ def crop_size(cfg: DictConfig) -> int:
     return int(cfg.augmentations[0].get("crop_size", 32))
 
 
+def check_mandatory_values(cfg: DictConfig) -> None:
+    """Fail on values a config leaves mandatory (``???``), naming the first one (sorted)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        others = f"; also unset: {', '.join(missing[1:])}" if len(missing) > 1 else ""
+        raise ConfigError(
+            missing[0],
+            "???",
+            f"a value: this config leaves it mandatory, pass {missing[0]}=...{others}",
+        )
+
+
+def check_no_instantiation(node: Any, prefix: str = "") -> None:
+    """Fail on hydra instantiation keys (``_target_`` ...) anywhere in the config tree."""
+    if isinstance(node, DictConfig):
+        items = [(str(k), node._get_node(k)) for k in node.keys()]  # no interpolation resolving
+    elif isinstance(node, ListConfig):
+        items = [(f"[{i}]", node._get_node(i)) for i in range(len(node))]
+    else:
+        return
+    for name, child in items:
+        key = f"{prefix}{name}" if name.startswith("[") or not prefix else f"{prefix}.{name}"
+        if name in INSTANTIATION_KEYS:
+            raise ConfigError(
+                key,
+                OmegaConf.to_container(child) if isinstance(child, Container) else child._value(),
+                "no hydra instantiation keys (_target_, _partial_, ...): solo-mixmask never "
+                "instantiates classes named in a config; remove the key",
+            )
+        check_no_instantiation(child, key)
+
+
+def check_batch_size(cfg: DictConfig) -> None:
+    value = OmegaConf.select(cfg, "optimizer.batch_size")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ConfigError(
+            "optimizer.batch_size",
+            value,
+            "an integer >= 2 (per device): each image is mixed with a partner from the same "
+            "per-device batch and InfoNCE needs more than one sample",
+        )
+
+
+def check_checkpoint(cfg: DictConfig) -> None:
+    """``checkpoint.every_n_steps`` (null or >= 1) and ``checkpoint.frequency`` (>= 1)."""
+    if OmegaConf.select(cfg, "checkpoint.every_n_steps") is not None:
+        check_number(cfg, "checkpoint.every_n_steps", low=1, integer=True)
+    check_number(cfg, "checkpoint.frequency", low=1, integer=True)
+
+
 def validate_base(cfg: DictConfig) -> None:
     """Checks shared by every method (keys outside ``method_kwargs``)."""
+    check_mandatory_values(cfg)
+    check_no_instantiation(cfg)
     check_known_keys(cfg, "", set(BASE_DEFAULTS) | trainer_arg_names())
-    check_number(cfg, "optimizer.batch_size", low=2, integer=True)
+    check_batch_size(cfg)
+    check_checkpoint(cfg)
     check_number(cfg, "optimizer.lr", low=0, low_open=True)
     check_number(cfg, "optimizer.weight_decay", low=0)
     check_choice(cfg, "optimizer.name", OPTIMIZERS)

@@ -3,15 +3,29 @@
 Run folder layout::
 
     <run_dir>/config.yaml         resolved config (what ``resume`` reads back)
-    <run_dir>/checkpoints/        last.ckpt + one every ``checkpoint.frequency`` epochs
+    <run_dir>/checkpoints/        last.ckpt + one every ``checkpoint.frequency`` epochs; with
+                                  ``checkpoint.every_n_steps`` last.ckpt is also rewritten
+                                  mid-epoch. Every write is atomic (temp file + rename).
     <run_dir>/logs/metrics.csv    per-step/epoch metrics (CSV logger)
+    <run_dir>/bad_files.txt       unreadable images skipped (one path a line, any process)
     <run_dir>/summary.json        method, backbone, dataset, epochs, steps, k-NN and linear
-                                  accuracies (%), k-NN at init, images/s, wall seconds, checkpoint
+                                  accuracies (%), k-NN at init, images/s, wall seconds,
+                                  checkpoint, bad_images (count of skipped files), ...
+
+Order of work: the whole config is checked (mandatory values, unknown keys, method values),
+the model is built (backbone names and kwargs checked), then the data is opened.
+
+Resume is exact (same weights, queue and metrics as an uninterrupted run on the same hardware
+and world size): the training loader's order and each image's augmentation are functions of
+``(seed, epoch, index)`` (:mod:`solo_mixmask.utils.resumable`), and every checkpoint also holds
+the loader's position and the RNG states (:class:`~solo_mixmask.callbacks.ResumeState`).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,13 +39,26 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.data import DataLoader
 
-from solo_mixmask.config import select, suggest, trainer_arg_names
-from solo_mixmask.errors import ConfigError
+from solo_mixmask.callbacks import (
+    LAST,
+    NonFiniteLossGuard,
+    ResumeState,
+    SafeAtomicCheckpointIO,
+    StepCheckpoint,
+    safe_load_checkpoint,
+)
+from solo_mixmask.config import check_mandatory_values, select, suggest, trainer_arg_names
+from solo_mixmask.errors import CheckpointError, ConfigError
 from solo_mixmask.methods import METHODS
+from solo_mixmask.utils.resumable import ResumableLoader, resumable_train_loader
 
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
+BAD_FILES = "bad_files.txt"
+#: Set by the process that launches DDP children so that they all use its run folder.
+RUN_DIR_ENV = "SOLO_MIXMASK_RUN_DIR"
 
 
 class TrainSpeed(Callback):
@@ -60,21 +87,73 @@ class TrainSpeed(Callback):
 
 def build_method(cfg: DictConfig) -> L.LightningModule:
     """``METHODS[cfg.method](cfg)`` with a helpful error for unknown names."""
-    if cfg.get("method") not in METHODS:
-        raise ConfigError(
-            "method",
-            cfg.get("method"),
-            f"one of {', '.join(METHODS)}{suggest(cfg.get('method'), METHODS)}",
-        )
+    method_class(cfg)
     return METHODS[cfg.method](cfg)
 
 
+def method_class(cfg: DictConfig) -> type:
+    """The method class named by ``cfg.method`` (ConfigError listing the known ones)."""
+    name = cfg.get("method")
+    if name not in METHODS:
+        raise ConfigError("method", name, f"one of {', '.join(METHODS)}{suggest(name, METHODS)}")
+    return METHODS[name]
+
+
+def prepare_config(cfg: DictConfig) -> tuple[type, DictConfig]:
+    """Check the whole config before anything is built; returns (method class, filled cfg)."""
+    check_mandatory_values(cfg)  # before defaults are filled in (they would hide '???')
+    cls = method_class(cfg)
+    cfg = cls.add_and_assert_specific_cfg(cfg)
+    return cls, cfg
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def _external_launch() -> bool:
+    """Whether this process was started by torchrun / Lightning / SLURM as one of several."""
+    if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return True  # torchrun, or a child started by Lightning
+    interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+    return int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and not interactive
+
+
 def new_run_dir(cfg: DictConfig) -> Path:
+    """``checkpoint.run_dir`` if given, else a fresh ``<checkpoint.dir>/<name>-<time stamp>``.
+
+    Processes of one multi-process run must agree on the folder: children started by Lightning
+    inherit it from their parent (``SOLO_MIXMASK_RUN_DIR``); under SLURM the job id names it;
+    under torchrun ``checkpoint.run_dir`` (or a ``--rdzv-id``) is required.
+    """
     given = select(cfg, "checkpoint.run_dir")
     if given:
         return Path(given)
+    base = Path(select(cfg, "checkpoint.dir", "runs"))
+    name = select(cfg, "name", "run")
+    if _external_launch():
+        if os.environ.get(RUN_DIR_ENV):
+            return Path(os.environ[RUN_DIR_ENV])
+        if os.environ.get("SLURM_JOB_ID"):
+            return base / f"{name}-slurm{os.environ['SLURM_JOB_ID']}"
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        if run_id not in ("", "none"):
+            return base / f"{name}-{run_id}"
+        raise ConfigError(
+            "checkpoint.run_dir",
+            None,
+            "a folder shared by all processes when several are launched from outside "
+            "(torchrun without --rdzv-id): pass checkpoint.run_dir=/shared/path",
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(select(cfg, "checkpoint.dir", "runs")) / f"{select(cfg, 'name', 'run')}-{stamp}"
+    run_dir = base / f"{name}-{stamp}"
+    suffix = 1
+    while run_dir.exists():
+        run_dir = base / f"{name}-{stamp}-{suffix}"
+        suffix += 1
+    return run_dir
+
+
+# --------------------------------------------------------------------------- trainer
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -83,6 +162,17 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k in names}  # type: ignore[union-attr]
     if isinstance(kwargs.get("devices"), str) and kwargs["devices"].isdigit():
         kwargs["devices"] = int(kwargs["devices"])  # solo-learn writes "1" for CPU runs
+    if kwargs.get("precision") in (None, "auto"):
+        # "auto": bf16 autocast on CUDA (fp16 with loss scaling where bf16 is unsupported),
+        # full fp32 on CPU, where autocast would only slow the step down.
+        import torch
+
+        accelerator = str(kwargs.get("accelerator") or "auto")
+        on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        if on_cuda:
+            kwargs["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            kwargs["precision"] = "32-true"
     return kwargs
 
 
@@ -109,82 +199,197 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     return loggers
 
 
-def _metric(metrics: dict[str, Any], key: str) -> float | None:
-    value = metrics.get(key)
-    return None if value is None else round(float(value), 4)
-
-
-def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, Any]:
-    """Pretrain as ``cfg`` says; returns (and writes) the run's summary dict.
-
-    ``resume_from``: a checkpoint to continue from (queue, momentum encoder, optimiser, schedule
-    and the method's random streams are restored by Lightning and the method's hooks).
-    """
-    from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader, num_classes
-
-    method_cls = METHODS.get(cfg.get("method"))
-    if method_cls is None:
-        build_method(cfg)  # raises the ConfigError with the list of methods
-    cfg = method_cls.add_and_assert_specific_cfg(cfg)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    with open_dict(cfg):
-        if select(cfg, "data.num_classes") is None:
-            cfg.data.num_classes = num_classes(cfg)
-    train_loader = build_train_loader(cfg)
-    knn_train_loader, val_loader = build_knn_loaders(cfg)
-    val_loaders = [knn_train_loader, val_loader] if cfg.knn_eval.enabled else [val_loader]
-
-    run_dir = Path(resume_from).parents[1] if resume_from else new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open_dict(cfg):
-        cfg.checkpoint.run_dir = str(run_dir)
-    OmegaConf.save(cfg, run_dir / CONFIG)
-    model = method_cls(cfg)
-
-    speed = TrainSpeed()
-    callbacks: list[Callback] = [speed, LearningRateMonitor(logging_interval="epoch")]
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+    """Speed meter, LR monitor, progress bar, NaN guard, resume state and checkpointers."""
+    ckpt_dir = run_dir / "checkpoints"
+    enabled = bool(cfg.checkpoint.enabled)
+    callbacks: list[Callback] = [
+        TrainSpeed(),
+        LearningRateMonitor(logging_interval="epoch"),
+        NonFiniteLossGuard(ckpt_dir if enabled else None),
+        ResumeState(None),  # the training loader is attached once it exists
+    ]
     if select(cfg, "progress_bar", True):
         callbacks.append(RichProgressBar())
-    checkpointer = None
-    if cfg.checkpoint.enabled:
-        checkpointer = ModelCheckpoint(
-            dirpath=str(run_dir / "checkpoints"),
-            filename="epoch{epoch:03d}",
-            auto_insert_metric_name=False,
-            every_n_epochs=int(cfg.checkpoint.frequency),
-            save_top_k=-1,
-            save_last=True,
+    if enabled:
+        extra = {}
+        if "enable_version_counter" in inspect.signature(ModelCheckpoint).parameters:
+            extra["enable_version_counter"] = False  # last.ckpt is shared with StepCheckpoint
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(ckpt_dir),
+                filename="epoch{epoch:03d}",
+                auto_insert_metric_name=False,
+                every_n_epochs=int(cfg.checkpoint.frequency),
+                save_top_k=-1,
+                save_last=True,
+                **extra,
+            )
         )
-        callbacks.append(checkpointer)
+        every = select(cfg, "checkpoint.every_n_steps")
+        if every:
+            callbacks.append(StepCheckpoint(ckpt_dir, int(every)))
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> L.Trainer:
     kwargs = trainer_kwargs(cfg)
     kwargs.setdefault("num_sanity_val_steps", 0)
     kwargs.setdefault("log_every_n_steps", 10)
-    trainer = L.Trainer(
+    plugins = kwargs.pop("plugins", None) or []
+    plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+    return L.Trainer(
         **kwargs,
         callbacks=callbacks,
+        plugins=[*plugins, SafeAtomicCheckpointIO()],
         logger=_loggers(cfg, run_dir) or False,
         default_root_dir=str(run_dir),
         enable_progress_bar=select(cfg, "progress_bar", True),
         enable_checkpointing=bool(cfg.checkpoint.enabled),
     )
 
-    init_file = run_dir / "init_metrics.json"
-    start = time.perf_counter()
-    if resume_from and init_file.exists():
-        init = json.loads(init_file.read_text())
-    else:
-        init = {}
-        if cfg.knn_eval.enabled:
-            results = trainer.validate(model, dataloaders=val_loaders, verbose=False)
-            merged = {k: v for r in results for k, v in r.items()}
-            init = {
-                "knn_acc1_at_init": _metric(merged, "val_knn_acc1"),
-                "linear_acc1_at_init": _metric(merged, "val_acc1"),
-            }
+
+# --------------------------------------------------------------------------- data faults
+
+
+def _base_datasets(loader: Any) -> list[Any]:
+    """Datasets inside ``loader`` (following ``.dataset`` through wrappers and subsets)."""
+    found, node, seen = [], getattr(loader, "dataset", None), 0
+    while node is not None and seen < 10:
+        found.append(node)
+        node, seen = getattr(node, "dataset", None), seen + 1
+    return found
+
+
+def _watch_bad_files(loaders: list[Any], report: Path) -> list[Any]:
+    """Make every image-folder dataset of ``loaders`` append skipped files to ``report``."""
+    watched = []
+    for loader in loaders:
+        for ds in _base_datasets(loader):
+            if hasattr(ds, "bad_files") and hasattr(ds, "report_file"):
+                ds.report_file = str(report)
+                watched.append(ds)
+    return watched
+
+
+def count_bad_files(watched: list[Any], report: Path) -> list[str]:
+    """Distinct skipped image paths: the report file (all processes) + this process's lists."""
+    paths: set[str] = set()
+    if report.exists():
+        paths.update(line for line in report.read_text(encoding="utf-8").splitlines() if line)
+    for ds in watched:
+        paths.update(ds.bad_files)
+    return sorted(paths)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _metric(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    return None if value is None else round(float(value), 4)
+
+
+def _fit_kwargs(trainer: L.Trainer, resume_from: str | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"ckpt_path": resume_from}
+    if resume_from and "weights_only" in inspect.signature(trainer.fit).parameters:
+        kwargs["weights_only"] = True  # our CheckpointIO enforces it anyway
+    return kwargs
+
+
+def _build_data(
+    cfg: DictConfig, trainer: L.Trainer, callbacks: list[Callback]
+) -> tuple[Any, list[Any]]:
+    """(resumable training loader, validation loaders); the loader is handed to ResumeState."""
+    from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
+
+    train_loader: Any = build_train_loader(cfg)
+    if isinstance(train_loader, DataLoader) and not isinstance(train_loader, ResumableLoader):
+        train_loader = resumable_train_loader(
+            train_loader, int(cfg.seed), rank=trainer.global_rank, world_size=trainer.world_size
+        )
+    for cb in callbacks:
+        if isinstance(cb, ResumeState):
+            cb.loader = train_loader if isinstance(train_loader, ResumableLoader) else None
+    knn_train_loader, val_loader = build_knn_loaders(cfg)
+    val_loaders = [knn_train_loader, val_loader] if cfg.knn_eval.enabled else [val_loader]
+    return train_loader, val_loaders
+
+
+def _initial_metrics(
+    cfg: DictConfig, trainer: L.Trainer, model: Any, val_loaders: list[Any], init_file: Path,
+    resumed: bool,
+) -> dict[str, Any]:
+    """k-NN / linear accuracy of the untrained model (read back from ``init_file`` on resume)."""
+    if resumed and init_file.exists():
+        return json.loads(init_file.read_text())
+    init: dict[str, Any] = {}
+    if cfg.knn_eval.enabled:
+        results = trainer.validate(model, dataloaders=val_loaders, verbose=False)
+        merged = {k: v for r in results for k, v in r.items()}
+        init = {
+            "knn_acc1_at_init": _metric(merged, "val_knn_acc1"),
+            "linear_acc1_at_init": _metric(merged, "val_acc1"),
+        }
+    if trainer.is_global_zero:
         init_file.write_text(json.dumps(init))
-    trainer.fit(
-        model, train_dataloaders=train_loader, val_dataloaders=val_loaders, ckpt_path=resume_from
+    return init
+
+
+def _launches_children(trainer: L.Trainer) -> bool:
+    """Whether Lightning will start the other ranks from this process (plain ``strategy=ddp``)."""
+    cluster = getattr(trainer.strategy, "cluster_environment", None)
+    return (
+        trainer.world_size > 1
+        and cluster is not None
+        and not cluster.creates_processes_externally
     )
+
+
+def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, Any]:
+    """Pretrain as ``cfg`` says; returns (and writes) the run's summary dict.
+
+    ``resume_from``: a checkpoint to continue from (weights, queue, momentum encoder, optimiser,
+    schedule, the method's random streams, the global RNGs and the data position are restored).
+    """
+    from solo_mixmask.data.loaders import num_classes
+
+    method_cls, cfg = prepare_config(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    with open_dict(cfg):
+        if select(cfg, "data.num_classes") is None:
+            cfg.data.num_classes = num_classes(cfg)
+    run_dir = Path(resume_from).parents[1] if resume_from else new_run_dir(cfg)
+    with open_dict(cfg):
+        cfg.checkpoint.run_dir = str(run_dir)
+    model = method_cls(cfg)  # backbone name/kwargs are checked here, before the data is read
+
+    callbacks = build_callbacks(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    train_loader, val_loaders = _build_data(cfg, trainer, callbacks)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = run_dir / BAD_FILES
+    watched = _watch_bad_files([train_loader, *val_loaders], report)
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / CONFIG)
+    launching = _launches_children(trainer)
+    if launching:  # the children inherit the environment: they use this run folder
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+
+    start = time.perf_counter()
+    try:
+        init = _initial_metrics(
+            cfg, trainer, model, val_loaders, run_dir / "init_metrics.json", bool(resume_from)
+        )
+        trainer.fit(
+            model,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loaders,
+            **_fit_kwargs(trainer, resume_from),
+        )
+    finally:
+        if launching:
+            os.environ.pop(RUN_DIR_ENV, None)
     wall = time.perf_counter() - start
 
     previous = (
@@ -193,10 +398,13 @@ def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, A
         else {}
     )
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
+    speed = next(cb for cb in callbacks if isinstance(cb, TrainSpeed))
+    checkpointer = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint)), None)
     checkpoint = None
     if checkpointer is not None:
-        last = Path(checkpointer.dirpath) / "last.ckpt"
+        last = Path(checkpointer.dirpath) / LAST
         checkpoint = str(last) if last.exists() else checkpointer.last_model_path or None
+    bad = count_bad_files(watched, report)
     summary = {
         "method": cfg.method,
         "backbone": cfg.backbone.name,
@@ -211,7 +419,9 @@ def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, A
         "images_per_sec": round(speed.images_per_sec, 2),
         "wall_seconds": round(wall + float(previous.get("wall_seconds", 0.0)), 1),
         "train_images": len(train_loader.dataset),
-        "bad_images": len(getattr(train_loader.dataset, "bad_files", []) or []),
+        "bad_images": len(bad),
+        "bad_image_files": bad[:20],
+        "resumed_from": resume_from,
         "checkpoint": checkpoint,
         "run_dir": str(run_dir),
     }
@@ -221,15 +431,25 @@ def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, A
 
 
 def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from ``checkpoints/last.ckpt``."""
-    from solo_mixmask.errors import CheckpointError
+    """Continue the run in ``run_dir`` from ``checkpoints/last.ckpt``.
 
+    The checkpoint is first read with ``torch.load(weights_only=True)``: a file that needs
+    arbitrary pickled objects is refused (CheckpointError) before anything in it can run.
+    """
     run_dir = Path(run_dir)
-    config, last = run_dir / CONFIG, run_dir / "checkpoints" / "last.ckpt"
+    config, last = run_dir / CONFIG, run_dir / "checkpoints" / LAST
     if not config.exists():
         raise CheckpointError(f"{run_dir} is not a run folder: {config} is missing")
     if not last.exists():
         raise CheckpointError(f"{run_dir} has no checkpoint to resume from: {last} is missing")
+    checkpoint = safe_load_checkpoint(last)
+    for key in ("state_dict", "loops", "optimizer_states"):
+        if key not in checkpoint:
+            raise CheckpointError(
+                f"{last} is not a training checkpoint (no {key!r}); resume needs the last.ckpt "
+                "that solo-mixmask pretrain wrote"
+            )
+    del checkpoint
     cfg = OmegaConf.load(config)
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))

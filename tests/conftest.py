@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-TINY_BACKBONE = {"name": "resnet18", "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8}}
+TINY_BACKBONE = {"name": "resnet18", "kwargs": {"channels": [8, 16, 32, 64]}}
 
 
 def tiny_cfg(method: str = "mixmask", **overrides):

@@ -359,6 +359,8 @@ class ImageFolderDataset(Dataset):
     ``bad_files`` (once, with one :class:`BadImageWarning`) and the next decodable sample
     (``i+1``, ``i+2``, ... wrapping around) is returned instead, so the result is deterministic.
     ``bad_files`` only lists what this process has read: DataLoader workers hold their own.
+    Set ``report_file`` to a path to have every process (workers and ranks included) append
+    each newly skipped path to that file, one per line, so a run can count them all.
     """
 
     def __init__(self, root: str | Path, samples: Sequence[tuple[str, int]],
@@ -372,6 +374,7 @@ class ImageFolderDataset(Dataset):
         self.strict = strict
         self.bad_files: list[str] = []
         self._bad: set[str] = set()
+        self.report_file: str | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -382,6 +385,9 @@ class ImageFolderDataset(Dataset):
             self.bad_files.append(path)
             warnings.warn(f"skipping unreadable image {path!r} ({err.__cause__ or err}); "
                           "set data.strict=true to stop instead", BadImageWarning, stacklevel=3)
+            if self.report_file:
+                with open(self.report_file, "a", encoding="utf-8") as f:
+                    f.write(path + "\n")  # one short append: atomic between processes
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         n = len(self.samples)
@@ -430,11 +436,18 @@ def _image_folder(cfg: DictConfig, split: str, transform: Callable | None) -> Da
         raise DataError(f"{key}={str(root)!r} holds no image files "
                         f"(extensions {', '.join(IMAGE_EXTENSIONS)})")
     strict = bool(cfg_value(cfg, "data.strict", False))
+    scanned_bad: list[str] = []
     if bool(cfg_value(cfg, "data.scan_images", False)):
+        all_paths = [p for p, _ in samples]
         samples = _drop_bad_samples(samples, strict)
+        kept = {p for p, _ in samples}
+        scanned_bad = [p for p in all_paths if p not in kept]
         if not samples:
             raise DataError(f"{key}={str(root)!r}: none of its image files can be decoded")
-    return ImageFolderDataset(root, samples, classes, transform, strict=strict)
+    dataset = ImageFolderDataset(root, samples, classes, transform, strict=strict)
+    dataset.bad_files.extend(scanned_bad)  # left out at build time: counted, never read again
+    dataset._bad.update(scanned_bad)
+    return dataset
 
 
 def _drop_bad_samples(samples: list[tuple[str, int]], strict: bool) -> list[tuple[str, int]]:

@@ -89,7 +89,13 @@ def build_train_loader(cfg: DictConfig) -> DataLoader:
     Yields ``[indexes (B,) int64, [V tensors (B, 3, H, W) float32], targets (B,) int64]`` with
     B = optimizer.batch_size and V = sum of num_crops; indexes count within the (sub)set.
     Raises ConfigError for batch_size < 2, DataError when the (sub)set is smaller than a batch.
+    With ``data.format: dali`` the batches come from a DALI pipeline instead (same format; see
+    :mod:`solo_mixmask.data.dali`).
     """
+    if cfg_value(cfg, "data.format", "image_folder") == "dali":
+        from solo_mixmask.data.dali import build_dali_train_loader
+
+        return build_dali_train_loader(cfg)  # type: ignore[return-value]
     batch = _batch_size(cfg)
     workers = _num_workers(cfg)
     dataset = build_dataset(cfg, "train", build_pretrain_transform(cfg))
@@ -123,6 +129,10 @@ def build_knn_loaders(cfg: DictConfig) -> tuple[DataLoader, DataLoader]:
     if bool(cfg_value(cfg, "data.no_labels", False)):
         raise DataError("the k-NN monitor needs labeled images but data.no_labels=true; "
                         "disable the k-NN monitor for unlabeled data")
+    if cfg_value(cfg, "data.format", "image_folder") == "dali":  # k-NN images: plain loaders
+        from solo_mixmask.data.dali import image_folder_cfg
+
+        cfg = image_folder_cfg(cfg)
     batch, workers = _batch_size(cfg), _num_workers(cfg)
     transform = build_eval_transform(cfg)
     train = build_dataset(cfg, "train_labeled", transform)

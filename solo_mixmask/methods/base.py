@@ -51,6 +51,20 @@ def _num_classes(cfg: DictConfig) -> int:
     return value
 
 
+def _compile_backend(cfg: DictConfig) -> str | None:
+    """The torch.compile backend of ``performance.compile_backend`` when ``performance.compile``
+    is true (default "inductor"; "eager" / "aot_eager" compile nothing, for tests), else None."""
+    if not bool(select(cfg, "performance.compile", False)):
+        return None
+    backend = select(cfg, "performance.compile_backend", "inductor")
+    import torch._dynamo
+
+    allowed = sorted(set(torch._dynamo.list_backends(exclude_tags=())) | {"inductor"})
+    if backend not in allowed:
+        raise ConfigError("performance.compile_backend", backend, f"one of {', '.join(allowed)}")
+    return str(backend)
+
+
 def _masked_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """Top-k accuracy (fraction) over labelled samples (target >= 0), without a host sync."""
     labelled = targets >= 0
@@ -76,6 +90,10 @@ class BaseMethod(L.LightningModule):
         self.channels_last = bool(cfg.performance.channels_last)
         if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.compile_backend = _compile_backend(cfg)
+        # torch.compile wrappers per backbone, in a plain dict so that they are not registered as
+        # submodules: state_dict keys stay "backbone.*" / "momentum_backbone.*".
+        self._compiled: dict[int, Any] = {}
         self.num_classes = _num_classes(cfg)
         self.classifier = nn.Linear(self.features_dim, self.num_classes)
         self.knn_enabled = bool(cfg.knn_eval.enabled)
@@ -110,7 +128,16 @@ class BaseMethod(L.LightningModule):
     def backbone_features(self, backbone: nn.Module, X: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             X = X.contiguous(memory_format=torch.channels_last)
-        return backbone(X)
+        return self._backbone_callable(backbone)(X)
+
+    def _backbone_callable(self, backbone: nn.Module) -> Any:
+        """``backbone``, or its ``torch.compile`` wrapper (built lazily) with performance.compile."""
+        if self.compile_backend is None:
+            return backbone
+        key = id(backbone)
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(backbone, backend=self.compile_backend)
+        return self._compiled[key]
 
     def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
         """``X`` (B,3,H,W) -> ``{"feats": (B,D), "logits": (B,classes)}`` (classifier on detached feats)."""

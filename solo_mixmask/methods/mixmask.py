@@ -88,7 +88,7 @@ class MixMaskLogic(MoCoV2PlusLogic):
         loss, lam = self.mask_branch(
             x, out["momentum_z"][-1], queue[-1], reversed_partner(x.shape[0], x.device)
         )
-        self.log("train_mask_lambda", lam, on_epoch=True)  # type: ignore[attr-defined]
+        self.log("train_mask_lambda", lam, on_epoch=True, sync_dist=True)  # type: ignore[attr-defined]
         return {"train_mask_loss": loss}
 
 

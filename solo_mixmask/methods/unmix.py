@@ -62,7 +62,7 @@ class UnmixLogic(MoCoV2PlusLogic):
         loss, lam = self.unmix_branch(
             x, out["momentum_z"][-1], queue[-1], reversed_partner(x.shape[0], x.device)
         )
-        self.log("train_unmix_lambda", lam, on_epoch=True)  # type: ignore[attr-defined]
+        self.log("train_unmix_lambda", lam, on_epoch=True, sync_dist=True)  # type: ignore[attr-defined]
         return {"train_unmix_loss": loss}
 
 

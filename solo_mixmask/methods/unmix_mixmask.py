@@ -30,7 +30,9 @@ class UnmixMixMaskLogic(UnmixLogic, MixMaskLogic):
         permutation = random_partner(n, generator=self.mixing_generator(x.device), device=x.device)
         mask_loss, mask_lam = self.mask_branch(x, k, k_queue, permutation)
         self.log_dict(
-            {"train_unmix_lambda": unmix_lam, "train_mask_lambda": mask_lam}, on_epoch=True
+            {"train_unmix_lambda": unmix_lam, "train_mask_lambda": mask_lam},
+            on_epoch=True,
+            sync_dist=True,
         )  # type: ignore[attr-defined]
         return {"train_unmix_loss": unmix_loss, "train_mask_loss": mask_loss}
 

@@ -1,0 +1,220 @@
+"""Helpers shared by the benchmark scripts: configs, a bare training step, timing, results.
+
+A "bare" step is what Lightning's loop does for one batch, without its bookkeeping: the
+method's ``training_step`` (forward passes, losses, queue update), ``backward``, the SGD step
+and the EMA of every (online, momentum) pair. ``self.log`` calls inside ``training_step`` are
+no-ops without a Trainer, so the figures are the method's own cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` without installing
+    sys.path.insert(0, str(REPO))
+
+from solo_mixmask.methods import METHODS  # noqa: E402
+from solo_mixmask.utils.momentum import ema_update  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+MOCO_FAMILY = ("mocov2plus", "mixmask", "unmix", "unmix_mixmask")
+TINY_BACKBONE = {"name": "resnet18", "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8}}
+
+warnings.filterwarnings("ignore", message=".*self.trainer.*")
+warnings.filterwarnings("ignore", message=".*self.log.*")
+
+
+def command_line() -> str:
+    """The command that ran this script, for the results files."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def config_method_kwargs(dataset: str, method: str) -> dict[str, Any]:
+    """``method_kwargs`` of ``configs/pretrain/<dataset>/<method>.yaml`` (plain dict)."""
+    path = REPO / "configs" / "pretrain" / dataset / f"{method}.yaml"
+    return dict(OmegaConf.to_container(OmegaConf.load(path).get("method_kwargs", {})))
+
+
+def method_cfg(
+    method: str,
+    *,
+    backbone: dict[str, Any],
+    batch_size: int,
+    crop: int,
+    method_kwargs: dict[str, Any] | None = None,
+    channels_last: bool = True,
+    cifar_stem: bool | None = None,
+    compile_backend: str | None = None,
+) -> DictConfig:
+    """A config that ``METHODS[method](cfg)`` accepts; two views of ``crop`` pixels."""
+    return OmegaConf.create({
+        "name": f"bench-{method}",
+        "method": method,
+        "backbone": {**backbone, "cifar_stem": cifar_stem},
+        "method_kwargs": dict(method_kwargs or {}),
+        "data": {"dataset": "fashion_mnist", "num_classes": 10, "num_workers": 0},
+        "augmentations": [{"crop_size": crop, "num_crops": 2}],
+        "optimizer": {"batch_size": batch_size, "lr": 0.03},
+        "knn_eval": {"enabled": False},
+        "performance": {
+            "channels_last": channels_last,
+            "compile": compile_backend is not None,
+            "compile_backend": compile_backend or "inductor",
+        },
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 1,
+        "progress_bar": False,
+    })
+
+
+class BareTrainer:
+    """One method with its optimiser: ``step(batch)`` = training_step + backward + SGD + EMA.
+
+    ``autocast``: a dtype (torch.bfloat16) to run ``training_step`` under autocast on the
+    model's device, as Lightning's "bf16-mixed" precision does; None = full precision.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float = 0.03, tau: float = 0.99,
+                 autocast: torch.dtype | None = None):
+        self.model = model.train()
+        params = [p for g in model.learnable_params for p in g["params"]]
+        self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+        self.tau = tau
+        self.autocast = autocast
+        self.device_type = next(model.parameters()).device.type
+
+    def forward_loss(self, batch: list[Any]) -> torch.Tensor:
+        """The method's training loss (forward passes, losses, queue update)."""
+        context = (torch.autocast(self.device_type, dtype=self.autocast)
+                   if self.autocast is not None else contextlib.nullcontext())
+        with context:
+            loss = self.model.training_step(batch, 0)
+        return loss["loss"] if isinstance(loss, dict) else loss
+
+    def step(self, batch: list[Any]) -> torch.Tensor:
+        loss = self.forward_loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        for online, momentum in self.model.momentum_pairs:
+            ema_update(online, momentum, self.tau)
+        return loss.detach()
+
+
+def build_trainer(cfg: DictConfig, device: str = "cpu",
+                  autocast: torch.dtype | None = None) -> BareTrainer:
+    torch.manual_seed(0)
+    model = METHODS[cfg.method](cfg).to(device)
+    return BareTrainer(model, autocast=autocast)
+
+
+def synthetic_batch(
+    batch_size: int, crop: int, views: int = 2, device: str = "cpu", seed: int = 0
+) -> list[Any]:
+    """``[indexes, [views (B, 3, crop, crop) float32], targets]`` of random images."""
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.randn(batch_size, 3, crop, crop, generator=g) for _ in range(views)]
+    y = torch.randint(0, 10, (batch_size,), generator=g)
+    return [torch.arange(batch_size).to(device), [v.to(device) for v in x], y.to(device)]
+
+
+def interleaved(
+    jobs: dict[str, Callable[[], Any]],
+    rounds: int,
+    warmup: int = 1,
+    sync: Callable[[], None] | None = None,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Seconds per call of each job, run round-robin ``rounds`` times after ``warmup`` rounds.
+
+    Interleaving spreads machine noise (other processes, clock changes) over every job alike.
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before and after each timed call.
+    """
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for r in range(warmup + rounds):
+        for name, job in jobs.items():
+            if sync:
+                sync()
+            start = time.perf_counter()
+            job()
+            if sync:
+                sync()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+        if progress:
+            label = "warm-up" if r < warmup else f"round {r - warmup + 1}/{rounds}"
+            print(f"  {label} done", file=sys.stderr, flush=True)
+    return times
+
+
+def summary(times: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles, min and count of a list of seconds."""
+    ordered = sorted(times)
+    q = statistics.quantiles(ordered, n=4) if len(ordered) >= 2 else [ordered[0]] * 3
+    return {
+        "median_s": statistics.median(ordered),
+        "q1_s": q[0],
+        "q3_s": q[2],
+        "min_s": ordered[0],
+        "n": len(ordered),
+    }
+
+
+def write_results(stem: str, data: dict[str, Any], markdown: str, out_dir: Path) -> list[Path]:
+    """``<out_dir>/<stem>.json`` and ``.md``; returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    js.write_text(json.dumps(data, indent=2) + "\n")
+    md.write_text(markdown.rstrip() + "\n")
+    return [js, md]
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark (CPU count, threads, torch version, GPU name if any)."""
+    info = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def make_jpeg_folder(root: Path, count: int, size: int, classes: int = 10) -> Path:
+    """``count`` JPEGs (size x size, smooth colour fields + noise) in ``classes`` folders."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    for i in range(count):
+        folder = root / f"class{i % classes:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        a, b, c = rng.uniform(0, 255, (3, 3))
+        img = np.stack([a[k] * xx + b[k] * yy + c[k] * xx * yy for k in range(3)], axis=-1)
+        img = np.clip(img / 2 + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"{i:05d}.jpg", quality=90)
+    return root

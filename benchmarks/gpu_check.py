@@ -1,0 +1,292 @@
+"""GPU check: step throughput, peak memory and host syncs of MoCo v2 / MixMask / Un-Mix+MixMask,
+and the DALI loader's throughput. Run through ``benchmarks/gpu_check.sh`` (at most 8 minutes
+on one H100).
+
+1. ResNet-50 at 224 px, batch 256, two views, bf16 autocast, channels_last, synthetic tensors
+   on the GPU: images/s (median of interleaved rounds, CUDA-synchronised) and peak allocated
+   GPU memory of a full training step (forward, backward, SGD, EMA, queue) per method; the
+   bare extra query pass and the MixMask masks + mixing in the same rounds (FLOP-ideal ratio
+   and mask share as in ``step_time.py``);
+2. host synchronisations inside one training step of each method, counted with
+   ``torch.cuda.set_sync_debug_mode("warn")`` (the step should have none);
+3. the DALI pipeline (``data.format=dali``, GPU decoding + augmentation, two 224-px views)
+   on a generated JPEG folder, against the PyTorch ImageFolder loader with as many workers
+   as CPU cores; skipped with the reason when DALI is not installed.
+
+``--tiny`` runs every part on the CPU with a tiny network (DALI on its CPU pipeline): a test
+that the script works, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    RESULTS,
+    TINY_BACKBONE,
+    build_trainer,
+    command_line,
+    config_method_kwargs,
+    interleaved,
+    machine,
+    make_jpeg_folder,
+    method_cfg,
+    summary,
+    synthetic_batch,
+    write_results,
+)
+from omegaconf import OmegaConf  # noqa: E402
+
+from solo_mixmask.core.masks import sample_masks  # noqa: E402
+from solo_mixmask.core.mixing import mix_with_masks, reversed_partner  # noqa: E402
+
+METHODS = ("mocov2plus", "mixmask", "unmix_mixmask")
+CONFIG_NAMES = {"mocov2plus": "mocov2", "mixmask": "mixmask", "unmix_mixmask": "unmix_mixmask"}
+EXTRA_PASSES = {"mocov2plus": 0, "mixmask": 1, "unmix_mixmask": 2}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dali-images", type=int, default=1024)
+    p.add_argument("--dali-size", type=int, default=400, help="side of the generated JPEGs")
+    p.add_argument("--dali-batches", type=int, default=12)
+    p.add_argument("--time-limit", type=float, default=420.0,
+                   help="seconds; later parts are skipped when it runs out")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tiny", action="store_true", help="CPU, tiny network: a test that it runs")
+    args = p.parse_args(argv)
+    if args.tiny:
+        torch.set_num_threads(1)
+        args.batch, args.crop, args.rounds, args.warmup = 8, 32, 2, 1
+        args.dali_images, args.dali_size, args.dali_batches = 24, 48, 2
+    if args.out is None:
+        out = os.environ.get("OUT")
+        args.out = (Path(out) if out else RESULTS) / "gpu_check.json"
+    return args
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _kwargs(method: str, tiny: bool) -> dict[str, Any]:
+    kw = config_method_kwargs("imagenet", CONFIG_NAMES[method])
+    if tiny:
+        kw.update(proj_hidden_dim=32, proj_output_dim=16, queue_size=64)
+    return kw
+
+
+def build(args: argparse.Namespace) -> dict[str, Any]:
+    device = _device()
+    backbone = dict(TINY_BACKBONE) if args.tiny else {"name": args.backbone, "kwargs": {}}
+    autocast = torch.bfloat16 if device == "cuda" else None
+    trainers = {
+        m: build_trainer(method_cfg(m, backbone=backbone, batch_size=args.batch, crop=args.crop,
+                                    method_kwargs=_kwargs(m, args.tiny),
+                                    cifar_stem=args.crop <= 64), device, autocast)
+        for m in METHODS
+    }
+    return {"trainers": trainers, "batch": synthetic_batch(args.batch, args.crop, device=device)}
+
+
+def _peak_memory_job(job: Any, peaks: dict[str, int], name: str) -> Any:
+    def run() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        job()
+        if torch.cuda.is_available():
+            peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
+    return run
+
+
+def step_throughput(args: argparse.Namespace, built: dict[str, Any]) -> dict[str, Any]:
+    trainers, batch = built["trainers"], built["batch"]
+    x, moco, mix = batch[1][0], built["trainers"]["mocov2plus"], built["trainers"]["mixmask"]
+    partner = reversed_partner(args.batch, x.device)
+    peaks: dict[str, int] = {}
+    jobs = {m: _peak_memory_job(lambda t=t: t.step(batch), peaks, m) for m, t in trainers.items()}
+
+    def extra_pass() -> None:
+        moco.optimizer.zero_grad(set_to_none=True)
+        context = (torch.autocast("cuda", dtype=torch.bfloat16) if x.is_cuda
+                   else contextlib.nullcontext())
+        with context:
+            z = moco.model.forward(x)["z"]
+        z.float().square().mean().backward()
+
+    def masks_mixing() -> None:
+        m = mix.model
+        masks = sample_masks(x.shape[0], m.grid_size, m.mask_ratio, tuple(x.shape[-2:]),
+                             mask_type=m.mask_type, per_sample=m.per_sample_masks,
+                             generator=m.mixing_generator(x.device), device=x.device,
+                             dtype=x.dtype)
+        mix_with_masks(x, masks, partner)
+
+    jobs["extra_pass"] = extra_pass
+    jobs["masks_mixing"] = masks_mixing
+    times = interleaved(jobs, args.rounds, args.warmup, sync=_sync)
+    stats = {n: summary(t) for n, t in times.items()}
+    base, extra = stats["mocov2plus"]["median_s"], stats["extra_pass"]["median_s"]
+    out: dict[str, Any] = {}
+    for m in METHODS:
+        s = stats[m]
+        k = EXTRA_PASSES[m]
+        out[m] = {
+            **s,
+            "images_per_s": args.batch / s["median_s"],
+            "peak_gpu_memory_gb": peaks.get(m, 0) / 2**30,
+            "ratio_to_mocov2plus": s["median_s"] / base,
+            "ideal_ratio": (base + k * extra) / base,
+            "paired_ratio": statistics.median(
+                [a / b for a, b in zip(times[m], times["mocov2plus"])]),
+        }
+        out[m]["gap_to_ideal"] = out[m]["ratio_to_mocov2plus"] / out[m]["ideal_ratio"] - 1
+    out["references"] = {n: stats[n] for n in ("extra_pass", "masks_mixing")}
+    out["mask_mixing_share_of_mixmask_step"] = (stats["masks_mixing"]["median_s"]
+                                                / stats["mixmask"]["median_s"])
+    return out
+
+
+def host_syncs(built: dict[str, Any]) -> dict[str, Any]:
+    """Synchronising CUDA calls in one training step (forward, backward, SGD, EMA) per method."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    out: dict[str, Any] = {}
+    for m, trainer in built["trainers"].items():
+        _sync()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                trainer.step(built["batch"])
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message).splitlines()[0] for w in caught
+                 if "synchroniz" in str(w.message).lower()]
+        out[m] = {"count": len(syncs), "first": syncs[:3]}
+    return out
+
+
+def dali_loader(args: argparse.Namespace) -> dict[str, Any]:
+    """Images/s of the DALI pipeline and of the PyTorch ImageFolder loader on generated JPEGs."""
+    from solo_mixmask.data.dali import dali_available, import_dali
+    from solo_mixmask.data.loaders import build_train_loader
+
+    if not dali_available():
+        try:
+            import_dali()
+        except Exception as err:  # the DataError with the install hint
+            return {"skipped": str(err)}
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    cores = os.cpu_count() or 2
+    out: dict[str, Any] = {"device": device}
+    with tempfile.TemporaryDirectory(prefix="gpu_check_jpegs_") as tmp:
+        start = time.perf_counter()
+        folder = make_jpeg_folder(Path(tmp), args.dali_images, args.dali_size)
+        out["generate_s"] = time.perf_counter() - start
+        aug = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+                             / "imagenet" / "augmentations" / "aug_plus.yaml")
+        aug = OmegaConf.to_container(aug)
+        for entry in aug:
+            entry["crop_size"] = args.crop
+        for fmt, workers in (("dali", min(cores, 8)), ("image_folder", cores)):
+            cfg = OmegaConf.create({
+                "data": {"dataset": "custom", "train_path": str(folder), "format": fmt,
+                         "dali_device": device, "num_workers": 0 if args.tiny else workers},
+                "augmentations": aug, "optimizer": {"batch_size": args.batch}, "seed": 5,
+            })
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            out[fmt] = _loader_speed(build_train_loader(cfg), args.dali_batches)
+            out[fmt]["workers_or_threads"] = max(1, cfg.data.num_workers)
+            if torch.cuda.is_available():
+                out[fmt]["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def _loader_speed(loader: Any, batches: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    it = iter(loader)
+    first = next(it)
+    first_s = time.perf_counter() - start
+    size, seen, begin = first[0].shape[0], 0, time.perf_counter()
+    while seen < batches:
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        seen += 1
+    _sync()
+    seconds = time.perf_counter() - begin
+    views = batch[1]
+    return {"images_per_s": seen * size / seconds, "first_batch_s": first_s,
+            "batches": seen, "view_shape": list(views[0].shape), "views": len(views),
+            "view_device": str(views[0].device)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+    res: dict[str, Any] = {
+        "command": command_line(), "machine": machine(), "device": _device(),
+        "settings": {"backbone": "tiny" if args.tiny else args.backbone, "batch": args.batch,
+                     "crop": args.crop, "rounds": args.rounds, "warmup": args.warmup,
+                     "precision": "bf16 autocast" if torch.cuda.is_available() else "fp32",
+                     "channels_last": True, "tiny": args.tiny},
+    }
+    built = build(args)
+    res["steps"] = step_throughput(args, built)
+    print(f"steps done at {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    res["host_syncs"] = host_syncs(built)
+    del built
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if time.perf_counter() - start < args.time_limit:
+        res["dali"] = dali_loader(args)
+    else:
+        res["dali"] = {"skipped": f"time limit of {args.time_limit} s reached"}
+    res["wall_seconds"] = time.perf_counter() - start
+    lines = [f"# GPU check ({res['device']})", "", f"Command: `{res['command']}`", "",
+             f"Machine: {res['machine']}", ""]
+    for m in METHODS:
+        s = res["steps"][m]
+        lines.append(f"- {m}: {s['images_per_s']:.0f} img/s, peak {s['peak_gpu_memory_gb']:.1f} "
+                     f"GB, ratio {s['ratio_to_mocov2plus']:.3f} (ideal {s['ideal_ratio']:.3f})")
+    lines.append(f"- masks + mixing share of the mixmask step: "
+                 f"{100 * res['steps']['mask_mixing_share_of_mixmask_step']:.2f}%")
+    lines.append(f"- host syncs per step: {res['host_syncs']}")
+    lines.append(f"- DALI: {res['dali']}")
+    text = "\n".join(lines)
+    write_results(args.out.stem, res, text, args.out.parent)
+    print(text)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""Engine plumbing that makes runs recoverable: safe + atomic checkpoint IO, exact resume, NaN stop.
+
+- :class:`SafeAtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin) writes every checkpoint
+  to a temporary file in the same folder, fsyncs it and renames it over the target, so a kill
+  during a save leaves the previous file intact; it loads with ``torch.load(weights_only=True)``
+  whatever Lightning version calls it (2.1 passes no ``weights_only``), so a pickle that would
+  run code is refused (:class:`~solo_mixmask.errors.CheckpointError`).
+- :class:`ResumeState` saves and restores the global RNG states (torch CPU/CUDA, numpy, python)
+  and the training loader's position (epoch, batches trained) so a resumed run continues with
+  exactly the batches it would have seen.
+- :class:`StepCheckpoint` writes ``last.ckpt`` every ``checkpoint.every_n_steps`` optimiser
+  steps (mid-epoch checkpoints).
+- :class:`NonFiniteLossGuard` stops training with :class:`NonFiniteLossError` before a NaN/inf
+  loss is back-propagated, so neither the weights in memory nor any checkpoint see it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, Checkpoint
+
+from solo_mixmask.errors import CheckpointError
+from solo_mixmask.utils.resumable import ResumableLoader
+
+LAST = "last.ckpt"
+
+
+# --------------------------------------------------------------------------- checkpoint files
+
+
+def _pickle_problem(err: BaseException) -> str:
+    """The informative line of a ``weights_only`` refusal (torch's message is a page long)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return line
+    return lines[0] if lines else type(err).__name__
+
+
+def safe_load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``; :class:`CheckpointError` for anything unusable.
+
+    Only tensors, numbers, strings, ``None`` and (nested) dicts, lists and tuples are loaded;
+    a file that needs other pickled objects (which could run code while loading) is refused
+    and nothing in it runs.
+    """
+    path = Path(path)
+    try:  # the project's shared loader, when present (same policy, same messages)
+        from solo_mixmask.checkpoints import safe_load
+    except ImportError:
+        safe_load = None
+    if safe_load is not None:
+        checkpoint = safe_load(path)
+    else:
+        checkpoint = _torch_load_weights_only(path, map_location)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict"
+        )
+    return checkpoint
+
+
+def _torch_load_weights_only(path: Path, map_location: Any) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"refusing to load {str(path)!r}: it is not a plain weights file "
+                f"(torch.load(weights_only=True) rejected it: {_pickle_problem(err)}); "
+                "solo-mixmask checkpoints hold only tensors, numbers, strings and containers, "
+                "and loading anything else could run code from the file"
+            ) from err
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {_pickle_problem(err)} "
+            "(truncated or not a torch checkpoint)"
+        ) from err
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` through ``<dir>/.<name>.tmp-<pid>`` + fsync + ``os.replace``.
+
+    Readers see either the previous complete file or the new complete file, never a part.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class SafeAtomicCheckpointIO(TorchCheckpointIO):
+    """Local checkpoints written atomically and read with ``weights_only=True``."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return safe_load_checkpoint(path, map_location="cpu")
+
+
+# --------------------------------------------------------------------------- RNG states
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Global RNG states as weights_only-loadable values (tensors, ints, lists, strings)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "state": list(internal), "gauss": gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (missing parts are left as they are)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "numpy" in state:
+        np_state = state["numpy"]
+        keys = np_state["keys"].numpy().astype(np.uint32)
+        np.random.set_state((np_state["kind"], keys, np_state["pos"], np_state["has_gauss"],
+                             np_state["cached_gaussian"]))
+    if "python" in state:
+        py = state["python"]
+        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class ResumeState(Callback):
+    """Saves/restores RNG states and the training loader's position in every checkpoint.
+
+    The position is applied as soon as Lightning hands the callback its state (before it builds
+    the first training iterator), so the resumed epoch skips exactly the batches already trained.
+    Under DDP only rank 0 writes the file, so the per-rank streams (global RNGs and the method's
+    ``generators``, seeded per rank) of every rank are gathered into ``per_rank`` when saving and
+    each rank takes its own back when loading (same world size), overriding the rank-0 copy the
+    method restores from ``checkpoint["method_generators"]``.
+    """
+
+    def __init__(self, loader: ResumableLoader | None):
+        self.loader = loader
+        self._trainer: Any = None
+        self._module: Any = None
+
+    @property
+    def state_key(self) -> str:
+        return "ResumeState"
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        self._trainer, self._module = trainer, pl_module
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.loader is not None:
+            self.loader.batches_done = batch_idx + 1
+
+    def _rank_streams(self) -> dict[str, Any]:
+        generators = getattr(self._module, "generators", None)
+        return {
+            "rng": capture_rng_state(),
+            "generators": generators.state_dict() if generators is not None else {},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"rng": capture_rng_state()}
+        if self.loader is not None:
+            state["loader"] = self.loader.state_dict()
+        world = int(getattr(self._trainer, "world_size", 1) or 1)
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * world
+            # every rank runs dump_checkpoint for every save, so this collective is matched
+            torch.distributed.all_gather_object(gathered, self._rank_streams())
+            state["per_rank"] = gathered
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        rank = int(getattr(self._trainer, "global_rank", 0) or 0)
+        world = int(getattr(self._trainer, "world_size", 1) or 1)
+        per_rank = state_dict.get("per_rank")
+        if per_rank is not None and len(per_rank) == world:
+            mine = per_rank[rank]
+            restore_rng_state(mine["rng"])
+            generators = getattr(self._module, "generators", None)
+            if generators is not None and mine.get("generators"):
+                generators.load_state_dict(mine["generators"])
+        elif "rng" in state_dict:
+            restore_rng_state(state_dict["rng"])
+        if self.loader is not None and "loader" in state_dict:
+            self.loader.load_state_dict(state_dict["loader"])
+
+
+class StepCheckpoint(Checkpoint):
+    """Writes ``<dirpath>/last.ckpt`` after every ``every_n_steps``-th optimiser step.
+
+    The file is written after the LightningModule's own ``on_train_batch_end`` (where
+    ``BaseMomentumMethod`` applies the step's EMA update), not in this callback's hook: Lightning
+    calls callbacks first, so a checkpoint written there would hold the momentum encoder of the
+    previous step and the resumed run would differ. To get there, :meth:`setup` wraps the
+    module's hook for the duration of ``fit``. Skipped on an epoch's last batch: the epoch-end
+    checkpoint follows right after it.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps} is not allowed: expected >= 1")
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = int(every_n_steps)
+
+    @property
+    def state_key(self) -> str:
+        return "StepCheckpoint"
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        if stage != "fit" or "on_train_batch_end" in vars(pl_module):
+            return
+        module_hook = pl_module.on_train_batch_end
+
+        def on_train_batch_end(outputs: Any, batch: Any, batch_idx: int) -> None:
+            module_hook(outputs, batch, batch_idx)
+            self.after_train_batch(trainer, batch_idx)
+
+        on_train_batch_end.__wrapped_by_step_checkpoint__ = True  # type: ignore[attr-defined]
+        pl_module.on_train_batch_end = on_train_batch_end
+
+    def teardown(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        hook = vars(pl_module).get("on_train_batch_end")
+        if getattr(hook, "__wrapped_by_step_checkpoint__", False):
+            del pl_module.on_train_batch_end
+
+    def after_train_batch(self, trainer: L.Trainer, batch_idx: int) -> None:
+        """Save if this optimiser step is due (and not the epoch's last batch)."""
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or trainer.sanity_checking:
+            return
+        if (batch_idx + 1) % max(int(trainer.accumulate_grad_batches), 1):
+            return  # gradients are being accumulated: they are not part of a checkpoint
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return
+        trainer.save_checkpoint(self.dirpath / LAST)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss (or a weight about to be saved) became NaN or inf."""
+
+    def __init__(self, what: str, step: int, epoch: int, checkpoint: str | None):
+        self.what, self.step, self.epoch, self.checkpoint = what, step, epoch, checkpoint
+        kept = (f"the last checkpoint, {checkpoint}, written before this happened, is kept"
+                if checkpoint else "no checkpoint had been written yet")
+        super().__init__(
+            f"{what} at step {step} (epoch {epoch}); training stopped and nothing non-finite "
+            f"was saved; {kept}; lower optimizer.lr, add warm-up (scheduler.warmup_epochs) or "
+            "use precision=32-true, then start again or resume"
+        )
+
+
+class NonFiniteLossGuard(Callback):
+    """Raises :class:`NonFiniteLossError` when the loss about to be back-propagated is not finite.
+
+    Under DDP every rank takes the same decision (any rank's bad loss stops them all), so no
+    rank is left waiting in a gradient all-reduce. Costs one device-to-host sync per step.
+    """
+
+    def __init__(self, checkpoint_dir: str | Path | None):
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+
+    def _last(self) -> str | None:
+        last = self.checkpoint_dir / LAST if self.checkpoint_dir else None
+        return str(last) if last is not None and last.exists() else None
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: Any, loss: torch.Tensor) -> None:
+        local_bad = not bool(torch.isfinite(loss.detach()).all())
+        bad = local_bad
+        if trainer.world_size > 1:
+            bad = bool(trainer.strategy.reduce_boolean_decision(local_bad, all=False))
+        if not bad:
+            return
+        if local_bad and loss.numel() == 1:
+            what = f"the training loss is {float(loss.detach().float().cpu())}"
+        else:
+            what = "the training loss is not finite on another rank"
+        raise NonFiniteLossError(what, trainer.global_step, trainer.current_epoch, self._last())
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]
+    ) -> None:
+        """Refuse to write a checkpoint whose weights hold NaN/inf (the old file stays)."""
+        for name, tensor in checkpoint.get("state_dict", {}).items():
+            if torch.is_tensor(tensor) and tensor.is_floating_point():
+                if not bool(torch.isfinite(tensor).all()):
+                    raise NonFiniteLossError(
+                        f"weight {name} is not finite", trainer.global_step,
+                        trainer.current_epoch, self._last(),
+                    )

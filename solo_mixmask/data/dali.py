@@ -1,0 +1,446 @@
+"""NVIDIA DALI pretraining loader for ImageFolder trees (``data.format: dali``).
+
+JPEG decoding and the MoCo v2 augmentations run inside a DALI pipeline: on the GPU
+(``fn.decoders.image`` with device ``"mixed"``, every augmentation on ``"gpu"``) or, for tests
+and machines without CUDA, on the CPU (``data.dali_device: cpu``). Each image is decoded once
+and cropped into the views of every ``augmentations`` pipeline; batches follow solo-learn's
+training format ``[indexes (B,) int64, [view_1, ..., view_V] float32 (B, 3, crop, crop),
+targets (B,) int64]``, on the GPU for ``gpu``, on the host for ``cpu``.
+
+What each augmentation becomes (per image, per view; the probabilities and ranges are the
+config's, see :class:`~solo_mixmask.data.augmentations.CropSpec`):
+
+- ``rrc``: ``fn.random_resized_crop`` (area fraction in [crop_min_scale, crop_max_scale],
+  aspect ratio in [3/4, 4/3], bicubic), else a resize of the short side and a centre crop;
+- colour jitter with probability p: ``fn.color_twist`` with brightness, contrast and
+  saturation factors uniform in [1 - s, 1 + s] and a hue shift uniform in +-hue * 360 degrees
+  (DALI applies them in a fixed order, torchvision in a random one; DALI's contrast pivots on
+  mid-grey, torchvision's on the image mean);
+- grayscale with probability p: the saturation factor set to 0 (luma Y = 0.299 R + 0.587 G +
+  0.114 B, torchvision's weights);
+- Gaussian blur with probability p: ``fn.gaussian_blur`` with sigma uniform in [0.1, 2.0] and
+  the window of :func:`~solo_mixmask.data.augmentations.blur_kernel_size`; images that are not
+  blurred get sigma 1e-3, which is the identity for that window;
+- solarisation with probability p: pixels >= 128 become 255 - pixel; equalisation with
+  probability p: ``fn.equalize``;
+- horizontal flip with probability p and normalisation (mean/std x 255) in
+  ``fn.crop_mirror_normalize``, which also lays the view out as CHW float32.
+
+DALI is an optional dependency (``pip install solo-mixmask[dali]``): it is imported only when
+``data.format`` is ``dali``. Undecodable files stop the pipeline with DALI's own error; DALI
+has no skip-and-warn mode (check the tree with ``data.scan_images: true`` first).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.data import Dataset, Subset
+
+from solo_mixmask.data.augmentations import CropSpec, blur_kernel_size, parse_augmentations
+from solo_mixmask.data.datasets import (
+    IMAGE_FOLDER_DATASETS,
+    build_dataset,
+    cfg_value,
+    dataset_name,
+    subset_indices,
+)
+from solo_mixmask.errors import ConfigError, DataError
+
+__all__ = [
+    "DEVICES",
+    "INSTALL_HINT",
+    "DaliTrainLoader",
+    "build_dali_train_loader",
+    "build_pretrain_pipeline",
+    "dali_available",
+    "image_folder_cfg",
+    "import_dali",
+    "resolve_device",
+]
+
+INSTALL_HINT = "pip install solo-mixmask[dali]"
+DEVICES = ("auto", "gpu", "cpu")
+ASPECT_RATIO = (3 / 4, 4 / 3)
+BLUR_SIGMA = (0.1, 2.0)
+NO_BLUR_SIGMA = 1e-3  # exp(-1 / (2 sigma^2)) underflows: a 3-tap window keeps only its centre
+SOLARIZE_THRESHOLD = 128
+
+
+def dali_available() -> bool:
+    """True when ``nvidia.dali`` (and its PyTorch plugin) can be imported."""
+    try:
+        import_dali()
+    except DataError:
+        return False
+    return True
+
+
+def import_dali() -> ModuleType:
+    """``nvidia.dali``, or a DataError saying how to install it."""
+    try:
+        import nvidia.dali as dali
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except ImportError as err:
+        raise DataError(
+            f"data.format='dali' needs NVIDIA DALI, which is not installed ({err}); install it "
+            f"with `{INSTALL_HINT}` (the CUDA 12 wheel, x86-64/aarch64 Linux only) or use "
+            "data.format=image_folder"
+        ) from err
+    return dali
+
+
+def resolve_device(value: Any) -> str:
+    """``data.dali_device`` -> "gpu" or "cpu" ("auto": gpu when CUDA is available)."""
+    if value not in DEVICES:
+        raise ConfigError("data.dali_device", value, f"one of {', '.join(DEVICES)}")
+    if value == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if value == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("data.dali_device", value, "'cpu' or 'auto' (no CUDA device here)")
+    return value
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass(frozen=True)
+class _Ops:
+    """The DALI modules, passed around so that they are imported once, lazily."""
+
+    fn: Any
+    types: Any
+    device: str  # where the augmentations run: "gpu" or "cpu"
+
+    def on_device(self, node: Any) -> Any:
+        """A per-sample value produced on the host, moved next to the images."""
+        return node.gpu() if self.device == "gpu" else node
+
+    def coin(self, probability: float) -> Any:
+        """Per-sample 0/1 draws as float32."""
+        flip = self.fn.random.coin_flip(probability=float(probability))
+        return self.fn.cast(flip, dtype=self.types.FLOAT)
+
+    def uniform(self, low: float, high: float) -> Any:
+        return self.fn.random.uniform(range=(float(low), float(high)))
+
+
+def _crop(ops: _Ops, images: Any, spec: CropSpec) -> Any:
+    size = (spec.crop_size, spec.crop_size)
+    if spec.rrc:
+        return ops.fn.random_resized_crop(
+            images,
+            size=size,
+            random_area=(spec.crop_min_scale, spec.crop_max_scale),
+            random_aspect_ratio=ASPECT_RATIO,
+            interp_type=ops.types.INTERP_CUBIC,
+        )
+    resized = ops.fn.resize(
+        images, resize_shorter=spec.crop_size, interp_type=ops.types.INTERP_CUBIC
+    )
+    return ops.fn.crop(resized, crop=size)
+
+
+def _color(ops: _Ops, view: Any, spec: CropSpec) -> Any:
+    """Colour jitter (probability p) and grayscale (probability p) in one ``color_twist``."""
+    if spec.color_jitter_prob <= 0 and spec.grayscale_prob <= 0:
+        return view
+    kwargs: dict[str, Any] = {}
+    saturation: Any = None
+    if spec.color_jitter_prob > 0:
+        on = ops.coin(spec.color_jitter_prob)
+
+        def factor(strength: float) -> Any:
+            return 1.0 + on * (ops.uniform(max(0.0, 1.0 - strength), 1.0 + strength) - 1.0)
+
+        kwargs["brightness"] = factor(spec.brightness)
+        kwargs["contrast"] = factor(spec.contrast)
+        saturation = factor(spec.saturation)
+        kwargs["hue"] = on * ops.uniform(-360.0 * spec.hue, 360.0 * spec.hue)
+    if spec.grayscale_prob > 0:
+        keep_colour = 1.0 - ops.coin(spec.grayscale_prob)
+        saturation = keep_colour if saturation is None else saturation * keep_colour
+    if saturation is not None:
+        kwargs["saturation"] = saturation
+    return ops.fn.color_twist(view, **kwargs)
+
+
+def _equalize(ops: _Ops, view: Any) -> Any:
+    op = getattr(ops.fn, "equalize", None) or ops.fn.experimental.equalize
+    return op(view)
+
+
+def _pixel_ops(ops: _Ops, view: Any, spec: CropSpec) -> Any:
+    """Blur, solarisation and equalisation, each applied to a random share of the images."""
+    if spec.gaussian_prob > 0:
+        on = ops.coin(spec.gaussian_prob)
+        sigma = on * ops.uniform(*BLUR_SIGMA) + (1.0 - on) * NO_BLUR_SIGMA
+        view = ops.fn.gaussian_blur(
+            view, window_size=blur_kernel_size(spec.crop_size), sigma=sigma
+        )
+    if spec.solarization_prob > 0:
+        on = ops.on_device(
+            ops.fn.random.coin_flip(probability=spec.solarization_prob, dtype=ops.types.UINT8)
+        )
+        # x + on * [x >= 128] * (255 - 2x): 255 - x where solarised, x elsewhere.
+        flipped = view + on * (view >= SOLARIZE_THRESHOLD) * (255 - 2 * view)
+        view = ops.fn.cast(flipped, dtype=ops.types.UINT8)
+    if spec.equalization_prob > 0:
+        on = ops.on_device(
+            ops.fn.random.coin_flip(probability=spec.equalization_prob, dtype=ops.types.UINT8)
+        )
+        view = ops.fn.cast(view + on * (_equalize(ops, view) - view), dtype=ops.types.UINT8)
+    return view
+
+
+def _normalise(ops: _Ops, view: Any, spec: CropSpec) -> Any:
+    mirror = (
+        ops.fn.random.coin_flip(probability=spec.horizontal_flip_prob)
+        if spec.horizontal_flip_prob > 0
+        else 0
+    )
+    return ops.fn.crop_mirror_normalize(
+        view,
+        dtype=ops.types.FLOAT,
+        output_layout="CHW",
+        mean=[255.0 * m for m in spec.mean],
+        std=[255.0 * s for s in spec.std],
+        mirror=mirror,
+    )
+
+
+def _view(ops: _Ops, images: Any, spec: CropSpec) -> Any:
+    """One augmented view (3, crop, crop) float32 of every decoded image (HWC uint8)."""
+    view = _crop(ops, images, spec)
+    view = _color(ops, view, spec)
+    view = _pixel_ops(ops, view, spec)
+    return _normalise(ops, view, spec)
+
+
+def build_pretrain_pipeline(
+    files: Sequence[str],
+    specs: Sequence[CropSpec],
+    batch_size: int,
+    *,
+    device: str = "cpu",
+    seed: int = 5,
+    num_threads: int = 2,
+    device_id: int | None = None,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    ids: Sequence[int] | None = None,
+    reader_name: str = "Reader",
+) -> Any:
+    """A built DALI pipeline whose outputs are ``(view_1, ..., view_V, sample_id)``.
+
+    Views are float32 (3, crop, crop) per sample, normalised; ``sample_id`` is the int32
+    ``ids[i]`` of file ``files[i]`` (the reader's "label"; default ``i``). V = sum of
+    ``num_crops`` over ``specs``.
+    ``device``: "gpu" (decoding on "mixed", augmentations on the GPU ``device_id``) or "cpu".
+    The files are read in a seeded random order, reshuffled after every epoch; with
+    ``num_shards`` > 1 each shard reads its own slice.
+    """
+    import_dali()
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    if device not in ("gpu", "cpu"):
+        raise ValueError(f"device={device!r} is not allowed: expected 'gpu' or 'cpu'")
+    if not files:
+        raise ValueError("files is empty: expected at least one image path")
+    ids = list(range(len(files))) if ids is None else [int(i) for i in ids]
+    if len(ids) != len(files):
+        raise ValueError(f"{len(ids)} ids for {len(files)} files: expected one id per file")
+    ops = _Ops(fn, types, device)
+
+    @pipeline_def(
+        batch_size=int(batch_size),
+        num_threads=max(1, int(num_threads)),
+        device_id=(device_id or 0) if device == "gpu" else None,
+        seed=int(seed),
+        prefetch_queue_depth=2,
+    )
+    def pipeline() -> tuple[Any, ...]:
+        encoded, sample_ids = fn.readers.file(
+            files=list(files),
+            labels=ids,
+            shuffle_after_epoch=True,
+            shard_id=int(shard_id),
+            num_shards=int(num_shards),
+            seed=int(seed),
+            name=reader_name,
+        )
+        decoder = "mixed" if device == "gpu" else "cpu"
+        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+        views = [_view(ops, images, s) for s in specs for _ in range(s.num_crops)]
+        return (*views, sample_ids)
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+class DaliTrainLoader:
+    """Iterable over pretraining batches from a DALI pipeline; one pass = one epoch.
+
+    ``files[i]`` has target ``targets[i]``; batches are
+    ``[indexes (B,) int64, [V views (B, 3, crop, crop) float32], targets (B,) int64]`` with
+    indexes into ``files`` (views on the pipeline's device, indexes and targets on the same
+    device). The files are read in an order drawn from ``seed`` and reshuffled every epoch; the
+    last incomplete batch of an epoch is dropped. ``len()`` is the number of batches per epoch.
+    ``dataset`` is the file-level dataset (``len`` = images).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        files: Sequence[str],
+        targets: Sequence[int],
+        specs: Sequence[CropSpec],
+        batch_size: int,
+        *,
+        device: str = "cpu",
+        seed: int = 5,
+        num_threads: int = 2,
+        device_id: int | None = None,
+        shard_id: int = 0,
+        num_shards: int = 1,
+    ):
+        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        if len(files) != len(targets):
+            raise ValueError(f"{len(files)} files but {len(targets)} targets: expected as many")
+        self.dataset = dataset
+        self.device = device
+        self.num_views = sum(s.num_crops for s in specs)
+        self._targets = torch.as_tensor(list(targets), dtype=torch.int64)
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))
+        self._pipe = build_pretrain_pipeline(
+            [files[i] for i in order.tolist()],
+            specs,
+            batch_size,
+            device=device,
+            seed=seed,
+            num_threads=num_threads,
+            device_id=device_id,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            ids=order.tolist(),
+        )
+        names = [f"view{i}" for i in range(self.num_views)] + ["ids"]
+        self._iterator = DALIGenericIterator(
+            [self._pipe],
+            names,
+            reader_name="Reader",
+            last_batch_policy=LastBatchPolicy.DROP,
+            auto_reset=True,
+        )
+        self._names = names
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+    def _batch(self, out: dict[str, torch.Tensor]) -> list[Any]:
+        views = [out[name] for name in self._names[:-1]]
+        ids = out["ids"].reshape(-1).to(torch.int64).cpu()
+        targets = self._targets[ids]
+        where = views[0].device
+        return [ids.to(where), views, targets.to(where)]
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        for outputs in self._iterator:
+            yield self._batch(outputs[0])
+
+
+def image_folder_cfg(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` with ``data.format: image_folder`` (to list the files)."""
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(plain):
+        plain.data.format = "image_folder"
+    return plain  # type: ignore[return-value]
+
+
+def _files_and_targets(dataset: Dataset) -> tuple[list[str], list[int]]:
+    """(paths, targets) of an ImageFolderDataset, or of a Subset of one."""
+    indices: Sequence[int] | None = None
+    if isinstance(dataset, Subset):
+        indices, dataset = dataset.indices, dataset.dataset
+    samples = dataset.samples  # type: ignore[attr-defined]
+    chosen = [samples[i] for i in indices] if indices is not None else samples
+    return [p for p, _ in chosen], [int(t) for _, t in chosen]
+
+
+def _rank_and_world(cfg: DictConfig) -> tuple[int, int, int]:
+    """(shard_id, num_shards, local device id) from the launcher's environment and the config."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    devices = cfg_value(cfg, "devices", 1)
+    per_node = devices if isinstance(devices, int) and devices > 0 else 1
+    nodes = cfg_value(cfg, "num_nodes", 1)
+    nodes = nodes if isinstance(nodes, int) and nodes > 0 else 1
+    rank = int(os.environ.get("NODE_RANK", 0)) * per_node + local
+    return rank, per_node * nodes, local
+
+
+def build_dali_train_loader(cfg: DictConfig) -> DaliTrainLoader:
+    """The DALI training loader for ``cfg`` (``data.format: dali``).
+
+    Reads ``data.train_path`` like the ImageFolder loader (class sub-folders, or any images
+    with ``data.no_labels``; ``data.train_subset`` as there), decodes and augments with DALI on
+    ``data.dali_device`` (auto/gpu/cpu) using ``data.num_workers`` CPU threads (at least 1).
+    Raises ConfigError for datasets that are not ImageFolder trees, DataError when DALI is
+    missing or the set is smaller than one batch.
+    """
+    name = dataset_name(cfg)
+    if name not in IMAGE_FOLDER_DATASETS:
+        raise ConfigError(
+            "data.format", "dali",
+            f"'image_folder' for data.dataset={name!r}: DALI reads ImageFolder trees "
+            f"(data.dataset one of {', '.join(IMAGE_FOLDER_DATASETS)})",
+        )
+    import_dali()
+    device = resolve_device(cfg_value(cfg, "data.dali_device", "auto"))
+    batch = cfg_value(cfg, "optimizer.batch_size")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 2:
+        raise ConfigError("optimizer.batch_size", batch, "an int >= 2")
+    seed = int(cfg_value(cfg, "seed", 5))
+    dataset = build_dataset(image_folder_cfg(cfg), "train", None)
+    size = cfg_value(cfg, "data.train_subset")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(dataset):
+            raise ConfigError(
+                "data.train_subset", size, f"null or an int in [1, {len(dataset)}]"
+            )
+        indices = subset_indices(len(dataset), size, seed)
+        dataset = dataset if indices is None else Subset(dataset, indices)
+    files, targets = _files_and_targets(dataset)
+    shard, shards, local = _rank_and_world(cfg)
+    if len(files) // shards < batch:
+        raise DataError(
+            f"the training set has {len(files)} images ({len(files) // shards} per device), "
+            f"fewer than one batch of optimizer.batch_size={batch}"
+        )
+    workers = cfg_value(cfg, "data.num_workers", 2)
+    return DaliTrainLoader(
+        dataset,
+        files,
+        targets,
+        parse_augmentations(cfg),
+        batch,
+        device=device,
+        seed=seed,
+        num_threads=max(1, int(workers)),
+        device_id=local,
+        shard_id=shard,
+        num_shards=shards,
+    )

@@ -1,0 +1,149 @@
+"""Sub-commands for evaluation, export and pictures (linear, knn, convert, show-masks, compare).
+
+Heavy imports (torch, data, matplotlib) happen inside the command functions so that
+``solo-mixmask --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A sub-parser that takes options and ``key=value`` overrides in any order
+    (``linear CKPT --preset small linear.epochs=5`` as well as ``linear --preset small CKPT``)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+class KsAction(argparse.Action):
+    """``--k 10 20 100``: integers; ``key=value`` words caught after them are overrides."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        ks, extra = [], []
+        for value in values:
+            if "=" in value:
+                extra.append(value)
+                continue
+            try:
+                ks.append(int(value))
+            except ValueError:
+                parser.error(f"argument --k: invalid int value: {value!r}")
+        if not ks:
+            parser.error("argument --k: expected at least one integer")
+        setattr(namespace, self.dest, ks)
+        namespace.k_overrides = extra
+
+
+def _intermixed(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    if type(p) is argparse.ArgumentParser:
+        p.__class__ = IntermixedParser
+    return p
+
+
+def _print_json(result: dict) -> None:
+    print(json.dumps(result, indent=2))
+
+
+def _linear(args: argparse.Namespace) -> None:
+    from solo_mixmask.eval.linear import run_linear
+
+    result = run_linear(args.checkpoint, args.preset, args.overrides, args.cached_features,
+                        args.out, args.device)
+    _print_json(result)
+
+
+def _knn(args: argparse.Namespace) -> None:
+    from solo_mixmask.eval.offline_knn import run_knn
+
+    overrides = [*args.overrides, *getattr(args, "k_overrides", [])]
+    result = run_knn(args.checkpoint, args.k, args.temperature, overrides, args.out, args.device)
+    _print_json(result)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from solo_mixmask.eval.convert import convert_checkpoint
+
+    _print_json(convert_checkpoint(args.checkpoint, args.out, args.format))
+
+
+def _show_masks(args: argparse.Namespace) -> None:
+    from solo_mixmask.cli import compose_config
+    from solo_mixmask.errors import ConfigError
+    from solo_mixmask.eval.pictures import show_masks
+
+    if args.num_images < 2:
+        raise ConfigError("--num-images", args.num_images, "an integer >= 2")
+    cfg = compose_config(args.config_path, args.config_name, args.overrides)
+    print(f"wrote {show_masks(cfg, args.out, args.num_images, args.seed)}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from solo_mixmask.eval.compare import compare_runs
+
+    result = compare_runs(args.run_dirs, args.out)
+    print(result["table"])
+    print(f"\nwrote {result['report']}, {result['knn_plot']}, {result['loss_plot']}")
+
+
+def _common_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a .ckpt of a run, the authors' .pth.tar, a solo-learn "
+                   "checkpoint or a torchvision state dict")
+    p.add_argument("--out", default=None,
+                   help="result JSON (default: <run>/<command>.json beside the run)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value config overrides, e.g. data.dataset=cifar10 data.train_path=X")
+
+
+def add_eval_commands(sub: argparse._SubParsersAction) -> None:
+    """Register this module's sub-commands on the ``solo-mixmask`` parser."""
+    p = _intermixed(sub.add_parser("linear", help="offline linear probe on a frozen backbone"))
+    _common_eval_args(p)
+    p.add_argument("--preset", default="seed",
+                   help="seed (100 epochs, lr 30, steps 60/80) | small (30 epochs, 10k images) "
+                   "| path to a YAML file (default: seed)")
+    p.add_argument("--cached-features", action=argparse.BooleanOptionalAction, default=None,
+                   help="extract features once (centre crop, no augmentation) and train the "
+                   "linear layer on them (default: on for CPU, off for GPU)")
+    p.set_defaults(func=_linear)
+
+    p = _intermixed(sub.add_parser("knn", help="offline weighted k-NN on the run's k-NN subsets"))
+    _common_eval_args(p)
+    p.add_argument("--k", nargs="+", action=KsAction, default=None,
+                   help="one or more k (default: 10 20 100 200 and the run's knn_eval.k)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="vote temperature (default: the run's knn_eval.T, 0.1)")
+    p.set_defaults(func=_knn)
+
+    p = sub.add_parser("convert", help="export the query backbone (torchvision|timm|detectron2)")
+    p.add_argument("checkpoint")
+    p.add_argument("out", help="output file (.pth for torchvision/timm, .pkl for detectron2)")
+    p.add_argument("--format", required=True, choices=("torchvision", "timm", "detectron2"))
+    p.set_defaults(func=_convert)
+
+    p = _intermixed(sub.add_parser("show-masks", help="PNG grid of masks and mixed views on real images"))
+    p.add_argument("--config-path", default=None,
+                   help="folder of configs (default: configs/pretrain/<dataset>)")
+    p.add_argument("--config-name", default="mixmask",
+                   help="NAME or DATASET/NAME (default: fashion_mnist/mixmask)")
+    p.add_argument("--out", default="masks.png", help="output PNG (default: masks.png)")
+    p.add_argument("--num-images", type=int, default=6, help="columns (default: 6)")
+    p.add_argument("--seed", type=int, default=0, help="picks images, masks and lambdas")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. method_kwargs.grid_size=8")
+    p.set_defaults(func=_show_masks)
+
+    p = sub.add_parser("compare", help="Markdown table + plots for several run folders")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="compare", help="output folder (default: ./compare)")
+    p.set_defaults(func=_compare)

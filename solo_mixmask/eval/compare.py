@@ -1,0 +1,225 @@
+"""``solo-mixmask compare``: one Markdown table and two plots for several pretraining runs.
+
+Reads each run folder's ``summary.json``, ``logs/metrics.csv``, ``init_metrics.json`` and, when
+present, ``linear.json`` (written by ``solo-mixmask linear``). Writes into the output folder:
+
+- ``report.md``: a table (run, method, epochs, k-NN top-1, online linear top-1, offline linear
+  top-1, images/s, wall time) followed by the two plots;
+- ``knn.png``: online k-NN top-1 against epoch (epoch 0 = before training, when the run
+  measured it);
+- ``loss.png``: two panels against epoch. Left: the contrastive term L(q, k) that every
+  MoCo-family method logs as ``train_nce_loss_epoch`` (``train_byol_loss_epoch`` for BYOL), the
+  only loss that means the same thing across MoCo v2, MixMask and Un-Mix. Right: the whole
+  self-supervised loss, the sum of every ``train_*_loss_epoch`` column except the online
+  classifier's ``train_class_loss_epoch`` (for MixMask: nce + mask term).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from solo_mixmask.errors import DataError
+
+CLASSIFIER_LOSS = "train_class_loss_epoch"
+CONTRASTIVE_LOSSES = ("train_nce_loss_epoch", "train_byol_loss_epoch")
+
+
+@dataclass
+class RunRecord:
+    """What the report shows of one run; curves map epoch -> value."""
+
+    name: str
+    method: str
+    epochs: int | None
+    knn_acc1: float | None
+    linear_acc1: float | None
+    offline_linear_acc1: float | None
+    images_per_sec: float | None
+    wall_seconds: float | None
+    knn_curve: dict[int, float] = field(default_factory=dict)
+    contrastive_curve: dict[int, float] = field(default_factory=dict)
+    total_loss_curve: dict[int, float] = field(default_factory=dict)
+
+
+def _float(value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def read_metrics(path: Path, knn_at_init: bool) -> tuple[dict, dict, dict]:
+    """(k-NN, contrastive loss, total SSL loss) curves, ``{epochs completed: value}``.
+
+    Validation rows are logged with the epoch they ran in; the one after epoch e (0-based)
+    counts as e + 1 epochs completed. With ``knn_at_init`` the first k-NN row is the
+    measurement before training and counts as epoch 0.
+    """
+    knn: dict[int, float] = {}
+    contrastive: dict[int, float] = {}
+    total: dict[int, float] = {}
+    if not path.is_file():
+        return knn, contrastive, total
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    first_knn = knn_at_init
+    for row in rows:
+        epoch = _float(row.get("epoch"))
+        if epoch is None:
+            continue
+        value = _float(row.get("val_knn_acc1"))
+        if value is not None:
+            knn[0 if first_knn else int(epoch) + 1] = value
+            first_knn = False
+        losses = {k: _float(v) for k, v in row.items()
+                  if k.startswith("train_") and k.endswith("_loss_epoch") and k != CLASSIFIER_LOSS}
+        losses = {k: v for k, v in losses.items() if v is not None}
+        if losses:
+            done = int(epoch) + 1
+            total[done] = sum(losses.values())
+            for key in CONTRASTIVE_LOSSES:
+                if key in losses:
+                    contrastive[done] = losses[key]
+    return knn, contrastive, total
+
+
+def load_run(run_dir: str | Path) -> RunRecord:
+    """Read one run folder (DataError when it has no ``summary.json``)."""
+    run_dir = Path(run_dir)
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file():
+        raise DataError(f"{str(run_dir)!r} is not a finished run folder: {summary_file} is missing")
+    summary: dict[str, Any] = json.loads(summary_file.read_text())
+    init_file = run_dir / "init_metrics.json"
+    init = json.loads(init_file.read_text()) if init_file.is_file() else {}
+    linear_file = run_dir / "linear.json"
+    offline = json.loads(linear_file.read_text()).get("acc1") if linear_file.is_file() else None
+    knn, contrastive, total = read_metrics(run_dir / "logs" / "metrics.csv",
+                                           init.get("knn_acc1_at_init") is not None)
+    return RunRecord(
+        name=run_dir.name,
+        method=str(summary.get("method", "?")),
+        epochs=summary.get("epochs"),
+        knn_acc1=summary.get("knn_acc1"),
+        linear_acc1=summary.get("linear_acc1"),
+        offline_linear_acc1=offline,
+        images_per_sec=summary.get("images_per_sec"),
+        wall_seconds=summary.get("wall_seconds"),
+        knn_curve=knn,
+        contrastive_curve=contrastive,
+        total_loss_curve=total,
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def markdown_table(records: Sequence[RunRecord]) -> str:
+    """One header row, one separator and one row per run (accuracies in %)."""
+    header = ("run", "method", "epochs", "k-NN top-1", "online linear top-1",
+              "offline linear top-1", "images/s", "wall time")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for r in records:
+        cells = (r.name, r.method, "-" if r.epochs is None else str(r.epochs), _pct(r.knn_acc1),
+                 _pct(r.linear_acc1), _pct(r.offline_linear_acc1),
+                 "-" if r.images_per_sec is None else f"{r.images_per_sec:.1f}",
+                 _duration(r.wall_seconds))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _label(r: RunRecord) -> str:
+    return f"{r.method} ({r.name})"
+
+
+def _plot_curves(ax: Any, records: Sequence[RunRecord], attr: str, ylabel: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for r in records:
+        curve = getattr(r, attr)
+        if curve:
+            xs = sorted(curve)
+            ax.plot(xs, [curve[x] for x in xs], marker="o", label=_label(r))
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if any(getattr(r, attr) for r in records):
+        ax.legend(fontsize=8)
+
+
+def plot_knn(records: Sequence[RunRecord], path: Path) -> Path:
+    """k-NN top-1 (%) against epoch for every run, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    _plot_curves(ax, records, "knn_curve", "online k-NN top-1 (%)")
+    ax.set_title("k-NN accuracy")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_loss(records: Sequence[RunRecord], path: Path) -> Path:
+    """Contrastive loss L(q, k) and total SSL loss against epoch, as a two-panel PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    _plot_curves(left, records, "contrastive_curve", "L(q, k) (train_nce / byol loss)")
+    left.set_title("contrastive loss")
+    _plot_curves(right, records, "total_loss_curve", "sum of train_*_loss (no classifier)")
+    right.set_title("total self-supervised loss")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Write report.md, knn.png and loss.png for ``run_dirs`` into ``out_dir``.
+
+    Returns ``{"table": markdown, "report", "knn_plot", "loss_plot": paths}``.
+    """
+    if not run_dirs:
+        raise ValueError("run_dirs=[] is not allowed: expected one or more run folders")
+    records = [load_run(d) for d in run_dirs]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(records)
+    knn_png = plot_knn(records, out / "knn.png")
+    loss_png = plot_loss(records, out / "loss.png")
+    report = out / "report.md"
+    report.write_text(
+        "# Run comparison\n\n" + table + "\n\n"
+        "Accuracies in %: k-NN and online linear are the runs' last online values "
+        "(summary.json); offline linear comes from linear.json when `solo-mixmask linear` "
+        "was run. images/s counts training batches only.\n\n"
+        "![k-NN accuracy](knn.png)\n\n![loss](loss.png)\n\n"
+        "Left loss panel: the contrastive term L(q, k) (train_nce_loss / train_byol_loss), "
+        "comparable across methods. Right: the sum of all self-supervised loss terms.\n"
+    )
+    return {"table": table, "report": str(report), "knn_plot": str(knn_png),
+            "loss_plot": str(loss_png)}

@@ -1,0 +1,160 @@
+"""Export the query backbone of a checkpoint for other frameworks.
+
+- ``torchvision``: a plain state dict with torchvision's ResNet names and no ``fc``; load it with
+  ``model = torchvision.models.resnet50(); model.fc = torch.nn.Identity();
+  model.load_state_dict(sd, strict=True)`` (for a CIFAR-stem ResNet also replace ``conv1`` by a
+  3x3 stride-1 conv and ``maxpool`` by ``Identity`` first). Only torchvision's depths (18, 34,
+  50, 101, 152) and stage widths (64, 128, 256, 512) are accepted.
+- ``timm``: the same tensors, for ``timm.create_model(arch, num_classes=0, **kwargs)`` (works
+  for any timm backbone, not only ResNets).
+- ``detectron2``: a pickle ``{"model": {name: numpy array}, "__author__": "solo-mixmask",
+  "matching_heuristics": True}`` with Detectron2's ResNet names (``stem.conv1``,
+  ``stem.conv1.norm``, ``res2``..``res5`` blocks ``resN.B.convK`` / ``resN.B.convK.norm``,
+  ``resN.B.shortcut`` / ``resN.B.shortcut.norm``); BatchNorm counters
+  (``num_batches_tracked``) are left out. Only standard-stem ResNets convert.
+
+Projector, predictor, momentum encoder, queue and online classifier are never exported.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from solo_mixmask.checkpoints import (
+    DEFAULT_RESNET_CHANNELS,
+    LoadedBackbone,
+    infer_resnet,
+    load_backbone,
+    resnet_layout,
+)
+from solo_mixmask.errors import CheckpointError
+
+FORMATS = ("torchvision", "timm", "detectron2")
+D2_AUTHOR = "solo-mixmask"
+
+_BLOCK_RENAMES = (
+    (re.compile(r"^conv(\d)\.(.+)$"), r"conv\1.\2"),
+    (re.compile(r"^bn(\d)\.(.+)$"), r"conv\1.norm.\2"),
+    (re.compile(r"^downsample\.0\.(.+)$"), r"shortcut.\1"),
+    (re.compile(r"^downsample\.1\.(.+)$"), r"shortcut.norm.\1"),
+)
+
+
+def detectron2_name(key: str) -> str | None:
+    """Detectron2's name of a torchvision ResNet key, or None for keys Detectron2 does not take
+    (``num_batches_tracked``). Raises CheckpointError for a key outside the ResNet layout."""
+    if key.endswith("num_batches_tracked"):
+        return None
+    if key.startswith("conv1."):
+        return "stem.conv1." + key[len("conv1."):]
+    if key.startswith("bn1."):
+        return "stem.conv1.norm." + key[len("bn1."):]
+    match = re.match(r"^layer([1-4])\.(\d+)\.(.+)$", key)
+    if match:
+        stage, block, rest = int(match.group(1)), match.group(2), match.group(3)
+        for pattern, replacement in _BLOCK_RENAMES:
+            if pattern.match(rest):
+                return f"res{stage + 1}.{block}." + pattern.sub(replacement, rest)
+    raise CheckpointError(f"key {key!r} is not part of a torchvision ResNet: cannot name it for "
+                          "Detectron2")
+
+
+def _require_resnet(lb: LoadedBackbone, fmt: str) -> None:
+    if not lb.state_dict:
+        raise CheckpointError(f"{lb.path}: the query backbone is empty; nothing to convert")
+    if not lb.is_resnet:
+        raise CheckpointError(
+            f"--format {fmt} needs a ResNet backbone with torchvision's layout (conv1, layer1.."
+            f"layer4), but {lb.path} holds a {lb.arch!r}; use --format timm for other backbones"
+        )
+
+
+def to_torchvision(lb: LoadedBackbone) -> dict[str, torch.Tensor]:
+    """The ResNet backbone as a torchvision state dict without ``fc`` (tensors cloned).
+
+    Refuses depths and stage widths that torchvision's ``resnet18/34/50/101/152`` do not have
+    (e.g. the half-width ResNet-18 of the Fashion-MNIST configs): use the timm format for those.
+    """
+    _require_resnet(lb, "torchvision")
+    try:
+        arch, kwargs, _ = infer_resnet(lb.state_dict, str(lb.path))
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; torchvision has no such ResNet, use --format timm") from err
+    if kwargs.get("channels"):
+        raise CheckpointError(
+            f"{lb.path}: the {arch} has stage widths {kwargs['channels']}, torchvision's has "
+            f"{list(DEFAULT_RESNET_CHANNELS)}: its weights load into no torchvision model. "
+            f"Use --format timm (timm.create_model({arch!r}, num_classes=0, "
+            f"channels={tuple(kwargs['channels'])}))"
+        )
+    lb.build()  # strict round trip through the architecture: fails loudly on odd weights
+    return {k: v.detach().clone().contiguous() for k, v in lb.state_dict.items()}
+
+
+def to_timm(lb: LoadedBackbone) -> dict[str, torch.Tensor]:
+    """The backbone as a state dict for ``timm.create_model(lb.arch, num_classes=0, **kwargs)``."""
+    if not lb.state_dict:
+        raise CheckpointError(f"{lb.path}: the query backbone is empty; nothing to convert")
+    lb.build()
+    return {k: v.detach().clone().contiguous() for k, v in lb.state_dict.items()}
+
+
+def to_detectron2(lb: LoadedBackbone) -> dict[str, Any]:
+    """``{"model": {d2 name: np.ndarray}, "__author__", "matching_heuristics": True}``."""
+    _require_resnet(lb, "detectron2")
+    if lb.cifar_stem:
+        raise CheckpointError(
+            f"{lb.path}: the backbone has the CIFAR stem (3x3 stride-1 conv1, no max-pool); "
+            "Detectron2's ResNet expects the standard 7x7 stride-2 stem + max-pool, so its "
+            "weights cannot be transferred. Convert with --format torchvision or timm instead, "
+            "or pretrain with backbone.cifar_stem=false"
+        )
+    model: dict[str, np.ndarray] = {}
+    for key, value in lb.state_dict.items():
+        name = detectron2_name(key)
+        if name is not None:
+            model[name] = value.detach().cpu().float().numpy().copy()
+    if not model:
+        raise CheckpointError(f"{lb.path}: no backbone tensors to convert")
+    return {"model": model, "__author__": D2_AUTHOR, "matching_heuristics": True}
+
+
+def convert_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str) -> dict[str, Any]:
+    """Convert ``checkpoint`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`).
+
+    Creates ``out``'s folder. Returns a summary dict (source, arch, kwargs, cifar_stem, format,
+    tensors, out). Raises ValueError for an unknown format, CheckpointError when the checkpoint
+    has no usable query backbone (never writes an empty model).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt={fmt!r} is not allowed: expected one of {list(FORMATS)}")
+    lb = load_backbone(checkpoint)
+    out = Path(out)
+    if fmt == "detectron2":
+        payload = to_detectron2(lb)
+        count = len(payload["model"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as f:
+            pickle.dump(payload, f)
+    else:
+        sd = to_torchvision(lb) if fmt == "torchvision" else to_timm(lb)
+        count = len(sd)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(sd, out)
+    return {
+        "checkpoint": str(checkpoint),
+        "source": lb.source,
+        "format": fmt,
+        "arch": lb.arch,
+        "kwargs": lb.kwargs,
+        "cifar_stem": lb.cifar_stem,
+        "blocks_per_stage": list(layout[1]) if (layout := resnet_layout(lb.state_dict)) else None,
+        "tensors": count,
+        "out": str(out),
+    }

@@ -1,0 +1,112 @@
+"""``solo-mixmask knn``: offline weighted k-NN of a frozen backbone.
+
+It uses the same images as the online k-NN monitor of the run: ``data.knn_train_subset`` clean
+(centre-crop) training images as the memory and ``data.val_subset`` validation images as
+queries, both picked with the run's seed (override e.g. ``data.knn_train_subset=null`` for the
+whole training split). Features are the backbone's pooled output, compared by cosine
+similarity; neighbours vote with weight ``exp(sim / temperature)``; several k share one pass.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from solo_mixmask.checkpoints import load_backbone, run_dir_of
+from solo_mixmask.config import select
+from solo_mixmask.errors import ConfigError
+from solo_mixmask.eval.features import (
+    eval_config,
+    eval_device,
+    extract_features,
+    output_path,
+    prepare_backbone,
+)
+from solo_mixmask.eval.knn import topk_accuracy, weighted_knn_scores
+
+DEFAULT_KS = (10, 20, 100, 200)
+
+
+def _check_ks(ks: Sequence[int]) -> list[int]:
+    ks = list(dict.fromkeys(int(k) for k in ks))
+    if not ks or any(k < 1 for k in ks):
+        raise ConfigError("--k", ks, "one or more integers >= 1")
+    return ks
+
+
+def online_knn(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The run's last online k-NN (``summary.json``), or None outside a run folder."""
+    run = run_dir_of(checkpoint)
+    summary = run / "summary.json" if run else None
+    if summary is None or not summary.is_file():
+        return None
+    data = json.loads(summary.read_text())
+    if data.get("knn_acc1") is None:
+        return None
+    return {"acc1": data["knn_acc1"], "acc5": data.get("knn_acc5")}
+
+
+def run_knn(
+    checkpoint: str | Path,
+    ks: Sequence[int] | None = None,
+    temperature: float | None = None,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Offline weighted k-NN top-1/top-5 (%) for each k; writes and returns the result dict.
+
+    ``ks`` defaults to (10, 20, 100, 200) plus the run's ``knn_eval.k``; ``temperature`` to the
+    run's ``knn_eval.T`` (0.1). The result holds ``{"k": {"<k>": {"acc1", "acc5"}}}``, and when
+    the checkpoint is a run's, the run's last online k-NN and the offline-minus-online
+    difference at the monitor's own k and T.
+    """
+    from solo_mixmask.data.loaders import build_knn_loaders, num_classes
+
+    start = time.perf_counter()
+    lb = load_backbone(checkpoint)
+    cfg = eval_config(lb, checkpoint, overrides)
+    online_k = int(select(cfg, "knn_eval.k", 200))
+    online_t = float(select(cfg, "knn_eval.T", 0.1))
+    ks = _check_ks(ks if ks else [*DEFAULT_KS, online_k])
+    temperature = online_t if temperature is None else float(temperature)
+    if not temperature > 0:
+        raise ConfigError("--temperature", temperature, "a float > 0")
+    dev = eval_device(device)
+    channels_last = bool(select(cfg, "performance.channels_last", False))
+    model = prepare_backbone(lb, dev, channels_last)
+    train_loader, val_loader = build_knn_loaders(cfg)
+    train_f, train_y = extract_features(model, train_loader, dev, channels_last)
+    val_f, val_y = extract_features(model, val_loader, dev, channels_last)
+    classes = num_classes(cfg)
+    scores = weighted_knn_scores(train_f, train_y, val_f, classes, ks, temperature)
+    per_k = {}
+    for k in ks:
+        top1, top5 = topk_accuracy(scores[k], val_y, (1, 5))
+        per_k[str(k)] = {"acc1": round(top1, 4), "acc5": round(top5, 4)}
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "source": lb.source,
+        "arch": lb.arch,
+        "dataset": cfg.data.dataset,
+        "temperature": temperature,
+        "train_images": int(train_f.shape[0]),
+        "val_images": int(val_f.shape[0]),
+        "features_dim": int(train_f.shape[1]),
+        "k": per_k,
+    }
+    online = online_knn(checkpoint)
+    if online is not None:
+        result["online"] = {"k": online_k, "temperature": online_t, **online}
+        if str(online_k) in per_k and temperature == online_t:
+            diff = per_k[str(online_k)]["acc1"] - float(online["acc1"])
+            result["online"]["offline_minus_online_acc1"] = round(diff, 4)
+    result["wall_seconds"] = round(time.perf_counter() - start, 1)
+    path = output_path(checkpoint, "knn", out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    result["json"] = str(path)
+    return result

@@ -1,0 +1,94 @@
+"""Run the real ``solo-mixmask`` command in subprocesses, with tiny CPU settings.
+
+Each subprocess pays the import of torch + lightning (seconds on a busy machine), so tests
+that need many runs start them together with :func:`run_many`. ``OMP_NUM_THREADS=1`` keeps
+each run on one core: on a shared 2-core machine oversubscribed torch threads are 30x slower.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_SCRIPT = Path(sys.executable).parent / "solo-mixmask"
+#: The installed console script (what users run), else ``python -m solo_mixmask.cli``.
+CLI: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "solo_mixmask.cli"]
+
+#: Overrides for a seconds-long MixMask run on Fashion-MNIST: 16-pixel crops, a 1/8-width
+#: ResNet-18, batch 8, a 20-key queue, 64 training images (8 steps per epoch), no workers.
+TINY = [
+    "backbone.kwargs.channels=[8,16,32,64]",
+    "backbone.kwargs.stem_width=8",
+    "augmentations.0.crop_size=16",
+    "method_kwargs.proj_hidden_dim=32",
+    "method_kwargs.proj_output_dim=16",
+    "method_kwargs.queue_size=20",
+    "data.train_subset=64",
+    "data.knn_train_subset=64",
+    "data.val_subset=32",
+    "data.num_workers=0",
+    "optimizer.batch_size=8",
+    "knn_eval.k=5",
+    "max_epochs=1",
+    "accelerator=cpu",
+    "devices=1",
+    "progress_bar=false",
+    "enable_model_summary=false",
+]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("LOCAL_RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def start(args: Sequence[str], prefix: Sequence[str] | None = None,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``solo-mixmask ARGS`` (or ``PREFIX ARGS``) with captured text output; ``env`` adds
+    variables to :func:`cli_env`."""
+    return subprocess.Popen(
+        [*(prefix or CLI), *args], cwd=ROOT, env={**cli_env(), **(env or {})}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{proc.args} did not finish in {timeout}s:\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run(args: Sequence[str], prefix: Sequence[str] | None = None,
+        env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return finish(start(args, prefix, env), timeout)
+
+
+def run_many(commands: Sequence[Sequence[str]], timeout: float = 300,
+             parallel: int = 4) -> list[subprocess.CompletedProcess]:
+    """Run several CLI commands, ``parallel`` at a time; results in the order given."""
+    results: list[subprocess.CompletedProcess | None] = [None] * len(commands)
+    pending = list(enumerate(commands))
+    running: list[tuple[int, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            i, args = pending.pop(0)
+            running.append((i, start(args)))
+        i, proc = running.pop(0)
+        results[i] = finish(proc, timeout)
+    return results  # type: ignore[return-value]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """Lines of ``stderr`` that start with ``error:``."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -1,0 +1,176 @@
+"""The DALI pretraining loader (data.format=dali) on a tiny generated JPEG tree, on the CPU.
+
+The pipeline tests run when NVIDIA DALI is importable (``pip install solo-mixmask[dali]``) and
+skip with that reason otherwise; the error-message tests run everywhere.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from solo_mixmask.data.dali import INSTALL_HINT, dali_available
+from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
+from solo_mixmask.errors import ConfigError, DataError
+from tests.data.helpers import make_cfg
+
+needs_dali = pytest.mark.skipif(
+    not dali_available(),
+    reason=f"NVIDIA DALI is not installed (`{INSTALL_HINT}`; CUDA 12 wheels, Linux only)",
+)
+
+# Solid colours per class: JPEG keeps a flat colour within +-2 levels.
+COLOURS = {"a_red": (200, 100, 50), "b_blue": (30, 60, 220)}
+PLAIN = {  # every random augmentation off: only resize + centre crop + normalise
+    "rrc": {"enabled": False},
+    "color_jitter": {"prob": 0.0},
+    "grayscale": {"prob": 0.0},
+    "gaussian_prob": 0.0,
+    "solarization": {"prob": 0.0},
+    "equalization": {"prob": 0.0},
+    "horizontal_flip": {"prob": 0.0},
+    "crop_size": 16,
+    "num_crops": 2,
+    "mean": [0.0, 0.0, 0.0],
+    "std": [1.0, 1.0, 1.0],
+}
+TOL = 3 / 255  # JPEG and cubic resizing of a flat colour
+
+
+def _tree(root: Path, per_class: int = 5) -> Path:
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = Image.fromarray(np.full((24, 20, 3), colour, dtype=np.uint8))
+            img.save(root / name / f"{i}.jpg", quality=95)
+    return root
+
+
+def _cfg(root: Path, augmentation: dict, batch_size: int = 4, **data):
+    return make_cfg(
+        {"dataset": "custom", "train_path": str(root), "val_path": str(root),
+         "format": "dali", "dali_device": "cpu", "num_workers": 1, **data},
+        augmentations=[augmentation],
+        batch_size=batch_size,
+    )
+
+
+def _first_batch(cfg) -> list:
+    return next(iter(build_train_loader(cfg)))
+
+
+def test_dali_missing_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali -> ImportError
+    with pytest.raises(DataError, match=r"pip install solo-mixmask\[dali\]"):
+        build_train_loader(_cfg(_tree(tmp_path), PLAIN))
+
+
+def test_dali_format_needs_an_image_folder_dataset():
+    cfg = make_cfg({"format": "dali", "dali_device": "cpu"})
+    with pytest.raises(ConfigError, match="data.format='dali'.*ImageFolder"):
+        build_train_loader(cfg)
+
+
+def test_dali_device_value_is_checked(tmp_path):
+    if not dali_available():
+        pytest.skip(f"NVIDIA DALI is not installed (`{INSTALL_HINT}`)")
+    with pytest.raises(ConfigError, match="data.dali_device='tpu'"):
+        build_train_loader(_cfg(_tree(tmp_path), PLAIN, dali_device="tpu"))
+
+
+@needs_dali
+def test_dali_batches_follow_solo_learn_format(tmp_path):
+    loader = build_train_loader(_cfg(_tree(tmp_path), PLAIN))
+    assert len(loader) == 2 and len(loader.dataset) == 10  # 10 images, batches of 4, drop last
+    seen = []
+    for epoch in range(2):  # the loader starts a new epoch by itself
+        batches = list(loader)
+        assert len(batches) == 2, epoch
+        for ids, views, targets in batches:
+            assert ids.dtype == torch.int64 and targets.dtype == torch.int64
+            assert ids.shape == targets.shape == (4,)
+            assert len(views) == 2
+            for v in views:
+                assert v.shape == (4, 3, 16, 16) and v.dtype == torch.float32
+            # files are sorted per class: ids 0-4 are a_red (0), 5-9 b_blue (1)
+            torch.testing.assert_close(targets, (ids >= 5).long())
+            for j, t in enumerate(targets.tolist()):
+                colour = torch.tensor(list(COLOURS.values())[t], dtype=torch.float32) / 255
+                pixels = views[0][j].permute(1, 2, 0).reshape(-1, 3)
+                assert (pixels - colour).abs().max() <= TOL
+        epoch_ids = torch.cat([b[0] for b in batches]).tolist()
+        assert len(set(epoch_ids)) == 8  # no image twice within an epoch
+        seen.append(epoch_ids)
+    assert seen[0] != seen[1]  # reshuffled between epochs
+
+
+@needs_dali
+def test_dali_solarization_and_grayscale(tmp_path):
+    root = _tree(tmp_path)
+    solar = _first_batch(_cfg(root, {**PLAIN, "solarization": {"prob": 1.0}}))
+    gray = _first_batch(_cfg(root, {**PLAIN, "grayscale": {"prob": 1.0}}))
+    for ids, _views, targets in (solar, gray):
+        assert torch.equal(targets, (ids >= 5).long())
+    for j, t in enumerate(solar[2].tolist()):
+        rgb = np.array(list(COLOURS.values())[t], dtype=np.float32)
+        expected = np.where(rgb >= 128, 255 - rgb, rgb) / 255  # (200,100,50) -> (55,100,50)
+        pixel = solar[1][0][j, :, 8, 8].numpy()
+        np.testing.assert_allclose(pixel, expected, atol=TOL)
+    for j, t in enumerate(gray[2].tolist()):
+        r, g, b = list(COLOURS.values())[t]
+        luma = (0.299 * r + 0.587 * g + 0.114 * b) / 255  # (200,100,50) -> 124.2
+        pixel = gray[1][1][j, :, 8, 8].numpy()
+        np.testing.assert_allclose(pixel, [luma] * 3, atol=TOL)
+
+
+@needs_dali
+def test_dali_moco_v2_recipe_gives_two_different_views(tmp_path):
+    root = _tree(tmp_path)
+    noisy = tmp_path / "noisy" / "c"  # textured images, so that crops and flips differ
+    noisy.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(noisy / f"{i}.jpg")
+    aug = {"crop_size": 16, "num_crops": 2, "gaussian_prob": 0.5,  # aug-plus + the rest
+           "solarization": {"prob": 0.5}, "equalization": {"prob": 0.5}}
+    ids, views, targets = _first_batch(_cfg(noisy.parent, aug))
+    assert views[0].shape == views[1].shape == (4, 3, 16, 16)
+    assert torch.isfinite(views[0]).all() and torch.isfinite(views[1]).all()
+    assert not torch.allclose(views[0], views[1])
+    assert torch.equal(targets, torch.zeros(4, dtype=torch.int64))
+    assert root.exists()
+
+
+@needs_dali
+def test_dali_subset_and_knn_loaders(tmp_path):
+    cfg = _cfg(_tree(tmp_path), PLAIN, train_subset=8, knn_train_subset=6)
+    loader = build_train_loader(cfg)
+    assert len(loader.dataset) == 8 and len(loader) == 2
+    knn_train, val = build_knn_loaders(cfg)  # plain PyTorch loaders over the same tree
+    x, y = next(iter(knn_train))
+    assert x.shape[1:] == (3, 16, 16) and len(knn_train.dataset) == 6
+    assert len(val.dataset) == 10
+
+
+@needs_dali
+def test_dali_pretrain_run_on_cpu(tmp_path):
+    from omegaconf import OmegaConf
+
+    from solo_mixmask.pretrain import run_pretrain
+    from tests.conftest import tiny_cfg
+
+    root = _tree(tmp_path / "data", per_class=8)
+    cfg = tiny_cfg("mixmask")
+    cfg.data = OmegaConf.create({
+        "dataset": "custom", "train_path": str(root), "val_path": str(root), "format": "dali",
+        "dali_device": "cpu", "num_workers": 1, "knn_train_subset": 16})
+    cfg.augmentations = [{"crop_size": 16, "num_crops": 2, "gaussian_prob": 0.0}]
+    cfg.checkpoint = {"dir": str(tmp_path / "runs")}
+    summary = run_pretrain(cfg)
+    assert summary["steps"] == 2 and summary["train_images"] == 16  # 16 images, batch 8
+    assert summary["knn_acc1"] is not None

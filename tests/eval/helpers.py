@@ -1,0 +1,67 @@
+"""Checkpoints in the layouts solo-mixmask reads, built without training (tiny and fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from solo_mixmask.config import to_container
+from solo_mixmask.methods import METHODS
+from tests.conftest import tiny_cfg
+
+BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
+
+
+@torch.no_grad()
+def randomise_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm distinct affine weights and running statistics, so that a
+    mix-up of BN tensors in a conversion cannot go unnoticed."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
+            m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+
+
+def method_checkpoint(path: Path, backbone: str = "resnet18", kwargs: dict | None = None,
+                      cifar_stem: bool = False, method: str = "mocov2plus"):
+    """Save a Lightning-like checkpoint of an untrained method; returns (path, model)."""
+    cfg = tiny_cfg(method)
+    cfg.backbone = OmegaConf.create({"name": backbone, "kwargs": kwargs or {},
+                                     "cifar_stem": cifar_stem})
+    cfg.performance = OmegaConf.create({"channels_last": False, "compile": False})
+    model = METHODS[method](cfg)
+    randomise_batchnorm(model.backbone)
+    torch.save({"epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.6.0",
+                "state_dict": model.state_dict(),
+                "hyper_parameters": {"cfg": to_container(model.cfg)}}, path)
+    return path, model
+
+
+def authors_checkpoint(path: Path, seed: int = 0) -> tuple[Path, dict]:
+    """The authors' release layout: torchvision ResNet-50 under 'module.encoder_q.' with the
+    MoCo MLP head at fc.0 / fc.2, a key encoder and a queue. Returns (path, query backbone
+    state dict in torchvision names, without fc)."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    net = torchvision.models.resnet50()
+    randomise_batchnorm(net, seed)
+    backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    sd = {f"module.encoder_q.{k}": v for k, v in backbone.items()}
+    sd["module.encoder_q.fc.0.weight"] = torch.randn(64, 2048)  # hidden width cut for speed
+    sd["module.encoder_q.fc.0.bias"] = torch.zeros(64)
+    sd["module.encoder_q.fc.2.weight"] = torch.randn(128, 64)
+    sd["module.encoder_q.fc.2.bias"] = torch.zeros(128)
+    # the key encoder: shares storage (small file) except conv1, which differs from the query
+    sd.update({f"module.encoder_k.{k}": v for k, v in backbone.items()})
+    sd["module.encoder_k.conv1.weight"] = backbone["conv1.weight"] + 1.0
+    sd["module.queue"] = torch.randn(128, 16)
+    sd["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
+    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": sd,
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.03, "params": []}]}}, path)
+    return path, backbone

@@ -1,0 +1,48 @@
+"""compare: a Markdown table and plots for two real runs (MoCo v2 vs MixMask)."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from solo_mixmask.cli import main
+from solo_mixmask.eval.compare import compare_runs, load_run
+
+
+def test_compare_two_real_runs(tiny_runs, tmp_path, capsys):
+    moco, mix = tiny_runs["mocov2plus"], tiny_runs["mixmask"]
+    (mix / "linear.json").write_text(json.dumps({"acc1": 12.345}))
+    (moco / "linear.json").unlink(missing_ok=True)
+    out = tmp_path / "report"
+    result = compare_runs([moco, mix], out)
+    lines = (out / "report.md").read_text().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 4  # header, separator, 2 runs
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert [r[1] for r in rows] == ["mocov2plus", "mixmask"]
+    assert [r[2] for r in rows] == ["1", "1"]
+    summary = json.loads((mix / "summary.json").read_text())
+    assert rows[1][3] == f"{summary['knn_acc1']:.2f}"
+    assert (rows[0][5], rows[1][5]) == ("-", "12.35")  # offline linear only where present
+    assert result["table"] in (out / "report.md").read_text()
+    for name, size in (("knn.png", (600, 400)), ("loss.png", (1100, 400))):
+        with Image.open(out / name) as img:
+            img.load()
+            assert img.size == size
+
+    record = load_run(mix)
+    assert sorted(record.knn_curve) == [0, 1]  # before training, after epoch 1
+    assert record.knn_curve[1] == summary["knn_acc1"]
+    assert list(record.contrastive_curve) == [1]
+    assert record.total_loss_curve[1] > record.contrastive_curve[1]  # nce + mask term
+
+    assert main(["compare", str(moco), str(mix), "--out", str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out
+    assert "| mocov2plus | mocov2plus | 1 |" in printed and (tmp_path / "cli" / "knn.png").is_file()
+
+
+def test_compare_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["compare", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "summary.json is missing" in err

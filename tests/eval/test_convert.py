@@ -1,0 +1,178 @@
+"""Exports: torchvision / timm state dicts load strictly; Detectron2 names follow its rules."""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+
+from solo_mixmask.cli import main
+from solo_mixmask.errors import CheckpointError
+from solo_mixmask.eval.convert import convert_checkpoint
+from tests.eval.helpers import BN_PARAMS, method_checkpoint
+
+TINY = {"channels": [8, 16, 32, 64]}
+
+
+@pytest.fixture(scope="module")
+def r50(tmp_path_factory):
+    """A MoCo checkpoint with a standard-stem ResNet-50 backbone, and the method."""
+    return method_checkpoint(tmp_path_factory.mktemp("r50") / "last.ckpt", "resnet50")
+
+
+def expected_detectron2_r50_keys() -> set[str]:
+    """Detectron2's ResNet-50 backbone names, written from its naming rules: a stem
+    (stem.conv1 + stem.conv1.norm), then res2..res5 with 3, 4, 6, 3 bottleneck blocks of
+    conv1..conv3 each with a .norm, and a projection shortcut (+ .norm) in block 0 only."""
+    def conv(prefix: str) -> set[str]:
+        return {f"{prefix}.weight"} | {f"{prefix}.norm.{p}" for p in BN_PARAMS}
+
+    keys = conv("stem.conv1")
+    for stage, blocks in zip((2, 3, 4, 5), (3, 4, 6, 3)):
+        for b in range(blocks):
+            for c in (1, 2, 3):
+                keys |= conv(f"res{stage}.{b}.conv{c}")
+        keys |= conv(f"res{stage}.0.shortcut")
+    return keys
+
+
+def torchvision_name_of(d2_key: str) -> str:
+    """Inverse of the Detectron2 rules, written independently of the converter."""
+    if d2_key.startswith("stem.conv1.norm."):
+        return "bn1." + d2_key.split(".")[-1]
+    if d2_key.startswith("stem.conv1."):
+        return "conv1." + d2_key.split(".")[-1]
+    stage, block, rest = re.match(r"res(\d)\.(\d+)\.(.+)", d2_key).groups()
+    layer = f"layer{int(stage) - 1}.{block}."
+    rest = re.sub(r"^conv(\d)\.norm\.", r"bn\1.", rest)
+    rest = rest.replace("shortcut.norm.", "downsample.1.").replace("shortcut.", "downsample.0.")
+    return layer + rest
+
+
+def _torchvision_model(name: str, cifar_stem: bool = False) -> torch.nn.Module:
+    model = getattr(torchvision.models, name)()
+    model.fc = torch.nn.Identity()
+    if cifar_stem:
+        model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        model.maxpool = torch.nn.Identity()
+    return model.eval()
+
+
+def test_torchvision_resnet50_strict_round_trip(r50, tmp_path):
+    path, method = r50
+    info = convert_checkpoint(path, tmp_path / "out" / "r50.pth", "torchvision")
+    assert (info["arch"], info["source"]) == ("resnet50", "solo-mixmask")
+    sd = torch.load(tmp_path / "out" / "r50.pth", weights_only=True)
+    model = _torchvision_model("resnet50")
+    model.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), method.backbone.eval()(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("cifar_stem", [False, True])
+def test_torchvision_resnet18_strict_round_trip(tmp_path, cifar_stem):
+    path, method = method_checkpoint(tmp_path / "last.ckpt", "resnet18", cifar_stem=cifar_stem)
+    convert_checkpoint(path, tmp_path / "r18.pth", "torchvision")
+    model = _torchvision_model("resnet18", cifar_stem)
+    model.load_state_dict(torch.load(tmp_path / "r18.pth", weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), method.backbone.eval()(x), atol=1e-5)
+    assert not any(k.startswith(("fc", "projector", "momentum")) for k in
+                   torch.load(tmp_path / "r18.pth", weights_only=True))
+
+
+def test_timm_format_for_a_narrow_cifar_resnet(tmp_path):
+    path, method = method_checkpoint(tmp_path / "last.ckpt", "resnet18", TINY, cifar_stem=True)
+    info = convert_checkpoint(path, tmp_path / "t.pth", "timm")
+    assert info["kwargs"] == TINY and info["cifar_stem"] is True
+    model = timm.create_model("resnet18", num_classes=0, channels=(8, 16, 32, 64))
+    model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # timm's plain stem is 64 wide
+    model.maxpool = torch.nn.Identity()
+    model.load_state_dict(torch.load(tmp_path / "t.pth", weights_only=True), strict=True)
+    with pytest.raises(CheckpointError, match=r"stage widths \[8, 16, 32, 64\].*--format timm"):
+        convert_checkpoint(path, tmp_path / "tv.pth", "torchvision")
+    assert not (tmp_path / "tv.pth").exists()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), method.backbone.eval()(x), atol=1e-6)
+
+
+def test_detectron2_r50_names_and_tensors(r50, tmp_path):
+    path, method = r50
+    out = tmp_path / "d2" / "r50.pkl"
+    convert_checkpoint(path, out, "detectron2")
+    with open(out, "rb") as f:
+        payload = pickle.load(f)
+    assert payload["__author__"] == "solo-mixmask"
+    assert payload["matching_heuristics"] is True
+    model = payload["model"]
+    expected = expected_detectron2_r50_keys()
+    assert len(expected) == 265
+    assert set(model) == expected
+    source = method.backbone.state_dict()
+    for key, value in model.items():
+        assert isinstance(value, np.ndarray)
+        np.testing.assert_array_equal(value, source[torchvision_name_of(key)].numpy())
+
+
+def test_detectron2_refuses_cifar_stem(tmp_path):
+    path, _ = method_checkpoint(tmp_path / "last.ckpt", "resnet18", TINY, cifar_stem=True)
+    with pytest.raises(CheckpointError, match="CIFAR stem"):
+        convert_checkpoint(path, tmp_path / "x.pkl", "detectron2")
+    assert not (tmp_path / "x.pkl").exists()
+
+
+def test_non_resnet_backbone(tmp_path):
+    net = timm.create_model("mobilenetv3_small_050", num_classes=0)
+    sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+    cfg = {"backbone": {"name": "mobilenetv3_small_050", "kwargs": {}}}
+    torch.save({"state_dict": sd, "hyper_parameters": {"cfg": cfg}}, tmp_path / "m.ckpt")
+    for fmt in ("detectron2", "torchvision"):
+        with pytest.raises(CheckpointError, match="needs a ResNet backbone"):
+            convert_checkpoint(tmp_path / "m.ckpt", tmp_path / f"m.{fmt}", fmt)
+        assert not (tmp_path / f"m.{fmt}").exists()
+    convert_checkpoint(tmp_path / "m.ckpt", tmp_path / "m.pth", "timm")
+    timm.create_model("mobilenetv3_small_050", num_classes=0).load_state_dict(
+        torch.load(tmp_path / "m.pth", weights_only=True), strict=True)
+
+
+def test_checkpoint_without_query_backbone_writes_nothing(tmp_path):
+    torch.save({"state_dict": {"momentum_backbone.conv1.weight": torch.zeros(8, 3, 7, 7)}},
+               tmp_path / "k.ckpt")
+    with pytest.raises(CheckpointError, match="no query backbone"):
+        convert_checkpoint(tmp_path / "k.ckpt", tmp_path / "k.pkl", "detectron2")
+    assert not (tmp_path / "k.pkl").exists()
+
+
+def test_cli_convert(r50, tmp_path, capsys):
+    path, _ = r50
+    assert main(["convert", str(path), str(tmp_path / "a.pkl"), "--format", "detectron2"]) == 0
+    assert '"tensors": 265' in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "missing.ckpt"), str(tmp_path / "b.pkl"),
+                 "--format", "timm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "does not exist" in err[-1]
+
+
+def test_authors_release_converts(tmp_path):
+    from tests.eval.helpers import authors_checkpoint
+
+    path, backbone = authors_checkpoint(tmp_path / "mixmask_200ep.pth.tar")
+    info = convert_checkpoint(path, tmp_path / "d2.pkl", "detectron2")
+    assert (info["source"], info["arch"], info["tensors"]) == ("mixmask-authors", "resnet50", 265)
+    with open(tmp_path / "d2.pkl", "rb") as f:
+        model = pickle.load(f)["model"]
+    assert set(model) == expected_detectron2_r50_keys()
+    np.testing.assert_array_equal(model["stem.conv1.weight"], backbone["conv1.weight"].numpy())
+    np.testing.assert_array_equal(model["res5.2.conv3.norm.running_var"],
+                                  backbone["layer4.2.bn3.running_var"].numpy())
+    convert_checkpoint(path, tmp_path / "tv.pth", "torchvision")
+    _torchvision_model("resnet50").load_state_dict(
+        torch.load(tmp_path / "tv.pth", weights_only=True), strict=True)

@@ -1,0 +1,183 @@
+"""Issue 6, parts 1-2: every bad input fails through the real CLI with exit status 2 and one
+``error:`` line naming the key, the value and what is allowed (no traceback); unreadable images
+are skipped and counted in summary.json, or fatal with ``data.strict=true``.
+
+All commands of this file run as subprocesses of the installed ``solo-mixmask`` script, started
+together by one module fixture (each start pays the torch + lightning import). Further config
+errors (``_target_`` keys, unknown keys, boundaries) are checked in-process in test_config.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.cli_helpers import TINY, error_lines, run_many
+
+FMNIST = ["pretrain", *TINY]
+UNMIX = ["pretrain", "--config-name", "unmix", *TINY]
+IMAGENET = ["pretrain", "--config-name", "imagenet/mixmask", *TINY]
+
+#: name -> (command, fragments the single error line must contain)
+CASES: dict[str, tuple[list[str], list[str]]] = {
+    "unknown_method": (
+        [*FMNIST, "method=mixmsk"],
+        ["method='mixmsk'", "mocov2plus, mixmask, unmix, unmix_mixmask, byol", "'mixmask'"],
+    ),
+    "mask_ratio_above_1": (
+        [*FMNIST, "method_kwargs.mask_ratio=1.5"],
+        ["method_kwargs.mask_ratio=1.5", "(0, 1)"],
+    ),
+    "grid_size_zero": (
+        [*FMNIST, "method_kwargs.grid_size=0"],
+        ["method_kwargs.grid_size=0", "[1, 16]", "crop size"],
+    ),
+    "grid_size_above_crop": (
+        [*FMNIST, "method_kwargs.grid_size=17"],
+        ["method_kwargs.grid_size=17", "[1, 16]", "crop size"],
+    ),
+    "unknown_mask_type": (
+        [*FMNIST, "method_kwargs.mask_type=circle"],
+        ["method_kwargs.mask_type='circle'", "block, discrete"],
+    ),
+    "unmix_prob_above_1": (
+        [*UNMIX, "method_kwargs.unmix_prob=1.5"],
+        ["method_kwargs.unmix_prob=1.5", "[0, 1]"],
+    ),
+    "unmix_alpha_zero": (
+        [*UNMIX, "method_kwargs.unmix_alpha=0"],
+        ["method_kwargs.unmix_alpha=0", "(0, inf)"],
+    ),
+    "batch_size_1": (
+        [*FMNIST, "optimizer.batch_size=1"],
+        ["optimizer.batch_size=1", ">= 2", "partner"],
+    ),
+    "unknown_backbone": (
+        [*FMNIST, "backbone.name=resnet19"],
+        ["backbone.name='resnet19'", "timm/torchvision model name", "'resnet18'"],
+    ),
+    "missing_dataset_path": (
+        [*FMNIST, "data.dataset=custom", "data.train_path=/nonexistent/solo-mixmask"],
+        ["data.train_path='/nonexistent/solo-mixmask'", "not an existing folder"],
+    ),
+    "mandatory_value_left_unset": (
+        IMAGENET,
+        ["data.train_path='???'", "mandatory", "data.train_path=...", "data.val_path"],
+    ),
+}
+
+
+def _image_folder(root):
+    """Two classes of 12 decodable 20x20 images (RGB, RGBA, grayscale, 16-bit) plus, in class
+    'b', one truncated JPEG and one zero-byte PNG; also a text file (ignored: not an image)."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            kind = i % 4
+            if kind == 0:
+                Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+            elif kind == 1:
+                alpha = np.full((20, 20, 1), 200, dtype=np.uint8)
+                Image.fromarray(np.concatenate([pixels, alpha], 2), mode="RGBA").save(
+                    folder / f"{i:02d}.png"
+                )
+            elif kind == 2:
+                Image.fromarray(pixels[..., 0]).save(folder / f"{i:02d}.jpg")
+            else:
+                Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(
+                    folder / f"{i:02d}.png"
+                )
+        (folder / "notes.txt").write_text("not an image")
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    corrupt = root / "b" / "05_truncated.jpg"
+    corrupt.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    empty = root / "b" / "06_empty.png"
+    empty.write_bytes(b"")
+    return [str(corrupt), str(empty)]
+
+
+def _custom(root, run_dir, *extra):
+    return [
+        *FMNIST,
+        "data.dataset=custom",
+        f"data.train_path={root}",
+        f"data.val_path={root}",
+        "data.train_subset=null",
+        "data.knn_train_subset=null",
+        "data.val_subset=null",
+        f"checkpoint.run_dir={run_dir}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli_errors")
+    (base / "empty" / "some_class").mkdir(parents=True)
+    images = base / "images"
+    bad = _image_folder(images)
+    runs = f"checkpoint.dir={base / 'runs'}"  # where a wrongly accepted config would write
+    commands = {name: [*cmd, runs] if cmd[0] == "pretrain" else cmd
+                for name, (cmd, _) in CASES.items()}
+    commands["empty_dataset"] = [
+        *FMNIST, "data.dataset=custom", f"data.train_path={base}/empty", runs
+    ]
+    # One worker per loader: the skipped files are found in worker processes and still counted.
+    commands["bad_files_skipped"] = _custom(images, base / "run_ok", "data.num_workers=1")
+    commands["bad_files_strict"] = _custom(images, base / "run_strict", "data.strict=true")
+    names = list(commands)
+    done = run_many([commands[n] for n in names], timeout=400, parallel=3)
+    return {"base": base, "bad": bad, **dict(zip(names, done))}
+
+
+def _single_error(result) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_exits_2_with_one_error_line(results, name):
+    line = _single_error(results[name])
+    for fragment in CASES[name][1]:
+        assert fragment in line, line
+
+
+def test_empty_dataset_folder(results):
+    line = _single_error(results["empty_dataset"])
+    empty = str(results["base"] / "empty")
+    assert f"data.train_path={empty!r}" in line
+    assert "holds no image files" in line and ".jpg" in line
+
+
+def test_bad_input_creates_no_run_folder(results):
+    # Every check above fails before a run folder (under checkpoint.dir) is made.
+    assert not (results["base"] / "runs").exists()
+
+
+def test_bad_images_are_skipped_and_counted(results):
+    result = results["bad_files_skipped"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((results["base"] / "run_ok" / "summary.json").read_text())
+    assert summary["bad_images"] == 2
+    assert sorted(summary["bad_image_files"]) == sorted(results["bad"])
+    assert summary["train_images"] == 26  # 24 readable + 2 unreadable entries (txt ignored)
+    assert summary["steps"] == 3  # 26 // 8 full batches; skipped files are replaced
+    for path in results["bad"]:  # one warning per file (per process that meets it)
+        assert f"skipping unreadable image '{path}'" in result.stderr
+
+
+def test_strict_mode_stops_naming_the_file(results):
+    line = _single_error(results["bad_files_strict"])
+    assert "cannot decode image file" in line
+    assert any(f"'{path}'" in line for path in results["bad"]), line

@@ -1,0 +1,292 @@
+"""Issue 6, part 3: exact resume after SIGKILL, atomic checkpoint writes, NaN stop.
+
+The end-to-end test starts three real ``solo-mixmask pretrain`` processes at once (2 epochs of
+8 steps, a mid-epoch ``last.ckpt`` every 3 steps): an uninterrupted run, a run that is killed
+with SIGKILL in the middle of epoch 1 (two steps after its last checkpoint, so trained work is
+lost and must be redone identically), and a run whose loss turns NaN. The killed run is then
+continued with ``solo-mixmask resume`` and must end with the uninterrupted run's weights,
+momentum encoder, queue, optimiser state and k-NN / linear metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from solo_mixmask.callbacks import (
+    atomic_torch_save,
+    capture_rng_state,
+    restore_rng_state,
+    safe_load_checkpoint,
+)
+from solo_mixmask.utils.resumable import ResumableLoader, ResumableSampler, SeededItems, mix_seed
+from tests.cli_helpers import TINY, error_lines, finish, run, start
+
+STALL_STEP = 11  # killed here: epoch 1, after its 3rd batch; last checkpoint at step 9
+RUN = [*TINY, "max_epochs=2", "checkpoint.every_n_steps=3"]
+
+# Started as `python stall.py pretrain ...`: the real CLI, with the process parked (sleeping) right
+# after optimiser step STALL_STEP so that the test can SIGKILL it at a known point.
+STALL_HARNESS = """
+import os, sys, time
+from pathlib import Path
+from solo_mixmask import callbacks
+step, mark = int(os.environ["STALL_AT_STEP"]), Path(os.environ["STALL_MARK"])
+hook = callbacks.ResumeState.on_train_batch_end
+def stalled(self, trainer, *args):
+    hook(self, trainer, *args)
+    if trainer.global_step == step:
+        mark.write_text(str(step))
+        time.sleep(600)
+callbacks.ResumeState.on_train_batch_end = stalled
+from solo_mixmask.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("resume")
+    harness = base / "stall.py"
+    harness.write_text(STALL_HARNESS)
+    mark = base / "stalled"
+    full = start(["pretrain", *RUN, f"checkpoint.run_dir={base / 'full'}"])
+    nan = start(["pretrain", *TINY, "optimizer.lr=1e30", "checkpoint.every_n_steps=1",
+                 f"checkpoint.run_dir={base / 'nan'}"])
+    # One DataLoader worker in the killed run: augmentations must not depend on workers.
+    killed = start(["pretrain", *RUN, "data.num_workers=1", f"checkpoint.run_dir={base / 'killed'}"],
+                   prefix=[sys.executable, str(harness)],
+                   env={"STALL_AT_STEP": str(STALL_STEP), "STALL_MARK": str(mark)})
+    deadline = time.monotonic() + 400
+    while not mark.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stalled = mark.exists()
+    at_kill = None
+    if stalled:
+        killed.send_signal(signal.SIGKILL)
+    killed_result = finish(killed, timeout=60)
+    if stalled:
+        at_kill = safe_load_checkpoint(base / "killed" / "checkpoints" / "last.ckpt")
+    resumed = run(["resume", str(base / "killed")]) if stalled else None
+    return {
+        "base": base,
+        "full": finish(full, timeout=400),
+        "nan": finish(nan, timeout=400),
+        "killed": killed_result,
+        "at_kill": at_kill,
+        "resumed": resumed,
+    }
+
+
+def _final(run_dir):
+    ckpt = safe_load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return ckpt, summary
+
+
+def test_killed_mid_epoch(runs):
+    assert runs["killed"].returncode == -signal.SIGKILL, runs["killed"].stderr[-3000:]
+    at_kill = runs["at_kill"]
+    # The newest checkpoint on disk is the mid-epoch one of step 9: epoch 1, 1 batch done.
+    assert at_kill["global_step"] == 9
+    assert at_kill["callbacks"]["ResumeState"]["loader"]["epoch"] == 1
+    assert at_kill["callbacks"]["ResumeState"]["loader"]["batches_done"] == 1
+    leftovers = list((runs["base"] / "killed" / "checkpoints").glob(".*tmp*"))
+    assert leftovers == []
+
+
+def test_resume_ends_with_the_uninterrupted_state(runs):
+    assert runs["full"].returncode == 0, runs["full"].stderr[-3000:]
+    assert runs["resumed"].returncode == 0, runs["resumed"].stderr[-3000:]
+    full, full_summary = _final(runs["base"] / "full")
+    resumed, resumed_summary = _final(runs["base"] / "killed")
+    assert full["global_step"] == resumed["global_step"] == 16
+    assert full["state_dict"].keys() == resumed["state_dict"].keys()
+    for key, value in full["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-6,
+                                   msg=key)
+    # The parts the issue names, spelled out: queue + pointer, momentum encoder.
+    assert torch.equal(resumed["state_dict"]["key_queue.ptr"], full["state_dict"]["key_queue.ptr"])
+    torch.testing.assert_close(resumed["state_dict"]["key_queue.queue"],
+                               full["state_dict"]["key_queue.queue"], rtol=1e-5, atol=1e-6)
+    momentum = [k for k in full["state_dict"] if k.startswith("momentum_backbone.")]
+    assert len(momentum) > 50
+    for state_full, state_resumed in zip(full["optimizer_states"][0]["state"].values(),
+                                         resumed["optimizer_states"][0]["state"].values()):
+        torch.testing.assert_close(state_resumed["momentum_buffer"],
+                                   state_full["momentum_buffer"], rtol=1e-5, atol=1e-6)
+    assert resumed["method_generators"]["device"].equal(full["method_generators"]["device"])
+    for key in ("knn_acc1", "knn_acc5", "linear_acc1", "linear_acc5", "knn_acc1_at_init",
+                "steps", "epochs"):
+        assert resumed_summary[key] == full_summary[key], key
+    assert resumed_summary["resumed_from"].endswith("killed/checkpoints/last.ckpt")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(runs):
+    result = runs["nan"]
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1
+    found = re.search(r"the training loss is (nan|inf|-inf) at step (\d+) \(epoch 0\)", lines[0])
+    assert found, lines[0]
+    assert "nothing non-finite was saved" in lines[0] and "last.ckpt" in lines[0]
+    ckpt = safe_load_checkpoint(runs["base"] / "nan" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == int(found.group(2))  # written right before the bad step
+    for key, value in ckpt["state_dict"].items():
+        if value.is_floating_point():
+            assert torch.isfinite(value).all(), key
+    assert not (runs["base"] / "nan" / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------- in-process units
+
+
+def test_sampler_splits_each_epoch_between_ranks():
+    data = list(range(21))
+    ranks = [ResumableSampler(data, batch_size=2, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    epoch0 = [s.indices(0) for s in ranks]
+    assert [len(i) for i in epoch0] == [10, 10]  # 21 // 2 each, the 21st image dropped
+    assert set(epoch0[0]).isdisjoint(epoch0[1])
+    assert ranks[0].indices(1) != epoch0[0]  # a new order every epoch
+    # The order depends on (seed, epoch) only: a new sampler gives the same epoch 0.
+    assert ResumableSampler(data, 2, seed=3, rank=0, world_size=2).indices(0) == epoch0[0]
+    assert ResumableSampler(data, 2, seed=4, rank=0, world_size=2).indices(0) != epoch0[0]
+
+
+def test_sampler_skip_applies_once_to_its_epoch():
+    sampler = ResumableSampler(list(range(12)), batch_size=3, seed=0)
+    full = [i for i, _ in sampler]
+    sampler.skip(epoch=0, batches=2)
+    assert [i for i, _ in sampler] == full[6:]
+    assert [i for i, _ in sampler] == full  # the next pass starts at the beginning again
+    pairs = list(sampler)
+    assert all(seed == mix_seed(0, 0, i) for i, seed in pairs)
+
+
+def test_loader_state_moves_to_the_next_epoch_after_a_finished_one():
+    loader = ResumableLoader(list(range(16)), batch_size=4, seed=1)
+    loader.load_state_dict({"epoch": 2, "batches_done": 4, "batch_size": 4, "world_size": 1,
+                            "seed": 1})
+    assert loader.sampler.epoch == 3 and loader.batches_done == 0
+    loader.load_state_dict({"epoch": 2, "batches_done": 1, "batch_size": 4, "world_size": 1,
+                            "seed": 1})
+    assert loader.sampler.epoch == 2
+    assert [b.tolist() for b in loader] == [
+        torch.tensor(ResumableSampler(list(range(16)), 4, 1).indices(2)[4 * k: 4 * k + 4]).tolist()
+        for k in (1, 2, 3)
+    ]
+
+
+def test_loader_state_with_another_world_size_warns_and_maps_by_images():
+    loader = ResumableLoader(list(range(64)), batch_size=4, seed=1, world_size=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loader.load_state_dict({"epoch": 0, "batches_done": 3, "batch_size": 4, "world_size": 2,
+                                "seed": 1})
+    assert any("not the one of an uninterrupted run" in str(w.message) for w in caught)
+    assert loader.batches_done == 6  # 3 batches x 4 images x 2 ranks = 24 images = 6 batches
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Item i: a random vector drawn from the global torch / numpy / python RNGs."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return torch.rand(3) + float(np.random.rand()) + random.random() + i
+
+
+def test_seeded_items_depend_on_the_seed_only_and_keep_the_caller_rng():
+    items = SeededItems(_Noisy())
+    before = torch.get_rng_state()
+    a = items[(4, 123)]
+    torch.rand(5), np.random.rand(), random.random()  # move every global stream on
+    assert torch.equal(items[(4, 123)], a)
+    assert not torch.equal(items[(4, 124)], a)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    items[(1, 9)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(before, state)
+
+
+def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    state = capture_rng_state()
+    expected = (torch.rand(2), np.random.rand(), random.random())
+    torch.save(state, tmp_path / "rng.pt")
+    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
+    torch.rand(7), np.random.rand(3), random.random()
+    restore_rng_state(loaded)
+    assert torch.equal(torch.rand(2), expected[0])
+    assert np.random.rand() == expected[1] and random.random() == expected[2]
+
+
+def test_atomic_save_keeps_the_old_file_when_the_write_dies(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": torch.tensor(1)}, path)
+
+    def dying_save(obj, f):
+        f.write(b"PK\x03\x04 half a zip file")
+        raise KeyboardInterrupt  # the process is stopped in the middle of the write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+    atomic_torch_save({"step": torch.tensor(3)}, path)
+    assert torch.load(path, weights_only=True)["step"] == 3
+
+
+def test_each_rank_takes_its_own_streams_back():
+    from types import SimpleNamespace
+
+    from solo_mixmask.callbacks import ResumeState
+    from solo_mixmask.utils.generators import SeededGenerators
+
+    streams = []
+    for rank in (0, 1):
+        gens = SeededGenerators(5)
+        gens.rank = rank
+        torch.rand(3, generator=gens.device("cpu"))
+        streams.append({"rng": capture_rng_state(), "generators": gens.state_dict()})
+    state = {"rng": streams[0]["rng"], "per_rank": streams}
+    module = SimpleNamespace(generators=SeededGenerators(5))
+    callback = ResumeState(None)
+    callback.setup(SimpleNamespace(global_rank=1, world_size=2), module, "fit")
+    callback.load_state_dict(state)
+    expected = torch.Generator().set_state(streams[1]["generators"]["device"])
+    assert torch.equal(torch.rand(4, generator=module.generators.device("cpu")),
+                       torch.rand(4, generator=expected))
+
+
+def test_step_checkpoint_saves_only_whole_steps_inside_an_epoch(tmp_path):
+    from types import SimpleNamespace
+
+    from solo_mixmask.callbacks import StepCheckpoint
+
+    saved = []
+    trainer = SimpleNamespace(global_step=0, sanity_checking=False, num_training_batches=8,
+                              accumulate_grad_batches=2, save_checkpoint=saved.append)
+    callback = StepCheckpoint(tmp_path, every_n_steps=2)
+    for batch_idx in range(8):  # 8 batches, an optimiser step after every 2nd
+        trainer.global_step = (batch_idx + 1) // 2
+        callback.after_train_batch(trainer, batch_idx)
+    # step 2 after batch 3 is saved; step 4 falls on the epoch's last batch (epoch-end save),
+    # and batch 4 (step 2 again, mid-accumulation) is not.
+    assert saved == [tmp_path / "last.ckpt"]
+    with pytest.raises(ValueError, match="every_n_steps=0"):
+        StepCheckpoint(tmp_path, 0)
