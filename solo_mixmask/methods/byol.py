@@ -7,16 +7,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.backbones import momentum_copy
 from solo_mixmask.config import check_known_keys, check_number, fill_defaults
 from solo_mixmask.losses.byol import byol_loss
 from solo_mixmask.methods.base import BaseMomentumMethod
-from solo_mixmask.methods.heads import mlp_head
+from solo_mixmask.methods.heads import ProjectorLogic, mlp_head
 
 
-class BYOLLogic:
-    """Symmetric BYOL loss: byol(p1, k2) + byol(p2, k1)."""
+class BYOLLogic(ProjectorLogic):
+    """Symmetric BYOL loss: byol(p1, k2) + byol(p2, k1), with BatchNorm in the heads."""
 
+    projector_batch_norm = True
     method_defaults: dict[str, Any] = {
         "proj_hidden_dim": 4096,
         "proj_output_dim": 256,
@@ -24,15 +24,8 @@ class BYOLLogic:
     }
 
     def __init__(self, cfg: DictConfig):
-        super().__init__(cfg)  # type: ignore[call-arg]
+        super().__init__(cfg)
         kw = cfg.method_kwargs
-        self.projector = mlp_head(
-            self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim, batch_norm=True
-        )
-        self.momentum_projector = mlp_head(
-            self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim, batch_norm=True
-        )
-        momentum_copy(self.projector, self.momentum_projector)
         self.predictor = mlp_head(
             kw.proj_output_dim, kw.pred_hidden_dim, kw.proj_output_dim, batch_norm=True
         )
@@ -48,25 +41,12 @@ class BYOLLogic:
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:
-        return super().learnable_params + [  # type: ignore[misc]
-            {"name": "projector", "params": self.projector.parameters()},
-            {"name": "predictor", "params": self.predictor.parameters()},
-        ]
-
-    @property
-    def momentum_pairs(self) -> list[tuple[Any, Any]]:
-        return super().momentum_pairs + [(self.projector, self.momentum_projector)]  # type: ignore[misc]
+        predictor = {"name": "predictor", "params": self.predictor.parameters()}
+        return super().learnable_params + [predictor]
 
     def forward(self, X: torch.Tensor) -> dict[str, Any]:
-        out = super().forward(X)  # type: ignore[misc]
-        out["z"] = self.projector(out["feats"])
+        out = super().forward(X)
         out["p"] = self.predictor(out["z"])
-        return out
-
-    @torch.no_grad()
-    def momentum_forward(self, X: torch.Tensor) -> dict[str, Any]:
-        out = super().momentum_forward(X)  # type: ignore[misc]
-        out["z"] = self.momentum_projector(out["feats"])
         return out
 
     def training_step(self, batch: list[Any], batch_idx: int) -> torch.Tensor:

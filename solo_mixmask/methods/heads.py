@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
 from torch import nn
+
+from solo_mixmask.backbones import momentum_copy
 
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
@@ -12,3 +18,42 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = Fals
         layers.append(nn.BatchNorm1d(hidden_dim))
     layers += [nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)]
     return nn.Sequential(*layers)
+
+
+class ProjectorLogic:
+    """Mixin: a projector on the online backbone and its momentum copy (EMA pair).
+
+    Adds ``"z"`` (B, proj_output_dim) to ``forward`` and ``momentum_forward`` outputs. Reads
+    ``method_kwargs.proj_hidden_dim`` / ``proj_output_dim``; ``projector_batch_norm`` picks
+    MoCo v2's head (False) or BYOL's (True).
+    """
+
+    projector_batch_norm = False
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)  # type: ignore[call-arg]
+        kw = cfg.method_kwargs
+        dims = (self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim)  # type: ignore[attr-defined]
+        self.projector = mlp_head(*dims, batch_norm=self.projector_batch_norm)
+        self.momentum_projector = mlp_head(*dims, batch_norm=self.projector_batch_norm)
+        momentum_copy(self.projector, self.momentum_projector)
+
+    @property
+    def learnable_params(self) -> list[dict[str, Any]]:
+        projector = {"name": "projector", "params": self.projector.parameters()}
+        return super().learnable_params + [projector]  # type: ignore[misc]
+
+    @property
+    def momentum_pairs(self) -> list[tuple[Any, Any]]:
+        return super().momentum_pairs + [(self.projector, self.momentum_projector)]  # type: ignore[misc]
+
+    def forward(self, X: torch.Tensor) -> dict[str, Any]:
+        out = super().forward(X)  # type: ignore[misc]
+        out["z"] = self.projector(out["feats"])
+        return out
+
+    @torch.no_grad()
+    def momentum_forward(self, X: torch.Tensor) -> dict[str, Any]:
+        out = super().momentum_forward(X)  # type: ignore[misc]
+        out["z"] = self.momentum_projector(out["feats"])
+        return out

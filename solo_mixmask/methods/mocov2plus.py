@@ -12,17 +12,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.backbones import momentum_copy
 from solo_mixmask.config import check_known_keys, check_number, fill_defaults, select
 from solo_mixmask.core.queue import KeyQueue
 from solo_mixmask.losses.moco import moco_loss
 from solo_mixmask.methods.base import BaseMomentumMethod
-from solo_mixmask.methods.heads import mlp_head
+from solo_mixmask.methods.heads import ProjectorLogic
 from solo_mixmask.utils.distributed import gather_no_grad
 from solo_mixmask.utils.generators import SeededGenerators
 
 
-class MoCoV2PlusLogic:
+class MoCoV2PlusLogic(ProjectorLogic):
     """Projector + momentum projector + key queue + InfoNCE against the queue.
 
     ``method_kwargs.symmetric``: false = MoCo v2 (q from view 1, k from view 2, one queue);
@@ -38,15 +37,10 @@ class MoCoV2PlusLogic:
     }
 
     def __init__(self, cfg: DictConfig):
-        super().__init__(cfg)  # type: ignore[call-arg]
+        super().__init__(cfg)
         kw = cfg.method_kwargs
         self.temperature = float(kw.temperature)
         self.symmetric = bool(kw.symmetric)
-        self.projector = mlp_head(self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim)
-        self.momentum_projector = mlp_head(
-            self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim
-        )
-        momentum_copy(self.projector, self.momentum_projector)
         self.key_queue = KeyQueue(2 if self.symmetric else 1, kw.proj_output_dim, kw.queue_size)
         self.generators = SeededGenerators(select(cfg, "seed", 0))
         if not self.symmetric:  # our engine skips the unused passes; solo-learn's runs all views
@@ -62,27 +56,6 @@ class MoCoV2PlusLogic:
         check_number(cfg, "method_kwargs.proj_hidden_dim", low=1, integer=True)
         check_number(cfg, "method_kwargs.proj_output_dim", low=1, integer=True)
         return cfg
-
-    @property
-    def learnable_params(self) -> list[dict[str, Any]]:
-        return super().learnable_params + [
-            {"name": "projector", "params": self.projector.parameters()}
-        ]  # type: ignore[misc]
-
-    @property
-    def momentum_pairs(self) -> list[tuple[Any, Any]]:
-        return super().momentum_pairs + [(self.projector, self.momentum_projector)]  # type: ignore[misc]
-
-    def forward(self, X: torch.Tensor) -> dict[str, Any]:
-        out = super().forward(X)  # type: ignore[misc]
-        out["z"] = self.projector(out["feats"])
-        return out
-
-    @torch.no_grad()
-    def momentum_forward(self, X: torch.Tensor) -> dict[str, Any]:
-        out = super().momentum_forward(X)  # type: ignore[misc]
-        out["z"] = self.momentum_projector(out["feats"])
-        return out
 
     def mixed_losses(
         self, batch: list[Any], out: dict[str, Any], queue: torch.Tensor
