@@ -10,7 +10,8 @@ mocov2plus) and a PNG of k-NN top-1 against epoch, in ``benchmarks/results/``:
 representation must beat.
 
 Profiles:
-- ``quick``: quarter-width ResNet-18 (CIFAR stem), batch 128, 5 epochs, 3 seeds, sized to
+- ``quick``: quarter-width ResNet-18 (CIFAR stem), batch 128, 3 epochs, 3 seeds,
+  k-NN memory 5,000 / validation 1,000 images, sized to
   about 30 minutes on a 2-core CPU: the number of training images is computed from step
   times measured at start-up (``--plan`` prints the plan and stops; ``--train-subset`` fixes
   it instead).
@@ -69,10 +70,10 @@ class Profile:
     channels: tuple[int, ...] | None = (16, 32, 64, 128)
     stem_width: int | None = 16
     batch_size: int = 128
-    epochs: int = 5
+    epochs: int = 3
     train_subset: int | None = None  # None: computed from the budget (or all images)
-    knn_train_subset: int | None = 10_000
-    val_subset: int | None = 2_000
+    knn_train_subset: int | None = 5_000
+    val_subset: int | None = 1_000
     workers: int = 2
     budget_minutes: float | None = 30.0
     precision: str = "32-true"

@@ -1,0 +1,345 @@
+"""Plug-in for real solo-learn (>= 1.0.6): our methods on solo-learn's own BaseMomentumMethod.
+
+solo-learn looks methods up in the plain dict ``solo.methods.METHODS``. :func:`register` adds
+``mixmask``, ``unmix``, ``unmix_mixmask`` and ``mocov2`` (MoCo v2 with the seed's asymmetric loss,
+which solo-learn lacks) to it. Each entry is ``type(name, (XLogic, BaseMomentumMethod), {})``: the
+engine-free method logic of ``solo_mixmask.methods`` on top of solo-learn's base, so solo-learn's
+backbones, data pipelines, online classifier, k-NN monitor, checkpointer and scripts are used
+unchanged, and the method step exists once. solo-learn's own entries are never replaced.
+
+``solo-mixmask solo-pretrain`` / ``solo-linear`` run the checkout's ``main_pretrain.py`` /
+``main_linear.py`` with the methods registered (:func:`run_solo_script`). Processes that Lightning's
+DDP launcher starts re-enter through ``python -m solo_mixmask.solo <hydra args>`` and find the
+script in ``$SOLO_MIXMASK_SOLO_SCRIPT``.
+
+Importing this module never imports solo-learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import os
+import re
+import sys
+import types
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from solo_mixmask.errors import ConfigError
+
+MIN_SOLO_VERSION = "1.0.6"
+SOLO_REPO = "https://github.com/vturrisi/solo-learn"
+INSTALL_HINT = (
+    f"install solo-learn >= {MIN_SOLO_VERSION} from its repository, next to this package: "
+    f"git clone {SOLO_REPO} && pip install -e ./solo-learn "
+    "(the package registry only has solo-learn 1.0.2, which is too old)"
+)
+#: Environment variable naming the solo-learn script that DDP child processes must run.
+SCRIPT_ENV = "SOLO_MIXMASK_SOLO_SCRIPT"
+SCRIPTS = {"pretrain": "main_pretrain.py", "linear": "main_linear.py"}
+
+#: solo-learn method name -> (key in ``solo_mixmask.methods.LOGIC``, class name,
+#: ``method_kwargs`` defaults that differ from the logic's own).
+SOLO_METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "mixmask": ("mixmask", "MixMask", {}),
+    "unmix": ("unmix", "Unmix", {}),
+    "unmix_mixmask": ("unmix_mixmask", "UnmixMixMask", {}),
+    "mocov2": ("mocov2plus", "MoCoV2", {"symmetric": False}),
+}
+
+_BUILT: dict[str, type] = {}  # class name -> class, built once per process
+
+
+class SoloLearnError(ImportError):
+    """solo-learn is missing, too old, or its scripts cannot be found."""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def solo_checkout_version(checkout: Path) -> str | None:
+    """The ``version=`` of ``checkout/setup.py``, or None when it cannot be read."""
+    try:
+        text = (checkout / "setup.py").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    found = re.search(r"""version\s*=\s*["']([^"']+)["']""", text)
+    return found.group(1) if found else None
+
+
+def solo_version(checkout: Path | None = None) -> str | None:
+    """Version of solo-learn: from ``checkout``'s setup.py, else the installed distribution."""
+    if checkout is not None:
+        version = solo_checkout_version(checkout)
+        if version is not None:
+            return version
+    try:
+        return importlib.metadata.version("solo-learn")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_solo_version(version: str | None, where: str) -> None:
+    """Raise :class:`SoloLearnError` when ``version`` is older than ``MIN_SOLO_VERSION``."""
+    if version is None:
+        warnings.warn(
+            f"cannot tell the version of solo-learn at {where}; solo-mixmask is tested with "
+            f"{MIN_SOLO_VERSION}",
+            stacklevel=2,
+        )
+        return
+    if _version_tuple(version) < _version_tuple(MIN_SOLO_VERSION):
+        raise SoloLearnError(
+            f"solo-learn {version} found at {where}, but solo-mixmask needs >= "
+            f"{MIN_SOLO_VERSION} (lightning 2.x, hydra configs): {INSTALL_HINT}"
+        )
+
+
+def _import_solo() -> tuple[types.ModuleType, type]:
+    """``(solo.methods, solo.methods.base.BaseMomentumMethod)``, version-checked."""
+    try:
+        import solo
+        import solo.methods
+        from solo.methods.base import BaseMomentumMethod
+    except ImportError as err:
+        raise SoloLearnError(f"solo-learn cannot be imported ({err}); {INSTALL_HINT}") from err
+    package = Path(solo.__file__).resolve().parent
+    check_solo_version(solo_version(package.parent), str(package))
+    return solo.methods, BaseMomentumMethod
+
+
+def solo_class(name: str, base: type) -> type:
+    """The class registered as ``name``: our logic mixin first, solo-learn's ``base`` after it."""
+    from solo_mixmask.methods import LOGIC
+
+    logic_key, class_name, defaults = SOLO_METHODS[name]
+    cls = _BUILT.get(class_name)
+    if cls is not None and base in cls.__mro__:
+        return cls
+    logic = LOGIC[logic_key]
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__qualname__": class_name,
+        "__doc__": f"``{name}`` on solo-learn's BaseMomentumMethod (logic: {logic.__name__}).",
+        "solo_mixmask_method": name,
+    }
+    if defaults:
+        namespace["method_defaults"] = {**logic.method_defaults, **defaults}
+    cls = type(class_name, (logic, base), namespace)
+    _BUILT[class_name] = cls
+    return cls
+
+
+def register() -> dict[str, type]:
+    """Add our methods to ``solo.methods.METHODS`` (idempotent); returns ``{name: class}`` added.
+
+    A name that solo-learn already uses for its own method is left alone (with a warning).
+    Raises :class:`SoloLearnError` when solo-learn is missing or older than 1.0.6.
+    """
+    solo_methods, base = _import_solo()
+    registered: dict[str, type] = {}
+    for name in SOLO_METHODS:
+        existing = solo_methods.METHODS.get(name)
+        if existing is not None and getattr(existing, "solo_mixmask_method", None) != name:
+            warnings.warn(
+                f"solo.methods.METHODS[{name!r}] is solo-learn's own {existing.__name__}; "
+                "solo-mixmask leaves it in place",
+                stacklevel=2,
+            )
+            continue
+        cls = solo_class(name, base)
+        solo_methods.METHODS[name] = cls
+        registered[name] = cls
+    return registered
+
+
+def __getattr__(name: str) -> type:
+    """Built classes are module attributes (``solo_mixmask.solo.MixMask``) so that they pickle."""
+    if name in _BUILT:
+        return _BUILT[name]
+    if name in {class_name for _, class_name, _ in SOLO_METHODS.values()}:
+        register()
+        return _BUILT[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ---------------------------------------------------------------------------------- scripts
+def find_solo_script(kind: str, solo_learn_dir: str | os.PathLike | None = None) -> Path:
+    """Path of solo-learn's ``main_<kind>.py``: in ``solo_learn_dir``, else next to ``solo``'s
+    package folder (an editable install of a checkout). Raises :class:`SoloLearnError`."""
+    if kind not in SCRIPTS:
+        raise ValueError(f"kind={kind!r} is not allowed: expected one of {', '.join(SCRIPTS)}")
+    if solo_learn_dir is not None:
+        checkout = Path(solo_learn_dir).expanduser().resolve()
+        script = checkout / SCRIPTS[kind]
+        if not script.is_file():
+            raise SoloLearnError(
+                f"--solo-learn-dir {checkout} has no {SCRIPTS[kind]}: expected the root folder "
+                f"of a solo-learn checkout ({SOLO_REPO})"
+            )
+        return script
+    try:
+        spec = importlib.util.find_spec("solo")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        raise SoloLearnError(f"solo-learn is not installed: {INSTALL_HINT}")
+    package = Path(spec.origin).resolve().parent
+    script = package.parent / SCRIPTS[kind]
+    if not script.is_file():
+        raise SoloLearnError(
+            f"solo-learn is installed at {package} but {SCRIPTS[kind]} is not next to it "
+            f"({script}): only a checkout installed with `pip install -e` keeps its scripts. "
+            f"Pass --solo-learn-dir CHECKOUT, or {INSTALL_HINT}"
+        )
+    return script
+
+
+def _use_checkout(checkout: Path) -> None:
+    """Make ``import solo`` resolve to ``checkout/solo`` (as ``python main_pretrain.py`` does)."""
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    loaded = sys.modules.get("solo")
+    if loaded is not None and getattr(loaded, "__file__", None):
+        package = Path(loaded.__file__).resolve().parent
+        if package.parent != checkout:
+            raise SoloLearnError(
+                f"solo-learn is already imported from {package}, not from the checkout {checkout}"
+            )
+
+
+def run_solo_script(script: str | os.PathLike, hydra_args: Sequence[str]) -> None:
+    """Run solo-learn's ``script`` as ``__main__`` with ``sys.argv[1:] = hydra_args``.
+
+    Our methods are registered first. While it runs, ``__main__.__spec__`` names this module and
+    ``$SOLO_MIXMASK_SOLO_SCRIPT`` the script, so DDP child processes (which Lightning starts as
+    ``python -m <__main__.__spec__.name> <sys.argv[1:]>``) register the methods too.
+    sys.argv, ``__main__`` and the environment variable are restored afterwards.
+    """
+    script = Path(script).resolve()
+    _use_checkout(script.parent)
+    register()
+    code = compile(script.read_bytes(), str(script), "exec")
+    module = types.ModuleType("__main__")
+    module.__file__ = str(script)
+    module.__spec__ = importlib.util.find_spec(__name__)
+    saved = sys.modules["__main__"], sys.argv, os.environ.get(SCRIPT_ENV)
+    sys.modules["__main__"] = module
+    sys.argv = [str(script), *hydra_args]
+    os.environ[SCRIPT_ENV] = str(script)
+    try:
+        exec(code, module.__dict__)
+    finally:
+        sys.modules["__main__"], sys.argv = saved[0], saved[1]
+        if saved[2] is None:
+            os.environ.pop(SCRIPT_ENV, None)
+        else:
+            os.environ[SCRIPT_ENV] = saved[2]
+
+
+# ------------------------------------------------------------------------------ sub-commands
+def solo_configs_root() -> Path:
+    """The repository's ``configs/solo/`` folder (solo-learn's layout: ``<dataset>/<method>.yaml``)."""
+    return Path(__file__).resolve().parents[1] / "configs" / "solo"
+
+
+def hydra_args(
+    kind: str, config_path: str | None, config_name: str, overrides: Sequence[str]
+) -> list[str]:
+    """``--config-path ABS --config-name NAME overrides...`` for solo-learn's hydra main.
+
+    Without ``config_path`` (pretraining only), ``config_name`` is ``DATASET/METHOD`` under
+    configs/solo. Raises ConfigError when the config file does not exist.
+    """
+    name = config_name if config_name.endswith((".yaml", ".yml")) else f"{config_name}.yaml"
+    if config_path is None:
+        if kind != "pretrain":
+            raise ConfigError("--config-path", None, "the folder of a solo-learn linear config")
+        folder, _, name = name.rpartition("/")
+        path = solo_configs_root() / folder
+    else:
+        path = Path(config_path).expanduser()
+    path = path.resolve()
+    if not (path / name).is_file():
+        known = sorted(p.name for p in path.glob("*.y*ml")) if path.is_dir() else []
+        where = ", ".join(known) if known else "none found"
+        if config_path is None:
+            datasets = sorted(p.name for p in solo_configs_root().iterdir() if p.is_dir())
+            where += f"; datasets: {', '.join(datasets)}"
+        raise ConfigError("--config-name", config_name, f"a config in {path} ({where})")
+    return ["--config-path", str(path), "--config-name", name, *overrides]
+
+
+def _solo_command(args: argparse.Namespace) -> None:
+    try:
+        script = find_solo_script(args.solo_kind, args.solo_learn_dir)
+        argv = hydra_args(args.solo_kind, args.config_path, args.config_name, args.overrides)
+        run_solo_script(script, argv)
+    except SoloLearnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def add_solo_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``solo-pretrain`` / ``solo-linear`` on the ``solo-mixmask`` parser."""
+    helps = {
+        "pretrain": "run solo-learn's main_pretrain.py with mixmask/unmix/unmix_mixmask/mocov2 "
+        "registered (configs/solo/<dataset>/<method>.yaml by default)",
+        "linear": "run solo-learn's main_linear.py (offline linear probe of a pretrained checkpoint)",
+    }
+    for kind, help_text in helps.items():
+        pretrain = kind == "pretrain"
+        p = sub.add_parser(f"solo-{kind}", help=help_text, description=help_text)
+        p.add_argument(
+            "--solo-learn-dir",
+            default=None,
+            help="root of the solo-learn checkout (default: the folder above the installed "
+            "`solo` package)",
+        )
+        p.add_argument(
+            "--config-path",
+            default=None,
+            help="folder of solo-learn hydra configs"
+            + (" (default: this repository's configs/solo/<dataset>)" if pretrain else ""),
+        )
+        p.add_argument(
+            "--config-name",
+            default="cifar10/mixmask" if pretrain else None,
+            required=not pretrain,
+            help="NAME[.yaml] in --config-path"
+            + (
+                ", or DATASET/METHOD under configs/solo (default: cifar10/mixmask)"
+                if pretrain
+                else ""
+            ),
+        )
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            help="hydra overrides for solo-learn, e.g. data.train_path=/data optimizer.batch_size=64",
+        )
+        p.set_defaults(func=_solo_command, solo_kind=kind)
+
+
+def _child_main() -> None:
+    """``python -m solo_mixmask.solo <hydra args>``: how DDP child processes re-enter."""
+    script = os.environ.get(SCRIPT_ENV)
+    if not script:
+        print(
+            f"error: ${SCRIPT_ENV} is not set; run `solo-mixmask solo-pretrain` or "
+            "`solo-mixmask solo-linear` instead",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    from solo_mixmask.solo import run_solo_script as run  # the importable module, not __main__
+
+    run(script, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    _child_main()
