@@ -218,8 +218,10 @@ def run_solo_script(script: str | os.PathLike, hydra_args: Sequence[str]) -> Non
 
     Our methods are registered first. While it runs, ``__main__.__spec__`` names this module and
     ``$SOLO_MIXMASK_SOLO_SCRIPT`` the script, so DDP child processes (which Lightning starts as
-    ``python -m <__main__.__spec__.name> <sys.argv[1:]>``) register the methods too.
-    sys.argv, ``__main__`` and the environment variable are restored afterwards.
+    ``python -m <__main__.__spec__.name> <sys.argv[1:]>``) register the methods too, and
+    ``$HYDRA_FULL_ERROR=1`` makes hydra re-raise exceptions instead of exiting, so a
+    :class:`~solo_mixmask.errors.ConfigError` of ours reaches the CLI as one ``error:`` line.
+    sys.argv, ``__main__`` and the environment are restored afterwards.
     """
     script = Path(script).resolve()
     _use_checkout(script.parent)
@@ -228,18 +230,21 @@ def run_solo_script(script: str | os.PathLike, hydra_args: Sequence[str]) -> Non
     module = types.ModuleType("__main__")
     module.__file__ = str(script)
     module.__spec__ = importlib.util.find_spec(__name__)
-    saved = sys.modules["__main__"], sys.argv, os.environ.get(SCRIPT_ENV)
+    env = {SCRIPT_ENV: str(script), "HYDRA_FULL_ERROR": os.environ.get("HYDRA_FULL_ERROR", "1")}
+    saved_env = {key: os.environ.get(key) for key in env}
+    saved_main, saved_argv = sys.modules["__main__"], sys.argv
     sys.modules["__main__"] = module
     sys.argv = [str(script), *hydra_args]
-    os.environ[SCRIPT_ENV] = str(script)
+    os.environ.update(env)
     try:
         exec(code, module.__dict__)
     finally:
-        sys.modules["__main__"], sys.argv = saved[0], saved[1]
-        if saved[2] is None:
-            os.environ.pop(SCRIPT_ENV, None)
-        else:
-            os.environ[SCRIPT_ENV] = saved[2]
+        sys.modules["__main__"], sys.argv = saved_main, saved_argv
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # ------------------------------------------------------------------------------ sub-commands

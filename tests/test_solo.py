@@ -237,6 +237,23 @@ def test_register_adds_ours_once_and_keeps_solo_learns_own(monkeypatch):
 
 
 @needs_solo
+def test_config_error_inside_solo_learn_is_one_error_line(monkeypatch, capsys):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    argv, main_module = list(sys.argv), sys.modules["__main__"]
+    code = cli.main(
+        ["solo-pretrain", "--config-name", "cifar10/mixmask", "method_kwargs.grid_size=100"]
+        + ['devices="1"', "accelerator=cpu"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert (
+        "error: method_kwargs.grid_size=100 is not allowed: expected an integer in [1, 32]" in err
+    )
+    assert sys.argv == argv and sys.modules["__main__"] is main_module
+    assert "HYDRA_FULL_ERROR" not in os.environ and plugin.SCRIPT_ENV not in os.environ
+
+
+@needs_solo
 @pytest.mark.parametrize("name", SHIPPED)
 def test_builds_from_each_shipped_config_through_parse_cfg(name):
     from solo.args.pretrain import parse_cfg

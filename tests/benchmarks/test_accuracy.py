@@ -65,8 +65,8 @@ def test_quick_plan_fits_the_budget():
     p = accuracy.plan(prof, cal)
     assert p["train_subset"] % prof.batch_size == 0
     assert prof.batch_size * 2 <= p["train_subset"] <= 60_000
-    # 12 runs x (10 s start + 6 evals of 12,000 images at 3000 / 1.5 img/s) = 552 s fixed;
-    # (0.9 x 1800 - 552) / (5 epochs x 1.25 x 3 seeds x 4 methods x 0.5 s) = 28.5 -> 28 steps
-    assert p["steps_per_epoch"] == 28 and p["train_subset"] == 28 * 128
-    assert p["estimated_s"] == pytest.approx(552 + 5 * 28 * 1.25 * 3 * 4 * 0.5)
+    # 12 runs x (10 s start + 4 evals of 6,000 images at 3000 / 1.5 img/s) = 264 s fixed;
+    # (0.9 x 1800 - 264) / (3 epochs x 1.25 x 3 seeds x 4 methods x 0.5 s) = 60.3 -> 60 steps
+    assert p["steps_per_epoch"] == 60 and p["train_subset"] == 60 * 128
+    assert p["estimated_s"] == pytest.approx(264 + 3 * 60 * 1.25 * 3 * 4 * 0.5)
     assert p["estimated_s"] <= 0.9 * 30 * 60
