@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` without installing
     sys.path.insert(0, str(REPO))
 
+from solo_mixmask.core.masks import MaskBank, draw_cells  # noqa: E402
+from solo_mixmask.core.mixing import mix_with_masks  # noqa: E402
 from solo_mixmask.methods import METHODS  # noqa: E402
 from solo_mixmask.utils.momentum import ema_update  # noqa: E402
 
@@ -123,6 +125,46 @@ def build_trainer(cfg: DictConfig, device: str = "cpu",
     torch.manual_seed(0)
     model = METHODS[cfg.method](cfg).to(device)
     return BareTrainer(model, autocast=autocast)
+
+
+def mask_jobs(model: Any, x: torch.Tensor, partner: torch.Tensor, calls: int,
+              inner: int = 1) -> dict[str, Callable[[], None]]:
+    """Timing jobs for the MixMask branch's own work, done as ``model.mask_branch`` does it.
+
+    ``masks_mixing``: ``inner`` x (pixel masks taken from a bank + mixing) for images ``x``
+    (B,3,H,W), from a bank filled beforehand with enough masks for ``calls`` calls, so no
+    refill falls inside the timing; ``mask_bank_refill``: one bulk draw of the model's bank
+    capacity (``model.mask_bank.capacity`` cell masks). :func:`mask_share` adds the two up.
+    """
+    n, size = x.shape[0], tuple(x.shape[-2:])
+    per_step = n if model.per_sample_masks else 1
+    gen = model.mixing_generator(x.device)
+    bank = MaskBank(model.grid_size, model.mask_ratio, model.mask_type,
+                    capacity=per_step * calls * inner + 1)
+    bank.take(1, generator=gen, device=x.device)  # draws the bank now, outside the timing
+
+    def masks_mixing() -> None:
+        for _ in range(inner):
+            masks = bank.sample(n, size, per_sample=model.per_sample_masks, generator=gen,
+                                device=x.device, dtype=x.dtype)
+            mix_with_masks(x, masks, partner)
+
+    def mask_bank_refill() -> None:
+        draw_cells(model.mask_bank.capacity, model.grid_size, model.mask_ratio,
+                   model.mask_type, generator=gen, device=x.device)
+
+    return {"masks_mixing": masks_mixing, "mask_bank_refill": mask_bank_refill}
+
+
+def mask_share(stats: dict[str, Any], model: Any, batch: int, step_s: float,
+               inner: int = 1) -> dict[str, float]:
+    """Seconds per step of masks + mixing with the bank's refills amortised, and its share of
+    a step of ``step_s`` seconds: ``masks_mixing / inner + refill * masks per step / capacity``."""
+    per_step = batch if model.per_sample_masks else 1
+    take = stats["masks_mixing"]["median_s"] / inner
+    refill = stats["mask_bank_refill"]["median_s"] * per_step / model.mask_bank.capacity
+    return {"take_and_mix_s": take, "refill_per_step_s": refill,
+            "per_step_s": take + refill, "share_of_step": (take + refill) / step_s}
 
 
 def synthetic_batch(

@@ -9,7 +9,9 @@ on one H100).
    and mask share as in ``step_time.py``);
 2. host synchronisations inside one training step of each method, counted with
    ``torch.cuda.set_sync_debug_mode("warn")`` (the step should have none);
-3. the DALI pipeline (``data.format=dali``, GPU decoding + augmentation, two 224-px views)
+3. with ``--compile``: the mixmask step with ``performance.compile=true`` (inductor) against
+   the eager one, interleaved, and the seconds the first compiled steps took;
+4. the DALI pipeline (``data.format=dali``, GPU decoding + augmentation, two 224-px views)
    on a generated JPEG folder, against the PyTorch ImageFolder loader with as many workers
    as CPU cores; skipped with the reason when DALI is not installed.
 
@@ -43,6 +45,8 @@ from common import (  # noqa: E402
     interleaved,
     machine,
     make_jpeg_folder,
+    mask_jobs,
+    mask_share,
     method_cfg,
     summary,
     synthetic_batch,
@@ -50,8 +54,7 @@ from common import (  # noqa: E402
 )
 from omegaconf import OmegaConf  # noqa: E402
 
-from solo_mixmask.core.masks import sample_masks  # noqa: E402
-from solo_mixmask.core.mixing import mix_with_masks, reversed_partner  # noqa: E402
+from solo_mixmask.core.mixing import reversed_partner  # noqa: E402
 
 METHODS = ("mocov2plus", "mixmask", "unmix_mixmask")
 CONFIG_NAMES = {"mocov2plus": "mocov2", "mixmask": "mixmask", "unmix_mixmask": "unmix_mixmask"}
@@ -70,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dali-batches", type=int, default=12)
     p.add_argument("--time-limit", type=float, default=420.0,
                    help="seconds; later parts are skipped when it runs out")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the mixmask step under torch.compile (inductor)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--tiny", action="store_true", help="CPU, tiny network: a test that it runs")
     args = p.parse_args(argv)
@@ -137,16 +142,8 @@ def step_throughput(args: argparse.Namespace, built: dict[str, Any]) -> dict[str
             z = moco.model.forward(x)["z"]
         z.float().square().mean().backward()
 
-    def masks_mixing() -> None:
-        m = mix.model
-        masks = sample_masks(x.shape[0], m.grid_size, m.mask_ratio, tuple(x.shape[-2:]),
-                             mask_type=m.mask_type, per_sample=m.per_sample_masks,
-                             generator=m.mixing_generator(x.device), device=x.device,
-                             dtype=x.dtype)
-        mix_with_masks(x, masks, partner)
-
     jobs["extra_pass"] = extra_pass
-    jobs["masks_mixing"] = masks_mixing
+    jobs.update(mask_jobs(mix.model, x, partner, args.rounds + args.warmup))
     times = interleaved(jobs, args.rounds, args.warmup, sync=_sync)
     stats = {n: summary(t) for n, t in times.items()}
     base, extra = stats["mocov2plus"]["median_s"], stats["extra_pass"]["median_s"]
@@ -164,10 +161,36 @@ def step_throughput(args: argparse.Namespace, built: dict[str, Any]) -> dict[str
                 [a / b for a, b in zip(times[m], times["mocov2plus"])]),
         }
         out[m]["gap_to_ideal"] = out[m]["ratio_to_mocov2plus"] / out[m]["ideal_ratio"] - 1
-    out["references"] = {n: stats[n] for n in ("extra_pass", "masks_mixing")}
-    out["mask_mixing_share_of_mixmask_step"] = (stats["masks_mixing"]["median_s"]
-                                                / stats["mixmask"]["median_s"])
+    out["references"] = {n: stats[n] for n in ("extra_pass", "masks_mixing", "mask_bank_refill")}
+    out["mask_mixing_per_step"] = mask_share(stats, mix.model, args.batch,
+                                             stats["mixmask"]["median_s"])
+    out["mask_mixing_share_of_mixmask_step"] = out["mask_mixing_per_step"]["share_of_step"]
     return out
+
+
+def compiled_step(args: argparse.Namespace, built: dict[str, Any]) -> dict[str, Any]:
+    """The mixmask step with ``performance.compile`` (inductor) against the eager one."""
+    device = _device()
+    backbone = dict(TINY_BACKBONE) if args.tiny else {"name": args.backbone, "kwargs": {}}
+    autocast = torch.bfloat16 if device == "cuda" else None
+    compiled = build_trainer(method_cfg("mixmask", backbone=backbone, batch_size=args.batch,
+                                        crop=args.crop, method_kwargs=_kwargs("mixmask", args.tiny),
+                                        cifar_stem=args.crop <= 64, compile_backend="inductor"),
+                             device, autocast)
+    batch, eager = built["batch"], built["trainers"]["mixmask"]
+    first = []
+    for _ in range(3):  # compilation (forward, backward, recompiles) happens in these steps
+        _sync()
+        start = time.perf_counter()
+        compiled.step(batch)
+        _sync()
+        first.append(time.perf_counter() - start)
+    times = interleaved({"eager": lambda: eager.step(batch), "compiled": lambda: compiled.step(batch)},
+                        args.rounds, 1, sync=_sync)
+    stats = {n: summary(t) for n, t in times.items()}
+    return {**stats, "first_steps_s": first,
+            "speedup": stats["eager"]["median_s"] / stats["compiled"]["median_s"],
+            "compiled_images_per_s": args.batch / stats["compiled"]["median_s"]}
 
 
 def host_syncs(built: dict[str, Any]) -> dict[str, Any]:
@@ -184,8 +207,10 @@ def host_syncs(built: dict[str, Any]) -> dict[str, Any]:
                 trainer.step(built["batch"])
             finally:
                 torch.cuda.set_sync_debug_mode("default")
+        # the mode's own notice ("... is a prototype feature ...") is not a synchronisation
         syncs = [str(w.message).splitlines()[0] for w in caught
-                 if "synchroniz" in str(w.message).lower()]
+                 if "synchroniz" in str(w.message).lower()
+                 and "prototype feature" not in str(w.message)]
         out[m] = {"count": len(syncs), "first": syncs[:3]}
     return out
 
@@ -258,12 +283,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"backbone": "tiny" if args.tiny else args.backbone, "batch": args.batch,
                      "crop": args.crop, "rounds": args.rounds, "warmup": args.warmup,
                      "precision": "bf16 autocast" if torch.cuda.is_available() else "fp32",
-                     "channels_last": True, "tiny": args.tiny},
+                     "channels_last": True, "tiny": args.tiny,
+                     "compile": args.compile},
     }
     built = build(args)
     res["steps"] = step_throughput(args, built)
     print(f"steps done at {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     res["host_syncs"] = host_syncs(built)
+    if args.compile and time.perf_counter() - start < args.time_limit:
+        try:
+            res["compile"] = compiled_step(args, built)
+        except Exception as err:  # report, do not lose the other parts
+            res["compile"] = {"error": f"{type(err).__name__}: {err}"[:2000]}
     del built
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -278,9 +309,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         s = res["steps"][m]
         lines.append(f"- {m}: {s['images_per_s']:.0f} img/s, peak {s['peak_gpu_memory_gb']:.1f} "
                      f"GB, ratio {s['ratio_to_mocov2plus']:.3f} (ideal {s['ideal_ratio']:.3f})")
-    lines.append(f"- masks + mixing share of the mixmask step: "
-                 f"{100 * res['steps']['mask_mixing_share_of_mixmask_step']:.2f}%")
+    c = res["steps"]["mask_mixing_per_step"]
+    lines.append(f"- masks + mixing share of the mixmask step: {100 * c['share_of_step']:.2f}% "
+                 f"(taken from the bank + mixing {1000 * c['take_and_mix_s']:.2f} ms, bank "
+                 f"refills amortised {1000 * c['refill_per_step_s']:.3f} ms per step)")
     lines.append(f"- host syncs per step: {res['host_syncs']}")
+    if "compile" in res:
+        c = res["compile"]
+        lines.append(f"- torch.compile (mixmask): speedup {c['speedup']:.3f}x, "
+                     f"{c['compiled_images_per_s']:.0f} img/s, first steps "
+                     f"{', '.join(f'{t:.1f}' for t in c['first_steps_s'])} s"
+                     if "speedup" in c else f"- torch.compile (mixmask): {c}")
     lines.append(f"- DALI: {res['dali']}")
     text = "\n".join(lines)
     write_results(args.out.stem, res, text, args.out.parent)

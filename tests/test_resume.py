@@ -125,6 +125,9 @@ def test_resume_ends_with_the_uninterrupted_state(runs):
         torch.testing.assert_close(state_resumed["momentum_buffer"],
                                    state_full["momentum_buffer"], rtol=1e-5, atol=1e-6)
     assert resumed["method_generators"]["device"].equal(full["method_generators"]["device"])
+    # the masks drawn ahead (MaskBank) travel with the generators
+    assert resumed["method_generators"]["mask_bank.cells"].equal(
+        full["method_generators"]["mask_bank.cells"])
     for key in ("knn_acc1", "knn_acc5", "linear_acc1", "linear_acc5", "knn_acc1_at_init",
                 "steps", "epochs"):
         assert resumed_summary[key] == full_summary[key], key

@@ -18,7 +18,9 @@ __all__ = [
     "BLOCK_PROPOSALS",
     "DISCRETE_CANDIDATES",
     "MASK_TYPES",
+    "MaskBank",
     "block_masks",
+    "draw_cells",
     "discrete_masks",
     "mask_lambdas",
     "sample_masks",
@@ -173,6 +175,33 @@ def upsample_masks(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return cells[:, rows][:, :, cols].unsqueeze(1).to(torch.float32)
 
 
+def draw_cells(
+    n: int, grid_size: int, ratio: float, mask_type: str, *, generator: torch.Generator, device=None
+) -> torch.Tensor:
+    """``n`` cell masks (n, G, G) bool of ``mask_type`` ("block" or "discrete")."""
+    if mask_type == "block":
+        return block_masks(n, grid_size, ratio, generator=generator, device=device)
+    if mask_type == "discrete":
+        return discrete_masks(n, grid_size, ratio, generator=generator, device=device)
+    raise ValueError(f"mask_type={mask_type!r} is not allowed: expected one of {list(MASK_TYPES)}")
+
+
+def _check_size(grid_size: int, size: tuple[int, int]) -> tuple[int, int]:
+    height, width = int(size[0]), int(size[1])
+    if grid_size > min(height, width):
+        raise ValueError(
+            f"grid_size={grid_size!r} is not allowed for size={tuple(size)!r}: expected an "
+            f"integer in [1, {min(height, width)}]"
+        )
+    return height, width
+
+
+def _pixel_masks(cells: torch.Tensor, n: int, size: tuple[int, int], dtype: torch.dtype):
+    """(1 or n, G, G) cells -> (n, 1, H, W) masks of ``dtype``; one cell mask is expanded."""
+    masks = upsample_masks(cells, size).to(dtype)
+    return masks.expand(n, -1, -1, -1) if cells.shape[0] == 1 else masks
+
+
 def sample_masks(
     n: int,
     grid_size: int,
@@ -193,23 +222,81 @@ def sample_masks(
     _check_n(n)
     _check_grid(grid_size)
     _check_ratio(ratio)
-    height, width = int(size[0]), int(size[1])
-    if grid_size > min(height, width):
-        raise ValueError(
-            f"grid_size={grid_size!r} is not allowed for size={tuple(size)!r}: expected an "
-            f"integer in [1, {min(height, width)}]"
-        )
-    if mask_type == "block":
-        draw = block_masks
-    elif mask_type == "discrete":
-        draw = discrete_masks
-    else:
-        raise ValueError(
-            f"mask_type={mask_type!r} is not allowed: expected one of {list(MASK_TYPES)}"
-        )
-    cells = draw(n if per_sample else 1, grid_size, ratio, generator=generator, device=device)
-    masks = upsample_masks(cells, (height, width)).to(dtype)
-    return masks if per_sample else masks.expand(n, -1, -1, -1)
+    size = _check_size(grid_size, size)
+    cells = draw_cells(n if per_sample else 1, grid_size, ratio, mask_type,
+                       generator=generator, device=device)
+    return _pixel_masks(cells, n, size, dtype)
+
+
+class MaskBank:
+    """Cell masks drawn in bulk and handed out in order, for the training step.
+
+    Drawing block masks is a loop of ~25 small tensor ops per proposal step, so on a GPU one
+    draw costs the same kernel-launch time for 1 mask as for thousands (~19 ms for G=8 on an
+    H100, 11% of a ResNet-50 MixMask step at batch 256). The bank draws ``capacity`` masks in
+    one call and hands them out; when fewer than asked remain, the rest are dropped and a new
+    bank is drawn. Every mask is an independent draw of ``draw_cells``, so the distribution is
+    unchanged; only the order in which the generator's numbers are used differs.
+
+    ``capacity``: masks per draw; default 4096, fewer when G is large (at most 4 MiB of cells).
+    ``state_dict()`` holds the cells left and is what a resumed run needs to draw the same masks.
+    """
+
+    def __init__(self, grid_size: int, ratio: float, mask_type: str = "block",
+                 capacity: int | None = None):
+        _check_grid(grid_size)
+        _check_ratio(ratio)
+        if mask_type not in MASK_TYPES:
+            raise ValueError(
+                f"mask_type={mask_type!r} is not allowed: expected one of {list(MASK_TYPES)}"
+            )
+        self.grid_size, self.ratio, self.mask_type = int(grid_size), float(ratio), mask_type
+        if capacity is None:
+            capacity = max(1, min(4096, (4 << 20) // (self.grid_size**2)))
+        if int(capacity) != capacity or capacity < 1:
+            raise ValueError(f"capacity={capacity!r} is not allowed: expected an integer >= 1")
+        self.capacity = int(capacity)
+        self._cells: torch.Tensor | None = None  # (capacity, G, G) bool
+        self._cursor = 0
+
+    def take(self, n: int, *, generator: torch.Generator, device=None) -> torch.Tensor:
+        """The next ``n`` cell masks (n, G, G) bool, on ``device`` (default: the generator's)."""
+        _check_n(n)
+        device = _resolve_device(generator, device)
+        if self._cells is not None and self._cells.device != device:
+            self._cells = self._cells.to(device)
+        if self._cells is None or self._cursor + n > self._cells.shape[0]:
+            self._cells = draw_cells(max(n, self.capacity), self.grid_size, self.ratio,
+                                     self.mask_type, generator=generator, device=device)
+            self._cursor = 0
+        cells = self._cells[self._cursor:self._cursor + n]
+        self._cursor += n
+        return cells
+
+    def sample(self, n: int, size: tuple[int, int], *, per_sample: bool,
+               generator: torch.Generator, device=None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Pixel masks (n, 1, H, W) like :func:`sample_masks`, taken from the bank."""
+        size = _check_size(self.grid_size, size)
+        cells = self.take(n if per_sample else 1, generator=generator, device=device)
+        return _pixel_masks(cells, n, size, dtype)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self._cells is None:
+            return {}
+        return {"cells": self._cells[self._cursor:].cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the masks left; they move to the generator's device at the next ``take``."""
+        cells = state.get("cells")
+        expected = (self.grid_size, self.grid_size)
+        if cells is not None and tuple(cells.shape[1:]) != expected:
+            raise ValueError(
+                f"mask bank cells of shape {tuple(cells.shape)} do not fit grid_size="
+                f"{self.grid_size}: expected (n, {expected[0]}, {expected[1]})"
+            )
+        self._cells = None if cells is None else cells.to(torch.bool)
+        self._cursor = 0
 
 
 def mask_lambdas(masks: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from solo_mixmask.config import check_choice, check_number, crop_size
-from solo_mixmask.core.masks import sample_masks
+from solo_mixmask.core.masks import MaskBank
 from solo_mixmask.core.mixing import mix_with_masks, reversed_partner
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.losses.mixed import mixed_moco_loss
@@ -41,6 +41,9 @@ class MixMaskLogic(MoCoV2PlusLogic):
         self.mask_ratio = float(kw.mask_ratio)
         self.mask_type = str(kw.mask_type)
         self.per_sample_masks = bool(kw.per_sample_masks)
+        # masks are drawn in bulk: one draw costs the same kernel launches for 1 or 4096 masks
+        self.mask_bank = MaskBank(self.grid_size, self.mask_ratio, self.mask_type)
+        self.generators.attach("mask_bank", self.mask_bank)
 
     @classmethod
     def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:
@@ -66,12 +69,9 @@ class MixMaskLogic(MoCoV2PlusLogic):
         self, x: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, partner: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """MixMask loss of images ``x`` (B,3,H,W) filled from ``x[partner]``; returns (loss, mean lambda)."""
-        masks = sample_masks(
+        masks = self.mask_bank.sample(
             x.shape[0],
-            self.grid_size,
-            self.mask_ratio,
             tuple(x.shape[-2:]),
-            mask_type=self.mask_type,
             per_sample=self.per_sample_masks,
             generator=self.mixing_generator(x.device),
             device=x.device,

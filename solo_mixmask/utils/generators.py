@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -10,6 +12,8 @@ class SeededGenerators:
 
     The device stream drives per-step tensors (masks, permutations) without host syncs; the host
     stream drives per-batch python scalars (Un-Mix's lambda and box). Seeds differ per rank.
+    Objects drawn from these streams that hold draws of their own (a ``MaskBank``) are
+    ``attach``-ed, so that their state is saved and restored with the generators.
     """
 
     def __init__(self, seed: int):
@@ -18,6 +22,11 @@ class SeededGenerators:
         self._device: torch.Generator | None = None
         self._host: torch.Generator | None = None
         self._pending: dict[str, torch.Tensor] = {}
+        self._attached: dict[str, Any] = {}
+
+    def attach(self, name: str, stream: Any) -> None:
+        """Save ``stream`` (``state_dict``/``load_state_dict`` of tensors) under ``name.*``."""
+        self._attached[name] = stream
 
     def _make(self, device: torch.device, offset: int, name: str) -> torch.Generator:
         gen = torch.Generator(device=device)
@@ -44,11 +53,18 @@ class SeededGenerators:
             state["device"] = self._device.get_state()
         if self._host is not None:
             state["host"] = self._host.get_state()
+        for name, stream in self._attached.items():
+            state.update({f"{name}.{k}": v for k, v in stream.state_dict().items()})
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore states; applied now, or when the generator is first created."""
-        self._pending = {k: v.cpu() for k, v in state.items()}
+        for name, stream in self._attached.items():
+            prefix = f"{name}."
+            stream.load_state_dict(
+                {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+        self._pending = {k: v.cpu() for k, v in state.items() if "." not in k}
         for name in ("device", "host"):
             gen = self._device if name == "device" else self._host
             if gen is not None and name in self._pending:

@@ -9,7 +9,7 @@ from solo_mixmask.core import (
     sample_masks,
     upsample_masks,
 )
-from solo_mixmask.core.masks import BLOCK_PROPOSALS
+from solo_mixmask.core.masks import BLOCK_PROPOSALS, MaskBank
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -185,6 +185,62 @@ def test_block_masks_rejects_bad_shape_arguments():
         block_masks(2, 4, 0.5, generator=gen(), min_cells=0)
 
 
+def test_mask_bank_hands_out_one_bulk_draw_in_order():
+    bank = MaskBank(4, 0.5, "block", capacity=10)
+    g = gen(11)
+    taken = [bank.take(3, generator=g) for _ in range(3)]  # 9 of the first 10 masks
+    assert torch.equal(torch.cat(taken), block_masks(10, 4, 0.5, generator=gen(11))[:9])
+    # one mask left < 3 asked: it is dropped and the next bulk draw of the same stream used
+    g_ref = gen(11)
+    block_masks(10, 4, 0.5, generator=g_ref)
+    assert torch.equal(bank.take(3, generator=g), block_masks(10, 4, 0.5, generator=g_ref)[:3])
+
+
+def test_mask_bank_draws_at_least_what_is_asked():
+    bank = MaskBank(4, 0.5, "discrete", capacity=2)
+    cells = bank.take(5, generator=gen(1))
+    assert cells.shape == (5, 4, 4)
+    assert torch.equal(cells, discrete_masks(5, 4, 0.5, generator=gen(1)))
+
+
+def test_mask_bank_sample_per_batch_and_per_sample():
+    bank = MaskBank(8, 0.5)
+    assert bank.capacity == 4096
+    shared = bank.sample(6, (32, 32), per_sample=False, generator=gen(3), dtype=torch.bfloat16)
+    assert shared.shape == (6, 1, 32, 32) and shared.dtype == torch.bfloat16
+    assert all(torch.equal(shared[0], m) for m in shared)
+    own = bank.sample(6, (32, 32), per_sample=True, generator=gen(3))
+    assert len({tuple(m.flatten().tolist()) for m in own}) > 1
+    assert MaskBank(224, 0.5).capacity == (4 << 20) // 224**2  # 4 MiB of cells at most
+
+
+def test_mask_bank_state_round_trip_continues_the_sequence():
+    g = gen(4)
+    bank = MaskBank(4, 0.5, capacity=8)
+    bank.take(5, generator=g)
+    state, g_state = bank.state_dict(), g.get_state()
+    assert state["cells"].shape == (3, 4, 4)
+    expected = [bank.take(2, generator=g), bank.take(2, generator=g)]  # the 2nd one refills
+    other, g2 = MaskBank(4, 0.5, capacity=8), gen(0)
+    other.load_state_dict(state)
+    g2.set_state(g_state)
+    assert all(torch.equal(e, other.take(2, generator=g2)) for e in expected)
+    with pytest.raises(ValueError, match="grid_size=8"):
+        MaskBank(8, 0.5).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(grid_size=0), "grid_size=0"), (dict(ratio=1.5), "ratio=1.5"),
+     (dict(mask_type="blob"), "mask_type='blob'"), (dict(capacity=0), "capacity=0")],
+)
+def test_mask_bank_rejects_bad_arguments(kwargs, match):
+    args = dict(grid_size=4, ratio=0.5)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        MaskBank(**args)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_masks_on_cuda_without_host_sync():
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -193,7 +249,9 @@ def test_masks_on_cuda_without_host_sync():
         b = sample_masks(256, 8, 0.5, (224, 224), per_sample=True, generator=g)
         d = sample_masks(256, 8, 0.5, (224, 224), mask_type="discrete", generator=g)
         lam = mask_lambdas(b)
+        bank = MaskBank(8, 0.5, capacity=300)
+        banked = [bank.sample(256, (224, 224), per_sample=True, generator=g) for _ in range(3)]
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert b.is_cuda and d.is_cuda
+    assert b.is_cuda and d.is_cuda and all(m.is_cuda for m in banked)
     assert abs(lam.mean().item() - 0.5) < 0.05
