@@ -52,7 +52,7 @@ from common import (  # noqa: E402
     table,
     write_results,
 )
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
 from solo_mixmask.methods import METHODS  # noqa: E402
@@ -78,17 +78,22 @@ class Profile:
     budget_minutes: float | None = 30.0
     precision: str = "32-true"
     extra: tuple[str, ...] = field(default_factory=tuple)
+    extra_methods: tuple[str, ...] | None = None  # methods ``extra`` applies to (None: all)
+    linear_preset: str | None = "small"  # offline linear probe (configs/linear/), None: none
+    linear_overrides: tuple[str, ...] = field(default_factory=tuple)
 
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(),
     "full": Profile(channels=None, stem_width=None, batch_size=256, epochs=100,
                     knn_train_subset=None, val_subset=None, workers=8, budget_minutes=None,
-                    precision="auto"),
+                    precision="auto", linear_preset="seed"),
     "smoke": Profile(methods=("mocov2plus", "mixmask"), seeds=(1,), channels=(8, 16, 32, 64),
                      stem_width=8, batch_size=16, epochs=1, train_subset=64,
                      knn_train_subset=64, val_subset=32, workers=0, budget_minutes=None,
-                     extra=("method_kwargs.queue_size=64", "method_kwargs.proj_hidden_dim=32")),
+                     extra=("method_kwargs.queue_size=64", "method_kwargs.proj_hidden_dim=32"),
+                     linear_overrides=("linear.epochs=2", "linear.train_subset=64",
+                                       "linear.val_subset=32")),
 }
 
 
@@ -104,13 +109,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-minutes", type=float, default=None)
     p.add_argument("--extra", nargs="*", default=[],
                    help="overrides for every run, e.g. method_kwargs.grid_size=7")
+    p.add_argument("--extra-methods", nargs="+", default=None,
+                   help="the methods --extra applies to (default: all); e.g. `mixmask` to "
+                        "compare a MixMask variant with the unchanged baseline")
+    p.add_argument("--no-linear", action="store_true",
+                   help="skip the offline linear probe of each final checkpoint")
     p.add_argument("--tag", default="", help="suffix of the result files")
     p.add_argument("--plan", action="store_true", help="print the plan and its time; stop")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="where the run folders go (default: a temporary folder)")
     p.add_argument("--reuse", action="store_true",
-                   help="keep runs whose folder already holds a summary.json")
+                   help="keep a run whose folder holds a summary.json and whose config.yaml "
+                        "agrees with every setting this run would make (else it is rerun)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.smoke:
@@ -135,6 +146,10 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         changes["budget_minutes"] = args.budget_minutes
     if args.extra:
         changes["extra"] = prof.extra + tuple(args.extra)
+    if args.extra_methods:
+        changes["extra_methods"] = tuple(args.extra_methods)
+    if args.no_linear:
+        changes["linear_preset"] = None
     return replace(prof, **changes)
 
 
@@ -157,7 +172,8 @@ def overrides(prof: Profile, method: str, seed: int, train_subset: int | None,
         out.append(f"backbone.kwargs.stem_width={prof.stem_width}")
     if run_dir is not None:
         out.append(f"checkpoint.run_dir={run_dir}")
-    return out + list(prof.extra)
+    applies = prof.extra_methods is None or method in prof.extra_methods
+    return out + (list(prof.extra) if applies else [])
 
 
 def run_cfg(prof: Profile, method: str, seed: int, train_subset: int | None,
@@ -201,6 +217,20 @@ STEP_OVERHEAD = 1.25
 EVAL_OVERHEAD = 1.5
 
 
+def linear_images(prof: Profile) -> int:
+    """Images whose features the offline linear probe extracts per run (train + validation)."""
+    if prof.linear_preset is None:
+        return 0
+    from solo_mixmask.eval.linear import load_preset
+
+    lin = dict(load_preset(prof.linear_preset).get("linear", {}))
+    lin.update({k.split(".", 1)[1]: v for k, v in
+                (o.split("=", 1) for o in prof.linear_overrides) if k.startswith("linear.")})
+    train, val = lin.get("train_subset"), lin.get("val_subset")
+    return (int(train) if train not in (None, "null") else FMNIST_TRAIN_IMAGES) + (
+        int(val) if val not in (None, "null") else 10_000)
+
+
 def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
     """Training images per run and the estimated total seconds."""
     seeds = len(prof.seeds)
@@ -209,7 +239,8 @@ def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
         subset = prof.train_subset
         return {"train_subset": subset, "estimated_s": None, "eval_images": eval_images}
     eval_s = EVAL_OVERHEAD * eval_images / cal["forward_img_s"]
-    fixed = seeds * len(prof.methods) * (STARTUP_S + (prof.epochs + 1) * eval_s)
+    linear_s = EVAL_OVERHEAD * linear_images(prof) / cal["forward_img_s"]
+    fixed = seeds * len(prof.methods) * (STARTUP_S + (prof.epochs + 1) * eval_s + linear_s)
     per_step = STEP_OVERHEAD * seeds * sum(cal["step_s"].values())
     subset = prof.train_subset
     if subset is None and prof.budget_minutes:
@@ -222,6 +253,7 @@ def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
         "steps_per_epoch": steps,
         "eval_images": eval_images,
         "eval_s": eval_s,
+        "linear_probe_s": linear_s,
         "estimated_s": fixed + prof.epochs * steps * per_step,
         "calibration": cal,
     }
@@ -266,19 +298,63 @@ def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:
     return top1
 
 
+def config_differences(cfg: DictConfig, saved: Path) -> list[str]:
+    """Settings of ``cfg`` that the run's saved config.yaml does not hold (paths aside)."""
+    if not saved.exists():
+        return [f"{saved} is missing"]
+    want = _leaves(OmegaConf.to_container(cfg, resolve=True))
+    have = _leaves(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    ignored = {"checkpoint.run_dir", "checkpoint.dir"}
+    return [f"{k}: {have.get(k, '<absent>')!r} != {v!r}" for k, v in want.items()
+            if k not in ignored and have.get(k, "<absent>") != v]
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
 def one_run(prof: Profile, method: str, seed: int, train_subset: int | None,
             run_dir: Path, reuse: bool) -> dict[str, Any]:
     from solo_mixmask.pretrain import run_pretrain
 
     summary_file = run_dir / "summary.json"
-    if reuse and summary_file.exists():
+    cfg = run_cfg(prof, method, seed, train_subset, run_dir)
+    differs = config_differences(cfg, run_dir / "config.yaml") if reuse else []
+    if reuse and summary_file.exists() and not differs:
         summary = json.loads(summary_file.read_text())
+        reused = True
     else:
-        summary = run_pretrain(run_cfg(prof, method, seed, train_subset, run_dir))
+        if reuse and summary_file.exists():
+            print(f"  {run_dir.name}: rerun, its config differs: {'; '.join(differs[:5])}",
+                  file=sys.stderr)
+        summary, reused = run_pretrain(cfg), False
     keep = ("knn_acc1", "knn_acc5", "linear_acc1", "knn_acc1_at_init", "images_per_sec",
             "wall_seconds", "steps", "epochs", "train_images")
-    return {"method": method, "seed": seed, **{k: summary.get(k) for k in keep},
-            "curve": knn_curve(run_dir), "run_dir": str(run_dir)}
+    out = {"method": method, "seed": seed, **{k: summary.get(k) for k in keep},
+           "curve": knn_curve(run_dir), "run_dir": str(run_dir)}
+    if prof.linear_preset is not None:
+        out["offline_linear"] = offline_linear(prof, run_dir, reused)
+    return out
+
+
+def offline_linear(prof: Profile, run_dir: Path, reuse: bool) -> dict[str, Any]:
+    """``solo-mixmask linear`` of the run's last checkpoint with the profile's preset (cached
+    features on the CPU); kept in ``bench_linear.json``, reused with the run when it matches."""
+    from solo_mixmask.eval.linear import run_linear
+
+    record = run_dir / "bench_linear.json"
+    asked = {"preset": prof.linear_preset, "overrides": list(prof.linear_overrides)}
+    if reuse and record.exists():
+        saved = json.loads(record.read_text())
+        if {k: saved.get(k) for k in asked} == asked:
+            return saved["result"]
+    result = run_linear(run_dir / "checkpoints" / "last.ckpt", preset=str(prof.linear_preset),
+                        overrides=list(prof.linear_overrides), out=run_dir / "linear.json")
+    keep = {k: result[k] for k in ("acc1", "acc5", "train_images", "val_images", "preset")}
+    record.write_text(json.dumps({**asked, "result": keep}, indent=1))
+    return keep
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -303,12 +379,19 @@ def aggregate(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str,
         linear = [r["linear_acc1"] for r in seeds.values() if r.get("linear_acc1") is not None]
         if linear:
             row["online_linear_acc1"] = _stats(linear)
+        offline = {s: r["offline_linear"]["acc1"] for s, r in seeds.items() if "offline_linear" in r}
+        if offline:
+            row["offline_linear_acc1"] = _stats(list(offline.values()))
         row["wall_seconds"] = _stats([r["wall_seconds"] for r in seeds.values()])
         row["images_per_sec"] = _stats([r["images_per_sec"] for r in seeds.values()])
         base = by.get(BASELINE, {})
         paired = [seeds[s]["knn_acc1"] - base[s]["knn_acc1"] for s in seeds if s in base]
         if paired and m != BASELINE:
             row["diff_to_mocov2plus"] = _stats(paired)
+        base_lin = {s: r["offline_linear"]["acc1"] for s, r in base.items() if "offline_linear" in r}
+        paired_lin = [offline[s] - base_lin[s] for s in offline if s in base_lin]
+        if paired_lin and m != BASELINE:
+            row["offline_linear_diff_to_mocov2plus"] = _stats(paired_lin)
         out[m] = row
     return out
 
@@ -373,11 +456,19 @@ def markdown(res: dict[str, Any]) -> str:
         k = row["knn_acc1"]
         rows.append([m, k["n"], _pm(k), f"{k['min']:.2f}-{k['max']:.2f}",
                      _pm(row.get("diff_to_mocov2plus"), signed=True),
+                     _pm(row.get("offline_linear_acc1")),
+                     _pm(row.get("offline_linear_diff_to_mocov2plus"), signed=True),
                      _pm(row.get("online_linear_acc1")),
                      f"{row['images_per_sec']['mean']:.0f}"])
     lines.append(table(["method", "seeds", "k-NN top-1 % (mean ± std)", "min-max",
-                        "diff to mocov2plus (paired)", "online linear top-1 %",
+                        "k-NN diff to mocov2plus (paired)", "offline linear top-1 %",
+                        "linear diff (paired)", "online linear top-1 %",
                         "train img/s"], rows))
+    if prof.get("linear_preset"):
+        lines += ["", f"Offline linear probe: `solo-mixmask linear CKPT --preset "
+                  f"{prof['linear_preset']}` (frozen backbone, cached features"
+                  + (f", overrides {list(prof['linear_overrides'])}" if prof["linear_overrides"]
+                     else "") + ")."]
     if res.get("raw_pixel_knn") is not None:
         lines += ["", f"Raw pixels (mean-centred), same k-NN images: "
                   f"{res['raw_pixel_knn']:.2f}%. Random initialisation: "

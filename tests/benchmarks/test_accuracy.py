@@ -27,6 +27,9 @@ def test_smoke_runs_both_methods(result):
         assert epochs == [0, 1]  # k-NN at initialisation, then after the epoch
         assert run["curve"][-1][1] == pytest.approx(run["knn_acc1"], abs=1e-3)
     assert 0 < res["raw_pixel_knn"] <= 100
+    for run in res["runs"]:  # the offline probe of the final checkpoint, smoke settings
+        lin = run["offline_linear"]
+        assert 0 <= lin["acc1"] <= 100 and lin["train_images"] == 64 and lin["val_images"] == 32
 
 
 @needs_fmnist
@@ -40,6 +43,35 @@ def test_aggregate_and_paired_difference(result):
     diff = agg["mixmask"]["diff_to_mocov2plus"]
     assert diff["mean"] == pytest.approx(mix["knn_acc1"] - moco["knn_acc1"])
     assert "diff_to_mocov2plus" not in agg["mocov2plus"]
+    lin = agg["mixmask"]["offline_linear_diff_to_mocov2plus"]
+    assert lin["mean"] == pytest.approx(mix["offline_linear"]["acc1"]
+                                        - moco["offline_linear"]["acc1"])
+
+
+def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
+    import sys
+
+    from tests.benchmarks.helpers import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+    from omegaconf import OmegaConf
+
+    prof = accuracy.PROFILES["smoke"]
+    cfg = accuracy.run_cfg(prof, "mixmask", 1, 64, tmp_path)
+    saved = tmp_path / "config.yaml"
+    assert accuracy.config_differences(cfg, saved) == [f"{saved} is missing"]
+    OmegaConf.save(cfg, saved)
+    assert accuracy.config_differences(cfg, saved) == []
+    other = accuracy.run_cfg(accuracy.replace(prof, extra=(*prof.extra, "method_kwargs.mask_ratio=0.75"),
+                                              extra_methods=("mixmask",)), "mixmask", 1, 64, tmp_path)
+    assert accuracy.config_differences(other, saved) == ["method_kwargs.mask_ratio: 0.5 != 0.75"]
+    baseline = accuracy.run_cfg(accuracy.replace(prof, extra=("method_kwargs.temperature=0.1",),
+                                                 extra_methods=("mixmask",)),
+                                "mocov2plus", 1, 64, tmp_path)
+    assert baseline.method_kwargs.temperature == 0.2  # --extra-methods leaves it alone
+    assert accuracy.run_cfg(accuracy.replace(prof, extra=("method_kwargs.temperature=0.1",)),
+                            "mocov2plus", 1, 64, tmp_path).method_kwargs.temperature == 0.1
 
 
 @needs_fmnist
@@ -65,8 +97,10 @@ def test_quick_plan_fits_the_budget():
     p = accuracy.plan(prof, cal)
     assert p["train_subset"] % prof.batch_size == 0
     assert prof.batch_size * 2 <= p["train_subset"] <= 60_000
-    # 12 runs x (10 s start + 4 evals of 6,000 images at 3000 / 1.5 img/s) = 264 s fixed;
-    # (0.9 x 1800 - 264) / (3 epochs x 1.25 x 3 seeds x 4 methods x 0.5 s) = 60.3 -> 60 steps
-    assert p["steps_per_epoch"] == 60 and p["train_subset"] == 60 * 128
-    assert p["estimated_s"] == pytest.approx(264 + 3 * 60 * 1.25 * 3 * 4 * 0.5)
+    # 12 runs x (10 s start + 4 evals of 6,000 images at 3000 / 1.5 img/s + a linear probe of
+    # 10,000 + 10,000 images at the same speed) = 12 x (10 + 12 + 10) = 384 s fixed;
+    # (0.9 x 1800 - 384) / (3 epochs x 1.25 x 3 seeds x 4 methods x 0.5 s) = 54.9 -> 54 steps
+    assert accuracy.linear_images(prof) == 20_000
+    assert p["steps_per_epoch"] == 54 and p["train_subset"] == 54 * 128
+    assert p["estimated_s"] == pytest.approx(384 + 3 * 54 * 1.25 * 3 * 4 * 0.5)
     assert p["estimated_s"] <= 0.9 * 30 * 60
