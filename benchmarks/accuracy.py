@@ -333,7 +333,7 @@ def one_run(prof: Profile, method: str, seed: int, train_subset: int | None,
     keep = ("knn_acc1", "knn_acc5", "linear_acc1", "knn_acc1_at_init", "images_per_sec",
             "wall_seconds", "steps", "epochs", "train_images")
     out = {"method": method, "seed": seed, **{k: summary.get(k) for k in keep},
-           "curve": knn_curve(run_dir), "run_dir": str(run_dir)}
+           "curve": knn_curve(run_dir), "run_dir": str(run_dir), "reused": reused}
     if prof.linear_preset is not None:
         out["offline_linear"] = offline_linear(prof, run_dir, reused)
     return out
@@ -448,8 +448,11 @@ def markdown(res: dict[str, Any]) -> str:
         f"{p['train_subset'] or 'all'} training images, aug-plus for every method, seeds "
         f"{list(prof['seeds'])}; k-NN (k=200, T=0.1) of {p['eval_images']} images "
         f"(k-NN memory {prof['knn_train_subset'] or 'all'}, validation "
-        f"{prof['val_subset'] or 'all'}). Extra overrides: {list(prof['extra']) or 'none'}. "
-        f"Wall time {res['wall_seconds'] / 60:.1f} min. Machine: {res['machine']}.", "",
+        f"{prof['val_subset'] or 'all'}). Extra overrides: {list(prof['extra']) or 'none'}"
+        + (f" (for {', '.join(prof['extra_methods'])} only)"
+           if prof["extra"] and prof.get("extra_methods") else "")
+        + f". Wall time of this invocation {res['wall_seconds'] / 60:.1f} min. "
+        f"Machine: {res['machine']}.", "",
     ]
     rows = []
     for m, row in agg.items():
@@ -469,6 +472,12 @@ def markdown(res: dict[str, Any]) -> str:
                   f"{prof['linear_preset']}` (frozen backbone, cached features"
                   + (f", overrides {list(prof['linear_overrides'])}" if prof["linear_overrides"]
                      else "") + ")."]
+    reused = sum(bool(r.get("reused")) for r in res["runs"])
+    if reused:
+        lines += ["", f"{reused} of {len(res['runs'])} runs were reused from earlier "
+                  "invocations (`--reuse`, same config); their train img/s is what was "
+                  "measured then, under whatever load the machine had, so compare speeds "
+                  "with `step_time.py` rather than this column."]
     if res.get("raw_pixel_knn") is not None:
         lines += ["", f"Raw pixels (mean-centred), same k-NN images: "
                   f"{res['raw_pixel_knn']:.2f}%. Random initialisation: "

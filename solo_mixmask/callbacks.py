@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 
 from solo_mixmask.errors import CheckpointError
 from solo_mixmask.utils.resumable import ResumableLoader
@@ -288,7 +289,35 @@ class StepCheckpoint(Checkpoint):
             return  # gradients are being accumulated: they are not part of a checkpoint
         if batch_idx + 1 >= trainer.num_training_batches:
             return
-        trainer.save_checkpoint(self.dirpath / LAST)
+        self._saving_mid_epoch = True
+        try:
+            trainer.save_checkpoint(self.dirpath / LAST)
+        finally:
+            self._saving_mid_epoch = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: Any,
+                           checkpoint: dict[str, Any]) -> None:
+        if getattr(self, "_saving_mid_epoch", False) and not LIGHTNING_COMPLETES_BATCH_ON_RESTART:
+            mark_batch_completed(checkpoint)
+
+
+#: Newer Lightning recognises a checkpoint saved in ``on_train_batch_end`` (its batch counted
+#: as processed but not yet completed) and completes the batch when it restarts; 2.1 does not.
+LIGHTNING_COMPLETES_BATCH_ON_RESTART = hasattr(_TrainingEpochLoop, "restarted_on_train_batch_end")
+
+
+def mark_batch_completed(checkpoint: dict[str, Any]) -> None:
+    """Count the batch being saved in ``on_train_batch_end`` as completed in ``checkpoint``.
+
+    Lightning 2.1 restarts from ``completed`` batches, one short of what was trained: the
+    resumed epoch's batch indices then end one early and its end-of-epoch validation is skipped.
+    """
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if not progress:
+        return
+    for part in ("total", "current"):
+        if part in progress:
+            progress[part]["completed"] = progress[part]["processed"]
 
 
 class NonFiniteLossError(RuntimeError):

@@ -23,6 +23,7 @@ the loader's position and the RNG states (:class:`~solo_mixmask.callbacks.Resume
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 import os
@@ -176,10 +177,33 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
+def _continue_csv(logger: CSVLogger, path: Path) -> None:
+    """A resumed run appends to the ``metrics.csv`` it finds, keeping every row and column.
+
+    Lightning's CSV writer deletes an existing file when it starts (newer versions) or keeps
+    it but knows only the keys logged in this process (2.1): when the first rows it saves lack
+    a column of the file, it rewrites the file with the new header and fails on the old rows
+    ("dict contains fields not in fieldnames"). So the file is read first, put back after the
+    writer started, and its header given to the writer.
+    """
+    if not path.is_file():
+        return
+    text = path.read_text()
+    header = next(csv.reader([text.split("\n", 1)[0]]), [])
+    keys = getattr(logger.experiment, "metrics_keys", None)  # not a list on ranks > 0
+    if not isinstance(keys, list):
+        return
+    if not path.is_file():
+        path.write_text(text)
+    keys[:0] = [k for k in header if k and k not in keys]
+
+
 def _loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     loggers: list[Any] = []
     if select(cfg, "logging.csv", True):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+        csv_logger = CSVLogger(save_dir=str(run_dir), name="logs", version="")
+        _continue_csv(csv_logger, run_dir / "logs" / "metrics.csv")
+        loggers.append(csv_logger)
     if select(cfg, "logging.tensorboard", False):
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -346,6 +370,15 @@ def _launches_children(trainer: L.Trainer) -> bool:
     )
 
 
+def seed_quietly(seed: int) -> None:
+    """``L.seed_everything(seed, workers=True)`` without its log line where Lightning allows it
+    (``verbose`` came after lightning 2.1, which solo-learn pins)."""
+    kwargs = {"workers": True}
+    if "verbose" in inspect.signature(L.seed_everything).parameters:
+        kwargs["verbose"] = False
+    L.seed_everything(seed, **kwargs)
+
+
 def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, Any]:
     """Pretrain as ``cfg`` says; returns (and writes) the run's summary dict.
 
@@ -355,7 +388,7 @@ def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, A
     from solo_mixmask.data.loaders import num_classes
 
     method_cls, cfg = prepare_config(cfg)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    seed_quietly(int(cfg.seed))
     with open_dict(cfg):
         if select(cfg, "data.num_classes") is None:
             cfg.data.num_classes = num_classes(cfg)

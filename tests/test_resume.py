@@ -132,6 +132,16 @@ def test_resume_ends_with_the_uninterrupted_state(runs):
                 "steps", "epochs"):
         assert resumed_summary[key] == full_summary[key], key
     assert resumed_summary["resumed_from"].endswith("killed/checkpoints/last.ckpt")
+    # metrics.csv continues: the k-NN of both epochs, the one before the kill included
+    assert _knn_by_epoch(runs["base"] / "killed") == _knn_by_epoch(runs["base"] / "full")
+    assert sorted(_knn_by_epoch(runs["base"] / "full")) == ["0", "1"]
+
+
+def _knn_by_epoch(run_dir):
+    import csv
+
+    with (run_dir / "logs" / "metrics.csv").open(newline="") as f:
+        return {r["epoch"]: r["val_knn_acc1"] for r in csv.DictReader(f) if r.get("val_knn_acc1")}
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(runs):
@@ -293,3 +303,57 @@ def test_step_checkpoint_saves_only_whole_steps_inside_an_epoch(tmp_path):
     assert saved == [tmp_path / "last.ckpt"]
     with pytest.raises(ValueError, match="every_n_steps=0"):
         StepCheckpoint(tmp_path, 0)
+
+
+@pytest.mark.parametrize("completes_on_restart", [True, False])
+def test_mid_epoch_save_counts_its_batch_for_lightning_2_1(monkeypatch, completes_on_restart):
+    """Lightning 2.1 restarts from `completed` batches: our mid-epoch save (made in
+    on_train_batch_end, before Lightning counts the batch completed) marks it completed there;
+    newer Lightning completes it on restart itself, so the checkpoint is left as it is."""
+    from types import SimpleNamespace
+
+    from solo_mixmask import callbacks
+
+    monkeypatch.setattr(callbacks, "LIGHTNING_COMPLETES_BATCH_ON_RESTART", completes_on_restart)
+
+    def progress():
+        counts = {"ready": 11, "started": 11, "processed": 11, "completed": 10}
+        return {"total": dict(counts), "current": {k: v - 8 for k, v in counts.items()},
+                "is_last_batch": False}
+
+    checkpoints = []
+
+    def save_checkpoint(path):
+        checkpoint = {"loops": {"fit_loop": {"epoch_loop.batch_progress": progress()}}}
+        callback.on_save_checkpoint(trainer, None, checkpoint)
+        checkpoints.append(checkpoint)
+
+    trainer = SimpleNamespace(global_step=3, sanity_checking=False, num_training_batches=8,
+                              accumulate_grad_batches=1, save_checkpoint=save_checkpoint)
+    callback = callbacks.StepCheckpoint("unused", every_n_steps=3)
+    callback.after_train_batch(trainer, batch_idx=2)  # mid-epoch: saved
+    save_checkpoint("epoch-end")  # any other save is never touched
+    saved = [c["loops"]["fit_loop"]["epoch_loop.batch_progress"] for c in checkpoints]
+    completed = (11, 3) if not completes_on_restart else (10, 2)
+    assert (saved[0]["total"]["completed"], saved[0]["current"]["completed"]) == completed
+    assert saved[1] == progress()
+
+
+def test_resumed_run_keeps_every_column_of_metrics_csv(tmp_path):
+    """A resumed run that first logs keys the file lacks (and lacks keys the file has) appends
+    to metrics.csv instead of failing on the rewrite of its header."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from solo_mixmask.pretrain import _continue_csv
+
+    path = tmp_path / "logs" / "metrics.csv"
+    path.parent.mkdir()
+    path.write_text("epoch,step,val_knn_acc1\n0,7,37.5\n")
+    logger = CSVLogger(save_dir=str(tmp_path), name="logs", version="")
+    _continue_csv(logger, path)
+    logger.log_metrics({"train_loss": 2.5}, step=9)
+    logger.save()
+    lines = path.read_text().splitlines()
+    assert set(lines[0].split(",")) == {"epoch", "step", "val_knn_acc1", "train_loss"}
+    rows = list(__import__("csv").DictReader(path.open()))
+    assert rows[0]["val_knn_acc1"] == "37.5" and rows[1]["train_loss"] == "2.5"
