@@ -181,9 +181,15 @@ def draw_cells(
     """``n`` cell masks (n, G, G) bool of ``mask_type`` ("block" or "discrete")."""
     if mask_type == "block":
         return block_masks(n, grid_size, ratio, generator=generator, device=device)
-    if mask_type == "discrete":
-        return discrete_masks(n, grid_size, ratio, generator=generator, device=device)
-    raise ValueError(f"mask_type={mask_type!r} is not allowed: expected one of {list(MASK_TYPES)}")
+    _check_mask_type(mask_type)
+    return discrete_masks(n, grid_size, ratio, generator=generator, device=device)
+
+
+def _check_mask_type(mask_type: str) -> None:
+    if mask_type not in MASK_TYPES:
+        raise ValueError(
+            f"mask_type={mask_type!r} is not allowed: expected one of {list(MASK_TYPES)}"
+        )
 
 
 def _check_size(grid_size: int, size: tuple[int, int]) -> tuple[int, int]:
@@ -246,10 +252,7 @@ class MaskBank:
                  capacity: int | None = None):
         _check_grid(grid_size)
         _check_ratio(ratio)
-        if mask_type not in MASK_TYPES:
-            raise ValueError(
-                f"mask_type={mask_type!r} is not allowed: expected one of {list(MASK_TYPES)}"
-            )
+        _check_mask_type(mask_type)
         self.grid_size, self.ratio, self.mask_type = int(grid_size), float(ratio), mask_type
         if capacity is None:
             capacity = max(1, min(4096, (4 << 20) // (self.grid_size**2)))
