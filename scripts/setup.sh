@@ -13,6 +13,9 @@ TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 # Extras of this package to install: test.sh adds dali (NVIDIA DALI, Linux x86-64 only) so its
 # CPU pipeline is tested; where it cannot be installed the DALI tests skip and say why.
 EXTRAS="${SOLO_MIXMASK_EXTRAS:-test}"
+# Extra pip requirements resolved together with the package, e.g. the oldest supported Lightning:
+# SOLO_MIXMASK_PINS="lightning==2.1.2 pytorch-lightning==2.1.2 torchmetrics==0.11.4 setuptools<81"
+PINS="${SOLO_MIXMASK_PINS:-}"
 FMNIST_DIR=/usr/share/datasets/fashion-mnist
 
 quiet_pip() { # pip, without the noise of unreachable local find-links; keeps pip's status
@@ -29,7 +32,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$VENV"
 fi
 stamp="$VENV/.solo-mixmask-installed"
-want="$( (cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml"; echo "$EXTRAS") | sha256sum | cut -d' ' -f1)"
+want="$( (cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml"; echo "$EXTRAS $PINS") | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing PyTorch and solo-mixmask into $VENV"
   quiet_pip install -q --upgrade pip
@@ -37,9 +40,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # shellcheck disable=SC2086
     quiet_pip install -q $TORCH_SPEC || quiet_pip install -q torch torchvision
   fi
-  if ! quiet_pip install -q -e "$ROOT[$EXTRAS]"; then
+  # shellcheck disable=SC2086
+  if ! quiet_pip install -q -e "$ROOT[$EXTRAS]" $PINS; then
     echo "[setup] could not install extras [$EXTRAS]; installing [test] only"
-    quiet_pip install -q -e "$ROOT[test]"
+    # shellcheck disable=SC2086
+    quiet_pip install -q -e "$ROOT[test]" $PINS
   fi
   echo "$want" >"$stamp"
 fi
