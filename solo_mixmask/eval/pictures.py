@@ -67,7 +67,7 @@ def mask_rows(
 
     Mask rows hold (n, 1, H, W) masks and no lambdas. Uses solo_mixmask.core only.
     """
-    from solo_mixmask.core.masks import sample_masks
+    from solo_mixmask.core.masks import MASK_TYPES, sample_masks
     from solo_mixmask.core.mixing import (
         mix_with_masks,
         reversed_partner,
@@ -82,7 +82,7 @@ def mask_rows(
         "original": (x, None),
         "partner": (x[partner], None),
     }
-    for kind in ("block", "discrete"):
+    for kind in MASK_TYPES:
         grid = max(grid_size, 2) if kind == "discrete" else grid_size
         masks = sample_masks(n, grid, ratio, (height, width), mask_type=kind, per_sample=True,
                              generator=gen)

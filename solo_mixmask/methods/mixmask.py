@@ -13,14 +13,12 @@ import torch
 from omegaconf import DictConfig
 
 from solo_mixmask.config import check_choice, check_number, crop_size
-from solo_mixmask.core.masks import MaskBank
+from solo_mixmask.core.masks import MASK_TYPES, MaskBank
 from solo_mixmask.core.mixing import mix_with_masks, reversed_partner
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.losses.mixed import mixed_moco_loss
 from solo_mixmask.methods.base import BaseMomentumMethod
 from solo_mixmask.methods.mocov2plus import MoCoV2PlusLogic
-
-MASK_TYPES = ("block", "discrete")
 
 
 class MixMaskLogic(MoCoV2PlusLogic):
