@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REPO,
     RESULTS,
-    BareTrainer,
+    build_trainer,
     command_line,
     machine,
     synthetic_batch,
@@ -55,7 +55,6 @@ from common import (  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
-from solo_mixmask.methods import METHODS  # noqa: E402
 
 FMNIST_TRAIN_IMAGES = 60_000
 BASELINE = "mocov2plus"
@@ -191,8 +190,7 @@ def calibrate(prof: Profile, steps: int = 2) -> dict[str, Any]:
     forward_img_s = 0.0
     for method in prof.methods:
         cfg = run_cfg(prof, method, prof.seeds[0], prof.batch_size)
-        torch.manual_seed(0)
-        trainer = BareTrainer(METHODS[method](cfg))
+        trainer = build_trainer(cfg)
         crop = int(cfg.augmentations[0].crop_size)
         batch = synthetic_batch(prof.batch_size, crop)
         trainer.step(batch)

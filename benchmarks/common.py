@@ -36,6 +36,8 @@ from solo_mixmask.utils.momentum import ema_update  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 MOCO_FAMILY = ("mocov2plus", "mixmask", "unmix", "unmix_mixmask")
+#: Extra query forward + backward passes per step over MoCo (the FLOP-ideal ratio's k).
+EXTRA_PASSES = {"mocov2plus": 0, "mixmask": 1, "unmix": 1, "unmix_mixmask": 2}
 TINY_BACKBONE = {"name": "resnet18", "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8}}
 
 warnings.filterwarnings("ignore", message=".*self.trainer.*")
@@ -102,22 +104,46 @@ class BareTrainer:
         self.autocast = autocast
         self.device_type = next(model.parameters()).device.type
 
+    def autocast_context(self) -> Any:
+        """Autocast to ``self.autocast`` on the model's device, or a no-op context."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast)
+
     def forward_loss(self, batch: list[Any]) -> torch.Tensor:
         """The method's training loss (forward passes, losses, queue update)."""
-        context = (torch.autocast(self.device_type, dtype=self.autocast)
-                   if self.autocast is not None else contextlib.nullcontext())
-        with context:
+        with self.autocast_context():
             loss = self.model.training_step(batch, 0)
         return loss["loss"] if isinstance(loss, dict) else loss
 
-    def step(self, batch: list[Any]) -> torch.Tensor:
-        loss = self.forward_loss(batch)
+    def apply(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward of ``loss``, the SGD step and the EMA of every (online, momentum) pair."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         for online, momentum in self.model.momentum_pairs:
             ema_update(online, momentum, self.tau)
         return loss.detach()
+
+    def step(self, batch: list[Any]) -> torch.Tensor:
+        return self.apply(self.forward_loss(batch))
+
+
+def extra_pass_loss(trainer: BareTrainer, x: torch.Tensor) -> torch.Tensor:
+    """A loss of one more query forward through backbone + projector of images ``x`` (what a
+    mixed query costs at best), under the trainer's autocast."""
+    with trainer.autocast_context():
+        z = trainer.model.forward(x)["z"]
+    return z.float().square().mean()
+
+
+def extra_pass_job(trainer: BareTrainer, x: torch.Tensor) -> Callable[[], None]:
+    """Timing job: one extra query forward + backward (:func:`extra_pass_loss`), nothing else."""
+    def extra_pass() -> None:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        extra_pass_loss(trainer, x).backward()
+
+    return extra_pass
 
 
 def build_trainer(cfg: DictConfig, device: str = "cpu",
@@ -156,12 +182,12 @@ def mask_jobs(model: Any, x: torch.Tensor, partner: torch.Tensor, calls: int,
     return {"masks_mixing": masks_mixing, "mask_bank_refill": mask_bank_refill}
 
 
-def mask_share(stats: dict[str, Any], model: Any, batch: int, step_s: float,
-               inner: int = 1) -> dict[str, float]:
+def mask_share(stats: dict[str, Any], model: Any, batch: int, step_s: float) -> dict[str, float]:
     """Seconds per step of masks + mixing with the bank's refills amortised, and its share of
-    a step of ``step_s`` seconds: ``masks_mixing / inner + refill * masks per step / capacity``."""
+    a step of ``step_s`` seconds: ``masks_mixing + refill * masks per step / capacity``, with
+    ``stats`` medians per call (a caller timing ``inner`` calls at once divides first)."""
     per_step = batch if model.per_sample_masks else 1
-    take = stats["masks_mixing"]["median_s"] / inner
+    take = stats["masks_mixing"]["median_s"]
     refill = stats["mask_bank_refill"]["median_s"] * per_step / model.mask_bank.capacity
     return {"take_and_mix_s": take, "refill_per_step_s": refill,
             "per_step_s": take + refill, "share_of_step": (take + refill) / step_s}

@@ -41,7 +41,7 @@ from common import (  # noqa: E402
     REPO,
     RESULTS,
     TINY_BACKBONE,
-    BareTrainer,
+    build_trainer,
     command_line,
     machine,
     make_jpeg_folder,
@@ -53,7 +53,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
 from solo_mixmask.data.loaders import build_train_loader  # noqa: E402
-from solo_mixmask.methods import METHODS  # noqa: E402
 
 DEMO = "fashion_mnist/mixmask"
 GOAL_LOADER_FACTOR = 2.0  # loader images/s >= 2x training images/s
@@ -136,8 +135,7 @@ def step_speed(cfg: DictConfig, steps: int, loader_cfg: DictConfig | None = None
     """Images/s of bare training steps of the demo model; fed by the real loader when
     ``loader_cfg`` is given, else by one synthetic batch of the same shape."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    torch.manual_seed(0)
-    trainer = BareTrainer(METHODS[cfg.method](cfg))
+    trainer = build_trainer(cfg)
     size = int(cfg.augmentations[0].crop_size)
     batch_size = int(cfg.optimizer.batch_size)
     views = sum(int(a.num_crops) for a in cfg.augmentations)

@@ -22,7 +22,6 @@ that the script works, not a measurement.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -37,11 +36,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    EXTRA_PASSES,
     RESULTS,
     TINY_BACKBONE,
     build_trainer,
     command_line,
     config_method_kwargs,
+    extra_pass_job,
     interleaved,
     machine,
     make_jpeg_folder,
@@ -58,7 +59,6 @@ from solo_mixmask.core.mixing import reversed_partner  # noqa: E402
 
 METHODS = ("mocov2plus", "mixmask", "unmix_mixmask")
 CONFIG_NAMES = {"mocov2plus": "mocov2", "mixmask": "mixmask", "unmix_mixmask": "unmix_mixmask"}
-EXTRA_PASSES = {"mocov2plus": 0, "mixmask": 1, "unmix_mixmask": 2}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,16 +104,19 @@ def _kwargs(method: str, tiny: bool) -> dict[str, Any]:
     return kw
 
 
-def build(args: argparse.Namespace) -> dict[str, Any]:
+def _trainer(args: argparse.Namespace, method: str, compile_backend: str | None = None) -> Any:
+    """``method``'s BareTrainer on this device (bf16 autocast on CUDA) with the check's settings."""
     device = _device()
     backbone = dict(TINY_BACKBONE) if args.tiny else {"name": args.backbone, "kwargs": {}}
-    autocast = torch.bfloat16 if device == "cuda" else None
-    trainers = {
-        m: build_trainer(method_cfg(m, backbone=backbone, batch_size=args.batch, crop=args.crop,
-                                    method_kwargs=_kwargs(m, args.tiny),
-                                    cifar_stem=args.crop <= 64), device, autocast)
-        for m in METHODS
-    }
+    cfg = method_cfg(method, backbone=backbone, batch_size=args.batch, crop=args.crop,
+                     method_kwargs=_kwargs(method, args.tiny), cifar_stem=args.crop <= 64,
+                     compile_backend=compile_backend)
+    return build_trainer(cfg, device, torch.bfloat16 if device == "cuda" else None)
+
+
+def build(args: argparse.Namespace) -> dict[str, Any]:
+    device = _device()
+    trainers = {m: _trainer(args, m) for m in METHODS}
     return {"trainers": trainers, "batch": synthetic_batch(args.batch, args.crop, device=device)}
 
 
@@ -134,15 +137,7 @@ def step_throughput(args: argparse.Namespace, built: dict[str, Any]) -> dict[str
     peaks: dict[str, int] = {}
     jobs = {m: _peak_memory_job(lambda t=t: t.step(batch), peaks, m) for m, t in trainers.items()}
 
-    def extra_pass() -> None:
-        moco.optimizer.zero_grad(set_to_none=True)
-        context = (torch.autocast("cuda", dtype=torch.bfloat16) if x.is_cuda
-                   else contextlib.nullcontext())
-        with context:
-            z = moco.model.forward(x)["z"]
-        z.float().square().mean().backward()
-
-    jobs["extra_pass"] = extra_pass
+    jobs["extra_pass"] = extra_pass_job(moco, x)
     jobs.update(mask_jobs(mix.model, x, partner, args.rounds + args.warmup))
     times = interleaved(jobs, args.rounds, args.warmup, sync=_sync)
     stats = {n: summary(t) for n, t in times.items()}
@@ -170,13 +165,7 @@ def step_throughput(args: argparse.Namespace, built: dict[str, Any]) -> dict[str
 
 def compiled_step(args: argparse.Namespace, built: dict[str, Any]) -> dict[str, Any]:
     """The mixmask step with ``performance.compile`` (inductor) against the eager one."""
-    device = _device()
-    backbone = dict(TINY_BACKBONE) if args.tiny else {"name": args.backbone, "kwargs": {}}
-    autocast = torch.bfloat16 if device == "cuda" else None
-    compiled = build_trainer(method_cfg("mixmask", backbone=backbone, batch_size=args.batch,
-                                        crop=args.crop, method_kwargs=_kwargs("mixmask", args.tiny),
-                                        cifar_stem=args.crop <= 64, compile_backend="inductor"),
-                             device, autocast)
+    compiled = _trainer(args, "mixmask", compile_backend="inductor")
     batch, eager = built["batch"], built["trainers"]["mixmask"]
     first = []
     for _ in range(3):  # compilation (forward, backward, recompiles) happens in these steps

@@ -29,12 +29,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    EXTRA_PASSES,
     MOCO_FAMILY,
     RESULTS,
     TINY_BACKBONE,
     build_trainer,
     command_line,
     config_method_kwargs,
+    extra_pass_job,
+    extra_pass_loss,
     interleaved,
     machine,
     mask_jobs,
@@ -51,10 +54,8 @@ from solo_mixmask.core.mixing import (  # noqa: E402
     sample_unmix_params,
     unmix,
 )
-from solo_mixmask.utils.momentum import ema_update  # noqa: E402
 
 METHODS_DEFAULT = ("mocov2plus", "mixmask", "unmix", "unmix_mixmask", "byol")
-EXTRA_PASSES = {"mocov2plus": 0, "mixmask": 1, "unmix": 1, "unmix_mixmask": 2}
 GOAL_GAP = 0.05  # mixmask / moco within 5% of its FLOP-ideal ratio
 GOAL_MASK_SHARE = 0.03  # masks + mixing under 3% of the mixmask step
 
@@ -132,31 +133,19 @@ def build_jobs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
     moco = trainers["mocov2plus"]
     jobs: dict[str, Any] = {m: (lambda t=t: t.step(batch)) for m, t in trainers.items()}
 
-    def extra_pass() -> None:
-        """One more query forward + backward through backbone + projector, nothing else."""
-        moco.optimizer.zero_grad(set_to_none=True)
-        moco.model.forward(x)["z"].float().square().mean().backward()
-
     def moco_plus_extra() -> None:
         """A MoCo step whose loss also holds one more query pass (the ideal, in one step)."""
-        loss = moco.model.training_step(batch, 0)
-        loss = loss + moco.model.forward(x)["z"].float().square().mean()
-        moco.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        moco.optimizer.step()
-        for online, momentum in moco.model.momentum_pairs:
-            ema_update(online, momentum, moco.tau)
+        moco.apply(moco.forward_loss(batch) + extra_pass_loss(moco, x))
 
-    jobs["extra_pass"] = extra_pass
+    jobs["extra_pass"] = extra_pass_job(moco, x)
     jobs["moco_plus_extra"] = moco_plus_extra
+    partner = reversed_partner(args.batch)
     mix_model = _mask_model(trainers)
     if mix_model is not None:
-        partner = reversed_partner(args.batch)
         jobs.update(mask_jobs(mix_model, x, partner, args.rounds + args.warmup, args.inner))
     unmix_model = next((trainers[m].model for m in ("unmix", "unmix_mixmask") if m in trainers),
                        None)
     if unmix_model is not None:
-        partner = reversed_partner(args.batch)
 
         def unmix_mixing() -> None:
             for _ in range(args.inner):
