@@ -28,6 +28,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 
+from solo_mixmask.checkpoints import safe_load
 from solo_mixmask.errors import CheckpointError
 from solo_mixmask.utils.resumable import ResumableLoader
 
@@ -37,55 +38,20 @@ LAST = "last.ckpt"
 # --------------------------------------------------------------------------- checkpoint files
 
 
-def _pickle_problem(err: BaseException) -> str:
-    """The informative line of a ``weights_only`` refusal (torch's message is a page long)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    for line in lines:
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            return line
-    return lines[0] if lines else type(err).__name__
-
-
-def safe_load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)``; :class:`CheckpointError` for anything unusable.
+def safe_load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """:func:`solo_mixmask.checkpoints.safe_load` (``torch.load(weights_only=True)`` on the CPU,
+    :class:`CheckpointError` for anything unusable) of a file that must hold a checkpoint dict.
 
     Only tensors, numbers, strings, ``None`` and (nested) dicts, lists and tuples are loaded;
     a file that needs other pickled objects (which could run code while loading) is refused
     and nothing in it runs.
     """
-    path = Path(path)
-    try:  # the project's shared loader, when present (same policy, same messages)
-        from solo_mixmask.checkpoints import safe_load
-    except ImportError:
-        safe_load = None
-    if safe_load is not None:
-        checkpoint = safe_load(path)
-    else:
-        checkpoint = _torch_load_weights_only(path, map_location)
+    checkpoint = safe_load(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"{str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict"
         )
     return checkpoint
-
-
-def _torch_load_weights_only(path: Path, map_location: Any) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise CheckpointError(
-                f"refusing to load {str(path)!r}: it is not a plain weights file "
-                f"(torch.load(weights_only=True) rejected it: {_pickle_problem(err)}); "
-                "solo-mixmask checkpoints hold only tensors, numbers, strings and containers, "
-                "and loading anything else could run code from the file"
-            ) from err
-        raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {_pickle_problem(err)} "
-            "(truncated or not a torch checkpoint)"
-        ) from err
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -131,7 +97,7 @@ class SafeAtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return safe_load_checkpoint(path, map_location="cpu")
+        return safe_load_checkpoint(path)  # on the CPU, whatever map_location says
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -215,14 +181,15 @@ class ResumeState(Callback):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"rng": capture_rng_state()}
+        streams = self._rank_streams()
+        state: dict[str, Any] = {"rng": streams["rng"]}
         if self.loader is not None:
             state["loader"] = self.loader.state_dict()
         world = int(getattr(self._trainer, "world_size", 1) or 1)
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * world
             # every rank runs dump_checkpoint for every save, so this collective is matched
-            torch.distributed.all_gather_object(gathered, self._rank_streams())
+            torch.distributed.all_gather_object(gathered, streams)
             state["per_rank"] = gathered
         return state
 
@@ -258,6 +225,7 @@ class StepCheckpoint(Checkpoint):
             raise ValueError(f"every_n_steps={every_n_steps} is not allowed: expected >= 1")
         self.dirpath = Path(dirpath)
         self.every_n_steps = int(every_n_steps)
+        self._saving_mid_epoch = False  # True while after_train_batch saves
 
     @property
     def state_key(self) -> str:
@@ -297,7 +265,7 @@ class StepCheckpoint(Checkpoint):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: Any,
                            checkpoint: dict[str, Any]) -> None:
-        if getattr(self, "_saving_mid_epoch", False) and not LIGHTNING_COMPLETES_BATCH_ON_RESTART:
+        if self._saving_mid_epoch and not LIGHTNING_COMPLETES_BATCH_ON_RESTART:
             mark_batch_completed(checkpoint)
 
 

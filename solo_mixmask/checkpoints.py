@@ -190,20 +190,20 @@ def infer_resnet(sd: StateDict, where: str = "checkpoint") -> tuple[str, dict[st
     kwargs: dict[str, Any] = {}
     if channels != DEFAULT_RESNET_CHANNELS:
         kwargs["channels"] = list(channels)
-    cifar_stem = tuple(sd["conv1.weight"].shape[-2:]) == (3, 3)
-    return arch, kwargs, cifar_stem
+    return arch, kwargs, _is_cifar_stem(sd)
+
+
+def _is_cifar_stem(sd: StateDict) -> bool:
+    """Whether the first convolution is the 3x3 CIFAR stem (not ImageNet's 7x7)."""
+    conv1 = sd.get("conv1.weight")
+    return conv1 is not None and conv1.dim() == 4 and tuple(conv1.shape[-2:]) == (3, 3)
 
 
 def _cfg_backbone(cfg: dict[str, Any], sd: StateDict) -> tuple[str, dict[str, Any], bool]:
-    """(arch, kwargs, cifar_stem) from a run config, the stem checked against the weights."""
-    backbone = cfg.get("backbone") or {}
-    arch = backbone.get("name")
-    if not arch:
-        return infer_resnet(sd)
-    kwargs = dict(backbone.get("kwargs") or {})
-    conv1 = sd.get("conv1.weight")
-    cifar_stem = conv1 is not None and conv1.dim() == 4 and tuple(conv1.shape[-2:]) == (3, 3)
-    return str(arch), kwargs, cifar_stem
+    """(arch, kwargs, cifar_stem) from a run config that names ``backbone.name``, the stem
+    checked against the weights."""
+    backbone = cfg["backbone"]
+    return str(backbone["name"]), dict(backbone.get("kwargs") or {}), _is_cifar_stem(sd)
 
 
 # --------------------------------------------------------------------------- formats

@@ -50,7 +50,13 @@ from solo_mixmask.callbacks import (
     StepCheckpoint,
     safe_load_checkpoint,
 )
-from solo_mixmask.config import check_mandatory_values, select, suggest, trainer_arg_names
+from solo_mixmask.config import (
+    check_mandatory_values,
+    select,
+    suggest,
+    to_container,
+    trainer_arg_names,
+)
 from solo_mixmask.errors import CheckpointError, ConfigError
 from solo_mixmask.methods import METHODS
 from solo_mixmask.utils.resumable import ResumableLoader, resumable_train_loader
@@ -84,12 +90,6 @@ class TrainSpeed(Callback):
     @property
     def images_per_sec(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
-
-
-def build_method(cfg: DictConfig) -> L.LightningModule:
-    """``METHODS[cfg.method](cfg)`` with a helpful error for unknown names."""
-    method_class(cfg)
-    return METHODS[cfg.method](cfg)
 
 
 def method_class(cfg: DictConfig) -> type:
@@ -160,7 +160,7 @@ def new_run_dir(cfg: DictConfig) -> Path:
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """Top-level config keys that are ``lightning.Trainer`` arguments, as solo-learn passes them."""
     names = trainer_arg_names()
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k in names}  # type: ignore[union-attr]
+    kwargs = {k: v for k, v in to_container(cfg).items() if k in names}
     if isinstance(kwargs.get("devices"), str) and kwargs["devices"].isdigit():
         kwargs["devices"] = int(kwargs["devices"])  # solo-learn writes "1" for CPU runs
     if kwargs.get("precision") in (None, "auto"):

@@ -250,7 +250,9 @@ def run_solo_script(script: str | os.PathLike, hydra_args: Sequence[str]) -> Non
 # ------------------------------------------------------------------------------ sub-commands
 def solo_configs_root() -> Path:
     """The repository's ``configs/solo/`` folder (solo-learn's layout: ``<dataset>/<method>.yaml``)."""
-    return Path(__file__).resolve().parents[1] / "configs" / "solo"
+    from solo_mixmask.cli import configs_root
+
+    return configs_root() / "solo"
 
 
 def hydra_args(

@@ -325,9 +325,9 @@ class DaliTrainLoader:
         self.device = device
         self.num_views = sum(s.num_crops for s in specs)
         self._targets = torch.as_tensor(list(targets), dtype=torch.int64)
-        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
         self._pipe = build_pretrain_pipeline(
-            [files[i] for i in order.tolist()],
+            [files[i] for i in order],
             specs,
             batch_size,
             device=device,
@@ -336,7 +336,7 @@ class DaliTrainLoader:
             device_id=device_id,
             shard_id=shard_id,
             num_shards=num_shards,
-            ids=order.tolist(),
+            ids=order,
         )
         names = [f"view{i}" for i in range(self.num_views)] + ["ids"]
         self._iterator = DALIGenericIterator(

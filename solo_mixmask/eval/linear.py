@@ -201,7 +201,8 @@ def train_on_images(
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
             keep = y >= 0
-            if not keep.any():
+            labelled = int(keep.sum())  # one host sync per batch, reused below
+            if labelled == 0:
                 continue
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -212,9 +213,9 @@ def train_on_images(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total_loss += float(loss.detach()) * int(keep.sum())
+            total_loss += float(loss.detach()) * labelled
             correct += int((logits.argmax(1) == y[keep]).sum())
-            seen += int(keep.sum())
+            seen += labelled
         sched.step()
         seen = max(seen, 1)
         history.append({"epoch": epoch + 1, "loss": total_loss / seen,

@@ -98,10 +98,14 @@ class MoCoV2PlusLogic(ProjectorLogic):
         if "method_generators" in checkpoint:
             self.generators.load_state_dict(checkpoint["method_generators"])
 
+    def ranked_generators(self) -> SeededGenerators:
+        """The method's generators, seeded for this process's rank when first drawn from."""
+        self.generators.rank = int(getattr(self, "global_rank", 0))
+        return self.generators
+
     def mixing_generator(self, device: torch.device) -> torch.Generator:
         """The seeded device generator for masks and permutations (seed + rank)."""
-        self.generators.rank = int(getattr(self, "global_rank", 0))
-        return self.generators.device(device)
+        return self.ranked_generators().device(device)
 
 
 class MoCoV2Plus(MoCoV2PlusLogic, BaseMomentumMethod):

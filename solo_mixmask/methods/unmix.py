@@ -43,13 +43,12 @@ class UnmixLogic(MoCoV2PlusLogic):
         self, x: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, partner: torch.Tensor
     ) -> tuple[torch.Tensor, float]:
         """Un-Mix loss of images ``x`` (B,3,H,W) mixed with ``x[partner]``; returns (loss, lambda)."""
-        self.generators.rank = int(getattr(self, "global_rank", 0))
         params = sample_unmix_params(
             self.unmix_alpha,
             self.unmix_prob,
             x.shape[-2],
             x.shape[-1],
-            generator=self.generators.host(),
+            generator=self.ranked_generators().host(),
         )
         x_mix, lam = unmix(x, partner, params)
         q_mix = self.forward(x_mix)["z"]
