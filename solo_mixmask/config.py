@@ -81,6 +81,8 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 #: holds one of these anywhere is refused so that nobody believes it builds the object it names.
 INSTANTIATION_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 SCHEDULERS = ("warmup_cosine", "cosine", "step", "none")
+#: ``data.format``: PIL loader workers, NVIDIA DALI, or the whole split in one device tensor.
+DATA_FORMATS = ("image_folder", "dali", "memory")
 
 
 def trainer_arg_names() -> set[str]:
@@ -236,6 +238,7 @@ def validate_base(cfg: DictConfig) -> None:
     check_number(cfg, "optimizer.weight_decay", low=0)
     check_choice(cfg, "optimizer.name", OPTIMIZERS)
     check_choice(cfg, "scheduler.name", SCHEDULERS)
+    check_choice(cfg, "data.format", DATA_FORMATS)
     check_number(cfg, "max_epochs", low=1, integer=True)
     check_number(cfg, "momentum.base_tau", low=0, high=1)
     check_number(cfg, "momentum.final_tau", low=0, high=1)

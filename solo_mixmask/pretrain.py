@@ -92,6 +92,18 @@ class TrainSpeed(Callback):
         return self.images / self.seconds if self.seconds else 0.0
 
 
+class DataOnDevice(Callback):
+    """Hands the Trainer's device to loaders that keep their images there (``to_device``, the
+    in-memory path), before every fit or validation."""
+
+    def __init__(self) -> None:
+        self.loaders: list[Any] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        for loader in self.loaders:
+            loader.to_device(trainer.strategy.root_device)
+
+
 def method_class(cfg: DictConfig) -> type:
     """The method class named by ``cfg.method`` (ConfigError listing the known ones)."""
     name = cfg.get("method")
@@ -232,6 +244,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         LearningRateMonitor(logging_interval="epoch"),
         NonFiniteLossGuard(ckpt_dir if enabled else None),
         ResumeState(None),  # the training loader is attached once it exists
+        DataOnDevice(),  # likewise, the loaders that hold their images on the device
     ]
     if select(cfg, "progress_bar", True):
         callbacks.append(RichProgressBar())
@@ -327,16 +340,17 @@ def _build_data(
     """(resumable training loader, validation loaders); the loader is handed to ResumeState."""
     from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
 
-    train_loader: Any = build_train_loader(cfg)
+    rank, world = trainer.global_rank, trainer.world_size
+    train_loader: Any = build_train_loader(cfg, rank, world)
     if isinstance(train_loader, DataLoader) and not isinstance(train_loader, ResumableLoader):
-        train_loader = resumable_train_loader(
-            train_loader, int(cfg.seed), rank=trainer.global_rank, world_size=trainer.world_size
-        )
+        train_loader = resumable_train_loader(train_loader, int(cfg.seed), rank, world)
+    knn_train_loader, val_loader = build_knn_loaders(cfg, rank, world)
+    val_loaders = [knn_train_loader, val_loader] if cfg.knn_eval.enabled else [val_loader]
     for cb in callbacks:
         if isinstance(cb, ResumeState):
             cb.loader = train_loader if isinstance(train_loader, ResumableLoader) else None
-    knn_train_loader, val_loader = build_knn_loaders(cfg)
-    val_loaders = [knn_train_loader, val_loader] if cfg.knn_eval.enabled else [val_loader]
+        if isinstance(cb, DataOnDevice):
+            cb.loaders = [x for x in (train_loader, *val_loaders) if hasattr(x, "to_device")]
     return train_loader, val_loaders
 
 

@@ -40,7 +40,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from torch.utils.data import Dataset, Subset
 
 from solo_mixmask.data.augmentations import CropSpec, blur_kernel_size, parse_augmentations
@@ -49,6 +49,7 @@ from solo_mixmask.data.datasets import (
     build_dataset,
     cfg_value,
     dataset_name,
+    image_folder_cfg,
     subset_indices,
 )
 from solo_mixmask.errors import ConfigError, DataError
@@ -361,14 +362,6 @@ class DaliTrainLoader:
     def __iter__(self) -> Iterator[list[Any]]:
         for outputs in self._iterator:
             yield self._batch(outputs[0])
-
-
-def image_folder_cfg(cfg: DictConfig) -> DictConfig:
-    """A copy of ``cfg`` with ``data.format: image_folder`` (to list the files)."""
-    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    with open_dict(plain):
-        plain.data.format = "image_folder"
-    return plain  # type: ignore[return-value]
 
 
 def _files_and_targets(dataset: Dataset) -> tuple[list[str], list[int]]:

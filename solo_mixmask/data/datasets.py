@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -98,6 +98,15 @@ def _check_format(cfg: DictConfig) -> None:
     fmt = cfg_value(cfg, "data.format", "image_folder")
     if fmt != "image_folder":
         raise ConfigError("data.format", fmt, "'image_folder' (the only format this loader reads)")
+
+
+def image_folder_cfg(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` with ``data.format: image_folder``: what the DALI and in-memory paths
+    use to list or decode the files through :func:`build_dataset`."""
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(plain):
+        plain.data.format = "image_folder"
+    return plain  # type: ignore[return-value]
 
 
 def default_root(dataset: str) -> Path:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from solo_mixmask.data.augmentations import build_eval_transform, build_pretrain_transform
-from solo_mixmask.data.datasets import build_dataset, cfg_value, subset_indices
+from solo_mixmask.data.datasets import build_dataset, cfg_value, image_folder_cfg, subset_indices
 from solo_mixmask.data.datasets import num_classes as num_classes  # re-exported
 from solo_mixmask.errors import ConfigError, DataError
 
@@ -60,19 +60,24 @@ def _batch_size(cfg: DictConfig) -> int:
     return batch
 
 
-def _subset(dataset: Dataset, cfg: DictConfig, key: str, clamp: bool,
-            default: int | None = None) -> Dataset:
-    """``dataset`` restricted to ``cfg.<key>`` random images (``default`` when the key is
-    absent; all of them when null). A size above the dataset's length is a ConfigError unless
-    ``clamp`` (then: everything).
+def subset_for(cfg: DictConfig, key: str, n: int, clamp: bool,
+               default: int | None = None) -> list[int] | None:
+    """Sorted indices of ``cfg.<key>`` random items out of ``n``, fixed by ``cfg.seed``
+    (``default`` when the key is absent; None = all of them). A size above ``n`` is a
+    ConfigError unless ``clamp`` (then: everything).
     """
     size = OmegaConf.select(cfg, key, default=default)
-    n = len(dataset)  # type: ignore[arg-type]
     if size is None:
-        return dataset
+        return None
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 or (size > n and not clamp):
         raise ConfigError(key, size, f"null or an int in [1, {n}] (the split has {n} images)")
-    indices = subset_indices(n, size, _seed(cfg))
+    return subset_indices(n, size, _seed(cfg))
+
+
+def _subset(dataset: Dataset, cfg: DictConfig, key: str, clamp: bool,
+            default: int | None = None) -> Dataset:
+    """``dataset`` restricted to :func:`subset_for` (all of it when that is None)."""
+    indices = subset_for(cfg, key, len(dataset), clamp, default)  # type: ignore[arg-type]
     return dataset if indices is None else Subset(dataset, indices)
 
 
@@ -83,19 +88,28 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def build_train_loader(cfg: DictConfig) -> DataLoader:
+def build_train_loader(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Shuffled, drop-last loader of the pretraining views.
 
     Yields ``[indexes (B,) int64, [V tensors (B, 3, H, W) float32], targets (B,) int64]`` with
     B = optimizer.batch_size and V = sum of num_crops; indexes count within the (sub)set.
     Raises ConfigError for batch_size < 2, DataError when the (sub)set is smaller than a batch.
     With ``data.format: dali`` the batches come from a DALI pipeline instead (same format; see
-    :mod:`solo_mixmask.data.dali`).
+    :mod:`solo_mixmask.data.dali`). With ``data.format: memory`` the images are decoded once
+    into a tensor on the training device and augmented there (:mod:`solo_mixmask.data.memory`);
+    that loader is already resumable and sharded for ``rank`` of ``world_size``.
     """
-    if cfg_value(cfg, "data.format", "image_folder") == "dali":
+    fmt = cfg_value(cfg, "data.format", "image_folder")
+    if fmt == "dali":
         from solo_mixmask.data.dali import build_dali_train_loader
 
         return build_dali_train_loader(cfg)  # type: ignore[return-value]
+    if fmt == "memory":
+        from solo_mixmask.data.memory import build_memory_train_loader
+
+        return build_memory_train_loader(
+            cfg, _batch_size(cfg), _seed(cfg),
+            lambda n: subset_for(cfg, "data.train_subset", n, clamp=False), rank, world_size)
     batch = _batch_size(cfg)
     workers = _num_workers(cfg)
     dataset = build_dataset(cfg, "train", build_pretrain_transform(cfg))
@@ -117,21 +131,35 @@ def _eval_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
                       worker_init_fn=_seed_worker)
 
 
-def build_knn_loaders(cfg: DictConfig) -> tuple[DataLoader, DataLoader]:
+def build_knn_loaders(cfg: DictConfig, rank: int = 0,
+                      world_size: int = 1) -> tuple[DataLoader, DataLoader]:
     """(knn_train_loader, val_loader), both yielding ``(x (B, 3, crop, crop) float32,
     y (B,) int64)`` with the eval transform, in a fixed order.
 
     knn_train: ``data.knn_train_subset`` (default 10,000) clean images of the labeled training
     split (all when null or larger than the split); val: ``data.val_subset`` images of the
     val split (all when null). Batch size is optimizer.batch_size. Raises DataError when the
-    data has no labels.
+    data has no labels. With ``data.format: memory`` both are in-memory loaders giving
+    ``rank`` of ``world_size`` its share (the same images and eval view).
     """
     if bool(cfg_value(cfg, "data.no_labels", False)):
         raise DataError("the k-NN monitor needs labeled images but data.no_labels=true; "
                         "disable the k-NN monitor for unlabeled data")
-    if cfg_value(cfg, "data.format", "image_folder") == "dali":  # k-NN images: plain loaders
-        from solo_mixmask.data.dali import image_folder_cfg
+    fmt = cfg_value(cfg, "data.format", "image_folder")
+    if fmt == "memory":
+        from solo_mixmask.data.memory import build_memory_eval_loader
 
+        batch = _batch_size(cfg)
+        memory_train = build_memory_eval_loader(
+            cfg, "train_labeled",
+            lambda n: subset_for(cfg, "data.knn_train_subset", n, clamp=True,
+                                 default=DEFAULT_KNN_TRAIN_SUBSET),
+            batch, rank, world_size)
+        memory_val = build_memory_eval_loader(
+            cfg, "val", lambda n: subset_for(cfg, "data.val_subset", n, clamp=False), batch,
+            rank, world_size)
+        return memory_train, memory_val  # type: ignore[return-value]
+    if fmt == "dali":  # k-NN images: plain loaders
         cfg = image_folder_cfg(cfg)
     batch, workers = _batch_size(cfg), _num_workers(cfg)
     transform = build_eval_transform(cfg)

@@ -53,10 +53,16 @@ class SeededItems(Dataset):
     ``random.seed(s)`` and ``np.random.seed(s % 2**32)``; the caller's RNG states are put back
     afterwards (so with ``num_workers=0`` the training process's streams are untouched).
     A plain integer key reads ``dataset[key]`` with no seeding.
+
+    A dataset that makes whole batches itself (it has ``__getitems__``, as the in-memory path's)
+    receives the batch's keys unchanged through ``__getitems__`` and draws its randomness from
+    their item seeds; the global RNGs are not touched.
     """
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
+        if hasattr(dataset, "__getitems__"):  # DataLoader then fetches a batch in one call
+            self.__getitems__ = dataset.__getitems__
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -132,12 +138,16 @@ class ResumableLoader(DataLoader):
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
-                 worker_init_fn: Callable[[int], None] | None = None):
+                 worker_init_fn: Callable[[int], None] | None = None,
+                 collate_fn: Callable[[Any], Any] | None = None):
         items = SeededItems(dataset)
         sampler = ResumableSampler(items, batch_size, seed, rank, world_size)
         super().__init__(items, batch_size=batch_size, sampler=sampler, drop_last=True,
                          num_workers=num_workers, pin_memory=pin_memory,
-                         persistent_workers=num_workers > 0, worker_init_fn=worker_init_fn)
+                         persistent_workers=num_workers > 0, worker_init_fn=worker_init_fn,
+                         collate_fn=collate_fn,
+                         # the iterator's base seed: from here, not from the global RNG
+                         generator=torch.Generator().manual_seed(int(seed)))
         self.seed = int(seed)
         self.world_size = int(world_size)
         self.batches_done = 0

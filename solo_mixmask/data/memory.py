@@ -1,0 +1,341 @@
+"""In-memory data path (``data.format: memory``) for datasets that fit in memory.
+
+Each split is decoded once into one uint8 tensor ``(N, C, H, W)`` (C = 1 for Fashion-MNIST, else
+3), moved once to the training device, and every batch is cut from it and augmented there by
+:mod:`solo_mixmask.data.batched_augmentations`: no PIL, no worker processes, no host-to-device
+copy of images per step. Batches have the format of the PIL path (:mod:`~.loaders`):
+
+- training: ``[indexes (B,) int64, [view_1, ..., view_V] float32 (B, 3, crop, crop), targets]``,
+  all on the device;
+- k-NN monitor: ``(x (b, 3, crop, crop) float32, y (b,) int64)``, the eval view of each image.
+
+The same promises as the PIL path hold:
+
+- Order and position: the training loader is a :class:`ResumableLoader` (order from
+  ``(seed, epoch)``, each rank its shard, position saved in checkpoints).
+- Augmentation randomness: each batch draws its crops, flips, jitter... from a device generator
+  seeded with the batch's item seeds (themselves functions of ``(seed, epoch, index)``). A batch's
+  draws are therefore a function of the run's seed, the epoch and the images in the batch: a
+  resumed run, which restarts at a batch boundary, draws exactly what an uninterrupted run
+  draws, and no global RNG is used.
+- Subsets: ``data.train_subset``, ``data.knn_train_subset`` and ``data.val_subset`` pick the same
+  images as the PIL path (same seed, same indices).
+- DDP: the training order is split between ranks by the sampler; the k-NN loaders give rank
+  ``r`` of ``W`` every W-th image, padded to equal lengths as ``DistributedSampler`` does.
+
+Where the images live: on the device named by :meth:`to_device`, which the engine calls with the
+Trainer's root device before fitting or validating (until then, on the CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from solo_mixmask.data.augmentations import CropSpec, parse_augmentations
+from solo_mixmask.data.batched_augmentations import BatchAugment, eval_view
+from solo_mixmask.data.datasets import (
+    ArrayImageDataset,
+    BadImageWarning,
+    ImageFolderDataset,
+    build_dataset,
+    cfg_value,
+    image_folder_cfg,
+    load_image_rgb,
+)
+from solo_mixmask.errors import DataError
+from solo_mixmask.utils.resumable import ResumableLoader, mix_seed
+
+_MASK63 = (1 << 63) - 1
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class MemoryImages:
+    """A split held in memory: ``images`` uint8 (N, C, H, W), ``targets`` int64 (N,) (-1 when
+    unlabelled), ``bad_files`` the undecodable files left out, ``source`` what was read."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    bad_files: list[str] = field(default_factory=list)
+    source: str = ""
+    _on_device: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, targets) on ``device``, copied there once and kept."""
+        key = str(torch.device(device))
+        if key not in self._on_device:
+            self._on_device[key] = self.images.to(device)
+            self._on_device[key + ":targets"] = self.targets.to(device)
+        return self._on_device[key], self._on_device[key + ":targets"]
+
+    def select(self, indices: Sequence[int] | None) -> MemoryImages:
+        """The images at ``indices`` (all when None), in that order."""
+        if indices is None:
+            return self
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return MemoryImages(self.images[index], self.targets[index], list(self.bad_files),
+                            self.source)
+
+
+class _Decoder(Dataset):
+    """Item ``i`` of an ImageFolderDataset as ``(uint8 array (H, W, 3) or None, target, path)``.
+
+    Numpy arrays, not tensors, cross from the workers: torch shares each tensor through a file
+    descriptor, and tens of thousands of small images exhaust them."""
+
+    def __init__(self, dataset: ImageFolderDataset):
+        self.samples = dataset.samples
+        self.strict = dataset.strict
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, int, str]:
+        path, target = self.samples[index]
+        try:
+            img = load_image_rgb(path)
+        except DataError:
+            if self.strict:
+                raise
+            return None, target, path
+        return np.asarray(img), target, path
+
+
+def _decode_image_folder(dataset: ImageFolderDataset, workers: int) -> MemoryImages:
+    """Decode every file (``workers`` processes); bad files are left out (or raise, strict)."""
+    loader = DataLoader(_Decoder(dataset), batch_size=256, num_workers=workers,
+                        collate_fn=list)
+    images: list[np.ndarray] = []
+    targets: list[int] = []
+    bad = list(dataset.bad_files)  # left out by data.scan_images already
+    first: tuple[str, tuple[int, ...]] | None = None
+    for chunk in loader:
+        for img, target, path in chunk:
+            if img is None:
+                warnings.warn(f"skipping unreadable image {path!r}; set data.strict=true to "
+                              "stop instead", BadImageWarning, stacklevel=2)
+                bad.append(path)
+                continue
+            if first is None:
+                first = (path, img.shape[:2])
+            elif img.shape[:2] != first[1]:
+                raise DataError(
+                    f"data.format=memory holds images of one size: {path!r} is "
+                    f"{img.shape[1]}x{img.shape[0]} px but {first[0]!r} is "
+                    f"{first[1][1]}x{first[1][0]} px; resize the images to one size or use "
+                    "data.format=image_folder")
+            images.append(img)
+            targets.append(target)
+    if not images:
+        raise DataError(f"none of the image files under {dataset.root!r} can be decoded")
+    stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return MemoryImages(stacked, torch.tensor(targets, dtype=torch.long), bad, dataset.root)
+
+
+def _from_dataset(dataset: Dataset, workers: int) -> MemoryImages:
+    """The uint8 tensor of any dataset :func:`build_dataset` returns (no transform)."""
+    if isinstance(dataset, ArrayImageDataset):  # Fashion-MNIST: (N, H, W) grayscale
+        images = torch.from_numpy(np.ascontiguousarray(dataset.images)).unsqueeze(1)
+        return MemoryImages(images, torch.as_tensor(dataset.labels, dtype=torch.long),
+                            source="idx files")
+    if isinstance(dataset, ImageFolderDataset):
+        return _decode_image_folder(dataset, workers)
+    data = getattr(dataset, "data", None)  # torchvision CIFAR (N, H, W, 3) / STL-10 (N, 3, H, W)
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 4:
+        images = torch.from_numpy(data)
+        if images.shape[-1] == 3:
+            images = images.permute(0, 3, 1, 2)
+        labels = getattr(dataset, "targets", None)
+        if labels is None:
+            labels = dataset.labels  # type: ignore[attr-defined]
+        targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        return MemoryImages(images.contiguous(), targets, source=type(dataset).__name__)
+    raise DataError(f"data.format=memory cannot read {type(dataset).__name__} datasets")
+
+
+@functools.lru_cache(maxsize=4)
+def _decoded(key: tuple[Any, ...], cfg_yaml: str, split: str, workers: int) -> MemoryImages:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(cfg_yaml)
+    return _from_dataset(build_dataset(cfg, split, None), workers)
+
+
+def decode_split(cfg: DictConfig, split: str) -> MemoryImages:
+    """Split ``split`` of ``cfg.data`` decoded into memory (CPU).
+
+    Decoded once per process for a given dataset, paths and options: several runs of one
+    process (a benchmark) share it. ``data.num_workers`` processes decode ImageFolder trees.
+    """
+    from omegaconf import OmegaConf
+
+    plain = image_folder_cfg(cfg)
+    if split == "train_labeled" and cfg_value(cfg, "data.dataset") != "stl10":
+        split = "train"  # the same images (only STL-10 has an unlabelled part)
+    key = tuple(str(cfg_value(cfg, f"data.{k}")) for k in (
+        "dataset", "train_path", "val_path", "no_labels", "strict", "scan_images", "download"))
+    workers = int(cfg_value(cfg, "data.num_workers", 0))
+    return _decoded(key, OmegaConf.to_yaml(plain), split, workers)
+
+
+# --------------------------------------------------------------------------- training
+
+
+class _BatchKeys(Dataset):
+    """Dataset of N images' indexes whose ``__getitems__`` returns a whole batch at once:
+    ``(indexes (B,) int64, batch_seed int)`` from the sampler's ``(index, item_seed)`` keys."""
+
+    def __init__(self, memory: MemoryImages):
+        self.memory = memory
+        self.bad_files = list(memory.bad_files)  # counted in summary.json
+        self.report_file: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.memory)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.__getitems__([key])
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, int]:
+        indexes = torch.tensor([k[0] for k in keys], dtype=torch.long)
+        batch_seed = mix_seed(sum(k[1] for k in keys) & _MASK63, len(keys))
+        return indexes, batch_seed
+
+
+def _keep(batch: Any) -> Any:
+    return batch
+
+
+class MemoryTrainLoader(ResumableLoader):
+    """Training batches cut from one uint8 tensor and augmented on its device.
+
+    ``specs`` are the crop pipelines (``num_crops`` views each, in order); a pipeline's views are
+    augmented together in one batched call. Yields ``[indexes, views, targets]`` on the device.
+    """
+
+    def __init__(self, memory: MemoryImages, specs: Sequence[CropSpec], batch_size: int,
+                 seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(_BatchKeys(memory), batch_size=batch_size, seed=seed, rank=rank,
+                         world_size=world_size, num_workers=0, collate_fn=_keep)
+        self.memory = memory
+        self.pipelines = [(BatchAugment(s, f"augmentations[{i}]"), s.num_crops)
+                          for i, s in enumerate(specs)]
+        self.device = torch.device("cpu")
+        self._generator: torch.Generator | None = None
+
+    def to_device(self, device: torch.device) -> None:
+        """Keep the images on ``device`` and augment there from now on."""
+        self.device = torch.device(device)
+
+    def _gen(self) -> torch.Generator:
+        if self._generator is None or self._generator.device != self.device:
+            self._generator = torch.Generator(device=self.device)
+        return self._generator
+
+    def make_batch(self, indexes: torch.Tensor, batch_seed: int) -> list[Any]:
+        """``[indexes, views, targets]`` on the device for the images at ``indexes``."""
+        images, targets = self.memory.on(self.device)
+        index = indexes.to(self.device, non_blocking=True)
+        picked = images[index]
+        gen = self._gen()
+        gen.manual_seed(batch_seed)
+        views: list[torch.Tensor] = []
+        for augment, crops in self.pipelines:
+            batch = picked.repeat(crops, 1, 1, 1) if crops > 1 else picked
+            views.extend(augment(batch, gen).chunk(crops))
+        return [index, views, targets[index]]
+
+    def __iter__(self) -> Iterator[list[Any]]:  # type: ignore[override]
+        for indexes, batch_seed in super().__iter__():
+            yield self.make_batch(indexes, batch_seed)
+
+
+# --------------------------------------------------------------------------- k-NN monitor
+
+
+class MemoryEvalLoader:
+    """Fixed-order ``(x, y)`` batches of eval views (no randomness), this rank's share.
+
+    Rank ``r`` of ``W`` takes images ``r, r + W, ...`` of the list padded to a multiple of W with
+    its first images (as ``DistributedSampler``), so every rank has the same number of batches.
+    """
+
+    def __init__(self, memory: MemoryImages, spec: CropSpec, batch_size: int, rank: int = 0,
+                 world_size: int = 1):
+        self.memory = memory
+        self.dataset = _BatchKeys(memory)  # len() and bad-file bookkeeping, like a DataLoader
+        self.spec = spec
+        self.batch_size = int(batch_size)
+        n = len(memory)
+        total = math.ceil(n / world_size) * world_size
+        order = list(range(n)) + list(range(total - n))
+        self.indices = torch.tensor(order[rank:total:world_size], dtype=torch.long)
+        self.device = torch.device("cpu")
+
+    def to_device(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        images, targets = self.memory.on(self.device)
+        indices = self.indices.to(self.device)
+        for start in range(0, len(indices), self.batch_size):
+            index = indices[start : start + self.batch_size]
+            x = eval_view(images[index], self.spec.crop_size, self.spec.mean, self.spec.std)
+            yield x, targets[index]
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _check_size(memory: MemoryImages, batch: int, world_size: int) -> None:
+    per_rank = len(memory) // world_size
+    if per_rank < batch:
+        raise DataError(f"the training set has {len(memory)} images ({per_rank} per device), "
+                        f"fewer than one batch of optimizer.batch_size={batch}: lower the batch "
+                        "size or add images")
+
+
+def build_memory_train_loader(cfg: DictConfig, batch: int, seed: int, train_subset: Any,
+                              rank: int = 0, world_size: int = 1) -> MemoryTrainLoader:
+    """The training loader of ``data.format: memory``; ``train_subset`` maps the split's length
+    to the chosen indices (None = all)."""
+    memory = decode_split(cfg, "train")
+    memory = memory.select(train_subset(len(memory)))
+    _check_size(memory, batch, world_size)
+    return MemoryTrainLoader(memory, parse_augmentations(cfg), batch, seed, rank, world_size)
+
+
+def build_memory_eval_loader(cfg: DictConfig, split: str, indices: Any, batch: int,
+                             rank: int = 0, world_size: int = 1) -> MemoryEvalLoader:
+    """A k-NN loader of ``split``; ``indices`` maps the split's length to the chosen indices."""
+    memory = decode_split(cfg, split)
+    memory = memory.select(indices(len(memory)))
+    return MemoryEvalLoader(memory, parse_augmentations(cfg)[0], batch, rank, world_size)
+
+
+__all__ = [
+    "MemoryEvalLoader",
+    "MemoryImages",
+    "MemoryTrainLoader",
+    "build_memory_eval_loader",
+    "build_memory_train_loader",
+    "decode_split",
+]
