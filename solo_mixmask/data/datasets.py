@@ -14,7 +14,10 @@ for ``split='val'``):
   the cache folder ``$SOLO_MIXMASK_DATA/<dataset>`` (default ``~/.cache/solo_mixmask/<dataset>``).
   They are downloaded only when ``data.download`` is true.
 - ``imagenet``, ``imagenet100``, ``custom``: an ImageFolder tree (one sub-folder per class), or
-  with ``data.no_labels`` any folder of images (searched recursively, targets ``-1``).
+  with ``data.no_labels`` any folder of images (searched recursively, targets ``-1``). Class
+  indices come from the TRAINING tree for every split: its class folders, sorted by name, are
+  0, 1, ...; the val tree may lack some of them, but a val class folder unknown to the
+  training tree is a DataError.
 
 STL-10 choice: ``split='train'`` (pretraining) uses torchvision's ``'train+unlabeled'``
 (105,000 images; the 100,000 unlabeled ones have target -1), while ``split='train_labeled'``
@@ -329,15 +332,49 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _entry_is(entry: os.DirEntry, kind: str) -> bool:
+    """``entry.is_dir()`` / ``entry.is_file()`` (symlinks followed; a regular file only for
+    'file'), False when it cannot be told (broken link, no permission)."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:
+        return False
+
+
 def list_image_files(root: str | Path) -> list[str]:
-    """All files under ``root`` (recursive, hidden entries skipped) whose extension is an
-    image extension (case-insensitive), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        for name in filenames:
-            if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.join(dirpath, name))
+    """All regular files under ``root`` (recursive, hidden entries skipped) whose extension is
+    an image extension (case-insensitive), sorted.
+
+    Symlinks are followed, to directories and to files, but each real directory (by
+    ``(st_dev, st_ino)``) is visited once, so a link to the folder itself or to an ancestor
+    neither loops nor lists an image twice (the first path in sorted, depth-first order names
+    the files). Only regular files are listed (``S_ISREG``, through file links): a FIFO,
+    socket or device named like an image, or a broken link, is left out, since opening a FIFO
+    would block the loader forever. Unreadable folders are skipped, as ``os.walk`` does.
+    """
+    found: list[str] = []
+    visited: set[tuple[int, int]] = set()
+    pending = [os.fspath(root)]
+    while pending:
+        folder = pending.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in visited:
+                continue
+            visited.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        subfolders = []
+        for entry in entries:
+            if _is_hidden(entry.name):
+                continue
+            if _entry_is(entry, "dir"):
+                subfolders.append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and _entry_is(entry, "file"):
+                found.append(entry.path)
+        pending.extend(reversed(subfolders))  # depth-first, in sorted order
     return sorted(found)
 
 
@@ -419,7 +456,42 @@ class ImageFolderDataset(Dataset):
 
 
 def _class_folders(root: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name))
+    """Names of the class folders of ``root``: its immediate sub-directories (symlinks to
+    directories included), hidden ones skipped, sorted by name."""
+    with os.scandir(root) as it:
+        return sorted(e.name for e in it if not _is_hidden(e.name) and _entry_is(e, "dir"))
+
+
+def _class_map(cfg: DictConfig, split: str, root: Path) -> tuple[list[str], list[str]]:
+    """``(classes, split_classes)``: the class folders of the training tree
+    (``data.train_path``), whose positions are the targets of every split, and the class
+    folders of ``root`` (the split's own tree) to read.
+
+    Raises DataError when the training tree is missing or when ``root`` (the val tree) has a
+    class folder that the training tree lacks. Val may lack some training classes.
+    """
+    own = _class_folders(root)
+    if split != "val":
+        return own, own
+    given = cfg_value(cfg, "data.train_path")
+    train_root = Path(given).expanduser() if given else None
+    if train_root is None or not train_root.is_dir():
+        raise DataError(
+            f"data.train_path={given!r} is not an existing folder: the classes of "
+            f"data.val_path={str(root)!r} are numbered by the class folders of "
+            "the training tree, give its path"
+        )
+    classes = _class_folders(train_root)
+    known = set(classes)
+    unknown = [c for c in own if c not in known]
+    if unknown:
+        raise DataError(
+            f"data.val_path={str(root)!r} has class folder(s) "
+            f"{', '.join(repr(c) for c in unknown)} that "
+            f"data.train_path={str(train_root)!r} lacks: every val class must be "
+            "a class folder of the training tree (val targets use its numbering)"
+        )
+    return classes, own
 
 
 def _image_folder(cfg: DictConfig, split: str, transform: Callable | None) -> Dataset:
@@ -436,11 +508,12 @@ def _image_folder(cfg: DictConfig, split: str, transform: Callable | None) -> Da
         classes: list[str] = []
         samples = [(p, -1) for p in list_image_files(root)]
     else:
-        classes = _class_folders(root)
-        if not classes:
+        classes, own = _class_map(cfg, split, root)
+        if not own:
             raise DataError(f"{key}={str(root)!r} has no class sub-folders; for a flat folder "
                             "of unlabeled images set data.no_labels=true")
-        samples = [(p, i) for i, c in enumerate(classes) for p in list_image_files(root / c)]
+        index = {c: i for i, c in enumerate(classes)}  # one map for every split: train's
+        samples = [(p, index[c]) for c in own for p in list_image_files(root / c)]
     if not samples:
         raise DataError(f"{key}={str(root)!r} holds no image files "
                         f"(extensions {', '.join(IMAGE_EXTENSIONS)})")

@@ -201,3 +201,53 @@ def test_subset_indices_deterministic():
     assert a == sorted(a) and len(set(a)) == 10 and all(0 <= i < 100 for i in a)
     assert D.subset_indices(100, None, seed=5) is None
     assert D.subset_indices(100, 100, seed=5) is None
+
+
+# --------------------------------------------------------------------------- one class map
+
+COLOURS = {"a": (250, 0, 0), "b": (0, 250, 0), "c": (0, 0, 250), "d": (250, 250, 0)}
+
+
+def _colour_tree(root: Path, classes: str, per_class: int = 2) -> Path:
+    """One sub-folder per class letter, ``per_class`` solid images of the class's colour."""
+    for c in classes:
+        for i in range(per_class):
+            save_rgb(root / c / f"{i}.png", COLOURS[c])
+    return root
+
+
+def test_val_classes_are_numbered_like_train(tmp_path):
+    train = _colour_tree(tmp_path / "train", "abc")
+    val = _colour_tree(tmp_path / "val", "bc")
+    cfg = make_cfg({"dataset": "custom", "train_path": str(train), "val_path": str(val)})
+    tr = D.build_dataset(cfg, "train", None)
+    labeled = D.build_dataset(cfg, "train_labeled", None)
+    va = D.build_dataset(cfg, "val", None)
+    assert tr.targets == labeled.targets == [0, 0, 1, 1, 2, 2]
+    assert va.targets == [1, 1, 2, 2]  # train's indices of 'b' and 'c', not 0 and 1
+    assert tr.classes == labeled.classes == va.classes == ["a", "b", "c"]
+    assert va.class_to_idx == tr.class_to_idx == {"a": 0, "b": 1, "c": 2}
+    for img, target in (va[i] for i in range(len(va))):
+        assert img.getpixel((0, 0)) == COLOURS[tr.classes[target]]
+    assert D.num_classes(cfg) == 3
+
+
+def test_val_class_unknown_to_training_raises(tmp_path):
+    train = _colour_tree(tmp_path / "train", "ab")
+    val = _colour_tree(tmp_path / "val", "bd")
+    cfg = make_cfg({"dataset": "custom", "train_path": str(train), "val_path": str(val)})
+    with pytest.raises(DataError) as info:
+        D.build_dataset(cfg, "val", None)
+    message = str(info.value)
+    assert "'d'" in message and "'b'" not in message
+    assert f"data.val_path={str(val)!r}" in message
+    assert f"data.train_path={str(train)!r}" in message
+    assert "\n" not in message
+    assert D.build_dataset(cfg, "train", None).targets == [0, 0, 1, 1]  # train itself is fine
+
+
+def test_val_needs_the_training_tree_for_its_class_map(tmp_path):
+    val = _colour_tree(tmp_path / "val", "ab")
+    cfg = make_cfg({"dataset": "custom", "val_path": str(val)})
+    with pytest.raises(DataError, match="data.train_path"):
+        D.build_dataset(cfg, "val", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -131,3 +132,80 @@ def test_folder_of_only_bad_files(tmp_path):
     ds = D.build_dataset(_cfg(tmp_path), "train", None)
     with pytest.warns(D.BadImageWarning), pytest.raises(DataError, match="can be decoded"):
         ds[0]
+
+
+# --------------------------------------------------------------------------- loops and FIFOs
+
+
+def _child(conn, fn, args):
+    try:
+        conn.send(fn(*args))
+    except BaseException as err:  # sent back and raised in the test
+        conn.send(err)
+
+
+def _within(seconds: float, fn, *args):
+    """``fn(*args)`` in a forked child, failing the test (not hanging it) after ``seconds``."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, fn, args), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if not recv.poll(seconds):
+            pytest.fail(f"{fn.__name__}{args} did not finish in {seconds}s")
+        result = recv.recv()
+    finally:
+        proc.kill()
+        proc.join()
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _names(paths: list[str], root: Path) -> list[str]:
+    return [str(Path(p).relative_to(root)) for p in paths]
+
+
+def _read_all(cfg) -> list[tuple[tuple[int, int, int], int]]:
+    ds = D.build_dataset(cfg, "train", None)
+    return [(img.getpixel((0, 0)), target) for img, target in (ds[i] for i in range(len(ds)))]
+
+
+def test_two_links_to_the_folder_itself_terminate(tmp_path):
+    root = tmp_path / "imgs"
+    for name in ("a.png", "sub/b.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4), (1, 2, 3)).save(root / name)
+    (root / "loop1").symlink_to(".")
+    (root / "sub" / "up").symlink_to("..")  # a link to an ancestor
+    assert _names(_within(15, D.list_image_files, root), root) == ["a.png", "sub/b.png"]
+    assert _within(15, _read_all, _cfg(root)) == [((1, 2, 3), -1)] * 2
+
+
+def test_one_link_to_the_folder_itself_lists_each_image_once(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(root / "a.png")
+    (root / "here").symlink_to(".")
+    (root / "b.png").symlink_to("a.png")  # a file link to a regular file is an image
+    (root / "c.png").symlink_to("missing.png")  # a broken link is not
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("RGB", (4, 4), (4, 5, 6)).save(outside / "d.png")
+    (root / "linked").symlink_to(outside)  # a link to another folder is followed
+    listed = _within(15, D.list_image_files, root)
+    assert _names(listed, root) == ["a.png", "b.png", "linked/d.png"]
+
+
+def test_fifo_named_like_an_image_is_not_listed(tmp_path):
+    root = tmp_path / "imgs"
+    for c, colour in (("cat", (9, 9, 9)), ("dog", (7, 7, 7))):
+        (root / c).mkdir(parents=True)
+        Image.new("RGB", (4, 4), colour).save(root / c / "a.png")
+    os.mkfifo(root / "cat" / "x.png")
+    assert _names(_within(15, D.list_image_files, root), root) == ["cat/a.png", "dog/a.png"]
+    cfg = make_cfg({"dataset": "custom", "train_path": str(root)})
+    assert _within(15, _read_all, cfg) == [((9, 9, 9), 0), ((7, 7, 7), 1)]
