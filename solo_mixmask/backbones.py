@@ -36,6 +36,12 @@ def build_backbone(
     for key in ("channels",):
         if key in kwargs and kwargs[key] is not None:
             kwargs[key] = tuple(kwargs[key])
+            if not all(
+                isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in kwargs[key]
+            ):
+                raise ConfigError(
+                    f"backbone.kwargs.{key}", list(kwargs[key]), "a list of positive integers"
+                )
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     except TypeError as err:
@@ -51,6 +57,13 @@ def build_backbone(
         model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=False)
         if hasattr(model, "maxpool"):
             model.maxpool = nn.Identity()
+    empty = next((n for n, p in model.named_parameters() if p.numel() == 0), None)
+    if empty is not None:  # a layer of width 0 builds, and fails at the first forward pass
+        raise ConfigError(
+            "backbone.kwargs",
+            kwargs,
+            f"arguments that leave every layer of {name} at least one channel ({empty} is empty)",
+        )
     return model, int(model.num_features)
 
 

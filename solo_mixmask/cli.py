@@ -3,20 +3,24 @@
 User mistakes (bad config values, missing data, unusable or unsafe checkpoints, impossible
 Trainer settings) print one ``error:`` line and exit with status 2; a run stopped by a NaN/inf
 loss prints one ``error:`` line and exits with status 3 (its last good checkpoint is kept);
-Ctrl-C exits with 130. Anything else is a bug and keeps its traceback.
+Ctrl-C exits with 130. Anything else is a bug and keeps its traceback. Settings that run but
+make no sense (:class:`~solo_mixmask.errors.ConfigWarning`) print one ``warning:`` line each.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from solo_mixmask.errors import CheckpointError, ConfigError, DataError
+from solo_mixmask.errors import CheckpointError, ConfigError, ConfigWarning, DataError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -24,6 +28,34 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError)
 def configs_root() -> Path:
     """The repository's ``configs/`` folder (the package is installed editable from the repo)."""
     return Path(__file__).resolve().parents[1] / "configs"
+
+
+def yaml_problem(err: Exception) -> str:
+    """What a config file must be, for a YAML error raised while reading it (one line)."""
+    text = " ".join(str(err).split()).replace("tag:yaml.org,2002:", "!!")
+    if "!!python/" in text:
+        return (
+            f"a config without python tags ({text}): a config holds plain values, "
+            "solo-mixmask never builds python objects from it"
+        )
+    return f"valid YAML ({text})"
+
+
+def check_overrides(parsed: Sequence[Any], path: Path, groups: set[str]) -> None:
+    """Overrides with no key (``=3``), and a config group given an empty list (``group=[]``
+    selects none of its configs)."""
+    for o in parsed:
+        if not o.key_or_group:
+            raise ConfigError(
+                "overrides", o.input_line, "KEY=VALUE: this override is malformed (no key)"
+            )
+        if o.key_or_group in groups and not o.is_delete() and o.value() == []:
+            options = sorted(p.stem for p in (path / o.key_or_group).glob("*.yaml"))
+            raise ConfigError(
+                o.key_or_group,
+                [],
+                f"one config of the group {o.key_or_group}: {', '.join(options)}",
+            )
 
 
 def compose_config(
@@ -46,15 +78,23 @@ def compose_config(
         raise ConfigError(
             "--config-name", config_name, f"a config in {path}: {', '.join(known) or 'none found'}"
         )
-    groups = {p.name for p in path.iterdir() if p.is_dir()}
-    try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    groups = {p.name for p in path.iterdir() if p.is_dir()}
+    hydra_errors = (HydraException, OmegaConfBaseException, TypeError, ValueError)
+    try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except hydra_errors as err:
+        raise ConfigError("overrides", list(overrides), f"valid hydra overrides ({err})") from err
+    check_overrides(parsed, path, groups)
+    try:
         group_overrides = [o.input_line for o in parsed if o.key_or_group in groups]
         with initialize_config_dir(config_dir=str(path), version_base="1.3"):
             cfg = compose(config_name=name, overrides=group_overrides)
-    except (HydraException, OmegaConfBaseException, TypeError, ValueError) as err:
+    except yaml.YAMLError as err:  # the config file (or one it includes) is not plain YAML
+        raise ConfigError("--config-name", config_name, yaml_problem(err)) from err
+    except hydra_errors as err:
         raise ConfigError("overrides", list(overrides), f"valid hydra overrides ({err})") from err
     # Plain keys are set directly, so keys with engine defaults need no '+' prefix.
     with open_dict(cfg):
@@ -151,10 +191,30 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+@contextlib.contextmanager
+def config_warnings_as_lines() -> Iterator[None]:
+    """Print each :class:`ConfigWarning` as one ``warning: ...`` line on stderr (no source line),
+    other warnings as usual."""
+    show = warnings.showwarning
+
+    def show_line(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, ConfigWarning):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_line
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with config_warnings_as_lines():
+            args.func(args)
     except KeyboardInterrupt:
         print("error: interrupted; continue with `solo-mixmask resume RUN_DIR`", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -7,13 +7,16 @@ what is allowed, so a typo fails before any data is read or any weight is alloca
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import inspect
+import typing
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
 
-from solo_mixmask.errors import ConfigError
+from solo_mixmask.errors import ConfigError, ConfigWarning
 
 #: Keys every pretraining config may hold; anything else at the top level is a typo unless it is a
 #: ``lightning.Trainer`` argument (those are passed through, as solo-learn does).
@@ -83,6 +86,24 @@ INSTANTIATION_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_conver
 SCHEDULERS = ("warmup_cosine", "cosine", "step", "none")
 #: ``data.format``: PIL loader workers, NVIDIA DALI, or the whole split in one device tensor.
 DATA_FORMATS = ("image_folder", "dali", "memory")
+#: Boolean keys that may also be null (decided from the rest of the config: the CIFAR stem
+#: for crops <= 64 px). Every other key whose default is true/false takes true/false only.
+NULLABLE_BOOL_KEYS = ("backbone.cifar_stem",)
+#: Trainer arguments that solo-mixmask sets itself, and the config keys that control them.
+TRAINER_KEYS_SET_HERE = {
+    "callbacks": "checkpoint.* and progress_bar",
+    "logger": "logging.csv, logging.tensorboard and wandb.*",
+    "default_root_dir": "checkpoint.dir or checkpoint.run_dir",
+    "enable_checkpointing": "checkpoint.enabled",
+    "enable_progress_bar": "progress_bar",
+}
+#: Optional logger packages: config key -> (importable modules, any one will do; pip command).
+LOGGER_PACKAGES = {
+    "wandb.enabled": (("wandb",), "pip install wandb"),
+    "logging.tensorboard": (("tensorboard", "tensorboardX"), "pip install tensorboard"),
+}
+#: Seeds Lightning accepts (numpy's uint32 range).
+MAX_SEED = 2**32 - 1
 
 
 def trainer_arg_names() -> set[str]:
@@ -90,6 +111,27 @@ def trainer_arg_names() -> set[str]:
     import lightning
 
     return set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+
+
+def trainer_bool_args() -> dict[str, bool]:
+    """``lightning.Trainer`` arguments typed ``bool`` (False) or ``Optional[bool]`` (True: null
+    allowed), from its signature."""
+    import lightning
+
+    found = {}
+    for name, param in inspect.signature(lightning.Trainer.__init__).parameters.items():
+        if param.annotation in (bool, "bool"):
+            found[name] = False
+        elif param.annotation in (bool | None, "Optional[bool]", "bool | None"):
+            found[name] = True
+    return found
+
+
+def _literal_values(annotation: Any) -> list[Any]:
+    """Every value of the ``Literal[...]`` types inside ``annotation`` (Unions searched)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return [v for arg in typing.get_args(annotation) for v in _literal_values(arg)]
 
 
 def select(cfg: DictConfig, key: str, default: Any = None) -> Any:
@@ -156,6 +198,99 @@ def check_number(
         ok = value < high if high_open else value <= high
     if not ok:
         raise ConfigError(key, value, f"{kind} in {interval}")
+
+
+def check_bool(cfg: DictConfig, key: str, allow_null: bool = False) -> None:
+    """``cfg[key]`` is true or false (or null with ``allow_null``): ``bool("no")`` is True, so a
+    string such as "no" or "yes" must never reach a ``bool(...)`` read."""
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or (allow_null and value is None):
+        return
+    raise ConfigError(key, value, "true or false or null (auto)" if allow_null else "true or false")
+
+
+def bool_keys(defaults: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of ``defaults`` whose default value is true/false."""
+    keys = []
+    for name, value in defaults.items():
+        if isinstance(value, dict):
+            keys += bool_keys(value, f"{prefix}{name}.")
+        elif isinstance(value, bool):
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def check_booleans(cfg: DictConfig) -> None:
+    """Every boolean key of BASE_DEFAULTS, NULLABLE_BOOL_KEYS, and the boolean Trainer flags the
+    config passes through (``enable_model_summary``, ...)."""
+    for key in bool_keys(BASE_DEFAULTS):
+        check_bool(cfg, key)
+    for key in NULLABLE_BOOL_KEYS:
+        check_bool(cfg, key, allow_null=True)
+    for key, nullable in trainer_bool_args().items():
+        if key in cfg:
+            check_bool(cfg, key, allow_null=nullable)
+
+
+def check_trainer_keys_set_here(cfg: DictConfig) -> None:
+    """Refuse the Trainer arguments solo-mixmask sets itself (Lightning would get them twice)."""
+    for key, instead in TRAINER_KEYS_SET_HERE.items():
+        if key in cfg:
+            raise ConfigError(
+                key,
+                OmegaConf.select(cfg, key),
+                f"no value: solo-mixmask sets the Trainer's {key} itself; use {instead}",
+            )
+
+
+def check_trainer_flags(cfg: DictConfig) -> None:
+    """``precision``, ``strategy`` and ``accelerator`` as Lightning accepts them, and an
+    accelerator that exists on this machine: checked before the Trainer is built."""
+    import lightning
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    annotation = inspect.signature(lightning.Trainer.__init__).parameters["precision"].annotation
+    precisions = _literal_values(annotation)
+    if precisions:  # else an unknown Lightning: it checks the value itself
+        allowed = ["auto", *(str(p) for p in precisions if isinstance(p, str))]
+        value = OmegaConf.select(cfg, "precision")
+        if isinstance(value, bool) or value not in ["auto", *precisions]:
+            raise ConfigError("precision", value, f"one of {', '.join(allowed)}")
+
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    value = OmegaConf.select(cfg, "strategy")
+    if not isinstance(value, str) or value.lower() not in strategies:
+        shown = ", ".join(strategies)
+        raise ConfigError("strategy", value, f"one of {shown}{suggest(str(value), strategies)}")
+
+    names = sorted(AcceleratorRegistry.available_accelerators())
+    value = OmegaConf.select(cfg, "accelerator")
+    if not isinstance(value, str) or value.lower() not in ["auto", "gpu", *names]:
+        shown = f"one of auto, gpu, {', '.join(names)}{suggest(str(value), names)}"
+        raise ConfigError("accelerator", value, shown)
+    value = value.lower()
+    wanted = {"auto": [], "gpu": ["cuda", "mps"]}.get(value, [value])
+    present = [n for n in names if AcceleratorRegistry[n]["accelerator"].is_available()]
+    if wanted and not set(wanted) & set(present):
+        raise ConfigError(
+            "accelerator",
+            value,
+            f"one available on this machine: auto, {', '.join(present)} (no {value} device found)",
+        )
+
+
+def check_logger_packages(cfg: DictConfig) -> None:
+    """An enabled optional logger needs its package installed (found before the run starts)."""
+    for key, (modules, command) in LOGGER_PACKAGES.items():
+        if OmegaConf.select(cfg, key) and not any(importlib.util.find_spec(m) for m in modules):
+            raise ConfigError(key, True, f"false, or install the package first: {command}")
+
+
+def config_warning(key: str, value: Any, consequence: str) -> None:
+    """One start-up warning: ``key=value`` runs, but ``consequence``. Shown once per process
+    (the checks run again when the method is built): its location is the checker's line."""
+    warnings.warn(f"{key}={value!r} {consequence}", ConfigWarning, stacklevel=2)
 
 
 def check_known_keys(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
@@ -227,11 +362,44 @@ def check_checkpoint(cfg: DictConfig) -> None:
     check_number(cfg, "checkpoint.frequency", low=1, integer=True)
 
 
+def warn_knn_k(cfg: DictConfig) -> None:
+    """k-NN votes over at most ``data.knn_train_subset`` images: a larger k is clamped."""
+    k, memory = OmegaConf.select(cfg, "knn_eval.k"), OmegaConf.select(cfg, "data.knn_train_subset")
+    if not OmegaConf.select(cfg, "knn_eval.enabled") or isinstance(memory, bool):
+        return
+    if isinstance(memory, int) and k > memory:
+        config_warning(
+            "knn_eval.k",
+            k,
+            f"is larger than the k-NN memory (data.knn_train_subset={memory} images): "
+            f"k-NN uses k={memory} and reports knn_k={memory}",
+        )
+
+
+def warn_warmup(cfg: DictConfig) -> None:
+    """A warm-up longer than training never reaches ``optimizer.lr``."""
+    warmup, epochs = cfg.scheduler.warmup_epochs, cfg.max_epochs
+    if cfg.scheduler.name == "warmup_cosine" and warmup > epochs:
+        config_warning(
+            "scheduler.warmup_epochs",
+            warmup,
+            f"is longer than max_epochs={epochs}: the learning rate is still warming up "
+            "(below optimizer.lr) when training ends",
+        )
+
+
 def validate_base(cfg: DictConfig) -> None:
     """Checks shared by every method (keys outside ``method_kwargs``)."""
+    from solo_mixmask.data.augmentations import parse_augmentations
+
     check_mandatory_values(cfg)
     check_no_instantiation(cfg)
     check_known_keys(cfg, "", set(BASE_DEFAULTS) | trainer_arg_names())
+    check_trainer_keys_set_here(cfg)
+    check_booleans(cfg)
+    check_number(cfg, "seed", low=0, high=MAX_SEED, integer=True)
+    check_trainer_flags(cfg)
+    check_logger_packages(cfg)
     check_batch_size(cfg)
     check_checkpoint(cfg)
     check_number(cfg, "optimizer.lr", low=0, low_open=True)
@@ -245,8 +413,10 @@ def validate_base(cfg: DictConfig) -> None:
     check_number(cfg, "knn_eval.k", low=1, integer=True)
     check_number(cfg, "knn_eval.T", low=0, low_open=True)
     check_number(cfg, "data.num_workers", low=0, integer=True)
-    if not cfg.augmentations:
-        raise ConfigError("augmentations", cfg.augmentations, "a non-empty list of crop pipelines")
+    check_number(cfg, "scheduler.warmup_epochs", low=0)
+    parse_augmentations(cfg)  # every pipeline, crop sizes included, before the method's checks
+    warn_knn_k(cfg)
+    warn_warmup(cfg)
 
 
 def to_container(cfg: DictConfig) -> dict:

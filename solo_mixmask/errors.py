@@ -19,3 +19,7 @@ class DataError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be loaded safely or lacks what the command needs."""
+
+
+class ConfigWarning(UserWarning):
+    """A config value that runs but makes no sense (printed as one ``warning:`` line)."""

@@ -462,6 +462,7 @@ def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, A
         "knn_acc5": _metric(metrics, "val_knn_acc5"),
         "linear_acc1": _metric(metrics, "val_acc1"),
         "linear_acc5": _metric(metrics, "val_acc5"),
+        "knn_k": model.knn_k,  # knn_eval.k, clamped to the k-NN memory
         **init,
         "images_per_sec": round(speed.images_per_sec, 2),
         "wall_seconds": round(wall + float(previous.get("wall_seconds", 0.0)), 1),

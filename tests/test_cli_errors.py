@@ -68,7 +68,45 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         IMAGENET,
         ["data.train_path='???'", "mandatory", "data.train_path=...", "data.val_path"],
     ),
+    # bool("no") was True: MoCo V2+ ran symmetric when asked for symmetric=no
+    "boolean_given_as_no": (
+        [*FMNIST, "method_kwargs.symmetric=no"],
+        ["method_kwargs.symmetric='no'", "true or false"],
+    ),
+    # once Lightning's traceback, at Trainer construction
+    "unknown_precision": (
+        [*FMNIST, "precision=bogus"],
+        ["precision='bogus'", "auto", "32-true", "bf16-mixed"],
+    ),
+    # once a TypeError: the Trainer got 'callbacks' twice
+    "trainer_argument_set_by_solo_mixmask": (
+        [*FMNIST, "callbacks=x"],
+        ["callbacks='x'", "solo-mixmask sets", "checkpoint.*"],
+    ),
+    # once a traceback from the first forward pass, after the run folder was made
+    "backbone_zero_channels": (
+        [*FMNIST, "backbone.kwargs.channels=[0,0,0,0]"],
+        ["backbone.kwargs.channels=[0, 0, 0, 0]", "positive integers"],
+    ),
+    # once reported as method_kwargs.grid_size=4 ... [1, 0]
+    "crop_size_zero": (
+        [*FMNIST, "augmentations.0.crop_size=0"],
+        ["augmentations[0].crop_size=0", "an int >= 8"],
+    ),
+    # once "=3 is not allowed: expected no such key"
+    "malformed_override": (
+        [*FMNIST, "=3"],
+        ["overrides='=3'", "malformed"],
+    ),
 }
+
+#: Settings that run but make no sense: one ``warning:`` line each at start-up (mask_ratio
+#: 0.01 on the 4x4 grid sets 0 cells; warm-up past the last epoch; k above the 64-image memory).
+WARNINGS = [
+    "method_kwargs.mask_ratio=0.01",
+    "scheduler.warmup_epochs=2",
+    "knn_eval.k=100",
+]
 
 
 def _image_folder(root):
@@ -133,6 +171,14 @@ def results(tmp_path_factory):
     # One worker per loader: the skipped files are found in worker processes and still counted.
     commands["bad_files_skipped"] = _custom(images, base / "run_ok", "data.num_workers=1")
     commands["bad_files_strict"] = _custom(images, base / "run_strict", "data.strict=true")
+    # A config file with a python tag: refused as YAML, nothing in it is run.
+    (base / "tagged").mkdir()
+    (base / "tagged" / "tagged.yaml").write_text(
+        f"name: !!python/object/apply:os.mkdir [{str(base / 'pwned')!r}]\nmethod: mixmask\n"
+    )
+    tagged = ["--config-path", str(base / "tagged"), "--config-name", "tagged"]
+    commands["python_tag_in_config_file"] = ["pretrain", *tagged, *TINY, runs]
+    commands["warnings"] = [*FMNIST, *WARNINGS, f"checkpoint.run_dir={base / 'run_warn'}"]
     names = list(commands)
     done = run_many([commands[n] for n in names], timeout=400, parallel=3)
     return {"base": base, "bad": bad, **dict(zip(names, done))}
@@ -181,3 +227,22 @@ def test_strict_mode_stops_naming_the_file(results):
     line = _single_error(results["bad_files_strict"])
     assert "cannot decode image file" in line
     assert any(f"'{path}'" in line for path in results["bad"]), line
+
+
+def test_python_tag_in_a_config_file(results):
+    line = _single_error(results["python_tag_in_config_file"])
+    assert "!!python/object/apply:os.mkdir" in line and "tagged.yaml" in line, line
+    assert not (results["base"] / "pwned").exists()
+
+
+def test_nonsense_settings_warn_once_at_start_up(results):
+    result = results["warnings"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    for key in ("method_kwargs.mask_ratio=0.01", "scheduler.warmup_epochs=2", "knn_eval.k=100"):
+        assert sum(key in line for line in lines) == 1, result.stderr[-3000:]
+    # k-NN votes over the 64 images it has, and says so
+    summary = json.loads((results["base"] / "run_warn" / "summary.json").read_text())
+    assert summary["knn_k"] == 64
+    metrics = (results["base"] / "run_warn" / "logs" / "metrics.csv").read_text()
+    assert "val_knn_k" in metrics.splitlines()[0]

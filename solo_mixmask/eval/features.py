@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from solo_mixmask.checkpoints import LoadedBackbone, run_dir_of
-from solo_mixmask.config import BASE_DEFAULTS
+from solo_mixmask.config import BASE_DEFAULTS, check_booleans
 from solo_mixmask.errors import ConfigError
 
 DEFAULT_CROP = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32, "stl10": 96}
@@ -84,6 +84,7 @@ def eval_config(
         if not from_run and not crop_given:
             dataset = OmegaConf.select(cfg, "data.dataset")
             cfg.augmentations = [{"crop_size": DEFAULT_CROP.get(dataset, 224), "num_crops": 1}]
+    check_booleans(cfg)  # data.download=no must not download (bool("no") is True)
     return cfg  # type: ignore[return-value]
 
 

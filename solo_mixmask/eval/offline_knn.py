@@ -25,7 +25,7 @@ from solo_mixmask.eval.features import (
     output_path,
     prepare_backbone,
 )
-from solo_mixmask.eval.knn import topk_accuracy, weighted_knn_scores
+from solo_mixmask.eval.knn import knn_k_used, topk_accuracy, weighted_knn_scores
 
 DEFAULT_KS = (10, 20, 100, 200)
 
@@ -60,8 +60,9 @@ def run_knn(
     """Offline weighted k-NN top-1/top-5 (%) for each k; writes and returns the result dict.
 
     ``ks`` defaults to (10, 20, 100, 200) plus the run's ``knn_eval.k``; ``temperature`` to the
-    run's ``knn_eval.T`` (0.1). The result holds ``{"k": {"<k>": {"acc1", "acc5"}}}``, and when
-    the checkpoint is a run's, the run's last online k-NN and the offline-minus-online
+    run's ``knn_eval.T`` (0.1). The result holds ``{"k": {"<k>": {"acc1", "acc5", "k_used"}}}``
+    (``k_used``: k clamped to the labelled training images, the neighbours that voted), and
+    when the checkpoint is a run's, the run's last online k-NN and the offline-minus-online
     difference at the monitor's own k and T.
     """
     from solo_mixmask.data.loaders import build_knn_loaders, num_classes
@@ -86,7 +87,11 @@ def run_knn(
     per_k = {}
     for k in ks:
         top1, top5 = topk_accuracy(scores[k], val_y, (1, 5))
-        per_k[str(k)] = {"acc1": round(top1, 4), "acc5": round(top5, 4)}
+        per_k[str(k)] = {
+            "acc1": round(top1, 4),
+            "acc5": round(top5, 4),
+            "k_used": knn_k_used(k, train_y),
+        }
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "source": lb.source,

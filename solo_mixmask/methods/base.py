@@ -16,6 +16,7 @@ batches ``(x, y)``. With ``knn_eval.enabled`` validation takes two loaders: clea
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import lightning as L
@@ -33,8 +34,8 @@ from solo_mixmask.config import (
     to_container,
     validate_base,
 )
-from solo_mixmask.errors import ConfigError
-from solo_mixmask.eval.knn import knn_accuracy
+from solo_mixmask.errors import ConfigError, ConfigWarning
+from solo_mixmask.eval.knn import knn_accuracy, knn_k_used
 from solo_mixmask.utils.momentum import cosine_tau, ema_update
 
 
@@ -97,6 +98,8 @@ class BaseMethod(L.LightningModule):
         self.num_classes = _num_classes(cfg)
         self.classifier = nn.Linear(self.features_dim, self.num_classes)
         self.knn_enabled = bool(cfg.knn_eval.enabled)
+        #: The k the k-NN monitor last voted with (knn_eval.k clamped to its memory), or None.
+        self.knn_k: int | None = None
         # Which views of a training batch go through the online network (None = all).
         self.online_views: list[int] | None = None
         self._val_store: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {0: [], 1: []}
@@ -203,6 +206,18 @@ class BaseMethod(L.LightningModule):
                 targets = self.all_gather(targets).flatten(0, 1)
             gathered.append((feats, targets))
         (train_f, train_t), (val_f, val_t) = gathered
+        requested = self.cfg.knn_eval.k
+        k = knn_k_used(requested, train_t)
+        # (a clamp to data.knn_train_subset was already announced by the start-up checks)
+        announced = k == select(self.cfg, "data.knn_train_subset")
+        if k < requested and k != self.knn_k and not announced and self.trainer.is_global_zero:
+            warnings.warn(
+                f"knn_eval.k={requested} is larger than the k-NN memory ({k} labelled images): "
+                f"k-NN uses k={k} (reported as val_knn_k and knn_k)",
+                ConfigWarning,
+                stacklevel=2,
+            )
+        self.knn_k = k
         top1, top5 = knn_accuracy(
             train_f,
             train_t,
@@ -212,7 +227,10 @@ class BaseMethod(L.LightningModule):
             self.cfg.knn_eval.k,
             self.cfg.knn_eval.T,
         )
-        self.log_dict({"val_knn_acc1": top1, "val_knn_acc5": top5}, add_dataloader_idx=False)
+        self.log_dict(
+            {"val_knn_acc1": top1, "val_knn_acc5": top5, "val_knn_k": float(k)},
+            add_dataloader_idx=False,
+        )
 
     # ------------------------------------------------------------ optimisation
     def scaled_lr(self, lr: float) -> float:

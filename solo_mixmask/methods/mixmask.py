@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.config import check_choice, check_number, crop_size
-from solo_mixmask.core.masks import MASK_TYPES, MaskBank
+from solo_mixmask.config import check_bool, check_choice, check_number, config_warning, crop_size
+from solo_mixmask.core.masks import MASK_TYPES, MaskBank, target_cells
 from solo_mixmask.core.mixing import mix_with_masks, reversed_partner
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.losses.mixed import mixed_moco_loss
@@ -48,6 +48,7 @@ class MixMaskLogic(MoCoV2PlusLogic):
         cfg = super().add_and_assert_specific_cfg(cfg)
         check_number(cfg, "method_kwargs.mask_ratio", low=0, high=1, low_open=True, high_open=True)
         check_choice(cfg, "method_kwargs.mask_type", MASK_TYPES)
+        check_bool(cfg, "method_kwargs.per_sample_masks")
         smallest = (
             min(int(a.get("crop_size", 32)) for a in cfg.augmentations)
             if cfg.augmentations
@@ -60,6 +61,18 @@ class MixMaskLogic(MoCoV2PlusLogic):
                 "method_kwargs.grid_size",
                 grid,
                 f"an integer in [{low}, {smallest}] (the crop size in pixels)",
+            )
+        # Block masks set round(ratio * G^2) cells: 0 or all of them make lambda always 0 or 1,
+        # so the mixed image is just one of the two images. (Discrete masks redraw all-on and
+        # all-off masks, so their lambda stays strictly between 0 and 1.)
+        ratio, cells = cfg.method_kwargs.mask_ratio, grid * grid
+        if cfg.method_kwargs.mask_type == "block" and target_cells(grid, ratio) in (0, cells):
+            config_warning(
+                "method_kwargs.mask_ratio",
+                ratio,
+                f"sets {target_cells(grid, ratio)} of {cells} cells of the {grid}x{grid} grid "
+                f"(method_kwargs.grid_size={grid}): lambda is always "
+                f"{target_cells(grid, ratio) // cells}, the MixMask branch mixes nothing",
             )
         return cfg
 

@@ -12,13 +12,27 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.config import check_known_keys, check_number, fill_defaults, select
+from solo_mixmask.config import (
+    check_bool,
+    check_known_keys,
+    check_number,
+    config_warning,
+    fill_defaults,
+    select,
+)
 from solo_mixmask.core.queue import KeyQueue
 from solo_mixmask.losses.moco import moco_loss
 from solo_mixmask.methods.base import BaseMomentumMethod
 from solo_mixmask.methods.heads import ProjectorLogic
 from solo_mixmask.utils.distributed import gather_no_grad
 from solo_mixmask.utils.generators import SeededGenerators
+
+#: Warn when the InfoNCE loss of one sample can exceed this. Cosine similarities lie in [-1, 1],
+#: so the logits lie in [-1/T, 1/T] and a sample's loss can reach 2/T + log(1 + queue size).
+#: Past 1e6 (T < 2e-6) float32 keeps less than one decimal of such a loss (its spacing at 1e6
+#: is 0.06), the softmax is one-hot, every gradient is either ~0 or ~1/T, and 16-bit autocast
+#: (largest value 65504) has overflowed long before: the run cannot learn anything useful.
+MAX_INFO_NCE_LOSS = 1e6
 
 
 class MoCoV2PlusLogic(ProjectorLogic):
@@ -52,6 +66,16 @@ class MoCoV2PlusLogic(ProjectorLogic):
         fill_defaults(cfg, {"method_kwargs": cls.method_defaults})
         check_known_keys(cfg, "method_kwargs", cls.method_defaults)
         check_number(cfg, "method_kwargs.temperature", low=0, low_open=True)
+        check_bool(cfg, "method_kwargs.symmetric")
+        temperature = cfg.method_kwargs.temperature
+        if 2 / temperature > MAX_INFO_NCE_LOSS:
+            config_warning(
+                "method_kwargs.temperature",
+                temperature,
+                f"is so small that one sample's InfoNCE loss can reach 2/T = {2 / temperature:.3g} "
+                f"(> {MAX_INFO_NCE_LOSS:.0e}): the softmax is one-hot and training degenerates; "
+                "MoCo uses 0.07-0.2",
+            )
         check_number(cfg, "method_kwargs.queue_size", low=1, integer=True)
         check_number(cfg, "method_kwargs.proj_hidden_dim", low=1, integer=True)
         check_number(cfg, "method_kwargs.proj_output_dim", low=1, integer=True)
