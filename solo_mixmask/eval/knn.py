@@ -20,7 +20,9 @@ def weighted_knn_scores(
 ) -> dict[int, torch.Tensor]:
     """Class scores of each test feature from its k most cosine-similar training features.
 
-    Each neighbour votes for its class with weight ``exp(similarity / temperature)``.
+    Each neighbour votes for its class with weight ``exp(similarity / temperature)``, computed
+    as ``exp((similarity - best) / temperature)`` with ``best`` the row's top similarity: the
+    same ranking (a per-row factor), without overflowing float32 for small temperatures.
 
     Args:
         train_features: (N, D) float. train_targets: (N,) long in [0, num_classes); negative
@@ -29,7 +31,7 @@ def weighted_knn_scores(
         ks: several k computed in one pass over the similarities.
 
     Returns:
-        ``{k: scores (M, num_classes)}``.
+        ``{k: scores (M, num_classes)}``, each row up to a positive factor.
     """
     keep = train_targets >= 0
     train = F.normalize(train_features[keep].float(), dim=1)
@@ -40,7 +42,7 @@ def weighted_knn_scores(
     for start in range(0, test.shape[0], chunk_size):
         sim = test[start : start + chunk_size] @ train.T
         top_sim, top_idx = sim.topk(k_max, dim=1)
-        weights = (top_sim / temperature).exp()
+        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         votes = F.one_hot(targets[top_idx], num_classes).float() * weights.unsqueeze(-1)
         for k in ks:
             out[k].append(votes[:, : min(k, k_max)].sum(dim=1))
@@ -55,6 +57,12 @@ def topk_accuracy(
     pred = scores.topk(k_max, dim=1).indices
     hit = pred == targets.unsqueeze(1)
     return [100.0 * hit[:, : min(k, k_max)].any(dim=1).float().mean().item() for k in topk]
+
+
+def knn_k_used(k: int, train_targets: torch.Tensor) -> int:
+    """The k that :func:`weighted_knn_scores` votes with: ``k``, at most the number of labelled
+    training features (the memory)."""
+    return min(int(k), int((train_targets >= 0).sum()))
 
 
 def knn_accuracy(
