@@ -43,6 +43,9 @@ def recording_knn(train_f, train_t, val_f, val_t, *args):
 base.knn_accuracy = recording_knn
 
 class Dump(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        seen.setdefault("indexes", []).append((trainer.current_epoch, batch[0].tolist()))
+
     def on_train_end(self, trainer, pl_module):
         torch.save({
             "rank": trainer.global_rank, "world": trainer.world_size, "steps": trainer.global_step,
@@ -59,9 +62,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(scope="module")
-def ddp(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ddp")
+@pytest.fixture(scope="module", params=["image_folder", "memory"])
+def ddp(tmp_path_factory, request):
+    """One DDP run per data path: PIL loader workers, or the in-memory path (data.format)."""
+    base = tmp_path_factory.mktemp(f"ddp_{request.param}")
     harness = base / "ddp_harness.py"
     harness.write_text(HARNESS)
     args = [
@@ -69,6 +73,7 @@ def ddp(tmp_path_factory):
         "accelerator=cpu", "devices=2", "strategy=ddp",
         f"method_kwargs.queue_size={QUEUE}", f"optimizer.batch_size={BATCH}",
         f"checkpoint.dir={base / 'runs'}",  # no run_dir: the ranks must agree on one folder
+        f"data.format={request.param}",
     ]
     result = run(args, prefix=[sys.executable, str(harness)], env={"DDP_DUMP_DIR": str(base)},
                  timeout=400)
@@ -86,6 +91,13 @@ def test_both_ranks_ran_one_run(ddp):
     assert [str(p) for p in runs] == [r0["run_dir"]]
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert summary["steps"] == r0["steps"]
+
+
+def test_each_rank_trains_on_its_own_share_of_every_epoch(ddp):
+    r0, r1 = ddp["dumps"]
+    for epoch in {e for e, _ in r0["indexes"]}:
+        shares = [{i for e, b in r["indexes"] if e == epoch for i in b} for r in (r0, r1)]
+        assert len(shares[0]) == len(shares[1]) == 32 and not shares[0] & shares[1]
 
 
 def test_queue_holds_keys_from_both_ranks(ddp):
