@@ -1,9 +1,9 @@
-"""Fixed-budget accuracy on Fashion-MNIST: mocov2plus, mixmask, unmix_mixmask and byol.
+"""Fixed-budget accuracy on Fashion-MNIST or CIFAR-10: MoCo v2 against MixMask and the others.
 
-Every run uses the method's Fashion-MNIST config (``configs/pretrain/fashion_mnist/<m>.yaml``)
-with the same backbone, epochs, batch size, training images and augmentations (MoCo v2
-"aug-plus" for all), through :func:`solo_mixmask.pretrain.run_pretrain`, one run per method
-and seed. The k-NN monitor (k=200, T=0.1, cosine) runs before training and after every epoch.
+Every run uses the method's config (``configs/pretrain/<fashion_mnist|cifar>/<m>.yaml``)
+with the same backbone, epochs, batch size, training images, augmentations (MoCo v2
+"aug-plus" for all) and recipe, through :func:`solo_mixmask.pretrain.run_pretrain`, one run
+per method and seed. The k-NN monitor (k=200, T=0.1, cosine) runs before training and after every epoch.
 Results: a table of the final k-NN top-1 (mean, std over seeds, the paired difference to
 mocov2plus) and a PNG of k-NN top-1 against epoch, in ``benchmarks/results/``:
 ``accuracy_<profile>.{json,md,png}``. The raw-pixel k-NN on the same images is the floor a
@@ -18,10 +18,22 @@ Profiles:
 - ``full``: ResNet-18, batch 256, 100 epochs on all 60,000 images, k-NN on the whole
   splits, bf16 on a GPU (``precision=auto``).
 - ``smoke``: a tiny network, 2 methods, 1 seed, 64 images (a test that the script works).
+- ``cifar_cpu``: CIFAR-10 from the JPEG ImageFolder tars (``--data``), in-memory data path,
+  asymmetric MoCo v2 recipe of Un-Mix's CIFAR code (:data:`CIFAR_RECIPE`) for mocov2plus and
+  mixmask, quarter-width ResNet-18, 10,000 training images, k-NN memory 10,000 / validation
+  2,000 after every epoch: what a 2-core CPU shows in about half an hour.
+- ``cifar_gpu``: the same recipe at full size on one GPU (ResNet-18, batch 512, all 50,000
+  images, bf16, k-NN of the 10,000 test images against the 50,000 training images every
+  ``eval_every`` epochs); the number of epochs (at most 100) is planned from step times
+  measured at start-up so that both methods fit ``--budget-minutes`` (default 9).
+  ``benchmarks/cifar_gpu.sh`` runs it.
+
+``--tiny`` shrinks any profile to a check that it runs (tiny network, 8 images per class).
 
     python benchmarks/accuracy.py --profile quick --plan
     python benchmarks/accuracy.py --profile quick
     python benchmarks/accuracy.py --profile full --runs-dir runs/accuracy_full
+    python benchmarks/accuracy.py --profile cifar_cpu --data ../shared/data/cifar10
 """
 
 from __future__ import annotations
@@ -43,9 +55,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    CIFAR10_MEAN,
+    CIFAR10_STD,
     REPO,
     RESULTS,
     build_trainer,
+    cifar10_folder,
     command_line,
     machine,
     synthetic_batch,
@@ -57,7 +72,17 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from solo_mixmask.cli import compose_config  # noqa: E402
 
 FMNIST_TRAIN_IMAGES = 60_000
+CIFAR10_TRAIN_IMAGES = 50_000
 BASELINE = "mocov2plus"
+#: Asymmetric MoCo v2 on CIFAR as Un-Mix's CIFAR code trains it (batch 512, lr 0.06 = 0.03 per
+#: 256 images with our linear scaling, wd 5e-4, queue 4096, tau 0.99, T 0.1, cosine without
+#: warm-up), 128-d projections; MixMask gets the same, plus its own branch.
+CIFAR_RECIPE = (
+    "method_kwargs.symmetric=false", "method_kwargs.queue_size=4096",
+    "method_kwargs.temperature=0.1", "method_kwargs.proj_output_dim=128",
+    "momentum.base_tau=0.99", "momentum.final_tau=0.99", "optimizer.lr=0.03",
+    "optimizer.weight_decay=0.0005", "scheduler.warmup_epochs=0",
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +105,14 @@ class Profile:
     extra_methods: tuple[str, ...] | None = None  # methods ``extra`` applies to (None: all)
     linear_preset: str | None = "small"  # offline linear probe (configs/linear/), None: none
     linear_overrides: tuple[str, ...] = field(default_factory=tuple)
+    dataset: str = "fashion_mnist"  # configs/pretrain/<dataset>/; "cifar" reads --data
+    train_images: int = FMNIST_TRAIN_IMAGES  # of the whole training split
+    data_format: str | None = None  # data.format (None: the config's)
+    recipe: tuple[str, ...] = field(default_factory=tuple)  # overrides for every method
+    eval_every: int = 1  # k-NN monitor every this many epochs (and after the last)
+    epochs_from_budget: bool = False  # budget_minutes plans the epochs (else the images)
+    per_class: int | None = None  # CIFAR: first images per class of each split (None: all)
+    data: tuple[str, ...] = field(default_factory=tuple)  # where the images are (data_overrides)
 
 
 PROFILES: dict[str, Profile] = {
@@ -93,7 +126,24 @@ PROFILES: dict[str, Profile] = {
                      extra=("method_kwargs.queue_size=64", "method_kwargs.proj_hidden_dim=32"),
                      linear_overrides=("linear.epochs=2", "linear.train_subset=64",
                                        "linear.val_subset=32")),
+    "cifar_cpu": Profile(methods=("mocov2plus", "mixmask"), seeds=(1,), epochs=12,
+                         train_subset=10_000, knn_train_subset=10_000, val_subset=2_000,
+                         budget_minutes=None, linear_preset=None, dataset="cifar",
+                         train_images=CIFAR10_TRAIN_IMAGES, data_format="memory",
+                         recipe=CIFAR_RECIPE),
+    "cifar_gpu": Profile(methods=("mocov2plus", "mixmask"), seeds=(1,), channels=None,
+                         stem_width=None, batch_size=512, epochs=100, knn_train_subset=None,
+                         val_subset=None, workers=8, budget_minutes=9.0, precision="auto",
+                         linear_preset=None, dataset="cifar", train_images=CIFAR10_TRAIN_IMAGES,
+                         data_format="memory", recipe=CIFAR_RECIPE, eval_every=10,
+                         epochs_from_budget=True, extra=("benchmark=true",)),
 }
+#: What ``--tiny`` changes in any profile: a check that the script runs, in seconds.
+TINY = {"channels": (8, 16, 32, 64), "stem_width": 8, "batch_size": 16, "epochs": 2,
+        "train_subset": None, "knn_train_subset": None, "val_subset": None, "workers": 0,
+        "budget_minutes": None, "precision": "32-true", "eval_every": 1,
+        "epochs_from_budget": False, "linear_preset": None, "per_class": 8,
+        "extra": ("method_kwargs.queue_size=64", "method_kwargs.proj_hidden_dim=32")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,6 +172,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep a run whose folder holds a summary.json and whose config.yaml "
                         "agrees with every setting this run would make (else it is rerun)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--data", default=None,
+                   help="CIFAR profiles: a folder with train/ and test/ ImageFolder trees or "
+                        "CIFAR-10's train.tar.gz / test.tar.gz (default: $SOLO_MIXMASK_CIFAR10, "
+                        "else ../shared/data/cifar10)")
+    p.add_argument("--tiny", action="store_true",
+                   help="shrink the profile to a seconds-long check (tiny network, CPU, "
+                        "8 images per class, 2 epochs)")
     args = p.parse_args(argv)
     if args.smoke:
         args.profile = "smoke"
@@ -132,6 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve_profile(args: argparse.Namespace) -> Profile:
     prof = PROFILES[args.profile]
+    if args.tiny:
+        prof = replace(prof, **TINY)
     changes: dict[str, Any] = {}
     if args.methods:
         changes["methods"] = tuple(args.methods)
@@ -152,19 +211,36 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
     return replace(prof, **changes)
 
 
+def data_overrides(prof: Profile, data: str | None) -> tuple[str, ...]:
+    """CIFAR profiles: the ImageFolder tree of the JPEG tars as ``data.dataset=custom`` with
+    CIFAR-10's mean and std (``data.dataset=cifar10`` would be torchvision's copy)."""
+    if prof.dataset != "cifar":
+        return ()
+    root = cifar10_folder(data, prof.per_class)
+    stats = [f"data.mean=[{','.join(map(str, CIFAR10_MEAN))}]",
+             f"data.std=[{','.join(map(str, CIFAR10_STD))}]"]
+    return ("data.dataset=custom", f"data.train_path={root / 'train'}",
+            f"data.val_path={root / 'test'}", "data.num_classes=10", *stats)
+
+
 def overrides(prof: Profile, method: str, seed: int, train_subset: int | None,
               run_dir: Path | None = None) -> list[str]:
     """Hydra overrides that make every method's config share the profile's settings."""
-    out = [
-        "augmentations=aug_plus", f"max_epochs={prof.epochs}",
+    epochs = prof.epochs
+    out = [*prof.data, *prof.recipe,
+        "augmentations=aug_plus", f"max_epochs={epochs}",
         f"optimizer.batch_size={prof.batch_size}", f"seed={seed}",
         f"data.train_subset={'null' if train_subset is None else train_subset}",
         f"data.knn_train_subset={'null' if prof.knn_train_subset is None else prof.knn_train_subset}",
         f"data.val_subset={'null' if prof.val_subset is None else prof.val_subset}",
         f"data.num_workers={prof.workers}", f"precision={prof.precision}",
-        "progress_bar=false", f"checkpoint.frequency={prof.epochs}",
+        "progress_bar=false", f"checkpoint.frequency={epochs}",
         f"name={method}-s{seed}",
     ]
+    if prof.data_format is not None:
+        out.append(f"data.format={prof.data_format}")
+    if prof.eval_every > 1:
+        out.append(f"check_val_every_n_epoch={min(prof.eval_every, epochs)}")
     if prof.channels is not None:
         out.append(f"backbone.kwargs.channels=[{','.join(str(c) for c in prof.channels)}]")
     if prof.stem_width is not None:
@@ -177,35 +253,66 @@ def overrides(prof: Profile, method: str, seed: int, train_subset: int | None,
 
 def run_cfg(prof: Profile, method: str, seed: int, train_subset: int | None,
             run_dir: Path | None = None) -> DictConfig:
-    return compose_config(None, f"fashion_mnist/{method}",
+    return compose_config(None, f"{prof.dataset}/{method}",
                           overrides(prof, method, seed, train_subset, run_dir))
 
 
 # --------------------------------------------------------------------------- budget
 
 
+def _calibration_device(prof: Profile) -> tuple[str, torch.dtype | None]:
+    """Where the runs will train: CUDA with bf16 autocast for ``precision=auto`` on a GPU."""
+    if prof.precision == "auto" and torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    return "cpu", None
+
+
+def _timed(fn: Any, repeats: int, device: str) -> float:
+    """Seconds per call of ``fn`` (after one warm-up call), the device synchronised."""
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
 def calibrate(prof: Profile, steps: int = 2) -> dict[str, Any]:
-    """Seconds per training step of each method and the monitor's forward images/s."""
+    """Seconds per training step of each method, seconds per batch of the in-memory data path
+    (when the profile uses it) and the monitor's forward images/s, on the runs' device."""
+    device, autocast = _calibration_device(prof)
+    repeats = steps if device == "cpu" else 10 * steps
     step_s: dict[str, float] = {}
     forward_img_s = 0.0
+    cfg = None
     for method in prof.methods:
         cfg = run_cfg(prof, method, prof.seeds[0], prof.batch_size)
-        trainer = build_trainer(cfg)
+        trainer = build_trainer(cfg, device=device, autocast=autocast)
         crop = int(cfg.augmentations[0].crop_size)
         batch = synthetic_batch(prof.batch_size, crop)
-        trainer.step(batch)
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.step(batch)
-        step_s[method] = (time.perf_counter() - start) / steps
+        batch = [batch[0].to(device), [v.to(device) for v in batch[1]], batch[2].to(device)]
+        step_s[method] = _timed(lambda t=trainer, b=batch: t.step(b), repeats, device)
         if not forward_img_s:
             model = trainer.model.eval()
-            with torch.no_grad():
-                model(batch[1][0])
-                start = time.perf_counter()
-                model(batch[1][0])
-                forward_img_s = prof.batch_size / (time.perf_counter() - start)
-    return {"step_s": step_s, "forward_img_s": forward_img_s}
+            with torch.no_grad(), trainer.autocast_context():
+                forward_s = _timed(lambda m=model, x=batch[1][0]: m(x), repeats, device)
+            forward_img_s = prof.batch_size / forward_s
+    out = {"step_s": step_s, "forward_img_s": forward_img_s, "device": device}
+    if prof.data_format == "memory" and cfg is not None:
+        from solo_mixmask.data.augmentations import parse_augmentations
+        from solo_mixmask.data.batched_augmentations import BatchAugment
+
+        specs = parse_augmentations(cfg)
+        images = torch.randint(0, 256, (prof.batch_size, 3, 32, 32), dtype=torch.uint8,
+                               device=device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        augments = [(BatchAugment(s), s.num_crops) for s in specs]
+        out["data_batch_s"] = _timed(
+            lambda: [a(images.repeat(n, 1, 1, 1), gen) for a, n in augments], repeats, device)
+    return out
 
 
 # Measured on the demo: start-up (imports, Fashion-MNIST, workers) and Lightning's per-step
@@ -213,6 +320,10 @@ def calibrate(prof: Profile, steps: int = 2) -> dict[str, Any]:
 STARTUP_S = 10.0
 STEP_OVERHEAD = 1.25
 EVAL_OVERHEAD = 1.5
+#: On a GPU: start-up with CUDA, cuDNN's first calls and decoding the JPEG tree (16 cores), and
+#: Lightning's per-step bookkeeping, which weighs more next to a 20 ms step than a 2 s one.
+GPU_STARTUP_S = 40.0
+GPU_STEP_OVERHEAD = 1.35
 
 
 def linear_images(prof: Profile) -> int:
@@ -225,34 +336,51 @@ def linear_images(prof: Profile) -> int:
     lin.update({k.split(".", 1)[1]: v for k, v in
                 (o.split("=", 1) for o in prof.linear_overrides) if k.startswith("linear.")})
     train, val = lin.get("train_subset"), lin.get("val_subset")
-    return (int(train) if train not in (None, "null") else FMNIST_TRAIN_IMAGES) + (
+    return (int(train) if train not in (None, "null") else prof.train_images) + (
         int(val) if val not in (None, "null") else 10_000)
 
 
 def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
-    """Training images per run and the estimated total seconds."""
+    """Training images per run (or, with ``epochs_from_budget``, epochs per run) and the
+    estimated total seconds."""
     seeds = len(prof.seeds)
-    eval_images = (prof.knn_train_subset or FMNIST_TRAIN_IMAGES) + (prof.val_subset or 10_000)
-    if cal is None:  # nothing measured: the profile's fixed subset
+    eval_images = (prof.knn_train_subset or prof.train_images) + (prof.val_subset or 10_000)
+    if cal is None:  # nothing measured: the profile's fixed subset and epochs
         subset = prof.train_subset
-        return {"train_subset": subset, "estimated_s": None, "eval_images": eval_images}
+        return {"train_subset": subset, "epochs": prof.epochs, "eval_every": prof.eval_every,
+                "estimated_s": None, "eval_images": eval_images}
+    gpu = cal.get("device") == "cuda"
+    startup, overhead = (GPU_STARTUP_S, GPU_STEP_OVERHEAD) if gpu else (STARTUP_S, STEP_OVERHEAD)
     eval_s = EVAL_OVERHEAD * eval_images / cal["forward_img_s"]
     linear_s = EVAL_OVERHEAD * linear_images(prof) / cal["forward_img_s"]
-    fixed = seeds * len(prof.methods) * (STARTUP_S + (prof.epochs + 1) * eval_s + linear_s)
-    per_step = STEP_OVERHEAD * seeds * sum(cal["step_s"].values())
-    subset = prof.train_subset
-    if subset is None and prof.budget_minutes:
-        steps = math.floor((0.9 * 60 * prof.budget_minutes - fixed) / (prof.epochs * per_step))
-        steps = max(2, min(steps, FMNIST_TRAIN_IMAGES // prof.batch_size))
+    runs = seeds * len(prof.methods)
+    data_s = cal.get("data_batch_s", 0.0)
+    per_step = overhead * seeds * (sum(cal["step_s"].values()) + len(prof.methods) * data_s)
+    subset, epochs, every = prof.train_subset, prof.epochs, prof.eval_every
+    budget_s = 0.9 * 60 * prof.budget_minutes if prof.budget_minutes else None
+    if budget_s is not None and prof.epochs_from_budget:
+        steps = (subset or prof.train_images) // prof.batch_size
+        per_epoch = steps * per_step + runs * eval_s / every
+        fits = math.floor((budget_s - runs * (startup + eval_s + linear_s)) / per_epoch)
+        epochs = max(1, min(prof.epochs, fits))
+        every = min(every, epochs)
+        epochs = max(every, epochs // every * every)  # the last epoch is always evaluated
+    elif subset is None and budget_s is not None:
+        fixed = runs * (startup + (epochs + 1) * eval_s + linear_s)
+        steps = math.floor((budget_s - fixed) / (epochs * per_step))
+        steps = max(2, min(steps, prof.train_images // prof.batch_size))
         subset = steps * prof.batch_size
-    steps = (subset or FMNIST_TRAIN_IMAGES) // prof.batch_size
+    steps = (subset or prof.train_images) // prof.batch_size
+    evals = epochs // every + 1
     return {
         "train_subset": subset,
+        "epochs": epochs,
+        "eval_every": every,
         "steps_per_epoch": steps,
         "eval_images": eval_images,
         "eval_s": eval_s,
         "linear_probe_s": linear_s,
-        "estimated_s": fixed + prof.epochs * steps * per_step,
+        "estimated_s": runs * (startup + evals * eval_s + linear_s) + epochs * steps * per_step,
         "calibration": cal,
     }
 
@@ -290,6 +418,8 @@ def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:
         return torch.cat(xs), torch.cat(ys)
 
     (tx, ty), (vx, vy) = load(knn_train), load(val)
+    if torch.cuda.is_available():  # 50,000 x 10,000 distances of 3,072-d vectors
+        tx, ty, vx, vy = (t.cuda() for t in (tx, ty, vx, vy))
     mean = tx.mean(dim=0, keepdim=True)
     top1, _ = knn_accuracy(tx - mean, ty, vx - mean, vy, 10, int(cfg.knn_eval.k),
                            float(cfg.knn_eval.T))
@@ -439,7 +569,9 @@ def markdown(res: dict[str, Any]) -> str:
     prof, agg = res["profile"], res["aggregate"]
     p = res["plan"]
     lines = [
-        f"# Fixed-budget k-NN accuracy on Fashion-MNIST ({res['profile_name']} profile)", "",
+        f"# Fixed-budget k-NN accuracy on "
+        f"{DATASET_TITLES.get(prof['dataset'], prof['dataset'])} ({res['profile_name']} profile)",
+        "",
         f"Command: `{res['command']}`", "",
         f"Backbone ResNet-18 channels={prof['channels']} stem={prof['stem_width']} (CIFAR "
         f"stem), batch {prof['batch_size']}, {prof['epochs']} epochs on "
@@ -452,6 +584,13 @@ def markdown(res: dict[str, Any]) -> str:
         + f". Wall time of this invocation {res['wall_seconds'] / 60:.1f} min. "
         f"Machine: {res['machine']}.", "",
     ]
+    if prof.get("recipe") or prof.get("data_format"):
+        lines += [f"Recipe for every method: {list(prof.get('recipe') or []) or 'the configs'}; "
+                  f"data.format={prof.get('data_format') or 'the config'}; k-NN monitor every "
+                  f"{prof.get('eval_every', 1)} epoch(s).", ""]
+    if not res.get("complete", True):
+        lines += ["**Partial results:** this invocation had not finished when this was written "
+                  "(rewritten after every run).", ""]
     rows = []
     for m, row in agg.items():
         k = row["knn_acc1"]
@@ -492,17 +631,71 @@ def markdown(res: dict[str, Any]) -> str:
                   "budget."]
     if res.get("errors"):
         lines += ["", "Failed runs: " + "; ".join(res["errors"])]
+    lines += ["", "k-NN top-1 (%) per epoch (mean over seeds; epoch 0 = random "
+              "initialisation):", "", per_epoch_table(res)]
     lines += ["", f"Plot: `{Path(res['plot']).name}`."]
     return "\n".join(lines)
+
+
+def per_epoch_table(res: dict[str, Any]) -> str:
+    """Markdown table: epoch, each method's mean k-NN top-1 at that epoch, raw pixels."""
+    methods = [m for m in res["profile"]["methods"] if any(r["method"] == m for r in res["runs"])]
+    curves = {m: [dict(r["curve"]) for r in res["runs"] if r["method"] == m] for m in methods}
+    epochs = sorted({e for cs in curves.values() for c in cs for e in c})
+    raw = res.get("raw_pixel_knn")
+    rows = []
+    for e in epochs:
+        cells = []
+        for m in methods:
+            values = [c[e] for c in curves[m] if e in c]
+            cells.append(f"{statistics.fmean(values):.2f}" if values else "-")
+        rows.append([e, *cells, f"{raw:.2f}" if raw is not None else "-"])
+    return table(["epoch", *methods, "raw pixels"], rows)
+
+
+DATASET_TITLES = {"fashion_mnist": "Fashion-MNIST", "cifar": "CIFAR-10"}
+
+
+def report(args: argparse.Namespace, prof: Profile, the_plan: dict[str, Any],
+           runs: list[dict[str, Any]], errors: list[str], raw: float | None, wall: float,
+           stem: str, done: bool) -> dict[str, Any]:
+    """Write ``<stem>.{json,md,png}`` for the runs so far (``done`` false: partial results,
+    rewritten after every run so that a run cut short still leaves what it measured)."""
+    inits = [r["knn_acc1_at_init"] for r in runs if r.get("knn_acc1_at_init") is not None]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    png = args.out_dir / f"{stem}.png"
+    res = {
+        "command": command_line(),
+        "profile_name": args.profile + (" (tiny)" if args.tiny else ""),
+        "profile": asdict(prof),
+        "plan": the_plan,
+        "machine": machine(),
+        "wall_seconds": wall,
+        "complete": done,
+        "runs": runs,
+        "aggregate": aggregate(runs, prof.methods),
+        "raw_pixel_knn": raw,
+        "knn_at_init_mean": statistics.fmean(inits) if inits else None,
+        "errors": errors,
+        "plot": str(png),
+        "repo": str(REPO),
+    }
+    title = DATASET_TITLES.get(prof.dataset, prof.dataset)
+    plot(runs, prof.methods, raw, png,
+         f"{title} k-NN, {prof.epochs} epochs, {the_plan['train_subset'] or 'all'} images")
+    write_results(stem, res, markdown(res), args.out_dir)
+    return res
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     prof = resolve_profile(args)
-    needs_budget = prof.train_subset is None and prof.budget_minutes
+    prof = replace(prof, data=data_overrides(prof, args.data))
+    needs_budget = prof.budget_minutes and (prof.train_subset is None or prof.epochs_from_budget)
     cal = calibrate(prof) if (needs_budget or args.plan) else None
     the_plan = plan(prof, cal)
+    prof = replace(prof, epochs=the_plan["epochs"], eval_every=the_plan["eval_every"])
     est = the_plan.get("estimated_s")
     print(f"plan: {len(prof.methods)} methods x {len(prof.seeds)} seeds, {prof.epochs} epochs "
           f"of {the_plan['train_subset'] or 'all'} images"
@@ -510,11 +703,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.plan:
         print(json.dumps(the_plan, indent=2))
         return {"plan": the_plan}
-    stem = f"accuracy_{args.profile}{'_' + args.tag if args.tag else ''}"
+    stem = f"accuracy_{args.profile}{'_tiny' if args.tiny else ''}"
+    stem += f"_{args.tag}" if args.tag else ""
+    start = time.perf_counter()
+    raws = [raw_pixel_knn(prof, s, the_plan["train_subset"]) for s in prof.seeds]
+    raw = statistics.fmean(raws) if raws else None
+    print(f"raw pixels k-NN: {raw:.2f}%", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_acc_") as tmp:
         runs_dir = args.runs_dir or Path(tmp)
-        start = time.perf_counter()
-        runs, errors = [], []
+        runs: list[dict[str, Any]] = []
+        errors: list[str] = []
         for seed in prof.seeds:  # seed-major: a cut-short benchmark stays balanced
             for method in prof.methods:
                 print(f"run {method} seed {seed}", file=sys.stderr, flush=True)
@@ -524,32 +722,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 except Exception as err:  # keep going: report the failure in the table
                     errors.append(f"{method} seed {seed}: {type(err).__name__}: {err}")
                     print(errors[-1], file=sys.stderr)
-        raw = [raw_pixel_knn(prof, s, the_plan["train_subset"]) for s in prof.seeds]
+                report(args, prof, the_plan, runs, errors, raw, time.perf_counter() - start,
+                       stem, done=False)
         wall = time.perf_counter() - start
-    inits = [r["knn_acc1_at_init"] for r in runs if r.get("knn_acc1_at_init") is not None]
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    png = args.out_dir / f"{stem}.png"
-    res = {
-        "command": command_line(),
-        "profile_name": args.profile,
-        "profile": asdict(prof),
-        "plan": the_plan,
-        "machine": machine(),
-        "wall_seconds": wall,
-        "runs": runs,
-        "aggregate": aggregate(runs, prof.methods),
-        "raw_pixel_knn": statistics.fmean(raw) if raw else None,
-        "knn_at_init_mean": statistics.fmean(inits) if inits else None,
-        "errors": errors,
-        "plot": str(png),
-        "repo": str(REPO),
-    }
-    plot(runs, prof.methods, res["raw_pixel_knn"], png,
-         f"Fashion-MNIST k-NN, {prof.epochs} epochs, {the_plan['train_subset'] or 'all'} images")
-    text = markdown(res)
-    paths = write_results(stem, res, text, args.out_dir) + [png]
-    print(text)
-    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    res = report(args, prof, the_plan, runs, errors, raw, wall, stem, done=True)
+    print(markdown(res))
+    print(f"\nwrote {args.out_dir / stem}.{{json,md,png}}")
     return res
 
 

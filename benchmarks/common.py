@@ -245,6 +245,23 @@ def summary(times: Sequence[float]) -> dict[str, float]:
     }
 
 
+def count_host_syncs(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Synchronising CUDA calls made by ``fn()``, counted with
+    ``torch.cuda.set_sync_debug_mode("warn")``: ``{"count", "first": up to 3 messages}``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    # the mode's own notice ("... is a prototype feature ...") is not a synchronisation
+    syncs = [str(w.message).splitlines()[0] for w in caught
+             if "synchroniz" in str(w.message).lower()
+             and "prototype feature" not in str(w.message)]
+    return {"count": len(syncs), "first": syncs[:3]}
+
+
 def write_results(stem: str, data: dict[str, Any], markdown: str, out_dir: Path) -> list[Path]:
     """``<out_dir>/<stem>.json`` and ``.md``; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,3 +303,65 @@ def make_jpeg_folder(root: Path, count: int, size: int, classes: int = 10) -> Pa
         img = np.clip(img / 2 + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(folder / f"{i:05d}.jpg", quality=90)
     return root
+
+
+#: Where the CIFAR-10 JPEG tars are looked for (a folder with train/ and test/ trees, or with
+#: train.tar.gz / test.tar.gz): $SOLO_MIXMASK_CIFAR10, else the shared data next to the clone.
+CIFAR10_ENV = "SOLO_MIXMASK_CIFAR10"
+SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _cifar10_source(given: str | Path | None) -> Path:
+    source = Path(given or os.environ.get(CIFAR10_ENV) or SHARED_CIFAR10).expanduser()
+    if (source / "train").is_dir() and (source / "test").is_dir():
+        return source
+    if (source / "train.tar.gz").is_file() and (source / "test.tar.gz").is_file():
+        return source
+    raise SystemExit(f"error: no CIFAR-10 under {source}: expected train/ and test/ folders or "
+                     f"train.tar.gz and test.tar.gz (set --data or ${CIFAR10_ENV})")
+
+
+def cifar10_folder(given: str | Path | None = None, per_class: int | None = None,
+                   dest: Path | None = None) -> Path:
+    """A folder holding CIFAR-10 as ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``.
+
+    ``given`` (or ``$SOLO_MIXMASK_CIFAR10``, else ``../shared/data/cifar10``) is used as it is
+    when it holds the two trees. Tars are unpacked into ``dest`` (default
+    ``$TMPDIR/solo_mixmask_cifar10[_<per_class>]``) once; ``per_class`` keeps only the first
+    that many images of each class of each split (tiny runs and tests).
+    """
+    import tarfile
+    import tempfile
+
+    source = _cifar10_source(given)
+    if (source / "train").is_dir() and per_class is None:
+        return source
+    suffix = f"_{per_class}" if per_class is not None else ""
+    dest = dest or Path(tempfile.gettempdir()) / f"solo_mixmask_cifar10{suffix}"
+    done = dest / ".complete"
+    if done.exists():
+        return dest
+    for split in ("train", "test"):
+        kept: dict[str, int] = {}
+        if (source / split).is_dir():  # a sample of an unpacked tree
+            for folder in sorted(p for p in (source / split).iterdir() if p.is_dir()):
+                for path in sorted(folder.iterdir())[:per_class]:
+                    out = dest / split / folder.name / path.name
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(path.read_bytes())
+            continue
+        with tarfile.open(source / f"{split}.tar.gz") as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if not member.isfile() or len(parts) != 3 or parts[0] != split:
+                    continue
+                if per_class is not None and kept.get(parts[1], 0) >= per_class:
+                    continue
+                kept[parts[1]] = kept.get(parts[1], 0) + 1
+                out = dest.joinpath(*parts)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
+    done.write_text("")
+    return dest

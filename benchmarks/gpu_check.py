@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from common import (  # noqa: E402
     build_trainer,
     command_line,
     config_method_kwargs,
+    count_host_syncs,
     extra_pass_job,
     interleaved,
     machine,
@@ -189,18 +189,7 @@ def host_syncs(built: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for m, trainer in built["trainers"].items():
         _sync()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                trainer.step(built["batch"])
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        # the mode's own notice ("... is a prototype feature ...") is not a synchronisation
-        syncs = [str(w.message).splitlines()[0] for w in caught
-                 if "synchroniz" in str(w.message).lower()
-                 and "prototype feature" not in str(w.message)]
-        out[m] = {"count": len(syncs), "first": syncs[:3]}
+        out[m] = count_host_syncs(lambda t=trainer: t.step(built["batch"]))
     return out
 
 

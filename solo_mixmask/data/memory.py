@@ -29,7 +29,6 @@ Trainer's root device before fitting or validating (until then, on the CPU).
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -168,12 +167,8 @@ def _from_dataset(dataset: Dataset, workers: int) -> MemoryImages:
     raise DataError(f"data.format=memory cannot read {type(dataset).__name__} datasets")
 
 
-@functools.lru_cache(maxsize=4)
-def _decoded(key: tuple[Any, ...], cfg_yaml: str, split: str, workers: int) -> MemoryImages:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create(cfg_yaml)
-    return _from_dataset(build_dataset(cfg, split, None), workers)
+#: Splits decoded in this process, by what decides their content (at most 4 kept).
+_DECODED: dict[tuple[Any, ...], MemoryImages] = {}
 
 
 def decode_split(cfg: DictConfig, split: str) -> MemoryImages:
@@ -182,15 +177,17 @@ def decode_split(cfg: DictConfig, split: str) -> MemoryImages:
     Decoded once per process for a given dataset, paths and options: several runs of one
     process (a benchmark) share it. ``data.num_workers`` processes decode ImageFolder trees.
     """
-    from omegaconf import OmegaConf
-
-    plain = image_folder_cfg(cfg)
     if split == "train_labeled" and cfg_value(cfg, "data.dataset") != "stl10":
         split = "train"  # the same images (only STL-10 has an unlabelled part)
-    key = tuple(str(cfg_value(cfg, f"data.{k}")) for k in (
-        "dataset", "train_path", "val_path", "no_labels", "strict", "scan_images", "download"))
-    workers = int(cfg_value(cfg, "data.num_workers", 0))
-    return _decoded(key, OmegaConf.to_yaml(plain), split, workers)
+    key = (split, *(str(cfg_value(cfg, f"data.{k}")) for k in (
+        "dataset", "train_path", "val_path", "no_labels", "strict", "scan_images", "download")))
+    if key not in _DECODED:
+        workers = int(cfg_value(cfg, "data.num_workers", 0))
+        decoded = _from_dataset(build_dataset(image_folder_cfg(cfg), split, None), workers)
+        if len(_DECODED) >= 4:
+            _DECODED.pop(next(iter(_DECODED)))
+        _DECODED[key] = decoded
+    return _DECODED[key]
 
 
 # --------------------------------------------------------------------------- training
@@ -250,6 +247,8 @@ class MemoryTrainLoader(ResumableLoader):
     def make_batch(self, indexes: torch.Tensor, batch_seed: int) -> list[Any]:
         """``[indexes, views, targets]`` on the device for the images at ``indexes``."""
         images, targets = self.memory.on(self.device)
+        if self.device.type == "cuda":  # a copy from pageable memory would wait for the GPU
+            indexes = indexes.pin_memory()
         index = indexes.to(self.device, non_blocking=True)
         picked = images[index]
         gen = self._gen()

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One GPU comparison that fits one 10-minute slot: CIFAR-10, ResNet-18 (CIFAR stem), all 50,000
+# images in GPU memory (data.format=memory), bf16, channels_last, asymmetric MoCo v2 against
+# MixMask with the same recipe and seed (accuracy.py's cifar_gpu profile), as many epochs (at most
+# 100) as the step times measured at start-up allow inside the budget; k-NN (k=200, T=0.1) of the
+# 10,000 test images against the 50,000 training images every 10 epochs, online linear too.
+# Before it, memory_path.py measures the data path alone against the training step.
+#
+#   bash benchmarks/cifar_gpu.sh                 # results in $OUT (if set) or benchmarks/results/
+#   bash benchmarks/cifar_gpu.sh --tiny          # CPU, tiny network, 8 images per class: runs?
+#
+# Environment: SOLO_MIXMASK_CIFAR10 (a folder with train.tar.gz/test.tar.gz or train/ and test/),
+# default .cifar10/ in the clone (copy the tars there to carry them to a lent GPU machine), else
+# ../shared/data/cifar10. BUDGET_MINUTES (default 7.5): the two training runs' share of the slot.
+# Dependencies: torch, torchvision, lightning, timm, omegaconf, hydra-core, matplotlib, pillow.
+# Where omegaconf or hydra is missing (the lent GPU machines have no registry), put their wheels in
+# .whl/ first (hydra-core, omegaconf and antlr4-python3-runtime==4.9.3, which is a source archive:
+# build its wheel with `pip wheel`); this script installs them into /tmp/site.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && ! command -v nvidia-smi >/dev/null; then
+  PY=.venv/bin/python  # the project's environment on a development machine
+fi
+if ! "$PY" -c "import omegaconf, hydra" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  else
+    echo "error: omegaconf/hydra are not importable and .whl/ holds no wheels to install" >&2
+    exit 3
+  fi
+fi
+RESULT_DIR="${OUT:-benchmarks/results}"
+mkdir -p "$RESULT_DIR"
+TINY=()
+[ "${1:-}" = "--tiny" ] && TINY=(--tiny) && shift
+DATA="${SOLO_MIXMASK_CIFAR10:-}"
+if [ -z "$DATA" ]; then
+  if [ -f .cifar10/train.tar.gz ]; then DATA="$PWD/.cifar10"; else DATA="$PWD/../shared/data/cifar10"; fi
+fi
+command -v nvidia-smi >/dev/null && \
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" -c "import torch, sys, lightning; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__, 'python', sys.version.split()[0])"
+if [ ${#TINY[@]} -eq 0 ] && [ -f "$DATA/train.tar.gz" ]; then
+  # Unpack once with tar (faster than Python for 60,000 small files).
+  UNPACKED="${TMPDIR:-/tmp}/solo_mixmask_cifar10"
+  if [ ! -f "$UNPACKED/.complete" ]; then
+    mkdir -p "$UNPACKED" && tar -xzf "$DATA/train.tar.gz" -C "$UNPACKED" \
+      && tar -xzf "$DATA/test.tar.gz" -C "$UNPACKED" && touch "$UNPACKED/.complete" || exit 4
+  fi
+  DATA="$UNPACKED"
+fi
+PROFILE=(--profile cifar_gpu --data "$DATA" --out-dir "$RESULT_DIR" "${TINY[@]}")
+start=$(date +%s)
+# 1. The data path alone against the training step (about half a minute on a GPU).
+timeout 120 "$PY" benchmarks/memory_path.py "${PROFILE[@]}" --tag gpu 2>&1 \
+  | tee "$RESULT_DIR/memory_path_gpu.log"
+# 2. MoCo v2 against MixMask. Partial results are rewritten after each run.
+BUDGET=(--budget-minutes "${BUDGET_MINUTES:-7.5}")
+[ ${#TINY[@]} -gt 0 ] && BUDGET=()  # tiny: the profile's 2 epochs, nothing planned
+timeout "${ACCURACY_TIMEOUT_S:-500}" "$PY" benchmarks/accuracy.py "${PROFILE[@]}" \
+  "${BUDGET[@]}" "$@" 2>&1 | grep -v "^[│┃┏┗┡└]" \
+  | tee "$RESULT_DIR/accuracy_cifar_gpu.log"
+status=${PIPESTATUS[0]}
+echo "cifar_gpu.sh: $(( $(date +%s) - start )) s, accuracy.py exit status $status"
+exit "$status"

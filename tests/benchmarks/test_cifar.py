@@ -1,0 +1,90 @@
+"""The CIFAR-10 benchmarks in tiny mode on a handful of images from the shared JPEG tars:
+accuracy.py's cifar_cpu profile, benchmarks/cifar_gpu.sh (memory_path.py + the cifar_gpu
+profile) and augment_libs.py; the GPU profile's epoch planning, by hand."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from tests.benchmarks.helpers import REPO, load, positive, run_script
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import accuracy  # noqa: E402
+from common import CIFAR10_ENV, SHARED_CIFAR10  # noqa: E402
+
+_SOURCE = os.environ.get(CIFAR10_ENV) or str(SHARED_CIFAR10)
+needs_cifar = pytest.mark.skipif(
+    not (os.path.isfile(os.path.join(_SOURCE, "train.tar.gz"))
+         or os.path.isdir(os.path.join(_SOURCE, "train"))),
+    reason=f"CIFAR-10 JPEG tars absent from {_SOURCE} (set ${CIFAR10_ENV})",
+)
+
+
+@needs_cifar
+def test_cifar_cpu_profile_tiny_compares_both_methods_per_epoch(tmp_path):
+    run_script("accuracy.py", "--profile", "cifar_cpu", "--tiny", "--out-dir", str(tmp_path))
+    res = load(tmp_path / "accuracy_cifar_cpu_tiny.json")
+    assert res["complete"] is True and res["errors"] == []
+    assert [r["method"] for r in res["runs"]] == ["mocov2plus", "mixmask"]
+    for run in res["runs"]:
+        assert run["train_images"] == 80  # 8 images of each of the 10 classes
+        assert [e for e, _ in run["curve"]] == [0, 1, 2]  # random init, then every epoch
+        assert 0 <= run["knn_acc1"] <= 100
+    assert 0 < res["raw_pixel_knn"] <= 100
+    assert "method_kwargs.symmetric=false" in res["profile"]["recipe"]  # the shared recipe
+    assert res["profile"]["data_format"] == "memory"
+    md = (tmp_path / "accuracy_cifar_cpu_tiny.md").read_text()
+    assert "| epoch | mocov2plus | mixmask | raw pixels |" in md
+    assert (tmp_path / "accuracy_cifar_cpu_tiny.png").stat().st_size > 1000
+
+
+@needs_cifar
+def test_cifar_gpu_script_tiny_runs_on_cpu(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+           "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "cifar_gpu.sh"), "--tiny"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["accuracy_cifar_gpu.log", "accuracy_cifar_gpu_tiny.json",
+                     "accuracy_cifar_gpu_tiny.md", "accuracy_cifar_gpu_tiny.png",
+                     "memory_path_gpu.json", "memory_path_gpu.log", "memory_path_gpu.md"]
+    acc = load(tmp_path / "accuracy_cifar_gpu_tiny.json")
+    assert acc["complete"] and [r["method"] for r in acc["runs"]] == ["mocov2plus", "mixmask"]
+    assert acc["profile"]["precision"] == "32-true"  # tiny: CPU
+    mem = load(tmp_path / "memory_path_gpu.json")
+    assert mem["settings"]["device"] == "cpu"
+    assert positive(mem["memory"]["images_per_s"]) and positive(mem["steps"]["mixmask"])
+    assert mem["goals"]["data_over_step"] == pytest.approx(
+        mem["memory"]["images_per_s"] / mem["steps"]["mixmask"])
+    assert positive(mem["end_to_end"]["memory_over_pil"])
+
+
+def test_augment_libs_tiny_times_our_batched_pipeline(tmp_path):
+    run_script("augment_libs.py", "--tiny", "--out-dir", str(tmp_path))
+    res = load(tmp_path / "augment_libs.json")
+    assert positive(res["results"]["solo_mixmask"]["images_per_s"])
+    assert ("kornia" in res["results"]) == res["kornia_installed"]
+
+
+def test_gpu_profile_plans_epochs_from_the_budget():
+    prof = replace(accuracy.PROFILES["cifar_gpu"], budget_minutes=10.0)
+    # 97 steps per epoch of 50,000 images at batch 512, two methods: 0.02 + 0.03 s steps plus
+    # 0.005 s of augmentation each, x1.35 Lightning overhead = 0.081 s per step-pair.
+    cal = {"step_s": {"mocov2plus": 0.02, "mixmask": 0.03}, "forward_img_s": 90_000.0,
+           "device": "cuda", "data_batch_s": 0.005}
+    plan = accuracy.plan(prof, cal)
+    eval_s = 1.5 * 60_000 / 90_000.0  # k-NN memory 50,000 + validation 10,000 images
+    per_epoch = 97 * 1.35 * 0.06 + 2 * eval_s / 10
+    fits = int((0.9 * 600 - 2 * (40 + eval_s)) // per_epoch)
+    assert plan["epochs"] == min(100, fits // 10 * 10) == 50
+    assert plan["eval_every"] == 10 and plan["steps_per_epoch"] == 97
+    assert plan["estimated_s"] < 0.9 * 600
+    fast = accuracy.plan(prof, {**cal, "step_s": {"mocov2plus": 0.002, "mixmask": 0.003}})
+    assert fast["epochs"] == 100  # the target is the cap
