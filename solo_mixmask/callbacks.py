@@ -12,12 +12,17 @@
   steps (mid-epoch checkpoints).
 - :class:`NonFiniteLossGuard` stops training with :class:`NonFiniteLossError` before a NaN/inf
   loss is back-propagated, so neither the weights in memory nor any checkpoint see it.
+- :class:`GracefulStop` turns SIGTERM (what SLURM and Kubernetes send) and a first Ctrl-C into
+  Lightning's stop request: the step under way is finished, :class:`StepCheckpoint` writes
+  ``last.ckpt`` and the run ends with :class:`RunStopped` (exit status 143 or 130).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +215,9 @@ class ResumeState(Callback):
 
 
 class StepCheckpoint(Checkpoint):
-    """Writes ``<dirpath>/last.ckpt`` after every ``every_n_steps``-th optimiser step.
+    """Writes ``<dirpath>/last.ckpt`` after every ``every_n_steps``-th optimiser step (never with
+    ``None``), and after the step during which a stop (SIGTERM, Ctrl-C: see :class:`GracefulStop`)
+    was requested, right before Lightning stops the loop.
 
     The file is written after the LightningModule's own ``on_train_batch_end`` (where
     ``BaseMomentumMethod`` applies the step's EMA update), not in this callback's hook: Lightning
@@ -220,12 +227,14 @@ class StepCheckpoint(Checkpoint):
     checkpoint follows right after it.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int):
-        if every_n_steps < 1:
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None):
+        if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps} is not allowed: expected >= 1")
         self.dirpath = Path(dirpath)
-        self.every_n_steps = int(every_n_steps)
+        self.every_n_steps = int(every_n_steps) if every_n_steps is not None else None
         self._saving_mid_epoch = False  # True while after_train_batch saves
+        #: global step of the checkpoint written because a stop was requested, else None
+        self.saved_on_stop: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -251,7 +260,16 @@ class StepCheckpoint(Checkpoint):
     def after_train_batch(self, trainer: L.Trainer, batch_idx: int) -> None:
         """Save if this optimiser step is due (and not the epoch's last batch)."""
         step = trainer.global_step
-        if step == 0 or step % self.every_n_steps or trainer.sanity_checking:
+        stopping = bool(getattr(trainer, "received_sigterm", False))
+        if int(getattr(trainer, "world_size", 1) or 1) > 1:
+            # every rank takes the same decision (the save below is collective); Lightning 2.1
+            # does not share a SIGTERM between ranks, so a stop on any rank stops them all
+            stopping = bool(trainer.strategy.reduce_boolean_decision(stopping, all=False))
+            connector = getattr(trainer, "_signal_connector", None)
+            if stopping and connector is not None:
+                connector.received_sigterm = True
+        due = bool(self.every_n_steps) and step % self.every_n_steps == 0  # type: ignore[operator]
+        if step == 0 or not (due or stopping) or trainer.sanity_checking:
             return
         if (batch_idx + 1) % max(int(trainer.accumulate_grad_batches), 1):
             return  # gradients are being accumulated: they are not part of a checkpoint
@@ -262,6 +280,8 @@ class StepCheckpoint(Checkpoint):
             trainer.save_checkpoint(self.dirpath / LAST)
         finally:
             self._saving_mid_epoch = False
+        if stopping:
+            self.saved_on_stop = step
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: Any,
                            checkpoint: dict[str, Any]) -> None:
@@ -340,3 +360,99 @@ class NonFiniteLossGuard(Callback):
                         f"weight {name} is not finite", trainer.global_step,
                         trainer.current_epoch, self._last(),
                     )
+
+
+# --------------------------------------------------------------------------- stop requests
+
+#: Exit statuses of a run stopped by a signal (128 + signal number, as a shell reports them).
+EXIT_SIGTERM = 128 + int(signal.SIGTERM)  # 143
+EXIT_SIGINT = 128 + int(signal.SIGINT)  # 130
+
+
+class StopRequested(Exception):
+    """A stop signal arrived outside Lightning's loops (nothing trained is lost by stopping)."""
+
+
+class RunStopped(RuntimeError):
+    """The run was stopped by SIGTERM or Ctrl-C; ``exit_status`` is 143 or 130."""
+
+    def __init__(self, signum: int, message: str):
+        self.signum = signum
+        self.exit_status = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        super().__init__(message)
+
+
+def signal_name(signum: int) -> str:
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+class GracefulStop(Callback):
+    """SIGTERM and a first Ctrl-C (SIGINT) stop the run at a safe point; a second Ctrl-C stops it
+    at once.
+
+    Inside Lightning's loops the signal only sets Lightning's own stop request
+    (``trainer.received_sigterm``, which Lightning's SIGTERM handler sets too): the training step
+    under way finishes, :class:`StepCheckpoint` writes ``last.ckpt`` after it (not after an
+    epoch's last batch or during validation: then the step is abandoned and the previous
+    checkpoint kept) and Lightning raises ``SIGTERMException`` at the end of the step. Outside
+    the loops (building the data, between passes) the handler raises :class:`StopRequested`
+    at once: nothing was trained there. :func:`solo_mixmask.pretrain.run_pretrain` turns both
+    into :class:`RunStopped`.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.in_loop = False
+        self._trainer: Any = None
+        self._previous: dict[int, Any] = {}
+
+    # the handlers
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT from now on (main thread only; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        if self.signum is None:
+            self.signum = signum
+        if not self.in_loop:
+            raise StopRequested(signal_name(signum))
+        self._request(self._trainer)
+
+    def _request(self, trainer: Any) -> None:
+        """Set Lightning's stop request (reset by Lightning whenever a new pass starts)."""
+        connector = getattr(trainer, "_signal_connector", None)
+        if self.signum is not None and connector is not None:
+            connector.received_sigterm = True
+
+    def check(self) -> None:
+        """Raise :class:`StopRequested` if a stop was requested (between Lightning passes)."""
+        if self.signum is not None:
+            raise StopRequested(signal_name(self.signum))
+
+    # the hooks
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        self._trainer, self.in_loop = trainer, True
+
+    def teardown(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        self.in_loop = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._request(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._request(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any,
+                             batch_idx: int) -> None:
+        self._request(trainer)

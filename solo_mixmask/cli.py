@@ -2,8 +2,11 @@
 
 User mistakes (bad config values, missing data, unusable or unsafe checkpoints, impossible
 Trainer settings) print one ``error:`` line and exit with status 2; a run stopped by a NaN/inf
-loss prints one ``error:`` line and exits with status 3 (its last good checkpoint is kept);
-Ctrl-C exits with 130. Anything else is a bug and keeps its traceback. Settings that run but
+loss prints one ``error:`` line and exits with status 3 (its last good checkpoint is kept); a
+run stopped by SIGTERM (what SLURM and Kubernetes send) exits with 143 and one by Ctrl-C with
+130, each with one ``error:`` line naming ``solo-mixmask resume RUN_DIR`` (``last.ckpt`` is
+written after the step under way, see :class:`~solo_mixmask.callbacks.GracefulStop`).
+Anything else is a bug and keeps its traceback. Settings that run but
 make no sense (:class:`~solo_mixmask.errors.ConfigWarning`) print one ``warning:`` line each.
 """
 
@@ -118,9 +121,13 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _resume(args: argparse.Namespace) -> None:
-    from solo_mixmask.pretrain import resume_run
+    from solo_mixmask.pretrain import NothingToResume, resume_run
 
-    summary = resume_run(args.run_dir, args.overrides)
+    try:
+        summary = resume_run(args.run_dir, args.overrides)
+    except NothingToResume as done:
+        print(done)
+        return
     print(json.dumps(summary, indent=2))
 
 
@@ -159,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: Exit statuses.
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE_LOSS = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM), see solo_mixmask.callbacks.RunStopped
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -219,8 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted; continue with `solo-mixmask resume RUN_DIR`", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:
-        from solo_mixmask.callbacks import NonFiniteLossError
+        from solo_mixmask.callbacks import NonFiniteLossError, RunStopped
 
+        if isinstance(err, RunStopped):
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return err.exit_status
         if isinstance(err, NonFiniteLossError):
             print(f"error: {one_line(err)}", file=sys.stderr)
             return EXIT_NON_FINITE_LOSS

@@ -27,6 +27,7 @@ import csv
 import inspect
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -39,16 +40,21 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from solo_mixmask.callbacks import (
     LAST,
+    GracefulStop,
     NonFiniteLossGuard,
     ResumeState,
+    RunStopped,
     SafeAtomicCheckpointIO,
     StepCheckpoint,
+    StopRequested,
     safe_load_checkpoint,
+    signal_name,
 )
 from solo_mixmask.config import (
     check_mandatory_values,
@@ -245,6 +251,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         NonFiniteLossGuard(ckpt_dir if enabled else None),
         ResumeState(None),  # the training loader is attached once it exists
         DataOnDevice(),  # likewise, the loaders that hold their images on the device
+        GracefulStop(),  # SIGTERM / Ctrl-C: stop after the step, with a checkpoint
     ]
     if select(cfg, "progress_bar", True):
         callbacks.append(RichProgressBar())
@@ -264,8 +271,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
             )
         )
         every = select(cfg, "checkpoint.every_n_steps")
-        if every:
-            callbacks.append(StepCheckpoint(ckpt_dir, int(every)))
+        # always there: it also writes last.ckpt after the step during which a stop was asked
+        callbacks.append(StepCheckpoint(ckpt_dir, int(every) if every else None))
     return callbacks
 
 
@@ -393,11 +400,39 @@ def seed_quietly(seed: int) -> None:
     L.seed_everything(seed, **kwargs)
 
 
-def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, Any]:
+def _stopped(stop: GracefulStop, callbacks: list[Callback], trainer: L.Trainer,
+             run_dir: Path) -> RunStopped:
+    """The :class:`RunStopped` error for a run that a signal stopped (what was saved, how to
+    continue)."""
+    signum = stop.signum if stop.signum is not None else signal.SIGTERM
+    saver = next((cb for cb in callbacks if isinstance(cb, StepCheckpoint)), None)
+    last = run_dir / "checkpoints" / LAST
+    if saver is not None and saver.saved_on_stop is not None:
+        kept = f"last.ckpt holds step {saver.saved_on_stop}, the last step trained"
+    elif last.exists():
+        kept = (f"stopped at step {trainer.global_step} before the step's checkpoint could be "
+                "written; the previous last.ckpt is kept and the steps after it are trained again")
+    else:
+        kept = "no checkpoint had been written yet: resume starts the run again from step 0"
+    return RunStopped(
+        signum,
+        f"stopped by {signal_name(signum)}; {kept}; continue with "
+        f"`solo-mixmask resume {run_dir}`",
+    )
+
+
+def run_pretrain(
+    cfg: DictConfig, resume_from: str | None = None, run_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Pretrain as ``cfg`` says; returns (and writes) the run's summary dict.
 
     ``resume_from``: a checkpoint to continue from (weights, queue, momentum encoder, optimiser,
     schedule, the method's random streams, the global RNGs and the data position are restored).
+    ``run_dir``: the run folder (default: the checkpoint's, else a new one).
+
+    SIGTERM or Ctrl-C during the run raise :class:`~solo_mixmask.callbacks.RunStopped` after
+    the step under way (with ``last.ckpt`` written after it when possible, see
+    :class:`~solo_mixmask.callbacks.GracefulStop`); no summary is written then.
     """
     from solo_mixmask.data.loaders import num_classes
 
@@ -406,7 +441,9 @@ def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, A
     with open_dict(cfg):
         if select(cfg, "data.num_classes") is None:
             cfg.data.num_classes = num_classes(cfg)
-    run_dir = Path(resume_from).parents[1] if resume_from else new_run_dir(cfg)
+    if run_dir is None:
+        run_dir = Path(resume_from).parents[1] if resume_from else new_run_dir(cfg)
+    run_dir = Path(run_dir)
     with open_dict(cfg):
         cfg.checkpoint.run_dir = str(run_dir)
     model = method_cls(cfg)  # backbone name/kwargs are checked here, before the data is read
@@ -424,17 +461,27 @@ def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, A
         os.environ[RUN_DIR_ENV] = str(run_dir)
 
     start = time.perf_counter()
+    stop = next(cb for cb in callbacks if isinstance(cb, GracefulStop))
+    stop.install()
     try:
         init = _initial_metrics(
             cfg, trainer, model, val_loaders, run_dir / "init_metrics.json", bool(resume_from)
         )
+        stop.check()  # a stop asked during the last batch of the k-NN pass
         trainer.fit(
             model,
             train_dataloaders=train_loader,
             val_dataloaders=val_loaders,
             **_fit_kwargs(trainer, resume_from),
         )
+    except (SIGTERMException, StopRequested):
+        raise _stopped(stop, callbacks, trainer, run_dir) from None
+    except SystemExit as err:  # Lightning's answer to a KeyboardInterrupt: sys.exit(1)
+        if isinstance(err.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
     finally:
+        stop.uninstall()
         if launching:
             os.environ.pop(RUN_DIR_ENV, None)
     wall = time.perf_counter() - start
@@ -478,18 +525,99 @@ def run_pretrain(cfg: DictConfig, resume_from: str | None = None) -> dict[str, A
     return summary
 
 
+class NothingToResume(Exception):
+    """``resume`` of a run that already trained its ``max_epochs``: nothing was changed."""
+
+
+def epochs_trained(checkpoint: dict[str, Any]) -> int | None:
+    """Whole epochs (training and end-of-epoch evaluation) behind ``checkpoint``, or None when
+    it holds no loader position (a non-resumable loader).
+
+    An epoch-end checkpoint is written after the epoch's evaluation, with all its batches done;
+    a mid-epoch one never has all batches done.
+    """
+    loader = (checkpoint.get("callbacks") or {}).get("ResumeState", {}).get("loader")
+    if not isinstance(loader, dict) or "epoch" not in loader:
+        return None
+    done, total = int(loader.get("batches_done", 0)), int(loader.get("num_batches", 0) or 0)
+    return int(loader["epoch"]) + (1 if total and done >= total else 0)
+
+
+def _check_max_epochs(run_dir: Path, saved: DictConfig, cfg: DictConfig, done: int | None) -> None:
+    """Refuse a ``max_epochs`` below the epochs already trained; NothingToResume for a finished
+    run; a warning when ``max_epochs`` changes (what happens to the schedules)."""
+    try:
+        old, new = int(saved.max_epochs), int(cfg.max_epochs)
+    except (TypeError, ValueError, AttributeError):
+        return  # prepare_config reports a bad max_epochs
+    if done is not None and done >= new:
+        if new == old:
+            raise NothingToResume(
+                f"{run_dir} is finished ({done} of {old} epochs trained); nothing was changed. "
+                f"To train it longer: solo-mixmask resume {run_dir} max_epochs=N (N > {done})"
+            )
+        raise ConfigError(
+            "max_epochs", new,
+            f"more than {done}: {run_dir} has already trained {done} epochs (its max_epochs is "
+            f"{old}); nothing was changed",
+        )
+    if new != old:
+        import warnings
+
+        from solo_mixmask.errors import ConfigWarning
+
+        schedule = select(cfg, "scheduler.name", "warmup_cosine")
+        lr = (
+            f"the learning-rate schedule ({schedule}) is restored from the checkpoint and still "
+            f"spans {old} epochs (after them the rate stays at scheduler.min_lr="
+            f"{select(cfg, 'scheduler.min_lr')})"
+            if schedule in ("warmup_cosine", "cosine")
+            else f"the learning-rate schedule ({schedule}) is restored from the checkpoint"
+        )
+        warnings.warn(
+            f"max_epochs changes from {old} to {new}: training continues to epoch {new}, but "
+            f"{lr}, while the momentum tau schedule is recomputed over {new} epochs; the "
+            f"result is not the one of a run started with max_epochs={new}",
+            ConfigWarning, stacklevel=2,
+        )
+
+
 def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from ``checkpoints/last.ckpt``.
 
     The checkpoint is first read with ``torch.load(weights_only=True)``: a file that needs
     arbitrary pickled objects is refused (CheckpointError) before anything in it can run.
+    A run that already trained its ``max_epochs`` raises :class:`NothingToResume` and nothing
+    in its folder changes; ``max_epochs=N`` with ``N`` above the epochs trained extends it; a
+    lower ``N`` is a ConfigError. A run stopped before its first checkpoint (and never
+    finished) starts again from step 0 in the same folder.
     """
     run_dir = Path(run_dir)
     config, last = run_dir / CONFIG, run_dir / "checkpoints" / LAST
     if not config.exists():
         raise CheckpointError(f"{run_dir} is not a run folder: {config} is missing")
+    saved = OmegaConf.load(config)
+    cfg = saved
+    if overrides:
+        cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(overrides))
     if not last.exists():
-        raise CheckpointError(f"{run_dir} has no checkpoint to resume from: {last} is missing")
+        if (run_dir / SUMMARY).exists() or any((run_dir / "checkpoints").glob("*.ckpt")):
+            raise CheckpointError(
+                f"{run_dir} has no checkpoint to resume from: {last} is missing"
+            )
+        import shutil
+        import warnings
+
+        from solo_mixmask.errors import ConfigWarning
+
+        warnings.warn(
+            f"{run_dir} was stopped before its first checkpoint: nothing was trained, so the run "
+            "starts again from step 0 in this folder",
+            ConfigWarning, stacklevel=2,
+        )
+        shutil.rmtree(run_dir / "logs", ignore_errors=True)
+        (run_dir / "init_metrics.json").unlink(missing_ok=True)
+        return run_pretrain(cfg, run_dir=run_dir)  # type: ignore[arg-type]
     checkpoint = safe_load_checkpoint(last)
     for key in ("state_dict", "loops", "optimizer_states"):
         if key not in checkpoint:
@@ -497,8 +625,7 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
                 f"{last} is not a training checkpoint (no {key!r}); resume needs the last.ckpt "
                 "that solo-mixmask pretrain wrote"
             )
+    done = epochs_trained(checkpoint)
     del checkpoint
-    cfg = OmegaConf.load(config)
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    _check_max_epochs(run_dir, saved, cfg, done)  # type: ignore[arg-type]
     return run_pretrain(cfg, resume_from=str(last))  # type: ignore[arg-type]

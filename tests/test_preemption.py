@@ -1,0 +1,205 @@
+"""Stopping and restarting runs through the real CLI: SIGTERM (pre-emption by SLURM or
+Kubernetes) and Ctrl-C stop after the step under way with a checkpoint and a non-zero exit
+status; ``resume`` continues them to the uninterrupted run's state; ``resume`` of a finished run
+changes nothing, extends it with a larger ``max_epochs`` and refuses a smaller one.
+
+One module fixture starts the runs together (each start pays the torch + lightning import):
+an uninterrupted 2-epoch run, a run sent SIGTERM in the middle of epoch 1 (no
+``checkpoint.every_n_steps``: the only mid-epoch checkpoint is the one written on SIGTERM), a
+run sent SIGINT in epoch 0, and a run sent SIGTERM during the start-up k-NN pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import sys
+import time
+
+import pytest
+import torch
+
+from solo_mixmask.callbacks import safe_load_checkpoint
+from tests.cli_helpers import TINY, error_lines, finish, run_many, start
+
+RUN = [*TINY, "max_epochs=2"]
+TERM_STEP = 11  # epoch 1, after its 3rd batch
+INT_STEP = 5  # epoch 0
+
+# `python stall.py pretrain ...`: the real CLI, parked after optimiser step STALL_AT (or in the
+# first batch of the start-up k-NN pass with STALL_AT=validate) until a signal has been handled.
+STALL_HARNESS = """
+import os, sys, time
+from pathlib import Path
+from lightning.pytorch.callbacks import Callback
+from solo_mixmask import callbacks
+where, mark = os.environ["STALL_AT"], Path(os.environ["STALL_MARK"])
+
+def park(trainer):
+    mark.write_text(where)
+    deadline = time.monotonic() + 600
+    while not getattr(trainer, "received_sigterm", False) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+hook = callbacks.ResumeState.on_train_batch_end
+def stalled(self, trainer, *args):
+    hook(self, trainer, *args)
+    if where != "validate" and trainer.global_step == int(where):
+        park(trainer)
+callbacks.ResumeState.on_train_batch_end = stalled
+
+def in_validation(self, trainer, *args):
+    if where == "validate" and trainer.global_step == 0 and not mark.exists():
+        park(trainer)
+Callback.on_validation_batch_end = in_validation
+from solo_mixmask.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _stalled(base, name, where, signum):
+    """Start a run parked at ``where``; send ``signum`` once it is parked."""
+    harness = base / "stall.py"
+    harness.write_text(STALL_HARNESS)
+    mark = base / f"{name}.parked"
+    proc = start(["pretrain", *RUN, f"checkpoint.run_dir={base / name}"],
+                 prefix=[sys.executable, str(harness)],
+                 env={"STALL_AT": where, "STALL_MARK": str(mark)})
+    return proc, mark, signum
+
+
+def _wait_and_signal(stalled, timeout=400):
+    proc, mark, signum = stalled
+    deadline = time.monotonic() + timeout
+    while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if mark.exists():
+        proc.send_signal(signum)
+    return finish(proc, timeout=120)
+
+
+def _digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("preemption")
+    full = start(["pretrain", *RUN, f"checkpoint.run_dir={base / 'full'}"])
+    termed = _stalled(base, "termed", str(TERM_STEP), signal.SIGTERM)
+    interrupted = _stalled(base, "interrupted", str(INT_STEP), signal.SIGINT)
+    startup = _stalled(base, "startup", "validate", signal.SIGTERM)
+    out = {"base": base}
+    for name, stalled in (("termed", termed), ("interrupted", interrupted),
+                          ("startup", startup)):
+        out[name] = _wait_and_signal(stalled)
+    out["full"] = finish(full, timeout=400)
+    out["termed_ckpt"] = _step_of(base / "termed")
+    out["interrupted_ckpt"] = _step_of(base / "interrupted")
+    for name in ("termed", "startup"):
+        out[f"{name}_files"] = sorted(str(p.relative_to(base / name))
+                                      for p in (base / name).rglob("*") if p.is_file())
+    shutil.copytree(base / "full", base / "extended")
+    out["full_digest"] = _digest(base / "full")
+    names = ["termed_resumed", "startup_resumed", "finished", "lower", "extended_resumed"]
+    done = run_many([
+        ["resume", str(base / "termed")],
+        ["resume", str(base / "startup")],
+        ["resume", str(base / "full")],
+        ["resume", str(base / "full"), "max_epochs=1"],
+        ["resume", str(base / "extended"), "max_epochs=3"],
+    ], timeout=400, parallel=3)
+    out.update(zip(names, done))
+    return out
+
+
+def _step_of(run_dir):
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return safe_load_checkpoint(last)["global_step"] if last.exists() else None
+
+
+def _final(run_dir):
+    ckpt = safe_load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    return ckpt, json.loads((run_dir / "summary.json").read_text())
+
+
+def _one_error(result, status):
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+def _same_end_state(runs, name):
+    full, full_summary = _final(runs["base"] / "full")
+    other, other_summary = _final(runs["base"] / name)
+    assert other["global_step"] == full["global_step"] == 16
+    assert other["state_dict"].keys() == full["state_dict"].keys()
+    for key, value in full["state_dict"].items():
+        torch.testing.assert_close(other["state_dict"][key], value, rtol=1e-5, atol=1e-6,
+                                   msg=key)
+    for key in ("knn_acc1", "knn_acc5", "linear_acc1", "linear_acc5", "knn_acc1_at_init",
+                "steps", "epochs"):
+        assert other_summary[key] == full_summary[key], key
+
+
+def test_sigterm_mid_epoch_checkpoints_the_step_and_exits_143(runs):
+    line = _one_error(runs["termed"], 143)
+    assert "SIGTERM" in line and f"last.ckpt holds step {TERM_STEP}" in line, line
+    assert f"`solo-mixmask resume {runs['base'] / 'termed'}`" in line, line
+    assert runs["termed_ckpt"] == TERM_STEP
+    assert "summary.json" not in runs["termed_files"]
+    assert not [f for f in runs["termed_files"] if "tmp" in f]
+
+
+def test_resume_after_sigterm_ends_with_the_uninterrupted_state(runs):
+    assert runs["full"].returncode == 0, runs["full"].stderr[-3000:]
+    assert runs["termed_resumed"].returncode == 0, runs["termed_resumed"].stderr[-3000:]
+    _same_end_state(runs, "termed")
+
+
+def test_ctrl_c_during_training_checkpoints_the_step_and_exits_130(runs):
+    line = _one_error(runs["interrupted"], 130)
+    assert "Ctrl-C" in line and f"last.ckpt holds step {INT_STEP}" in line, line
+    assert f"`solo-mixmask resume {runs['base'] / 'interrupted'}`" in line, line
+    assert runs["interrupted_ckpt"] == INT_STEP
+
+
+def test_sigterm_in_the_start_up_knn_pass_leaves_a_resumable_folder(runs):
+    line = _one_error(runs["startup"], 143)
+    assert "no checkpoint had been written yet" in line, line
+    assert not any(f.startswith("checkpoints/") for f in runs["startup_files"])
+    assert "summary.json" not in runs["startup_files"]
+    resumed = runs["startup_resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "starts again from step 0" in resumed.stderr
+    _same_end_state(runs, "startup")
+
+
+def test_resume_of_a_finished_run_changes_nothing(runs):
+    result = runs["finished"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(said) == 1 and "is finished (2 of 2 epochs trained)" in said[0], said
+    assert _digest(runs["base"] / "full") == runs["full_digest"]
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(runs):
+    line = _one_error(runs["lower"], 2)
+    assert "max_epochs=1" in line and "already trained 2 epochs" in line, line
+    assert _digest(runs["base"] / "full") == runs["full_digest"]
+
+
+def test_resume_with_more_epochs_extends_the_run(runs):
+    result = runs["extended_resumed"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert any("max_epochs changes from 2 to 3" in line for line in warning), result.stderr
+    ckpt, summary = _final(runs["base"] / "extended")
+    assert ckpt["global_step"] == summary["steps"] == 24 and summary["epochs"] == 3
+    assert summary["knn_acc1"] is not None and summary["images_per_sec"] > 0
+    assert "max_epochs: 3" in (runs["base"] / "extended" / "config.yaml").read_text()
