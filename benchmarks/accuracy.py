@@ -619,6 +619,12 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["", f"Raw pixels (mean-centred), same k-NN images: "
                   f"{res['raw_pixel_knn']:.2f}%. Random initialisation: "
                   f"{res['knn_at_init_mean']:.2f}% (mean over runs)."]
+        base = agg.get(BASELINE, {}).get("knn_acc1")
+        if base and base["mean"] <= res["raw_pixel_knn"]:
+            lines += ["", f"**MoCo v2 ({base['mean']:.2f}%) did not pass the raw-pixel k-NN "
+                      f"({res['raw_pixel_knn']:.2f}%)**: at this budget nothing has learnt a "
+                      "representation worth having, so the comparison below cannot tell a "
+                      "correct MixMask from a broken one."]
     diff = agg.get("mixmask", {}).get("diff_to_mocov2plus")
     if diff:
         verdict = ("one seed only: no spread to judge by" if diff["n"] < 2 else
