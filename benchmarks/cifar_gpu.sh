@@ -17,32 +17,13 @@
 # .whl/ first (hydra-core, omegaconf and antlr4-python3-runtime==4.9.3, which is a source archive:
 # build its wheel with `pip wheel`); this script installs them into /tmp/site.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
-if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && ! command -v nvidia-smi >/dev/null; then
-  PY=.venv/bin/python  # the project's environment on a development machine
-fi
-if ! "$PY" -c "import omegaconf, hydra" 2>/dev/null; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
-  else
-    echo "error: omegaconf/hydra are not importable and .whl/ holds no wheels to install" >&2
-    exit 3
-  fi
-fi
-RESULT_DIR="${OUT:-benchmarks/results}"
-mkdir -p "$RESULT_DIR"
+NEEDS="omegaconf, hydra" source "$(dirname "$0")/gpu_env.sh"
 TINY=()
 [ "${1:-}" = "--tiny" ] && TINY=(--tiny) && shift
 DATA="${SOLO_MIXMASK_CIFAR10:-}"
 if [ -z "$DATA" ]; then
   if [ -f .cifar10/train.tar.gz ]; then DATA="$PWD/.cifar10"; else DATA="$PWD/../shared/data/cifar10"; fi
 fi
-command -v nvidia-smi >/dev/null && \
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch, sys, lightning; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__, 'python', sys.version.split()[0])"
 if [ ${#TINY[@]} -eq 0 ] && [ -f "$DATA/train.tar.gz" ]; then
   # Unpack once with tar (faster than Python for 60,000 small files).

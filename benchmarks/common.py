@@ -245,6 +245,31 @@ def summary(times: Sequence[float]) -> dict[str, float]:
     }
 
 
+def timed_loader(loader: Any, batches: int) -> dict[str, Any]:
+    """Images/s of ``batches`` batches of ``loader`` after its first one (starting a new pass
+    when one ends; CUDA synchronised at the end), the first batch's latency, and the views'
+    shape, count and device."""
+    start = time.perf_counter()
+    it = iter(loader)
+    first = next(it)
+    first_s = time.perf_counter() - start
+    size, seen, begin, batch = first[0].shape[0], 0, time.perf_counter(), first
+    while seen < batches:
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        seen += 1
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - begin
+    views = batch[1]
+    return {"images_per_s": seen * size / seconds, "first_batch_s": first_s,
+            "batches": seen, "view_shape": list(views[0].shape), "views": len(views),
+            "view_device": str(views[0].device)}
+
+
 def count_host_syncs(fn: Callable[[], Any]) -> dict[str, Any]:
     """Synchronising CUDA calls made by ``fn()``, counted with
     ``torch.cuda.set_sync_debug_mode("warn")``: ``{"count", "first": up to 3 messages}``."""

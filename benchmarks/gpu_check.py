@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     method_cfg,
     summary,
     synthetic_batch,
+    timed_loader,
     write_results,
 )
 from omegaconf import OmegaConf  # noqa: E402
@@ -223,32 +224,11 @@ def dali_loader(args: argparse.Namespace) -> dict[str, Any]:
             })
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            out[fmt] = _loader_speed(build_train_loader(cfg), args.dali_batches)
+            out[fmt] = timed_loader(build_train_loader(cfg), args.dali_batches)
             out[fmt]["workers_or_threads"] = max(1, cfg.data.num_workers)
             if torch.cuda.is_available():
                 out[fmt]["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return out
-
-
-def _loader_speed(loader: Any, batches: int) -> dict[str, Any]:
-    start = time.perf_counter()
-    it = iter(loader)
-    first = next(it)
-    first_s = time.perf_counter() - start
-    size, seen, begin = first[0].shape[0], 0, time.perf_counter()
-    while seen < batches:
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            continue
-        seen += 1
-    _sync()
-    seconds = time.perf_counter() - begin
-    views = batch[1]
-    return {"images_per_s": seen * size / seconds, "first_batch_s": first_s,
-            "batches": seen, "view_shape": list(views[0].shape), "views": len(views),
-            "view_device": str(views[0].device)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -12,26 +12,7 @@
 # in .whl/ first (omegaconf and antlr4-python3-runtime==4.9.3, `pip download --no-deps`); this
 # script installs them into /tmp/site. DALI's wheel (~425 MB) is too big to carry there.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
-if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && ! command -v nvidia-smi >/dev/null; then
-  PY=.venv/bin/python  # the project's environment on a development machine
-fi
-if ! "$PY" -c "import omegaconf" 2>/dev/null; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
-  else
-    echo "error: omegaconf is not importable and .whl/ holds no wheels to install" >&2
-    exit 3
-  fi
-fi
-RESULT_DIR="${OUT:-benchmarks/results}"
-mkdir -p "$RESULT_DIR"
-command -v nvidia-smi >/dev/null && \
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source "$(dirname "$0")/gpu_env.sh"
 "$PY" -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'python', sys.version.split()[0])"
 # 450 s for the python part leaves the rest of the 8 minutes for start-up and the copy back.
 timeout 450 "$PY" benchmarks/gpu_check.py --out "$RESULT_DIR/gpu_check.json" "$@" 2>&1 \

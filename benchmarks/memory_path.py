@@ -40,6 +40,7 @@ from common import (  # noqa: E402
     machine,
     synthetic_batch,
     table,
+    timed_loader,
     write_results,
 )
 from data import loader_speed  # noqa: E402
@@ -96,28 +97,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def memory_loader_speed(cfg: DictConfig, device: str, batches: int) -> dict[str, float]:
+def memory_loader_speed(cfg: DictConfig, device: str, batches: int) -> dict[str, Any]:
     """Images/s of the in-memory loader on ``device`` (after the first batch, which also
     copies the images there); decoding is reported apart."""
     start = time.perf_counter()
     loader: Any = build_train_loader(cfg)
     decode_s = time.perf_counter() - start
     loader.to_device(torch.device(device))
-    it = iter(loader)
-    next(it)
-    _sync(device)
-    seen, begin = 0, time.perf_counter()
-    while seen < batches:
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            continue
-        seen += 1
-    _sync(device)
-    seconds = time.perf_counter() - begin
-    out = {"images_per_s": seen * int(batch[0].shape[0]) / seconds, "decode_s": decode_s,
-           "images": len(loader.dataset), "timed_batches": seen}
+    out = {**timed_loader(loader, batches), "decode_s": decode_s, "images": len(loader.dataset)}
     if device == "cuda":  # making a batch should never wait for the GPU
         out["host_syncs_per_batch"] = count_host_syncs(lambda: next(iter(loader)))
     return out
