@@ -78,10 +78,15 @@ BASELINE = "mocov2plus"
 #: 256 images with our linear scaling, wd 5e-4, queue 4096, tau 0.99, T 0.1, cosine without
 #: warm-up), 128-d projections; MixMask gets the same, plus its own branch.
 CIFAR_RECIPE = (
-    "method_kwargs.symmetric=false", "method_kwargs.queue_size=4096",
-    "method_kwargs.temperature=0.1", "method_kwargs.proj_output_dim=128",
-    "momentum.base_tau=0.99", "momentum.final_tau=0.99", "optimizer.lr=0.03",
-    "optimizer.weight_decay=0.0005", "scheduler.warmup_epochs=0",
+    "method_kwargs.symmetric=false",
+    "method_kwargs.queue_size=4096",
+    "method_kwargs.temperature=0.1",
+    "method_kwargs.proj_output_dim=128",
+    "momentum.base_tau=0.99",
+    "momentum.final_tau=0.99",
+    "optimizer.lr=0.03",
+    "optimizer.weight_decay=0.0005",
+    "scheduler.warmup_epochs=0",
 )
 
 
@@ -117,33 +122,87 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(),
-    "full": Profile(channels=None, stem_width=None, batch_size=256, epochs=100,
-                    knn_train_subset=None, val_subset=None, workers=8, budget_minutes=None,
-                    precision="auto", linear_preset="seed"),
-    "smoke": Profile(methods=("mocov2plus", "mixmask"), seeds=(1,), channels=(8, 16, 32, 64),
-                     stem_width=8, batch_size=16, epochs=1, train_subset=64,
-                     knn_train_subset=64, val_subset=32, workers=0, budget_minutes=None,
-                     extra=("method_kwargs.queue_size=64", "method_kwargs.proj_hidden_dim=32"),
-                     linear_overrides=("linear.epochs=2", "linear.train_subset=64",
-                                       "linear.val_subset=32")),
-    "cifar_cpu": Profile(methods=("mocov2plus", "mixmask"), seeds=(1,), epochs=12,
-                         train_subset=10_000, knn_train_subset=10_000, val_subset=2_000,
-                         budget_minutes=None, linear_preset=None, dataset="cifar",
-                         train_images=CIFAR10_TRAIN_IMAGES, data_format="memory",
-                         recipe=CIFAR_RECIPE),
-    "cifar_gpu": Profile(methods=("mocov2plus", "mixmask"), seeds=(1,), channels=None,
-                         stem_width=None, batch_size=512, epochs=100, knn_train_subset=None,
-                         val_subset=None, workers=8, budget_minutes=9.0, precision="auto",
-                         linear_preset=None, dataset="cifar", train_images=CIFAR10_TRAIN_IMAGES,
-                         data_format="memory", recipe=CIFAR_RECIPE, eval_every=10,
-                         epochs_from_budget=True, extra=("benchmark=true",)),
+    "full": Profile(
+        channels=None,
+        stem_width=None,
+        batch_size=256,
+        epochs=100,
+        knn_train_subset=None,
+        val_subset=None,
+        workers=8,
+        budget_minutes=None,
+        precision="auto",
+        linear_preset="seed",
+    ),
+    "smoke": Profile(
+        methods=("mocov2plus", "mixmask"),
+        seeds=(1,),
+        channels=(8, 16, 32, 64),
+        stem_width=8,
+        batch_size=16,
+        epochs=1,
+        train_subset=64,
+        knn_train_subset=64,
+        val_subset=32,
+        workers=0,
+        budget_minutes=None,
+        extra=("method_kwargs.queue_size=64", "method_kwargs.proj_hidden_dim=32"),
+        linear_overrides=("linear.epochs=2", "linear.train_subset=64", "linear.val_subset=32"),
+    ),
+    "cifar_cpu": Profile(
+        methods=("mocov2plus", "mixmask"),
+        seeds=(1,),
+        epochs=12,
+        train_subset=10_000,
+        knn_train_subset=10_000,
+        val_subset=2_000,
+        budget_minutes=None,
+        linear_preset=None,
+        dataset="cifar",
+        train_images=CIFAR10_TRAIN_IMAGES,
+        data_format="memory",
+        recipe=CIFAR_RECIPE,
+    ),
+    "cifar_gpu": Profile(
+        methods=("mocov2plus", "mixmask"),
+        seeds=(1,),
+        channels=None,
+        stem_width=None,
+        batch_size=512,
+        epochs=100,
+        knn_train_subset=None,
+        val_subset=None,
+        workers=8,
+        budget_minutes=9.0,
+        precision="auto",
+        linear_preset=None,
+        dataset="cifar",
+        train_images=CIFAR10_TRAIN_IMAGES,
+        data_format="memory",
+        recipe=CIFAR_RECIPE,
+        eval_every=10,
+        epochs_from_budget=True,
+        extra=("benchmark=true",),
+    ),
 }
 #: What ``--tiny`` changes in any profile: a check that the script runs, in seconds.
-TINY = {"channels": (8, 16, 32, 64), "stem_width": 8, "batch_size": 16, "epochs": 2,
-        "train_subset": None, "knn_train_subset": None, "val_subset": None, "workers": 0,
-        "budget_minutes": None, "precision": "32-true", "eval_every": 1,
-        "epochs_from_budget": False, "linear_preset": None, "per_class": 8,
-        "extra": ("method_kwargs.queue_size=64", "method_kwargs.proj_hidden_dim=32")}
+TINY = {
+    "channels": (8, 16, 32, 64),
+    "stem_width": 8,
+    "batch_size": 16,
+    "epochs": 2,
+    "train_subset": None,
+    "knn_train_subset": None,
+    "val_subset": None,
+    "workers": 0,
+    "budget_minutes": None,
+    "precision": "32-true",
+    "eval_every": 1,
+    "epochs_from_budget": False,
+    "linear_preset": None,
+    "per_class": 8,
+    "extra": ("method_kwargs.queue_size=64", "method_kwargs.proj_hidden_dim=32"),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,32 +212,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--train-subset", type=int, default=None,
-                   help="training images per run (default: from the time budget)")
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="training images per run (default: from the time budget)",
+    )
     p.add_argument("--budget-minutes", type=float, default=None)
-    p.add_argument("--extra", nargs="*", default=[],
-                   help="overrides for every run, e.g. method_kwargs.grid_size=7")
-    p.add_argument("--extra-methods", nargs="+", default=None,
-                   help="the methods --extra applies to (default: all); e.g. `mixmask` to "
-                        "compare a MixMask variant with the unchanged baseline")
-    p.add_argument("--no-linear", action="store_true",
-                   help="skip the offline linear probe of each final checkpoint")
+    p.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        help="overrides for every run, e.g. method_kwargs.grid_size=7",
+    )
+    p.add_argument(
+        "--extra-methods",
+        nargs="+",
+        default=None,
+        help="the methods --extra applies to (default: all); e.g. `mixmask` to "
+        "compare a MixMask variant with the unchanged baseline",
+    )
+    p.add_argument(
+        "--no-linear",
+        action="store_true",
+        help="skip the offline linear probe of each final checkpoint",
+    )
     p.add_argument("--tag", default="", help="suffix of the result files")
     p.add_argument("--plan", action="store_true", help="print the plan and its time; stop")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs-dir", type=Path, default=None,
-                   help="where the run folders go (default: a temporary folder)")
-    p.add_argument("--reuse", action="store_true",
-                   help="keep a run whose folder holds a summary.json and whose config.yaml "
-                        "agrees with every setting this run would make (else it is rerun)")
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="where the run folders go (default: a temporary folder)",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep a run whose folder holds a summary.json and whose config.yaml "
+        "agrees with every setting this run would make (else it is rerun)",
+    )
     p.add_argument("--out-dir", type=Path, default=RESULTS)
-    p.add_argument("--data", default=None,
-                   help="CIFAR profiles: a folder with train/ and test/ ImageFolder trees or "
-                        "CIFAR-10's train.tar.gz / test.tar.gz (default: $SOLO_MIXMASK_CIFAR10, "
-                        "else ../shared/data/cifar10)")
-    p.add_argument("--tiny", action="store_true",
-                   help="shrink the profile to a seconds-long check (tiny network, CPU, "
-                        "8 images per class, 2 epochs)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="CIFAR profiles: a folder with train/ and test/ ImageFolder trees or "
+        "CIFAR-10's train.tar.gz / test.tar.gz (default: $SOLO_MIXMASK_CIFAR10, "
+        "else ../shared/data/cifar10)",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="shrink the profile to a seconds-long check (tiny network, CPU, "
+        "8 images per class, 2 epochs)",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.profile = "smoke"
@@ -217,24 +304,38 @@ def data_overrides(prof: Profile, data: str | None) -> tuple[str, ...]:
     if prof.dataset != "cifar":
         return ()
     root = cifar10_folder(data, prof.per_class)
-    stats = [f"data.mean=[{','.join(map(str, CIFAR10_MEAN))}]",
-             f"data.std=[{','.join(map(str, CIFAR10_STD))}]"]
-    return ("data.dataset=custom", f"data.train_path={root / 'train'}",
-            f"data.val_path={root / 'test'}", "data.num_classes=10", *stats)
+    stats = [
+        f"data.mean=[{','.join(map(str, CIFAR10_MEAN))}]",
+        f"data.std=[{','.join(map(str, CIFAR10_STD))}]",
+    ]
+    return (
+        "data.dataset=custom",
+        f"data.train_path={root / 'train'}",
+        f"data.val_path={root / 'test'}",
+        "data.num_classes=10",
+        *stats,
+    )
 
 
-def overrides(prof: Profile, method: str, seed: int, train_subset: int | None,
-              run_dir: Path | None = None) -> list[str]:
+def overrides(
+    prof: Profile, method: str, seed: int, train_subset: int | None, run_dir: Path | None = None
+) -> list[str]:
     """Hydra overrides that make every method's config share the profile's settings."""
     epochs = prof.epochs
-    out = [*prof.data, *prof.recipe,
-        "augmentations=aug_plus", f"max_epochs={epochs}",
-        f"optimizer.batch_size={prof.batch_size}", f"seed={seed}",
+    out = [
+        *prof.data,
+        *prof.recipe,
+        "augmentations=aug_plus",
+        f"max_epochs={epochs}",
+        f"optimizer.batch_size={prof.batch_size}",
+        f"seed={seed}",
         f"data.train_subset={'null' if train_subset is None else train_subset}",
         f"data.knn_train_subset={'null' if prof.knn_train_subset is None else prof.knn_train_subset}",
         f"data.val_subset={'null' if prof.val_subset is None else prof.val_subset}",
-        f"data.num_workers={prof.workers}", f"precision={prof.precision}",
-        "progress_bar=false", f"checkpoint.frequency={epochs}",
+        f"data.num_workers={prof.workers}",
+        f"precision={prof.precision}",
+        "progress_bar=false",
+        f"checkpoint.frequency={epochs}",
         f"name={method}-s{seed}",
     ]
     if prof.data_format is not None:
@@ -251,10 +352,12 @@ def overrides(prof: Profile, method: str, seed: int, train_subset: int | None,
     return out + (list(prof.extra) if applies else [])
 
 
-def run_cfg(prof: Profile, method: str, seed: int, train_subset: int | None,
-            run_dir: Path | None = None) -> DictConfig:
-    return compose_config(None, f"{prof.dataset}/{method}",
-                          overrides(prof, method, seed, train_subset, run_dir))
+def run_cfg(
+    prof: Profile, method: str, seed: int, train_subset: int | None, run_dir: Path | None = None
+) -> DictConfig:
+    return compose_config(
+        None, f"{prof.dataset}/{method}", overrides(prof, method, seed, train_subset, run_dir)
+    )
 
 
 # --------------------------------------------------------------------------- budget
@@ -306,12 +409,14 @@ def calibrate(prof: Profile, steps: int = 2) -> dict[str, Any]:
         from solo_mixmask.data.batched_augmentations import BatchAugment
 
         specs = parse_augmentations(cfg)
-        images = torch.randint(0, 256, (prof.batch_size, 3, 32, 32), dtype=torch.uint8,
-                               device=device)
+        images = torch.randint(
+            0, 256, (prof.batch_size, 3, 32, 32), dtype=torch.uint8, device=device
+        )
         gen = torch.Generator(device=device).manual_seed(0)
         augments = [(BatchAugment(s), s.num_crops) for s in specs]
         out["data_batch_s"] = _timed(
-            lambda: [a(images.repeat(n, 1, 1, 1), gen) for a, n in augments], repeats, device)
+            lambda: [a(images.repeat(n, 1, 1, 1), gen) for a, n in augments], repeats, device
+        )
     return out
 
 
@@ -333,11 +438,17 @@ def linear_images(prof: Profile) -> int:
     from solo_mixmask.eval.linear import load_preset
 
     lin = dict(load_preset(prof.linear_preset).get("linear", {}))
-    lin.update({k.split(".", 1)[1]: v for k, v in
-                (o.split("=", 1) for o in prof.linear_overrides) if k.startswith("linear.")})
+    lin.update(
+        {
+            k.split(".", 1)[1]: v
+            for k, v in (o.split("=", 1) for o in prof.linear_overrides)
+            if k.startswith("linear.")
+        }
+    )
     train, val = lin.get("train_subset"), lin.get("val_subset")
     return (int(train) if train not in (None, "null") else prof.train_images) + (
-        int(val) if val not in (None, "null") else 10_000)
+        int(val) if val not in (None, "null") else 10_000
+    )
 
 
 def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
@@ -347,8 +458,13 @@ def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
     eval_images = (prof.knn_train_subset or prof.train_images) + (prof.val_subset or 10_000)
     if cal is None:  # nothing measured: the profile's fixed subset and epochs
         subset = prof.train_subset
-        return {"train_subset": subset, "epochs": prof.epochs, "eval_every": prof.eval_every,
-                "estimated_s": None, "eval_images": eval_images}
+        return {
+            "train_subset": subset,
+            "epochs": prof.epochs,
+            "eval_every": prof.eval_every,
+            "estimated_s": None,
+            "eval_images": eval_images,
+        }
     gpu = cal.get("device") == "cuda"
     startup, overhead = (GPU_STARTUP_S, GPU_STEP_OVERHEAD) if gpu else (STARTUP_S, STEP_OVERHEAD)
     eval_s = EVAL_OVERHEAD * eval_images / cal["forward_img_s"]
@@ -421,8 +537,9 @@ def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:
     if torch.cuda.is_available():  # 50,000 x 10,000 distances of 3,072-d vectors
         tx, ty, vx, vy = (t.cuda() for t in (tx, ty, vx, vy))
     mean = tx.mean(dim=0, keepdim=True)
-    top1, _ = knn_accuracy(tx - mean, ty, vx - mean, vy, 10, int(cfg.knn_eval.k),
-                           float(cfg.knn_eval.T))
+    top1, _ = knn_accuracy(
+        tx - mean, ty, vx - mean, vy, 10, int(cfg.knn_eval.k), float(cfg.knn_eval.T)
+    )
     return top1
 
 
@@ -433,18 +550,24 @@ def config_differences(cfg: DictConfig, saved: Path) -> list[str]:
     want = _leaves(OmegaConf.to_container(cfg, resolve=True))
     have = _leaves(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
     ignored = {"checkpoint.run_dir", "checkpoint.dir"}
-    return [f"{k}: {have.get(k, '<absent>')!r} != {v!r}" for k, v in want.items()
-            if k not in ignored and have.get(k, "<absent>") != v]
+    return [
+        f"{k}: {have.get(k, '<absent>')!r} != {v!r}"
+        for k, v in want.items()
+        if k not in ignored and have.get(k, "<absent>") != v
+    ]
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
+        return {
+            k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()
+        }
     return {prefix[:-1]: tree}
 
 
-def one_run(prof: Profile, method: str, seed: int, train_subset: int | None,
-            run_dir: Path, reuse: bool) -> dict[str, Any]:
+def one_run(
+    prof: Profile, method: str, seed: int, train_subset: int | None, run_dir: Path, reuse: bool
+) -> dict[str, Any]:
     from solo_mixmask.pretrain import run_pretrain
 
     summary_file = run_dir / "summary.json"
@@ -455,13 +578,30 @@ def one_run(prof: Profile, method: str, seed: int, train_subset: int | None,
         reused = True
     else:
         if reuse and summary_file.exists():
-            print(f"  {run_dir.name}: rerun, its config differs: {'; '.join(differs[:5])}",
-                  file=sys.stderr)
+            print(
+                f"  {run_dir.name}: rerun, its config differs: {'; '.join(differs[:5])}",
+                file=sys.stderr,
+            )
         summary, reused = run_pretrain(cfg), False
-    keep = ("knn_acc1", "knn_acc5", "linear_acc1", "knn_acc1_at_init", "images_per_sec",
-            "wall_seconds", "steps", "epochs", "train_images")
-    out = {"method": method, "seed": seed, **{k: summary.get(k) for k in keep},
-           "curve": knn_curve(run_dir), "run_dir": str(run_dir), "reused": reused}
+    keep = (
+        "knn_acc1",
+        "knn_acc5",
+        "linear_acc1",
+        "knn_acc1_at_init",
+        "images_per_sec",
+        "wall_seconds",
+        "steps",
+        "epochs",
+        "train_images",
+    )
+    out = {
+        "method": method,
+        "seed": seed,
+        **{k: summary.get(k) for k in keep},
+        "curve": knn_curve(run_dir),
+        "run_dir": str(run_dir),
+        "reused": reused,
+    }
     if prof.linear_preset is not None:
         out["offline_linear"] = offline_linear(prof, run_dir, reused)
     return out
@@ -478,8 +618,12 @@ def offline_linear(prof: Profile, run_dir: Path, reuse: bool) -> dict[str, Any]:
         saved = json.loads(record.read_text())
         if {k: saved.get(k) for k in asked} == asked:
             return saved["result"]
-    result = run_linear(run_dir / "checkpoints" / "last.ckpt", preset=str(prof.linear_preset),
-                        overrides=list(prof.linear_overrides), out=run_dir / "linear.json")
+    result = run_linear(
+        run_dir / "checkpoints" / "last.ckpt",
+        preset=str(prof.linear_preset),
+        overrides=list(prof.linear_overrides),
+        out=run_dir / "linear.json",
+    )
     keep = {k: result[k] for k in ("acc1", "acc5", "train_images", "val_images", "preset")}
     record.write_text(json.dumps({**asked, "result": keep}, indent=1))
     return keep
@@ -497,8 +641,10 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def aggregate(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, Any]:
     """Per-method statistics of the final k-NN top-1 and the paired difference to moco."""
-    by = {m: {r["seed"]: r for r in runs if r["method"] == m and r.get("knn_acc1") is not None}
-          for m in methods}
+    by = {
+        m: {r["seed"]: r for r in runs if r["method"] == m and r.get("knn_acc1") is not None}
+        for m in methods
+    }
     out: dict[str, Any] = {}
     for m, seeds in by.items():
         if not seeds:
@@ -507,7 +653,9 @@ def aggregate(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str,
         linear = [r["linear_acc1"] for r in seeds.values() if r.get("linear_acc1") is not None]
         if linear:
             row["online_linear_acc1"] = _stats(linear)
-        offline = {s: r["offline_linear"]["acc1"] for s, r in seeds.items() if "offline_linear" in r}
+        offline = {
+            s: r["offline_linear"]["acc1"] for s, r in seeds.items() if "offline_linear" in r
+        }
         if offline:
             row["offline_linear_acc1"] = _stats(list(offline.values()))
         row["wall_seconds"] = _stats([r["wall_seconds"] for r in seeds.values()])
@@ -516,7 +664,9 @@ def aggregate(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str,
         paired = [seeds[s]["knn_acc1"] - base[s]["knn_acc1"] for s in seeds if s in base]
         if paired and m != BASELINE:
             row["diff_to_mocov2plus"] = _stats(paired)
-        base_lin = {s: r["offline_linear"]["acc1"] for s, r in base.items() if "offline_linear" in r}
+        base_lin = {
+            s: r["offline_linear"]["acc1"] for s, r in base.items() if "offline_linear" in r
+        }
         paired_lin = [offline[s] - base_lin[s] for s in offline if s in base_lin]
         if paired_lin and m != BASELINE:
             row["offline_linear_diff_to_mocov2plus"] = _stats(paired_lin)
@@ -527,8 +677,9 @@ def aggregate(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str,
 # --------------------------------------------------------------------------- report
 
 
-def plot(runs: list[dict[str, Any]], methods: tuple[str, ...], raw: float | None,
-         path: Path, title: str) -> None:
+def plot(
+    runs: list[dict[str, Any]], methods: tuple[str, ...], raw: float | None, path: Path, title: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -543,9 +694,14 @@ def plot(runs: list[dict[str, Any]], methods: tuple[str, ...], raw: float | None
         epochs = sorted(set().union(*curves))
         mean = [statistics.fmean([c[e] for c in curves if e in c]) for e in epochs]
         std = [statistics.pstdev([c[e] for c in curves if e in c]) for e in epochs]
-        line, = ax.plot(epochs, mean, marker="o", ms=3, label=f"{m} (n={len(curves)})")
-        ax.fill_between(epochs, [a - b for a, b in zip(mean, std)],
-                        [a + b for a, b in zip(mean, std)], color=line.get_color(), alpha=0.15)
+        (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=f"{m} (n={len(curves)})")
+        ax.fill_between(
+            epochs,
+            [a - b for a, b in zip(mean, std)],
+            [a + b for a, b in zip(mean, std)],
+            color=line.get_color(),
+            alpha=0.15,
+        )
     if raw is not None:
         ax.axhline(raw, color="gray", ls="--", lw=1, label=f"raw pixels ({raw:.1f})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -572,73 +728,127 @@ def markdown(res: dict[str, Any]) -> str:
         f"# Fixed-budget k-NN accuracy on "
         f"{DATASET_TITLES.get(prof['dataset'], prof['dataset'])} ({res['profile_name']} profile)",
         "",
-        f"Command: `{res['command']}`", "",
+        f"Command: `{res['command']}`",
+        "",
         f"Backbone ResNet-18 channels={prof['channels']} stem={prof['stem_width']} (CIFAR "
         f"stem), batch {prof['batch_size']}, {prof['epochs']} epochs on "
         f"{p['train_subset'] or 'all'} training images, aug-plus for every method, seeds "
         f"{list(prof['seeds'])}; k-NN (k=200, T=0.1) of {p['eval_images']} images "
         f"(k-NN memory {prof['knn_train_subset'] or 'all'}, validation "
         f"{prof['val_subset'] or 'all'}). Extra overrides: {list(prof['extra']) or 'none'}"
-        + (f" (for {', '.join(prof['extra_methods'])} only)"
-           if prof["extra"] and prof.get("extra_methods") else "")
+        + (
+            f" (for {', '.join(prof['extra_methods'])} only)"
+            if prof["extra"] and prof.get("extra_methods")
+            else ""
+        )
         + f". Wall time of this invocation {res['wall_seconds'] / 60:.1f} min. "
-        f"Machine: {res['machine']}.", "",
+        f"Machine: {res['machine']}.",
+        "",
     ]
     if prof.get("recipe") or prof.get("data_format"):
-        lines += [f"Recipe for every method: {list(prof.get('recipe') or []) or 'the configs'}; "
-                  f"data.format={prof.get('data_format') or 'the config'}; k-NN monitor every "
-                  f"{prof.get('eval_every', 1)} epoch(s).", ""]
+        lines += [
+            f"Recipe for every method: {list(prof.get('recipe') or []) or 'the configs'}; "
+            f"data.format={prof.get('data_format') or 'the config'}; k-NN monitor every "
+            f"{prof.get('eval_every', 1)} epoch(s).",
+            "",
+        ]
     if not res.get("complete", True):
-        lines += ["**Partial results:** this invocation had not finished when this was written "
-                  "(rewritten after every run).", ""]
+        lines += [
+            "**Partial results:** this invocation had not finished when this was written "
+            "(rewritten after every run).",
+            "",
+        ]
     rows = []
     for m, row in agg.items():
         k = row["knn_acc1"]
-        rows.append([m, k["n"], _pm(k), f"{k['min']:.2f}-{k['max']:.2f}",
-                     _pm(row.get("diff_to_mocov2plus"), signed=True),
-                     _pm(row.get("offline_linear_acc1")),
-                     _pm(row.get("offline_linear_diff_to_mocov2plus"), signed=True),
-                     _pm(row.get("online_linear_acc1")),
-                     f"{row['images_per_sec']['mean']:.0f}"])
-    lines.append(table(["method", "seeds", "k-NN top-1 % (mean ± std)", "min-max",
-                        "k-NN diff to mocov2plus (paired)", "offline linear top-1 %",
-                        "linear diff (paired)", "online linear top-1 %",
-                        "train img/s"], rows))
+        rows.append(
+            [
+                m,
+                k["n"],
+                _pm(k),
+                f"{k['min']:.2f}-{k['max']:.2f}",
+                _pm(row.get("diff_to_mocov2plus"), signed=True),
+                _pm(row.get("offline_linear_acc1")),
+                _pm(row.get("offline_linear_diff_to_mocov2plus"), signed=True),
+                _pm(row.get("online_linear_acc1")),
+                f"{row['images_per_sec']['mean']:.0f}",
+            ]
+        )
+    lines.append(
+        table(
+            [
+                "method",
+                "seeds",
+                "k-NN top-1 % (mean ± std)",
+                "min-max",
+                "k-NN diff to mocov2plus (paired)",
+                "offline linear top-1 %",
+                "linear diff (paired)",
+                "online linear top-1 %",
+                "train img/s",
+            ],
+            rows,
+        )
+    )
     if prof.get("linear_preset"):
-        lines += ["", f"Offline linear probe: `solo-mixmask linear CKPT --preset "
-                  f"{prof['linear_preset']}` (frozen backbone, cached features"
-                  + (f", overrides {list(prof['linear_overrides'])}" if prof["linear_overrides"]
-                     else "") + ")."]
+        lines += [
+            "",
+            f"Offline linear probe: `solo-mixmask linear CKPT --preset "
+            f"{prof['linear_preset']}` (frozen backbone, cached features"
+            + (f", overrides {list(prof['linear_overrides'])}" if prof["linear_overrides"] else "")
+            + ").",
+        ]
     reused = sum(bool(r.get("reused")) for r in res["runs"])
     if reused:
-        lines += ["", f"{reused} of {len(res['runs'])} runs were reused from earlier "
-                  "invocations (`--reuse`, same config); their train img/s is what was "
-                  "measured then, under whatever load the machine had, so compare speeds "
-                  "with `step_time.py` rather than this column."]
+        lines += [
+            "",
+            f"{reused} of {len(res['runs'])} runs were reused from earlier "
+            "invocations (`--reuse`, same config); their train img/s is what was "
+            "measured then, under whatever load the machine had, so compare speeds "
+            "with `step_time.py` rather than this column.",
+        ]
     if res.get("raw_pixel_knn") is not None:
-        lines += ["", f"Raw pixels (mean-centred), same k-NN images: "
-                  f"{res['raw_pixel_knn']:.2f}%. Random initialisation: "
-                  f"{res['knn_at_init_mean']:.2f}% (mean over runs)."]
+        lines += [
+            "",
+            f"Raw pixels (mean-centred), same k-NN images: "
+            f"{res['raw_pixel_knn']:.2f}%. Random initialisation: "
+            f"{res['knn_at_init_mean']:.2f}% (mean over runs).",
+        ]
         base = agg.get(BASELINE, {}).get("knn_acc1")
         if base and base["mean"] <= res["raw_pixel_knn"]:
-            lines += ["", f"**MoCo v2 ({base['mean']:.2f}%) did not pass the raw-pixel k-NN "
-                      f"({res['raw_pixel_knn']:.2f}%)**: at this budget nothing has learnt a "
-                      "representation worth having, so the comparison below cannot tell a "
-                      "correct MixMask from a broken one."]
+            lines += [
+                "",
+                f"**MoCo v2 ({base['mean']:.2f}%) did not pass the raw-pixel k-NN "
+                f"({res['raw_pixel_knn']:.2f}%)**: at this budget nothing has learnt a "
+                "representation worth having, so the comparison below cannot tell a "
+                "correct MixMask from a broken one.",
+            ]
     diff = agg.get("mixmask", {}).get("diff_to_mocov2plus")
     if diff:
-        verdict = ("one seed only: no spread to judge by" if diff["n"] < 2 else
-                   "MixMask is ahead of MoCo v2" if diff["mean"] > diff["std"] else
-                   "MixMask is behind MoCo v2" if diff["mean"] < -diff["std"] else
-                   "MixMask and MoCo v2 are within one standard deviation of each other")
-        lines += ["", f"MixMask - MoCo v2: {diff['mean']:+.2f} points (std {diff['std']:.2f} "
-                  f"over {diff['n']} paired seeds): {verdict} at this budget. The paper's "
-                  "ImageNet claim (+1.5 linear top-1 after 200 epochs) is about a far larger "
-                  "budget."]
+        verdict = (
+            "one seed only: no spread to judge by"
+            if diff["n"] < 2
+            else "MixMask is ahead of MoCo v2"
+            if diff["mean"] > diff["std"]
+            else "MixMask is behind MoCo v2"
+            if diff["mean"] < -diff["std"]
+            else "MixMask and MoCo v2 are within one standard deviation of each other"
+        )
+        lines += [
+            "",
+            f"MixMask - MoCo v2: {diff['mean']:+.2f} points (std {diff['std']:.2f} "
+            f"over {diff['n']} paired seeds): {verdict} at this budget. The paper's "
+            "ImageNet claim (+1.5 linear top-1 after 200 epochs) is about a far larger "
+            "budget.",
+        ]
     if res.get("errors"):
         lines += ["", "Failed runs: " + "; ".join(res["errors"])]
-    lines += ["", "k-NN top-1 (%) per epoch (mean over seeds; epoch 0 = random "
-              "initialisation):", "", per_epoch_table(res)]
+    lines += [
+        "",
+        "k-NN top-1 (%) per epoch (mean over seeds; epoch 0 = random initialisation):",
+        "",
+        per_epoch_table(res),
+    ]
     lines += ["", f"Plot: `{Path(res['plot']).name}`."]
     return "\n".join(lines)
 
@@ -662,9 +872,17 @@ def per_epoch_table(res: dict[str, Any]) -> str:
 DATASET_TITLES = {"fashion_mnist": "Fashion-MNIST", "cifar": "CIFAR-10"}
 
 
-def report(args: argparse.Namespace, prof: Profile, the_plan: dict[str, Any],
-           runs: list[dict[str, Any]], errors: list[str], raw: float | None, wall: float,
-           stem: str, done: bool) -> dict[str, Any]:
+def report(
+    args: argparse.Namespace,
+    prof: Profile,
+    the_plan: dict[str, Any],
+    runs: list[dict[str, Any]],
+    errors: list[str],
+    raw: float | None,
+    wall: float,
+    stem: str,
+    done: bool,
+) -> dict[str, Any]:
     """Write ``<stem>.{json,md,png}`` for the runs so far (``done`` false: partial results,
     rewritten after every run so that a run cut short still leaves what it measured)."""
     inits = [r["knn_acc1_at_init"] for r in runs if r.get("knn_acc1_at_init") is not None]
@@ -687,8 +905,13 @@ def report(args: argparse.Namespace, prof: Profile, the_plan: dict[str, Any],
         "repo": str(REPO),
     }
     title = DATASET_TITLES.get(prof.dataset, prof.dataset)
-    plot(runs, prof.methods, raw, png,
-         f"{title} k-NN, {prof.epochs} epochs, {the_plan['train_subset'] or 'all'} images")
+    plot(
+        runs,
+        prof.methods,
+        raw,
+        png,
+        f"{title} k-NN, {prof.epochs} epochs, {the_plan['train_subset'] or 'all'} images",
+    )
     write_results(stem, res, markdown(res), args.out_dir)
     return res
 
@@ -703,9 +926,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     the_plan = plan(prof, cal)
     prof = replace(prof, epochs=the_plan["epochs"], eval_every=the_plan["eval_every"])
     est = the_plan.get("estimated_s")
-    print(f"plan: {len(prof.methods)} methods x {len(prof.seeds)} seeds, {prof.epochs} epochs "
-          f"of {the_plan['train_subset'] or 'all'} images"
-          + (f"; estimated {est / 60:.1f} min" if est else ""), file=sys.stderr, flush=True)
+    print(
+        f"plan: {len(prof.methods)} methods x {len(prof.seeds)} seeds, {prof.epochs} epochs "
+        f"of {the_plan['train_subset'] or 'all'} images"
+        + (f"; estimated {est / 60:.1f} min" if est else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     if args.plan:
         print(json.dumps(the_plan, indent=2))
         return {"plan": the_plan}
@@ -723,13 +950,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for method in prof.methods:
                 print(f"run {method} seed {seed}", file=sys.stderr, flush=True)
                 try:
-                    runs.append(one_run(prof, method, seed, the_plan["train_subset"],
-                                        runs_dir / f"{method}-s{seed}", args.reuse))
+                    runs.append(
+                        one_run(
+                            prof,
+                            method,
+                            seed,
+                            the_plan["train_subset"],
+                            runs_dir / f"{method}-s{seed}",
+                            args.reuse,
+                        )
+                    )
                 except Exception as err:  # keep going: report the failure in the table
                     errors.append(f"{method} seed {seed}: {type(err).__name__}: {err}")
                     print(errors[-1], file=sys.stderr)
-                report(args, prof, the_plan, runs, errors, raw, time.perf_counter() - start,
-                       stem, done=False)
+                report(
+                    args,
+                    prof,
+                    the_plan,
+                    runs,
+                    errors,
+                    raw,
+                    time.perf_counter() - start,
+                    stem,
+                    done=False,
+                )
         wall = time.perf_counter() - start
     res = report(args, prof, the_plan, runs, errors, raw, wall, stem, done=True)
     print(markdown(res))

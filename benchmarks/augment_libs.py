@@ -92,8 +92,7 @@ def timed(fn: Any, images: torch.Tensor, device: str) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    images = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8,
-                           device=args.device)
+    images = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, device=args.device)
     contenders = {"solo_mixmask": ours(args.device)}
     k = kornia_pipeline(args.device)
     if k is not None:
@@ -111,15 +110,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         med = statistics.median(ts)
         results[name] = {"median_s": med, "images_per_s": args.batch / med, "times_s": ts}
         rows.append([name, f"{1000 * med:.1f}", f"{args.batch / med:.0f}", f"{med / base:.2f}"])
-    lines = ["# Batched augmentation libraries (aug-plus, 32 px)", "",
-             f"Command: `{command_line()}`", "",
-             f"Batch {args.batch} uint8 images, device {args.device}, {args.threads} torch "
-             f"threads, median of {args.repeats} interleaved rounds. Machine: {machine()}.", "",
-             table(["library", "ms per batch", "img/s", "time vs solo_mixmask"], rows)]
+    lines = [
+        "# Batched augmentation libraries (aug-plus, 32 px)",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"Batch {args.batch} uint8 images, device {args.device}, {args.threads} torch "
+        f"threads, median of {args.repeats} interleaved rounds. Machine: {machine()}.",
+        "",
+        table(["library", "ms per batch", "img/s", "time vs solo_mixmask"], rows),
+    ]
     if k is None:
         lines += ["", "kornia is not installed here: not measured (`pip install kornia`)."]
-    res = {"command": command_line(), "machine": machine(), "device": args.device,
-           "batch": args.batch, "results": results, "kornia_installed": k is not None}
+    res = {
+        "command": command_line(),
+        "machine": machine(),
+        "device": args.device,
+        "batch": args.batch,
+        "results": results,
+        "kornia_installed": k is not None,
+    }
     stem = "augment_libs" + (f"_{args.tag}" if args.tag else "")
     text = "\n".join(lines)
     write_results(stem, res, text, args.out_dir)

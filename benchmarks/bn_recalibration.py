@@ -69,8 +69,15 @@ def recalibrate(model: nn.Module, loader: Any, device: torch.device, channels_la
     return seen
 
 
-def knn_of(model: nn.Module, loaders: tuple[Any, Any], device: torch.device,
-           channels_last: bool, classes: int, k: int, t: float) -> float:
+def knn_of(
+    model: nn.Module,
+    loaders: tuple[Any, Any],
+    device: torch.device,
+    channels_last: bool,
+    classes: int,
+    k: int,
+    t: float,
+) -> float:
     train_f, train_y = extract_features(model, loaders[0], device, channels_last)
     val_f, val_y = extract_features(model, loaders[1], device, channels_last)
     return knn_accuracy(train_f, train_y, val_f, val_y, classes, k, t)[0]
@@ -92,10 +99,18 @@ def one_run(run_dir: Path, device: torch.device) -> dict[str, Any]:
     images = recalibrate(model, loaders[0], device, channels_last)
     after = knn_of(model, loaders, device, channels_last, classes, k, t)
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"run_dir": str(run_dir), "method": summary.get("method"),
-            "seed": (lb.cfg or {}).get("seed"), "online_knn_acc1": summary.get("knn_acc1"),
-            "knn_acc1": before, "knn_acc1_recalibrated": after, "gain": after - before,
-            "recalibration_images": images, "k": k, "T": t}
+    return {
+        "run_dir": str(run_dir),
+        "method": summary.get("method"),
+        "seed": (lb.cfg or {}).get("seed"),
+        "online_knn_acc1": summary.get("knn_acc1"),
+        "knn_acc1": before,
+        "knn_acc1_recalibrated": after,
+        "gain": after - before,
+        "recalibration_images": images,
+        "k": k,
+        "T": t,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -103,12 +118,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     device = eval_device(args.device)
     rows = [one_run(r, device) for r in args.runs]
-    lines = ["# BatchNorm statistics re-estimated from clean images (hypothesis H8)", "",
-             f"Command: `{command_line()}`", "", f"Machine: {machine()}.", "",
-             table(["run", "method", "seed", "k-NN as trained %", "after re-estimating BN %",
-                    "gain"],
-                   [[Path(r["run_dir"]).name, r["method"], r["seed"], f"{r['knn_acc1']:.2f}",
-                     f"{r['knn_acc1_recalibrated']:.2f}", f"{r['gain']:+.2f}"] for r in rows])]
+    lines = [
+        "# BatchNorm statistics re-estimated from clean images (hypothesis H8)",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        table(
+            ["run", "method", "seed", "k-NN as trained %", "after re-estimating BN %", "gain"],
+            [
+                [
+                    Path(r["run_dir"]).name,
+                    r["method"],
+                    r["seed"],
+                    f"{r['knn_acc1']:.2f}",
+                    f"{r['knn_acc1_recalibrated']:.2f}",
+                    f"{r['gain']:+.2f}",
+                ]
+                for r in rows
+            ],
+        ),
+    ]
     res = {"command": command_line(), "machine": machine(), "runs": rows}
     stem = "bn_recalibration" + (f"_{args.tag}" if args.tag else "")
     text = "\n".join(lines)

@@ -67,25 +67,27 @@ def method_cfg(
     compile_backend: str | None = None,
 ) -> DictConfig:
     """A config that ``METHODS[method](cfg)`` accepts; two views of ``crop`` pixels."""
-    return OmegaConf.create({
-        "name": f"bench-{method}",
-        "method": method,
-        "backbone": {**backbone, "cifar_stem": cifar_stem},
-        "method_kwargs": dict(method_kwargs or {}),
-        "data": {"dataset": "fashion_mnist", "num_classes": 10, "num_workers": 0},
-        "augmentations": [{"crop_size": crop, "num_crops": 2}],
-        "optimizer": {"batch_size": batch_size, "lr": 0.03},
-        "knn_eval": {"enabled": False},
-        "performance": {
-            "channels_last": channels_last,
-            "compile": compile_backend is not None,
-            "compile_backend": compile_backend or "inductor",
-        },
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": 1,
-        "progress_bar": False,
-    })
+    return OmegaConf.create(
+        {
+            "name": f"bench-{method}",
+            "method": method,
+            "backbone": {**backbone, "cifar_stem": cifar_stem},
+            "method_kwargs": dict(method_kwargs or {}),
+            "data": {"dataset": "fashion_mnist", "num_classes": 10, "num_workers": 0},
+            "augmentations": [{"crop_size": crop, "num_crops": 2}],
+            "optimizer": {"batch_size": batch_size, "lr": 0.03},
+            "knn_eval": {"enabled": False},
+            "performance": {
+                "channels_last": channels_last,
+                "compile": compile_backend is not None,
+                "compile_backend": compile_backend or "inductor",
+            },
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 1,
+            "progress_bar": False,
+        }
+    )
 
 
 class BareTrainer:
@@ -95,8 +97,13 @@ class BareTrainer:
     model's device, as Lightning's "bf16-mixed" precision does; None = full precision.
     """
 
-    def __init__(self, model: torch.nn.Module, lr: float = 0.03, tau: float = 0.99,
-                 autocast: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        lr: float = 0.03,
+        tau: float = 0.99,
+        autocast: torch.dtype | None = None,
+    ):
         self.model = model.train()
         params = [p for g in model.learnable_params for p in g["params"]]
         self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
@@ -139,6 +146,7 @@ def extra_pass_loss(trainer: BareTrainer, x: torch.Tensor) -> torch.Tensor:
 
 def extra_pass_job(trainer: BareTrainer, x: torch.Tensor) -> Callable[[], None]:
     """Timing job: one extra query forward + backward (:func:`extra_pass_loss`), nothing else."""
+
     def extra_pass() -> None:
         trainer.optimizer.zero_grad(set_to_none=True)
         extra_pass_loss(trainer, x).backward()
@@ -146,15 +154,17 @@ def extra_pass_job(trainer: BareTrainer, x: torch.Tensor) -> Callable[[], None]:
     return extra_pass
 
 
-def build_trainer(cfg: DictConfig, device: str = "cpu",
-                  autocast: torch.dtype | None = None) -> BareTrainer:
+def build_trainer(
+    cfg: DictConfig, device: str = "cpu", autocast: torch.dtype | None = None
+) -> BareTrainer:
     torch.manual_seed(0)
     model = METHODS[cfg.method](cfg).to(device)
     return BareTrainer(model, autocast=autocast)
 
 
-def mask_jobs(model: Any, x: torch.Tensor, partner: torch.Tensor, calls: int,
-              inner: int = 1) -> dict[str, Callable[[], None]]:
+def mask_jobs(
+    model: Any, x: torch.Tensor, partner: torch.Tensor, calls: int, inner: int = 1
+) -> dict[str, Callable[[], None]]:
     """Timing jobs for the MixMask branch's own work, done as ``model.mask_branch`` does it.
 
     ``masks_mixing``: ``inner`` x (pixel masks taken from a bank + mixing) for images ``x``
@@ -165,19 +175,32 @@ def mask_jobs(model: Any, x: torch.Tensor, partner: torch.Tensor, calls: int,
     n, size = x.shape[0], tuple(x.shape[-2:])
     per_step = n if model.per_sample_masks else 1
     gen = model.mixing_generator(x.device)
-    bank = MaskBank(model.grid_size, model.mask_ratio, model.mask_type,
-                    capacity=per_step * calls * inner + 1)
+    bank = MaskBank(
+        model.grid_size, model.mask_ratio, model.mask_type, capacity=per_step * calls * inner + 1
+    )
     bank.take(1, generator=gen, device=x.device)  # draws the bank now, outside the timing
 
     def masks_mixing() -> None:
         for _ in range(inner):
-            masks = bank.sample(n, size, per_sample=model.per_sample_masks, generator=gen,
-                                device=x.device, dtype=x.dtype)
+            masks = bank.sample(
+                n,
+                size,
+                per_sample=model.per_sample_masks,
+                generator=gen,
+                device=x.device,
+                dtype=x.dtype,
+            )
             mix_with_masks(x, masks, partner)
 
     def mask_bank_refill() -> None:
-        draw_cells(model.mask_bank.capacity, model.grid_size, model.mask_ratio,
-                   model.mask_type, generator=gen, device=x.device)
+        draw_cells(
+            model.mask_bank.capacity,
+            model.grid_size,
+            model.mask_ratio,
+            model.mask_type,
+            generator=gen,
+            device=x.device,
+        )
 
     return {"masks_mixing": masks_mixing, "mask_bank_refill": mask_bank_refill}
 
@@ -189,8 +212,12 @@ def mask_share(stats: dict[str, Any], model: Any, batch: int, step_s: float) -> 
     per_step = batch if model.per_sample_masks else 1
     take = stats["masks_mixing"]["median_s"]
     refill = stats["mask_bank_refill"]["median_s"] * per_step / model.mask_bank.capacity
-    return {"take_and_mix_s": take, "refill_per_step_s": refill,
-            "per_step_s": take + refill, "share_of_step": (take + refill) / step_s}
+    return {
+        "take_and_mix_s": take,
+        "refill_per_step_s": refill,
+        "per_step_s": take + refill,
+        "share_of_step": (take + refill) / step_s,
+    }
 
 
 def synthetic_batch(
@@ -265,9 +292,14 @@ def timed_loader(loader: Any, batches: int) -> dict[str, Any]:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - begin
     views = batch[1]
-    return {"images_per_s": seen * size / seconds, "first_batch_s": first_s,
-            "batches": seen, "view_shape": list(views[0].shape), "views": len(views),
-            "view_device": str(views[0].device)}
+    return {
+        "images_per_s": seen * size / seconds,
+        "first_batch_s": first_s,
+        "batches": seen,
+        "view_shape": list(views[0].shape),
+        "views": len(views),
+        "view_device": str(views[0].device),
+    }
 
 
 def count_host_syncs(fn: Callable[[], Any]) -> dict[str, Any]:
@@ -281,9 +313,11 @@ def count_host_syncs(fn: Callable[[], Any]) -> dict[str, Any]:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     # the mode's own notice ("... is a prototype feature ...") is not a synchronisation
-    syncs = [str(w.message).splitlines()[0] for w in caught
-             if "synchroniz" in str(w.message).lower()
-             and "prototype feature" not in str(w.message)]
+    syncs = [
+        str(w.message).splitlines()[0]
+        for w in caught
+        if "synchroniz" in str(w.message).lower() and "prototype feature" not in str(w.message)
+    ]
     return {"count": len(syncs), "first": syncs[:3]}
 
 
@@ -344,12 +378,15 @@ def _cifar10_source(given: str | Path | None) -> Path:
         return source
     if (source / "train.tar.gz").is_file() and (source / "test.tar.gz").is_file():
         return source
-    raise SystemExit(f"error: no CIFAR-10 under {source}: expected train/ and test/ folders or "
-                     f"train.tar.gz and test.tar.gz (set --data or ${CIFAR10_ENV})")
+    raise SystemExit(
+        f"error: no CIFAR-10 under {source}: expected train/ and test/ folders or "
+        f"train.tar.gz and test.tar.gz (set --data or ${CIFAR10_ENV})"
+    )
 
 
-def cifar10_folder(given: str | Path | None = None, per_class: int | None = None,
-                   dest: Path | None = None) -> Path:
+def cifar10_folder(
+    given: str | Path | None = None, per_class: int | None = None, dest: Path | None = None
+) -> Path:
     """A folder holding CIFAR-10 as ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``.
 
     ``given`` (or ``$SOLO_MIXMASK_CIFAR10``, else ``../shared/data/cifar10``) is used as it is

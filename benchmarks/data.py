@@ -85,9 +85,12 @@ def smoke_overrides(smoke: bool) -> list[str]:
     return [
         f"backbone.kwargs.channels={TINY_BACKBONE['kwargs']['channels']}",
         f"backbone.kwargs.stem_width={TINY_BACKBONE['kwargs']['stem_width']}",
-        "optimizer.batch_size=16", "method_kwargs.queue_size=64",
-        "method_kwargs.proj_hidden_dim=32", "data.train_subset=64",
-        "data.knn_train_subset=64", "data.val_subset=32",
+        "optimizer.batch_size=16",
+        "method_kwargs.queue_size=64",
+        "method_kwargs.proj_hidden_dim=32",
+        "data.train_subset=64",
+        "data.knn_train_subset=64",
+        "data.val_subset=32",
     ]
 
 
@@ -151,6 +154,7 @@ def step_speed(cfg: DictConfig, steps: int, loader_cfg: DictConfig | None = None
         def batches():
             while True:
                 yield from loader
+
     source = batches()
     trainer.step(next(source))  # warm-up (and the workers' start-up)
     start = time.perf_counter()
@@ -175,8 +179,9 @@ _RSS_CHILD = textwrap.dedent("""
 
 
 def _field_kb(text: str, name: str) -> int:
-    return next((int(line.split()[1]) for line in text.splitlines()
-                 if line.startswith(name + ":")), 0)
+    return next(
+        (int(line.split()[1]) for line in text.splitlines() if line.startswith(name + ":")), 0
+    )
 
 
 def _tree_memory_kb(pid: int) -> tuple[int, int]:
@@ -201,14 +206,21 @@ def _tree_memory_kb(pid: int) -> tuple[int, int]:
 
 def peak_memory(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """Run a short demo-like pretraining in a child process and measure its memory."""
-    overrides = smoke_overrides(args.smoke) + [
-        "max_epochs=1", f"limit_train_batches={args.rss_steps}", "progress_bar=false",
-        f"checkpoint.dir={run_dir}",
-    ] + (["data.num_workers=0"] if args.smoke else [])
+    overrides = (
+        smoke_overrides(args.smoke)
+        + [
+            "max_epochs=1",
+            f"limit_train_batches={args.rss_steps}",
+            "progress_bar=false",
+            f"checkpoint.dir={run_dir}",
+        ]
+        + (["data.num_workers=0"] if args.smoke else [])
+    )
     cmd = [sys.executable, "-c", _RSS_CHILD, args.config_name, *overrides]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     peak_rss = peak_pss = 0
     while proc.poll() is None:
         rss, pss = _tree_memory_kb(proc.pid)
@@ -234,42 +246,66 @@ def peak_memory(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
 
 def markdown(res: dict[str, Any]) -> str:
-    lines = ["# Data pipeline vs training step (demo config)", "",
-             f"Command: `{res['command']}`", "",
-             f"Config: {res['settings']['config']} (batch {res['settings']['batch_size']}, "
-             f"{res['settings']['crop']} px, {res['settings']['views']} views), "
-             f"{res['settings']['threads']} torch threads. Machine: {res['machine']}.", ""]
+    lines = [
+        "# Data pipeline vs training step (demo config)",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        f"Config: {res['settings']['config']} (batch {res['settings']['batch_size']}, "
+        f"{res['settings']['crop']} px, {res['settings']['views']} views), "
+        f"{res['settings']['threads']} torch threads. Machine: {res['machine']}.",
+        "",
+    ]
     rows = []
     for name, runs in res["loaders"].items():
         for r in runs:
-            rows.append([name, r["workers"], f"{r['images_per_s']:.0f}",
-                         f"{r['first_batch_s']:.2f}",
-                         f"{r['images_per_s'] / res['training']['images_per_s_synthetic']:.1f}x"])
-    lines.append(table(["data", "workers", "loader img/s", "first batch s",
-                        "vs training img/s"], rows))
+            rows.append(
+                [
+                    name,
+                    r["workers"],
+                    f"{r['images_per_s']:.0f}",
+                    f"{r['first_batch_s']:.2f}",
+                    f"{r['images_per_s'] / res['training']['images_per_s_synthetic']:.1f}x",
+                ]
+            )
+    lines.append(
+        table(["data", "workers", "loader img/s", "first batch s", "vs training img/s"], rows)
+    )
     t = res["training"]
-    lines += ["", f"Training step (bare, synthetic batches): {t['images_per_s_synthetic']:.1f} "
-              f"img/s; fed by the Fashion-MNIST loader with {t['workers']} workers: "
-              f"{t['images_per_s_with_loader']:.1f} img/s "
-              f"({100 * t['images_per_s_with_loader'] / t['images_per_s_synthetic']:.0f}% of "
-              "synthetic)."]
+    lines += [
+        "",
+        f"Training step (bare, synthetic batches): {t['images_per_s_synthetic']:.1f} "
+        f"img/s; fed by the Fashion-MNIST loader with {t['workers']} workers: "
+        f"{t['images_per_s_with_loader']:.1f} img/s "
+        f"({100 * t['images_per_s_with_loader'] / t['images_per_s_synthetic']:.0f}% of "
+        "synthetic).",
+    ]
     if res.get("memory"):
         m = res["memory"]
-        lines += ["", f"Demo-like run ({m['steps']} steps + k-NN monitor, {m['seconds']:.0f} s): "
-                  f"peak RSS main process {m['peak_rss_main_mb']:.0f} MB, largest worker "
-                  f"{m['peak_rss_largest_worker_mb']:.0f} MB; whole process tree: "
-                  f"{m['peak_pss_tree_mb']:.0f} MB PSS (shared pages split among processes), "
-                  f"{m['peak_rss_tree_mb']:.0f} MB summed RSS (shared pages counted per "
-                  "process, an upper bound)."]
+        lines += [
+            "",
+            f"Demo-like run ({m['steps']} steps + k-NN monitor, {m['seconds']:.0f} s): "
+            f"peak RSS main process {m['peak_rss_main_mb']:.0f} MB, largest worker "
+            f"{m['peak_rss_largest_worker_mb']:.0f} MB; whole process tree: "
+            f"{m['peak_pss_tree_mb']:.0f} MB PSS (shared pages split among processes), "
+            f"{m['peak_rss_tree_mb']:.0f} MB summed RSS (shared pages counted per "
+            "process, an upper bound).",
+        ]
     g = res["goals"]
-    lines += ["", "## Goals", "",
-              f"- Fashion-MNIST loader >= 2x training images/s with the default "
-              f"{g['default_workers']} workers: {'met' if g['loader_2x_training'] else 'NOT met'}"
-              f" ({g['loader_over_training']:.1f}x)"]
+    lines += [
+        "",
+        "## Goals",
+        "",
+        f"- Fashion-MNIST loader >= 2x training images/s with the default "
+        f"{g['default_workers']} workers: {'met' if g['loader_2x_training'] else 'NOT met'}"
+        f" ({g['loader_over_training']:.1f}x)",
+    ]
     if "peak_under_4gb" in g:
-        lines.append(f"- peak memory under 4 GB: {'met' if g['peak_under_4gb'] else 'NOT met'} "
-                     f"({g['peak_gb']:.2f} GB PSS of the process tree; summed RSS "
-                     f"{g['peak_rss_sum_gb']:.2f} GB)")
+        lines.append(
+            f"- peak memory under 4 GB: {'met' if g['peak_under_4gb'] else 'NOT met'} "
+            f"({g['peak_gb']:.2f} GB PSS of the process tree; summed RSS "
+            f"{g['peak_rss_sum_gb']:.2f} GB)"
+        )
     return "\n".join(lines)
 
 
@@ -281,9 +317,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loaders: dict[str, list[dict[str, float]]] = {"fashion_mnist": [], "jpeg_folder": []}
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         folder = make_jpeg_folder(Path(tmp) / "jpegs", args.jpegs, args.jpeg_size)
-        jpeg_cfg = demo_cfg(args, [
-            "data.dataset=custom", f"data.train_path={folder}", f"data.val_path={folder}",
-            "data.train_subset=null"])
+        jpeg_cfg = demo_cfg(
+            args,
+            [
+                "data.dataset=custom",
+                f"data.train_path={folder}",
+                f"data.val_path={folder}",
+                "data.train_subset=null",
+            ],
+        )
         for w in args.workers:
             print(f"loader speed, {w} workers", file=sys.stderr, flush=True)
             loaders["fashion_mnist"].append(loader_speed(cfg, w, args.batches))
@@ -295,8 +337,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.skip_rss:
             print("peak memory of a demo-like run", file=sys.stderr, flush=True)
             memory = peak_memory(args, Path(tmp) / "runs")
-    default = next((r for r in loaders["fashion_mnist"] if r["workers"] == default_workers),
-                   loaders["fashion_mnist"][-1])
+    default = next(
+        (r for r in loaders["fashion_mnist"] if r["workers"] == default_workers),
+        loaders["fashion_mnist"][-1],
+    )
     goals: dict[str, Any] = {
         "default_workers": default["workers"],
         "loader_over_training": default["images_per_s"] / synthetic,
@@ -309,17 +353,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res = {
         "command": command_line(),
         "settings": {
-            "config": args.config_name, "batch_size": int(cfg.optimizer.batch_size),
+            "config": args.config_name,
+            "batch_size": int(cfg.optimizer.batch_size),
             "crop": int(cfg.augmentations[0].crop_size),
             "views": sum(int(a.num_crops) for a in cfg.augmentations),
-            "threads": args.threads, "jpegs": args.jpegs, "jpeg_size": args.jpeg_size,
-            "timed_loader_batches": args.batches, "timed_steps": args.steps,
+            "threads": args.threads,
+            "jpegs": args.jpegs,
+            "jpeg_size": args.jpeg_size,
+            "timed_loader_batches": args.batches,
+            "timed_steps": args.steps,
             "smoke": args.smoke,
         },
         "machine": machine(),
         "loaders": loaders,
-        "training": {"images_per_s_synthetic": synthetic, "images_per_s_with_loader": fed,
-                     "workers": default_workers},
+        "training": {
+            "images_per_s_synthetic": synthetic,
+            "images_per_s_with_loader": fed,
+            "workers": default_workers,
+        },
         "memory": memory,
         "goals": goals,
     }

@@ -72,10 +72,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dali-images", type=int, default=1024)
     p.add_argument("--dali-size", type=int, default=400, help="side of the generated JPEGs")
     p.add_argument("--dali-batches", type=int, default=12)
-    p.add_argument("--time-limit", type=float, default=420.0,
-                   help="seconds; later parts are skipped when it runs out")
-    p.add_argument("--compile", action="store_true",
-                   help="also time the mixmask step under torch.compile (inductor)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=420.0,
+        help="seconds; later parts are skipped when it runs out",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the mixmask step under torch.compile (inductor)",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--tiny", action="store_true", help="CPU, tiny network: a test that it runs")
     args = p.parse_args(argv)
@@ -109,9 +116,15 @@ def _trainer(args: argparse.Namespace, method: str, compile_backend: str | None 
     """``method``'s BareTrainer on this device (bf16 autocast on CUDA) with the check's settings."""
     device = _device()
     backbone = dict(TINY_BACKBONE) if args.tiny else {"name": args.backbone, "kwargs": {}}
-    cfg = method_cfg(method, backbone=backbone, batch_size=args.batch, crop=args.crop,
-                     method_kwargs=_kwargs(method, args.tiny), cifar_stem=args.crop <= 64,
-                     compile_backend=compile_backend)
+    cfg = method_cfg(
+        method,
+        backbone=backbone,
+        batch_size=args.batch,
+        crop=args.crop,
+        method_kwargs=_kwargs(method, args.tiny),
+        cifar_stem=args.crop <= 64,
+        compile_backend=compile_backend,
+    )
     return build_trainer(cfg, device, torch.bfloat16 if device == "cuda" else None)
 
 
@@ -128,6 +141,7 @@ def _peak_memory_job(job: Any, peaks: dict[str, int], name: str) -> Any:
         job()
         if torch.cuda.is_available():
             peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
+
     return run
 
 
@@ -154,12 +168,14 @@ def step_throughput(args: argparse.Namespace, built: dict[str, Any]) -> dict[str
             "ratio_to_mocov2plus": s["median_s"] / base,
             "ideal_ratio": (base + k * extra) / base,
             "paired_ratio": statistics.median(
-                [a / b for a, b in zip(times[m], times["mocov2plus"])]),
+                [a / b for a, b in zip(times[m], times["mocov2plus"])]
+            ),
         }
         out[m]["gap_to_ideal"] = out[m]["ratio_to_mocov2plus"] / out[m]["ideal_ratio"] - 1
     out["references"] = {n: stats[n] for n in ("extra_pass", "masks_mixing", "mask_bank_refill")}
-    out["mask_mixing_per_step"] = mask_share(stats, mix.model, args.batch,
-                                             stats["mixmask"]["median_s"])
+    out["mask_mixing_per_step"] = mask_share(
+        stats, mix.model, args.batch, stats["mixmask"]["median_s"]
+    )
     out["mask_mixing_share_of_mixmask_step"] = out["mask_mixing_per_step"]["share_of_step"]
     return out
 
@@ -175,12 +191,19 @@ def compiled_step(args: argparse.Namespace, built: dict[str, Any]) -> dict[str, 
         compiled.step(batch)
         _sync()
         first.append(time.perf_counter() - start)
-    times = interleaved({"eager": lambda: eager.step(batch), "compiled": lambda: compiled.step(batch)},
-                        args.rounds, 1, sync=_sync)
+    times = interleaved(
+        {"eager": lambda: eager.step(batch), "compiled": lambda: compiled.step(batch)},
+        args.rounds,
+        1,
+        sync=_sync,
+    )
     stats = {n: summary(t) for n, t in times.items()}
-    return {**stats, "first_steps_s": first,
-            "speedup": stats["eager"]["median_s"] / stats["compiled"]["median_s"],
-            "compiled_images_per_s": args.batch / stats["compiled"]["median_s"]}
+    return {
+        **stats,
+        "first_steps_s": first,
+        "speedup": stats["eager"]["median_s"] / stats["compiled"]["median_s"],
+        "compiled_images_per_s": args.batch / stats["compiled"]["median_s"],
+    }
 
 
 def host_syncs(built: dict[str, Any]) -> dict[str, Any]:
@@ -211,17 +234,32 @@ def dali_loader(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         folder = make_jpeg_folder(Path(tmp), args.dali_images, args.dali_size)
         out["generate_s"] = time.perf_counter() - start
-        aug = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "pretrain"
-                             / "imagenet" / "augmentations" / "aug_plus.yaml")
+        aug = OmegaConf.load(
+            Path(__file__).resolve().parents[1]
+            / "configs"
+            / "pretrain"
+            / "imagenet"
+            / "augmentations"
+            / "aug_plus.yaml"
+        )
         aug = OmegaConf.to_container(aug)
         for entry in aug:
             entry["crop_size"] = args.crop
         for fmt, workers in (("dali", min(cores, 8)), ("image_folder", cores)):
-            cfg = OmegaConf.create({
-                "data": {"dataset": "custom", "train_path": str(folder), "format": fmt,
-                         "dali_device": device, "num_workers": 0 if args.tiny else workers},
-                "augmentations": aug, "optimizer": {"batch_size": args.batch}, "seed": 5,
-            })
+            cfg = OmegaConf.create(
+                {
+                    "data": {
+                        "dataset": "custom",
+                        "train_path": str(folder),
+                        "format": fmt,
+                        "dali_device": device,
+                        "num_workers": 0 if args.tiny else workers,
+                    },
+                    "augmentations": aug,
+                    "optimizer": {"batch_size": args.batch},
+                    "seed": 5,
+                }
+            )
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             out[fmt] = timed_loader(build_train_loader(cfg), args.dali_batches)
@@ -237,12 +275,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
     res: dict[str, Any] = {
-        "command": command_line(), "machine": machine(), "device": _device(),
-        "settings": {"backbone": "tiny" if args.tiny else args.backbone, "batch": args.batch,
-                     "crop": args.crop, "rounds": args.rounds, "warmup": args.warmup,
-                     "precision": "bf16 autocast" if torch.cuda.is_available() else "fp32",
-                     "channels_last": True, "tiny": args.tiny,
-                     "compile": args.compile},
+        "command": command_line(),
+        "machine": machine(),
+        "device": _device(),
+        "settings": {
+            "backbone": "tiny" if args.tiny else args.backbone,
+            "batch": args.batch,
+            "crop": args.crop,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "precision": "bf16 autocast" if torch.cuda.is_available() else "fp32",
+            "channels_last": True,
+            "tiny": args.tiny,
+            "compile": args.compile,
+        },
     }
     built = build(args)
     res["steps"] = step_throughput(args, built)
@@ -261,23 +307,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         res["dali"] = {"skipped": f"time limit of {args.time_limit} s reached"}
     res["wall_seconds"] = time.perf_counter() - start
-    lines = [f"# GPU check ({res['device']})", "", f"Command: `{res['command']}`", "",
-             f"Machine: {res['machine']}", ""]
+    lines = [
+        f"# GPU check ({res['device']})",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        f"Machine: {res['machine']}",
+        "",
+    ]
     for m in METHODS:
         s = res["steps"][m]
-        lines.append(f"- {m}: {s['images_per_s']:.0f} img/s, peak {s['peak_gpu_memory_gb']:.1f} "
-                     f"GB, ratio {s['ratio_to_mocov2plus']:.3f} (ideal {s['ideal_ratio']:.3f})")
+        lines.append(
+            f"- {m}: {s['images_per_s']:.0f} img/s, peak {s['peak_gpu_memory_gb']:.1f} "
+            f"GB, ratio {s['ratio_to_mocov2plus']:.3f} (ideal {s['ideal_ratio']:.3f})"
+        )
     c = res["steps"]["mask_mixing_per_step"]
-    lines.append(f"- masks + mixing share of the mixmask step: {100 * c['share_of_step']:.2f}% "
-                 f"(taken from the bank + mixing {1000 * c['take_and_mix_s']:.2f} ms, bank "
-                 f"refills amortised {1000 * c['refill_per_step_s']:.3f} ms per step)")
+    lines.append(
+        f"- masks + mixing share of the mixmask step: {100 * c['share_of_step']:.2f}% "
+        f"(taken from the bank + mixing {1000 * c['take_and_mix_s']:.2f} ms, bank "
+        f"refills amortised {1000 * c['refill_per_step_s']:.3f} ms per step)"
+    )
     lines.append(f"- host syncs per step: {res['host_syncs']}")
     if "compile" in res:
         c = res["compile"]
-        lines.append(f"- torch.compile (mixmask): speedup {c['speedup']:.3f}x, "
-                     f"{c['compiled_images_per_s']:.0f} img/s, first steps "
-                     f"{', '.join(f'{t:.1f}' for t in c['first_steps_s'])} s"
-                     if "speedup" in c else f"- torch.compile (mixmask): {c}")
+        lines.append(
+            f"- torch.compile (mixmask): speedup {c['speedup']:.3f}x, "
+            f"{c['compiled_images_per_s']:.0f} img/s, first steps "
+            f"{', '.join(f'{t:.1f}' for t in c['first_steps_s'])} s"
+            if "speedup" in c
+            else f"- torch.compile (mixmask): {c}"
+        )
     lines.append(f"- DALI: {res['dali']}")
     text = "\n".join(lines)
     write_results(args.out.stem, res, text, args.out.parent)

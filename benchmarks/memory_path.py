@@ -58,8 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=("cifar_cpu", "cifar_gpu"), default="cifar_cpu")
     p.add_argument("--data", default=None, help="CIFAR-10 folder or tars (as accuracy.py)")
-    p.add_argument("--per-class", type=int, default=500,
-                   help="images per class to read (the memory path decodes them all)")
+    p.add_argument(
+        "--per-class",
+        type=int,
+        default=500,
+        help="images per class to read (the memory path decodes them all)",
+    )
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--batches", type=int, default=12, help="timed loader batches per setting")
     p.add_argument("--steps", type=int, default=4, help="timed training steps per round")
@@ -128,47 +132,79 @@ def forever(loader: Any, device: str) -> Any:
     while True:
         for batch in loader:
             if device != "cpu" and not batch[0].is_cuda:
-                batch = [batch[0].to(device), [v.to(device) for v in batch[1]],
-                         batch[2].to(device)]
+                batch = [batch[0].to(device), [v.to(device) for v in batch[1]], batch[2].to(device)]
             yield batch
 
 
 def markdown(res: dict[str, Any]) -> str:
     s = res["settings"]
-    lines = ["# In-memory data path vs PIL loader", "", f"Command: `{res['command']}`", "",
-             f"Profile {s['profile']} of accuracy.py (batch {s['batch_size']}, 32 px, 2 views, "
-             f"{s['images']} training images), device {s['device']}, {s['threads']} torch "
-             f"threads. Machine: {res['machine']}.", ""]
+    lines = [
+        "# In-memory data path vs PIL loader",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        f"Profile {s['profile']} of accuracy.py (batch {s['batch_size']}, 32 px, 2 views, "
+        f"{s['images']} training images), device {s['device']}, {s['threads']} torch "
+        f"threads. Machine: {res['machine']}.",
+        "",
+    ]
     step_ref = res["steps"]["mixmask"]
-    rows = [[f"PIL loader, {r['workers']} workers", f"{r['images_per_s']:.0f}",
-             f"{r['images_per_s'] / step_ref:.2f}x"] for r in res["pil"]]
+    rows = [
+        [
+            f"PIL loader, {r['workers']} workers",
+            f"{r['images_per_s']:.0f}",
+            f"{r['images_per_s'] / step_ref:.2f}x",
+        ]
+        for r in res["pil"]
+    ]
     m = res["memory"]
-    rows.append([f"in-memory path on {s['device']}", f"{m['images_per_s']:.0f}",
-                 f"{m['images_per_s'] / step_ref:.2f}x"])
+    rows.append(
+        [
+            f"in-memory path on {s['device']}",
+            f"{m['images_per_s']:.0f}",
+            f"{m['images_per_s'] / step_ref:.2f}x",
+        ]
+    )
     lines += [table(["loader", "img/s", "vs mixmask step img/s"], rows), ""]
-    lines += [f"In-memory decode of the split: {m['decode_s']:.1f} s for {m['images']} images "
-              "(once per process)."]
+    lines += [
+        f"In-memory decode of the split: {m['decode_s']:.1f} s for {m['images']} images "
+        "(once per process)."
+    ]
     if "host_syncs_per_batch" in m:
-        lines += [f"Host synchronisations while making one batch on the GPU: "
-                  f"{m['host_syncs_per_batch']['count']} {m['host_syncs_per_batch']['first']}."]
-    lines += ["", table(["method", "bare step img/s (synthetic batches)"],
-                        [[k, f"{v:.1f}"] for k, v in res["steps"].items()])]
+        lines += [
+            f"Host synchronisations while making one batch on the GPU: "
+            f"{m['host_syncs_per_batch']['count']} {m['host_syncs_per_batch']['first']}."
+        ]
+    lines += [
+        "",
+        table(
+            ["method", "bare step img/s (synthetic batches)"],
+            [[k, f"{v:.1f}"] for k, v in res["steps"].items()],
+        ),
+    ]
     e2e = res.get("end_to_end")
     if e2e:
-        lines += ["", f"End to end (mocov2plus steps fed by the loader, {s['rounds']} interleaved "
-                  f"rounds of {s['steps']} steps, medians): PIL loader with "
-                  f"{e2e['pil_workers']} workers {e2e['pil_images_per_s']:.1f} img/s, in-memory "
-                  f"path {e2e['memory_images_per_s']:.1f} img/s: ratio "
-                  f"**{e2e['memory_over_pil']:.2f}x**."]
+        lines += [
+            "",
+            f"End to end (mocov2plus steps fed by the loader, {s['rounds']} interleaved "
+            f"rounds of {s['steps']} steps, medians): PIL loader with "
+            f"{e2e['pil_workers']} workers {e2e['pil_images_per_s']:.1f} img/s, in-memory "
+            f"path {e2e['memory_images_per_s']:.1f} img/s: ratio "
+            f"**{e2e['memory_over_pil']:.2f}x**.",
+        ]
     g = res["goals"]
     lines += ["", "## Goals", ""]
-    lines.append(f"- data path alone >= {GOAL_DATA_OVER_STEP:.0f}x the mixmask step's img/s: "
-                 f"{'met' if g['data_over_step_met'] else 'NOT met'} "
-                 f"({g['data_over_step']:.2f}x)")
+    lines.append(
+        f"- data path alone >= {GOAL_DATA_OVER_STEP:.0f}x the mixmask step's img/s: "
+        f"{'met' if g['data_over_step_met'] else 'NOT met'} "
+        f"({g['data_over_step']:.2f}x)"
+    )
     if "memory_not_slower" in g:
-        lines.append(f"- in-memory path not slower than the PIL loader end to end: "
-                     f"{'met' if g['memory_not_slower'] else 'NOT met'} "
-                     f"({g['memory_over_pil']:.2f}x)")
+        lines.append(
+            f"- in-memory path not slower than the PIL loader end to end: "
+            f"{'met' if g['memory_not_slower'] else 'NOT met'} "
+            f"({g['memory_over_pil']:.2f}x)"
+        )
     return "\n".join(lines)
 
 
@@ -199,17 +235,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         workers = int(PROFILES[args.profile].workers if not args.tiny else 0)
         with open_dict(pil_cfg):
             pil_cfg.data.num_workers = workers
-        sources = {"pil": forever(build_train_loader(pil_cfg), device),
-                   "memory": forever(build_train_loader(mem_cfg), device)}
+        sources = {
+            "pil": forever(build_train_loader(pil_cfg), device),
+            "memory": forever(build_train_loader(mem_cfg), device),
+        }
         speeds: dict[str, list[float]] = {"pil": [], "memory": []}
         for r in range(args.rounds):
-            for name in (("pil", "memory") if r % 2 == 0 else ("memory", "pil")):
+            for name in ("pil", "memory") if r % 2 == 0 else ("memory", "pil"):
                 print(f"end to end, round {r + 1}, {name}", file=sys.stderr, flush=True)
                 speeds[name].append(fed_steps(trainer, sources[name], args.steps, device))
         pil_s, mem_s = statistics.median(speeds["pil"]), statistics.median(speeds["memory"])
-        end_to_end = {"pil_workers": workers, "pil_images_per_s": pil_s,
-                      "memory_images_per_s": mem_s, "memory_over_pil": mem_s / pil_s,
-                      "rounds": speeds}
+        end_to_end = {
+            "pil_workers": workers,
+            "pil_images_per_s": pil_s,
+            "memory_images_per_s": mem_s,
+            "memory_over_pil": mem_s / pil_s,
+            "rounds": speeds,
+        }
     goals: dict[str, Any] = {"data_over_step": memory["images_per_s"] / steps["mixmask"]}
     goals["data_over_step_met"] = goals["data_over_step"] >= GOAL_DATA_OVER_STEP
     if end_to_end:
@@ -217,9 +259,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         goals["memory_not_slower"] = end_to_end["memory_over_pil"] >= 1.0
     res = {
         "command": command_line(),
-        "settings": {"profile": args.profile, "batch_size": batch, "device": device,
-                     "images": memory["images"], "threads": args.threads,
-                     "steps": args.steps, "rounds": args.rounds, "tiny": args.tiny},
+        "settings": {
+            "profile": args.profile,
+            "batch_size": batch,
+            "device": device,
+            "images": memory["images"],
+            "threads": args.threads,
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "tiny": args.tiny,
+        },
         "machine": machine(),
         "pil": pil,
         "memory": memory,

@@ -64,8 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS_DEFAULT))
     p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--channels", type=int, nargs=4, default=None,
-                   help="ResNet stage widths (default: the model's own)")
+    p.add_argument(
+        "--channels",
+        type=int,
+        nargs=4,
+        default=None,
+        help="ResNet stage widths (default: the model's own)",
+    )
     p.add_argument("--stem-width", type=int, default=None)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--crop", type=int, default=32)
@@ -75,12 +80,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inner", type=int, default=5, help="repeats of the mask+mixing timing")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--symmetric", action="store_true", help="MoCo V2+ family (default: v2)")
-    p.add_argument("--config-dataset", default="cifar",
-                   help="method_kwargs come from configs/pretrain/<this>/<method>.yaml")
+    p.add_argument(
+        "--config-dataset",
+        default="cifar",
+        help="method_kwargs come from configs/pretrain/<this>/<method>.yaml",
+    )
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--stem", default=None, help="results file name (default step_time[_sym])")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny backbone, batch 8, 16 px, 2 rounds (a test that it runs)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny backbone, batch 8, 16 px, 2 rounds (a test that it runs)",
+    )
     args = p.parse_args(argv)
     if "mocov2plus" not in args.methods:
         args.methods.insert(0, "mocov2plus")
@@ -121,11 +132,17 @@ def build_jobs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
     """(jobs for :func:`interleaved`, the trainers by method)."""
     backbone = _backbone(args)
     trainers = {
-        m: build_trainer(method_cfg(
-            m, backbone=backbone, batch_size=args.batch, crop=args.crop,
-            method_kwargs=_kwargs(args, m), channels_last=not args.no_channels_last,
-            cifar_stem=args.crop <= 64,
-        ))
+        m: build_trainer(
+            method_cfg(
+                m,
+                backbone=backbone,
+                batch_size=args.batch,
+                crop=args.crop,
+                method_kwargs=_kwargs(args, m),
+                channels_last=not args.no_channels_last,
+                cifar_stem=args.crop <= 64,
+            )
+        )
         for m in args.methods
     }
     batch = synthetic_batch(args.batch, args.crop)
@@ -143,14 +160,18 @@ def build_jobs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
     mix_model = _mask_model(trainers)
     if mix_model is not None:
         jobs.update(mask_jobs(mix_model, x, partner, args.rounds + args.warmup, args.inner))
-    unmix_model = next((trainers[m].model for m in ("unmix", "unmix_mixmask") if m in trainers),
-                       None)
+    unmix_model = next(
+        (trainers[m].model for m in ("unmix", "unmix_mixmask") if m in trainers), None
+    )
     if unmix_model is not None:
 
         def unmix_mixing() -> None:
             for _ in range(args.inner):
                 params = sample_unmix_params(
-                    unmix_model.unmix_alpha, unmix_model.unmix_prob, x.shape[-2], x.shape[-1],
+                    unmix_model.unmix_alpha,
+                    unmix_model.unmix_prob,
+                    x.shape[-2],
+                    x.shape[-1],
                     generator=unmix_model.generators.host(),
                 )
                 unmix(x, partner, params)
@@ -164,8 +185,9 @@ def _mask_model(trainers: dict[str, Any]) -> Any:
     return next((trainers[m].model for m in ("mixmask", "unmix_mixmask") if m in trainers), None)
 
 
-def analyse(times: dict[str, list[float]], args: argparse.Namespace,
-            mask_model: Any = None) -> dict[str, Any]:
+def analyse(
+    times: dict[str, list[float]], args: argparse.Namespace, mask_model: Any = None
+) -> dict[str, Any]:
     """Medians, ratios to mocov2plus, FLOP-ideal ratios and the mask share."""
     for name in ("masks_mixing", "unmix_mixing"):  # per call, like mask_bank_refill
         if name in times:
@@ -192,8 +214,13 @@ def analyse(times: dict[str, list[float]], args: argparse.Namespace,
     out: dict[str, Any] = {
         "command": command_line(),
         "settings": {
-            "backbone": _backbone(args), "batch": args.batch, "crop": args.crop, "views": 2,
-            "rounds": args.rounds, "warmup": args.warmup, "threads": args.threads,
+            "backbone": _backbone(args),
+            "batch": args.batch,
+            "crop": args.crop,
+            "views": 2,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "threads": args.threads,
             "channels_last": not args.no_channels_last,
             "variant": "symmetric (MoCo V2+)" if args.symmetric else "asymmetric (MoCo v2)",
             "method_kwargs": {m: _kwargs(args, m) for m in args.methods},
@@ -238,34 +265,66 @@ def markdown(res: dict[str, Any]) -> str:
         ideal = f"{v['ideal_ratio']:.3f}" if "ideal_ratio" in v else "-"
         ideal2 = f"{v['ideal_ratio_in_step']:.3f}" if "ideal_ratio_in_step" in v else "-"
         gap = f"{100 * v['gap_to_ideal']:+.1f}%" if "gap_to_ideal" in v else "-"
-        rows.append([name, f"{v['median_s']:.3f}", f"{v['q1_s']:.3f}-{v['q3_s']:.3f}",
-                     f"{v['images_per_s']:.1f}", f"{v['ratio_to_mocov2plus']:.3f}",
-                     f"{v['ratio_paired_median']:.3f}", ideal, ideal2, gap])
-    lines.append(table(["method", "median s", "IQR s", "img/s", "ratio to moco",
-                        "paired ratio", "FLOP-ideal", "ideal (in one step)",
-                        "gap to ideal"], rows))
+        rows.append(
+            [
+                name,
+                f"{v['median_s']:.3f}",
+                f"{v['q1_s']:.3f}-{v['q3_s']:.3f}",
+                f"{v['images_per_s']:.1f}",
+                f"{v['ratio_to_mocov2plus']:.3f}",
+                f"{v['ratio_paired_median']:.3f}",
+                ideal,
+                ideal2,
+                gap,
+            ]
+        )
+    lines.append(
+        table(
+            [
+                "method",
+                "median s",
+                "IQR s",
+                "img/s",
+                "ratio to moco",
+                "paired ratio",
+                "FLOP-ideal",
+                "ideal (in one step)",
+                "gap to ideal",
+            ],
+            rows,
+        )
+    )
     lines.append("")
     refs = res["references"]
-    lines.append("References timed in the same rounds: " + ", ".join(
-        f"{n} {v['median_s'] * 1000:.1f} ms" for n, v in refs.items()) + ".")
+    lines.append(
+        "References timed in the same rounds: "
+        + ", ".join(f"{n} {v['median_s'] * 1000:.1f} ms" for n, v in refs.items())
+        + "."
+    )
     lines.append("")
-    lines.append("FLOP-ideal = (moco step + k x extra pass) / moco step, k = mixed queries per "
-                 "step (mixmask, unmix: 1; unmix_mixmask: 2). \"in one step\": the extra pass "
-                 "measured inside a MoCo step (moco_plus_extra - mocov2plus).")
+    lines.append(
+        "FLOP-ideal = (moco step + k x extra pass) / moco step, k = mixed queries per "
+        'step (mixmask, unmix: 1; unmix_mixmask: 2). "in one step": the extra pass '
+        "measured inside a MoCo step (moco_plus_extra - mocov2plus)."
+    )
     g = res["goals"]
     if g:
         lines += ["", "## Goals", ""]
         if "mixmask_gap_to_ideal" in g:
-            lines.append(f"- mixmask / mocov2plus within 5% of the FLOP-ideal ratio: "
-                         f"{'met' if g['mixmask_within_5pct_of_ideal'] else 'NOT met'} "
-                         f"(gap {100 * g['mixmask_gap_to_ideal']:+.1f}%)")
+            lines.append(
+                f"- mixmask / mocov2plus within 5% of the FLOP-ideal ratio: "
+                f"{'met' if g['mixmask_within_5pct_of_ideal'] else 'NOT met'} "
+                f"(gap {100 * g['mixmask_gap_to_ideal']:+.1f}%)"
+            )
         if "mask_mixing_share_of_mixmask_step" in g:
             c = g["mask_mixing_per_step"]
-            lines.append(f"- mask generation + mixing under 3% of the mixmask step: "
-                         f"{'met' if g['mask_mixing_under_3pct'] else 'NOT met'} "
-                         f"({100 * g['mask_mixing_share_of_mixmask_step']:.2f}%: masks taken from "
-                         f"the bank + mixing {1000 * c['take_and_mix_s']:.2f} ms, bank refills "
-                         f"amortised {1000 * c['refill_per_step_s']:.3f} ms per step)")
+            lines.append(
+                f"- mask generation + mixing under 3% of the mixmask step: "
+                f"{'met' if g['mask_mixing_under_3pct'] else 'NOT met'} "
+                f"({100 * g['mask_mixing_share_of_mixmask_step']:.2f}%: masks taken from "
+                f"the bank + mixing {1000 * c['take_and_mix_s']:.2f} ms, bank refills "
+                f"amortised {1000 * c['refill_per_step_s']:.3f} ms per step)"
+            )
     return "\n".join(lines)
 
 

@@ -135,8 +135,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if "numpy" in state:
         np_state = state["numpy"]
         keys = np_state["keys"].numpy().astype(np.uint32)
-        np.random.set_state((np_state["kind"], keys, np_state["pos"], np_state["has_gauss"],
-                             np_state["cached_gaussian"]))
+        np.random.set_state(
+            (
+                np_state["kind"],
+                keys,
+                np_state["pos"],
+                np_state["has_gauss"],
+                np_state["cached_gaussian"],
+            )
+        )
     if "python" in state:
         py = state["python"]
         random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
@@ -283,8 +290,9 @@ class StepCheckpoint(Checkpoint):
         if stopping:
             self.saved_on_stop = step
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: Any,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]
+    ) -> None:
         if self._saving_mid_epoch and not LIGHTNING_COMPLETES_BATCH_ON_RESTART:
             mark_batch_completed(checkpoint)
 
@@ -313,8 +321,11 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, what: str, step: int, epoch: int, checkpoint: str | None):
         self.what, self.step, self.epoch, self.checkpoint = what, step, epoch, checkpoint
-        kept = (f"the last checkpoint, {checkpoint}, written before this happened, is kept"
-                if checkpoint else "no checkpoint had been written yet")
+        kept = (
+            f"the last checkpoint, {checkpoint}, written before this happened, is kept"
+            if checkpoint
+            else "no checkpoint had been written yet"
+        )
         super().__init__(
             f"{what} at step {step} (epoch {epoch}); training stopped and nothing non-finite "
             f"was saved; {kept}; lower optimizer.lr, add warm-up (scheduler.warmup_epochs) or "
@@ -357,8 +368,10 @@ class NonFiniteLossGuard(Callback):
             if torch.is_tensor(tensor) and tensor.is_floating_point():
                 if not bool(torch.isfinite(tensor).all()):
                     raise NonFiniteLossError(
-                        f"weight {name} is not finite", trainer.global_step,
-                        trainer.current_epoch, self._last(),
+                        f"weight {name} is not finite",
+                        trainer.global_step,
+                        trainer.current_epoch,
+                        self._last(),
                     )
 
 
@@ -453,6 +466,7 @@ class GracefulStop(Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._request(trainer)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._request(trainer)

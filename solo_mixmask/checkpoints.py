@@ -112,8 +112,9 @@ def _first_lines(err: BaseException, n: int = 3) -> str:
 def _unpickler_reason(err: BaseException) -> str:
     """The useful part of torch's weights-only refusal (e.g. 'Unsupported global: ...')."""
     text = str(err)
-    match = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\s*\n|Check the documentation|$)",
-                      text, flags=re.S)
+    match = re.search(
+        r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\s*\n|Check the documentation|$)", text, flags=re.S
+    )
     return (match.group(1) if match else text.strip().splitlines()[-1]).strip()
 
 
@@ -140,9 +141,7 @@ def safe_load(path: str | Path) -> Any:
             "source, re-save just its state_dict with torch.save and load that instead."
         ) from err
     except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r}: {_first_lines(err)}"
-        ) from err
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {_first_lines(err)}") from err
 
 
 # --------------------------------------------------------------------------- architecture
@@ -210,7 +209,7 @@ def _cfg_backbone(cfg: dict[str, Any], sd: StateDict) -> tuple[str, dict[str, An
 
 
 def _strip(sd: dict[str, Any], prefix: str) -> StateDict:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def _tensors_only(sd: dict[str, Any]) -> StateDict:

@@ -362,7 +362,11 @@ def _build_data(
 
 
 def _initial_metrics(
-    cfg: DictConfig, trainer: L.Trainer, model: Any, val_loaders: list[Any], init_file: Path,
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: Any,
+    val_loaders: list[Any],
+    init_file: Path,
     resumed: bool,
 ) -> dict[str, Any]:
     """k-NN / linear accuracy of the untrained model (read back from ``init_file`` on resume)."""
@@ -385,9 +389,7 @@ def _launches_children(trainer: L.Trainer) -> bool:
     """Whether Lightning will start the other ranks from this process (plain ``strategy=ddp``)."""
     cluster = getattr(trainer.strategy, "cluster_environment", None)
     return (
-        trainer.world_size > 1
-        and cluster is not None
-        and not cluster.creates_processes_externally
+        trainer.world_size > 1 and cluster is not None and not cluster.creates_processes_externally
     )
 
 
@@ -400,8 +402,9 @@ def seed_quietly(seed: int) -> None:
     L.seed_everything(seed, **kwargs)
 
 
-def _stopped(stop: GracefulStop, callbacks: list[Callback], trainer: L.Trainer,
-             run_dir: Path) -> RunStopped:
+def _stopped(
+    stop: GracefulStop, callbacks: list[Callback], trainer: L.Trainer, run_dir: Path
+) -> RunStopped:
     """The :class:`RunStopped` error for a run that a signal stopped (what was saved, how to
     continue)."""
     signum = stop.signum if stop.signum is not None else signal.SIGTERM
@@ -410,14 +413,15 @@ def _stopped(stop: GracefulStop, callbacks: list[Callback], trainer: L.Trainer,
     if saver is not None and saver.saved_on_stop is not None:
         kept = f"last.ckpt holds step {saver.saved_on_stop}, the last step trained"
     elif last.exists():
-        kept = (f"stopped at step {trainer.global_step} before the step's checkpoint could be "
-                "written; the previous last.ckpt is kept and the steps after it are trained again")
+        kept = (
+            f"stopped at step {trainer.global_step} before the step's checkpoint could be "
+            "written; the previous last.ckpt is kept and the steps after it are trained again"
+        )
     else:
         kept = "no checkpoint had been written yet: resume starts the run again from step 0"
     return RunStopped(
         signum,
-        f"stopped by {signal_name(signum)}; {kept}; continue with "
-        f"`solo-mixmask resume {run_dir}`",
+        f"stopped by {signal_name(signum)}; {kept}; continue with `solo-mixmask resume {run_dir}`",
     )
 
 
@@ -557,7 +561,8 @@ def _check_max_epochs(run_dir: Path, saved: DictConfig, cfg: DictConfig, done: i
                 f"To train it longer: solo-mixmask resume {run_dir} max_epochs=N (N > {done})"
             )
         raise ConfigError(
-            "max_epochs", new,
+            "max_epochs",
+            new,
             f"more than {done}: {run_dir} has already trained {done} epochs (its max_epochs is "
             f"{old}); nothing was changed",
         )
@@ -578,7 +583,8 @@ def _check_max_epochs(run_dir: Path, saved: DictConfig, cfg: DictConfig, done: i
             f"max_epochs changes from {old} to {new}: training continues to epoch {new}, but "
             f"{lr}, while the momentum tau schedule is recomputed over {new} epochs; the "
             f"result is not the one of a run started with max_epochs={new}",
-            ConfigWarning, stacklevel=2,
+            ConfigWarning,
+            stacklevel=2,
         )
 
 
@@ -602,9 +608,7 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
         cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(overrides))
     if not last.exists():
         if (run_dir / SUMMARY).exists() or any((run_dir / "checkpoints").glob("*.ckpt")):
-            raise CheckpointError(
-                f"{run_dir} has no checkpoint to resume from: {last} is missing"
-            )
+            raise CheckpointError(f"{run_dir} has no checkpoint to resume from: {last} is missing")
         import shutil
         import warnings
 
@@ -613,7 +617,8 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
         warnings.warn(
             f"{run_dir} was stopped before its first checkpoint: nothing was trained, so the run "
             "starts again from step 0 in this folder",
-            ConfigWarning, stacklevel=2,
+            ConfigWarning,
+            stacklevel=2,
         )
         shutil.rmtree(run_dir / "logs", ignore_errors=True)
         (run_dir / "init_metrics.json").unlink(missing_ok=True)

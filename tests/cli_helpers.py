@@ -49,13 +49,18 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def start(args: Sequence[str], prefix: Sequence[str] | None = None,
-          env: dict[str, str] | None = None) -> subprocess.Popen:
+def start(
+    args: Sequence[str], prefix: Sequence[str] | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Start ``solo-mixmask ARGS`` (or ``PREFIX ARGS``) with captured text output; ``env`` adds
     variables to :func:`cli_env`."""
     return subprocess.Popen(
-        [*(prefix or CLI), *args], cwd=ROOT, env={**cli_env(), **(env or {})}, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [*(prefix or CLI), *args],
+        cwd=ROOT,
+        env={**cli_env(), **(env or {})},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -69,13 +74,18 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.Completed
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def run(args: Sequence[str], prefix: Sequence[str] | None = None,
-        env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run(
+    args: Sequence[str],
+    prefix: Sequence[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     return finish(start(args, prefix, env), timeout)
 
 
-def run_many(commands: Sequence[Sequence[str]], timeout: float = 300,
-             parallel: int = 4) -> list[subprocess.CompletedProcess]:
+def run_many(
+    commands: Sequence[Sequence[str]], timeout: float = 300, parallel: int = 4
+) -> list[subprocess.CompletedProcess]:
     """Run several CLI commands, ``parallel`` at a time; results in the order given."""
     results: list[subprocess.CompletedProcess | None] = [None] * len(commands)
     pending = list(enumerate(commands))

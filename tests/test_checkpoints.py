@@ -37,8 +37,10 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
 
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)},
-                "payload": CreatesFile(marker)}, ckpt)
+    torch.save(
+        {"state_dict": {"backbone.conv1.weight": torch.zeros(1)}, "payload": CreatesFile(marker)},
+        ckpt,
+    )
     with pytest.raises(CheckpointError, match="refusing to load.*could run arbitrary code"):
         load_backbone(ckpt)
     assert not marker.exists()
@@ -57,8 +59,12 @@ def test_our_lightning_checkpoint(tmp_path):
     kwargs = {"channels": [8, 16, 32, 64]}
     path, model = method_checkpoint(tmp_path / "last.ckpt", "resnet18", kwargs, cifar_stem=True)
     lb = load_backbone(path)
-    assert (lb.source, lb.arch, lb.kwargs, lb.cifar_stem) == ("solo-mixmask", "resnet18",
-                                                              kwargs, True)
+    assert (lb.source, lb.arch, lb.kwargs, lb.cifar_stem) == (
+        "solo-mixmask",
+        "resnet18",
+        kwargs,
+        True,
+    )
     assert set(lb.state_dict) == set(model.backbone.state_dict())
     built = lb.build().eval()
     x = torch.randn(2, 3, 16, 16)
@@ -69,8 +75,12 @@ def test_our_lightning_checkpoint(tmp_path):
 def test_authors_release_layout(tmp_path):
     path, backbone = authors_checkpoint(tmp_path / "mixmask_200ep.pth.tar")
     lb = load_backbone(path)
-    assert (lb.source, lb.arch, lb.kwargs, lb.cifar_stem) == ("mixmask-authors", "resnet50",
-                                                              {}, False)
+    assert (lb.source, lb.arch, lb.kwargs, lb.cifar_stem) == (
+        "mixmask-authors",
+        "resnet50",
+        {},
+        False,
+    )
     assert set(lb.state_dict) == set(backbone)  # head (fc.0/fc.2), key encoder, queue dropped
     assert torch.equal(lb.state_dict["conv1.weight"], backbone["conv1.weight"])  # query, not key
     lb.build()  # loads strictly into resnet50
@@ -84,9 +94,15 @@ def test_solo_learn_checkpoint_reads_args_json(tmp_path):
     sd = {f"backbone.{k}": v for k, v in net.state_dict().items() if not k.startswith("fc.")}
     sd["projector.0.weight"] = torch.randn(4, 512)
     torch.save({"state_dict": sd, "epoch": 999}, tmp_path / "byol-abc-ep=999.ckpt")
-    (tmp_path / "args.json").write_text(json.dumps({
-        "backbone": {"name": "resnet18"}, "data": {"dataset": "cifar100", "train_path": "x"},
-        "augmentations": [{"crop_size": 32, "rrc": {"enabled": True}}]}))
+    (tmp_path / "args.json").write_text(
+        json.dumps(
+            {
+                "backbone": {"name": "resnet18"},
+                "data": {"dataset": "cifar100", "train_path": "x"},
+                "augmentations": [{"crop_size": 32, "rrc": {"enabled": True}}],
+            }
+        )
+    )
     lb = load_backbone(tmp_path / "byol-abc-ep=999.ckpt")
     assert (lb.source, lb.arch, lb.cifar_stem) == ("solo-learn", "resnet18", True)
     assert lb.cfg["data"]["dataset"] == "cifar100"
@@ -106,8 +122,12 @@ def test_plain_torchvision_state_dict(tmp_path):
 
 
 def test_no_query_backbone_is_an_error():
-    momentum_only = {"state_dict": {"momentum_backbone.conv1.weight": torch.zeros(8, 3, 3, 3),
-                                    "projector.0.weight": torch.zeros(2, 2)}}
+    momentum_only = {
+        "state_dict": {
+            "momentum_backbone.conv1.weight": torch.zeros(8, 3, 3, 3),
+            "projector.0.weight": torch.zeros(2, 2),
+        }
+    }
     with pytest.raises(CheckpointError, match="no query backbone found.*momentum_backbone"):
         extract_backbone(momentum_only)
     with pytest.raises(CheckpointError, match="expected a dict"):
@@ -128,7 +148,10 @@ def test_infer_resnet_depths_and_widths():
     assert infer_resnet(fake((3, 4, 23, 3), True)) == ("resnet101", {}, False)
     assert infer_resnet(fake((3, 4, 6, 3), False)) == ("resnet34", {}, False)
     assert infer_resnet(fake((2, 2, 2, 2), False, width=32)) == (
-        "resnet18", {"channels": [32, 64, 128, 256]}, False)
+        "resnet18",
+        {"channels": [32, 64, 128, 256]},
+        False,
+    )
     with pytest.raises(CheckpointError, match=r"blocks per stage \[1, 1, 1, 1\]"):
         infer_resnet(fake((1, 1, 1, 1), False))
 
@@ -141,6 +164,11 @@ def test_narrow_resnet_without_config_is_inferred(tmp_path):
     torch.save(ckpt, tmp_path / "b.ckpt")
     lb = load_backbone(tmp_path / "b.ckpt")
     assert (lb.source, lb.arch, lb.kwargs, lb.cifar_stem, lb.cfg) == (
-        "solo-learn", "resnet18", kwargs, True, None)
+        "solo-learn",
+        "resnet18",
+        kwargs,
+        True,
+        None,
+    )
     x = torch.randn(2, 3, 16, 16)
     assert torch.allclose(lb.build().eval()(x), model.backbone.eval()(x), atol=1e-6)

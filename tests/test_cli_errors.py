@@ -163,10 +163,14 @@ def results(tmp_path_factory):
     images = base / "images"
     bad = _image_folder(images)
     runs = f"checkpoint.dir={base / 'runs'}"  # where a wrongly accepted config would write
-    commands = {name: [*cmd, runs] if cmd[0] == "pretrain" else cmd
-                for name, (cmd, _) in CASES.items()}
+    commands = {
+        name: [*cmd, runs] if cmd[0] == "pretrain" else cmd for name, (cmd, _) in CASES.items()
+    }
     commands["empty_dataset"] = [
-        *FMNIST, "data.dataset=custom", f"data.train_path={base}/empty", runs
+        *FMNIST,
+        "data.dataset=custom",
+        f"data.train_path={base}/empty",
+        runs,
     ]
     # One worker per loader: the skipped files are found in worker processes and still counted.
     commands["bad_files_skipped"] = _custom(images, base / "run_ok", "data.num_workers=1")

@@ -55,7 +55,10 @@ def test_mandatory_value_names_the_first_key_and_the_others():
         ({"_target_": "os.system"}, "_target_"),
         ({"backbone": {"name": "resnet18", "_target_": "os.system"}}, "backbone._target_"),
         ({"augmentations": [{"crop_size": 32}, {"_partial_": True}]}, "augmentations[1]._partial_"),
-        ({"method_kwargs": {"head": {"_target_": "torch.nn.Linear"}}}, "method_kwargs.head._target_"),
+        (
+            {"method_kwargs": {"head": {"_target_": "torch.nn.Linear"}}},
+            "method_kwargs.head._target_",
+        ),
     ],
 )
 def test_instantiation_keys_are_rejected_anywhere(tree, key):
@@ -75,8 +78,9 @@ def test_package_never_calls_hydra_instantiate():
     offenders = [
         str(p.relative_to(PACKAGE))
         for p in PACKAGE.rglob("*.py")
-        if re.search(r"from hydra\.utils import|hydra\.utils\.\w+\s*\(|\binstantiate\s*\(",
-                     p.read_text())
+        if re.search(
+            r"from hydra\.utils import|hydra\.utils\.\w+\s*\(|\binstantiate\s*\(", p.read_text()
+        )
     ]
     assert offenders == []
 
@@ -136,8 +140,9 @@ def test_batch_size_needs_a_partner(value):
     assert "partner from the same per-device batch" in str(info.value)
 
 
-@pytest.mark.parametrize(("value", "ok"), [(None, True), (1, True), (500, True), (0, False),
-                                           (2.5, False)])
+@pytest.mark.parametrize(
+    ("value", "ok"), [(None, True), (1, True), (500, True), (0, False), (2.5, False)]
+)
 def test_every_n_steps(value, ok):
     cfg = fill_defaults(tiny_cfg("byol", checkpoint__every_n_steps=value), BASE_DEFAULTS)
     if ok:
@@ -151,7 +156,7 @@ def test_worker_error_is_reduced_to_its_own_message():
     # What DataLoader re-raises in the main process for an error inside a worker.
     wrapped = DataError(
         "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent "
-        "call last):\n  File \"x.py\", line 1, in f\n    raise DataError(...)\n"
+        'call last):\n  File "x.py", line 1, in f\n    raise DataError(...)\n'
         "solo_mixmask.errors.DataError: cannot decode image file '/d/b/x.jpg': OSError: bad\n"
     )
     assert cli.one_line(wrapped) == "cannot decode image file '/d/b/x.jpg': OSError: bad"

@@ -69,14 +69,19 @@ def ddp(tmp_path_factory, request):
     harness = base / "ddp_harness.py"
     harness.write_text(HARNESS)
     args = [
-        "pretrain", *TINY,
-        "accelerator=cpu", "devices=2", "strategy=ddp",
-        f"method_kwargs.queue_size={QUEUE}", f"optimizer.batch_size={BATCH}",
+        "pretrain",
+        *TINY,
+        "accelerator=cpu",
+        "devices=2",
+        "strategy=ddp",
+        f"method_kwargs.queue_size={QUEUE}",
+        f"optimizer.batch_size={BATCH}",
         f"checkpoint.dir={base / 'runs'}",  # no run_dir: the ranks must agree on one folder
         f"data.format={request.param}",
     ]
-    result = run(args, prefix=[sys.executable, str(harness)], env={"DDP_DUMP_DIR": str(base)},
-                 timeout=400)
+    result = run(
+        args, prefix=[sys.executable, str(harness)], env={"DDP_DUMP_DIR": str(base)}, timeout=400
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     dumps = [torch.load(base / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     return {"base": base, "result": result, "dumps": dumps}
@@ -146,10 +151,14 @@ def test_checkpoint_keeps_each_ranks_random_streams(ddp):
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"SOLO_MIXMASK_RUN_DIR": "/shared/parent-run", "LOCAL_RANK": "1", "WORLD_SIZE": "2"},
-         "/shared/parent-run"),  # a child started by Lightning: its parent's folder
-        ({"SLURM_NTASKS": "16", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train"},
-         "/runs/mm-slurm4242"),
+        (
+            {"SOLO_MIXMASK_RUN_DIR": "/shared/parent-run", "LOCAL_RANK": "1", "WORLD_SIZE": "2"},
+            "/shared/parent-run",
+        ),  # a child started by Lightning: its parent's folder
+        (
+            {"SLURM_NTASKS": "16", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train"},
+            "/runs/mm-slurm4242",
+        ),
         ({"LOCAL_RANK": "3", "WORLD_SIZE": "8", "TORCHELASTIC_RUN_ID": "job7"}, "/runs/mm-job7"),
     ],
 )
@@ -158,8 +167,15 @@ def test_processes_of_one_run_agree_on_its_folder(monkeypatch, env, expected):
 
     from solo_mixmask.pretrain import new_run_dir
 
-    for key in ("SOLO_MIXMASK_RUN_DIR", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID",
-                "SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_JOB_NAME"):
+    for key in (
+        "SOLO_MIXMASK_RUN_DIR",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "TORCHELASTIC_RUN_ID",
+        "SLURM_NTASKS",
+        "SLURM_JOB_ID",
+        "SLURM_JOB_NAME",
+    ):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -64,9 +64,11 @@ def _stalled(base, name, where, signum):
     harness = base / "stall.py"
     harness.write_text(STALL_HARNESS)
     mark = base / f"{name}.parked"
-    proc = start(["pretrain", *RUN, f"checkpoint.run_dir={base / name}"],
-                 prefix=[sys.executable, str(harness)],
-                 env={"STALL_AT": where, "STALL_MARK": str(mark)})
+    proc = start(
+        ["pretrain", *RUN, f"checkpoint.run_dir={base / name}"],
+        prefix=[sys.executable, str(harness)],
+        env={"STALL_AT": where, "STALL_MARK": str(mark)},
+    )
     return proc, mark, signum
 
 
@@ -81,8 +83,11 @@ def _wait_and_signal(stalled, timeout=400):
 
 
 def _digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -93,25 +98,29 @@ def runs(tmp_path_factory):
     interrupted = _stalled(base, "interrupted", str(INT_STEP), signal.SIGINT)
     startup = _stalled(base, "startup", "validate", signal.SIGTERM)
     out = {"base": base}
-    for name, stalled in (("termed", termed), ("interrupted", interrupted),
-                          ("startup", startup)):
+    for name, stalled in (("termed", termed), ("interrupted", interrupted), ("startup", startup)):
         out[name] = _wait_and_signal(stalled)
     out["full"] = finish(full, timeout=400)
     out["termed_ckpt"] = _step_of(base / "termed")
     out["interrupted_ckpt"] = _step_of(base / "interrupted")
     for name in ("termed", "startup"):
-        out[f"{name}_files"] = sorted(str(p.relative_to(base / name))
-                                      for p in (base / name).rglob("*") if p.is_file())
+        out[f"{name}_files"] = sorted(
+            str(p.relative_to(base / name)) for p in (base / name).rglob("*") if p.is_file()
+        )
     shutil.copytree(base / "full", base / "extended")
     out["full_digest"] = _digest(base / "full")
     names = ["termed_resumed", "startup_resumed", "finished", "lower", "extended_resumed"]
-    done = run_many([
-        ["resume", str(base / "termed")],
-        ["resume", str(base / "startup")],
-        ["resume", str(base / "full")],
-        ["resume", str(base / "full"), "max_epochs=1"],
-        ["resume", str(base / "extended"), "max_epochs=3"],
-    ], timeout=400, parallel=3)
+    done = run_many(
+        [
+            ["resume", str(base / "termed")],
+            ["resume", str(base / "startup")],
+            ["resume", str(base / "full")],
+            ["resume", str(base / "full"), "max_epochs=1"],
+            ["resume", str(base / "extended"), "max_epochs=3"],
+        ],
+        timeout=400,
+        parallel=3,
+    )
     out.update(zip(names, done))
     return out
 
@@ -140,10 +149,16 @@ def _same_end_state(runs, name):
     assert other["global_step"] == full["global_step"] == 16
     assert other["state_dict"].keys() == full["state_dict"].keys()
     for key, value in full["state_dict"].items():
-        torch.testing.assert_close(other["state_dict"][key], value, rtol=1e-5, atol=1e-6,
-                                   msg=key)
-    for key in ("knn_acc1", "knn_acc5", "linear_acc1", "linear_acc5", "knn_acc1_at_init",
-                "steps", "epochs"):
+        torch.testing.assert_close(other["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for key in (
+        "knn_acc1",
+        "knn_acc5",
+        "linear_acc1",
+        "linear_acc5",
+        "knn_acc1_at_init",
+        "steps",
+        "epochs",
+    ):
         assert other_summary[key] == full_summary[key], key
 
 
@@ -187,8 +202,11 @@ def test_resume_of_a_finished_run_changes_nothing(runs):
     assert len(said) == 1 and "is finished (2 of 2 epochs trained)" in said[0], said
     # stderr: nothing of ours (third-party import notices, e.g. lightning 2.1's
     # pkg_resources deprecation, are not the run's output)
-    ours = [line for line in result.stderr.splitlines()
-            if line.startswith(("error:", "warning:", "Traceback", "Epoch", "{"))]
+    ours = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith(("error:", "warning:", "Traceback", "Epoch", "{"))
+    ]
     assert ours == [], ours
     assert _digest(runs["base"] / "full") == runs["full_digest"]
 

@@ -60,12 +60,21 @@ def runs(tmp_path_factory):
     harness.write_text(STALL_HARNESS)
     mark = base / "stalled"
     full = start(["pretrain", *RUN, f"checkpoint.run_dir={base / 'full'}"])
-    nan = start(["pretrain", *TINY, "optimizer.lr=1e30", "checkpoint.every_n_steps=1",
-                 f"checkpoint.run_dir={base / 'nan'}"])
+    nan = start(
+        [
+            "pretrain",
+            *TINY,
+            "optimizer.lr=1e30",
+            "checkpoint.every_n_steps=1",
+            f"checkpoint.run_dir={base / 'nan'}",
+        ]
+    )
     # One DataLoader worker in the killed run: augmentations must not depend on workers.
-    killed = start(["pretrain", *RUN, "data.num_workers=1", f"checkpoint.run_dir={base / 'killed'}"],
-                   prefix=[sys.executable, str(harness)],
-                   env={"STALL_AT_STEP": str(STALL_STEP), "STALL_MARK": str(mark)})
+    killed = start(
+        ["pretrain", *RUN, "data.num_workers=1", f"checkpoint.run_dir={base / 'killed'}"],
+        prefix=[sys.executable, str(harness)],
+        env={"STALL_AT_STEP": str(STALL_STEP), "STALL_MARK": str(mark)},
+    )
     deadline = time.monotonic() + 400
     while not mark.exists() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -112,24 +121,38 @@ def test_resume_ends_with_the_uninterrupted_state(runs):
     assert full["global_step"] == resumed["global_step"] == 16
     assert full["state_dict"].keys() == resumed["state_dict"].keys()
     for key, value in full["state_dict"].items():
-        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-6,
-                                   msg=key)
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     # The parts the issue names, spelled out: queue + pointer, momentum encoder.
     assert torch.equal(resumed["state_dict"]["key_queue.ptr"], full["state_dict"]["key_queue.ptr"])
-    torch.testing.assert_close(resumed["state_dict"]["key_queue.queue"],
-                               full["state_dict"]["key_queue.queue"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        resumed["state_dict"]["key_queue.queue"],
+        full["state_dict"]["key_queue.queue"],
+        rtol=1e-5,
+        atol=1e-6,
+    )
     momentum = [k for k in full["state_dict"] if k.startswith("momentum_backbone.")]
     assert len(momentum) > 50
-    for state_full, state_resumed in zip(full["optimizer_states"][0]["state"].values(),
-                                         resumed["optimizer_states"][0]["state"].values()):
-        torch.testing.assert_close(state_resumed["momentum_buffer"],
-                                   state_full["momentum_buffer"], rtol=1e-5, atol=1e-6)
+    for state_full, state_resumed in zip(
+        full["optimizer_states"][0]["state"].values(),
+        resumed["optimizer_states"][0]["state"].values(),
+    ):
+        torch.testing.assert_close(
+            state_resumed["momentum_buffer"], state_full["momentum_buffer"], rtol=1e-5, atol=1e-6
+        )
     assert resumed["method_generators"]["device"].equal(full["method_generators"]["device"])
     # the masks drawn ahead (MaskBank) travel with the generators
     assert resumed["method_generators"]["mask_bank.cells"].equal(
-        full["method_generators"]["mask_bank.cells"])
-    for key in ("knn_acc1", "knn_acc5", "linear_acc1", "linear_acc5", "knn_acc1_at_init",
-                "steps", "epochs"):
+        full["method_generators"]["mask_bank.cells"]
+    )
+    for key in (
+        "knn_acc1",
+        "knn_acc5",
+        "linear_acc1",
+        "linear_acc5",
+        "knn_acc1_at_init",
+        "steps",
+        "epochs",
+    ):
         assert resumed_summary[key] == full_summary[key], key
     assert resumed_summary["resumed_from"].endswith("killed/checkpoints/last.ckpt")
     # metrics.csv continues: the k-NN of both epochs, the one before the kill included
@@ -188,14 +211,16 @@ def test_sampler_skip_applies_once_to_its_epoch():
 
 def test_loader_state_moves_to_the_next_epoch_after_a_finished_one():
     loader = ResumableLoader(list(range(16)), batch_size=4, seed=1)
-    loader.load_state_dict({"epoch": 2, "batches_done": 4, "batch_size": 4, "world_size": 1,
-                            "seed": 1})
+    loader.load_state_dict(
+        {"epoch": 2, "batches_done": 4, "batch_size": 4, "world_size": 1, "seed": 1}
+    )
     assert loader.sampler.epoch == 3 and loader.batches_done == 0
-    loader.load_state_dict({"epoch": 2, "batches_done": 1, "batch_size": 4, "world_size": 1,
-                            "seed": 1})
+    loader.load_state_dict(
+        {"epoch": 2, "batches_done": 1, "batch_size": 4, "world_size": 1, "seed": 1}
+    )
     assert loader.sampler.epoch == 2
     assert [b.tolist() for b in loader] == [
-        torch.tensor(ResumableSampler(list(range(16)), 4, 1).indices(2)[4 * k: 4 * k + 4]).tolist()
+        torch.tensor(ResumableSampler(list(range(16)), 4, 1).indices(2)[4 * k : 4 * k + 4]).tolist()
         for k in (1, 2, 3)
     ]
 
@@ -204,8 +229,9 @@ def test_loader_state_with_another_world_size_warns_and_maps_by_images():
     loader = ResumableLoader(list(range(64)), batch_size=4, seed=1, world_size=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loader.load_state_dict({"epoch": 0, "batches_done": 3, "batch_size": 4, "world_size": 2,
-                                "seed": 1})
+        loader.load_state_dict(
+            {"epoch": 0, "batches_done": 3, "batch_size": 4, "world_size": 2, "seed": 1}
+        )
     assert any("not the one of an uninterrupted run" in str(w.message) for w in caught)
     assert loader.batches_done == 6  # 3 batches x 4 images x 2 ranks = 24 images = 6 batches
 
@@ -282,8 +308,9 @@ def test_each_rank_takes_its_own_streams_back():
     callback.setup(SimpleNamespace(global_rank=1, world_size=2), module, "fit")
     callback.load_state_dict(state)
     expected = torch.Generator().set_state(streams[1]["generators"]["device"])
-    assert torch.equal(torch.rand(4, generator=module.generators.device("cpu")),
-                       torch.rand(4, generator=expected))
+    assert torch.equal(
+        torch.rand(4, generator=module.generators.device("cpu")), torch.rand(4, generator=expected)
+    )
 
 
 def test_step_checkpoint_saves_only_whole_steps_inside_an_epoch(tmp_path):
@@ -292,8 +319,13 @@ def test_step_checkpoint_saves_only_whole_steps_inside_an_epoch(tmp_path):
     from solo_mixmask.callbacks import StepCheckpoint
 
     saved = []
-    trainer = SimpleNamespace(global_step=0, sanity_checking=False, num_training_batches=8,
-                              accumulate_grad_batches=2, save_checkpoint=saved.append)
+    trainer = SimpleNamespace(
+        global_step=0,
+        sanity_checking=False,
+        num_training_batches=8,
+        accumulate_grad_batches=2,
+        save_checkpoint=saved.append,
+    )
     callback = StepCheckpoint(tmp_path, every_n_steps=2)
     for batch_idx in range(8):  # 8 batches, an optimiser step after every 2nd
         trainer.global_step = (batch_idx + 1) // 2
@@ -318,8 +350,11 @@ def test_mid_epoch_save_counts_its_batch_for_lightning_2_1(monkeypatch, complete
 
     def progress():
         counts = {"ready": 11, "started": 11, "processed": 11, "completed": 10}
-        return {"total": dict(counts), "current": {k: v - 8 for k, v in counts.items()},
-                "is_last_batch": False}
+        return {
+            "total": dict(counts),
+            "current": {k: v - 8 for k, v in counts.items()},
+            "is_last_batch": False,
+        }
 
     checkpoints = []
 
@@ -328,8 +363,13 @@ def test_mid_epoch_save_counts_its_batch_for_lightning_2_1(monkeypatch, complete
         callback.on_save_checkpoint(trainer, None, checkpoint)
         checkpoints.append(checkpoint)
 
-    trainer = SimpleNamespace(global_step=3, sanity_checking=False, num_training_batches=8,
-                              accumulate_grad_batches=1, save_checkpoint=save_checkpoint)
+    trainer = SimpleNamespace(
+        global_step=3,
+        sanity_checking=False,
+        num_training_batches=8,
+        accumulate_grad_batches=1,
+        save_checkpoint=save_checkpoint,
+    )
     callback = callbacks.StepCheckpoint("unused", every_n_steps=3)
     callback.after_train_batch(trainer, batch_idx=2)  # mid-epoch: saved
     save_checkpoint("epoch-end")  # any other save is never touched

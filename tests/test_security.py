@@ -36,8 +36,12 @@ class Payload:
 def _malicious_run_folder(folder: Path, marker: Path) -> Path:
     (folder / "checkpoints").mkdir(parents=True)
     OmegaConf.save(tiny_cfg("mixmask"), folder / "config.yaml")
-    checkpoint = {"state_dict": {"w": torch.zeros(2)}, "loops": {}, "optimizer_states": [],
-                  "hyper_parameters": Payload(marker)}
+    checkpoint = {
+        "state_dict": {"w": torch.zeros(2)},
+        "loops": {},
+        "optimizer_states": [],
+        "hyper_parameters": Payload(marker),
+    }
     torch.save(checkpoint, folder / "checkpoints" / "last.ckpt")
     return folder
 
@@ -121,8 +125,10 @@ def no_network(monkeypatch):
 
 
 def test_default_configs_keep_wandb_offline_and_downloads_off():
-    names = sorted(p.relative_to(configs_root() / "pretrain").with_suffix("")
-                   for p in (configs_root() / "pretrain").glob("*/*.yaml"))
+    names = sorted(
+        p.relative_to(configs_root() / "pretrain").with_suffix("")
+        for p in (configs_root() / "pretrain").glob("*/*.yaml")
+    )
     assert len(names) >= 10
     for name in names:
         cfg = compose_config(None, str(name), [])
@@ -151,13 +157,15 @@ def test_wandb_logger_is_offline_unless_asked(tmp_path, monkeypatch):
 def test_datasets_download_only_when_asked(tmp_path, monkeypatch, no_network):
     monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "not_installed")
     for name in ("cifar10", "fashion_mnist"):
-        cfg = OmegaConf.create({"data": {"dataset": name, "train_path": str(tmp_path / name),
-                                         "download": False}})
+        cfg = OmegaConf.create(
+            {"data": {"dataset": name, "train_path": str(tmp_path / name), "download": False}}
+        )
         with pytest.raises(DataError, match="data.download=true"):
             D.build_dataset(cfg, "train", None)
     assert no_network == []
-    cfg = OmegaConf.create({"data": {"dataset": "fashion_mnist",
-                                     "train_path": str(tmp_path / "fm"), "download": True}})
+    cfg = OmegaConf.create(
+        {"data": {"dataset": "fashion_mnist", "train_path": str(tmp_path / "fm"), "download": True}}
+    )
     with pytest.raises(DataError, match="download"):
         D.build_dataset(cfg, "train", None)
     assert no_network  # only data.download=true tried to connect

@@ -229,8 +229,9 @@ def sample_masks(
     _check_grid(grid_size)
     _check_ratio(ratio)
     size = _check_size(grid_size, size)
-    cells = draw_cells(n if per_sample else 1, grid_size, ratio, mask_type,
-                       generator=generator, device=device)
+    cells = draw_cells(
+        n if per_sample else 1, grid_size, ratio, mask_type, generator=generator, device=device
+    )
     return _pixel_masks(cells, n, size, dtype)
 
 
@@ -248,8 +249,9 @@ class MaskBank:
     ``state_dict()`` holds the cells left and is what a resumed run needs to draw the same masks.
     """
 
-    def __init__(self, grid_size: int, ratio: float, mask_type: str = "block",
-                 capacity: int | None = None):
+    def __init__(
+        self, grid_size: int, ratio: float, mask_type: str = "block", capacity: int | None = None
+    ):
         _check_grid(grid_size)
         _check_ratio(ratio)
         _check_mask_type(mask_type)
@@ -269,16 +271,29 @@ class MaskBank:
         if self._cells is not None and self._cells.device != device:
             self._cells = self._cells.to(device)
         if self._cells is None or self._cursor + n > self._cells.shape[0]:
-            self._cells = draw_cells(max(n, self.capacity), self.grid_size, self.ratio,
-                                     self.mask_type, generator=generator, device=device)
+            self._cells = draw_cells(
+                max(n, self.capacity),
+                self.grid_size,
+                self.ratio,
+                self.mask_type,
+                generator=generator,
+                device=device,
+            )
             self._cursor = 0
-        cells = self._cells[self._cursor:self._cursor + n]
+        cells = self._cells[self._cursor : self._cursor + n]
         self._cursor += n
         return cells
 
-    def sample(self, n: int, size: tuple[int, int], *, per_sample: bool,
-               generator: torch.Generator, device=None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        size: tuple[int, int],
+        *,
+        per_sample: bool,
+        generator: torch.Generator,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
         """Pixel masks (n, 1, H, W) like :func:`sample_masks`, taken from the bank."""
         size = _check_size(self.grid_size, size)
         cells = self.take(n if per_sample else 1, generator=generator, device=device)
@@ -287,7 +302,7 @@ class MaskBank:
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self._cells is None:
             return {}
-        return {"cells": self._cells[self._cursor:].cpu()}
+        return {"cells": self._cells[self._cursor :].cpu()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore the masks left; they move to the generator's device at the next ``take``."""

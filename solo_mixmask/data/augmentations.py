@@ -27,8 +27,13 @@ from solo_mixmask.errors import ConfigError
 
 DEFAULT_PIPELINE: dict[str, Any] = {
     "rrc": {"enabled": True, "crop_min_scale": 0.2, "crop_max_scale": 1.0},
-    "color_jitter": {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4,
-                     "hue": 0.1},
+    "color_jitter": {
+        "prob": 0.8,
+        "brightness": 0.4,
+        "contrast": 0.4,
+        "saturation": 0.4,
+        "hue": 0.1,
+    },
     "grayscale": {"prob": 0.2},
     "gaussian_prob": 0.5,
     "solarization": {"prob": 0.0},
@@ -125,12 +130,14 @@ def _merge_defaults(entry: Mapping, where: str) -> dict[str, Any]:
         if key in _BLOCK_KEYS:
             value = {} if value is None else value
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}.{key}", value, f"a mapping with keys "
-                                  f"{list(_BLOCK_KEYS[key])}")
+                raise ConfigError(
+                    f"{where}.{key}", value, f"a mapping with keys {list(_BLOCK_KEYS[key])}"
+                )
             for sub in value:
                 if sub not in _BLOCK_KEYS[key]:
-                    raise ConfigError(f"{where}.{key}.{sub}", value[sub],
-                                      f"a key among {list(_BLOCK_KEYS[key])}")
+                    raise ConfigError(
+                        f"{where}.{key}.{sub}", value[sub], f"a key among {list(_BLOCK_KEYS[key])}"
+                    )
             merged.setdefault(key, {}).update(value)
         else:
             merged[key] = value
@@ -151,8 +158,11 @@ def _blur_prob(entry: Mapping, merged: dict, where: str) -> float:
     if "prob" in block:
         block_prob = _prob(f"{where}.gaussian_blur.prob", block["prob"])
         if "gaussian_prob" in entry and block_prob != prob:
-            raise ConfigError(f"{where}.gaussian_blur.prob", block["prob"],
-                              f"the value of {where}.gaussian_prob={prob} (give only one)")
+            raise ConfigError(
+                f"{where}.gaussian_blur.prob",
+                block["prob"],
+                f"the value of {where}.gaussian_prob={prob} (give only one)",
+            )
         prob = block_prob
     enabled = _bool(f"{where}.gaussian_blur.enabled", block.get("enabled", True))
     return prob if enabled else 0.0
@@ -169,12 +179,20 @@ def parse_pipeline(entry: Any, where: str, mean: tuple, std: tuple) -> CropSpec:
         raise ConfigError(where, entry, "a mapping of augmentation settings")
     m = _merge_defaults(entry, where)
     rrc, cj = m["rrc"], m["color_jitter"]
-    max_scale = _number(f"{where}.rrc.crop_max_scale", rrc["crop_max_scale"], 1e-12, 1.0,
-                        "a float in (0, 1]")
-    min_scale = _number(f"{where}.rrc.crop_min_scale", rrc["crop_min_scale"], 1e-12, max_scale,
-                        f"a float in (0, crop_max_scale={max_scale}]")
-    color = {k: _number(f"{where}.color_jitter.{k}", cj[k], 0.0, float("inf"), "a float >= 0")
-             for k in ("brightness", "contrast", "saturation")}
+    max_scale = _number(
+        f"{where}.rrc.crop_max_scale", rrc["crop_max_scale"], 1e-12, 1.0, "a float in (0, 1]"
+    )
+    min_scale = _number(
+        f"{where}.rrc.crop_min_scale",
+        rrc["crop_min_scale"],
+        1e-12,
+        max_scale,
+        f"a float in (0, crop_max_scale={max_scale}]",
+    )
+    color = {
+        k: _number(f"{where}.color_jitter.{k}", cj[k], 0.0, float("inf"), "a float >= 0")
+        for k in ("brightness", "contrast", "saturation")
+    }
     return CropSpec(
         crop_size=_int_at_least(f"{where}.crop_size", m["crop_size"], 8),
         num_crops=_int_at_least(f"{where}.num_crops", m["num_crops"], 1),
@@ -228,8 +246,11 @@ def build_crop_transform(spec: CropSpec) -> Callable[[Image.Image], torch.Tensor
     size = spec.crop_size
     bicubic = T.InterpolationMode.BICUBIC
     if spec.rrc:
-        ops: list[Callable] = [T.RandomResizedCrop(
-            size, scale=(spec.crop_min_scale, spec.crop_max_scale), interpolation=bicubic)]
+        ops: list[Callable] = [
+            T.RandomResizedCrop(
+                size, scale=(spec.crop_min_scale, spec.crop_max_scale), interpolation=bicubic
+            )
+        ]
     else:
         ops = [T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
     if spec.color_jitter_prob > 0:
@@ -281,5 +302,6 @@ def build_eval_transform(cfg: DictConfig) -> Callable[[Image.Image], torch.Tenso
     spec = parse_augmentations(cfg)[0]
     crop = spec.crop_size
     resize = round(crop / 0.875) if crop >= 64 else crop
-    return T.Compose([T.Resize(resize), T.CenterCrop(crop), T.ToTensor(),
-                      T.Normalize(spec.mean, spec.std)])
+    return T.Compose(
+        [T.Resize(resize), T.CenterCrop(crop), T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    )

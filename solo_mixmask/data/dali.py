@@ -182,9 +182,7 @@ def _pixel_ops(ops: _Ops, view: Any, spec: CropSpec) -> Any:
     if spec.gaussian_prob > 0:
         on = ops.coin(spec.gaussian_prob)
         sigma = on * ops.uniform(*BLUR_SIGMA) + (1.0 - on) * NO_BLUR_SIGMA
-        view = ops.fn.gaussian_blur(
-            view, window_size=blur_kernel_size(spec.crop_size), sigma=sigma
-        )
+        view = ops.fn.gaussian_blur(view, window_size=blur_kernel_size(spec.crop_size), sigma=sigma)
     if spec.solarization_prob > 0:
         on = ops.on_device(
             ops.fn.random.coin_flip(probability=spec.solarization_prob, dtype=ops.types.UINT8)
@@ -397,7 +395,8 @@ def build_dali_train_loader(cfg: DictConfig) -> DaliTrainLoader:
     name = dataset_name(cfg)
     if name not in IMAGE_FOLDER_DATASETS:
         raise ConfigError(
-            "data.format", "dali",
+            "data.format",
+            "dali",
             f"'image_folder' for data.dataset={name!r}: DALI reads ImageFolder trees "
             f"(data.dataset one of {', '.join(IMAGE_FOLDER_DATASETS)})",
         )
@@ -411,9 +410,7 @@ def build_dali_train_loader(cfg: DictConfig) -> DaliTrainLoader:
     size = cfg_value(cfg, "data.train_subset")
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(dataset):
-            raise ConfigError(
-                "data.train_subset", size, f"null or an int in [1, {len(dataset)}]"
-            )
+            raise ConfigError("data.train_subset", size, f"null or an int in [1, {len(dataset)}]")
         indices = subset_indices(len(dataset), size, seed)
         dataset = dataset if indices is None else Subset(dataset, indices)
     files, targets = _files_and_targets(dataset)

@@ -195,8 +195,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise DataError(f"{path}: header says {dims} ({expected} bytes) but holds "
-                        f"{len(raw) - header} bytes of data")
+        raise DataError(
+            f"{path}: header says {dims} ({expected} bytes) but holds "
+            f"{len(raw) - header} bytes of data"
+        )
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     return data.astype(dtype.newbyteorder("="))  # native byte order, writable copy
 
@@ -224,8 +226,10 @@ def _find_fashion_mnist(folder: Path, split: str) -> tuple[Path, Path] | None:
 def _load_fashion_mnist_files(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8 or labels.shape != (len(images),):
-        raise DataError(f"{images_path} / {labels_path}: expected uint8 images (N, H, W) and "
-                        f"N labels, got {images.shape} {images.dtype} and {labels.shape}")
+        raise DataError(
+            f"{images_path} / {labels_path}: expected uint8 images (N, H, W) and "
+            f"N labels, got {images.shape} {images.dtype} and {labels.shape}"
+        )
     return images, labels.astype(np.int64)
 
 
@@ -246,7 +250,8 @@ def _fashion_mnist(cfg: DictConfig, split: str, transform: Callable | None) -> D
         searched = ", ".join(str(f) for f in [*folders, FASHION_MNIST_SYSTEM_DIR])
         raise DataError(
             f"Fashion-MNIST ({split}) idx files not found (searched {searched}): install the "
-            "Debian package dataset-fashion-mnist or set data.download=true")
+            "Debian package dataset-fashion-mnist or set data.download=true"
+        )
     import torchvision
 
     try:
@@ -270,15 +275,21 @@ def _torchvision_dataset(cfg: DictConfig, name: str, split: str, transform: Call
     try:
         if name == "stl10":
             tv_split = {"train": "train+unlabeled", "train_labeled": "train", "val": "test"}[split]
-            return torchvision.datasets.STL10(str(root), split=tv_split, download=download,
-                                              transform=wrapped)
+            return torchvision.datasets.STL10(
+                str(root), split=tv_split, download=download, transform=wrapped
+            )
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
         return cls(str(root), train=split != "val", download=download, transform=wrapped)
     except (RuntimeError, OSError) as err:
-        hint = ("set data.download=true to download it" if not download
-                else "the download failed; fetch it by hand into that folder")
-        raise DataError(f"data.dataset={name!r}: not found under {key}={str(root)!r} ({err}); "
-                        f"{hint}, or point {key} at a folder that holds it") from err
+        hint = (
+            "set data.download=true to download it"
+            if not download
+            else "the download failed; fetch it by hand into that folder"
+        )
+        raise DataError(
+            f"data.dataset={name!r}: not found under {key}={str(root)!r} ({err}); "
+            f"{hint}, or point {key} at a folder that holds it"
+        ) from err
 
 
 # --------------------------------------------------------------------------- image decoding
@@ -324,8 +335,9 @@ def load_image_rgb(path: str | Path) -> Image.Image:
             img.load()
             return to_rgb(img)
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
-        raise DataError(f"cannot decode image file {str(path)!r}: "
-                        f"{type(err).__name__}: {err}") from err
+        raise DataError(
+            f"cannot decode image file {str(path)!r}: {type(err).__name__}: {err}"
+        ) from err
 
 
 def _is_hidden(name: str) -> bool:
@@ -409,8 +421,14 @@ class ImageFolderDataset(Dataset):
     each newly skipped path to that file, one per line, so a run can count them all.
     """
 
-    def __init__(self, root: str | Path, samples: Sequence[tuple[str, int]],
-                 classes: Sequence[str], transform: Callable | None, strict: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        transform: Callable | None,
+        strict: bool = False,
+    ):
         self.root = str(root)
         self.samples = list(samples)
         self.targets = [t for _, t in self.samples]
@@ -429,8 +447,12 @@ class ImageFolderDataset(Dataset):
         if path not in self._bad:
             self._bad.add(path)
             self.bad_files.append(path)
-            warnings.warn(f"skipping unreadable image {path!r} ({err.__cause__ or err}); "
-                          "set data.strict=true to stop instead", BadImageWarning, stacklevel=3)
+            warnings.warn(
+                f"skipping unreadable image {path!r} ({err.__cause__ or err}); "
+                "set data.strict=true to stop instead",
+                BadImageWarning,
+                stacklevel=3,
+            )
             if self.report_file:
                 with open(self.report_file, "a", encoding="utf-8") as f:
                     f.write(path + "\n")  # one short append: atomic between processes
@@ -451,8 +473,9 @@ class ImageFolderDataset(Dataset):
             if self.transform is not None:
                 img = self.transform(img)
             return img, target
-        raise DataError(f"no image under {self.root!r} can be decoded "
-                        f"({len(self.bad_files)} bad files)")
+        raise DataError(
+            f"no image under {self.root!r} can be decoded ({len(self.bad_files)} bad files)"
+        )
 
 
 def _class_folders(root: Path) -> list[str]:
@@ -498,8 +521,10 @@ def _image_folder(cfg: DictConfig, split: str, transform: Callable | None) -> Da
     key = "data.val_path" if split == "val" else "data.train_path"
     given = cfg_value(cfg, key)
     if not given:
-        raise DataError(f"{key} is not set: data.dataset={cfg_value(cfg, 'data.dataset')!r} "
-                        "reads an image folder tree, give its path")
+        raise DataError(
+            f"{key} is not set: data.dataset={cfg_value(cfg, 'data.dataset')!r} "
+            "reads an image folder tree, give its path"
+        )
     root = Path(given).expanduser()
     if not root.is_dir():
         raise DataError(f"{key}={str(root)!r} is not an existing folder")
@@ -510,13 +535,16 @@ def _image_folder(cfg: DictConfig, split: str, transform: Callable | None) -> Da
     else:
         classes, own = _class_map(cfg, split, root)
         if not own:
-            raise DataError(f"{key}={str(root)!r} has no class sub-folders; for a flat folder "
-                            "of unlabeled images set data.no_labels=true")
+            raise DataError(
+                f"{key}={str(root)!r} has no class sub-folders; for a flat folder "
+                "of unlabeled images set data.no_labels=true"
+            )
         index = {c: i for i, c in enumerate(classes)}  # one map for every split: train's
         samples = [(p, index[c]) for c in own for p in list_image_files(root / c)]
     if not samples:
-        raise DataError(f"{key}={str(root)!r} holds no image files "
-                        f"(extensions {', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(
+            f"{key}={str(root)!r} holds no image files (extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
     strict = bool(cfg_value(cfg, "data.strict", False))
     scanned_bad: list[str] = []
     if bool(cfg_value(cfg, "data.scan_images", False)):
@@ -540,8 +568,11 @@ def _drop_bad_samples(samples: list[tuple[str, int]], strict: bool) -> list[tupl
         except DataError as err:
             if strict:
                 raise
-            warnings.warn(f"skipping unreadable image {path!r} ({err.__cause__ or err})",
-                          BadImageWarning, stacklevel=3)
+            warnings.warn(
+                f"skipping unreadable image {path!r} ({err.__cause__ or err})",
+                BadImageWarning,
+                stacklevel=3,
+            )
             continue
         kept.append((path, target))
     return kept
@@ -587,12 +618,16 @@ def num_classes(cfg: DictConfig) -> int:
         return 1
     root = cfg_value(cfg, "data.train_path")
     if not root or not Path(root).is_dir():
-        raise DataError(f"data.train_path={root!r} is not an existing folder: cannot count the "
-                        "classes of data.dataset='custom'")
+        raise DataError(
+            f"data.train_path={root!r} is not an existing folder: cannot count the "
+            "classes of data.dataset='custom'"
+        )
     count = len(_class_folders(Path(root)))
     if count == 0:
-        raise DataError(f"data.train_path={root!r} has no class sub-folders; for unlabeled "
-                        "images set data.no_labels=true")
+        raise DataError(
+            f"data.train_path={root!r} has no class sub-folders; for unlabeled "
+            "images set data.no_labels=true"
+        )
     return count
 
 

@@ -55,13 +55,17 @@ def _num_workers(cfg: DictConfig) -> int:
 def _batch_size(cfg: DictConfig) -> int:
     batch = cfg_value(cfg, "optimizer.batch_size")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 2:
-        raise ConfigError("optimizer.batch_size", batch, "an int >= 2 (each image is mixed "
-                          "with a partner from the same per-device batch)")
+        raise ConfigError(
+            "optimizer.batch_size",
+            batch,
+            "an int >= 2 (each image is mixed with a partner from the same per-device batch)",
+        )
     return batch
 
 
-def subset_for(cfg: DictConfig, key: str, n: int, clamp: bool,
-               default: int | None = None) -> list[int] | None:
+def subset_for(
+    cfg: DictConfig, key: str, n: int, clamp: bool, default: int | None = None
+) -> list[int] | None:
     """Sorted indices of ``cfg.<key>`` random items out of ``n``, fixed by ``cfg.seed``
     (``default`` when the key is absent; None = all of them). A size above ``n`` is a
     ConfigError unless ``clamp`` (then: everything).
@@ -74,8 +78,9 @@ def subset_for(cfg: DictConfig, key: str, n: int, clamp: bool,
     return subset_indices(n, size, _seed(cfg))
 
 
-def _subset(dataset: Dataset, cfg: DictConfig, key: str, clamp: bool,
-            default: int | None = None) -> Dataset:
+def _subset(
+    dataset: Dataset, cfg: DictConfig, key: str, clamp: bool, default: int | None = None
+) -> Dataset:
     """``dataset`` restricted to :func:`subset_for` (all of it when that is None)."""
     indices = subset_for(cfg, key, len(dataset), clamp, default)  # type: ignore[arg-type]
     return dataset if indices is None else Subset(dataset, indices)
@@ -108,31 +113,50 @@ def build_train_loader(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> D
         from solo_mixmask.data.memory import build_memory_train_loader
 
         return build_memory_train_loader(
-            cfg, _batch_size(cfg), _seed(cfg),
-            lambda n: subset_for(cfg, "data.train_subset", n, clamp=False), rank, world_size)
+            cfg,
+            _batch_size(cfg),
+            _seed(cfg),
+            lambda n: subset_for(cfg, "data.train_subset", n, clamp=False),
+            rank,
+            world_size,
+        )
     batch = _batch_size(cfg)
     workers = _num_workers(cfg)
     dataset = build_dataset(cfg, "train", build_pretrain_transform(cfg))
     dataset = _subset(dataset, cfg, "data.train_subset", clamp=False)
     if len(dataset) < batch:  # type: ignore[arg-type]
-        raise DataError(f"the training set has {len(dataset)} images, fewer than one batch of "  # type: ignore[arg-type]
-                        f"optimizer.batch_size={batch}: lower the batch size or add images")
+        raise DataError(
+            f"the training set has {len(dataset)} images, fewer than one batch of "  # type: ignore[arg-type]
+            f"optimizer.batch_size={batch}: lower the batch size or add images"
+        )
     return DataLoader(
-        IndexedDataset(dataset), batch_size=batch, shuffle=True, drop_last=True,
-        num_workers=workers, pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0, worker_init_fn=_seed_worker,
+        IndexedDataset(dataset),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(_seed(cfg)),
     )
 
 
 def _eval_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch, shuffle=False, drop_last=False,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      worker_init_fn=_seed_worker)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=False,
+        drop_last=False,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_seed_worker,
+    )
 
 
-def build_knn_loaders(cfg: DictConfig, rank: int = 0,
-                      world_size: int = 1) -> tuple[DataLoader, DataLoader]:
+def build_knn_loaders(
+    cfg: DictConfig, rank: int = 0, world_size: int = 1
+) -> tuple[DataLoader, DataLoader]:
     """(knn_train_loader, val_loader), both yielding ``(x (B, 3, crop, crop) float32,
     y (B,) int64)`` with the eval transform, in a fixed order.
 
@@ -143,29 +167,42 @@ def build_knn_loaders(cfg: DictConfig, rank: int = 0,
     ``rank`` of ``world_size`` its share (the same images and eval view).
     """
     if bool(cfg_value(cfg, "data.no_labels", False)):
-        raise DataError("the k-NN monitor needs labeled images but data.no_labels=true; "
-                        "disable the k-NN monitor for unlabeled data")
+        raise DataError(
+            "the k-NN monitor needs labeled images but data.no_labels=true; "
+            "disable the k-NN monitor for unlabeled data"
+        )
     fmt = cfg_value(cfg, "data.format", "image_folder")
     if fmt == "memory":
         from solo_mixmask.data.memory import build_memory_eval_loader
 
         batch = _batch_size(cfg)
         memory_train = build_memory_eval_loader(
-            cfg, "train_labeled",
-            lambda n: subset_for(cfg, "data.knn_train_subset", n, clamp=True,
-                                 default=DEFAULT_KNN_TRAIN_SUBSET),
-            batch, rank, world_size)
+            cfg,
+            "train_labeled",
+            lambda n: subset_for(
+                cfg, "data.knn_train_subset", n, clamp=True, default=DEFAULT_KNN_TRAIN_SUBSET
+            ),
+            batch,
+            rank,
+            world_size,
+        )
         memory_val = build_memory_eval_loader(
-            cfg, "val", lambda n: subset_for(cfg, "data.val_subset", n, clamp=False), batch,
-            rank, world_size)
+            cfg,
+            "val",
+            lambda n: subset_for(cfg, "data.val_subset", n, clamp=False),
+            batch,
+            rank,
+            world_size,
+        )
         return memory_train, memory_val  # type: ignore[return-value]
     if fmt == "dali":  # k-NN images: plain loaders
         cfg = image_folder_cfg(cfg)
     batch, workers = _batch_size(cfg), _num_workers(cfg)
     transform = build_eval_transform(cfg)
     train = build_dataset(cfg, "train_labeled", transform)
-    train = _subset(train, cfg, "data.knn_train_subset", clamp=True,
-                    default=DEFAULT_KNN_TRAIN_SUBSET)
+    train = _subset(
+        train, cfg, "data.knn_train_subset", clamp=True, default=DEFAULT_KNN_TRAIN_SUBSET
+    )
     val = build_dataset(cfg, "val", transform)
     val = _subset(val, cfg, "data.val_subset", clamp=False)
     return _eval_loader(train, batch, workers), _eval_loader(val, batch, workers)

@@ -87,8 +87,9 @@ class MemoryImages:
         if indices is None:
             return self
         index = torch.as_tensor(list(indices), dtype=torch.long)
-        return MemoryImages(self.images[index], self.targets[index], list(self.bad_files),
-                            self.source)
+        return MemoryImages(
+            self.images[index], self.targets[index], list(self.bad_files), self.source
+        )
 
 
 class _Decoder(Dataset):
@@ -117,8 +118,7 @@ class _Decoder(Dataset):
 
 def _decode_image_folder(dataset: ImageFolderDataset, workers: int) -> MemoryImages:
     """Decode every file (``workers`` processes); bad files are left out (or raise, strict)."""
-    loader = DataLoader(_Decoder(dataset), batch_size=256, num_workers=workers,
-                        collate_fn=list)
+    loader = DataLoader(_Decoder(dataset), batch_size=256, num_workers=workers, collate_fn=list)
     images: list[np.ndarray] = []
     targets: list[int] = []
     bad = list(dataset.bad_files)  # left out by data.scan_images already
@@ -126,8 +126,11 @@ def _decode_image_folder(dataset: ImageFolderDataset, workers: int) -> MemoryIma
     for chunk in loader:
         for img, target, path in chunk:
             if img is None:
-                warnings.warn(f"skipping unreadable image {path!r}; set data.strict=true to "
-                              "stop instead", BadImageWarning, stacklevel=2)
+                warnings.warn(
+                    f"skipping unreadable image {path!r}; set data.strict=true to stop instead",
+                    BadImageWarning,
+                    stacklevel=2,
+                )
                 bad.append(path)
                 continue
             if first is None:
@@ -137,7 +140,8 @@ def _decode_image_folder(dataset: ImageFolderDataset, workers: int) -> MemoryIma
                     f"data.format=memory holds images of one size: {path!r} is "
                     f"{img.shape[1]}x{img.shape[0]} px but {first[0]!r} is "
                     f"{first[1][1]}x{first[1][0]} px; resize the images to one size or use "
-                    "data.format=image_folder")
+                    "data.format=image_folder"
+                )
             images.append(img)
             targets.append(target)
     if not images:
@@ -150,8 +154,9 @@ def _from_dataset(dataset: Dataset, workers: int) -> MemoryImages:
     """The uint8 tensor of any dataset :func:`build_dataset` returns (no transform)."""
     if isinstance(dataset, ArrayImageDataset):  # Fashion-MNIST: (N, H, W) grayscale
         images = torch.from_numpy(np.ascontiguousarray(dataset.images)).unsqueeze(1)
-        return MemoryImages(images, torch.as_tensor(dataset.labels, dtype=torch.long),
-                            source="idx files")
+        return MemoryImages(
+            images, torch.as_tensor(dataset.labels, dtype=torch.long), source="idx files"
+        )
     if isinstance(dataset, ImageFolderDataset):
         return _decode_image_folder(dataset, workers)
     data = getattr(dataset, "data", None)  # torchvision CIFAR (N, H, W, 3) / STL-10 (N, 3, H, W)
@@ -179,8 +184,21 @@ def decode_split(cfg: DictConfig, split: str) -> MemoryImages:
     """
     if split == "train_labeled" and cfg_value(cfg, "data.dataset") != "stl10":
         split = "train"  # the same images (only STL-10 has an unlabelled part)
-    key = (split, *(str(cfg_value(cfg, f"data.{k}")) for k in (
-        "dataset", "train_path", "val_path", "no_labels", "strict", "scan_images", "download")))
+    key = (
+        split,
+        *(
+            str(cfg_value(cfg, f"data.{k}"))
+            for k in (
+                "dataset",
+                "train_path",
+                "val_path",
+                "no_labels",
+                "strict",
+                "scan_images",
+                "download",
+            )
+        ),
+    )
     if key not in _DECODED:
         workers = int(cfg_value(cfg, "data.num_workers", 0))
         decoded = _from_dataset(build_dataset(image_folder_cfg(cfg), split, None), workers)
@@ -225,13 +243,28 @@ class MemoryTrainLoader(ResumableLoader):
     augmented together in one batched call. Yields ``[indexes, views, targets]`` on the device.
     """
 
-    def __init__(self, memory: MemoryImages, specs: Sequence[CropSpec], batch_size: int,
-                 seed: int, rank: int = 0, world_size: int = 1):
-        super().__init__(_BatchKeys(memory), batch_size=batch_size, seed=seed, rank=rank,
-                         world_size=world_size, num_workers=0, collate_fn=_keep)
+    def __init__(
+        self,
+        memory: MemoryImages,
+        specs: Sequence[CropSpec],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__(
+            _BatchKeys(memory),
+            batch_size=batch_size,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=0,
+            collate_fn=_keep,
+        )
         self.memory = memory
-        self.pipelines = [(BatchAugment(s, f"augmentations[{i}]"), s.num_crops)
-                          for i, s in enumerate(specs)]
+        self.pipelines = [
+            (BatchAugment(s, f"augmentations[{i}]"), s.num_crops) for i, s in enumerate(specs)
+        ]
         self.device = torch.device("cpu")
         self._generator: torch.Generator | None = None
 
@@ -274,8 +307,14 @@ class MemoryEvalLoader:
     its first images (as ``DistributedSampler``), so every rank has the same number of batches.
     """
 
-    def __init__(self, memory: MemoryImages, spec: CropSpec, batch_size: int, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        memory: MemoryImages,
+        spec: CropSpec,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.memory = memory
         self.dataset = _BatchKeys(memory)  # len() and bad-file bookkeeping, like a DataLoader
         self.spec = spec
@@ -307,13 +346,16 @@ class MemoryEvalLoader:
 def _check_size(memory: MemoryImages, batch: int, world_size: int) -> None:
     per_rank = len(memory) // world_size
     if per_rank < batch:
-        raise DataError(f"the training set has {len(memory)} images ({per_rank} per device), "
-                        f"fewer than one batch of optimizer.batch_size={batch}: lower the batch "
-                        "size or add images")
+        raise DataError(
+            f"the training set has {len(memory)} images ({per_rank} per device), "
+            f"fewer than one batch of optimizer.batch_size={batch}: lower the batch "
+            "size or add images"
+        )
 
 
-def build_memory_train_loader(cfg: DictConfig, batch: int, seed: int, train_subset: Any,
-                              rank: int = 0, world_size: int = 1) -> MemoryTrainLoader:
+def build_memory_train_loader(
+    cfg: DictConfig, batch: int, seed: int, train_subset: Any, rank: int = 0, world_size: int = 1
+) -> MemoryTrainLoader:
     """The training loader of ``data.format: memory``; ``train_subset`` maps the split's length
     to the chosen indices (None = all)."""
     memory = decode_split(cfg, "train")
@@ -322,8 +364,9 @@ def build_memory_train_loader(cfg: DictConfig, batch: int, seed: int, train_subs
     return MemoryTrainLoader(memory, parse_augmentations(cfg), batch, seed, rank, world_size)
 
 
-def build_memory_eval_loader(cfg: DictConfig, split: str, indices: Any, batch: int,
-                             rank: int = 0, world_size: int = 1) -> MemoryEvalLoader:
+def build_memory_eval_loader(
+    cfg: DictConfig, split: str, indices: Any, batch: int, rank: int = 0, world_size: int = 1
+) -> MemoryEvalLoader:
     """A k-NN loader of ``split``; ``indices`` maps the split's length to the chosen indices."""
     memory = decode_split(cfg, split)
     memory = memory.select(indices(len(memory)))

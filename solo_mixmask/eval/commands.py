@@ -58,8 +58,9 @@ def _print_json(result: dict) -> None:
 def _linear(args: argparse.Namespace) -> None:
     from solo_mixmask.eval.linear import run_linear
 
-    result = run_linear(args.checkpoint, args.preset, args.overrides, args.cached_features,
-                        args.out, args.device)
+    result = run_linear(
+        args.checkpoint, args.preset, args.overrides, args.cached_features, args.out, args.device
+    )
     _print_json(result)
 
 
@@ -97,33 +98,56 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _common_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a .ckpt of a run, the authors' .pth.tar, a solo-learn "
-                   "checkpoint or a torchvision state dict")
-    p.add_argument("--out", default=None,
-                   help="result JSON (default: <run>/<command>.json beside the run)")
+    p.add_argument(
+        "checkpoint",
+        help="a .ckpt of a run, the authors' .pth.tar, a solo-learn "
+        "checkpoint or a torchvision state dict",
+    )
+    p.add_argument(
+        "--out", default=None, help="result JSON (default: <run>/<command>.json beside the run)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("overrides", nargs="*",
-                   help="key=value config overrides, e.g. data.dataset=cifar10 data.train_path=X")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value config overrides, e.g. data.dataset=cifar10 data.train_path=X",
+    )
 
 
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     """Register this module's sub-commands on the ``solo-mixmask`` parser."""
     p = _intermixed(sub.add_parser("linear", help="offline linear probe on a frozen backbone"))
     _common_eval_args(p)
-    p.add_argument("--preset", default="seed",
-                   help="seed (100 epochs, lr 30, steps 60/80) | small (30 epochs, 10k images) "
-                   "| path to a YAML file (default: seed)")
-    p.add_argument("--cached-features", action=argparse.BooleanOptionalAction, default=None,
-                   help="extract features once (centre crop, no augmentation) and train the "
-                   "linear layer on them (default: on for CPU, off for GPU)")
+    p.add_argument(
+        "--preset",
+        default="seed",
+        help="seed (100 epochs, lr 30, steps 60/80) | small (30 epochs, 10k images) "
+        "| path to a YAML file (default: seed)",
+    )
+    p.add_argument(
+        "--cached-features",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="extract features once (centre crop, no augmentation) and train the "
+        "linear layer on them (default: on for CPU, off for GPU)",
+    )
     p.set_defaults(func=_linear)
 
     p = _intermixed(sub.add_parser("knn", help="offline weighted k-NN on the run's k-NN subsets"))
     _common_eval_args(p)
-    p.add_argument("--k", nargs="+", action=KsAction, default=None,
-                   help="one or more k (default: 10 20 100 200 and the run's knn_eval.k)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="vote temperature (default: the run's knn_eval.T, 0.1)")
+    p.add_argument(
+        "--k",
+        nargs="+",
+        action=KsAction,
+        default=None,
+        help="one or more k (default: 10 20 100 200 and the run's knn_eval.k)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="vote temperature (default: the run's knn_eval.T, 0.1)",
+    )
     p.set_defaults(func=_knn)
 
     p = sub.add_parser("convert", help="export the query backbone (torchvision|timm|detectron2)")
@@ -132,11 +156,19 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=("torchvision", "timm", "detectron2"))
     p.set_defaults(func=_convert)
 
-    p = _intermixed(sub.add_parser("show-masks", help="PNG grid of masks and mixed views on real images"))
-    p.add_argument("--config-path", default=None,
-                   help="folder of configs (default: configs/pretrain/<dataset>)")
-    p.add_argument("--config-name", default="mixmask",
-                   help="NAME or DATASET/NAME (default: fashion_mnist/mixmask)")
+    p = _intermixed(
+        sub.add_parser("show-masks", help="PNG grid of masks and mixed views on real images")
+    )
+    p.add_argument(
+        "--config-path",
+        default=None,
+        help="folder of configs (default: configs/pretrain/<dataset>)",
+    )
+    p.add_argument(
+        "--config-name",
+        default="mixmask",
+        help="NAME or DATASET/NAME (default: fashion_mnist/mixmask)",
+    )
     p.add_argument("--out", default="masks.png", help="output PNG (default: masks.png)")
     p.add_argument("--num-images", type=int, default=6, help="columns (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="picks images, masks and lambdas")

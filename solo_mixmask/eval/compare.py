@@ -78,8 +78,11 @@ def read_metrics(path: Path, knn_at_init: bool) -> tuple[dict, dict, dict]:
         if value is not None:
             knn[0 if first_knn else int(epoch) + 1] = value
             first_knn = False
-        losses = {k: _float(v) for k, v in row.items()
-                  if k.startswith("train_") and k.endswith("_loss_epoch") and k != CLASSIFIER_LOSS}
+        losses = {
+            k: _float(v)
+            for k, v in row.items()
+            if k.startswith("train_") and k.endswith("_loss_epoch") and k != CLASSIFIER_LOSS
+        }
         losses = {k: v for k, v in losses.items() if v is not None}
         if losses:
             done = int(epoch) + 1
@@ -101,8 +104,9 @@ def load_run(run_dir: str | Path) -> RunRecord:
     init = json.loads(init_file.read_text()) if init_file.is_file() else {}
     linear_file = run_dir / "linear.json"
     offline = json.loads(linear_file.read_text()).get("acc1") if linear_file.is_file() else None
-    knn, contrastive, total = read_metrics(run_dir / "logs" / "metrics.csv",
-                                           init.get("knn_acc1_at_init") is not None)
+    knn, contrastive, total = read_metrics(
+        run_dir / "logs" / "metrics.csv", init.get("knn_acc1_at_init") is not None
+    )
     return RunRecord(
         name=run_dir.name,
         method=str(summary.get("method", "?")),
@@ -132,14 +136,28 @@ def _duration(seconds: float | None) -> str:
 
 def markdown_table(records: Sequence[RunRecord]) -> str:
     """One header row, one separator and one row per run (accuracies in %)."""
-    header = ("run", "method", "epochs", "k-NN top-1", "online linear top-1",
-              "offline linear top-1", "images/s", "wall time")
+    header = (
+        "run",
+        "method",
+        "epochs",
+        "k-NN top-1",
+        "online linear top-1",
+        "offline linear top-1",
+        "images/s",
+        "wall time",
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for r in records:
-        cells = (r.name, r.method, "-" if r.epochs is None else str(r.epochs), _pct(r.knn_acc1),
-                 _pct(r.linear_acc1), _pct(r.offline_linear_acc1),
-                 "-" if r.images_per_sec is None else f"{r.images_per_sec:.1f}",
-                 _duration(r.wall_seconds))
+        cells = (
+            r.name,
+            r.method,
+            "-" if r.epochs is None else str(r.epochs),
+            _pct(r.knn_acc1),
+            _pct(r.linear_acc1),
+            _pct(r.offline_linear_acc1),
+            "-" if r.images_per_sec is None else f"{r.images_per_sec:.1f}",
+            _duration(r.wall_seconds),
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -221,5 +239,9 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         "Left loss panel: the contrastive term L(q, k) (train_nce_loss / train_byol_loss), "
         "comparable across methods. Right: the sum of all self-supervised loss terms.\n"
     )
-    return {"table": table, "report": str(report), "knn_plot": str(knn_png),
-            "loss_plot": str(loss_png)}
+    return {
+        "table": table,
+        "report": str(report),
+        "knn_plot": str(knn_png),
+        "loss_plot": str(loss_png),
+    }

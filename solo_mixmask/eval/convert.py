@@ -52,17 +52,18 @@ def detectron2_name(key: str) -> str | None:
     if key.endswith("num_batches_tracked"):
         return None
     if key.startswith("conv1."):
-        return "stem.conv1." + key[len("conv1."):]
+        return "stem.conv1." + key[len("conv1.") :]
     if key.startswith("bn1."):
-        return "stem.conv1.norm." + key[len("bn1."):]
+        return "stem.conv1.norm." + key[len("bn1.") :]
     match = re.match(r"^layer([1-4])\.(\d+)\.(.+)$", key)
     if match:
         stage, block, rest = int(match.group(1)), match.group(2), match.group(3)
         for pattern, replacement in _BLOCK_RENAMES:
             if pattern.match(rest):
                 return f"res{stage + 1}.{block}." + pattern.sub(replacement, rest)
-    raise CheckpointError(f"key {key!r} is not part of a torchvision ResNet: cannot name it for "
-                          "Detectron2")
+    raise CheckpointError(
+        f"key {key!r} is not part of a torchvision ResNet: cannot name it for Detectron2"
+    )
 
 
 def _require_resnet(lb: LoadedBackbone, fmt: str) -> None:

@@ -83,16 +83,23 @@ class LinearSettings:
         subsets = {}
         for key in ("train_subset", "val_subset"):
             value = OmegaConf.select(cfg, f"linear.{key}", default=None)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ConfigError(f"linear.{key}", value, "null (all images) or an int >= 1")
             subsets[key] = value
         lin = cfg.linear
         return cls(
-            epochs=int(lin.epochs), batch_size=int(lin.batch_size), lr=float(lin.lr),
-            momentum=float(lin.momentum), weight_decay=float(lin.weight_decay),
-            lr_decay_epochs=tuple(sorted(steps)), lr_decay_rate=float(lin.lr_decay_rate),
-            init_std=float(lin.init_std), crop_min_scale=float(lin.crop_min_scale), **subsets,
+            epochs=int(lin.epochs),
+            batch_size=int(lin.batch_size),
+            lr=float(lin.lr),
+            momentum=float(lin.momentum),
+            weight_decay=float(lin.weight_decay),
+            lr_decay_epochs=tuple(sorted(steps)),
+            lr_decay_rate=float(lin.lr_decay_rate),
+            init_std=float(lin.init_std),
+            crop_min_scale=float(lin.crop_min_scale),
+            **subsets,
         )
 
 
@@ -116,8 +123,9 @@ def new_linear_head(features_dim: int, classes: int, init_std: float) -> nn.Line
 
 
 def _optimizer(head: nn.Module, s: LinearSettings) -> tuple[torch.optim.Optimizer, Any]:
-    opt = torch.optim.SGD(head.parameters(), lr=s.lr, momentum=s.momentum,
-                          weight_decay=s.weight_decay)
+    opt = torch.optim.SGD(
+        head.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+    )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(s.lr_decay_epochs), s.lr_decay_rate)
     return opt, sched
 
@@ -166,7 +174,7 @@ def _train_on_features(
         total_loss, correct = 0.0, 0
         lr = opt.param_groups[0]["lr"]
         for start in range(0, n, s.batch_size):
-            idx = order[start:start + s.batch_size]
+            idx = order[start : start + s.batch_size]
             logits = head(train_f[idx])
             loss = F.cross_entropy(logits, train_y[idx])
             opt.zero_grad(set_to_none=True)
@@ -175,8 +183,9 @@ def _train_on_features(
             total_loss += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == train_y[idx]).sum())
         sched.step()
-        history.append({"epoch": epoch + 1, "loss": total_loss / n, "acc1": 100.0 * correct / n,
-                        "lr": lr})
+        history.append(
+            {"epoch": epoch + 1, "loss": total_loss / n, "acc1": 100.0 * correct / n, "lr": lr}
+        )
     return head, history
 
 
@@ -218,14 +227,22 @@ def train_on_images(
             seen += labelled
         sched.step()
         seen = max(seen, 1)
-        history.append({"epoch": epoch + 1, "loss": total_loss / seen,
-                        "acc1": 100.0 * correct / seen, "lr": lr})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": total_loss / seen,
+                "acc1": 100.0 * correct / seen,
+                "lr": lr,
+            }
+        )
         print(f"  epoch {epoch + 1}/{s.epochs}: loss {total_loss / seen:.4f}", flush=True)
     return head, history
 
 
 @torch.no_grad()
-def evaluate_head(head: nn.Module, feats: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+def evaluate_head(
+    head: nn.Module, feats: torch.Tensor, targets: torch.Tensor
+) -> tuple[float, float]:
     """(top-1, top-5) accuracy in percent of ``head`` on features (N, D) / targets (N,)."""
     feats, targets = _labelled(feats, targets)
     if feats.shape[0] == 0:
@@ -253,19 +270,31 @@ def _train_transform(cfg: DictConfig, s: LinearSettings) -> Any:
 
     spec = parse_augmentations(cfg)[0]
     pipeline = {
-        "crop_size": spec.crop_size, "num_crops": 1,
+        "crop_size": spec.crop_size,
+        "num_crops": 1,
         "rrc": {"enabled": True, "crop_min_scale": s.crop_min_scale, "crop_max_scale": 1.0},
-        "color_jitter": {"prob": 0.0}, "grayscale": {"prob": 0.0}, "gaussian_prob": 0.0,
-        "solarization": {"prob": 0.0}, "equalization": {"prob": 0.0},
-        "horizontal_flip": {"prob": 0.5}, "mean": list(spec.mean), "std": list(spec.std),
+        "color_jitter": {"prob": 0.0},
+        "grayscale": {"prob": 0.0},
+        "gaussian_prob": 0.0,
+        "solarization": {"prob": 0.0},
+        "equalization": {"prob": 0.0},
+        "horizontal_flip": {"prob": 0.5},
+        "mean": list(spec.mean),
+        "std": list(spec.std),
     }
     return build_crop_transform(parse_pipeline(pipeline, "linear", spec.mean, spec.std))
 
 
 def _loader(dataset: Dataset, batch: int, workers: int, shuffle: bool, seed: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=False,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator().manual_seed(seed) if shuffle else None)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=shuffle,
+        drop_last=False,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
 
 
 def run_linear(
@@ -311,11 +340,20 @@ def run_linear(
         features_dim = int(train_f.shape[1])
         feature_seconds, train_seconds = t1 - t0, time.perf_counter() - t1
     else:
-        train = _subset(build_dataset(cfg, "train_labeled", _train_transform(cfg, s)),
-                        s.train_subset, seed)
+        train = _subset(
+            build_dataset(cfg, "train_labeled", _train_transform(cfg, s)), s.train_subset, seed
+        )
         features_dim = int(model.num_features)
-        head, history = train_on_images(model, _loader(train, s.batch_size, workers, True, seed),
-                                        classes, features_dim, s, dev, channels_last, seed)
+        head, history = train_on_images(
+            model,
+            _loader(train, s.batch_size, workers, True, seed),
+            classes,
+            features_dim,
+            s,
+            dev,
+            channels_last,
+            seed,
+        )
         t1 = time.perf_counter()
         val_f, val_y = extract_features(model, val_loader, dev, channels_last)
         feature_seconds, train_seconds = time.perf_counter() - t1, t1 - t0
@@ -327,10 +365,10 @@ def run_linear(
         "dataset": cfg.data.dataset,
         "preset": preset,
         "cached_features": cached,
-        "train_augmentation": "none (centre crop, cached)" if cached
+        "train_augmentation": "none (centre crop, cached)"
+        if cached
         else f"RandomResizedCrop(scale=({s.crop_min_scale}, 1)) + flip",
-        "settings": {k: (list(v) if isinstance(v, tuple) else v)
-                     for k, v in s.__dict__.items()},
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
         "train_images": len(train),  # type: ignore[arg-type]
         "val_images": int(val_f.shape[0]),
         "features_dim": features_dim,
@@ -348,4 +386,3 @@ def run_linear(
     path.write_text(json.dumps(result, indent=2))
     result["json"] = str(path)
     return result
-

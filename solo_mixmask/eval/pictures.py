@@ -84,8 +84,9 @@ def mask_rows(
     }
     for kind in MASK_TYPES:
         grid = max(grid_size, 2) if kind == "discrete" else grid_size
-        masks = sample_masks(n, grid, ratio, (height, width), mask_type=kind, per_sample=True,
-                             generator=gen)
+        masks = sample_masks(
+            n, grid, ratio, (height, width), mask_type=kind, per_sample=True, generator=gen
+        )
         mixed, lam = mix_with_masks(x, masks, partner)
         rows[f"{kind} mask"] = (masks, None)
         rows[f"{kind} mix"] = (mixed, lam.tolist())
@@ -137,26 +138,42 @@ def show_masks(
     fig = plt.figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     left = LABEL_INCHES / (width_px / dpi)
     top = 1 - TOP_INCHES / (height_px / dpi)
-    axes = fig.subplots(len(ROW_LABELS), n_images,
-                        gridspec_kw={"left": left, "right": 0.99, "bottom": 0.01, "top": top,
-                                     "hspace": 0.35, "wspace": 0.08})
+    axes = fig.subplots(
+        len(ROW_LABELS),
+        n_images,
+        gridspec_kw={
+            "left": left,
+            "right": 0.99,
+            "bottom": 0.01,
+            "top": top,
+            "hspace": 0.35,
+            "wspace": 0.08,
+        },
+    )
     for r, label in enumerate(ROW_LABELS):
         images, lams = rows[label]
         for c in range(n_images):
             ax = axes[r][c]
             shown = _to_display(images[c], mean, std)
-            ax.imshow(shown.numpy(), cmap="gray" if shown.dim() == 2 else None,
-                      vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(
+                shown.numpy(),
+                cmap="gray" if shown.dim() == 2 else None,
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if lams is not None:
                 ax.set_title(f"λ={lams[c]:.2f}", fontsize=8, pad=2)
             if c == 0:
-                ax.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center",
-                              labelpad=8)
+                ax.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center", labelpad=8)
     dataset = select(cfg, "data.dataset", "?")
-    fig.suptitle(f"{dataset}: grid {grid}, mask ratio {ratio}, Un-Mix alpha {alpha} "
-                 "(λ = share of the original)", fontsize=10)
+    fig.suptitle(
+        f"{dataset}: grid {grid}, mask ratio {ratio}, Un-Mix alpha {alpha} "
+        "(λ = share of the original)",
+        fontsize=10,
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)

@@ -62,7 +62,7 @@ class SeededGenerators:
         for name, stream in self._attached.items():
             prefix = f"{name}."
             stream.load_state_dict(
-                {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             )
         self._pending = {k: v.cpu() for k, v in state.items() if "." not in k}
         for name in ("device", "host"):

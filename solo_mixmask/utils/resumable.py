@@ -95,10 +95,12 @@ class ResumableSampler(DistributedSampler):
     and calls :meth:`set_epoch` at every epoch start.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
-        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                         drop_last=True)
+    def __init__(
+        self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
+        super().__init__(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.batch_size = int(batch_size)
         self.size = len(dataset)  # type: ignore[arg-type]
         self._skip_epoch: int | None = None
@@ -136,18 +138,33 @@ class ResumableLoader(DataLoader):
     whose step has finished); ``state_dict()`` records it with the sampler's epoch.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
-                 worker_init_fn: Callable[[int], None] | None = None,
-                 collate_fn: Callable[[Any], Any] | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        worker_init_fn: Callable[[int], None] | None = None,
+        collate_fn: Callable[[Any], Any] | None = None,
+    ):
         items = SeededItems(dataset)
         sampler = ResumableSampler(items, batch_size, seed, rank, world_size)
-        super().__init__(items, batch_size=batch_size, sampler=sampler, drop_last=True,
-                         num_workers=num_workers, pin_memory=pin_memory,
-                         persistent_workers=num_workers > 0, worker_init_fn=worker_init_fn,
-                         collate_fn=collate_fn,
-                         # the iterator's base seed: from here, not from the global RNG
-                         generator=torch.Generator().manual_seed(int(seed)))
+        super().__init__(
+            items,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+            worker_init_fn=worker_init_fn,
+            collate_fn=collate_fn,
+            # the iterator's base seed: from here, not from the global RNG
+            generator=torch.Generator().manual_seed(int(seed)),
+        )
         self.seed = int(seed)
         self.world_size = int(world_size)
         self.batches_done = 0
@@ -171,15 +188,19 @@ class ResumableLoader(DataLoader):
         it is then no longer the same run as an uninterrupted one (a warning says so).
         """
         epoch, done = int(state["epoch"]), int(state["batches_done"])
-        same = (state.get("batch_size") == self.batch_size
-                and state.get("world_size") == self.world_size
-                and state.get("seed", self.seed) == self.seed)
+        same = (
+            state.get("batch_size") == self.batch_size
+            and state.get("world_size") == self.world_size
+            and state.get("seed", self.seed) == self.seed
+        )
         if not same:
             warnings.warn(
                 f"resuming with batch_size={self.batch_size}, world_size={self.world_size}, "
                 f"seed={self.seed} instead of the checkpoint's {state.get('batch_size')}, "
                 f"{state.get('world_size')}, {state.get('seed')}: the data order after resume is "
-                "not the one of an uninterrupted run", stacklevel=2)
+                "not the one of an uninterrupted run",
+                stacklevel=2,
+            )
             seen = done * int(state.get("batch_size") or 0) * int(state.get("world_size") or 1)
             done = seen // (int(self.batch_size or 1) * self.world_size)
         if done >= len(self):
@@ -188,11 +209,17 @@ class ResumableLoader(DataLoader):
         self.sampler.skip(epoch, done)  # type: ignore[attr-defined]
 
 
-def resumable_train_loader(loader: DataLoader, seed: int, rank: int = 0,
-                           world_size: int = 1) -> ResumableLoader:
+def resumable_train_loader(
+    loader: DataLoader, seed: int, rank: int = 0, world_size: int = 1
+) -> ResumableLoader:
     """The same data, batch size, workers and pinning as ``loader``, made resumable."""
     return ResumableLoader(
-        loader.dataset, batch_size=int(loader.batch_size or 1), seed=seed, rank=rank,
-        world_size=world_size, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+        loader.dataset,
+        batch_size=int(loader.batch_size or 1),
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
         worker_init_fn=loader.worker_init_fn,
     )

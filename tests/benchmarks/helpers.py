@@ -19,7 +19,11 @@ def run_script(script: str, *args: str, timeout: float = 240) -> subprocess.Comp
     env.pop("OUT", None)
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
     return proc

@@ -36,16 +36,18 @@ def test_smoke_runs_both_methods(result):
 def test_aggregate_and_paired_difference(result):
     res = load(result / "accuracy_smoke.json")
     agg = res["aggregate"]
-    moco, mix = (next(r for r in res["runs"] if r["method"] == m)
-                 for m in ("mocov2plus", "mixmask"))
+    moco, mix = (
+        next(r for r in res["runs"] if r["method"] == m) for m in ("mocov2plus", "mixmask")
+    )
     assert agg["mixmask"]["knn_acc1"]["mean"] == pytest.approx(mix["knn_acc1"])
     assert agg["mixmask"]["knn_acc1"]["std"] == 0.0  # one seed
     diff = agg["mixmask"]["diff_to_mocov2plus"]
     assert diff["mean"] == pytest.approx(mix["knn_acc1"] - moco["knn_acc1"])
     assert "diff_to_mocov2plus" not in agg["mocov2plus"]
     lin = agg["mixmask"]["offline_linear_diff_to_mocov2plus"]
-    assert lin["mean"] == pytest.approx(mix["offline_linear"]["acc1"]
-                                        - moco["offline_linear"]["acc1"])
+    assert lin["mean"] == pytest.approx(
+        mix["offline_linear"]["acc1"] - moco["offline_linear"]["acc1"]
+    )
 
 
 def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
@@ -63,15 +65,36 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
     assert accuracy.config_differences(cfg, saved) == [f"{saved} is missing"]
     OmegaConf.save(cfg, saved)
     assert accuracy.config_differences(cfg, saved) == []
-    other = accuracy.run_cfg(accuracy.replace(prof, extra=(*prof.extra, "method_kwargs.mask_ratio=0.75"),
-                                              extra_methods=("mixmask",)), "mixmask", 1, 64, tmp_path)
+    other = accuracy.run_cfg(
+        accuracy.replace(
+            prof, extra=(*prof.extra, "method_kwargs.mask_ratio=0.75"), extra_methods=("mixmask",)
+        ),
+        "mixmask",
+        1,
+        64,
+        tmp_path,
+    )
     assert accuracy.config_differences(other, saved) == ["method_kwargs.mask_ratio: 0.5 != 0.75"]
-    baseline = accuracy.run_cfg(accuracy.replace(prof, extra=("method_kwargs.temperature=0.1",),
-                                                 extra_methods=("mixmask",)),
-                                "mocov2plus", 1, 64, tmp_path)
+    baseline = accuracy.run_cfg(
+        accuracy.replace(
+            prof, extra=("method_kwargs.temperature=0.1",), extra_methods=("mixmask",)
+        ),
+        "mocov2plus",
+        1,
+        64,
+        tmp_path,
+    )
     assert baseline.method_kwargs.temperature == 0.2  # --extra-methods leaves it alone
-    assert accuracy.run_cfg(accuracy.replace(prof, extra=("method_kwargs.temperature=0.1",)),
-                            "mocov2plus", 1, 64, tmp_path).method_kwargs.temperature == 0.1
+    assert (
+        accuracy.run_cfg(
+            accuracy.replace(prof, extra=("method_kwargs.temperature=0.1",)),
+            "mocov2plus",
+            1,
+            64,
+            tmp_path,
+        ).method_kwargs.temperature
+        == 0.1
+    )
 
 
 @needs_fmnist

@@ -20,8 +20,10 @@ from common import CIFAR10_ENV, SHARED_CIFAR10  # noqa: E402
 
 _SOURCE = os.environ.get(CIFAR10_ENV) or str(SHARED_CIFAR10)
 needs_cifar = pytest.mark.skipif(
-    not (os.path.isfile(os.path.join(_SOURCE, "train.tar.gz"))
-         or os.path.isdir(os.path.join(_SOURCE, "train"))),
+    not (
+        os.path.isfile(os.path.join(_SOURCE, "train.tar.gz"))
+        or os.path.isdir(os.path.join(_SOURCE, "train"))
+    ),
     reason=f"CIFAR-10 JPEG tars absent from {_SOURCE} (set ${CIFAR10_ENV})",
 )
 
@@ -46,15 +48,32 @@ def test_cifar_cpu_profile_tiny_compares_both_methods_per_epoch(tmp_path):
 
 @needs_cifar
 def test_cifar_gpu_script_tiny_runs_on_cpu(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
-           "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "cifar_gpu.sh"), "--tiny"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
+        "PYTHONWARNINGS": "ignore",
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "cifar_gpu.sh"), "--tiny"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["accuracy_cifar_gpu.log", "accuracy_cifar_gpu_tiny.json",
-                     "accuracy_cifar_gpu_tiny.md", "accuracy_cifar_gpu_tiny.png",
-                     "memory_path_gpu.json", "memory_path_gpu.log", "memory_path_gpu.md"]
+    assert names == [
+        "accuracy_cifar_gpu.log",
+        "accuracy_cifar_gpu_tiny.json",
+        "accuracy_cifar_gpu_tiny.md",
+        "accuracy_cifar_gpu_tiny.png",
+        "memory_path_gpu.json",
+        "memory_path_gpu.log",
+        "memory_path_gpu.md",
+    ]
     acc = load(tmp_path / "accuracy_cifar_gpu_tiny.json")
     assert acc["complete"] and [r["method"] for r in acc["runs"]] == ["mocov2plus", "mixmask"]
     assert acc["profile"]["precision"] == "32-true"  # tiny: CPU
@@ -62,7 +81,8 @@ def test_cifar_gpu_script_tiny_runs_on_cpu(tmp_path):
     assert mem["settings"]["device"] == "cpu"
     assert positive(mem["memory"]["images_per_s"]) and positive(mem["steps"]["mixmask"])
     assert mem["goals"]["data_over_step"] == pytest.approx(
-        mem["memory"]["images_per_s"] / mem["steps"]["mixmask"])
+        mem["memory"]["images_per_s"] / mem["steps"]["mixmask"]
+    )
     assert positive(mem["end_to_end"]["memory_over_pil"])
 
 
@@ -77,8 +97,12 @@ def test_gpu_profile_plans_epochs_from_the_budget():
     prof = replace(accuracy.PROFILES["cifar_gpu"], budget_minutes=10.0)
     # 97 steps per epoch of 50,000 images at batch 512, two methods: 0.02 + 0.03 s steps plus
     # 0.005 s of augmentation each, x1.35 Lightning overhead = 0.081 s per step-pair.
-    cal = {"step_s": {"mocov2plus": 0.02, "mixmask": 0.03}, "forward_img_s": 90_000.0,
-           "device": "cuda", "data_batch_s": 0.005}
+    cal = {
+        "step_s": {"mocov2plus": 0.02, "mixmask": 0.03},
+        "forward_img_s": 90_000.0,
+        "device": "cuda",
+        "data_batch_s": 0.005,
+    }
     plan = accuracy.plan(prof, cal)
     eval_s = 1.5 * 60_000 / 90_000.0  # k-NN memory 50,000 + validation 10,000 images
     per_epoch = 97 * 1.35 * 0.06 + 2 * eval_s / 10

@@ -32,9 +32,12 @@ def test_training_speed_and_goals(result):
     res, md = result
     t, g = res["training"], res["goals"]
     assert positive(t["images_per_s_synthetic"]) and positive(t["images_per_s_with_loader"])
-    loader = next(r for r in res["loaders"]["fashion_mnist"] if r["workers"] == g["default_workers"])
+    loader = next(
+        r for r in res["loaders"]["fashion_mnist"] if r["workers"] == g["default_workers"]
+    )
     assert g["loader_over_training"] == pytest.approx(
-        loader["images_per_s"] / t["images_per_s_synthetic"])
+        loader["images_per_s"] / t["images_per_s_synthetic"]
+    )
     assert g["loader_2x_training"] == (g["loader_over_training"] >= 2)
     assert "## Goals" in md and "| jpeg_folder | 1 |" in md
 

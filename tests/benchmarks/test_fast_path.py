@@ -40,16 +40,18 @@ def test_explicit_precision_is_kept(monkeypatch):
 
 def test_compile_backend_is_checked():
     with pytest.raises(ConfigError, match="performance.compile_backend='turbo'"):
-        METHODS["mixmask"](tiny_cfg("mixmask", performance__compile=True,
-                                    performance__compile_backend="turbo"))
+        METHODS["mixmask"](
+            tiny_cfg("mixmask", performance__compile=True, performance__compile_backend="turbo")
+        )
 
 
 def test_compiled_mixmask_trains_and_keeps_state_dict_keys():
     """aot_eager traces forward and backward like inductor does, without the C++ build."""
     torch.manual_seed(0)
     plain = METHODS["mixmask"](tiny_cfg("mixmask"))
-    compiled = METHODS["mixmask"](tiny_cfg("mixmask", performance__compile=True,
-                                           performance__compile_backend="aot_eager"))
+    compiled = METHODS["mixmask"](
+        tiny_cfg("mixmask", performance__compile=True, performance__compile_backend="aot_eager")
+    )
     assert compiled.state_dict().keys() == plain.state_dict().keys()
     compiled.load_state_dict(plain.state_dict())
     compiled.generators.load_state_dict(plain.generators.state_dict())
@@ -59,8 +61,9 @@ def test_compiled_mixmask_trains_and_keeps_state_dict_keys():
     loss.backward()
     # the online and the momentum backbone each went through their own compiled wrapper
     assert len(compiled._compiled) == 2
-    assert all(isinstance(m, torch._dynamo.eval_frame.OptimizedModule)
-               for m in compiled._compiled.values())
+    assert all(
+        isinstance(m, torch._dynamo.eval_frame.OptimizedModule) for m in compiled._compiled.values()
+    )
     assert compiled.state_dict().keys() == plain.state_dict().keys()  # nothing registered
     torch.testing.assert_close(loss, loss_plain, rtol=1e-4, atol=1e-4)
     grads = [p.grad for p in compiled.backbone.parameters()]

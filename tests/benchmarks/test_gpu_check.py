@@ -13,8 +13,14 @@ from tests.benchmarks.helpers import REPO, load, positive
 def test_gpu_check_tiny_runs_on_cpu(tmp_path):
     # PYTHON: the script runs in this interpreter, so dali_available() below speaks for it too
     env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--tiny"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--tiny"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = load(tmp_path / "gpu_check.json")
     assert (tmp_path / "gpu_check.log").is_file() and (tmp_path / "gpu_check.md").is_file()

@@ -23,8 +23,13 @@ def test_every_method_and_reference_is_timed(result):
         assert stats["n"] == 2, name  # --smoke: 2 rounds after the warm-up
         assert positive(stats["median_s"]) and positive(stats["images_per_s"])
         assert stats["q1_s"] <= stats["median_s"] <= stats["q3_s"]
-    for name in ("extra_pass", "moco_plus_extra", "masks_mixing", "mask_bank_refill",
-                 "unmix_mixing"):
+    for name in (
+        "extra_pass",
+        "moco_plus_extra",
+        "masks_mixing",
+        "mask_bank_refill",
+        "unmix_mixing",
+    ):
         assert positive(res["references"][name]["median_s"]), name
     assert res["settings"]["variant"].startswith("asymmetric")
     assert res["settings"]["method_kwargs"]["mixmask"]["symmetric"] is False

@@ -231,8 +231,12 @@ def test_mask_bank_state_round_trip_continues_the_sequence():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [(dict(grid_size=0), "grid_size=0"), (dict(ratio=1.5), "ratio=1.5"),
-     (dict(mask_type="blob"), "mask_type='blob'"), (dict(capacity=0), "capacity=0")],
+    [
+        (dict(grid_size=0), "grid_size=0"),
+        (dict(ratio=1.5), "ratio=1.5"),
+        (dict(mask_type="blob"), "mask_type='blob'"),
+        (dict(capacity=0), "capacity=0"),
+    ],
 )
 def test_mask_bank_rejects_bad_arguments(kwargs, match):
     args = dict(grid_size=4, ratio=0.5)

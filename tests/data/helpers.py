@@ -18,24 +18,41 @@ torch.set_num_threads(1)
 needs_fmnist = pytest.mark.skipif(
     not (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason=f"Fashion-MNIST idx files absent from {FASHION_MNIST_SYSTEM_DIR} "
-           "(install the Debian package dataset-fashion-mnist)",
+    "(install the Debian package dataset-fashion-mnist)",
 )
 
 
-def make_cfg(data: dict[str, Any] | None = None, augmentations: list | None = None,
-             batch_size: int = 16, seed: int = 5) -> DictConfig:
+def make_cfg(
+    data: dict[str, Any] | None = None,
+    augmentations: list | None = None,
+    batch_size: int = 16,
+    seed: int = 5,
+) -> DictConfig:
     """A config in the project's layout; ``data`` entries override the defaults."""
-    base = {"dataset": "fashion_mnist", "train_path": None, "val_path": None,
-            "format": "image_folder", "num_workers": 0, "download": False, "no_labels": False,
-            "train_subset": None, "val_subset": None, "knn_train_subset": 10000,
-            "strict": False, "mean": None, "std": None}
+    base = {
+        "dataset": "fashion_mnist",
+        "train_path": None,
+        "val_path": None,
+        "format": "image_folder",
+        "num_workers": 0,
+        "download": False,
+        "no_labels": False,
+        "train_subset": None,
+        "val_subset": None,
+        "knn_train_subset": 10000,
+        "strict": False,
+        "mean": None,
+        "std": None,
+    }
     base.update(data or {})
-    return OmegaConf.create({
-        "data": base,
-        "augmentations": augmentations if augmentations is not None else [{"num_crops": 2}],
-        "optimizer": {"batch_size": batch_size},
-        "seed": seed,
-    })
+    return OmegaConf.create(
+        {
+            "data": base,
+            "augmentations": augmentations if augmentations is not None else [{"num_crops": 2}],
+            "optimizer": {"batch_size": batch_size},
+            "seed": seed,
+        }
+    )
 
 
 def save_rgb(path: Path, color: tuple[int, int, int], size: int = 12) -> Path:

@@ -10,8 +10,13 @@ from solo_mixmask.data import augmentations as A
 from solo_mixmask.errors import ConfigError
 from tests.data.helpers import make_cfg
 
-OFF = {"rrc": {"enabled": False}, "color_jitter": {"prob": 0.0}, "grayscale": {"prob": 0.0},
-       "gaussian_prob": 0.0, "horizontal_flip": {"prob": 0.0}}
+OFF = {
+    "rrc": {"enabled": False},
+    "color_jitter": {"prob": 0.0},
+    "grayscale": {"prob": 0.0},
+    "gaussian_prob": 0.0,
+    "horizontal_flip": {"prob": 0.0},
+}
 
 
 def _gray(value: int, size: int = 28) -> Image.Image:
@@ -30,9 +35,15 @@ def test_aug_plus_gives_two_normalised_views():
 
 
 def test_two_pipelines_in_order():
-    augs = [{"crop_size": 32, "num_crops": 1, "gaussian_prob": 1.0},
-            {"crop_size": 16, "num_crops": 2, "gaussian_blur": {"prob": 0.1},
-             "solarization": {"prob": 0.2}}]
+    augs = [
+        {"crop_size": 32, "num_crops": 1, "gaussian_prob": 1.0},
+        {
+            "crop_size": 16,
+            "num_crops": 2,
+            "gaussian_blur": {"prob": 0.1},
+            "solarization": {"prob": 0.2},
+        },
+    ]
     transform = A.build_pretrain_transform(make_cfg(augmentations=augs))
     views = transform(_gray(90, 40))
     assert [tuple(v.shape) for v in views] == [(3, 32, 32), (3, 16, 16), (3, 16, 16)]
@@ -44,7 +55,8 @@ def test_two_pipelines_in_order():
 def test_values_are_normalised_by_hand():
     # no randomness: resize a constant image; value = (128/255 - 0.2860) / 0.3530
     view = A.build_pretrain_transform(make_cfg(augmentations=[{**OFF, "num_crops": 1}]))(
-        _gray(128))[0]
+        _gray(128)
+    )[0]
     expected = (128 / 255 - 0.2860) / 0.3530
     assert torch.allclose(view, torch.full((3, 32, 32), expected), atol=1e-5)
     # solarization always on: 200 >= 128 is inverted to 55
@@ -54,8 +66,9 @@ def test_values_are_normalised_by_hand():
 
 
 def test_mean_std_overrides():
-    cfg = make_cfg({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.5, 1.0]},
-                   augmentations=[{**OFF, "num_crops": 1}])
+    cfg = make_cfg(
+        {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.5, 1.0]}, augmentations=[{**OFF, "num_crops": 1}]
+    )
     view = A.build_pretrain_transform(cfg)(_gray(255))[0]
     assert torch.allclose(view[:, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
     with pytest.raises(ConfigError, match="data.std"):
@@ -77,22 +90,31 @@ def test_blur_kernel_size():
     assert [A.blur_kernel_size(c) for c in (8, 32, 64, 96, 224)] == [3, 3, 7, 9, 23]
 
 
-@pytest.mark.parametrize(("entry", "key", "value"), [
-    ({"color_jitter": {"prob": 1.5}}, "augmentations[0].color_jitter.prob", 1.5),
-    ({"grayscale": {"prob": -0.1}}, "augmentations[0].grayscale.prob", -0.1),
-    ({"gaussian_prob": "often"}, "augmentations[0].gaussian_prob", "often"),
-    ({"horizontal_flip": {"prob": True}}, "augmentations[0].horizontal_flip.prob", True),
-    ({"rrc": {"crop_min_scale": 0.0}}, "augmentations[0].rrc.crop_min_scale", 0.0),
-    ({"rrc": {"crop_min_scale": 0.9, "crop_max_scale": 0.5}},
-     "augmentations[0].rrc.crop_min_scale", 0.9),
-    ({"crop_size": 4}, "augmentations[0].crop_size", 4),
-    ({"num_crops": 0}, "augmentations[0].num_crops", 0),
-    ({"color_jitter": {"hue": 0.7}}, "augmentations[0].color_jitter.hue", 0.7),
-    ({"solarisation": {"prob": 0.2}}, "augmentations[0].solarisation", {"prob": 0.2}),
-    ({"rrc": {"min_scale": 0.2}}, "augmentations[0].rrc.min_scale", 0.2),
-    ({"gaussian_prob": 0.5, "gaussian_blur": {"prob": 0.1}},
-     "augmentations[0].gaussian_blur.prob", 0.1),
-])
+@pytest.mark.parametrize(
+    ("entry", "key", "value"),
+    [
+        ({"color_jitter": {"prob": 1.5}}, "augmentations[0].color_jitter.prob", 1.5),
+        ({"grayscale": {"prob": -0.1}}, "augmentations[0].grayscale.prob", -0.1),
+        ({"gaussian_prob": "often"}, "augmentations[0].gaussian_prob", "often"),
+        ({"horizontal_flip": {"prob": True}}, "augmentations[0].horizontal_flip.prob", True),
+        ({"rrc": {"crop_min_scale": 0.0}}, "augmentations[0].rrc.crop_min_scale", 0.0),
+        (
+            {"rrc": {"crop_min_scale": 0.9, "crop_max_scale": 0.5}},
+            "augmentations[0].rrc.crop_min_scale",
+            0.9,
+        ),
+        ({"crop_size": 4}, "augmentations[0].crop_size", 4),
+        ({"num_crops": 0}, "augmentations[0].num_crops", 0),
+        ({"color_jitter": {"hue": 0.7}}, "augmentations[0].color_jitter.hue", 0.7),
+        ({"solarisation": {"prob": 0.2}}, "augmentations[0].solarisation", {"prob": 0.2}),
+        ({"rrc": {"min_scale": 0.2}}, "augmentations[0].rrc.min_scale", 0.2),
+        (
+            {"gaussian_prob": 0.5, "gaussian_blur": {"prob": 0.1}},
+            "augmentations[0].gaussian_blur.prob",
+            0.1,
+        ),
+    ],
+)
 def test_bad_values_raise_config_error(entry, key, value):
     with pytest.raises(ConfigError) as info:
         A.build_pretrain_transform(make_cfg(augmentations=[entry]))
@@ -108,6 +130,11 @@ def test_error_names_the_right_pipeline():
 
 
 def test_disabled_blocks():
-    spec = A.parse_augmentations(make_cfg(augmentations=[
-        {"grayscale": {"enabled": False, "prob": 0.2}, "gaussian_blur": {"enabled": False}}]))[0]
+    spec = A.parse_augmentations(
+        make_cfg(
+            augmentations=[
+                {"grayscale": {"enabled": False, "prob": 0.2}, "gaussian_blur": {"enabled": False}}
+            ]
+        )
+    )[0]
     assert spec.grayscale_prob == 0.0 and spec.gaussian_prob == 0.0

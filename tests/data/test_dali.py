@@ -53,8 +53,15 @@ def _tree(root: Path, per_class: int = 5) -> Path:
 
 def _cfg(root: Path, augmentation: dict, batch_size: int = 4, **data):
     return make_cfg(
-        {"dataset": "custom", "train_path": str(root), "val_path": str(root),
-         "format": "dali", "dali_device": "cpu", "num_workers": 1, **data},
+        {
+            "dataset": "custom",
+            "train_path": str(root),
+            "val_path": str(root),
+            "format": "dali",
+            "dali_device": "cpu",
+            "num_workers": 1,
+            **data,
+        },
         augmentations=[augmentation],
         batch_size=batch_size,
     )
@@ -136,8 +143,13 @@ def test_dali_moco_v2_recipe_gives_two_different_views(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(8):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(noisy / f"{i}.jpg")
-    aug = {"crop_size": 16, "num_crops": 2, "gaussian_prob": 0.5,  # aug-plus + the rest
-           "solarization": {"prob": 0.5}, "equalization": {"prob": 0.5}}
+    aug = {
+        "crop_size": 16,
+        "num_crops": 2,
+        "gaussian_prob": 0.5,  # aug-plus + the rest
+        "solarization": {"prob": 0.5},
+        "equalization": {"prob": 0.5},
+    }
     ids, views, targets = _first_batch(_cfg(noisy.parent, aug))
     assert views[0].shape == views[1].shape == (4, 3, 16, 16)
     assert torch.isfinite(views[0]).all() and torch.isfinite(views[1]).all()
@@ -166,9 +178,17 @@ def test_dali_pretrain_run_on_cpu(tmp_path):
 
     root = _tree(tmp_path / "data", per_class=8)
     cfg = tiny_cfg("mixmask")
-    cfg.data = OmegaConf.create({
-        "dataset": "custom", "train_path": str(root), "val_path": str(root), "format": "dali",
-        "dali_device": "cpu", "num_workers": 1, "knn_train_subset": 16})
+    cfg.data = OmegaConf.create(
+        {
+            "dataset": "custom",
+            "train_path": str(root),
+            "val_path": str(root),
+            "format": "dali",
+            "dali_device": "cpu",
+            "num_workers": 1,
+            "knn_train_subset": 16,
+        }
+    )
     cfg.augmentations = [{"crop_size": 16, "num_crops": 2, "gaussian_prob": 0.0}]
     cfg.checkpoint = {"dir": str(tmp_path / "runs")}
     summary = run_pretrain(cfg)

@@ -16,7 +16,8 @@ from tests.data.helpers import make_cfg, needs_fmnist, save_rgb
 def _write_idx(path: Path, array: np.ndarray) -> Path:
     """idx file by hand: 0, 0, dtype code 0x08 (uint8), ndim, big-endian dims, data."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
     payload = header + array.astype(np.uint8).tobytes()
     if path.suffix == ".gz":
         with gzip.open(path, "wb") as f:

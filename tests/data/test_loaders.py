@@ -94,8 +94,10 @@ def test_fewer_images_than_a_batch(tmp_path):
 
 
 def test_image_folder_loader_with_a_worker(tmp_path):
-    cfg = make_cfg({"dataset": "custom", "train_path": str(_folder(tmp_path, 6)),
-                    "num_workers": 1}, batch_size=4)
+    cfg = make_cfg(
+        {"dataset": "custom", "train_path": str(_folder(tmp_path, 6)), "num_workers": 1},
+        batch_size=4,
+    )
     loader = L.build_train_loader(cfg)
     assert loader.persistent_workers
     batches = list(loader)

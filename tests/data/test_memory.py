@@ -39,10 +39,19 @@ def _folder(root, per_class=6, size=32, seed=0):
 
 
 def _cfg(root, batch_size=4, seed=5, augmentations=None, **data):
-    return make_cfg({"dataset": "custom", "train_path": str(root), "val_path": str(root),
-                     "format": "memory", "num_classes": len(CLASSES), **data},
-                    augmentations=augmentations or [{"crop_size": 32, "num_crops": 2}],
-                    batch_size=batch_size, seed=seed)
+    return make_cfg(
+        {
+            "dataset": "custom",
+            "train_path": str(root),
+            "val_path": str(root),
+            "format": "memory",
+            "num_classes": len(CLASSES),
+            **data,
+        },
+        augmentations=augmentations or [{"crop_size": 32, "num_crops": 2}],
+        batch_size=batch_size,
+        seed=seed,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +89,8 @@ def _epoch(loader):
 def _same(a, b):
     return len(a) == len(b) and all(
         torch.equal(x[0], y[0]) and all(torch.equal(u, v) for u, v in zip(x[1], y[1]))
-        for x, y in zip(a, b))
+        for x, y in zip(a, b)
+    )
 
 
 def test_same_seed_same_batches_other_seed_other_batches(folder):
@@ -130,8 +140,7 @@ def test_knn_loaders_give_the_eval_view_and_shard_like_distributed_sampler(folde
 
 def test_subsets_pick_the_pil_paths_images(folder):
     cfg = _cfg(folder, train_subset=8, val_subset=5, knn_train_subset=7)
-    pil_cfg = _cfg(folder, train_subset=8, val_subset=5, knn_train_subset=7,
-                   format="image_folder")
+    pil_cfg = _cfg(folder, train_subset=8, val_subset=5, knn_train_subset=7, format="image_folder")
     memory = build_train_loader(cfg).memory
     pil = build_train_loader(pil_cfg)
     assert memory.targets.tolist() == [pil.dataset[i][2] for i in range(8)]
@@ -177,8 +186,12 @@ def test_a_set_smaller_than_a_batch_per_device_is_refused(folder):
 def test_fashion_mnist_stays_one_channel_in_memory():
     memory = decode_split(make_cfg({"format": "memory"}), "val")
     assert memory.images.shape == (10_000, 1, 28, 28) and memory.images.dtype == torch.uint8
-    loader = build_train_loader(make_cfg({"format": "memory", "train_subset": 32},
-                                         augmentations=[{"crop_size": 16, "num_crops": 2}]))
+    loader = build_train_loader(
+        make_cfg(
+            {"format": "memory", "train_subset": 32},
+            augmentations=[{"crop_size": 16, "num_crops": 2}],
+        )
+    )
     _, views, _ = next(iter(loader))
     assert views[0].shape == (16, 3, 16, 16)
 
@@ -197,9 +210,11 @@ def test_memory_run_killed_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path
     harness.write_text(STALL_HARNESS)
     mark = tmp_path / "stalled"
     full = start(["pretrain", *MEMORY_RUN, f"checkpoint.run_dir={tmp_path / 'full'}"])
-    killed = start(["pretrain", *MEMORY_RUN, f"checkpoint.run_dir={tmp_path / 'killed'}"],
-                   prefix=[sys.executable, str(harness)],
-                   env={"STALL_AT_STEP": str(STALL_STEP), "STALL_MARK": str(mark)})
+    killed = start(
+        ["pretrain", *MEMORY_RUN, f"checkpoint.run_dir={tmp_path / 'killed'}"],
+        prefix=[sys.executable, str(harness)],
+        env={"STALL_AT_STEP": str(STALL_STEP), "STALL_MARK": str(mark)},
+    )
     deadline = time.monotonic() + 300
     while not mark.exists() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

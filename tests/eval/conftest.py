@@ -21,9 +21,17 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     runs = {}
     for method in ("mocov2plus", "mixmask"):
-        cfg = tiny_cfg(method, name=method, data__train_subset=32, data__knn_train_subset=64,
-                       data__val_subset=32, optimizer__batch_size=16, precision="32-true",
-                       checkpoint__dir=str(root), checkpoint__run_dir=str(root / method))
+        cfg = tiny_cfg(
+            method,
+            name=method,
+            data__train_subset=32,
+            data__knn_train_subset=64,
+            data__val_subset=32,
+            optimizer__batch_size=16,
+            precision="32-true",
+            checkpoint__dir=str(root),
+            checkpoint__run_dir=str(root / method),
+        )
         summary = run_pretrain(cfg)
         runs[method] = Path(summary["run_dir"])
     return runs

@@ -27,18 +27,31 @@ def randomise_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
             m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
 
 
-def method_checkpoint(path: Path, backbone: str = "resnet18", kwargs: dict | None = None,
-                      cifar_stem: bool = False, method: str = "mocov2plus"):
+def method_checkpoint(
+    path: Path,
+    backbone: str = "resnet18",
+    kwargs: dict | None = None,
+    cifar_stem: bool = False,
+    method: str = "mocov2plus",
+):
     """Save a Lightning-like checkpoint of an untrained method; returns (path, model)."""
     cfg = tiny_cfg(method)
-    cfg.backbone = OmegaConf.create({"name": backbone, "kwargs": kwargs or {},
-                                     "cifar_stem": cifar_stem})
+    cfg.backbone = OmegaConf.create(
+        {"name": backbone, "kwargs": kwargs or {}, "cifar_stem": cifar_stem}
+    )
     cfg.performance = OmegaConf.create({"channels_last": False, "compile": False})
     model = METHODS[method](cfg)
     randomise_batchnorm(model.backbone)
-    torch.save({"epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.6.0",
-                "state_dict": model.state_dict(),
-                "hyper_parameters": {"cfg": to_container(model.cfg)}}, path)
+    torch.save(
+        {
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": "2.6.0",
+            "state_dict": model.state_dict(),
+            "hyper_parameters": {"cfg": to_container(model.cfg)},
+        },
+        path,
+    )
     return path, model
 
 
@@ -62,6 +75,13 @@ def authors_checkpoint(path: Path, seed: int = 0) -> tuple[Path, dict]:
     sd["module.encoder_k.conv1.weight"] = backbone["conv1.weight"] + 1.0
     sd["module.queue"] = torch.randn(128, 16)
     sd["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
-    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": sd,
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.03, "params": []}]}}, path)
+    torch.save(
+        {
+            "epoch": 200,
+            "arch": "resnet50",
+            "state_dict": sd,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.03, "params": []}]},
+        },
+        path,
+    )
     return path, backbone

@@ -29,6 +29,7 @@ def expected_detectron2_r50_keys() -> set[str]:
     """Detectron2's ResNet-50 backbone names, written from its naming rules: a stem
     (stem.conv1 + stem.conv1.norm), then res2..res5 with 3, 4, 6, 3 bottleneck blocks of
     conv1..conv3 each with a .norm, and a projection shortcut (+ .norm) in block 0 only."""
+
     def conv(prefix: str) -> set[str]:
         return {f"{prefix}.weight"} | {f"{prefix}.norm.{p}" for p in BN_PARAMS}
 
@@ -84,8 +85,10 @@ def test_torchvision_resnet18_strict_round_trip(tmp_path, cifar_stem):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x), method.backbone.eval()(x), atol=1e-5)
-    assert not any(k.startswith(("fc", "projector", "momentum")) for k in
-                   torch.load(tmp_path / "r18.pth", weights_only=True))
+    assert not any(
+        k.startswith(("fc", "projector", "momentum"))
+        for k in torch.load(tmp_path / "r18.pth", weights_only=True)
+    )
 
 
 def test_timm_format_for_a_narrow_cifar_resnet(tmp_path):
@@ -140,12 +143,15 @@ def test_non_resnet_backbone(tmp_path):
         assert not (tmp_path / f"m.{fmt}").exists()
     convert_checkpoint(tmp_path / "m.ckpt", tmp_path / "m.pth", "timm")
     timm.create_model("mobilenetv3_small_050", num_classes=0).load_state_dict(
-        torch.load(tmp_path / "m.pth", weights_only=True), strict=True)
+        torch.load(tmp_path / "m.pth", weights_only=True), strict=True
+    )
 
 
 def test_checkpoint_without_query_backbone_writes_nothing(tmp_path):
-    torch.save({"state_dict": {"momentum_backbone.conv1.weight": torch.zeros(8, 3, 7, 7)}},
-               tmp_path / "k.ckpt")
+    torch.save(
+        {"state_dict": {"momentum_backbone.conv1.weight": torch.zeros(8, 3, 7, 7)}},
+        tmp_path / "k.ckpt",
+    )
     with pytest.raises(CheckpointError, match="no query backbone"):
         convert_checkpoint(tmp_path / "k.ckpt", tmp_path / "k.pkl", "detectron2")
     assert not (tmp_path / "k.pkl").exists()
@@ -155,8 +161,12 @@ def test_cli_convert(r50, tmp_path, capsys):
     path, _ = r50
     assert main(["convert", str(path), str(tmp_path / "a.pkl"), "--format", "detectron2"]) == 0
     assert '"tensors": 265' in capsys.readouterr().out
-    assert main(["convert", str(tmp_path / "missing.ckpt"), str(tmp_path / "b.pkl"),
-                 "--format", "timm"]) == 2
+    assert (
+        main(
+            ["convert", str(tmp_path / "missing.ckpt"), str(tmp_path / "b.pkl"), "--format", "timm"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "does not exist" in err[-1]
 
@@ -171,8 +181,10 @@ def test_authors_release_converts(tmp_path):
         model = pickle.load(f)["model"]
     assert set(model) == expected_detectron2_r50_keys()
     np.testing.assert_array_equal(model["stem.conv1.weight"], backbone["conv1.weight"].numpy())
-    np.testing.assert_array_equal(model["res5.2.conv3.norm.running_var"],
-                                  backbone["layer4.2.bn3.running_var"].numpy())
+    np.testing.assert_array_equal(
+        model["res5.2.conv3.norm.running_var"], backbone["layer4.2.bn3.running_var"].numpy()
+    )
     convert_checkpoint(path, tmp_path / "tv.pth", "torchvision")
     _torchvision_model("resnet50").load_state_dict(
-        torch.load(tmp_path / "tv.pth", weights_only=True), strict=True)
+        torch.load(tmp_path / "tv.pth", weights_only=True), strict=True
+    )

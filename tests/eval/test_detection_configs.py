@@ -34,8 +34,12 @@ def test_base_settings_for_a_torchvision_backbone():
     assert cfg["MODEL"]["PIXEL_MEAN"] == [round(255 * m, 3) for m in imagenet_mean]
     assert cfg["MODEL"]["PIXEL_STD"] == [round(255 * s, 3) for s in imagenet_std]
     assert cfg["INPUT"]["FORMAT"] == "RGB"
-    assert cfg["MODEL"]["RESNETS"] == {"DEPTH": 50, "NORM": "SyncBN", "STRIDE_IN_1X1": False,
-                                       "OUT_FEATURES": ["res4"]}
+    assert cfg["MODEL"]["RESNETS"] == {
+        "DEPTH": 50,
+        "NORM": "SyncBN",
+        "STRIDE_IN_1X1": False,
+        "OUT_FEATURES": ["res4"],
+    }
     assert cfg["MODEL"]["BACKBONE"]["FREEZE_AT"] == 0
 
 

@@ -45,8 +45,7 @@ def test_offline_knn_agrees_with_the_online_monitor(tiny_runs):
         assert result["train_images"] == 64 and result["val_images"] == 32  # the run's subsets
         assert set(result["k"]) == {"5", "10", "20", "100", "200"}  # defaults + knn_eval.k
         online = result["online"]
-        assert (online["k"], online["temperature"], online["acc1"]) == (5, 0.1,
-                                                                       summary["knn_acc1"])
+        assert (online["k"], online["temperature"], online["acc1"]) == (5, 0.1, summary["knn_acc1"])
         assert abs(online["offline_minus_online_acc1"]) <= 1.0, method
         assert abs(result["k"]["5"]["acc1"] - summary["knn_acc1"]) <= 1.0
         saved = json.loads((run / "knn.json").read_text())

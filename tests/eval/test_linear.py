@@ -24,9 +24,19 @@ from tests.eval.helpers import authors_checkpoint
 
 
 def _settings(**kw) -> LinearSettings:
-    base = dict(epochs=5, batch_size=16, lr=1.0, momentum=0.9, weight_decay=0.0,
-                lr_decay_epochs=(2, 4), lr_decay_rate=0.1, init_std=0.01, train_subset=None,
-                val_subset=None, crop_min_scale=0.08)
+    base = dict(
+        epochs=5,
+        batch_size=16,
+        lr=1.0,
+        momentum=0.9,
+        weight_decay=0.0,
+        lr_decay_epochs=(2, 4),
+        lr_decay_rate=0.1,
+        init_std=0.01,
+        train_subset=None,
+        val_subset=None,
+        crop_min_scale=0.08,
+    )
     return LinearSettings(**{**base, **kw})
 
 
@@ -50,9 +60,16 @@ def test_learns_separable_features_with_step_schedule():
 
 def test_presets_and_settings():
     seed = LinearSettings.from_cfg(OmegaConf.create(load_preset("seed")))
-    assert (seed.epochs, seed.batch_size, seed.lr, seed.momentum, seed.weight_decay,
-            seed.lr_decay_epochs, seed.lr_decay_rate, seed.init_std) == (
-        100, 256, 30.0, 0.9, 0.0, (60, 80), 0.1, 0.01)
+    assert (
+        seed.epochs,
+        seed.batch_size,
+        seed.lr,
+        seed.momentum,
+        seed.weight_decay,
+        seed.lr_decay_epochs,
+        seed.lr_decay_rate,
+        seed.init_std,
+    ) == (100, 256, 30.0, 0.9, 0.0, (60, 80), 0.1, 0.01)
     small = LinearSettings.from_cfg(OmegaConf.create(load_preset("small")))
     assert small.train_subset == 10000 and small.epochs < seed.epochs
     with pytest.raises(ConfigError, match="--preset"):
@@ -66,16 +83,29 @@ def test_presets_and_settings():
 def test_linear_on_a_real_run_cached_and_images(tiny_runs, tmp_path):
     ckpt = tiny_runs["mixmask"] / "checkpoints" / "last.ckpt"
     common = ["linear.train_subset=64", "linear.val_subset=48", "linear.batch_size=32"]
-    cached = run_linear(ckpt, "small", [*common, "linear.epochs=3"], cached=True,
-                        out=tmp_path / "cached.json", device="cpu")
+    cached = run_linear(
+        ckpt,
+        "small",
+        [*common, "linear.epochs=3"],
+        cached=True,
+        out=tmp_path / "cached.json",
+        device="cpu",
+    )
     assert cached["cached_features"] is True
     assert (cached["train_images"], cached["val_images"]) == (64, 48)
     assert 0.0 <= cached["acc1"] <= cached["acc5"] <= 100.0
     assert json.loads((tmp_path / "cached.json").read_text())["acc1"] == cached["acc1"]
-    images = run_linear(ckpt, "small", [*common, "linear.epochs=1"], cached=False,
-                        out=tmp_path / "images.json", device="cpu")
+    images = run_linear(
+        ckpt,
+        "small",
+        [*common, "linear.epochs=1"],
+        cached=False,
+        out=tmp_path / "images.json",
+        device="cpu",
+    )
     assert images["cached_features"] is False and images["train_augmentation"].startswith(
-        "RandomResizedCrop")
+        "RandomResizedCrop"
+    )
     assert 0.0 <= images["acc1"] <= images["acc5"] <= 100.0
     # default location: next to the run
     assert output_path(ckpt, "linear", None) == tiny_runs["mixmask"] / "linear.json"
@@ -99,12 +129,20 @@ def test_eval_config_layers(tiny_runs, tmp_path):
 
 def test_authors_checkpoint_evaluates(tmp_path):
     path, _ = authors_checkpoint(tmp_path / "mixmask_200ep.pth.tar")
-    overrides = ["data.dataset=fashion_mnist", "data.knn_train_subset=40",
-                 "data.val_subset=16", "optimizer.batch_size=20", "data.num_workers=0",
-                 "augmentations.0.crop_size=32"]
+    overrides = [
+        "data.dataset=fashion_mnist",
+        "data.knn_train_subset=40",
+        "data.val_subset=16",
+        "optimizer.batch_size=20",
+        "data.num_workers=0",
+        "augmentations.0.crop_size=32",
+    ]
     result = run_knn(path, ks=[5, 20], overrides=overrides, device="cpu")
     assert (result["source"], result["arch"], result["features_dim"]) == (
-        "mixmask-authors", "resnet50", 2048)
+        "mixmask-authors",
+        "resnet50",
+        2048,
+    )
     assert (result["train_images"], result["val_images"]) == (40, 16)
     assert set(result["k"]) == {"5", "20"} and "online" not in result
     assert (tmp_path / "mixmask_200ep.knn.json").is_file()
