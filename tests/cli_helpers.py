@@ -102,3 +102,42 @@ def run_many(
 def error_lines(stderr: str) -> list[str]:
     """Lines of ``stderr`` that start with ``error:``."""
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+#: summary.json entries that a resumed run must share with an uninterrupted one.
+SUMMARY_KEYS = (
+    "knn_acc1",
+    "knn_acc5",
+    "linear_acc1",
+    "linear_acc5",
+    "knn_acc1_at_init",
+    "steps",
+    "epochs",
+)
+
+
+def final_state(run_dir: Path) -> tuple[dict, dict]:
+    """(last.ckpt loaded safely, summary.json) of a run folder."""
+    import json
+
+    from solo_mixmask.callbacks import safe_load_checkpoint
+
+    ckpt = safe_load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    return ckpt, json.loads((run_dir / "summary.json").read_text())
+
+
+def assert_same_end_state(full_dir: Path, other_dir: Path, steps: int) -> tuple[dict, dict]:
+    """The run in ``other_dir`` ended as the uninterrupted one in ``full_dir``: ``steps``
+    optimiser steps, every state_dict tensor close, the same SUMMARY_KEYS; returns both
+    checkpoints (full, other) for further checks."""
+    import torch
+
+    full, full_summary = final_state(full_dir)
+    other, other_summary = final_state(other_dir)
+    assert full["global_step"] == other["global_step"] == steps
+    assert full["state_dict"].keys() == other["state_dict"].keys()
+    for key, value in full["state_dict"].items():
+        torch.testing.assert_close(other["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for key in SUMMARY_KEYS:
+        assert other_summary[key] == full_summary[key], key
+    return full, other

@@ -12,17 +12,23 @@ run sent SIGINT in epoch 0, and a run sent SIGTERM during the start-up k-NN pass
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import signal
 import sys
 import time
 
 import pytest
-import torch
 
 from solo_mixmask.callbacks import safe_load_checkpoint
-from tests.cli_helpers import TINY, error_lines, finish, run_many, start
+from tests.cli_helpers import (
+    TINY,
+    assert_same_end_state,
+    error_lines,
+    final_state,
+    finish,
+    run_many,
+    start,
+)
 
 RUN = [*TINY, "max_epochs=2"]
 TERM_STEP = 11  # epoch 1, after its 3rd batch
@@ -130,11 +136,6 @@ def _step_of(run_dir):
     return safe_load_checkpoint(last)["global_step"] if last.exists() else None
 
 
-def _final(run_dir):
-    ckpt = safe_load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    return ckpt, json.loads((run_dir / "summary.json").read_text())
-
-
 def _one_error(result, status):
     assert result.returncode == status, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -144,22 +145,7 @@ def _one_error(result, status):
 
 
 def _same_end_state(runs, name):
-    full, full_summary = _final(runs["base"] / "full")
-    other, other_summary = _final(runs["base"] / name)
-    assert other["global_step"] == full["global_step"] == 16
-    assert other["state_dict"].keys() == full["state_dict"].keys()
-    for key, value in full["state_dict"].items():
-        torch.testing.assert_close(other["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
-    for key in (
-        "knn_acc1",
-        "knn_acc5",
-        "linear_acc1",
-        "linear_acc5",
-        "knn_acc1_at_init",
-        "steps",
-        "epochs",
-    ):
-        assert other_summary[key] == full_summary[key], key
+    assert_same_end_state(runs["base"] / "full", runs["base"] / name, 16)
 
 
 def test_sigterm_mid_epoch_checkpoints_the_step_and_exits_143(runs):
@@ -222,7 +208,7 @@ def test_resume_with_more_epochs_extends_the_run(runs):
     assert result.returncode == 0, result.stderr[-3000:]
     warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert any("max_epochs changes from 2 to 3" in line for line in warning), result.stderr
-    ckpt, summary = _final(runs["base"] / "extended")
+    ckpt, summary = final_state(runs["base"] / "extended")
     assert ckpt["global_step"] == summary["steps"] == 24 and summary["epochs"] == 3
     assert summary["knn_acc1"] is not None and summary["images_per_sec"] > 0
     assert "max_epochs: 3" in (runs["base"] / "extended" / "config.yaml").read_text()
