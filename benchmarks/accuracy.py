@@ -5,9 +5,9 @@ with the same backbone, epochs, batch size, training images, augmentations (MoCo
 "aug-plus" for all) and recipe, through :func:`solo_mixmask.pretrain.run_pretrain`, one run
 per method and seed. The k-NN monitor (k=200, T=0.1, cosine) runs before training and after every epoch.
 Results: a table of the final k-NN top-1 (mean, std over seeds, the paired difference to
-mocov2plus) and a PNG of k-NN top-1 against epoch, in ``benchmarks/results/``:
-``accuracy_<profile>.{json,md,png}``. The raw-pixel k-NN on the same images is the floor a
-representation must beat.
+mocov2plus; ``byol_*`` variants also against ``byol``, in a line below it) and a PNG of k-NN
+top-1 against epoch, in ``benchmarks/results/``: ``accuracy_<profile>.{json,md,png}``. The
+raw-pixel k-NN on the same images is the floor a representation must beat.
 
 Profiles:
 - ``quick``: quarter-width ResNet-18 (CIFAR stem), batch 128, 3 epochs, 3 seeds,
@@ -74,6 +74,13 @@ from solo_mixmask.cli import compose_config  # noqa: E402
 FMNIST_TRAIN_IMAGES = 60_000
 CIFAR10_TRAIN_IMAGES = 50_000
 BASELINE = "mocov2plus"
+
+
+def own_baseline(method: str) -> str | None:
+    """The method a variant is also compared with, seed by seed: ``byol`` for ``byol_*``."""
+    return "byol" if method.startswith("byol_") else None
+
+
 #: Asymmetric MoCo v2 on CIFAR as Un-Mix's CIFAR code trains it (batch 512, lr 0.06 = 0.03 per
 #: 256 images with our linear scaling, wd 5e-4, queue 4096, tau 0.99, T 0.1, cosine without
 #: warm-up), 128-d projections; MixMask gets the same, plus its own branch.
@@ -132,7 +139,7 @@ PROFILES: dict[str, Profile] = {
         workers=8,
         budget_minutes=None,
         precision="auto",
-        linear_preset="seed",
+        linear_preset="paper",
     ),
     "smoke": Profile(
         methods=("mocov2plus", "mixmask"),
@@ -523,8 +530,8 @@ def knn_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:
     """k-NN top-1 (%) of mean-centred raw pixels on the same k-NN images as the runs."""
+    from solo_mixmask.core.knn import knn_accuracy
     from solo_mixmask.data.loaders import build_knn_loaders
-    from solo_mixmask.eval.knn import knn_accuracy
 
     cfg = run_cfg(prof, BASELINE, seed, train_subset)
     knn_train, val = build_knn_loaders(cfg)
@@ -582,6 +589,11 @@ def one_run(
                 f"  {run_dir.name}: rerun, its config differs: {'; '.join(differs[:5])}",
                 file=sys.stderr,
             )
+        if run_dir.exists():  # a new run never writes into an old one: this one replaces it
+            import shutil
+
+            print(f"  {run_dir.name}: replacing the earlier run in {run_dir}", file=sys.stderr)
+            shutil.rmtree(run_dir)
         summary, reused = run_pretrain(cfg), False
     keep = (
         "knn_acc1",
@@ -670,6 +682,18 @@ def aggregate(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str,
         paired_lin = [offline[s] - base_lin[s] for s in offline if s in base_lin]
         if paired_lin and m != BASELINE:
             row["offline_linear_diff_to_mocov2plus"] = _stats(paired_lin)
+        own = own_baseline(m)
+        if own is not None and by.get(own):
+            mine = by[own]
+            paired = [seeds[s]["knn_acc1"] - mine[s]["knn_acc1"] for s in seeds if s in mine]
+            if paired:
+                row[f"diff_to_{own}"] = _stats(paired)
+            own_lin = {
+                s: r["offline_linear"]["acc1"] for s, r in mine.items() if "offline_linear" in r
+            }
+            paired_lin = [offline[s] - own_lin[s] for s in offline if s in own_lin]
+            if paired_lin:
+                row[f"offline_linear_diff_to_{own}"] = _stats(paired_lin)
         out[m] = row
     return out
 
@@ -810,9 +834,12 @@ def markdown(res: dict[str, Any]) -> str:
     if res.get("raw_pixel_knn") is not None:
         lines += [
             "",
-            f"Raw pixels (mean-centred), same k-NN images: "
-            f"{res['raw_pixel_knn']:.2f}%. Random initialisation: "
-            f"{res['knn_at_init_mean']:.2f}% (mean over runs).",
+            f"Raw pixels (mean-centred), same k-NN images: {res['raw_pixel_knn']:.2f}%."
+            + (
+                f" Random initialisation: {res['knn_at_init_mean']:.2f}% (mean over runs)."
+                if res.get("knn_at_init_mean") is not None  # None while every run failed
+                else ""
+            ),
         ]
         base = agg.get(BASELINE, {}).get("knn_acc1")
         if base and base["mean"] <= res["raw_pixel_knn"]:
@@ -841,6 +868,34 @@ def markdown(res: dict[str, Any]) -> str:
             "ImageNet claim (+1.5 linear top-1 after 200 epochs) is about a far larger "
             "budget.",
         ]
+    for m, row in agg.items():
+        own = own_baseline(m)
+        diff = row.get(f"diff_to_{own}") if own else None
+        if diff:
+            lin = row.get(f"offline_linear_diff_to_{own}")
+            verdict = (
+                "one seed only: no spread to judge by"
+                if diff["n"] < 2
+                else f"{m} is ahead of {own}"
+                if diff["mean"] > diff["std"]
+                else f"{m} is behind {own}"
+                if diff["mean"] < -diff["std"]
+                else f"{m} and {own} are within one standard deviation of each other"
+            )
+            lines += [
+                "",
+                f"{m} - {own} (same budget, paired seeds): k-NN {diff['mean']:+.2f} points "
+                f"(std {diff['std']:.2f} over {diff['n']} seeds)"
+                + (f", offline linear {_pm(lin, signed=True)}" if lin else "")
+                + f": {verdict} on k-NN at this budget.",
+            ]
+            own_knn, raw = agg.get(own, {}).get("knn_acc1"), res.get("raw_pixel_knn")
+            if own_knn and raw is not None and own_knn["mean"] <= raw:
+                lines[-1] += (
+                    f" {own} itself ({own_knn['mean']:.2f}%) did not pass the raw-pixel k-NN "
+                    f"({raw:.2f}%), so this budget cannot tell a helpful mixed branch from a "
+                    "harmful one either."
+                )
     if res.get("errors"):
         lines += ["", "Failed runs: " + "; ".join(res["errors"])]
     lines += [

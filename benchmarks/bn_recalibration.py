@@ -31,6 +31,7 @@ from common import RESULTS, command_line, machine, table, write_results  # noqa:
 
 from solo_mixmask.checkpoints import load_backbone  # noqa: E402
 from solo_mixmask.config import select  # noqa: E402
+from solo_mixmask.core.knn import knn_accuracy  # noqa: E402
 from solo_mixmask.data.loaders import build_knn_loaders, num_classes  # noqa: E402
 from solo_mixmask.eval.features import (  # noqa: E402
     eval_config,
@@ -38,7 +39,6 @@ from solo_mixmask.eval.features import (  # noqa: E402
     extract_features,
     prepare_backbone,
 )
-from solo_mixmask.eval.knn import knn_accuracy  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -64,7 +64,9 @@ def build_backbone(
             kwargs,
             f"arguments that leave every layer of {name} at least one channel ({empty} is empty)",
         )
-    return model, int(model.num_features)
+    features = model.num_features  # timm models name their output width
+    assert isinstance(features, int)
+    return model, features
 
 
 @torch.no_grad()

@@ -1,10 +1,6 @@
-"""Engine plumbing that makes runs recoverable: safe + atomic checkpoint IO, exact resume, NaN stop.
+"""Callbacks that make runs recoverable: exact resume, mid-epoch checkpoints, NaN stop, signals.
 
-- :class:`SafeAtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin) writes every checkpoint
-  to a temporary file in the same folder, fsyncs it and renames it over the target, so a kill
-  during a save leaves the previous file intact; it loads with ``torch.load(weights_only=True)``
-  whatever Lightning version calls it (2.1 passes no ``weights_only``), so a pickle that would
-  run code is refused (:class:`~solo_mixmask.errors.CheckpointError`).
+Checkpoint files themselves (safe loads, atomic saves) are :mod:`solo_mixmask.checkpoint_io`.
 - :class:`ResumeState` saves and restores the global RNG states (torch CPU/CUDA, numpy, python)
   and the training loader's position (epoch, batches trained) so a resumed run continues with
   exactly the batches it would have seen.
@@ -19,7 +15,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
@@ -29,81 +24,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 
-from solo_mixmask.checkpoints import safe_load
-from solo_mixmask.errors import CheckpointError
+from solo_mixmask.checkpoint_io import LAST
+from solo_mixmask.errors import NonFiniteLossError, StopRequested
 from solo_mixmask.utils.resumable import ResumableLoader
-
-LAST = "last.ckpt"
-
-
-# --------------------------------------------------------------------------- checkpoint files
-
-
-def safe_load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """:func:`solo_mixmask.checkpoints.safe_load` (``torch.load(weights_only=True)`` on the CPU,
-    :class:`CheckpointError` for anything unusable) of a file that must hold a checkpoint dict.
-
-    Only tensors, numbers, strings, ``None`` and (nested) dicts, lists and tuples are loaded;
-    a file that needs other pickled objects (which could run code while loading) is refused
-    and nothing in it runs.
-    """
-    checkpoint = safe_load(path)
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(
-            f"{str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict"
-        )
-    return checkpoint
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)`` through ``<dir>/.<name>.tmp-<pid>`` + fsync + ``os.replace``.
-
-    Readers see either the previous complete file or the new complete file, never a part.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class SafeAtomicCheckpointIO(TorchCheckpointIO):
-    """Local checkpoints written atomically and read with ``weights_only=True``."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        if storage_options is not None or "://" in str(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        atomic_torch_save(checkpoint, path)
-
-    def load_checkpoint(
-        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        return safe_load_checkpoint(path)  # on the CPU, whatever map_location says
-
 
 # --------------------------------------------------------------------------- RNG states
 
@@ -316,23 +242,6 @@ def mark_batch_completed(checkpoint: dict[str, Any]) -> None:
             progress[part]["completed"] = progress[part]["processed"]
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training stopped because the loss (or a weight about to be saved) became NaN or inf."""
-
-    def __init__(self, what: str, step: int, epoch: int, checkpoint: str | None):
-        self.what, self.step, self.epoch, self.checkpoint = what, step, epoch, checkpoint
-        kept = (
-            f"the last checkpoint, {checkpoint}, written before this happened, is kept"
-            if checkpoint
-            else "no checkpoint had been written yet"
-        )
-        super().__init__(
-            f"{what} at step {step} (epoch {epoch}); training stopped and nothing non-finite "
-            f"was saved; {kept}; lower optimizer.lr, add warm-up (scheduler.warmup_epochs) or "
-            "use precision=32-true, then start again or resume"
-        )
-
-
 class NonFiniteLossGuard(Callback):
     """Raises :class:`NonFiniteLossError` when the loss about to be back-propagated is not finite.
 
@@ -376,23 +285,6 @@ class NonFiniteLossGuard(Callback):
 
 
 # --------------------------------------------------------------------------- stop requests
-
-#: Exit statuses of a run stopped by a signal (128 + signal number, as a shell reports them).
-EXIT_SIGTERM = 128 + int(signal.SIGTERM)  # 143
-EXIT_SIGINT = 128 + int(signal.SIGINT)  # 130
-
-
-class StopRequested(Exception):
-    """A stop signal arrived outside Lightning's loops (nothing trained is lost by stopping)."""
-
-
-class RunStopped(RuntimeError):
-    """The run was stopped by SIGTERM or Ctrl-C; ``exit_status`` is 143 or 130."""
-
-    def __init__(self, signum: int, message: str):
-        self.signum = signum
-        self.exit_status = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
-        super().__init__(message)
 
 
 def signal_name(signum: int) -> str:

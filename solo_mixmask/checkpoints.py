@@ -130,6 +130,11 @@ def safe_load(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r}: it is an empty file (0 bytes), cut short "
+            "before anything was written into it"
+        )
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
@@ -272,7 +277,7 @@ def extract_backbone(obj: Any, path: Path | None = None) -> LoadedBackbone:
     # Lightning checkpoints (ours or solo-learn's): backbone.*
     backbone = _strip(sd, "backbone.")
     if backbone:
-        hp = obj.get("hyper_parameters") if isinstance(obj.get("hyper_parameters"), dict) else {}
+        hp = obj["hyper_parameters"] if isinstance(obj.get("hyper_parameters"), dict) else {}
         cfg = hp.get("cfg") if isinstance(hp.get("cfg"), dict) else None
         source = "solo-mixmask" if cfg is not None else "solo-learn"
         if cfg is None and path is not None:
@@ -310,6 +315,58 @@ def load_backbone(path: str | Path) -> LoadedBackbone:
     """Safely load ``path`` and return its query backbone (CheckpointError otherwise)."""
     path = Path(path)
     return extract_backbone(safe_load(path), path)
+
+
+def _listed(names: list[str], limit: int) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def shape_mismatch(
+    expected: dict[str, tuple[int, ...]], saved: dict[str, tuple[int, ...]], limit: int = 3
+) -> str | None:
+    """What keeps a model whose ``state_dict`` has tensor shapes ``expected`` from loading a
+    checkpoint with ``saved`` shapes strictly (one line, at most ``limit`` names per kind), or
+    None when they fit."""
+    other = [k for k in expected if k in saved and tuple(saved[k]) != tuple(expected[k])]
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    parts = []
+    if other:
+        shown = [f"{k} {list(saved[k])} saved, {list(expected[k])} now" for k in other]
+        parts.append(f"{len(other)} tensor(s) have another shape ({_listed(shown, limit)})")
+    if missing:
+        parts.append(
+            f"{len(missing)} tensor(s) of the model are not in it ({_listed(missing, limit)})"
+        )
+    if extra:
+        parts.append(f"{len(extra)} tensor(s) in it are not in the model ({_listed(extra, limit)})")
+    return "; ".join(parts) or None
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and empty dicts are values)."""
+    if isinstance(node, dict) and node:
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+#: Config keys (and groups) that decide the shapes of a method's tensors.
+MODEL_KEYS = ("method", "backbone.", "method_kwargs.", "data.num_classes")
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key: saved value in the checkpoint, value now`` for the :data:`MODEL_KEYS` that differ
+    between two run configs (plain dicts)."""
+    before, after = _flatten(saved), _flatten(now)
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        if not key.startswith(MODEL_KEYS) or before.get(key) == after.get(key):
+            continue
+        changed.append(f"{key}: {before.get(key)!r} in the checkpoint, {after.get(key)!r} now")
+    return changed
 
 
 def run_dir_of(checkpoint: str | Path) -> Path | None:

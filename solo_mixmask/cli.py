@@ -18,106 +18,74 @@ import json
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-from solo_mixmask.errors import CheckpointError, ConfigError, ConfigWarning, DataError
+from solo_mixmask import __version__
+from solo_mixmask.compose import (  # noqa: F401 (compose_config, configs_root re-exported)
+    compose_config,
+    config_groups,
+    configs_root,
+    expand_sweeps,
+)
+from solo_mixmask.errors import (
+    CheckpointError,
+    ConfigError,
+    ConfigWarning,
+    DataError,
+    NonFiniteLossError,
+    RunStopped,
+)
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 
-def configs_root() -> Path:
-    """The repository's ``configs/`` folder (the package is installed editable from the repo)."""
-    return Path(__file__).resolve().parents[1] / "configs"
-
-
-def yaml_problem(err: Exception) -> str:
-    """What a config file must be, for a YAML error raised while reading it (one line)."""
-    text = " ".join(str(err).split()).replace("tag:yaml.org,2002:", "!!")
-    if "!!python/" in text:
-        return (
-            f"a config without python tags ({text}): a config holds plain values, "
-            "solo-mixmask never builds python objects from it"
-        )
-    return f"valid YAML ({text})"
-
-
-def check_overrides(parsed: Sequence[Any], path: Path, groups: set[str]) -> None:
-    """Overrides with no key (``=3``), and a config group given an empty list (``group=[]``
-    selects none of its configs)."""
-    for o in parsed:
-        if not o.key_or_group:
-            raise ConfigError(
-                "overrides", o.input_line, "KEY=VALUE: this override is malformed (no key)"
-            )
-        if o.key_or_group in groups and not o.is_delete() and o.value() == []:
-            options = sorted(p.stem for p in (path / o.key_or_group).glob("*.yaml"))
-            raise ConfigError(
-                o.key_or_group,
-                [],
-                f"one config of the group {o.key_or_group}: {', '.join(options)}",
-            )
-
-
-def compose_config(
-    config_path: str | None, config_name: str, overrides: Sequence[str]
-) -> DictConfig:
-    """Compose a hydra config: ``config_name`` may be ``NAME`` or ``DATASET/NAME`` under configs/pretrain."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    name = config_name[:-5] if config_name.endswith(".yaml") else config_name
-    if config_path is None:
-        folder, _, name = name.rpartition("/")
-        path = configs_root() / "pretrain" / (folder or "fashion_mnist")
-    else:
-        path = Path(config_path)
-    path = path.resolve()
-    if not (path / f"{name}.yaml").exists():
-        known = sorted(p.stem for p in path.glob("*.yaml")) if path.is_dir() else []
-        raise ConfigError(
-            "--config-name", config_name, f"a config in {path}: {', '.join(known) or 'none found'}"
-        )
-    import yaml
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    groups = {p.name for p in path.iterdir() if p.is_dir()}
-    hydra_errors = (HydraException, OmegaConfBaseException, TypeError, ValueError)
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except hydra_errors as err:
-        raise ConfigError("overrides", list(overrides), f"valid hydra overrides ({err})") from err
-    check_overrides(parsed, path, groups)
-    try:
-        group_overrides = [o.input_line for o in parsed if o.key_or_group in groups]
-        with initialize_config_dir(config_dir=str(path), version_base="1.3"):
-            cfg = compose(config_name=name, overrides=group_overrides)
-    except yaml.YAMLError as err:  # the config file (or one it includes) is not plain YAML
-        raise ConfigError("--config-name", config_name, yaml_problem(err)) from err
-    except hydra_errors as err:
-        raise ConfigError("overrides", list(overrides), f"valid hydra overrides ({err})") from err
-    # Plain keys are set directly, so keys with engine defaults need no '+' prefix.
-    with open_dict(cfg):
-        for o in parsed:
-            if o.key_or_group not in groups:
-                OmegaConf.update(
-                    cfg, o.key_or_group, None if o.is_delete() else o.value(), force_add=True
-                )
-    return cfg
-
-
 def _pretrain(args: argparse.Namespace) -> None:
-    from solo_mixmask.pretrain import run_pretrain
+    from solo_mixmask.pretrain import prepare_config, run_pretrain
 
-    cfg = compose_config(args.config_path, args.config_name, args.overrides)
-    summary = run_pretrain(cfg)
-    print(json.dumps(summary, indent=2))
-    print(
-        f"Run folder: {summary['run_dir']}  (summary.json, config.yaml, checkpoints/, logs/metrics.csv)"
-    )
+    if args.cfg:  # hydra's --cfg job: the config this run would receive, nothing trained
+        _, cfg = prepare_config(compose_config(args.config_path, args.config_name, args.overrides))
+        print(OmegaConf.to_yaml(cfg), end="")
+        return
+    if not args.multirun:
+        summary = run_pretrain(compose_config(args.config_path, args.config_name, args.overrides))
+        print(json.dumps(summary, indent=2))
+        print(
+            f"Run folder: {summary['run_dir']}  (summary.json, config.yaml, checkpoints/, "
+            "logs/metrics.csv)"
+        )
+        return
+    # -m: one run per combination of the sweep values, each in its own run folder. Every
+    # job's config is composed and checked before the first one trains.
+    jobs = expand_sweeps(args.overrides)
+    for job in jobs:
+        prepare_config(compose_config(args.config_path, args.config_name, job))
+    runs = []
+    for i, job in enumerate(jobs):
+        print(f"[multirun] job {i + 1}/{len(jobs)}: {' '.join(job)}", flush=True)
+        summary = run_pretrain(compose_config(args.config_path, args.config_name, job))
+        runs.append(
+            {"overrides": job, "run_dir": summary["run_dir"], "knn_acc1": summary.get("knn_acc1")}
+        )
+        print(f"[multirun] job {i + 1}/{len(jobs)} done: {summary['run_dir']}", flush=True)
+    print(json.dumps(runs, indent=2))
+
+
+def _config_list() -> str:
+    """The --help epilog: the shipped pretraining configs and their config groups."""
+    root = configs_root() / "pretrain"
+    lines = ["configs (--config-name DATASET/NAME, in " + str(root) + "):"]
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        lines.append(f"  {folder.name}/: {', '.join(names)}")
+        for group, options in config_groups(folder).items():
+            lines.append(f"    group {group}=: {', '.join(options)}")
+    lines += [
+        "",
+        "overrides use hydra's grammar: key=value, +key=value, ~key, group=option;",
+        "with -m, key=a,b runs one job per value (e.g. -m method=mocov2plus,mixmask seed=1,2,3).",
+    ]
+    return "\n".join(lines)
 
 
 def _resume(args: argparse.Namespace) -> None:
@@ -133,9 +101,15 @@ def _resume(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="solo-mixmask", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"solo-mixmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="self-supervised pretraining from a hydra config")
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining from a hydra config",
+        epilog=_config_list(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--config-path",
         default=None,
@@ -145,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--config-name",
         default="mixmask",
         help="NAME or DATASET/NAME (default: fashion_mnist/mixmask)",
+    )
+    p.add_argument(
+        "--cfg",
+        choices=["job"],
+        default=None,
+        help="print the composed config (engine defaults filled in and checked), train nothing",
+    )
+    p.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="one run per combination of sweep values (key=a,b), each in its own run folder",
     )
     p.add_argument(
         "overrides", nargs="*", help="hydra overrides, e.g. max_epochs=5 method_kwargs.grid_size=4"
@@ -167,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE_LOSS = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
-EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM), see solo_mixmask.callbacks.RunStopped
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM), see solo_mixmask.errors.RunStopped
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -205,7 +191,7 @@ def config_warnings_as_lines() -> Iterator[None]:
     other warnings as usual."""
     show = warnings.showwarning
 
-    def show_line(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    def show_line(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ConfigWarning):
             print(f"warning: {message}", file=file or sys.stderr)
         else:
@@ -227,8 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted; continue with `solo-mixmask resume RUN_DIR`", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:
-        from solo_mixmask.callbacks import NonFiniteLossError, RunStopped
-
         if isinstance(err, RunStopped):
             print(f"error: {one_line(err)}", file=sys.stderr)
             return err.exit_status

@@ -18,12 +18,15 @@ from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
 
 from solo_mixmask.errors import ConfigError, ConfigWarning
 
+#: The random seed of a config that names none (solo-learn's configs use 5).
+DEFAULT_SEED = 5
+
 #: Keys every pretraining config may hold; anything else at the top level is a typo unless it is a
 #: ``lightning.Trainer`` argument (those are passed through, as solo-learn does).
 BASE_DEFAULTS: dict[str, Any] = {
     "name": "run",
     "method": "mixmask",
-    "seed": 5,
+    "seed": DEFAULT_SEED,
     "backbone": {"name": "resnet18", "kwargs": {}, "cifar_stem": None},
     "method_kwargs": {},
     "momentum": {"base_tau": 0.99, "final_tau": 1.0, "classifier": False},
@@ -209,6 +212,36 @@ def check_bool(cfg: DictConfig, key: str, allow_null: bool = False) -> None:
     raise ConfigError(key, value, "true or false or null (auto)" if allow_null else "true or false")
 
 
+def read_bool(cfg: DictConfig, key: str, default: bool = False) -> bool:
+    """``cfg[key]`` as a bool (``default`` when absent or null); ConfigError for anything but
+    true/false, so ``data.no_labels=maybe`` never reads as True."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "true or false")
+    return value
+
+
+def check_run_name(cfg: DictConfig) -> None:
+    """``name`` names the run folder under ``checkpoint.dir``: a plain folder name, so that it
+    can never point elsewhere (``../../x``, ``a/b``, ``..``, empty)."""
+    name = OmegaConf.select(cfg, "name", default=None)
+    if isinstance(name, int) and not isinstance(name, bool):
+        name = str(name)  # name=2024 reads as an int
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+    ):
+        raise ConfigError(
+            "name", name, "a plain folder name (not empty, no '/' or '\\', not '.' or '..')"
+        )
+
+
 def bool_keys(defaults: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys of ``defaults`` whose default value is true/false."""
     keys = []
@@ -298,6 +331,7 @@ def check_known_keys(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
     node = OmegaConf.select(cfg, key) if key else cfg
     allowed = set(allowed)
     for name in node or {}:
+        name = str(name)
         if name not in allowed:
             where = f"{key}.{name}" if key else name
             raise ConfigError(
@@ -327,9 +361,9 @@ def check_mandatory_values(cfg: DictConfig) -> None:
 def check_no_instantiation(node: Any, prefix: str = "") -> None:
     """Fail on hydra instantiation keys (``_target_`` ...) anywhere in the config tree."""
     if isinstance(node, DictConfig):
-        items = [(str(k), node._get_node(k)) for k in node.keys()]  # no interpolation resolving
+        items: list[tuple[str, Any]] = [(str(k), node._get_node(k)) for k in node.keys()]
     elif isinstance(node, ListConfig):
-        items = [(f"[{i}]", node._get_node(i)) for i in range(len(node))]
+        items = [(f"[{i}]", node._get_node(i)) for i in range(len(node))]  # no interpolations
     else:
         return
     for name, child in items:
@@ -345,6 +379,11 @@ def check_no_instantiation(node: Any, prefix: str = "") -> None:
 
 
 def check_batch_size(cfg: DictConfig) -> None:
+    batch_size_of(cfg)
+
+
+def batch_size_of(cfg: DictConfig) -> int:
+    """``optimizer.batch_size`` (images per device per step), checked: the one reader of it."""
     value = OmegaConf.select(cfg, "optimizer.batch_size")
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
         raise ConfigError(
@@ -353,6 +392,7 @@ def check_batch_size(cfg: DictConfig) -> None:
             "an integer >= 2 (per device): each image is mixed with a partner from the same "
             "per-device batch and InfoNCE needs more than one sample",
         )
+    return value
 
 
 def check_checkpoint(cfg: DictConfig) -> None:
@@ -390,12 +430,13 @@ def warn_warmup(cfg: DictConfig) -> None:
 
 def validate_base(cfg: DictConfig) -> None:
     """Checks shared by every method (keys outside ``method_kwargs``)."""
-    from solo_mixmask.data.augmentations import parse_augmentations
+    from solo_mixmask.augmentation_specs import parse_augmentations
 
     check_mandatory_values(cfg)
     check_no_instantiation(cfg)
     check_known_keys(cfg, "", set(BASE_DEFAULTS) | trainer_arg_names())
     check_trainer_keys_set_here(cfg)
+    check_run_name(cfg)
     check_booleans(cfg)
     check_number(cfg, "seed", low=0, high=MAX_SEED, integer=True)
     check_trainer_flags(cfg)

@@ -27,10 +27,11 @@ import csv
 import inspect
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lightning as L
 from lightning.pytorch.callbacks import (
@@ -45,17 +46,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from solo_mixmask.callbacks import (
-    LAST,
     GracefulStop,
     NonFiniteLossGuard,
     ResumeState,
-    RunStopped,
-    SafeAtomicCheckpointIO,
     StepCheckpoint,
-    StopRequested,
-    safe_load_checkpoint,
     signal_name,
 )
+from solo_mixmask.checkpoint_io import LAST, SafeAtomicCheckpointIO, safe_load_checkpoint
+from solo_mixmask.compose import apply_overrides
 from solo_mixmask.config import (
     check_mandatory_values,
     select,
@@ -63,9 +61,15 @@ from solo_mixmask.config import (
     to_container,
     trainer_arg_names,
 )
-from solo_mixmask.errors import CheckpointError, ConfigError
+from solo_mixmask.console import EpochLine, ModelLine, quiet_third_party
+from solo_mixmask.errors import CheckpointError, ConfigError, DataError, RunStopped, StopRequested
 from solo_mixmask.methods import METHODS
+from solo_mixmask.paths import check_output_dir
+from solo_mixmask.run_folder import RunLock, make_run_dir, refuse_existing_run, remove_made
 from solo_mixmask.utils.resumable import ResumableLoader, resumable_train_loader
+
+if TYPE_CHECKING:
+    from solo_mixmask.methods import BaseMethod
 
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
@@ -110,7 +114,7 @@ class DataOnDevice(Callback):
             loader.to_device(trainer.strategy.root_device)
 
 
-def method_class(cfg: DictConfig) -> type:
+def method_class(cfg: DictConfig) -> type[BaseMethod]:
     """The method class named by ``cfg.method`` (ConfigError listing the known ones)."""
     name = cfg.get("method")
     if name not in METHODS:
@@ -118,7 +122,7 @@ def method_class(cfg: DictConfig) -> type:
     return METHODS[name]
 
 
-def prepare_config(cfg: DictConfig) -> tuple[type, DictConfig]:
+def prepare_config(cfg: DictConfig) -> tuple[type[BaseMethod], DictConfig]:
     """Check the whole config before anything is built; returns (method class, filled cfg)."""
     check_mandatory_values(cfg)  # before defaults are filled in (they would hide '???')
     cls = method_class(cfg)
@@ -170,6 +174,48 @@ def new_run_dir(cfg: DictConfig) -> Path:
         run_dir = base / f"{name}-{stamp}-{suffix}"
         suffix += 1
     return run_dir
+
+
+def is_rank_zero_process() -> bool:
+    """Whether this process is the run's global rank 0, which makes, locks and (on an early
+    user error) removes the run folder; decided before the Trainer exists, from the launcher's
+    environment (``RANK`` under torchrun, ``SLURM_PROCID`` under SLURM; a child started by
+    Lightning inherits ``SOLO_MIXMASK_RUN_DIR``)."""
+    if os.environ.get(RUN_DIR_ENV):
+        return False
+    if not _external_launch():
+        return True
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    return int(rank) == 0
+
+
+def check_run_location(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> str:
+    """Before any work: the folder a new run will write to can be made there and holds no run
+    (only ``resume`` writes into an existing run). Returns the key that names it
+    (``checkpoint.run_dir`` when given, else ``checkpoint.dir``); ConfigError otherwise."""
+    if select(cfg, "checkpoint.run_dir"):
+        key = "checkpoint.run_dir"
+        check_output_dir(key, run_dir)
+    else:
+        key = "checkpoint.dir"
+        check_output_dir(key, select(cfg, "checkpoint.dir", "runs"))
+    # A time-stamped folder chosen here that exists already (another run started in the same
+    # second) is not refused: make_run_dir gives this run its own folder, with a suffix.
+    if rank_zero and (select(cfg, "checkpoint.run_dir") or _external_launch()):
+        refuse_existing_run(key, run_dir)
+    return key
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    folder = run_dir / "checkpoints"
+    return folder.is_dir() and any(folder.glob("*.ckpt"))
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Bad config, data or checkpoint, or a Trainer setting Lightning refuses (exit 2)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return isinstance(err, ConfigError | DataError | CheckpointError | MisconfigurationException)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -255,8 +301,12 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     ]
     if select(cfg, "progress_bar", True):
         callbacks.append(RichProgressBar())
+    else:
+        callbacks.append(EpochLine())  # CI logs, nohup: one line per epoch
+    if not select(cfg, "enable_model_summary", False):
+        callbacks.append(ModelLine())  # Lightning's table with enable_model_summary=true
     if enabled:
-        extra = {}
+        extra: dict[str, Any] = {}
         if "enable_version_counter" in inspect.signature(ModelCheckpoint).parameters:
             extra["enable_version_counter"] = False  # last.ckpt is shared with StepCheckpoint
         callbacks.append(
@@ -280,6 +330,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> 
     kwargs = trainer_kwargs(cfg)
     kwargs.setdefault("num_sanity_val_steps", 0)
     kwargs.setdefault("log_every_n_steps", 10)
+    kwargs.setdefault("enable_model_summary", False)  # ModelLine prints one line instead
+    quiet_third_party()  # before the Trainer logs its tips
     plugins = kwargs.pop("plugins", None) or []
     plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
     return L.Trainer(
@@ -425,37 +477,105 @@ def _stopped(
     )
 
 
+class SavedModel(NamedTuple):
+    """What a resumed checkpoint holds of the model: tensor shapes by ``state_dict`` key and
+    the config it was written with (None when it has none)."""
+
+    shapes: dict[str, tuple[int, ...]]
+    cfg: dict[str, Any] | None
+
+
+def check_model_fits(model: Any, saved: SavedModel, checkpoint: str) -> None:
+    """CheckpointError naming the tensors (and the method / backbone settings) that differ when
+    ``model`` cannot take the weights of ``checkpoint`` (what Lightning would otherwise report
+    as a long size-mismatch traceback)."""
+    from solo_mixmask.checkpoints import config_differences, shape_mismatch
+
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mismatch = shape_mismatch(shapes, saved.shapes)
+    if mismatch is None:
+        return
+    changed = config_differences(saved.cfg or {}, to_container(model.cfg)) if saved.cfg else []
+    settings = f"; settings that differ: {'; '.join(changed)}" if changed else ""
+    raise CheckpointError(
+        f"{checkpoint} does not fit the model this config builds{settings}; {mismatch}. A run "
+        "resumes with its own method and backbone settings: drop those overrides, or start a "
+        "new run with solo-mixmask pretrain"
+    )
+
+
 def run_pretrain(
-    cfg: DictConfig, resume_from: str | None = None, run_dir: str | Path | None = None
+    cfg: DictConfig,
+    resume_from: str | None = None,
+    run_dir: str | Path | None = None,
+    saved_model: SavedModel | None = None,
 ) -> dict[str, Any]:
     """Pretrain as ``cfg`` says; returns (and writes) the run's summary dict.
 
     ``resume_from``: a checkpoint to continue from (weights, queue, momentum encoder, optimiser,
-    schedule, the method's random streams, the global RNGs and the data position are restored).
-    ``run_dir``: the run folder (default: the checkpoint's, else a new one).
+    schedule, the method's random streams, the global RNGs and the data position are restored);
+    ``saved_model`` (its tensor shapes) lets a model that cannot take its weights be refused
+    with one line. ``run_dir``: the run folder (default: the checkpoint's, else a new one).
 
-    SIGTERM or Ctrl-C during the run raise :class:`~solo_mixmask.callbacks.RunStopped` after
+    A new run (neither given) checks where it will write before any work, makes its folder
+    atomically (:func:`~solo_mixmask.run_folder.make_run_dir`) and holds the folder's lock
+    while it runs (:class:`~solo_mixmask.run_folder.RunLock`, released on every exit). When it
+    fails with a user error before it trained a step or wrote a checkpoint, the folder it made
+    is removed again (never one it did not make).
+
+    SIGTERM or Ctrl-C during the run raise :class:`~solo_mixmask.errors.RunStopped` after
     the step under way (with ``last.ckpt`` written after it when possible, see
     :class:`~solo_mixmask.callbacks.GracefulStop`); no summary is written then.
     """
     from solo_mixmask.data.loaders import num_classes
 
     method_cls, cfg = prepare_config(cfg)
+    fresh = run_dir is None and resume_from is None
+    rank_zero = is_rank_zero_process()
+    if run_dir is None:
+        run_dir = Path(resume_from).parents[1] if resume_from else new_run_dir(cfg)
+    run_dir = Path(run_dir)
+    key = check_run_location(cfg, run_dir, rank_zero) if fresh else "checkpoint.run_dir"
     seed_quietly(int(cfg.seed))
     with open_dict(cfg):
         if select(cfg, "data.num_classes") is None:
             cfg.data.num_classes = num_classes(cfg)
-    if run_dir is None:
-        run_dir = Path(resume_from).parents[1] if resume_from else new_run_dir(cfg)
-    run_dir = Path(run_dir)
+    made: list[Path] = []
+    if fresh and rank_zero:  # a time-stamped name of one process is never shared
+        unique = not select(cfg, "checkpoint.run_dir") and not _external_launch()
+        run_dir, made = make_run_dir(key, run_dir, unique)
     with open_dict(cfg):
         cfg.checkpoint.run_dir = str(run_dir)
+    progress = {"steps": 0}
+    command = "solo-mixmask " + ("pretrain" if fresh else "resume")
+    try:
+        with RunLock(run_dir, command, enabled=rank_zero):
+            return _train_in(cfg, method_cls, run_dir, resume_from, saved_model, progress)
+    except BaseException as err:
+        early = progress["steps"] == 0 and not _has_checkpoint(run_dir)
+        if made and not _external_launch() and early and _is_user_error(err):
+            remove_made(made)  # nothing trained: the folder holds nothing worth keeping
+        raise
+
+
+def _train_in(
+    cfg: DictConfig,
+    method_cls: type[BaseMethod],
+    run_dir: Path,
+    resume_from: str | None,
+    saved_model: SavedModel | None,
+    progress: dict[str, int],
+) -> dict[str, Any]:
+    """The run itself, in ``run_dir`` (made and locked): build, fit, write summary.json.
+    ``progress["steps"]`` holds the optimiser steps trained when ``fit`` returns or fails."""
     model = method_cls(cfg)  # backbone name/kwargs are checked here, before the data is read
+    if resume_from and saved_model is not None:
+        check_model_fits(model, saved_model, resume_from)
 
     callbacks = build_callbacks(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, callbacks)
     train_loader, val_loaders = _build_data(cfg, trainer, callbacks)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)  # made by rank 0; a no-op on resume
     report = run_dir / BAD_FILES
     watched = _watch_bad_files([train_loader, *val_loaders], report)
     if trainer.is_global_zero:
@@ -486,6 +606,7 @@ def run_pretrain(
         raise
     finally:
         stop.uninstall()
+        progress["steps"] = int(trainer.global_step)
         if launching:
             os.environ.pop(RUN_DIR_ENV, None)
     wall = time.perf_counter() - start
@@ -500,6 +621,7 @@ def run_pretrain(
     checkpointer = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint)), None)
     checkpoint = None
     if checkpointer is not None:
+        assert checkpointer.dirpath is not None  # build_callbacks gives it one
         last = Path(checkpointer.dirpath) / LAST
         checkpoint = str(last) if last.exists() else checkpointer.last_model_path or None
     bad = count_bad_files(watched, report)
@@ -588,49 +710,136 @@ def _check_max_epochs(run_dir: Path, saved: DictConfig, cfg: DictConfig, done: i
         )
 
 
-def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from ``checkpoints/last.ckpt``.
-
-    The checkpoint is first read with ``torch.load(weights_only=True)``: a file that needs
-    arbitrary pickled objects is refused (CheckpointError) before anything in it can run.
-    A run that already trained its ``max_epochs`` raises :class:`NothingToResume` and nothing
-    in its folder changes; ``max_epochs=N`` with ``N`` above the epochs trained extends it; a
-    lower ``N`` is a ConfigError. A run stopped before its first checkpoint (and never
-    finished) starts again from step 0 in the same folder.
-    """
-    run_dir = Path(run_dir)
-    config, last = run_dir / CONFIG, run_dir / "checkpoints" / LAST
-    if not config.exists():
-        raise CheckpointError(f"{run_dir} is not a run folder: {config} is missing")
-    saved = OmegaConf.load(config)
-    cfg = saved
-    if overrides:
-        cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(overrides))
-    if not last.exists():
-        if (run_dir / SUMMARY).exists() or any((run_dir / "checkpoints").glob("*.ckpt")):
-            raise CheckpointError(f"{run_dir} has no checkpoint to resume from: {last} is missing")
-        import shutil
-        import warnings
-
-        from solo_mixmask.errors import ConfigWarning
-
-        warnings.warn(
-            f"{run_dir} was stopped before its first checkpoint: nothing was trained, so the run "
-            "starts again from step 0 in this folder",
-            ConfigWarning,
-            stacklevel=2,
-        )
-        shutil.rmtree(run_dir / "logs", ignore_errors=True)
-        (run_dir / "init_metrics.json").unlink(missing_ok=True)
-        return run_pretrain(cfg, run_dir=run_dir)  # type: ignore[arg-type]
-    checkpoint = safe_load_checkpoint(last)
+def _training_checkpoint(path: Path) -> dict[str, Any]:
+    """``path`` loaded safely (weights only), CheckpointError unless it is a training
+    checkpoint (weights, loop and optimiser states)."""
+    checkpoint = safe_load_checkpoint(path)
     for key in ("state_dict", "loops", "optimizer_states"):
         if key not in checkpoint:
             raise CheckpointError(
-                f"{last} is not a training checkpoint (no {key!r}); resume needs the last.ckpt "
+                f"{path} is not a training checkpoint (no {key!r}); resume needs the last.ckpt "
                 "that solo-mixmask pretrain wrote"
             )
+    return checkpoint
+
+
+def epoch_checkpoints(folder: Path) -> list[Path]:
+    """The ``epochNNN.ckpt`` files of a checkpoint folder, newest (highest epoch) first."""
+    found = []
+    for path in folder.glob("epoch*.ckpt"):
+        match = re.match(r"epoch(\d+)", path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path.stat().st_mtime, path))
+    return [path for *_, path in sorted(found, reverse=True)]
+
+
+def _newest_epoch_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest ``epochNNN.ckpt`` that loads as a training checkpoint, loaded; None when
+    there is none (unusable ones are passed over with a warning)."""
+    for path in epoch_checkpoints(folder):
+        try:
+            return path, _training_checkpoint(path)
+        except CheckpointError as err:
+            _warn(f"passing over {path}: {err}")
+    return None
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    from solo_mixmask.errors import ConfigWarning
+
+    warnings.warn(message, ConfigWarning, stacklevel=3)
+
+
+def _check_same_method(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
+    """CheckpointError when ``checkpoint`` was written by another method than ``cfg.method``."""
+    hparams = checkpoint.get("hyper_parameters")
+    saved_cfg = hparams.get("cfg") if isinstance(hparams, dict) else None
+    written_by = saved_cfg.get("method") if isinstance(saved_cfg, dict) else None
+    if written_by is not None and written_by != cfg.get("method"):
+        raise CheckpointError(
+            f"{path} was written by method {written_by!r}, but the run's config asks for "
+            f"method={cfg.get('method')!r}: a run resumes with its own method; start a new run "
+            f"(solo-mixmask pretrain method={cfg.get('method')} ...) to train another one"
+        )
+
+
+def _saved_model(checkpoint: dict[str, Any]) -> SavedModel:
+    hparams = checkpoint.get("hyper_parameters")
+    saved_cfg = hparams.get("cfg") if isinstance(hparams, dict) else None
+    shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if hasattr(v, "shape")}
+    return SavedModel(shapes, saved_cfg if isinstance(saved_cfg, dict) else None)
+
+
+def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from ``checkpoints/last.ckpt``.
+
+    The run folder's lock is taken first (:class:`~solo_mixmask.run_folder.RunLock`): a run that
+    a live process trains is refused (ConfigError), a stale lock taken over with a warning.
+    Without ``last.ckpt`` the newest usable ``epochNNN.ckpt`` is used (a warning names it).
+    The checkpoint is read with ``torch.load(weights_only=True)``: a file that needs
+    arbitrary pickled objects is refused (CheckpointError) before anything in it can run, and
+    so is one written by another method, or (when the model is built) one whose tensors do not
+    fit the model of the config with ``overrides``. A run that already trained its
+    ``max_epochs`` raises :class:`NothingToResume` and nothing in its folder changes;
+    ``max_epochs=N`` with ``N`` above the epochs trained extends it; a lower ``N`` is a
+    ConfigError. A run stopped before its first checkpoint (and never finished) starts again
+    from step 0 in the same folder.
+    """
+    run_dir = Path(run_dir)
+    config = run_dir / CONFIG
+    if not config.exists():
+        raise CheckpointError(f"{run_dir} is not a run folder: {config} is missing")
+    with RunLock(run_dir, "solo-mixmask resume", enabled=is_rank_zero_process()):
+        return _resume_locked(run_dir, overrides)
+
+
+def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]:
+    """:func:`resume_run` once the run folder's lock is held."""
+    config, folder = run_dir / CONFIG, run_dir / "checkpoints"
+    last = folder / LAST
+    saved = OmegaConf.load(config)
+    if not isinstance(saved, DictConfig):
+        raise CheckpointError(f"{run_dir} is not a run folder: {config} does not hold a mapping")
+    cfg = saved
+    if overrides:
+        cfg = apply_overrides(saved, overrides)  # hydra's grammar, as for pretrain
+    if last.exists():
+        try:
+            checkpoint = _training_checkpoint(last)
+        except CheckpointError as err:
+            newest = epoch_checkpoints(folder)
+            if not newest:
+                raise
+            raise CheckpointError(
+                f"{err}; the newest epoch checkpoint is {newest[0]}: move {last} away and "
+                "resume again to continue from it"
+            ) from err
+    else:
+        found = _newest_epoch_checkpoint(folder)
+        if found is None:
+            if (run_dir / SUMMARY).exists() or any(folder.glob("*.ckpt")):
+                raise CheckpointError(
+                    f"{run_dir} has no checkpoint to resume from: {last} is missing"
+                )
+            import shutil
+
+            _warn(
+                f"{run_dir} was stopped before its first checkpoint: nothing was trained, so the "
+                "run starts again from step 0 in this folder"
+            )
+            shutil.rmtree(run_dir / "logs", ignore_errors=True)
+            (run_dir / "init_metrics.json").unlink(missing_ok=True)
+            return run_pretrain(cfg, run_dir=run_dir)
+        last, checkpoint = found
+        _warn(
+            f"{run_dir} has no checkpoints/last.ckpt: resuming from {last.name}, its newest "
+            "epoch checkpoint (the steps trained after it are trained again)"
+        )
+    _check_same_method(last, checkpoint, cfg)
     done = epochs_trained(checkpoint)
+    saved_model = _saved_model(checkpoint)
     del checkpoint
-    _check_max_epochs(run_dir, saved, cfg, done)  # type: ignore[arg-type]
-    return run_pretrain(cfg, resume_from=str(last))  # type: ignore[arg-type]
+    _check_max_epochs(run_dir, saved, cfg, done)
+    return run_pretrain(cfg, resume_from=str(last), saved_model=saved_model)

@@ -1,9 +1,11 @@
 """Plug-in for real solo-learn (>= 1.0.6): our methods on solo-learn's own BaseMomentumMethod.
 
 solo-learn looks methods up in the plain dict ``solo.methods.METHODS``. :func:`register` adds
-``mixmask``, ``unmix``, ``unmix_mixmask`` and ``mocov2`` (MoCo v2 with the seed's asymmetric loss,
-which solo-learn lacks) to it. Each entry is ``type(name, (XLogic, BaseMomentumMethod), {})``: the
-engine-free method logic of ``solo_mixmask.methods`` on top of solo-learn's base, so solo-learn's
+``mixmask``, ``unmix``, ``unmix_mixmask``, ``mocov2`` (MoCo v2 with the seed's asymmetric loss,
+which solo-learn lacks), ``byol_mixmask`` and ``byol_unmix_mixmask`` to it. Each entry is
+``type(name, (XLogic, base), {})``: the engine-free method logic of ``solo_mixmask.methods`` on
+top of solo-learn's ``BaseMomentumMethod`` (the MoCo family) or of solo-learn's own ``BYOL`` (the
+``byol_*`` methods, which add only their mixed branches to its unchanged step), so solo-learn's
 backbones, data pipelines, online classifier, k-NN monitor, checkpointer and scripts are used
 unchanged, and the method step exists once. solo-learn's own entries are never replaced.
 
@@ -43,12 +45,20 @@ SCRIPT_ENV = "SOLO_MIXMASK_SOLO_SCRIPT"
 SCRIPTS = {"pretrain": "main_pretrain.py", "linear": "main_linear.py"}
 
 #: solo-learn method name -> (key in ``solo_mixmask.methods.LOGIC``, class name,
-#: ``method_kwargs`` defaults that differ from the logic's own).
-SOLO_METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "mixmask": ("mixmask", "MixMask", {}),
-    "unmix": ("unmix", "Unmix", {}),
-    "unmix_mixmask": ("unmix_mixmask", "UnmixMixMask", {}),
-    "mocov2": ("mocov2plus", "MoCoV2", {"symmetric": False}),
+#: ``method_kwargs`` defaults that differ from the logic's own, the solo-learn base class: a name
+#: in ``SOLO_BASES``).
+SOLO_METHODS: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    "mixmask": ("mixmask", "MixMask", {}, "BaseMomentumMethod"),
+    "unmix": ("unmix", "Unmix", {}, "BaseMomentumMethod"),
+    "unmix_mixmask": ("unmix_mixmask", "UnmixMixMask", {}, "BaseMomentumMethod"),
+    "mocov2": ("mocov2plus", "MoCoV2", {"symmetric": False}, "BaseMomentumMethod"),
+    "byol_mixmask": ("byol_mixmask", "BYOLMixMask", {}, "BYOL"),
+    "byol_unmix_mixmask": ("byol_unmix_mixmask", "BYOLUnmixMixMask", {}, "BYOL"),
+}
+#: solo-learn base class name -> (its module, its attribute).
+SOLO_BASES = {
+    "BaseMomentumMethod": ("solo.methods.base", "BaseMomentumMethod"),
+    "BYOL": ("solo.methods", "BYOL"),
 }
 
 _BUILT: dict[str, type] = {}  # class name -> class, built once per process
@@ -100,28 +110,33 @@ def check_solo_version(version: str | None, where: str) -> None:
         )
 
 
-def _import_solo() -> tuple[types.ModuleType, type]:
-    """``(solo.methods, solo.methods.base.BaseMomentumMethod)``, version-checked."""
+def _import_solo() -> tuple[types.ModuleType, dict[str, type]]:
+    """``(solo.methods, {name: solo-learn class})`` for the names of ``SOLO_BASES``,
+    version-checked."""
     try:
         import solo
         import solo.methods
-        from solo.methods.base import BaseMomentumMethod
-    except ImportError as err:
+
+        bases = {
+            name: getattr(importlib.import_module(module), attr)
+            for name, (module, attr) in SOLO_BASES.items()
+        }
+    except (ImportError, AttributeError) as err:
         raise SoloLearnError(f"solo-learn cannot be imported ({err}); {INSTALL_HINT}") from err
     package = Path(solo.__file__).resolve().parent
     check_solo_version(solo_version(package.parent), str(package))
-    return solo.methods, BaseMomentumMethod
+    return solo.methods, bases
 
 
 def solo_class(name: str, base: type) -> type:
     """The class registered as ``name``: our logic mixin first, solo-learn's ``base`` after it."""
     from solo_mixmask.methods import LOGIC
 
-    logic_key, class_name, defaults = SOLO_METHODS[name]
+    logic_key, class_name, defaults, _ = SOLO_METHODS[name]
     cls = _BUILT.get(class_name)
     if cls is not None and base in cls.__mro__:
         return cls
-    logic = LOGIC[logic_key]
+    logic: type[Any] = LOGIC[logic_key]  # a *Logic mixin, with its method_defaults
     namespace: dict[str, Any] = {
         "__module__": __name__,
         "__qualname__": class_name,
@@ -141,9 +156,9 @@ def register() -> dict[str, type]:
     A name that solo-learn already uses for its own method is left alone (with a warning).
     Raises :class:`SoloLearnError` when solo-learn is missing or older than 1.0.6.
     """
-    solo_methods, base = _import_solo()
+    solo_methods, bases = _import_solo()
     registered: dict[str, type] = {}
-    for name in SOLO_METHODS:
+    for name, (*_, base_name) in SOLO_METHODS.items():
         existing = solo_methods.METHODS.get(name)
         if existing is not None and getattr(existing, "solo_mixmask_method", None) != name:
             warnings.warn(
@@ -152,7 +167,7 @@ def register() -> dict[str, type]:
                 stacklevel=2,
             )
             continue
-        cls = solo_class(name, base)
+        cls = solo_class(name, bases[base_name])
         solo_methods.METHODS[name] = cls
         registered[name] = cls
     return registered
@@ -162,7 +177,7 @@ def __getattr__(name: str) -> type:
     """Built classes are module attributes (``solo_mixmask.solo.MixMask``) so that they pickle."""
     if name in _BUILT:
         return _BUILT[name]
-    if name in {class_name for _, class_name, _ in SOLO_METHODS.values()}:
+    if name in {entry[1] for entry in SOLO_METHODS.values()}:
         register()
         return _BUILT[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -205,8 +220,9 @@ def _use_checkout(checkout: Path) -> None:
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
     loaded = sys.modules.get("solo")
-    if loaded is not None and getattr(loaded, "__file__", None):
-        package = Path(loaded.__file__).resolve().parent
+    loaded_file = getattr(loaded, "__file__", None) if loaded is not None else None
+    if loaded_file:
+        package = Path(loaded_file).resolve().parent
         if package.parent != checkout:
             raise SoloLearnError(
                 f"solo-learn is already imported from {package}, not from the checkout {checkout}"
@@ -250,7 +266,7 @@ def run_solo_script(script: str | os.PathLike, hydra_args: Sequence[str]) -> Non
 # ------------------------------------------------------------------------------ sub-commands
 def solo_configs_root() -> Path:
     """The repository's ``configs/solo/`` folder (solo-learn's layout: ``<dataset>/<method>.yaml``)."""
-    from solo_mixmask.cli import configs_root
+    from solo_mixmask.compose import configs_root
 
     return configs_root() / "solo"
 
@@ -295,8 +311,9 @@ def _solo_command(args: argparse.Namespace) -> None:
 def add_solo_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``solo-pretrain`` / ``solo-linear`` on the ``solo-mixmask`` parser."""
     helps = {
-        "pretrain": "run solo-learn's main_pretrain.py with mixmask/unmix/unmix_mixmask/mocov2 "
-        "registered (configs/solo/<dataset>/<method>.yaml by default)",
+        "pretrain": "run solo-learn's main_pretrain.py with mixmask/unmix/unmix_mixmask/mocov2/"
+        "byol_mixmask/byol_unmix_mixmask registered (configs/solo/<dataset>/<method>.yaml by "
+        "default)",
         "linear": "run solo-learn's main_linear.py (offline linear probe of a pretrained checkpoint)",
     }
     for kind, help_text in helps.items():

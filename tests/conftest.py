@@ -32,12 +32,12 @@ def tiny_cfg(method: str = "mixmask", **overrides):
             "progress_bar": False,
         }
     )
-    if method == "byol":
+    if method.startswith("byol"):  # byol, byol_mixmask, byol_unmix_mixmask
         cfg.method_kwargs = {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32}
     else:
         cfg.method_kwargs = {"proj_hidden_dim": 32, "proj_output_dim": 16, "queue_size": 20}
-        if method in ("mixmask", "unmix_mixmask"):
-            cfg.method_kwargs.grid_size = 4
+    if method.endswith("mixmask"):
+        cfg.method_kwargs.grid_size = 4
     for key, value in overrides.items():
         OmegaConf.update(cfg, key.replace("__", "."), value, force_add=True)
     return cfg

@@ -136,7 +136,7 @@ def test_knn_monitor_gathers_features_from_both_ranks(ddp):
 
 
 def test_checkpoint_keeps_each_ranks_random_streams(ddp):
-    from solo_mixmask.callbacks import safe_load_checkpoint
+    from solo_mixmask.checkpoint_io import safe_load_checkpoint
 
     run_dir = ddp["dumps"][0]["run_dir"]
     ckpt = safe_load_checkpoint(f"{run_dir}/checkpoints/last.ckpt")

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from solo_mixmask.callbacks import safe_load_checkpoint
+from solo_mixmask.checkpoint_io import safe_load_checkpoint
 from tests.cli_helpers import (
     TINY,
     assert_same_end_state,
@@ -78,14 +78,32 @@ def _stalled(base, name, where, signum):
     return proc, mark, signum
 
 
-def _wait_and_signal(stalled, timeout=400):
+def _wait_and_signal(stalled, timeout=400, while_parked=None):
+    """Wait until the run is parked, call ``while_parked()`` (its result is returned too), then
+    send the signal."""
     proc, mark, signum = stalled
     deadline = time.monotonic() + timeout
     while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    seen = None
     if mark.exists():
+        if while_parked is not None:
+            seen = while_parked()
         proc.send_signal(signum)
-    return finish(proc, timeout=120)
+    return finish(proc, timeout=120), seen
+
+
+def _cli_in_process(args):
+    """``solo-mixmask ARGS`` in this process: (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from solo_mixmask.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(a) for a in args])
+    return code, err.getvalue()
 
 
 def _digest(folder):
@@ -103,13 +121,15 @@ def runs(tmp_path_factory):
     termed = _stalled(base, "termed", str(TERM_STEP), signal.SIGTERM)
     interrupted = _stalled(base, "interrupted", str(INT_STEP), signal.SIGINT)
     startup = _stalled(base, "startup", "validate", signal.SIGTERM)
-    out = {"base": base}
+    out = {"base": base, "termed_pid": termed[0].pid}
+    # while the SIGTERM run trains, a second process tries to resume it
+    second = {"termed": lambda: _cli_in_process(["resume", base / "termed"])}
     for name, stalled in (("termed", termed), ("interrupted", interrupted), ("startup", startup)):
-        out[name] = _wait_and_signal(stalled)
+        out[name], out[f"{name}_second"] = _wait_and_signal(stalled, while_parked=second.get(name))
     out["full"] = finish(full, timeout=400)
     out["termed_ckpt"] = _step_of(base / "termed")
     out["interrupted_ckpt"] = _step_of(base / "interrupted")
-    for name in ("termed", "startup"):
+    for name in ("termed", "interrupted", "startup"):
         out[f"{name}_files"] = sorted(
             str(p.relative_to(base / name)) for p in (base / name).rglob("*") if p.is_file()
         )
@@ -154,6 +174,7 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_exits_143(runs):
     assert f"`solo-mixmask resume {runs['base'] / 'termed'}`" in line, line
     assert runs["termed_ckpt"] == TERM_STEP
     assert "summary.json" not in runs["termed_files"]
+    assert "run.lock" not in runs["termed_files"]  # released on the way out
     assert not [f for f in runs["termed_files"] if "tmp" in f]
 
 
@@ -168,11 +189,26 @@ def test_ctrl_c_during_training_checkpoints_the_step_and_exits_130(runs):
     assert "Ctrl-C" in line and f"last.ckpt holds step {INT_STEP}" in line, line
     assert f"`solo-mixmask resume {runs['base'] / 'interrupted'}`" in line, line
     assert runs["interrupted_ckpt"] == INT_STEP
+    assert "run.lock" not in runs["interrupted_files"]
+
+
+def test_a_second_resume_of_a_training_run_is_refused(runs):
+    """The run folder is locked while a process trains in it: `resume` of that run from another
+    process stops with one error line naming the process, and changes nothing (the SIGTERM run
+    that it tried to resume ends as the uninterrupted one, see above)."""
+    code, err = runs["termed_second"]
+    lines = error_lines(err)
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1, err[-3000:]
+    assert f"{runs['base'] / 'termed'} is in use" in lines[0], lines[0]
+    assert f"pid {runs['termed_pid']} on host" in lines[0], lines[0]
+    assert "solo-mixmask pretrain" in lines[0] and "is still running" in lines[0], lines[0]
 
 
 def test_sigterm_in_the_start_up_knn_pass_leaves_a_resumable_folder(runs):
     line = _one_error(runs["startup"], 143)
     assert "no checkpoint had been written yet" in line, line
+    assert "run.lock" not in runs["startup_files"]
     assert not any(f.startswith("checkpoints/") for f in runs["startup_files"])
     assert "summary.json" not in runs["startup_files"]
     resumed = runs["startup_resumed"]

@@ -21,12 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from solo_mixmask.callbacks import (
-    atomic_torch_save,
-    capture_rng_state,
-    restore_rng_state,
-    safe_load_checkpoint,
-)
+from solo_mixmask.callbacks import capture_rng_state, restore_rng_state
+from solo_mixmask.checkpoint_io import atomic_torch_save, safe_load_checkpoint
 from solo_mixmask.utils.resumable import ResumableLoader, ResumableSampler, SeededItems, mix_seed
 from tests.cli_helpers import (
     TINY,
@@ -117,6 +113,10 @@ def test_killed_mid_epoch(runs):
 def test_resume_ends_with_the_uninterrupted_state(runs):
     assert runs["full"].returncode == 0, runs["full"].stderr[-3000:]
     assert runs["resumed"].returncode == 0, runs["resumed"].stderr[-3000:]
+    # SIGKILL left the run's lock behind: resume takes it over (its pid is gone), saying so once
+    stale = [line for line in runs["resumed"].stderr.splitlines() if "stale lock" in line]
+    assert len(stale) == 1 and stale[0].startswith("warning: "), runs["resumed"].stderr[-3000:]
+    assert not (runs["base"] / "killed" / "run.lock").exists()
     full, resumed = assert_same_end_state(runs["base"] / "full", runs["base"] / "killed", 16)
     # The parts the issue names, spelled out: queue + pointer, momentum encoder.
     assert torch.equal(resumed["state_dict"]["key_queue.ptr"], full["state_dict"]["key_queue.ptr"])
@@ -169,6 +169,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(runs):
         if value.is_floating_point():
             assert torch.isfinite(value).all(), key
     assert not (runs["base"] / "nan" / "summary.json").exists()
+    assert not (runs["base"] / "nan" / "run.lock").exists()  # released on exit 3 too
 
 
 # --------------------------------------------------------------------------- in-process units
@@ -257,6 +258,49 @@ def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
     restore_rng_state(loaded)
     assert torch.equal(torch.rand(2), expected[0])
     assert np.random.rand() == expected[1] and random.random() == expected[2]
+
+
+def test_atomic_save_names_a_full_disk_however_torch_reports_it(tmp_path, monkeypatch):
+    """A file that fails with ENOSPC mid-write: torch's zip writer turns the error into
+    RuntimeError("unexpected pos ..."); the save still says 'no space left on device'."""
+    import builtins
+    import errno
+
+    from solo_mixmask import checkpoint_io
+    from solo_mixmask.errors import CheckpointError
+
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": torch.tensor(1)}, path)
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 512:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(
+        checkpoint_io, "open", lambda p, mode: FullDisk(builtins.open(p, mode)), raising=False
+    )
+    with pytest.raises(
+        CheckpointError, match="no space left on device.*previous last.ckpt is kept"
+    ):
+        atomic_torch_save({"weights": torch.zeros(10_000)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_atomic_save_keeps_the_old_file_when_the_write_dies(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from solo_mixmask.callbacks import SafeAtomicCheckpointIO, safe_load_checkpoint
+from solo_mixmask.checkpoint_io import SafeAtomicCheckpointIO, safe_load_checkpoint
 from solo_mixmask.cli import compose_config, configs_root
 from solo_mixmask.data import datasets as D
 from solo_mixmask.errors import CheckpointError, DataError

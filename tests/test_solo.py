@@ -15,6 +15,7 @@ import os
 import pickle
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ from solo_mixmask import cli
 from solo_mixmask import solo as plugin
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.methods import LOGIC
-from solo_mixmask.methods.mixmask import MixMaskLogic
+from solo_mixmask.methods.byol import BYOLLogic, BYOLMixedBranchLogic
+from solo_mixmask.methods.mixmask import MaskMixingLogic, MixMaskLogic
 from solo_mixmask.methods.mocov2plus import MoCoV2PlusLogic
 
 try:
@@ -48,6 +50,11 @@ FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CONFIGS = plugin.solo_configs_root()
 SHIPPED = sorted(f"{p.parent.name}/{p.stem}" for p in CONFIGS.glob("*/*.yaml"))
 OUR_SOLO_METHODS = sorted(plugin.SOLO_METHODS)
+#: ours on solo-learn's own BYOL (the rest are on its BaseMomentumMethod, with our MoCo step)
+BYOL_SOLO_METHODS = sorted(n for n, entry in plugin.SOLO_METHODS.items() if entry[3] == "BYOL")
+MOCO_SOLO_METHODS = sorted(set(OUR_SOLO_METHODS) - set(BYOL_SOLO_METHODS))
+BYOL_SHIPPED = [n for n in SHIPPED if n.rpartition("/")[2] in BYOL_SOLO_METHODS]
+MOCO_SHIPPED = [n for n in SHIPPED if n not in BYOL_SHIPPED]
 BATCH, QUEUE, CLASSES = 10, 25, 5  # 25 is not a multiple of 10: the queue wraps mid-batch
 
 
@@ -224,7 +231,8 @@ def test_register_adds_ours_once_and_keeps_solo_learns_own(monkeypatch):
         assert METHODS[name] is cls and issubclass(cls, BaseMomentumMethod)
         assert issubclass(cls, LOGIC[plugin.SOLO_METHODS[name][0]])
         # one implementation of the method step, shared with the standalone engine
-        assert cls.training_step is MoCoV2PlusLogic.training_step
+        shared = {"BaseMomentumMethod": MoCoV2PlusLogic, "BYOL": BYOLMixedBranchLogic}
+        assert cls.training_step is shared[plugin.SOLO_METHODS[name][3]].training_step
         assert pickle.loads(pickle.dumps(cls)) is cls
     assert METHODS["mixmask"].mask_branch is MixMaskLogic.mask_branch
     assert METHODS["mocov2"].method_defaults["symmetric"] is False
@@ -254,7 +262,7 @@ def test_config_error_inside_solo_learn_is_one_error_line(monkeypatch, capsys):
 
 
 @needs_solo
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", MOCO_SHIPPED)
 def test_builds_from_each_shipped_config_through_parse_cfg(name):
     from solo.args.pretrain import parse_cfg
     from solo.methods import METHODS
@@ -339,7 +347,7 @@ MOCO_V2_OVERRIDES = [
 
 
 @needs_solo
-@pytest.mark.parametrize("method", OUR_SOLO_METHODS)
+@pytest.mark.parametrize("method", MOCO_SOLO_METHODS)
 def test_trains_inside_solo_learn_main_pretrain(method, image_folder, tmp_path, monkeypatch):
     """Three steps through solo-learn's own main_pretrain (its data pipeline, Trainer set-up,
     online classifier and k-NN), then the queue, the EMA and the monitors are checked."""
@@ -493,3 +501,181 @@ def test_ddp_children_reenter_with_our_methods(image_folder, tmp_path):
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     # keys of both ranks were gathered into the queue: 2 x 10 of them
     assert int(state["key_queue.ptr"]) == (2 * BATCH) % QUEUE
+
+
+# ------------------------------------------------------------ BYOL + MixMask on solo-learn's BYOL
+def test_register_puts_byol_variants_on_solo_learns_byol(monkeypatch, tmp_path):
+    """With a stand-in ``solo`` package (so this runs without solo-learn): the ``byol_*`` entries
+    subclass its BYOL with only our mixed branch on top, the others its BaseMomentumMethod."""
+    package = tmp_path / "solo"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (tmp_path / "setup.py").write_text('setup(name="solo-learn", version="1.0.6")\n')
+
+    class BaseMomentumMethod:
+        pass
+
+    class BYOL(BaseMomentumMethod):
+        pass
+
+    solo_module = types.ModuleType("solo")
+    solo_module.__file__ = str(package / "__init__.py")
+    methods = types.ModuleType("solo.methods")
+    methods.BYOL, methods.METHODS = BYOL, {"byol": BYOL}
+    base = types.ModuleType("solo.methods.base")
+    base.BaseMomentumMethod = BaseMomentumMethod
+    solo_module.methods, methods.base = methods, base
+    for name, module in (
+        ("solo", solo_module),
+        ("solo.methods", methods),
+        ("solo.methods.base", base),
+    ):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(plugin, "_BUILT", {})
+
+    added = plugin.register()
+    assert sorted(added) == OUR_SOLO_METHODS and methods.METHODS["byol"] is BYOL
+    assert BYOL_SOLO_METHODS == ["byol_mixmask", "byol_unmix_mixmask"]
+    for name in BYOL_SOLO_METHODS:
+        cls = methods.METHODS[name]
+        assert issubclass(cls, BYOL) and issubclass(cls, LOGIC[name])
+        assert BYOLLogic not in cls.__mro__  # solo-learn's BYOL recipe underneath, not ours
+        assert cls.training_step is BYOLMixedBranchLogic.training_step
+        assert cls.mask_branch is MaskMixingLogic.mask_branch
+    for name in MOCO_SOLO_METHODS:
+        cls = methods.METHODS[name]
+        assert issubclass(cls, BaseMomentumMethod) and not issubclass(cls, BYOL)
+
+
+@needs_solo
+def test_register_puts_byol_variants_on_solo_learns_own_byol():
+    from solo.methods import BYOL, METHODS
+
+    added = plugin.register()
+    for name in BYOL_SOLO_METHODS:
+        cls = METHODS[name]
+        assert cls is added[name] and issubclass(cls, BYOL) and BYOLLogic not in cls.__mro__
+        assert cls.forward is BYOL.forward  # solo-learn's projector and predictor
+        assert pickle.loads(pickle.dumps(cls)) is cls
+
+
+MIXING_KEYS = (
+    "grid_size",
+    "mask_ratio",
+    "mask_type",
+    "per_sample_masks",
+    "unmix_alpha",
+    "unmix_prob",
+)
+
+
+@needs_solo
+@pytest.mark.parametrize("name", BYOL_SHIPPED)
+def test_builds_byol_variants_from_shipped_configs_through_parse_cfg(name):
+    """The configs/solo byol_* files build solo-learn's BYOL networks plus our mask bank."""
+    from solo.args.pretrain import parse_cfg
+    from solo.methods import BYOL, METHODS
+
+    plugin.register()
+    cfg = parse_cfg(compose(name))
+    model = METHODS[cfg.method](cfg)
+    assert isinstance(model, BYOL)
+    assert model.mask_bank.grid_size == cfg.method_kwargs.grid_size == 8
+    assert cfg.data.num_large_crops == 2 and cfg.data.num_small_crops == 0
+    base = compose(name)
+    base.method = "byol"
+    base.method_kwargs = {k: v for k, v in base.method_kwargs.items() if k not in MIXING_KEYS}
+    reference = METHODS["byol"](parse_cfg(base))
+    for part in ("backbone", "projector", "predictor", "momentum_projector"):
+        ours, theirs = getattr(model, part), getattr(reference, part)
+        assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]
+
+
+def byol_probe_class(base: type) -> type:
+    """``base`` plus a record of each step's mixed-branch inputs and of the momentum update; the
+    expected targets come from copies of the momentum networks taken before the step."""
+
+    class Probe(base):
+        instances: list = []
+
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.records: list[dict] = []
+            self.final_metrics: dict[str, float] = {}
+            Probe.instances.append(self)
+
+        def training_step(self, batch, batch_idx):
+            nets = copy.deepcopy(
+                torch.nn.Sequential(self.momentum_backbone, self.momentum_projector)
+            )
+            with torch.no_grad():
+                expected = nets(batch[1][1].to(memory_format=torch.channels_last))
+            self.records.append({"x1": batch[1][0], "expected_target": expected})
+            return super().training_step(batch, batch_idx)
+
+        def mixed_losses(self, x, target, pair_loss):
+            losses = super().mixed_losses(x, target, pair_loss)
+            self.records[-1].update(x=x, target=target.clone())
+            self.records[-1]["losses"] = {k: float(v.detach()) for k, v in losses.items()}
+            return losses
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            record = self.records[-1]
+            record["before"] = [m.weight.detach().clone() for _, m in self._last_linears()]
+            super().on_train_batch_end(outputs, batch, batch_idx)
+            record["after"] = [m.weight.detach().clone() for _, m in self._last_linears()]
+
+        def _last_linears(self):
+            return [(o[-1], m[-1]) for o, m in [(self.projector, self.momentum_projector)]]
+
+        def on_train_end(self):
+            super().on_train_end()
+            self.final_metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+
+    return Probe
+
+
+@needs_solo
+@pytest.mark.parametrize("method", BYOL_SOLO_METHODS)
+def test_byol_variants_train_inside_solo_learn_main_pretrain(
+    method, image_folder, tmp_path, monkeypatch
+):
+    """Three steps through solo-learn's main_pretrain on its own BYOL: the mixed branch mixes
+    the first view and regresses the momentum projections of the second view that solo-learn's
+    BYOL step computed; every loss term and lambda is logged; the momentum heads move."""
+    from solo.methods import METHODS
+
+    plugin.register()
+    probe = byol_probe_class(METHODS[method])
+    monkeypatch.setitem(METHODS, f"{method}_probe", probe)
+    monkeypatch.chdir(tmp_path)
+    overrides = [o for o in cpu_overrides(image_folder) if "queue_size" not in o] + [
+        f"method={method}_probe",
+        "method_kwargs.proj_hidden_dim=64",
+        "method_kwargs.pred_hidden_dim=64",
+        "knn_eval.enabled=True",
+        "knn_eval.k=5",
+        "checkpoint.enabled=False",
+        "+num_sanity_val_steps=0",
+        f"+default_root_dir={tmp_path}",
+    ]
+    args = plugin.hydra_args("pretrain", None, f"cifar10/{method}", overrides)
+    plugin.run_solo_script(plugin.find_solo_script("pretrain"), args)
+
+    (model,) = probe.instances
+    assert len(model.records) == 3  # 30 training images, batch 10, drop_last
+    branches = ["unmix", "mask"] if "unmix" in method else ["mask"]
+    for r in model.records:
+        assert torch.equal(r["x"], r["x1"])
+        assert r["target"].shape == (BATCH, 256)
+        torch.testing.assert_close(r["target"], r["expected_target"], atol=1e-5, rtol=1e-4)
+        assert sorted(r["losses"]) == sorted(f"train_{b}_loss" for b in branches)
+        assert all(v > 0 for v in r["losses"].values())
+        assert not any(torch.equal(b, a) for b, a in zip(r["before"], r["after"]))
+    metrics = model.final_metrics
+    assert math.isfinite(metrics["train_neg_cos_sim_epoch"])  # solo-learn's own BYOL loss
+    for key in ("val_knn_acc1", "val_acc1"):
+        assert 0.0 <= metrics[key] <= 100.0, key
+    for branch in branches:
+        assert metrics[f"train_{branch}_loss_epoch"] > 0
+        assert 0.0 <= metrics[f"train_{branch}_lambda_epoch"] <= 1.0

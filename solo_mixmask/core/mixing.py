@@ -170,6 +170,7 @@ def unmix(
         lam = params.lam
         x_mix = lam * x + (1.0 - lam) * x[partner]
     else:
+        assert params.box is not None, "a CutMix UnmixParams carries its box"
         y0, y1, x0, x1 = params.box
         if y1 > height or x1 > width:
             raise ValueError(

@@ -34,7 +34,7 @@ has no skip-and-warn mode (check the tree with ``data.scan_images: true`` first)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -43,11 +43,11 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import Dataset, Subset
 
+from solo_mixmask.config import DEFAULT_SEED, batch_size_of, select
 from solo_mixmask.data.augmentations import CropSpec, blur_kernel_size, parse_augmentations
 from solo_mixmask.data.datasets import (
     IMAGE_FOLDER_DATASETS,
     build_dataset,
-    cfg_value,
     dataset_name,
     image_folder_cfg,
     subset_indices,
@@ -228,7 +228,7 @@ def build_pretrain_pipeline(
     batch_size: int,
     *,
     device: str = "cpu",
-    seed: int = 5,
+    seed: int = DEFAULT_SEED,
     num_threads: int = 2,
     device_id: int | None = None,
     shard_id: int = 0,
@@ -262,7 +262,8 @@ def build_pretrain_pipeline(
     @pipeline_def(
         batch_size=int(batch_size),
         num_threads=max(1, int(num_threads)),
-        device_id=(device_id or 0) if device == "gpu" else None,
+        # DALI's overload says int, but its docs and Pipeline take None for a CPU-only pipeline
+        device_id=(device_id or 0) if device == "gpu" else None,  # type: ignore[arg-type]
         seed=int(seed),
         prefetch_queue_depth=2,
     )
@@ -277,7 +278,7 @@ def build_pretrain_pipeline(
             name=reader_name,
         )
         decoder = "mixed" if device == "gpu" else "cpu"
-        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+        images = fn.decoders.image(encoded, device=decoder, output_type=types.DALIImageType.RGB)
         views = [_view(ops, images, s) for s in specs for _ in range(s.num_crops)]
         return (*views, sample_ids)
 
@@ -309,7 +310,7 @@ class DaliTrainLoader:
         batch_size: int,
         *,
         device: str = "cpu",
-        seed: int = 5,
+        seed: int = DEFAULT_SEED,
         num_threads: int = 2,
         device_id: int | None = None,
         shard_id: int = 0,
@@ -375,9 +376,9 @@ def _files_and_targets(dataset: Dataset) -> tuple[list[str], list[int]]:
 def _rank_and_world(cfg: DictConfig) -> tuple[int, int, int]:
     """(shard_id, num_shards, local device id) from the launcher's environment and the config."""
     local = int(os.environ.get("LOCAL_RANK", 0))
-    devices = cfg_value(cfg, "devices", 1)
+    devices = select(cfg, "devices", 1)
     per_node = devices if isinstance(devices, int) and devices > 0 else 1
-    nodes = cfg_value(cfg, "num_nodes", 1)
+    nodes = select(cfg, "num_nodes", 1)
     nodes = nodes if isinstance(nodes, int) and nodes > 0 else 1
     rank = int(os.environ.get("NODE_RANK", 0)) * per_node + local
     return rank, per_node * nodes, local
@@ -401,13 +402,12 @@ def build_dali_train_loader(cfg: DictConfig) -> DaliTrainLoader:
             f"(data.dataset one of {', '.join(IMAGE_FOLDER_DATASETS)})",
         )
     import_dali()
-    device = resolve_device(cfg_value(cfg, "data.dali_device", "auto"))
-    batch = cfg_value(cfg, "optimizer.batch_size")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 2:
-        raise ConfigError("optimizer.batch_size", batch, "an int >= 2")
-    seed = int(cfg_value(cfg, "seed", 5))
+    device = resolve_device(select(cfg, "data.dali_device", "auto"))
+    batch = batch_size_of(cfg)
+    seed = int(select(cfg, "seed", DEFAULT_SEED))
     dataset = build_dataset(image_folder_cfg(cfg), "train", None)
-    size = cfg_value(cfg, "data.train_subset")
+    assert isinstance(dataset, Sized)  # an ImageFolderDataset: it has a length
+    size = select(cfg, "data.train_subset")
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(dataset):
             raise ConfigError("data.train_subset", size, f"null or an int in [1, {len(dataset)}]")
@@ -420,7 +420,7 @@ def build_dali_train_loader(cfg: DictConfig) -> DaliTrainLoader:
             f"the training set has {len(files)} images ({len(files) // shards} per device), "
             f"fewer than one batch of optimizer.batch_size={batch}"
         )
-    workers = cfg_value(cfg, "data.num_workers", 2)
+    workers = select(cfg, "data.num_workers", 2)
     return DaliTrainLoader(
         dataset,
         files,

@@ -48,32 +48,19 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from torch.utils.data import Dataset
 
+from solo_mixmask.config import read_bool, select
+from solo_mixmask.dataset_facts import DATASETS, normalisation_of
 from solo_mixmask.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-DATASET_NUM_CLASSES: dict[str, int] = {
-    "fashion_mnist": 10,
-    "cifar10": 10,
-    "cifar100": 100,
-    "stl10": 10,
-    "imagenet": 1000,
-    "imagenet100": 100,
-}
+DATASET_NUM_CLASSES: dict[str, int] = {name: f.num_classes for name, f in DATASETS.items()}
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "stl10")
 IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet100", "custom")
 KNOWN_DATASETS = ("fashion_mnist", *TORCHVISION_DATASETS, *IMAGE_FOLDER_DATASETS)
 SPLITS = ("train", "train_labeled", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_STATS = {
-    # Fashion-MNIST train set, pixels in [0, 1]: mean 0.2860, std 0.3530 (grayscale, x3).
-    "fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
 
 
 class BadImageWarning(UserWarning):
@@ -83,22 +70,16 @@ class BadImageWarning(UserWarning):
 # --------------------------------------------------------------------------- config helpers
 
 
-def cfg_value(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    """``cfg.<key>`` (dotted) or ``default`` when the key is absent or null."""
-    value = OmegaConf.select(cfg, key, default=default)
-    return default if value is None else value
-
-
 def dataset_name(cfg: DictConfig) -> str:
     """``cfg.data.dataset``, checked against the known names (ConfigError otherwise)."""
-    name = cfg_value(cfg, "data.dataset")
+    name = select(cfg, "data.dataset")
     if name not in KNOWN_DATASETS:
         raise ConfigError("data.dataset", name, f"one of {list(KNOWN_DATASETS)}")
     return name
 
 
 def _check_format(cfg: DictConfig) -> None:
-    fmt = cfg_value(cfg, "data.format", "image_folder")
+    fmt = select(cfg, "data.format", "image_folder")
     if fmt != "image_folder":
         raise ConfigError("data.format", fmt, "'image_folder' (the only format this loader reads)")
 
@@ -126,7 +107,7 @@ def default_stats(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     Fashion-MNIST and CIFAR-10/100 use their own training-set statistics (Fashion-MNIST's
     grayscale values repeated for the 3 channels); every other dataset uses ImageNet's.
     """
-    return _STATS.get(dataset, _IMAGENET_STATS)
+    return normalisation_of(dataset)
 
 
 # --------------------------------------------------------------------------- small wrappers
@@ -171,7 +152,14 @@ class ArrayImageDataset(Dataset):
 
 # --------------------------------------------------------------------------- Fashion-MNIST
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -236,7 +224,7 @@ def _load_fashion_mnist_files(images_path: str, labels_path: str) -> tuple[np.nd
 def _fashion_mnist(cfg: DictConfig, split: str, transform: Callable | None) -> Dataset:
     split = "val" if split == "val" else "train"
     keys = ["data.val_path", "data.train_path"] if split == "val" else ["data.train_path"]
-    folders = [Path(cfg_value(cfg, k)) for k in keys if cfg_value(cfg, k)]
+    folders = [Path(select(cfg, k)) for k in keys if select(cfg, k)]
     for folder in [*folders, FASHION_MNIST_SYSTEM_DIR]:
         found = _find_fashion_mnist(folder, split)
         if found is None and folder in folders:
@@ -245,7 +233,7 @@ def _fashion_mnist(cfg: DictConfig, split: str, transform: Callable | None) -> D
             images, labels = _load_fashion_mnist_files(str(found[0]), str(found[1]))
             return ArrayImageDataset(images, labels, transform)
     root = folders[0] if folders else default_root("fashion_mnist")
-    download = bool(cfg_value(cfg, "data.download", False))
+    download = read_bool(cfg, "data.download")
     if not download:
         searched = ", ".join(str(f) for f in [*folders, FASHION_MNIST_SYSTEM_DIR])
         raise DataError(
@@ -268,9 +256,9 @@ def _torchvision_dataset(cfg: DictConfig, name: str, split: str, transform: Call
     import torchvision
 
     key = "data.val_path" if split == "val" else "data.train_path"
-    given = cfg_value(cfg, key) or (cfg_value(cfg, "data.train_path") if split == "val" else None)
+    given = select(cfg, key) or (select(cfg, "data.train_path") if split == "val" else None)
     root = Path(given) if given else default_root(name)
-    download = bool(cfg_value(cfg, "data.download", False))
+    download = read_bool(cfg, "data.download")
     wrapped = ToRGB(transform)
     try:
         if name == "stl10":
@@ -496,7 +484,7 @@ def _class_map(cfg: DictConfig, split: str, root: Path) -> tuple[list[str], list
     own = _class_folders(root)
     if split != "val":
         return own, own
-    given = cfg_value(cfg, "data.train_path")
+    given = select(cfg, "data.train_path")
     train_root = Path(given).expanduser() if given else None
     if train_root is None or not train_root.is_dir():
         raise DataError(
@@ -519,16 +507,16 @@ def _class_map(cfg: DictConfig, split: str, root: Path) -> tuple[list[str], list
 
 def _image_folder(cfg: DictConfig, split: str, transform: Callable | None) -> Dataset:
     key = "data.val_path" if split == "val" else "data.train_path"
-    given = cfg_value(cfg, key)
+    given = select(cfg, key)
     if not given:
         raise DataError(
-            f"{key} is not set: data.dataset={cfg_value(cfg, 'data.dataset')!r} "
+            f"{key} is not set: data.dataset={select(cfg, 'data.dataset')!r} "
             "reads an image folder tree, give its path"
         )
     root = Path(given).expanduser()
     if not root.is_dir():
         raise DataError(f"{key}={str(root)!r} is not an existing folder")
-    no_labels = bool(cfg_value(cfg, "data.no_labels", False))
+    no_labels = read_bool(cfg, "data.no_labels")
     if no_labels:
         classes: list[str] = []
         samples = [(p, -1) for p in list_image_files(root)]
@@ -545,9 +533,9 @@ def _image_folder(cfg: DictConfig, split: str, transform: Callable | None) -> Da
         raise DataError(
             f"{key}={str(root)!r} holds no image files (extensions {', '.join(IMAGE_EXTENSIONS)})"
         )
-    strict = bool(cfg_value(cfg, "data.strict", False))
+    strict = read_bool(cfg, "data.strict")
     scanned_bad: list[str] = []
-    if bool(cfg_value(cfg, "data.scan_images", False)):
+    if read_bool(cfg, "data.scan_images"):
         all_paths = [p for p, _ in samples]
         samples = _drop_bad_samples(samples, strict)
         kept = {p for p, _ in samples}
@@ -606,7 +594,7 @@ def num_classes(cfg: DictConfig) -> int:
     ``data.train_path``; with ``data.no_labels`` it is 1 (a placeholder so that an online
     classifier can be built; every target is -1 and ignored).
     """
-    explicit = cfg_value(cfg, "data.num_classes")
+    explicit = select(cfg, "data.num_classes")
     if explicit is not None:
         if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1:
             raise ConfigError("data.num_classes", explicit, "an int >= 1 or null")
@@ -614,9 +602,9 @@ def num_classes(cfg: DictConfig) -> int:
     name = dataset_name(cfg)
     if name in DATASET_NUM_CLASSES:
         return DATASET_NUM_CLASSES[name]
-    if bool(cfg_value(cfg, "data.no_labels", False)):
+    if read_bool(cfg, "data.no_labels"):
         return 1
-    root = cfg_value(cfg, "data.train_path")
+    root = select(cfg, "data.train_path")
     if not root or not Path(root).is_dir():
         raise DataError(
             f"data.train_path={root!r} is not an existing folder: cannot count the "

@@ -16,12 +16,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from solo_mixmask.config import DEFAULT_SEED, batch_size_of, read_bool, select
 from solo_mixmask.data.augmentations import build_eval_transform, build_pretrain_transform
-from solo_mixmask.data.datasets import build_dataset, cfg_value, image_folder_cfg, subset_indices
+from solo_mixmask.data.datasets import build_dataset, image_folder_cfg, subset_indices
 from solo_mixmask.data.datasets import num_classes as num_classes  # re-exported
 from solo_mixmask.errors import ConfigError, DataError
 
-DEFAULT_SEED = 5
 DEFAULT_KNN_TRAIN_SUBSET = 10_000
 
 
@@ -39,28 +39,17 @@ class IndexedDataset(Dataset):
 
 
 def _seed(cfg: DictConfig) -> int:
-    seed = cfg_value(cfg, "seed", DEFAULT_SEED)
+    seed = select(cfg, "seed", DEFAULT_SEED)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError("seed", seed, "an int")
     return seed
 
 
 def _num_workers(cfg: DictConfig) -> int:
-    workers = cfg_value(cfg, "data.num_workers", 2)
+    workers = select(cfg, "data.num_workers", 2)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError("data.num_workers", workers, "an int >= 0")
     return workers
-
-
-def _batch_size(cfg: DictConfig) -> int:
-    batch = cfg_value(cfg, "optimizer.batch_size")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 2:
-        raise ConfigError(
-            "optimizer.batch_size",
-            batch,
-            "an int >= 2 (each image is mixed with a partner from the same per-device batch)",
-        )
-    return batch
 
 
 def subset_for(
@@ -104,7 +93,7 @@ def build_train_loader(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> D
     into a tensor on the training device and augmented there (:mod:`solo_mixmask.data.memory`);
     that loader is already resumable and sharded for ``rank`` of ``world_size``.
     """
-    fmt = cfg_value(cfg, "data.format", "image_folder")
+    fmt = select(cfg, "data.format", "image_folder")
     if fmt == "dali":
         from solo_mixmask.data.dali import build_dali_train_loader
 
@@ -114,13 +103,13 @@ def build_train_loader(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> D
 
         return build_memory_train_loader(
             cfg,
-            _batch_size(cfg),
+            batch_size_of(cfg),
             _seed(cfg),
             lambda n: subset_for(cfg, "data.train_subset", n, clamp=False),
             rank,
             world_size,
         )
-    batch = _batch_size(cfg)
+    batch = batch_size_of(cfg)
     workers = _num_workers(cfg)
     dataset = build_dataset(cfg, "train", build_pretrain_transform(cfg))
     dataset = _subset(dataset, cfg, "data.train_subset", clamp=False)
@@ -166,16 +155,16 @@ def build_knn_loaders(
     data has no labels. With ``data.format: memory`` both are in-memory loaders giving
     ``rank`` of ``world_size`` its share (the same images and eval view).
     """
-    if bool(cfg_value(cfg, "data.no_labels", False)):
+    if read_bool(cfg, "data.no_labels"):
         raise DataError(
             "the k-NN monitor needs labeled images but data.no_labels=true; "
             "disable the k-NN monitor for unlabeled data"
         )
-    fmt = cfg_value(cfg, "data.format", "image_folder")
+    fmt = select(cfg, "data.format", "image_folder")
     if fmt == "memory":
         from solo_mixmask.data.memory import build_memory_eval_loader
 
-        batch = _batch_size(cfg)
+        batch = batch_size_of(cfg)
         memory_train = build_memory_eval_loader(
             cfg,
             "train_labeled",
@@ -197,7 +186,7 @@ def build_knn_loaders(
         return memory_train, memory_val  # type: ignore[return-value]
     if fmt == "dali":  # k-NN images: plain loaders
         cfg = image_folder_cfg(cfg)
-    batch, workers = _batch_size(cfg), _num_workers(cfg)
+    batch, workers = batch_size_of(cfg), _num_workers(cfg)
     transform = build_eval_transform(cfg)
     train = build_dataset(cfg, "train_labeled", transform)
     train = _subset(

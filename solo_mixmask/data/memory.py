@@ -40,6 +40,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from solo_mixmask.config import select
 from solo_mixmask.data.augmentations import CropSpec, parse_augmentations
 from solo_mixmask.data.batched_augmentations import BatchAugment, eval_view
 from solo_mixmask.data.datasets import (
@@ -47,7 +48,6 @@ from solo_mixmask.data.datasets import (
     BadImageWarning,
     ImageFolderDataset,
     build_dataset,
-    cfg_value,
     image_folder_cfg,
     load_image_rgb,
 )
@@ -182,12 +182,12 @@ def decode_split(cfg: DictConfig, split: str) -> MemoryImages:
     Decoded once per process for a given dataset, paths and options: several runs of one
     process (a benchmark) share it. ``data.num_workers`` processes decode ImageFolder trees.
     """
-    if split == "train_labeled" and cfg_value(cfg, "data.dataset") != "stl10":
+    if split == "train_labeled" and select(cfg, "data.dataset") != "stl10":
         split = "train"  # the same images (only STL-10 has an unlabelled part)
     key = (
         split,
         *(
-            str(cfg_value(cfg, f"data.{k}"))
+            str(select(cfg, f"data.{k}"))
             for k in (
                 "dataset",
                 "train_path",
@@ -200,7 +200,7 @@ def decode_split(cfg: DictConfig, split: str) -> MemoryImages:
         ),
     )
     if key not in _DECODED:
-        workers = int(cfg_value(cfg, "data.num_workers", 0))
+        workers = int(select(cfg, "data.num_workers", 0))
         decoded = _from_dataset(build_dataset(image_folder_cfg(cfg), split, None), workers)
         if len(_DECODED) >= 4:
             _DECODED.pop(next(iter(_DECODED)))

@@ -1,4 +1,5 @@
-"""Sub-commands for evaluation, export and pictures (linear, knn, convert, show-masks, compare).
+"""Sub-commands for evaluation, export and pictures (linear, knn, finetune, convert, show-masks,
+embed, compare).
 
 Heavy imports (torch, data, matplotlib) happen inside the command functions so that
 ``solo-mixmask --help`` stays fast.
@@ -16,7 +17,7 @@ class IntermixedParser(argparse.ArgumentParser):
 
     _inside = False
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         if self._inside:  # parse_known_intermixed_args calls back into this method
             return super().parse_known_args(args, namespace)
         self._inside = True
@@ -29,7 +30,7 @@ class IntermixedParser(argparse.ArgumentParser):
 class KsAction(argparse.Action):
     """``--k 10 20 100``: integers; ``key=value`` words caught after them are overrides."""
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+    def __call__(self, parser, namespace, values, option_string=None):
         ks, extra = [], []
         for value in values:
             if "=" in value:
@@ -72,14 +73,38 @@ def _knn(args: argparse.Namespace) -> None:
     _print_json(result)
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    from solo_mixmask.eval.finetune import run_finetune
+
+    result = run_finetune(
+        args.checkpoint,
+        args.label_fraction,
+        args.preset,
+        args.overrides,
+        args.out,
+        args.device,
+        args.random_init,
+    )
+    _print_json({k: v for k, v in result.items() if k != "history"})
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from solo_mixmask.eval.embed import run_embed
+
+    result = run_embed(
+        args.checkpoint, args.out, args.method, args.num_images, args.overrides, args.device
+    )
+    _print_json(result)
+
+
 def _convert(args: argparse.Namespace) -> None:
     from solo_mixmask.eval.convert import convert_checkpoint
 
-    _print_json(convert_checkpoint(args.checkpoint, args.out, args.format))
+    _print_json(convert_checkpoint(args.checkpoint, args.out, args.format, args.force))
 
 
 def _show_masks(args: argparse.Namespace) -> None:
-    from solo_mixmask.cli import compose_config
+    from solo_mixmask.compose import compose_config
     from solo_mixmask.errors import ConfigError
     from solo_mixmask.eval.pictures import show_masks
 
@@ -97,14 +122,16 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"\nwrote {result['report']}, {result['knn_plot']}, {result['loss_plot']}")
 
 
-def _common_eval_args(p: argparse.ArgumentParser) -> None:
+def _common_eval_args(p: argparse.ArgumentParser, out_help: str | None = None) -> None:
     p.add_argument(
         "checkpoint",
         help="a .ckpt of a run, the authors' .pth.tar, a solo-learn "
         "checkpoint or a torchvision state dict",
     )
     p.add_argument(
-        "--out", default=None, help="result JSON (default: <run>/<command>.json beside the run)"
+        "--out",
+        default=None,
+        help=out_help or "result JSON (default: <run>/<command>.json beside the run)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument(
@@ -120,9 +147,9 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     _common_eval_args(p)
     p.add_argument(
         "--preset",
-        default="seed",
-        help="seed (100 epochs, lr 30, steps 60/80) | small (30 epochs, 10k images) "
-        "| path to a YAML file (default: seed)",
+        default="paper",
+        help="paper (the authors' recipe: 100 epochs, lr 30, steps 60/80; old name: seed) | "
+        "small (30 epochs, 10k images) | path to a YAML file (default: paper)",
     )
     p.add_argument(
         "--cached-features",
@@ -150,10 +177,39 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_knn)
 
+    p = _intermixed(
+        sub.add_parser(
+            "finetune", help="fine-tune the whole backbone + a new head on a fraction of the labels"
+        )
+    )
+    _common_eval_args(
+        p, "output folder (default: <run>/finetune-<fraction>[-random-init]/ beside the run)"
+    )
+    p.add_argument(
+        "--label-fraction",
+        type=float,
+        default=0.1,
+        help="share of the labelled training images, class-balanced, in (0, 1]: 0.01, 0.1, "
+        "1.0 ... (default: 0.1)",
+    )
+    p.add_argument(
+        "--preset",
+        default="paper",
+        help="paper (20 epochs, lr 0.01 / head 0.2, 10%% setting) | paper_1pct (lr 0.02 / head "
+        "5) | small (15 epochs, batch 64, for CPUs) | path to a YAML file (default: paper)",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="the checkpoint's architecture with fresh weights: the same recipe from scratch",
+    )
+    p.set_defaults(func=_finetune)
+
     p = sub.add_parser("convert", help="export the query backbone (torchvision|timm|detectron2)")
     p.add_argument("checkpoint")
     p.add_argument("out", help="output file (.pth for torchvision/timm, .pkl for detectron2)")
     p.add_argument("--format", required=True, choices=("torchvision", "timm", "detectron2"))
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_convert)
 
     p = _intermixed(
@@ -174,6 +230,23 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="picks images, masks and lambdas")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. method_kwargs.grid_size=8")
     p.set_defaults(func=_show_masks)
+
+    p = _intermixed(
+        sub.add_parser("embed", help="2-D UMAP / t-SNE picture of validation features by class")
+    )
+    _common_eval_args(p, "output folder (default: <run>/embed/ beside the run)")
+    p.add_argument(
+        "--method",
+        default="auto",
+        help="auto (UMAP when umap-learn is installed, else t-SNE) | umap | tsne (default: auto)",
+    )
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=2000,
+        help="validation images drawn, picked with the run's seed; 0 = all (default: 2000)",
+    )
+    p.set_defaults(func=_embed)
 
     p = sub.add_parser("compare", help="Markdown table + plots for several run folders")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

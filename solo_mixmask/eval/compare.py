@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from solo_mixmask.errors import DataError
+from solo_mixmask.paths import check_output_dir
 
 CLASSIFIER_LOSS = "train_class_loss_epoch"
 CONTRASTIVE_LOSSES = ("train_nce_loss_epoch", "train_byol_loss_epoch")
@@ -78,12 +79,12 @@ def read_metrics(path: Path, knn_at_init: bool) -> tuple[dict, dict, dict]:
         if value is not None:
             knn[0 if first_knn else int(epoch) + 1] = value
             first_knn = False
-        losses = {
+        parsed = {
             k: _float(v)
             for k, v in row.items()
             if k.startswith("train_") and k.endswith("_loss_epoch") and k != CLASSIFIER_LOSS
         }
-        losses = {k: v for k, v in losses.items() if v is not None}
+        losses = {k: float(v) for k, v in parsed.items() if v is not None}
         if losses:
             done = int(epoch) + 1
             total[done] = sum(losses.values())
@@ -223,6 +224,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     """
     if not run_dirs:
         raise ValueError("run_dirs=[] is not allowed: expected one or more run folders")
+    check_output_dir("--out", out_dir)  # before the runs are read
     records = [load_run(d) for d in run_dirs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

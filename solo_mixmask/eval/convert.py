@@ -34,6 +34,7 @@ from solo_mixmask.checkpoints import (
     resnet_layout,
 )
 from solo_mixmask.errors import CheckpointError
+from solo_mixmask.paths import check_output_file
 
 FORMATS = ("torchvision", "timm", "detectron2")
 D2_AUTHOR = "solo-mixmask"
@@ -126,15 +127,20 @@ def to_detectron2(lb: LoadedBackbone) -> dict[str, Any]:
     return {"model": model, "__author__": D2_AUTHOR, "matching_heuristics": True}
 
 
-def convert_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str) -> dict[str, Any]:
+def convert_checkpoint(
+    checkpoint: str | Path, out: str | Path, fmt: str, force: bool = False
+) -> dict[str, Any]:
     """Convert ``checkpoint`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`).
 
     Creates ``out``'s folder. Returns a summary dict (source, arch, kwargs, cifar_stem, format,
-    tensors, out). Raises ValueError for an unknown format, CheckpointError when the checkpoint
-    has no usable query backbone (never writes an empty model).
+    tensors, out). Raises ValueError for an unknown format, ConfigError (naming ``out``) before
+    reading the checkpoint when ``out`` is a folder, cannot be written or exists (unless
+    ``force``), CheckpointError when the checkpoint has no usable query backbone (never
+    writes an empty model).
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt={fmt!r} is not allowed: expected one of {list(FORMATS)}")
+    check_output_file("out", out, overwrite=force)
     lb = load_backbone(checkpoint)
     out = Path(out)
     if fmt == "detectron2":

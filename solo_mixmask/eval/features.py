@@ -10,43 +10,37 @@ The evaluation config of a checkpoint is built in this order (later wins):
 
 Changing ``data.dataset`` by override also forgets the run's ``data.num_classes``. Without a run
 config the crop size follows the dataset: 28 (Fashion-MNIST), 32 (CIFAR), 96 (STL-10), else 224.
+
+Also shared by ``linear`` and ``finetune``: presets, seeded subsets, loaders, the training crop
+and the epoch loop that trains a classifier on images (:func:`train_epochs`).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from solo_mixmask import compose
 from solo_mixmask.checkpoints import LoadedBackbone, run_dir_of
 from solo_mixmask.config import BASE_DEFAULTS, check_booleans
+from solo_mixmask.dataset_facts import eval_crop_of
 from solo_mixmask.errors import ConfigError
-
-DEFAULT_CROP = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32, "stl10": 96}
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
-    """``['a.b=1', 'c=null']`` -> ``[('a.b', 1), ('c', None)]`` (values parsed as YAML)."""
-    parsed = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip().lstrip("+")
-        if not sep or not key:
-            raise ConfigError("overrides", item, "key=value pairs, e.g. data.dataset=cifar10")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(key, raw, f"a YAML value ({err})") from err
-        parsed.append((key, value))
-    return parsed
+    """``['a.b=1', '~c']`` -> ``[('a.b', 1), ('c', None)]`` (hydra's override grammar)."""
+    parsed = compose.parse_overrides(overrides)
+    compose.refuse_sweeps(parsed)
+    return [(o.key_or_group, None if o.is_delete() else o.value()) for o in parsed]
 
 
 def run_config(lb: LoadedBackbone, checkpoint: str | Path) -> dict[str, Any] | None:
@@ -67,9 +61,9 @@ def eval_config(
     cfg = OmegaConf.create(copy.deepcopy(BASE_DEFAULTS))
     from_run = run_config(lb, checkpoint)
     if from_run:
-        cfg = OmegaConf.merge(cfg, OmegaConf.create(from_run))
+        cfg.merge_with(OmegaConf.create(from_run))  # in place: cfg stays a DictConfig
     if preset:
-        cfg = OmegaConf.merge(cfg, OmegaConf.create(preset))
+        cfg.merge_with(OmegaConf.create(preset))
     parsed = parse_overrides(overrides)
     keys = {k for k, _ in parsed}
     with open_dict(cfg):
@@ -83,19 +77,34 @@ def eval_config(
         crop_given = any(k.startswith("augmentations") for k in keys)
         if not from_run and not crop_given:
             dataset = OmegaConf.select(cfg, "data.dataset")
-            cfg.augmentations = [{"crop_size": DEFAULT_CROP.get(dataset, 224), "num_crops": 1}]
+            cfg.augmentations = [{"crop_size": eval_crop_of(dataset), "num_crops": 1}]
     check_booleans(cfg)  # data.download=no must not download (bool("no") is True)
-    return cfg  # type: ignore[return-value]
+    return cfg
 
 
 def eval_device(name: str | None = None) -> torch.device:
     """``name`` (e.g. 'cpu', 'cuda:0') or CUDA when available, else the CPU."""
     if name:
         try:
-            return torch.device(name)
+            device = torch.device(name)
         except RuntimeError as err:
             raise ConfigError("--device", name, "a torch device such as cpu or cuda:0") from err
+        check_device_present(device, name)
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_device_present(device: torch.device, name: str) -> None:
+    """ConfigError naming ``--device`` when ``device`` is a GPU this machine does not have
+    (before any checkpoint or data is read)."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError("--device", name, "cpu: CUDA is not available on this machine")
+        if device.index is not None and device.index >= count:
+            raise ConfigError("--device", name, f"cuda:0 to cuda:{count - 1} ({count} GPU(s) here)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device", name, "cpu: MPS is not available on this machine")
 
 
 def prepare_backbone(lb: LoadedBackbone, device: torch.device, channels_last: bool) -> nn.Module:
@@ -147,3 +156,153 @@ def output_path(checkpoint: str | Path, name: str, out: str | Path | None) -> Pa
         return run / f"{name}.json"
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.{name}.json")
+
+
+def output_dir(checkpoint: str | Path, name: str, out: str | Path | None) -> Path:
+    """Where a command that writes several files puts them: ``out`` when given; ``<run>/<name>/``
+    for a checkpoint in a run folder; else ``<checkpoint stem>.<name>/`` beside the checkpoint."""
+    if out:
+        return Path(out)
+    run = run_dir_of(checkpoint)
+    if run is not None:
+        return run / name
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.{name}")
+
+
+#: Old preset names still accepted: ``seed`` was the authors' (the seed repository's) recipe.
+PRESET_ALIASES = {"seed": "paper"}
+
+
+def load_preset(preset: str, folder: Path) -> dict[str, Any]:
+    """A preset by name (``<folder>/<name>.yaml``, or an old name in PRESET_ALIASES) or by path
+    to a YAML file (ConfigError naming ``--preset`` and the known names otherwise)."""
+    path = Path(preset)
+    if not path.suffix:
+        path = folder / f"{PRESET_ALIASES.get(preset, preset)}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError("--preset", preset, f"one of {known} or a path to a YAML file")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+
+
+def seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
+    """``size`` random items of ``dataset`` fixed by ``seed`` (all of it for None)."""
+    from solo_mixmask.data.datasets import subset_indices
+
+    indices = subset_indices(len(dataset), size, seed)  # type: ignore[arg-type]
+    return dataset if indices is None else Subset(dataset, indices)
+
+
+def make_loader(
+    dataset: Dataset, batch: int, workers: int, shuffle: bool, seed: int, drop_last: bool = False
+) -> DataLoader:
+    """A DataLoader of ``dataset``; shuffled with a generator seeded by ``seed`` when asked."""
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
+
+
+def train_crop_transform(cfg: DictConfig, crop_min_scale: float) -> Any:
+    """Callable(PIL RGB image) -> (3, crop, crop) float: RandomResizedCrop(scale
+    [crop_min_scale, 1]) + horizontal flip, normalised like evaluation (``cfg``'s first crop)."""
+    from solo_mixmask.data.augmentations import (
+        build_crop_transform,
+        parse_augmentations,
+        parse_pipeline,
+    )
+
+    spec = parse_augmentations(cfg)[0]
+    pipeline = {
+        "crop_size": spec.crop_size,
+        "num_crops": 1,
+        "rrc": {"enabled": True, "crop_min_scale": crop_min_scale, "crop_max_scale": 1.0},
+        "color_jitter": {"prob": 0.0},
+        "grayscale": {"prob": 0.0},
+        "gaussian_prob": 0.0,
+        "solarization": {"prob": 0.0},
+        "equalization": {"prob": 0.0},
+        "horizontal_flip": {"prob": 0.5},
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+    }
+    return build_crop_transform(parse_pipeline(pipeline, "train", spec.mean, spec.std))
+
+
+def train_epochs(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    loader: DataLoader,
+    epochs: int,
+    device: torch.device,
+    channels_last: bool = False,
+) -> list[dict[str, Any]]:
+    """Train a classifier for ``epochs`` epochs of ``loader`` (``(x (B,3,H,W), y (B,))``).
+
+    ``forward`` maps images to logits (B, classes) and decides what learns (a frozen backbone
+    under ``torch.no_grad`` plus a head, or a whole network); images with a negative target
+    (unlabelled) are skipped. Cross-entropy, one ``optimizer`` step per batch, ``scheduler``
+    stepped per epoch. Returns per-epoch ``{"epoch", "loss", "acc1" (%), "lr"}`` where ``lr``
+    is the first parameter group's rate at the start of the epoch (``lrs``: every group's, when
+    there are several). Prints one line per epoch.
+    """
+    history = []
+    for epoch in range(epochs):
+        total_loss, correct, seen = 0.0, 0, 0
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
+            keep = y >= 0
+            labelled = int(keep.sum())  # one host sync per batch, reused below
+            if labelled == 0:
+                continue
+            x = x[keep]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = forward(x)
+            loss = F.cross_entropy(logits, y[keep])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * labelled
+            correct += int((logits.argmax(1) == y[keep]).sum())
+            seen += labelled
+        scheduler.step()
+        seen = max(seen, 1)
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": total_loss / seen,
+            "acc1": 100.0 * correct / seen,
+            "lr": lrs[0],
+        }
+        if len(lrs) > 1:
+            row["lrs"] = lrs
+        history.append(row)
+        print(f"  epoch {epoch + 1}/{epochs}: loss {total_loss / seen:.4f}", flush=True)
+    return history
+
+
+def decay_epochs(cfg: DictConfig, key: str) -> tuple[int, ...]:
+    """``cfg[key]``: the epochs of a step schedule, sorted (ConfigError unless a list of ints
+    >= 1; null means none)."""
+    steps = OmegaConf.select(cfg, key, default=None)
+    steps = list(steps) if steps is not None else []
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
+        raise ConfigError(key, steps, "a list of epochs (ints >= 1)")
+    return tuple(sorted(steps))
+
+
+def optional_count(cfg: DictConfig, key: str) -> int | None:
+    """``cfg[key]``: a number of images, or None for all (ConfigError unless null or an int >=
+    1)."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(key, value, "null (all images) or an int >= 1")
+    return value

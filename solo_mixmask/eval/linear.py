@@ -30,23 +30,32 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 
 from solo_mixmask.checkpoints import load_backbone
-from solo_mixmask.config import check_number, select
-from solo_mixmask.errors import ConfigError, DataError
+from solo_mixmask.compose import configs_root
+from solo_mixmask.config import DEFAULT_SEED, check_number, select
+from solo_mixmask.core.knn import topk_accuracy
+from solo_mixmask.errors import DataError
 from solo_mixmask.eval.features import (
+    decay_epochs,
     eval_config,
     eval_device,
     extract_features,
+    make_loader,
+    optional_count,
     output_path,
     prepare_backbone,
+    seeded_subset,
+    train_crop_transform,
+    train_epochs,
 )
-from solo_mixmask.eval.knn import topk_accuracy
+from solo_mixmask.eval.features import load_preset as _load_preset
+from solo_mixmask.paths import check_output_file
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "linear"
+PRESETS_DIR = configs_root() / "linear"
 
 
 @dataclass(frozen=True)
@@ -76,18 +85,10 @@ class LinearSettings:
         check_number(cfg, "linear.lr_decay_rate", low=0, low_open=True)
         check_number(cfg, "linear.init_std", low=0)
         check_number(cfg, "linear.crop_min_scale", low=0, high=1, low_open=True)
-        steps = OmegaConf.select(cfg, "linear.lr_decay_epochs", default=None)
-        steps = list(steps) if steps is not None else []
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
-            raise ConfigError("linear.lr_decay_epochs", steps, "a list of epochs (ints >= 1)")
-        subsets = {}
-        for key in ("train_subset", "val_subset"):
-            value = OmegaConf.select(cfg, f"linear.{key}", default=None)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ConfigError(f"linear.{key}", value, "null (all images) or an int >= 1")
-            subsets[key] = value
+        steps = decay_epochs(cfg, "linear.lr_decay_epochs")
+        subsets = {
+            key: optional_count(cfg, f"linear.{key}") for key in ("train_subset", "val_subset")
+        }
         lin = cfg.linear
         return cls(
             epochs=int(lin.epochs),
@@ -95,7 +96,7 @@ class LinearSettings:
             lr=float(lin.lr),
             momentum=float(lin.momentum),
             weight_decay=float(lin.weight_decay),
-            lr_decay_epochs=tuple(sorted(steps)),
+            lr_decay_epochs=steps,
             lr_decay_rate=float(lin.lr_decay_rate),
             init_std=float(lin.init_std),
             crop_min_scale=float(lin.crop_min_scale),
@@ -105,13 +106,7 @@ class LinearSettings:
 
 def load_preset(preset: str) -> dict[str, Any]:
     """A preset by name (``configs/linear/<name>.yaml``) or by path to a YAML file."""
-    path = Path(preset)
-    if not path.suffix:
-        path = PRESETS_DIR / f"{preset}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-        raise ConfigError("--preset", preset, f"one of {known} or a path to a YAML file")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+    return _load_preset(preset, PRESETS_DIR)
 
 
 def new_linear_head(features_dim: int, classes: int, init_std: float) -> nn.Linear:
@@ -203,39 +198,13 @@ def train_on_images(
     torch.manual_seed(seed)
     head = new_linear_head(features_dim, classes, s.init_std).to(device)
     opt, sched = _optimizer(head, s)
-    history = []
-    for epoch in range(s.epochs):
-        total_loss, correct, seen = 0.0, 0, 0
-        lr = opt.param_groups[0]["lr"]
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
-            keep = y >= 0
-            labelled = int(keep.sum())  # one host sync per batch, reused below
-            if labelled == 0:
-                continue
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad():
-                feats = model(x[keep]).float()
-            logits = head(feats)
-            loss = F.cross_entropy(logits, y[keep])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total_loss += float(loss.detach()) * labelled
-            correct += int((logits.argmax(1) == y[keep]).sum())
-            seen += labelled
-        sched.step()
-        seen = max(seen, 1)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": total_loss / seen,
-                "acc1": 100.0 * correct / seen,
-                "lr": lr,
-            }
-        )
-        print(f"  epoch {epoch + 1}/{s.epochs}: loss {total_loss / seen:.4f}", flush=True)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            feats = model(x).float()
+        return head(feats)
+
+    history = train_epochs(forward, opt, sched, loader, s.epochs, device, channels_last)
     return head, history
 
 
@@ -253,53 +222,9 @@ def evaluate_head(
     return top1, top5
 
 
-def _subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
-    from solo_mixmask.data.datasets import subset_indices
-
-    indices = subset_indices(len(dataset), size, seed)  # type: ignore[arg-type]
-    return dataset if indices is None else Subset(dataset, indices)
-
-
-def _train_transform(cfg: DictConfig, s: LinearSettings) -> Any:
-    """RandomResizedCrop(scale [crop_min_scale, 1]) + flip, normalised like evaluation."""
-    from solo_mixmask.data.augmentations import (
-        build_crop_transform,
-        parse_augmentations,
-        parse_pipeline,
-    )
-
-    spec = parse_augmentations(cfg)[0]
-    pipeline = {
-        "crop_size": spec.crop_size,
-        "num_crops": 1,
-        "rrc": {"enabled": True, "crop_min_scale": s.crop_min_scale, "crop_max_scale": 1.0},
-        "color_jitter": {"prob": 0.0},
-        "grayscale": {"prob": 0.0},
-        "gaussian_prob": 0.0,
-        "solarization": {"prob": 0.0},
-        "equalization": {"prob": 0.0},
-        "horizontal_flip": {"prob": 0.5},
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-    }
-    return build_crop_transform(parse_pipeline(pipeline, "linear", spec.mean, spec.std))
-
-
-def _loader(dataset: Dataset, batch: int, workers: int, shuffle: bool, seed: int) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch,
-        shuffle=shuffle,
-        drop_last=False,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
-    )
-
-
 def run_linear(
     checkpoint: str | Path,
-    preset: str = "seed",
+    preset: str = "paper",
     overrides: Sequence[str] = (),
     cached: bool | None = None,
     out: str | Path | None = None,
@@ -315,10 +240,12 @@ def run_linear(
     from solo_mixmask.data.datasets import build_dataset, num_classes
 
     start = time.perf_counter()
+    eval_device(device)  # a GPU this machine lacks, before anything is read
+    check_output_file("--out", output_path(checkpoint, "linear", out))  # before the features
     lb = load_backbone(checkpoint)
     cfg = eval_config(lb, checkpoint, overrides, preset=load_preset(preset))
     s = LinearSettings.from_cfg(cfg)
-    seed = int(select(cfg, "seed", 5))
+    seed = int(select(cfg, "seed", DEFAULT_SEED))
     workers = int(select(cfg, "data.num_workers", 0))
     dev = eval_device(device)
     cached = dev.type == "cpu" if cached is None else bool(cached)
@@ -326,13 +253,13 @@ def run_linear(
     model = prepare_backbone(lb, dev, channels_last)
     classes = num_classes(cfg)
     eval_tf = build_eval_transform(cfg)
-    val = _subset(build_dataset(cfg, "val", eval_tf), s.val_subset, seed)
-    val_loader = _loader(val, s.batch_size, workers, False, seed)
+    val = seeded_subset(build_dataset(cfg, "val", eval_tf), s.val_subset, seed)
+    val_loader = make_loader(val, s.batch_size, workers, False, seed)
 
     t0 = time.perf_counter()
     if cached:
-        train = _subset(build_dataset(cfg, "train_labeled", eval_tf), s.train_subset, seed)
-        train_loader = _loader(train, s.batch_size, workers, False, seed)
+        train = seeded_subset(build_dataset(cfg, "train_labeled", eval_tf), s.train_subset, seed)
+        train_loader = make_loader(train, s.batch_size, workers, False, seed)
         train_f, train_y = extract_features(model, train_loader, dev, channels_last)
         val_f, val_y = extract_features(model, val_loader, dev, channels_last)
         t1 = time.perf_counter()
@@ -340,13 +267,14 @@ def run_linear(
         features_dim = int(train_f.shape[1])
         feature_seconds, train_seconds = t1 - t0, time.perf_counter() - t1
     else:
-        train = _subset(
-            build_dataset(cfg, "train_labeled", _train_transform(cfg, s)), s.train_subset, seed
-        )
-        features_dim = int(model.num_features)
+        train_tf = train_crop_transform(cfg, s.crop_min_scale)
+        train = seeded_subset(build_dataset(cfg, "train_labeled", train_tf), s.train_subset, seed)
+        features = model.num_features  # timm models name their output width
+        assert isinstance(features, int)
+        features_dim = features
         head, history = train_on_images(
             model,
-            _loader(train, s.batch_size, workers, True, seed),
+            make_loader(train, s.batch_size, workers, True, seed),
             classes,
             features_dim,
             s,

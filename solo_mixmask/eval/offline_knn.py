@@ -17,6 +17,7 @@ from typing import Any
 
 from solo_mixmask.checkpoints import load_backbone, run_dir_of
 from solo_mixmask.config import select
+from solo_mixmask.core.knn import knn_k_used, topk_accuracy, weighted_knn_scores
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.features import (
     eval_config,
@@ -25,7 +26,7 @@ from solo_mixmask.eval.features import (
     output_path,
     prepare_backbone,
 )
-from solo_mixmask.eval.knn import knn_k_used, topk_accuracy, weighted_knn_scores
+from solo_mixmask.paths import check_output_file
 
 DEFAULT_KS = (10, 20, 100, 200)
 
@@ -68,6 +69,8 @@ def run_knn(
     from solo_mixmask.data.loaders import build_knn_loaders, num_classes
 
     start = time.perf_counter()
+    eval_device(device)  # a GPU this machine lacks, before anything is read
+    check_output_file("--out", output_path(checkpoint, "knn", out))  # before the features
     lb = load_backbone(checkpoint)
     cfg = eval_config(lb, checkpoint, overrides)
     online_k = int(select(cfg, "knn_eval.k", 200))

@@ -123,9 +123,11 @@ def show_masks(
     import matplotlib.pyplot as plt
 
     from solo_mixmask.data.augmentations import normalisation_stats
+    from solo_mixmask.paths import check_output_file
 
     if n_images < 2:
         raise ValueError(f"n_images={n_images!r} is not allowed: expected an integer >= 2")
+    check_output_file("--out", out, suffixes=(".png",))  # before the images are read
     x, _ = sample_images(cfg, n_images, seed)
     crop = min(x.shape[-2:])
     grid = int(min(select(cfg, "method_kwargs.grid_size", 8), crop))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -34,17 +34,16 @@ from solo_mixmask.config import (
     to_container,
     validate_base,
 )
+from solo_mixmask.core.knn import knn_accuracy, knn_k_used
+from solo_mixmask.dataset_facts import num_classes_of
 from solo_mixmask.errors import ConfigError, ConfigWarning
-from solo_mixmask.eval.knn import knn_accuracy, knn_k_used
 from solo_mixmask.utils.momentum import cosine_tau, ema_update
 
 
 def _num_classes(cfg: DictConfig) -> int:
     value = select(cfg, "data.num_classes")
     if value is None:
-        from solo_mixmask.data.datasets import DATASET_NUM_CLASSES
-
-        value = DATASET_NUM_CLASSES.get(cfg.data.dataset)
+        value = num_classes_of(cfg.data.dataset)
     if not isinstance(value, int) or value < 1:
         raise ConfigError(
             "data.num_classes", value, "an integer >= 1 (required for custom datasets)"
@@ -158,7 +157,9 @@ class BaseMethod(L.LightningModule):
             "acc5": _masked_accuracy(logits, targets, 5),
         }
 
-    def training_step(self, batch: list[Any], batch_idx: int) -> dict[str, Any]:
+    def training_step(self, batch: list[Any], batch_idx: int) -> Any:
+        """The engine's output dict (see the module docstring). Typed ``Any`` as in the method
+        contract (``contract.MethodHost``): methods override it to return their loss tensor."""
         _, views, targets = batch
         chosen = self.online_views if self.online_views is not None else range(len(views))
         outs = [self.forward(views[i]) for i in chosen]
@@ -202,8 +203,8 @@ class BaseMethod(L.LightningModule):
             feats = torch.cat([f for f, _ in stores[idx]])
             targets = torch.cat([t for _, t in stores[idx]])
             if self.trainer.world_size > 1:
-                feats = self.all_gather(feats).flatten(0, 1)
-                targets = self.all_gather(targets).flatten(0, 1)
+                feats = cast(torch.Tensor, self.all_gather(feats)).flatten(0, 1)
+                targets = cast(torch.Tensor, self.all_gather(targets)).flatten(0, 1)
             gathered.append((feats, targets))
         (train_f, train_t), (val_f, val_t) = gathered
         requested = self.cfg.knn_eval.k
@@ -247,6 +248,7 @@ class BaseMethod(L.LightningModule):
             groups.append(group)
         kwargs = dict(select(self.cfg, "optimizer.kwargs", {}))
         name = opt_cfg.name
+        optimizer: torch.optim.Optimizer
         if name == "sgd":
             optimizer = torch.optim.SGD(
                 groups, lr=self.scaled_lr(opt_cfg.lr), weight_decay=opt_cfg.weight_decay, **kwargs
@@ -330,8 +332,8 @@ class BaseMomentumMethod(BaseMethod):
         """``X`` (B,3,H,W) -> ``{"feats": (B,D)}`` from the momentum backbone."""
         return {"feats": self.backbone_features(self.momentum_backbone, X)}
 
-    def training_step(self, batch: list[Any], batch_idx: int) -> dict[str, Any]:
-        out = super().training_step(batch, batch_idx)
+    def training_step(self, batch: list[Any], batch_idx: int) -> Any:
+        out: dict[str, Any] = super().training_step(batch, batch_idx)
         views = batch[1]
         chosen = self.momentum_views if self.momentum_views is not None else range(len(views))
         outs = [self.momentum_forward(views[i]) for i in chosen]

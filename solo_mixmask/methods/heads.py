@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from solo_mixmask.backbones import momentum_copy
+from solo_mixmask.methods.contract import LogicBase
 
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
@@ -20,7 +21,7 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = Fals
     return nn.Sequential(*layers)
 
 
-class ProjectorLogic:
+class ProjectorLogic(LogicBase):
     """Mixin: a projector on the online backbone and its momentum copy (EMA pair).
 
     Adds ``"z"`` (B, proj_output_dim) to ``forward`` and ``momentum_forward`` outputs. Reads
@@ -31,9 +32,9 @@ class ProjectorLogic:
     projector_batch_norm = False
 
     def __init__(self, cfg: DictConfig):
-        super().__init__(cfg)  # type: ignore[call-arg]
+        super().__init__(cfg)
         kw = cfg.method_kwargs
-        dims = (self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim)  # type: ignore[attr-defined]
+        dims = (self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim)
         self.projector = mlp_head(*dims, batch_norm=self.projector_batch_norm)
         self.momentum_projector = mlp_head(*dims, batch_norm=self.projector_batch_norm)
         momentum_copy(self.projector, self.momentum_projector)
@@ -41,19 +42,19 @@ class ProjectorLogic:
     @property
     def learnable_params(self) -> list[dict[str, Any]]:
         projector = {"name": "projector", "params": self.projector.parameters()}
-        return super().learnable_params + [projector]  # type: ignore[misc]
+        return super().learnable_params + [projector]
 
     @property
     def momentum_pairs(self) -> list[tuple[Any, Any]]:
-        return super().momentum_pairs + [(self.projector, self.momentum_projector)]  # type: ignore[misc]
+        return super().momentum_pairs + [(self.projector, self.momentum_projector)]
 
     def forward(self, X: torch.Tensor) -> dict[str, Any]:
-        out = super().forward(X)  # type: ignore[misc]
+        out = super().forward(X)
         out["z"] = self.projector(out["feats"])
         return out
 
     @torch.no_grad()
     def momentum_forward(self, X: torch.Tensor) -> dict[str, Any]:
-        out = super().momentum_forward(X)  # type: ignore[misc]
+        out = super().momentum_forward(X)
         out["z"] = self.momentum_projector(out["feats"])
         return out

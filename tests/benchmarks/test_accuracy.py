@@ -127,3 +127,39 @@ def test_quick_plan_fits_the_budget():
     assert p["steps_per_epoch"] == 54 and p["train_subset"] == 54 * 128
     assert p["estimated_s"] == pytest.approx(384 + 3 * 54 * 1.25 * 3 * 4 * 0.5)
     assert p["estimated_s"] <= 0.9 * 30 * 60
+
+
+def test_byol_variants_are_paired_with_byol():
+    """byol_* rows get a seed-by-seed difference to byol (k-NN and offline linear) and a line
+    under the table; seeds without a byol run are left out of the pairs."""
+    import sys
+
+    from tests.benchmarks.helpers import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+
+    def run(method, seed, knn, lin):
+        return {
+            "method": method,
+            "seed": seed,
+            "knn_acc1": knn,
+            "offline_linear": {"acc1": lin},
+            "wall_seconds": 1.0,
+            "images_per_sec": 1.0,
+        }
+
+    runs = [
+        run("byol", 1, 50.0, 60.0),
+        run("byol", 2, 52.0, 61.0),
+        run("byol_mixmask", 1, 51.0, 59.0),
+        run("byol_mixmask", 2, 55.0, 63.0),
+        run("byol_mixmask", 3, 99.0, 99.0),  # no byol run for seed 3: not paired
+    ]
+    agg = accuracy.aggregate(runs, ("byol", "byol_mixmask"))
+    diff = agg["byol_mixmask"]["diff_to_byol"]
+    assert (diff["n"], diff["mean"]) == (2, pytest.approx(2.0))  # (+1, +3)
+    lin = agg["byol_mixmask"]["offline_linear_diff_to_byol"]
+    assert (lin["n"], lin["mean"]) == (2, pytest.approx(0.5))  # (-1, +2)
+    assert "diff_to_byol" not in agg["byol"] and "diff_to_mocov2plus" not in agg["byol_mixmask"]
+    assert accuracy.own_baseline("mixmask") is None

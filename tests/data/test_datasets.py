@@ -252,3 +252,33 @@ def test_val_needs_the_training_tree_for_its_class_map(tmp_path):
     cfg = make_cfg({"dataset": "custom", "val_path": str(val)})
     with pytest.raises(DataError, match="data.train_path"):
         D.build_dataset(cfg, "val", None)
+
+
+# --------------------------------------------------------------------------- strict booleans
+
+
+@pytest.mark.parametrize("key", ["data.no_labels", "data.strict", "data.scan_images"])
+def test_boolean_data_keys_take_only_true_or_false(tmp_path, capsys, key):
+    """Through the CLI (show-masks builds the dataset without a pretraining config check):
+    bool('maybe') was True, so `data.no_labels=maybe` read an unlabeled folder."""
+    from solo_mixmask.cli import main
+
+    for cls in ("a", "b"):
+        for i in range(3):
+            save_rgb(tmp_path / "tree" / cls / f"{i}.png", (40 * i, 0, 200), size=20)
+    out = tmp_path / "masks.png"
+    argv = ["show-masks", "--num-images", "2", "--out", str(out), "data.dataset=custom"]
+    code = main([*argv, f"data.train_path={tmp_path / 'tree'}", f"{key}=maybe"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: {key}='maybe' is not allowed: expected true or false"], err[-3000:]
+    assert not out.exists()
+    with pytest.raises(ConfigError, match=key):
+        D.build_dataset(
+            make_cfg(
+                {"dataset": "custom", "train_path": str(tmp_path / "tree"), key.split(".")[1]: "no"}
+            ),
+            "train",
+            None,
+        )

@@ -85,3 +85,19 @@ def authors_checkpoint(path: Path, seed: int = 0) -> tuple[Path, dict]:
         path,
     )
     return path, backbone
+
+
+def class_folder_tree(root: Path, counts: dict[str, int], size: int = 20, seed: int = 0) -> Path:
+    """An ImageFolder tree ``root/<class>/<i>.png`` with ``counts[class]`` RGB images each; each
+    class has its own mean colour (so a classifier can learn it) plus noise. Returns ``root``."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for c, (name, n) in enumerate(sorted(counts.items())):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        base = torch.tensor([(c * 80) % 256, (c * 150 + 60) % 256, (255 - c * 90) % 256])
+        for i in range(n):
+            noise = torch.randint(-40, 41, (size, size, 3), generator=g)
+            pixels = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels, mode="RGB").save(root / name / f"{i}.png")
+    return root

@@ -23,3 +23,13 @@ def test_byol_gradient_to_prediction_only():
 def test_byol_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="z.shape"):
         byol_loss(torch.randn(2, 3), torch.randn(2, 4))
+
+
+def test_byol_per_sample_reduction():
+    p = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    z = torch.tensor([[5.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])
+    per_sample = byol_loss(p, z, reduction="none")
+    assert per_sample.shape == (3,)
+    torch.testing.assert_close(per_sample, torch.tensor([0.0, 2.0, 4.0]), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="reduction='sum'"):
+        byol_loss(p, z, reduction="sum")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from solo_mixmask.core import inverse_permutation, random_partner, reversed_partner
-from solo_mixmask.losses import mixed_moco_loss, moco_loss
+from solo_mixmask.losses import byol_loss, mixed_byol_loss, mixed_loss, mixed_moco_loss, moco_loss
 
 
 def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> float:
@@ -129,3 +129,90 @@ def test_rejects_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         mixed_moco_loss(**args)
+
+
+# ------------------------------------------------------------------ any per-pair loss, BYOL
+def byol_mixed_float64(p_mix, z, lam, partner) -> float:
+    """The paper's form for BYOL written out per sample in float64 python arithmetic:
+    1/n sum_i [lam_i r(p_mix_i, z_i) + (1 - lam_j) r(p_mix_j, z_i)], j = inv[i] the mixed image
+    whose filler was image i, with r(p, z) = 2 - 2 cos(p, z)."""
+    n = p_mix.shape[0]
+    lam = torch.as_tensor(lam, dtype=torch.float64).expand(n)
+    inv = inverse_permutation(partner)
+
+    def regression(p, t) -> float:
+        p, t = p.double(), t.double()
+        return 2.0 - 2.0 * float(p @ t) / (float(p.norm()) * float(t.norm()))
+
+    total = 0.0
+    for i in range(n):
+        j = int(inv[i])
+        total += float(lam[i]) * regression(p_mix[i], z[i])
+        total += (1 - float(lam[j])) * regression(p_mix[j], z[i])
+    return total / n
+
+
+def test_mixed_byol_hand_case_n2_d2():
+    # z0 = (1, 0), z1 = (0, 2), partner = reversed, lam = (.75, .25).
+    # p0 = (1, 0): own cos 1 -> 0; filler z1: cos 0 -> 2.
+    # p1 = (1, 1): own z1: cos 1/sqrt2 -> 2 - sqrt2; filler z0: cos 1/sqrt2 -> 2 - sqrt2.
+    # loss = (.75 * 0 + .25 * 2 + .25 * (2 - sqrt2) + .75 * (2 - sqrt2)) / 2 = 0.5428932
+    p_mix = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    z = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    loss = mixed_byol_loss(p_mix, z, torch.tensor([0.75, 0.25]), reversed_partner(2))
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert loss.item() == pytest.approx((0.5 + 2 - math.sqrt(2)) / 2, abs=1e-6)
+
+
+def test_mixed_byol_matches_float64_per_sample_with_any_permutation():
+    partners = [torch.tensor([1, 2, 3, 0, 4, 6, 5, 7])]  # a 4-cycle, a swap, fixed points
+    for seed in range(4):
+        p_mix, z, _, g = data(8, 6, 1, seed=20 + seed)
+        partners.append(random_partner(8, generator=g))
+    for seed, partner in enumerate(partners):
+        p_mix, z, _, g = data(8, 6, 1, seed=30 + seed)
+        lam = torch.rand(8, generator=g)
+        got = mixed_byol_loss(p_mix, z, lam, partner)
+        assert got.item() == pytest.approx(byol_mixed_float64(p_mix, z, lam, partner), rel=1e-5)
+    # a scalar lambda is the same lambda for every sample
+    got = mixed_byol_loss(p_mix, z, 0.3, partner)
+    assert got.item() == pytest.approx(byol_mixed_float64(p_mix, z, 0.3, partner), rel=1e-5)
+    # realigning with the partner itself instead of its inverse gives another number
+    wrong = byol_mixed_float64(p_mix, z, lam, inverse_permutation(partners[0]))
+    got = mixed_byol_loss(p_mix, z, lam, partners[0])
+    assert abs(got.item() - wrong) > 1e-4
+
+
+def test_mixed_byol_lambda_one_is_byol_and_gradient_reaches_predictions_only():
+    p_mix, z, _, g = data(5, 4, 1, seed=7)
+    partner = random_partner(5, generator=g)
+    one = mixed_byol_loss(p_mix, z, torch.ones(5), partner)
+    assert one.item() == pytest.approx(byol_loss(p_mix, z).item(), rel=1e-6)
+    p_mix.requires_grad_(True)
+    z.requires_grad_(True)
+    mixed_byol_loss(p_mix, z, 0.5, partner).backward()
+    assert p_mix.grad is not None and p_mix.grad.abs().sum() > 0
+    assert z.grad is None
+
+
+def test_mixed_loss_weights_any_per_pair_loss():
+    """The generic form with a squared distance as the per-pair loss, against a direct sum."""
+    p_mix, z, _, g = data(6, 3, 1, seed=9)
+    partner, lam = random_partner(6, generator=g), torch.rand(6, generator=g)
+
+    def squared(pred, target):
+        return ((pred - target) ** 2).sum(dim=1)
+
+    expected = sum(
+        float(lam[j]) * float(((p_mix[j] - z[j]) ** 2).sum())
+        + (1 - float(lam[j])) * float(((p_mix[j] - z[int(partner[j])]) ** 2).sum())
+        for j in range(6)
+    )
+    got = mixed_loss(squared, p_mix, z, lam, partner)
+    assert got.item() == pytest.approx(expected / 6, rel=1e-5)
+
+
+def test_mixed_loss_refuses_a_reduced_pair_loss():
+    p_mix, z, _, _ = data(4, 3, 1, seed=10)
+    with pytest.raises(ValueError, match=r"pair_loss returned shape \(\): expected .*\(4,\)"):
+        mixed_loss(byol_loss, p_mix, z, 0.5, reversed_partner(4))  # mean, not per sample

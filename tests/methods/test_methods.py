@@ -80,7 +80,7 @@ def test_trains_through_lightning(method):
     assert any(
         not torch.equal(online[k], momentum[k]) for k in online if online[k].is_floating_point()
     )
-    if method != "byol":
+    if not method.startswith("byol"):  # the BYOL family has no queue
         assert int(model.key_queue.ptr) == (3 * 8) % 20  # 24 keys through a 20-key queue
     assert "val_knn_acc1" in trainer.callback_metrics
     assert 0 <= float(trainer.callback_metrics["val_knn_acc1"]) <= 100

@@ -1,0 +1,130 @@
+"""Checkpoint files: safe loads and atomic saves.
+
+- :func:`safe_load_checkpoint` reads with ``torch.load(weights_only=True)``: a pickle that would
+  run code is refused (:class:`~solo_mixmask.errors.CheckpointError`).
+- :func:`atomic_torch_save` and :class:`SafeAtomicCheckpointIO` (a Lightning ``CheckpointIO``
+  plugin) write to a temporary file in the same folder, fsync it and rename it over the target,
+  so a kill or a full disk during a save leaves the previous file intact; loads are safe
+  whatever Lightning version calls them (2.1 passes no ``weights_only``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from solo_mixmask.checkpoints import safe_load
+from solo_mixmask.errors import CheckpointError
+
+LAST = "last.ckpt"
+
+
+def safe_load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """:func:`solo_mixmask.checkpoints.safe_load` (``torch.load(weights_only=True)`` on the CPU,
+    :class:`CheckpointError` for anything unusable) of a file that must hold a checkpoint dict.
+
+    Only tensors, numbers, strings, ``None`` and (nested) dicts, lists and tuples are loaded;
+    a file that needs other pickled objects (which could run code while loading) is refused
+    and nothing in it runs.
+    """
+    checkpoint = safe_load(path)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict"
+        )
+    return checkpoint
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` through ``<dir>/.<name>.tmp-<pid>`` + fsync + ``os.replace``.
+
+    Readers see either the previous complete file or the new complete file, never a part. A
+    full disk (``ENOSPC``, however torch reports it) is a CheckpointError saying so; the
+    previous file stays.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    writer = None
+    try:
+        try:
+            with open(tmp, "wb") as raw:
+                writer = _RecordingWriter(raw)
+                # torch.save documents "has to implement write and flush"; its stub asks IO[bytes]
+                torch.save(obj, writer)  # type: ignore[arg-type]
+                raw.flush()
+                os.fsync(raw.fileno())
+        except (OSError, RuntimeError) as err:
+            # torch's zip writer turns a failed write into RuntimeError("unexpected pos ..."):
+            # the OSError that the file raised says what happened
+            cause = writer.error if writer is not None and writer.error is not None else err
+            if getattr(cause, "errno", None) == errno.ENOSPC:
+                raise CheckpointError(_disk_full(path)) from cause
+            raise
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _disk_full(path: Path) -> str:
+    kept = (
+        f"the previous {path.name} is kept"
+        if path.exists()
+        else f"{path.name} was not written; the checkpoints before it are kept"
+    )
+    return (
+        f"cannot write checkpoint {path}: no space left on device (in {path.parent}); {kept}; "
+        "free some space, then continue with solo-mixmask resume"
+    )
+
+
+class _RecordingWriter:
+    """A binary file for ``torch.save`` that remembers the first OSError its writes raised."""
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as err:
+            if self.error is None:
+                self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class SafeAtomicCheckpointIO(TorchCheckpointIO):
+    """Local checkpoints written atomically and read with ``weights_only=True``."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return safe_load_checkpoint(path)  # on the CPU, whatever map_location says

@@ -1,0 +1,33 @@
+"""Offline k-NN (solo-mixmask knn) of a real run against its online monitor, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from solo_mixmask.eval.offline_knn import run_knn
+
+
+def test_offline_knn_agrees_with_the_online_monitor(tiny_runs):
+    for method, run in tiny_runs.items():
+        summary = json.loads((run / "summary.json").read_text())
+        result = run_knn(run / "checkpoints" / "last.ckpt", device="cpu")
+        assert result["train_images"] == 64 and result["val_images"] == 32  # the run's subsets
+        assert set(result["k"]) == {"5", "10", "20", "100", "200"}  # defaults + knn_eval.k
+        online = result["online"]
+        assert (online["k"], online["temperature"], online["acc1"]) == (5, 0.1, summary["knn_acc1"])
+        assert abs(online["offline_minus_online_acc1"]) <= 1.0, method
+        assert abs(result["k"]["5"]["acc1"] - summary["knn_acc1"]) <= 1.0
+        saved = json.loads((run / "knn.json").read_text())
+        assert saved["k"] == result["k"]
+
+
+def test_bad_k_and_temperature(tiny_runs):
+    from solo_mixmask.errors import ConfigError
+
+    ckpt = tiny_runs["mixmask"] / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match="--k"):
+        run_knn(ckpt, ks=[0])
+    with pytest.raises(ConfigError, match="--temperature"):
+        run_knn(ckpt, ks=[5], temperature=0.0)

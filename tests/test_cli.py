@@ -1,0 +1,78 @@
+"""The ``solo-mixmask`` front: --version, hydra's --cfg job and -m sweeps, --help, run output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from solo_mixmask import __version__
+from solo_mixmask.cli import main
+from tests.cli_helpers import TINY, error_lines, run
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"solo-mixmask {__version__}"
+
+
+def test_pretrain_help_lists_the_configs_and_their_groups(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    out = capsys.readouterr().out
+    assert "--cfg" in out and "--multirun" in out
+    line = next(line for line in out.splitlines() if line.strip().startswith("fashion_mnist/:"))
+    assert {"byol", "mixmask", "mocov2plus"} <= set(line.split(":", 1)[1].replace(",", " ").split())
+    assert "group augmentations=: asymmetric, aug_plus" in out
+
+
+def test_cfg_job_prints_the_checked_config_and_trains_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    code = main(["pretrain", "--cfg", "job", "max_epochs=7", f"checkpoint.dir={runs}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "max_epochs: 7" in out
+    assert "grid_size: 4" in out  # the composed config (configs/pretrain/fashion_mnist/mixmask)
+    assert "knn_train_subset" in out  # engine defaults filled in
+    assert not runs.exists()
+
+
+def test_cfg_job_checks_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pretrain", "--cfg", "job", "method_kwargs.mask_ratio=1.5"]) == 2
+    assert "method_kwargs.mask_ratio=1.5" in capsys.readouterr().err
+
+
+def test_multirun_leaves_one_run_folder_per_job(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    args = ["pretrain", "-m", "--config-name", "fashion_mnist/mocov2plus", *TINY]
+    result = run([*args, "seed=1,2", f"checkpoint.dir={runs}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = sorted(p for p in runs.iterdir() if p.is_dir())
+    assert len(folders) == 2
+    seeds = [json.loads((f / "summary.json").read_text())["method"] for f in folders]
+    assert seeds == ["mocov2plus", "mocov2plus"]
+    configs = sorted((f / "config.yaml").read_text() for f in folders)
+    assert "seed: 1" in configs[0] and "seed: 2" in configs[1]
+    assert "[multirun] job 2/2: " in result.stdout
+    # no progress bar (TINY sets progress_bar=false): one line per epoch instead
+    assert result.stdout.count("epoch 1/1: ") == 2
+    assert "model: MoCoV2Plus" in result.stdout
+    for noise in ("💡 Tip", "LeafSpec", "Total FLOPs"):
+        assert noise not in result.stdout + result.stderr
+
+
+def test_multirun_checks_every_job_before_training_any(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = run(
+        ["pretrain", "-m", *TINY, "method_kwargs.mask_ratio=0.5,1.5", f"checkpoint.dir={runs}"]
+    )
+    assert result.returncode == 2
+    assert error_lines(result.stderr) and "mask_ratio=1.5" in error_lines(result.stderr)[0]
+    assert not runs.exists()

@@ -1,0 +1,339 @@
+"""Issue 12: run folders through the real CLI - made atomically, never shared by two runs,
+refused when they already hold a run or cannot be written, locked while a process trains in
+them, removed again when a run fails on a user error before it trained anything; and resume's
+refusals and fall-backs (another method, other tensor shapes, a lost last.ckpt, an empty
+checkpoint, a full disk).
+
+Most commands run in-process (``solo_mixmask.cli.main``); one module fixture trains two tiny
+runs (MixMask and MoCo V2+) that the tests copy before changing anything. The same-second test
+starts two real processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from solo_mixmask import cli
+from solo_mixmask.run_folder import LOCK, RunLock, holder_alive, this_process
+from tests.cli_helpers import TINY, error_lines, finish, start
+
+
+def _main(capsys, args):
+    """``solo-mixmask ARGS`` in-process: (exit status, stdout, stderr)."""
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error(code, err, status=2):
+    assert code == status, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = error_lines(err)
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+def _warnings(err):
+    return [line for line in err.splitlines() if line.startswith("warning:")]
+
+
+def _digest(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two finished 1-epoch runs (8 steps each): ``mixmask`` and ``mocov2plus``."""
+    base = tmp_path_factory.mktemp("run_folder")
+    for name in ("mixmask", "mocov2plus"):
+        code = cli.main(
+            [
+                "pretrain",
+                "--config-name",
+                name,
+                *TINY,
+                "knn_eval.enabled=false",
+                f"checkpoint.run_dir={base / name}",
+            ]
+        )
+        assert code == 0, name
+    return base
+
+
+def _copy(runs, tmp_path, name="mixmask"):
+    return shutil.copytree(runs / name, tmp_path / name)
+
+
+# --------------------------------------------------------------------------- making folders
+
+# `python same_second.py pretrain ...`: the real CLI with the clock's time stamp fixed, started
+# once a `go` file appears, so that two processes pick the same folder name at the same time.
+SAME_SECOND = """
+import os, sys, time
+from pathlib import Path
+time.strftime = lambda fmt, *args: "20250101-120000"
+Path(os.environ["READY"]).write_text("ready")
+while not Path(os.environ["GO"]).exists():
+    time.sleep(0.01)
+from solo_mixmask.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    harness = tmp_path / "same_second.py"
+    harness.write_text(SAME_SECOND)
+    go = tmp_path / "go"
+    args = ["pretrain", *TINY, "knn_eval.enabled=false", f"checkpoint.dir={tmp_path / 'runs'}"]
+    procs = [
+        start(
+            args,
+            prefix=[sys.executable, str(harness)],
+            env={"READY": str(tmp_path / f"ready{i}"), "GO": str(go)},
+        )
+        for i in (0, 1)
+    ]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(
+        (tmp_path / f"ready{i}").exists() for i in (0, 1)
+    ):
+        time.sleep(0.05)
+    go.write_text("go")
+    results = [finish(p, timeout=300) for p in procs]
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    name = "mixmask-fashion_mnist-20250101-120000"
+    assert folders == [name, f"{name}-1"], folders
+    for folder in folders:  # each run wrote its own complete run, and released its lock
+        run = tmp_path / "runs" / folder
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["run_dir"] == str(run) and summary["steps"] == 8
+        assert not (run / LOCK).exists()
+
+
+def test_pretrain_into_an_existing_run_is_refused(runs, capsys):
+    before = _digest(runs / "mixmask")
+    code, _, err = _main(capsys, ["pretrain", *TINY, f"checkpoint.run_dir={runs / 'mixmask'}"])
+    line = _one_error(code, err)
+    assert line.startswith(f"error: checkpoint.run_dir='{runs / 'mixmask'}'"), line
+    assert f"`solo-mixmask resume {runs / 'mixmask'}`" in line, line
+    assert _digest(runs / "mixmask") == before
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ""])
+def test_a_name_that_is_not_a_folder_name_is_refused(tmp_path, capsys, name):
+    runs = tmp_path / "runs"
+    code, _, err = _main(capsys, ["pretrain", *TINY, f"name={name}", f"checkpoint.dir={runs}"])
+    line = _one_error(code, err)
+    assert line.startswith(f"error: name={name!r} is not allowed"), line
+    assert not runs.exists()
+    assert not list(tmp_path.parent.glob("x-*"))
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("checkpoint.dir=/proc/solo-mixmask-runs", "not under /proc"),
+        ("checkpoint.run_dir=/proc/self/solo-mixmask-run", "not under /proc"),
+        ("checkpoint.run_dir={file}", "it is an existing file"),
+        ("checkpoint.dir={file}", "it is an existing file"),
+        ("checkpoint.dir={file}/runs", "is a file, not a folder"),
+    ],
+)
+def test_unusable_output_folders_are_refused_before_any_work(tmp_path, capsys, override, fragment):
+    """One error line naming the key, nothing made, and before the data is opened (the missing
+    data folder would be the error otherwise)."""
+    file = tmp_path / "a_file"
+    file.write_text("keep me")
+    override = override.format(file=file)
+    missing_data = ["data.dataset=custom", f"data.train_path={tmp_path / 'no_data'}"]
+    code, _, err = _main(capsys, ["pretrain", *TINY, *missing_data, override])
+    line = _one_error(code, err)
+    key = override.split("=")[0]
+    assert line.startswith(f"error: {key}="), line
+    assert fragment in line, line
+    assert file.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    assert not os.path.exists("/proc/solo-mixmask-runs")
+
+
+def _bad_image_tree(root):
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            (root / cls / f"{i}.png").write_bytes(b"" if i % 2 else b"not a png")
+    return root
+
+
+def test_a_run_whose_images_are_all_bad_leaves_no_folder(tmp_path, capsys):
+    bad = _bad_image_tree(tmp_path / "bad")
+    data = [
+        "data.dataset=custom",
+        f"data.train_path={bad}",
+        f"data.val_path={bad}",
+        "data.train_subset=null",
+        "data.knn_train_subset=null",
+        "data.val_subset=null",
+    ]
+    code, _, err = _main(capsys, ["pretrain", *TINY, *data, f"checkpoint.dir={tmp_path / 'runs'}"])
+    line = _one_error(code, err)
+    assert "can be decoded" in line, line
+    assert not (tmp_path / "runs").exists()  # the run folder and the checkpoint.dir it made
+    # a folder the run did not make is never removed (here: made by the user beforehand)
+    given = tmp_path / "given"
+    given.mkdir()
+    code, _, err = _main(capsys, ["pretrain", *TINY, *data, f"checkpoint.run_dir={given}"])
+    assert "can be decoded" in _one_error(code, err)
+    assert given.is_dir() and not (given / LOCK).exists()
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def _write_lock(run, **fields):
+    record = {**this_process("solo-mixmask resume"), **fields}
+    (run / LOCK).write_text(json.dumps(record))
+    return record
+
+
+def test_resume_of_a_run_that_a_live_process_holds_is_refused(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        from solo_mixmask.run_folder import _process_start
+
+        record = _write_lock(run, pid=sleeper.pid, process_start=_process_start(sleeper.pid))
+        before = _digest(run)
+        code, _, err = _main(capsys, ["resume", run, "max_epochs=2"])
+        line = _one_error(code, err)
+        assert f"{run} is in use" in line and f"pid {sleeper.pid}" in line, line
+        assert f"host {socket.gethostname()}" in line, line
+        assert _digest(run) == before  # the lock (and everything else) left as it was
+        assert json.loads((run / LOCK).read_text()) == record
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_lock_held_on_another_host_is_refused(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    _write_lock(run, pid=1, host="some-other-node")
+    code, _, err = _main(capsys, ["resume", run])
+    line = _one_error(code, err)
+    assert "host some-other-node" in line and "cannot be checked" in line, line
+    assert (run / LOCK).exists()
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _write_lock(run, pid=gone.pid, process_start="1")
+    before = _digest(run)
+    code, out, err = _main(capsys, ["resume", run])
+    assert code == 0, err[-3000:]
+    warned = _warnings(err)
+    assert len(warned) == 1 and "stale lock" in warned[0], err[-3000:]
+    assert f"pid {gone.pid}" in warned[0], warned
+    assert "is finished (1 of 1 epochs trained)" in out
+    assert not (run / LOCK).exists()  # taken over, then released
+    del before[LOCK]
+    assert _digest(run) == before
+
+
+def test_lock_is_reentrant_and_released_only_by_its_holder(tmp_path):
+    lock = RunLock(tmp_path, "test")
+    with lock:
+        with RunLock(tmp_path, "test"):  # resume -> run_pretrain: the same process asks again
+            pass
+        assert (tmp_path / LOCK).exists()
+        alive, _ = holder_alive(json.loads((tmp_path / LOCK).read_text()))
+        assert alive
+    assert not (tmp_path / LOCK).exists()
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_with_overrides_that_change_tensor_shapes(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    before = _digest(run)
+    wider = "backbone.kwargs.channels=[16,32,64,128]"
+    code, _, err = _main(capsys, ["resume", run, "max_epochs=2", wider])
+    line = _one_error(code, err)
+    assert "does not fit the model this config builds" in line, line
+    assert "backbone.kwargs.channels: [8, 16, 32, 64] in the checkpoint, [16, 32, 64, 128]" in line
+    assert "have another shape (backbone." in line, line
+    assert _digest(run) == before and not (run / LOCK).exists()
+
+
+def test_resume_with_another_method(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    code, _, err = _main(capsys, ["resume", run, "max_epochs=2", "method=mocov2plus"])
+    line = _one_error(code, err)
+    assert "written by method 'mixmask'" in line and "method='mocov2plus'" in line, line
+
+
+def test_resume_from_a_checkpoint_of_another_method(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    shutil.copy(runs / "mocov2plus" / "checkpoints" / "last.ckpt", run / "checkpoints")
+    code, _, err = _main(capsys, ["resume", run, "max_epochs=2"])
+    line = _one_error(code, err)
+    assert "written by method 'mocov2plus'" in line and "method='mixmask'" in line, line
+
+
+def test_resume_of_an_empty_checkpoint_says_so(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    code, _, err = _main(capsys, ["resume", run, "max_epochs=2"])
+    line = _one_error(code, err)
+    assert "last.ckpt" in line and "it is an empty file (0 bytes)" in line, line
+    assert "epoch000.ckpt" in line, line  # what is left to resume from
+
+
+def test_resume_without_last_ckpt_uses_the_newest_epoch_checkpoint(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    (run / "checkpoints" / "last.ckpt").unlink()
+    code, _, err = _main(capsys, ["resume", run, "max_epochs=2"])
+    assert code == 0, err[-3000:]
+    said = [line for line in _warnings(err) if "no checkpoints/last.ckpt" in line]
+    assert len(said) == 1 and "resuming from epoch000.ckpt" in said[0], err[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from"] == str(run / "checkpoints" / "epoch000.ckpt")
+    assert summary["steps"] == 16 and summary["epochs"] == 2
+    assert (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(runs, tmp_path, capsys, monkeypatch):
+    run = _copy(runs, tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"PK\x03\x04 the first bytes of a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    # a mid-epoch last.ckpt (step 10) is the first save of the resumed epoch
+    code, _, err = _main(capsys, ["resume", run, "max_epochs=2", "checkpoint.every_n_steps=2"])
+    line = _one_error(code, err)
+    assert "no space left on device" in line and "the previous last.ckpt is kept" in line, line
+    assert last.read_bytes() == before
+    assert not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]
+    assert not (run / LOCK).exists()
