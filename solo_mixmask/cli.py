@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from solo_mixmask import __version__
 from solo_mixmask.compose import (  # noqa: F401 (compose_config, configs_root re-exported)
+    add_config_arguments,
     compose_config,
     config_groups,
     configs_root,
@@ -110,16 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_config_list(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--config-path",
-        default=None,
-        help="folder of configs (default: configs/pretrain/<dataset>)",
-    )
-    p.add_argument(
-        "--config-name",
-        default="mixmask",
-        help="NAME or DATASET/NAME (default: fashion_mnist/mixmask)",
-    )
+    add_config_arguments(p)
     p.add_argument(
         "--cfg",
         choices=["job"],

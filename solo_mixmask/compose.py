@@ -7,6 +7,7 @@ so ``data.download=no`` stays the string ``"no"`` and the boolean check refuses 
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from collections.abc import Sequence
 from importlib import resources
@@ -114,6 +115,21 @@ def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
         else:
             choices.append([o.input_line])
     return [list(job) for job in itertools.product(*choices)]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config-path`` / ``--config-name`` of a pretraining config (see :func:`config_folder`),
+    for every command that composes one."""
+    parser.add_argument(
+        "--config-path",
+        default=None,
+        help="folder of configs (default: configs/pretrain/<dataset>)",
+    )
+    parser.add_argument(
+        "--config-name",
+        default=DEFAULT_CONFIG,
+        help=f"NAME or DATASET/NAME (default: {DEFAULT_DATASET}/{DEFAULT_CONFIG})",
+    )
 
 
 def config_folder(config_path: str | None, config_name: str) -> tuple[Path, str]:

@@ -752,11 +752,10 @@ def _warn(message: str) -> None:
     warnings.warn(message, ConfigWarning, stacklevel=3)
 
 
-def _check_same_method(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
-    """CheckpointError when ``checkpoint`` was written by another method than ``cfg.method``."""
-    hparams = checkpoint.get("hyper_parameters")
-    saved_cfg = hparams.get("cfg") if isinstance(hparams, dict) else None
-    written_by = saved_cfg.get("method") if isinstance(saved_cfg, dict) else None
+def _check_same_method(path: Path, saved: SavedModel, cfg: DictConfig) -> None:
+    """CheckpointError when the checkpoint at ``path`` was written by another method than
+    ``cfg.method``."""
+    written_by = saved.cfg.get("method") if saved.cfg else None
     if written_by is not None and written_by != cfg.get("method"):
         raise CheckpointError(
             f"{path} was written by method {written_by!r}, but the run's config asks for "
@@ -766,6 +765,7 @@ def _check_same_method(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) 
 
 
 def _saved_model(checkpoint: dict[str, Any]) -> SavedModel:
+    """Tensor shapes and ``hyper_parameters.cfg`` of a training checkpoint (its one reader)."""
     hparams = checkpoint.get("hyper_parameters")
     saved_cfg = hparams.get("cfg") if isinstance(hparams, dict) else None
     shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if hasattr(v, "shape")}
@@ -837,9 +837,9 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
             f"{run_dir} has no checkpoints/last.ckpt: resuming from {last.name}, its newest "
             "epoch checkpoint (the steps trained after it are trained again)"
         )
-    _check_same_method(last, checkpoint, cfg)
-    done = epochs_trained(checkpoint)
     saved_model = _saved_model(checkpoint)
+    _check_same_method(last, saved_model, cfg)
+    done = epochs_trained(checkpoint)
     del checkpoint
     _check_max_epochs(run_dir, saved, cfg, done)
     return run_pretrain(cfg, resume_from=str(last), saved_model=saved_model)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from solo_mixmask.compose import add_config_arguments
+
 
 class IntermixedParser(argparse.ArgumentParser):
     """A sub-parser that takes options and ``key=value`` overrides in any order
@@ -215,16 +217,7 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p = _intermixed(
         sub.add_parser("show-masks", help="PNG grid of masks and mixed views on real images")
     )
-    p.add_argument(
-        "--config-path",
-        default=None,
-        help="folder of configs (default: configs/pretrain/<dataset>)",
-    )
-    p.add_argument(
-        "--config-name",
-        default="mixmask",
-        help="NAME or DATASET/NAME (default: fashion_mnist/mixmask)",
-    )
+    add_config_arguments(p)
     p.add_argument("--out", default="masks.png", help="output PNG (default: masks.png)")
     p.add_argument("--num-images", type=int, default=6, help="columns (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="picks images, masks and lambdas")
