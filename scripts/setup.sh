@@ -5,7 +5,9 @@
 #   - Fashion-MNIST from the Debian package dataset-fashion-mnist where apt is available
 #     (elsewhere the demo lets torchvision download it into ~/.cache/solo_mixmask).
 # Environment: PYTHON (interpreter for the venv, default python3), TORCH_SPEC (pip requirement
-# for torch/torchvision, default the pinned wheels this project is tested with).
+# for torch/torchvision, default the pinned wheels this project is tested with),
+# SOLO_MIXMASK_TORCH_FROM (another venv whose PyTorch this one reuses instead of installing a
+# second copy of several GB: .ci/run's Lightning 2.1.2 environment borrows .venv's).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SOLO_MIXMASK_VENV:-$ROOT/.venv}"
@@ -18,11 +20,14 @@ EXTRAS="${SOLO_MIXMASK_EXTRAS:-test}"
 PINS="${SOLO_MIXMASK_PINS:-}"
 FMNIST_DIR=/usr/share/datasets/fashion-mnist
 
-quiet_pip() { # pip, without the noise of unreachable local find-links; keeps pip's status
+quiet_pip() { # pip, without the noise of unreachable local find-links and of setuptools'
+  # information-only "Editable installation" block (printed for every editable install of a
+  # package that maps a folder, here configs/ -> solo_mixmask.configs); keeps pip's status
   local log rc=0
   log="$(mktemp)"
   "$VENV/bin/python" -m pip "$@" >"$log" 2>&1 || rc=$?
-  grep -vE "^WARNING: Location" "$log" || true
+  grep -vE "^WARNING: Location" "$log" |
+    sed '/BuildBackendWarning: Editable installation/,/with strategy, WheelFile/d' || true
   rm -f "$log"
   return "$rc"
 }
@@ -30,6 +35,13 @@ quiet_pip() { # pip, without the noise of unreachable local find-links; keeps pi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "${PYTHON:-python3}" -m venv "$VENV"
+fi
+TORCH_FROM="${SOLO_MIXMASK_TORCH_FROM:-}"
+if [ -n "$TORCH_FROM" ] && "$TORCH_FROM/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  # The borrowed venv's site-packages go at the END of sys.path: whatever this venv installs
+  # itself (its Lightning pins, this package) comes first; torch and the rest are found there.
+  site_of() { "$1/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
+  site_of "$TORCH_FROM" >"$(site_of "$VENV")/solo-mixmask-borrowed-torch.pth"
 fi
 stamp="$VENV/.solo-mixmask-installed"
 want="$( (cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml"; echo "$EXTRAS $PINS") | sha256sum | cut -d' ' -f1)"

@@ -81,7 +81,11 @@ def test_installed_wheel_runs_from_another_directory(wheel: Path, tmp_path: Path
         text=True,
         check=True,
     ).stdout.strip()
-    Path(site, "solo_mixmask_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # This environment's site-packages, and any it borrows through a .pth of its own (.ci/run's
+    # Lightning 2.1.2 venv borrows PyTorch from .venv), in this environment's order.
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    assert sysconfig.get_paths()["purelib"] in deps
+    Path(site, "solo_mixmask_test_deps.pth").write_text("\n".join(deps) + "\n")
     _pip("--python", str(python), "install", "--no-deps", "--no-index", str(wheel))
 
     work = tmp_path / "elsewhere"
