@@ -29,7 +29,7 @@ import types
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from solo_mixmask.errors import ConfigError
 
@@ -44,17 +44,32 @@ INSTALL_HINT = (
 SCRIPT_ENV = "SOLO_MIXMASK_SOLO_SCRIPT"
 SCRIPTS = {"pretrain": "main_pretrain.py", "linear": "main_linear.py"}
 
-#: solo-learn method name -> (key in ``solo_mixmask.methods.LOGIC``, class name,
-#: ``method_kwargs`` defaults that differ from the logic's own, the solo-learn base class: a name
-#: in ``SOLO_BASES``).
-SOLO_METHODS: dict[str, tuple[str, str, dict[str, Any], str]] = {
-    "mixmask": ("mixmask", "MixMask", {}, "BaseMomentumMethod"),
-    "unmix": ("unmix", "Unmix", {}, "BaseMomentumMethod"),
-    "unmix_mixmask": ("unmix_mixmask", "UnmixMixMask", {}, "BaseMomentumMethod"),
-    "mocov2": ("mocov2plus", "MoCoV2", {"symmetric": False}, "BaseMomentumMethod"),
-    "byol_mixmask": ("byol_mixmask", "BYOLMixMask", {}, "BYOL"),
-    "byol_unmix_mixmask": ("byol_unmix_mixmask", "BYOLUnmixMixMask", {}, "BYOL"),
-}
+
+class SoloMethod(NamedTuple):
+    """How one name enters solo-learn's ``solo.methods.METHODS``."""
+
+    #: Key of our method in ``solo_mixmask.methods.ENTRIES`` (whose ``*Logic`` mixin it uses).
+    logic_key: str
+    #: Name of the built class (an attribute of this module, so that it pickles).
+    class_name: str
+    #: ``method_kwargs`` defaults that differ from the logic's own.
+    defaults: dict[str, Any]
+    #: The solo-learn class under the logic: a name in ``SOLO_BASES``.
+    base: str
+
+
+def solo_methods() -> dict[str, SoloMethod]:
+    """solo-learn method name -> :class:`SoloMethod`, read off each method module's ``ENTRY``
+    (``solo_mixmask.methods``; imports our methods, never solo-learn)."""
+    from solo_mixmask.methods import ENTRIES
+
+    return {
+        solo.name: SoloMethod(entry.name, solo.class_name, dict(solo.defaults), entry.solo_base)
+        for entry in ENTRIES.values()
+        for solo in entry.solo_names
+    }
+
+
 #: solo-learn base class name -> (its module, its attribute).
 SOLO_BASES = {
     "BaseMomentumMethod": ("solo.methods.base", "BaseMomentumMethod"),
@@ -132,7 +147,7 @@ def solo_class(name: str, base: type) -> type:
     """The class registered as ``name``: our logic mixin first, solo-learn's ``base`` after it."""
     from solo_mixmask.methods import LOGIC
 
-    logic_key, class_name, defaults, _ = SOLO_METHODS[name]
+    logic_key, class_name, defaults, _ = solo_methods()[name]
     cls = _BUILT.get(class_name)
     if cls is not None and base in cls.__mro__:
         return cls
@@ -156,10 +171,10 @@ def register() -> dict[str, type]:
     A name that solo-learn already uses for its own method is left alone (with a warning).
     Raises :class:`SoloLearnError` when solo-learn is missing or older than 1.0.6.
     """
-    solo_methods, bases = _import_solo()
+    solo_package, bases = _import_solo()
     registered: dict[str, type] = {}
-    for name, (*_, base_name) in SOLO_METHODS.items():
-        existing = solo_methods.METHODS.get(name)
+    for name, (*_, base_name) in solo_methods().items():
+        existing = solo_package.METHODS.get(name)
         if existing is not None and getattr(existing, "solo_mixmask_method", None) != name:
             warnings.warn(
                 f"solo.methods.METHODS[{name!r}] is solo-learn's own {existing.__name__}; "
@@ -168,7 +183,7 @@ def register() -> dict[str, type]:
             )
             continue
         cls = solo_class(name, bases[base_name])
-        solo_methods.METHODS[name] = cls
+        solo_package.METHODS[name] = cls
         registered[name] = cls
     return registered
 
@@ -177,7 +192,7 @@ def __getattr__(name: str) -> type:
     """Built classes are module attributes (``solo_mixmask.solo.MixMask``) so that they pickle."""
     if name in _BUILT:
         return _BUILT[name]
-    if name in {entry[1] for entry in SOLO_METHODS.values()}:
+    if name in {entry.class_name for entry in solo_methods().values()}:
         register()
         return _BUILT[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -49,9 +49,9 @@ needs_solo = pytest.mark.skipif(
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CONFIGS = plugin.solo_configs_root()
 SHIPPED = sorted(f"{p.parent.name}/{p.stem}" for p in CONFIGS.glob("*/*.yaml"))
-OUR_SOLO_METHODS = sorted(plugin.SOLO_METHODS)
+OUR_SOLO_METHODS = sorted(plugin.solo_methods())
 #: ours on solo-learn's own BYOL (the rest are on its BaseMomentumMethod, with our MoCo step)
-BYOL_SOLO_METHODS = sorted(n for n, entry in plugin.SOLO_METHODS.items() if entry[3] == "BYOL")
+BYOL_SOLO_METHODS = sorted(n for n, entry in plugin.solo_methods().items() if entry[3] == "BYOL")
 MOCO_SOLO_METHODS = sorted(set(OUR_SOLO_METHODS) - set(BYOL_SOLO_METHODS))
 BYOL_SHIPPED = [n for n in SHIPPED if n.rpartition("/")[2] in BYOL_SOLO_METHODS]
 MOCO_SHIPPED = [n for n in SHIPPED if n not in BYOL_SHIPPED]
@@ -229,10 +229,10 @@ def test_register_adds_ours_once_and_keeps_solo_learns_own(monkeypatch):
     assert METHODS["mocov2plus"] is MoCoV2Plus and METHODS["byol"] is BYOL
     for name, cls in first.items():
         assert METHODS[name] is cls and issubclass(cls, BaseMomentumMethod)
-        assert issubclass(cls, LOGIC[plugin.SOLO_METHODS[name][0]])
+        assert issubclass(cls, LOGIC[plugin.solo_methods()[name][0]])
         # one implementation of the method step, shared with the standalone engine
         shared = {"BaseMomentumMethod": MoCoV2PlusLogic, "BYOL": BYOLMixedBranchLogic}
-        assert cls.training_step is shared[plugin.SOLO_METHODS[name][3]].training_step
+        assert cls.training_step is shared[plugin.solo_methods()[name][3]].training_step
         assert pickle.loads(pickle.dumps(cls)) is cls
     assert METHODS["mixmask"].mask_branch is MixMaskLogic.mask_branch
     assert METHODS["mocov2"].method_defaults["symmetric"] is False

@@ -1,36 +1,28 @@
 """Method registry: ``METHODS[name](cfg)`` builds a method, as in solo-learn.
 
-``LOGIC[name]`` is the engine-independent half of each method; ``solo_mixmask.solo`` combines it
-with solo-learn's own ``BaseMomentumMethod`` (MoCo family) or its own ``BYOL`` (``byol_*``).
+Every method module declares one ``ENTRY`` (:class:`~solo_mixmask.methods.registry.MethodEntry`);
+``MODULES`` lists those modules, and everything else is read off their entries: ``METHODS`` (our
+engine's classes), ``LOGIC`` (the engine-independent half of each method) and the names that
+``solo_mixmask.solo`` adds to solo-learn on its own ``BaseMomentumMethod`` or ``BYOL``.
 """
 
+from solo_mixmask.methods import (
+    byol,
+    byol_mixmask,
+    byol_unmix_mixmask,
+    mixmask,
+    mocov2plus,
+    unmix,
+    unmix_mixmask,
+)
 from solo_mixmask.methods.base import BaseMethod, BaseMomentumMethod
-from solo_mixmask.methods.byol import BYOL, BYOLLogic
-from solo_mixmask.methods.byol_mixmask import BYOLMixMask, BYOLMixMaskLogic
-from solo_mixmask.methods.byol_unmix_mixmask import BYOLUnmixMixMask, BYOLUnmixMixMaskLogic
-from solo_mixmask.methods.mixmask import MixMask, MixMaskLogic
-from solo_mixmask.methods.mocov2plus import MoCoV2Plus, MoCoV2PlusLogic
-from solo_mixmask.methods.unmix import Unmix, UnmixLogic
-from solo_mixmask.methods.unmix_mixmask import UnmixMixMask, UnmixMixMaskLogic
+from solo_mixmask.methods.registry import MethodEntry
 
-METHODS = {
-    "mocov2plus": MoCoV2Plus,
-    "mixmask": MixMask,
-    "unmix": Unmix,
-    "unmix_mixmask": UnmixMixMask,
-    "byol": BYOL,
-    "byol_mixmask": BYOLMixMask,
-    "byol_unmix_mixmask": BYOLUnmixMixMask,
-}
+#: The method modules, in the order ``--help`` and the docs list them.
+MODULES = (mocov2plus, mixmask, unmix, unmix_mixmask, byol, byol_mixmask, byol_unmix_mixmask)
 
-LOGIC = {
-    "mocov2plus": MoCoV2PlusLogic,
-    "mixmask": MixMaskLogic,
-    "unmix": UnmixLogic,
-    "unmix_mixmask": UnmixMixMaskLogic,
-    "byol": BYOLLogic,
-    "byol_mixmask": BYOLMixMaskLogic,
-    "byol_unmix_mixmask": BYOLUnmixMixMaskLogic,
-}
+ENTRIES: dict[str, MethodEntry] = {module.ENTRY.name: module.ENTRY for module in MODULES}
+METHODS: dict[str, type[BaseMethod]] = {name: entry.method for name, entry in ENTRIES.items()}
+LOGIC: dict[str, type] = {name: entry.logic for name, entry in ENTRIES.items()}
 
-__all__ = ["BaseMethod", "BaseMomentumMethod", "LOGIC", "METHODS"]
+__all__ = ["BaseMethod", "BaseMomentumMethod", "ENTRIES", "LOGIC", "METHODS", "MethodEntry"]

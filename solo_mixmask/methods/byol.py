@@ -17,6 +17,7 @@ from solo_mixmask.losses.byol import byol_loss
 from solo_mixmask.methods.base import BaseMomentumMethod
 from solo_mixmask.methods.heads import ProjectorLogic, mlp_head
 from solo_mixmask.methods.mixed_branch import MixedBranchLogic
+from solo_mixmask.methods.registry import MethodEntry
 
 #: BYOL's ``method_kwargs`` and their defaults (solo-learn's CIFAR recipe).
 BYOL_DEFAULTS: dict[str, Any] = {
@@ -126,3 +127,12 @@ class BYOLMixedBranchLogic(MixedBranchLogic):
                 sync_dist=True,
             )
         return loss + sum(mixed.values())
+
+
+# solo-learn has its own byol, used as it is
+ENTRY = MethodEntry(
+    "byol",
+    method=BYOL,
+    logic=BYOLLogic,
+    solo_base="BYOL",
+)

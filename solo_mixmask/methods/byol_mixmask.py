@@ -24,6 +24,7 @@ from typing import Any
 
 from solo_mixmask.methods.byol import BYOL, BYOL_DEFAULTS, BYOLMixedBranchLogic
 from solo_mixmask.methods.mixmask import MASK_DEFAULTS, MaskMixingLogic
+from solo_mixmask.methods.registry import MethodEntry, SoloName
 
 
 class BYOLMixMaskLogic(MaskMixingLogic, BYOLMixedBranchLogic):
@@ -34,3 +35,12 @@ class BYOLMixMaskLogic(MaskMixingLogic, BYOLMixedBranchLogic):
 
 class BYOLMixMask(BYOLMixMaskLogic, BYOL):
     """BYOL + MixMask on the standalone engine."""
+
+
+ENTRY = MethodEntry(
+    "byol_mixmask",
+    method=BYOLMixMask,
+    logic=BYOLMixMaskLogic,
+    solo_base="BYOL",
+    solo_names=(SoloName("byol_mixmask", "BYOLMixMask"),),
+)

@@ -18,6 +18,7 @@ from typing import Any
 
 from solo_mixmask.methods.byol import BYOL, BYOL_DEFAULTS, BYOLMixedBranchLogic
 from solo_mixmask.methods.mixmask import MASK_DEFAULTS
+from solo_mixmask.methods.registry import MethodEntry, SoloName
 from solo_mixmask.methods.unmix import UNMIX_DEFAULTS
 from solo_mixmask.methods.unmix_mixmask import UnmixMaskMixingLogic
 
@@ -30,3 +31,12 @@ class BYOLUnmixMixMaskLogic(UnmixMaskMixingLogic, BYOLMixedBranchLogic):
 
 class BYOLUnmixMixMask(BYOLUnmixMixMaskLogic, BYOL):
     """BYOL + Un-Mix + MixMask on the standalone engine."""
+
+
+ENTRY = MethodEntry(
+    "byol_unmix_mixmask",
+    method=BYOLUnmixMixMask,
+    logic=BYOLUnmixMixMaskLogic,
+    solo_base="BYOL",
+    solo_names=(SoloName("byol_unmix_mixmask", "BYOLUnmixMixMask"),),
+)

@@ -23,6 +23,7 @@ from solo_mixmask.losses.mixed import PairLoss
 from solo_mixmask.methods.base import BaseMomentumMethod
 from solo_mixmask.methods.mixed_branch import MixedBranchLogic
 from solo_mixmask.methods.mocov2plus import MoCoV2PlusLogic
+from solo_mixmask.methods.registry import MethodEntry, SoloName
 
 #: MixMask's ``method_kwargs`` and their defaults (the seed's G = 8, ratio 0.5, block masks).
 MASK_DEFAULTS: dict[str, Any] = {
@@ -126,3 +127,12 @@ class MixMaskLogic(MaskMixingLogic, MoCoV2PlusLogic):
 
 class MixMask(MixMaskLogic, BaseMomentumMethod):
     """MixMask on the standalone engine."""
+
+
+ENTRY = MethodEntry(
+    "mixmask",
+    method=MixMask,
+    logic=MixMaskLogic,
+    solo_base="BaseMomentumMethod",
+    solo_names=(SoloName("mixmask", "MixMask"),),
+)

@@ -27,6 +27,7 @@ from solo_mixmask.losses.moco import moco_loss
 from solo_mixmask.methods.base import BaseMomentumMethod
 from solo_mixmask.methods.heads import ProjectorLogic
 from solo_mixmask.methods.mixed_branch import MixedBranchLogic
+from solo_mixmask.methods.registry import MethodEntry, SoloName
 from solo_mixmask.utils.distributed import gather_no_grad
 
 #: Warn when the InfoNCE loss of one sample can exceed this. Cosine similarities lie in [-1, 1],
@@ -115,3 +116,13 @@ class MoCoV2PlusLogic(MixedBranchLogic, ProjectorLogic):
 
 class MoCoV2Plus(MoCoV2PlusLogic, BaseMomentumMethod):
     """MoCo v2 / V2+ on the standalone engine."""
+
+
+# solo-learn has its own mocov2plus; it lacks MoCo v2 with the seed's asymmetric loss
+ENTRY = MethodEntry(
+    "mocov2plus",
+    method=MoCoV2Plus,
+    logic=MoCoV2PlusLogic,
+    solo_base="BaseMomentumMethod",
+    solo_names=(SoloName("mocov2", "MoCoV2", {"symmetric": False}),),
+)

@@ -18,6 +18,7 @@ from solo_mixmask.losses.mixed import PairLoss
 from solo_mixmask.methods.base import BaseMomentumMethod
 from solo_mixmask.methods.mixed_branch import MixedBranchLogic
 from solo_mixmask.methods.mocov2plus import MoCoV2PlusLogic
+from solo_mixmask.methods.registry import MethodEntry, SoloName
 
 #: Un-Mix's ``method_kwargs`` and their defaults (lambda ~ Beta(1, 1), mixup half the time).
 UNMIX_DEFAULTS: dict[str, Any] = {"unmix_alpha": 1.0, "unmix_prob": 0.5}
@@ -78,3 +79,12 @@ class UnmixLogic(UnmixMixingLogic, MoCoV2PlusLogic):
 
 class Unmix(UnmixLogic, BaseMomentumMethod):
     """Un-Mix on the standalone engine."""
+
+
+ENTRY = MethodEntry(
+    "unmix",
+    method=Unmix,
+    logic=UnmixLogic,
+    solo_base="BaseMomentumMethod",
+    solo_names=(SoloName("unmix", "Unmix"),),
+)

@@ -17,6 +17,7 @@ from solo_mixmask.losses.mixed import PairLoss
 from solo_mixmask.methods.base import BaseMomentumMethod
 from solo_mixmask.methods.mixmask import MASK_DEFAULTS, MaskMixingLogic
 from solo_mixmask.methods.mocov2plus import MoCoV2PlusLogic
+from solo_mixmask.methods.registry import MethodEntry, SoloName
 from solo_mixmask.methods.unmix import UNMIX_DEFAULTS, UnmixMixingLogic
 
 
@@ -52,3 +53,12 @@ class UnmixMixMaskLogic(UnmixMaskMixingLogic, MoCoV2PlusLogic):
 
 class UnmixMixMask(UnmixMixMaskLogic, BaseMomentumMethod):
     """Un-Mix + MixMask on the standalone engine."""
+
+
+ENTRY = MethodEntry(
+    "unmix_mixmask",
+    method=UnmixMixMask,
+    logic=UnmixMixMaskLogic,
+    solo_base="BaseMomentumMethod",
+    solo_names=(SoloName("unmix_mixmask", "UnmixMixMask"),),
+)
