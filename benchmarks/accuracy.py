@@ -412,10 +412,10 @@ def calibrate(prof: Profile, steps: int = 2) -> dict[str, Any]:
             forward_img_s = prof.batch_size / forward_s
     out = {"step_s": step_s, "forward_img_s": forward_img_s, "device": device}
     if prof.data_format == "memory" and cfg is not None:
-        from solo_mixmask.data.augmentations import parse_augmentations
         from solo_mixmask.data.batched_augmentations import BatchAugment
+        from solo_mixmask.data_specs import data_spec
 
-        specs = parse_augmentations(cfg)
+        specs = data_spec(cfg).crops
         images = torch.randint(
             0, 256, (prof.batch_size, 3, 32, 32), dtype=torch.uint8, device=device
         )
@@ -532,9 +532,10 @@ def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:
     """k-NN top-1 (%) of mean-centred raw pixels on the same k-NN images as the runs."""
     from solo_mixmask.core.knn import knn_accuracy
     from solo_mixmask.data.loaders import build_knn_loaders
+    from solo_mixmask.data_specs import data_spec
 
     cfg = run_cfg(prof, BASELINE, seed, train_subset)
-    knn_train, val = build_knn_loaders(cfg)
+    knn_train, val = build_knn_loaders(data_spec(cfg))
 
     def load(loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = zip(*[(x.flatten(1), y) for x, y in loader])

@@ -33,6 +33,7 @@ from solo_mixmask.checkpoints import load_backbone  # noqa: E402
 from solo_mixmask.config import select  # noqa: E402
 from solo_mixmask.core.knn import knn_accuracy  # noqa: E402
 from solo_mixmask.data.loaders import build_knn_loaders, num_classes  # noqa: E402
+from solo_mixmask.data_specs import data_spec  # noqa: E402
 from solo_mixmask.eval.features import (  # noqa: E402
     eval_config,
     eval_device,
@@ -90,11 +91,12 @@ def one_run(run_dir: Path, device: torch.device) -> dict[str, Any]:
     channels_last = bool(select(cfg, "performance.channels_last", False))
     k, t = int(select(cfg, "knn_eval.k", 200)), float(select(cfg, "knn_eval.T", 0.1))
     model = prepare_backbone(lb, device, channels_last)
-    loaders = build_knn_loaders(cfg)
+    spec = data_spec(cfg)
+    loaders = build_knn_loaders(spec)
     for loader in loaders:
         if hasattr(loader, "to_device"):
             loader.to_device(device)
-    classes = num_classes(cfg)
+    classes = num_classes(spec)
     before = knn_of(model, loaders, device, channels_last, classes, k, t)
     images = recalibrate(model, loaders[0], device, channels_last)
     after = knn_of(model, loaders, device, channels_last, classes, k, t)

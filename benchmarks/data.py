@@ -53,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
 from solo_mixmask.data.loaders import build_train_loader  # noqa: E402
+from solo_mixmask.data_specs import data_spec  # noqa: E402
 
 DEMO = "fashion_mnist/mixmask"
 GOAL_LOADER_FACTOR = 2.0  # loader images/s >= 2x training images/s
@@ -107,7 +108,7 @@ def loader_speed(cfg: DictConfig, workers: int, batches: int) -> dict[str, float
     with open_dict(cfg):
         cfg.data.num_workers = workers
     start = time.perf_counter()
-    loader = build_train_loader(cfg)
+    loader = build_train_loader(data_spec(cfg))
     it, epoch_batches = iter(loader), len(loader)
     first = next(it)
     first_s = time.perf_counter() - start
@@ -149,7 +150,7 @@ def step_speed(cfg: DictConfig, steps: int, loader_cfg: DictConfig | None = None
             while True:
                 yield batch
     else:
-        loader = build_train_loader(loader_cfg)
+        loader = build_train_loader(data_spec(loader_cfg))
 
         def batches():
             while True:

@@ -221,6 +221,7 @@ def dali_loader(args: argparse.Namespace) -> dict[str, Any]:
     """Images/s of the DALI pipeline and of the PyTorch ImageFolder loader on generated JPEGs."""
     from solo_mixmask.data.dali import dali_available, import_dali
     from solo_mixmask.data.loaders import build_train_loader
+    from solo_mixmask.data_specs import data_spec
 
     if not dali_available():
         try:
@@ -262,7 +263,7 @@ def dali_loader(args: argparse.Namespace) -> dict[str, Any]:
             )
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            out[fmt] = timed_loader(build_train_loader(cfg), args.dali_batches)
+            out[fmt] = timed_loader(build_train_loader(data_spec(cfg)), args.dali_batches)
             out[fmt]["workers_or_threads"] = max(1, cfg.data.num_workers)
             if torch.cuda.is_available():
                 out[fmt]["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30

@@ -47,6 +47,7 @@ from data import loader_speed  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from solo_mixmask.data.loaders import build_train_loader  # noqa: E402
+from solo_mixmask.data_specs import data_spec  # noqa: E402
 
 METHODS = ("mocov2plus", "mixmask")
 #: The issue's goals: the data path alone >= 3x the training step's images/s on a GPU, and the
@@ -105,7 +106,7 @@ def memory_loader_speed(cfg: DictConfig, device: str, batches: int) -> dict[str,
     """Images/s of the in-memory loader on ``device`` (after the first batch, which also
     copies the images there); decoding is reported apart."""
     start = time.perf_counter()
-    loader: Any = build_train_loader(cfg)
+    loader: Any = build_train_loader(data_spec(cfg))
     decode_s = time.perf_counter() - start
     loader.to_device(torch.device(device))
     out = {**timed_loader(loader, batches), "decode_s": decode_s, "images": len(loader.dataset)}
@@ -236,8 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with open_dict(pil_cfg):
             pil_cfg.data.num_workers = workers
         sources = {
-            "pil": forever(build_train_loader(pil_cfg), device),
-            "memory": forever(build_train_loader(mem_cfg), device),
+            "pil": forever(build_train_loader(data_spec(pil_cfg)), device),
+            "memory": forever(build_train_loader(data_spec(mem_cfg)), device),
         }
         speeds: dict[str, list[float]] = {"pil": [], "memory": []}
         for r in range(args.rounds):

@@ -18,6 +18,9 @@ Formats recognised by :func:`load_backbone` (the first that matches wins):
   dropped), optionally under ``state_dict`` and/or prefixed ``module.``.
 
 For the last three the architecture is read off the tensor shapes (:func:`infer_resnet`).
+
+Whether a model can take a training checkpoint's weights (``resume``) is
+:func:`check_model_fits`, from the checkpoint's :class:`SavedModel`.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from solo_mixmask.config import to_container
 from solo_mixmask.errors import CheckpointError
 
 Tensor = torch.Tensor
@@ -367,6 +371,39 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             continue
         changed.append(f"{key}: {before.get(key)!r} in the checkpoint, {after.get(key)!r} now")
     return changed
+
+
+class SavedModel(NamedTuple):
+    """What a resumed checkpoint holds of the model: tensor shapes by ``state_dict`` key and
+    the config it was written with (None when it has none)."""
+
+    shapes: dict[str, tuple[int, ...]]
+    cfg: dict[str, Any] | None
+
+
+def check_model_fits(model: Any, saved: SavedModel, checkpoint: str) -> None:
+    """CheckpointError naming the tensors (and the method / backbone settings) that differ when
+    ``model`` cannot take the weights of ``checkpoint`` (what Lightning would otherwise report
+    as a long size-mismatch traceback)."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mismatch = shape_mismatch(shapes, saved.shapes)
+    if mismatch is None:
+        return
+    changed = config_differences(saved.cfg or {}, to_container(model.cfg)) if saved.cfg else []
+    settings = f"; settings that differ: {'; '.join(changed)}" if changed else ""
+    raise CheckpointError(
+        f"{checkpoint} does not fit the model this config builds{settings}; {mismatch}. A run "
+        "resumes with its own method and backbone settings: drop those overrides, or start a "
+        "new run with solo-mixmask pretrain"
+    )
+
+
+def saved_model_of(checkpoint: dict[str, Any]) -> SavedModel:
+    """Tensor shapes and ``hyper_parameters.cfg`` of a training checkpoint (its one reader)."""
+    hparams = checkpoint.get("hyper_parameters")
+    saved_cfg = hparams.get("cfg") if isinstance(hparams, dict) else None
+    shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if hasattr(v, "shape")}
+    return SavedModel(shapes, saved_cfg if isinstance(saved_cfg, dict) else None)
 
 
 def run_dir_of(checkpoint: str | Path) -> Path | None:

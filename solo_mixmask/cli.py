@@ -5,7 +5,7 @@ Trainer settings) print one ``error:`` line and exit with status 2; a run stoppe
 loss prints one ``error:`` line and exits with status 3 (its last good checkpoint is kept); a
 run stopped by SIGTERM (what SLURM and Kubernetes send) exits with 143 and one by Ctrl-C with
 130, each with one ``error:`` line naming ``solo-mixmask resume RUN_DIR`` (``last.ckpt`` is
-written after the step under way, see :class:`~solo_mixmask.callbacks.GracefulStop`).
+written after the step under way, see :class:`~solo_mixmask.callbacks.stop.GracefulStop`).
 Anything else is a bug and keeps its traceback. Settings that run but
 make no sense (:class:`~solo_mixmask.errors.ConfigWarning`) print one ``warning:`` line each.
 """
@@ -90,7 +90,7 @@ def _config_list() -> str:
 
 
 def _resume(args: argparse.Namespace) -> None:
-    from solo_mixmask.pretrain import NothingToResume, resume_run
+    from solo_mixmask.resume import NothingToResume, resume_run
 
     try:
         summary = resume_run(args.run_dir, args.overrides)

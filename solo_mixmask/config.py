@@ -76,7 +76,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "max_epochs": 100,
     "devices": 1,
     "accelerator": "auto",
-    "precision": "auto",  # bf16-mixed on CUDA, 32-true on CPU (pretrain.trainer_kwargs)
+    "precision": "auto",  # bf16-mixed on CUDA, 32-true on CPU (trainer.trainer_kwargs)
     "strategy": "auto",
     "num_nodes": 1,
     "sync_batchnorm": False,

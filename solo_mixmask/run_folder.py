@@ -2,6 +2,8 @@
 
 Rules (see docs/RELIABILITY.md):
 
+- A new run's folder is ``checkpoint.run_dir``, else ``<checkpoint.dir>/<name>-<time stamp>``;
+  all processes of a multi-process run agree on it (:func:`new_run_dir`).
 - ``pretrain`` writes only into a folder it makes (or an existing folder that holds no run);
   only ``resume`` writes into an existing run. A folder holds a run when it has any of
   :data:`RUN_MARKERS`.
@@ -26,7 +28,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from solo_mixmask.config import select
 from solo_mixmask.errors import ConfigError, ConfigWarning
+from solo_mixmask.paths import check_output_dir
 
 LOCK = "run.lock"
 #: Entries that make a folder a run folder (what ``pretrain`` writes first).
@@ -56,6 +62,92 @@ def describe_holder(holder: dict[str, Any]) -> str:
         f"pid {holder.get('pid')} on host {holder.get('host')} ({what}"
         f"{', since ' + str(since) if since else ''})"
     )
+
+
+# --------------------------------------------------------------------------- names
+
+
+#: Set by the process that launches DDP children so that they all use its run folder.
+RUN_DIR_ENV = "SOLO_MIXMASK_RUN_DIR"
+
+
+def external_launch() -> bool:
+    """Whether this process was started by torchrun / Lightning / SLURM as one of several."""
+    if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return True  # torchrun, or a child started by Lightning
+    interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+    return int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and not interactive
+
+
+def new_run_dir(cfg: DictConfig) -> Path:
+    """``checkpoint.run_dir`` if given, else a fresh ``<checkpoint.dir>/<name>-<time stamp>``.
+
+    Processes of one multi-process run must agree on the folder: children started by Lightning
+    inherit it from their parent (``SOLO_MIXMASK_RUN_DIR``); under SLURM the job id names it;
+    under torchrun ``checkpoint.run_dir`` (or a ``--rdzv-id``) is required.
+    """
+    given = select(cfg, "checkpoint.run_dir")
+    if given:
+        return Path(given)
+    base = Path(select(cfg, "checkpoint.dir", "runs"))
+    name = select(cfg, "name", "run")
+    if external_launch():
+        if os.environ.get(RUN_DIR_ENV):
+            return Path(os.environ[RUN_DIR_ENV])
+        if os.environ.get("SLURM_JOB_ID"):
+            return base / f"{name}-slurm{os.environ['SLURM_JOB_ID']}"
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        if run_id not in ("", "none"):
+            return base / f"{name}-{run_id}"
+        raise ConfigError(
+            "checkpoint.run_dir",
+            None,
+            "a folder shared by all processes when several are launched from outside "
+            "(torchrun without --rdzv-id): pass checkpoint.run_dir=/shared/path",
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = base / f"{name}-{stamp}"
+    suffix = 1
+    while run_dir.exists():
+        run_dir = base / f"{name}-{stamp}-{suffix}"
+        suffix += 1
+    return run_dir
+
+
+def is_rank_zero_process() -> bool:
+    """Whether this process is the run's global rank 0, which makes, locks and (on an early
+    user error) removes the run folder; decided before the Trainer exists, from the launcher's
+    environment (``RANK`` under torchrun, ``SLURM_PROCID`` under SLURM; a child started by
+    Lightning inherits ``SOLO_MIXMASK_RUN_DIR``)."""
+    if os.environ.get(RUN_DIR_ENV):
+        return False
+    if not external_launch():
+        return True
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    return int(rank) == 0
+
+
+def check_run_location(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> str:
+    """Before any work: the folder a new run will write to can be made there and holds no run
+    (only ``resume`` writes into an existing run). Returns the key that names it
+    (``checkpoint.run_dir`` when given, else ``checkpoint.dir``); ConfigError otherwise."""
+    if select(cfg, "checkpoint.run_dir"):
+        key = "checkpoint.run_dir"
+        check_output_dir(key, run_dir)
+    else:
+        key = "checkpoint.dir"
+        check_output_dir(key, select(cfg, "checkpoint.dir", "runs"))
+    # A time-stamped folder chosen here that exists already (another run started in the same
+    # second) is not refused: make_run_dir gives this run its own folder, with a suffix.
+    if rank_zero and (select(cfg, "checkpoint.run_dir") or external_launch()):
+        refuse_existing_run(key, run_dir)
+    return key
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir/checkpoints`` holds a ``.ckpt`` file."""
+    folder = run_dir / "checkpoints"
+    return folder.is_dir() and any(folder.glob("*.ckpt"))
 
 
 # --------------------------------------------------------------------------- folders

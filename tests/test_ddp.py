@@ -165,7 +165,7 @@ def test_checkpoint_keeps_each_ranks_random_streams(ddp):
 def test_processes_of_one_run_agree_on_its_folder(monkeypatch, env, expected):
     from omegaconf import OmegaConf
 
-    from solo_mixmask.pretrain import new_run_dir
+    from solo_mixmask.run_folder import new_run_dir
 
     for key in (
         "SOLO_MIXMASK_RUN_DIR",
@@ -189,7 +189,7 @@ def test_torchrun_without_a_run_id_needs_a_run_dir(monkeypatch):
     from omegaconf import OmegaConf
 
     from solo_mixmask.errors import ConfigError
-    from solo_mixmask.pretrain import new_run_dir
+    from solo_mixmask.run_folder import new_run_dir
 
     monkeypatch.delenv("SOLO_MIXMASK_RUN_DIR", raising=False)
     monkeypatch.setenv("LOCAL_RANK", "0")

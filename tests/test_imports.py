@@ -1,6 +1,7 @@
 """The package's import graph: no cycles, and layers that point one way
-(core <- losses <- methods <- engine <- cli). Read from the source (every ``import``, also those
-inside functions), so a lazy import cannot hide a cycle."""
+(core <- losses <- methods <- engine <- cli; inside the engine callbacks <- trainer <- pretrain
+<- resume). Read from the source (every ``import``, also those inside functions), so a lazy
+import cannot hide a cycle."""
 
 from __future__ import annotations
 
@@ -95,3 +96,21 @@ def test_layers_point_one_way() -> None:
     for module, deps in import_graph().items():
         if module != "solo_mixmask.cli":
             assert "solo_mixmask.cli" not in deps, module
+    # the engine (callbacks, trainer, loggers, the run, resume) never reaches up to the commands
+    engine = (
+        "solo_mixmask.callbacks",
+        "solo_mixmask.trainer",
+        "solo_mixmask.loggers",
+        "solo_mixmask.bad_files",
+        "solo_mixmask.pretrain",
+        "solo_mixmask.resume",
+        "solo_mixmask.run_folder",
+        "solo_mixmask.checkpoint_io",
+    )
+    commands = ("solo_mixmask.cli", "solo_mixmask.eval")
+    for module, deps in _imports_from(engine).items():
+        assert not {d for d in deps if d.startswith(commands)}, module
+    # a callback is one job: it does not build the run that uses it
+    for module, deps in _imports_from(("solo_mixmask.callbacks",)).items():
+        above = ("solo_mixmask.trainer", "solo_mixmask.pretrain", "solo_mixmask.resume")
+        assert not {d for d in deps if d.startswith(above)}, module

@@ -345,69 +345,98 @@ def test_each_rank_takes_its_own_streams_back():
 
 
 def test_step_checkpoint_saves_only_whole_steps_inside_an_epoch(tmp_path):
-    from types import SimpleNamespace
+    """A real fit: 2 epochs of 8 batches, an optimiser step after every 2nd (4 steps an epoch),
+    last.ckpt every 2 steps through Lightning's every_n_train_steps."""
+    from lightning.pytorch.callbacks import Callback
 
     from solo_mixmask.callbacks import StepCheckpoint
+    from tests.callbacks.helpers import fit_tiny
 
     saved = []
-    trainer = SimpleNamespace(
-        global_step=0,
-        sanity_checking=False,
-        num_training_batches=8,
-        accumulate_grad_batches=2,
-        save_checkpoint=saved.append,
-    )
-    callback = StepCheckpoint(tmp_path, every_n_steps=2)
-    for batch_idx in range(8):  # 8 batches, an optimiser step after every 2nd
-        trainer.global_step = (batch_idx + 1) // 2
-        callback.after_train_batch(trainer, batch_idx)
-    # step 2 after batch 3 is saved; step 4 falls on the epoch's last batch (epoch-end save),
-    # and batch 4 (step 2 again, mid-accumulation) is not.
-    assert saved == [tmp_path / "last.ckpt"]
+
+    class Record(Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            saved.append((trainer.current_epoch, trainer.global_step, done))
+
+    fit_tiny([StepCheckpoint(tmp_path, every_n_steps=2), Record()], accumulate=2)
+    # steps 2 and 6 are saved after the 4th batch of their epoch; steps 4 and 8 fall on an
+    # epoch's last batch (the epoch-end save follows), and the 1st batch of epoch 1 (step 4
+    # again, mid-accumulation) is not saved either
+    assert saved == [(0, 2, 4), (1, 6, 4)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert safe_load_checkpoint(tmp_path / "last.ckpt")["global_step"] == 6
     with pytest.raises(ValueError, match="every_n_steps=0"):
         StepCheckpoint(tmp_path, 0)
 
 
 @pytest.mark.parametrize("completes_on_restart", [True, False])
 def test_mid_epoch_save_counts_its_batch_for_lightning_2_1(monkeypatch, completes_on_restart):
-    """Lightning 2.1 restarts from `completed` batches: our mid-epoch save (made in
-    on_train_batch_end, before Lightning counts the batch completed) marks it completed there;
-    newer Lightning completes it on restart itself, so the checkpoint is left as it is."""
-    from types import SimpleNamespace
+    """Lightning 2.1 restarts from `completed` batches: a checkpoint saved in
+    on_train_batch_end (its batch processed but not yet completed) gets it counted completed by
+    ResumeState; newer Lightning completes it on restart itself, so the checkpoint is left as it
+    is. A checkpoint saved between batches is never touched."""
+    from solo_mixmask.callbacks import resume_state
 
-    from solo_mixmask import callbacks
+    monkeypatch.setattr(resume_state, "LIGHTNING_COMPLETES_BATCH_ON_RESTART", completes_on_restart)
 
-    monkeypatch.setattr(callbacks, "LIGHTNING_COMPLETES_BATCH_ON_RESTART", completes_on_restart)
-
-    def progress():
-        counts = {"ready": 11, "started": 11, "processed": 11, "completed": 10}
+    def progress(completed):
+        counts = {"ready": 11, "started": 11, "processed": 11, "completed": completed}
         return {
             "total": dict(counts),
             "current": {k: v - 8 for k, v in counts.items()},
             "is_last_batch": False,
         }
 
-    checkpoints = []
-
-    def save_checkpoint(path):
-        checkpoint = {"loops": {"fit_loop": {"epoch_loop.batch_progress": progress()}}}
-        callback.on_save_checkpoint(trainer, None, checkpoint)
-        checkpoints.append(checkpoint)
-
-    trainer = SimpleNamespace(
-        global_step=3,
-        sanity_checking=False,
-        num_training_batches=8,
-        accumulate_grad_batches=1,
-        save_checkpoint=save_checkpoint,
-    )
-    callback = callbacks.StepCheckpoint("unused", every_n_steps=3)
-    callback.after_train_batch(trainer, batch_idx=2)  # mid-epoch: saved
-    save_checkpoint("epoch-end")  # any other save is never touched
-    saved = [c["loops"]["fit_loop"]["epoch_loop.batch_progress"] for c in checkpoints]
+    callback = resume_state.ResumeState(None)
+    saved = []
+    for completed in (10, 11):  # in the batch's end hooks, then between batches
+        checkpoint = {"loops": {"fit_loop": {"epoch_loop.batch_progress": progress(completed)}}}
+        callback.on_save_checkpoint(None, None, checkpoint)
+        saved.append(checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"])
     completed = (11, 3) if not completes_on_restart else (10, 2)
     assert (saved[0]["total"]["completed"], saved[0]["current"]["completed"]) == completed
-    assert saved[1] == progress()
+    assert saved[1] == progress(11)
+
+
+def test_mid_epoch_checkpoint_of_this_lightning_restarts_after_its_batch(tmp_path):
+    """The installed Lightning, for real: a last.ckpt written by every_n_train_steps with
+    ResumeState in the callbacks resumes after the saved batch (2.1 through the completed count
+    ResumeState writes, newer versions by completing the batch on restart)."""
+    from lightning.pytorch.callbacks import Callback
+
+    from solo_mixmask.callbacks import ResumeState, StepCheckpoint
+    from solo_mixmask.callbacks.resume_state import LIGHTNING_COMPLETES_BATCH_ON_RESTART
+    from tests.callbacks.helpers import TinyModule, fit_tiny
+
+    fit_tiny([StepCheckpoint(tmp_path, every_n_steps=3), ResumeState(None)], epochs=1)
+    checkpoint = safe_load_checkpoint(tmp_path / "last.ckpt")
+    assert checkpoint["global_step"] == 6  # steps 3 and 6 are mid-epoch
+    current = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    assert current["processed"] == 6
+    assert current["completed"] == (5 if LIGHTNING_COMPLETES_BATCH_ON_RESTART else 6)
+
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    seen = []
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch_idx)
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        callbacks=[Record()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    data = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=2)
+    trainer.fit(TinyModule(), train_dataloaders=data, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert seen == [6, 7] and trainer.global_step == 8
 
 
 def test_resumed_run_keeps_every_column_of_metrics_csv(tmp_path):
@@ -415,7 +444,7 @@ def test_resumed_run_keeps_every_column_of_metrics_csv(tmp_path):
     to metrics.csv instead of failing on the rewrite of its header."""
     from lightning.pytorch.loggers import CSVLogger
 
-    from solo_mixmask.pretrain import _continue_csv
+    from solo_mixmask.loggers import continue_csv as _continue_csv
 
     path = tmp_path / "logs" / "metrics.csv"
     path.parent.mkdir()

@@ -16,7 +16,9 @@ from omegaconf import OmegaConf
 
 from solo_mixmask.checkpoint_io import SafeAtomicCheckpointIO, safe_load_checkpoint
 from solo_mixmask.cli import compose_config, configs_root
+from solo_mixmask.config import BASE_DEFAULTS, fill_defaults
 from solo_mixmask.data import datasets as D
+from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import CheckpointError, DataError
 from solo_mixmask.methods import METHODS
 from tests.cli_helpers import error_lines, run
@@ -95,7 +97,8 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_trainer_uses_the_safe_checkpoint_io(tmp_path):
-    from solo_mixmask.pretrain import build_callbacks, build_trainer, prepare_config
+    from solo_mixmask.pretrain import prepare_config
+    from solo_mixmask.trainer import build_callbacks, build_trainer
 
     _, cfg = prepare_config(tiny_cfg("mixmask", checkpoint__every_n_steps=2))
     trainer = build_trainer(cfg, tmp_path, build_callbacks(cfg, tmp_path))
@@ -140,7 +143,7 @@ def test_default_configs_keep_wandb_offline_and_downloads_off():
 def test_wandb_logger_is_offline_unless_asked(tmp_path, monkeypatch):
     import lightning.pytorch.loggers as loggers
 
-    from solo_mixmask.pretrain import _loggers
+    from solo_mixmask.loggers import build_loggers as _loggers
 
     made = []
     monkeypatch.setattr(loggers, "WandbLogger", lambda **kw: made.append(kw) or "wandb")
@@ -161,13 +164,13 @@ def test_datasets_download_only_when_asked(tmp_path, monkeypatch, no_network):
             {"data": {"dataset": name, "train_path": str(tmp_path / name), "download": False}}
         )
         with pytest.raises(DataError, match="data.download=true"):
-            D.build_dataset(cfg, "train", None)
+            D.build_dataset(data_spec(fill_defaults(cfg, BASE_DEFAULTS)), "train", None)
     assert no_network == []
     cfg = OmegaConf.create(
         {"data": {"dataset": "fashion_mnist", "train_path": str(tmp_path / "fm"), "download": True}}
     )
     with pytest.raises(DataError, match="download"):
-        D.build_dataset(cfg, "train", None)
+        D.build_dataset(data_spec(fill_defaults(cfg, BASE_DEFAULTS)), "train", None)
     assert no_network  # only data.download=true tried to connect
 
 

@@ -53,6 +53,8 @@ def topk_accuracy(
     scores: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1, 5)
 ) -> list[float]:
     """Top-k accuracies in percent of ``scores`` (M, C) against ``targets`` (M,)."""
+    # Kept rather than torchmetrics': core is pure torch, and k-NN scores tie often (classes
+    # without votes) where torchmetrics' top-1 (argmax) and top-k (topk) break ties apart.
     k_max = min(max(topk), scores.shape[1])
     pred = scores.topk(k_max, dim=1).indices
     hit = pred == targets.unsqueeze(1)

@@ -6,7 +6,6 @@ from solo_mixmask.data.augmentations import (
     MultiCropTransform,
     build_eval_transform,
     build_pretrain_transform,
-    parse_augmentations,
 )
 from solo_mixmask.data.datasets import (
     DATASET_NUM_CLASSES,
@@ -37,7 +36,6 @@ __all__ = [
     "default_stats",
     "load_image_rgb",
     "num_classes",
-    "parse_augmentations",
     "read_idx",
     "scan_image_folder",
     "to_rgb",

@@ -1,25 +1,21 @@
 """Pretraining (multi-crop) and evaluation transforms built from the crop specs.
 
-``cfg.augmentations`` is parsed into :class:`~solo_mixmask.augmentation_specs.CropSpec` s (see
-that module for the keys and defaults); the pretraining transform returns all views in
-pipeline order.
+``augmentations`` is parsed at start-up into :class:`~solo_mixmask.augmentation_specs.CropSpec` s
+(see that module for the keys and defaults; :attr:`~solo_mixmask.data_specs.DataSpec.crops`);
+the pretraining transform returns all views in pipeline order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
-from omegaconf import DictConfig
 from PIL import Image
 from torchvision import transforms as T
 
-from solo_mixmask.augmentation_specs import (  # DEFAULT_PIPELINE, parse_*: re-exported
+from solo_mixmask.augmentation_specs import (  # DEFAULT_PIPELINE: re-exported
     DEFAULT_PIPELINE,  # noqa: F401
     CropSpec,
-    normalisation_stats,  # noqa: F401
-    parse_augmentations,
-    parse_pipeline,  # noqa: F401
 )
 
 BLUR_SIGMA = (0.1, 2.0)
@@ -79,20 +75,20 @@ class MultiCropTransform:
         return "\n".join(f"{n} x {t}" for t, n in self.pipelines)
 
 
-def build_pretrain_transform(cfg: DictConfig) -> MultiCropTransform:
-    """Callable(PIL RGB image) -> list of sum(num_crops) float tensors (3, crop, crop)."""
-    specs = parse_augmentations(cfg)
-    return MultiCropTransform([(build_crop_transform(s), s.num_crops) for s in specs])
+def build_pretrain_transform(crops: Sequence[CropSpec]) -> MultiCropTransform:
+    """Callable(PIL RGB image) -> list of sum(num_crops) float tensors (3, crop, crop), one
+    pipeline of ``crops`` after the other."""
+    return MultiCropTransform([(build_crop_transform(s), s.num_crops) for s in crops])
 
 
-def build_eval_transform(cfg: DictConfig) -> Callable[[Image.Image], torch.Tensor]:
-    """Callable(PIL RGB image) -> float tensor (3, crop, crop), normalised, no randomness.
+def build_eval_transform(spec: CropSpec) -> Callable[[Image.Image], torch.Tensor]:
+    """Callable(PIL RGB image) -> float tensor (3, crop, crop), normalised with ``spec``'s
+    mean/std, no randomness (callers pass the first pipeline).
 
-    ``crop`` is the first pipeline's crop_size. For crop >= 64 the short side is resized to
+    ``crop`` is ``spec.crop_size`` (pixels). For crop >= 64 the short side is resized to
     round(crop / 0.875) (224 -> 256) then centre-cropped; smaller crops (CIFAR, Fashion-MNIST)
     resize the short side straight to crop (28 -> 32) and centre-crop non-square images.
     """
-    spec = parse_augmentations(cfg)[0]
     crop = spec.crop_size
     resize = round(crop / 0.875) if crop >= 64 else crop
     return T.Compose(

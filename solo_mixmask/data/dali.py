@@ -40,18 +40,16 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import Dataset, Subset
 
-from solo_mixmask.config import DEFAULT_SEED, batch_size_of, select
-from solo_mixmask.data.augmentations import CropSpec, blur_kernel_size, parse_augmentations
+from solo_mixmask.data.augmentations import CropSpec, blur_kernel_size
 from solo_mixmask.data.datasets import (
     IMAGE_FOLDER_DATASETS,
     build_dataset,
-    dataset_name,
-    image_folder_cfg,
+    image_folder_spec,
     subset_indices,
 )
+from solo_mixmask.data_specs import DALI_DEVICES, DEFAULT_SEED, DataSpec
 from solo_mixmask.errors import ConfigError, DataError
 
 __all__ = [
@@ -61,13 +59,13 @@ __all__ = [
     "build_dali_train_loader",
     "build_pretrain_pipeline",
     "dali_available",
-    "image_folder_cfg",
+    "image_folder_spec",
     "import_dali",
     "resolve_device",
 ]
 
 INSTALL_HINT = "pip install solo-mixmask[dali]"
-DEVICES = ("auto", "gpu", "cpu")
+DEVICES = DALI_DEVICES
 ASPECT_RATIO = (3 / 4, 4 / 3)
 BLUR_SIGMA = (0.1, 2.0)
 NO_BLUR_SIGMA = 1e-3  # exp(-1 / (2 sigma^2)) underflows: a 3-tap window keeps only its centre
@@ -373,19 +371,16 @@ def _files_and_targets(dataset: Dataset) -> tuple[list[str], list[int]]:
     return [p for p, _ in chosen], [int(t) for _, t in chosen]
 
 
-def _rank_and_world(cfg: DictConfig) -> tuple[int, int, int]:
-    """(shard_id, num_shards, local device id) from the launcher's environment and the config."""
+def _rank_and_world(spec: DataSpec) -> tuple[int, int, int]:
+    """(shard_id, num_shards, local device id) from the launcher's environment and the spec."""
     local = int(os.environ.get("LOCAL_RANK", 0))
-    devices = select(cfg, "devices", 1)
-    per_node = devices if isinstance(devices, int) and devices > 0 else 1
-    nodes = select(cfg, "num_nodes", 1)
-    nodes = nodes if isinstance(nodes, int) and nodes > 0 else 1
+    per_node, nodes = spec.dali.devices_per_node, spec.dali.num_nodes
     rank = int(os.environ.get("NODE_RANK", 0)) * per_node + local
     return rank, per_node * nodes, local
 
 
-def build_dali_train_loader(cfg: DictConfig) -> DaliTrainLoader:
-    """The DALI training loader for ``cfg`` (``data.format: dali``).
+def build_dali_train_loader(spec: DataSpec) -> DaliTrainLoader:
+    """The DALI training loader for ``spec`` (``data.format: dali``).
 
     Reads ``data.train_path`` like the ImageFolder loader (class sub-folders, or any images
     with ``data.no_labels``; ``data.train_subset`` as there), decodes and augments with DALI on
@@ -393,7 +388,7 @@ def build_dali_train_loader(cfg: DictConfig) -> DaliTrainLoader:
     Raises ConfigError for datasets that are not ImageFolder trees, DataError when DALI is
     missing or the set is smaller than one batch.
     """
-    name = dataset_name(cfg)
+    name = spec.dataset
     if name not in IMAGE_FOLDER_DATASETS:
         raise ConfigError(
             "data.format",
@@ -402,34 +397,32 @@ def build_dali_train_loader(cfg: DictConfig) -> DaliTrainLoader:
             f"(data.dataset one of {', '.join(IMAGE_FOLDER_DATASETS)})",
         )
     import_dali()
-    device = resolve_device(select(cfg, "data.dali_device", "auto"))
-    batch = batch_size_of(cfg)
-    seed = int(select(cfg, "seed", DEFAULT_SEED))
-    dataset = build_dataset(image_folder_cfg(cfg), "train", None)
+    device = resolve_device(spec.dali.device)
+    batch, seed = spec.batch_size, spec.seed
+    dataset = build_dataset(image_folder_spec(spec), "train", None)
     assert isinstance(dataset, Sized)  # an ImageFolderDataset: it has a length
-    size = select(cfg, "data.train_subset")
+    size = spec.train_subset
     if size is not None:
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(dataset):
+        if size > len(dataset):
             raise ConfigError("data.train_subset", size, f"null or an int in [1, {len(dataset)}]")
         indices = subset_indices(len(dataset), size, seed)
         dataset = dataset if indices is None else Subset(dataset, indices)
     files, targets = _files_and_targets(dataset)
-    shard, shards, local = _rank_and_world(cfg)
+    shard, shards, local = _rank_and_world(spec)
     if len(files) // shards < batch:
         raise DataError(
             f"the training set has {len(files)} images ({len(files) // shards} per device), "
             f"fewer than one batch of optimizer.batch_size={batch}"
         )
-    workers = select(cfg, "data.num_workers", 2)
     return DaliTrainLoader(
         dataset,
         files,
         targets,
-        parse_augmentations(cfg),
+        spec.crops,
         batch,
         device=device,
         seed=seed,
-        num_threads=max(1, int(workers)),
+        num_threads=max(1, spec.num_workers),
         device_id=local,
         shard_id=shard,
         num_shards=shards,

@@ -4,8 +4,9 @@ Every dataset returned by :func:`build_dataset` yields ``(transform(image), targ
 ``image`` is a PIL image in mode ``'RGB'`` (grayscale, palette, 16-bit, CMYK and alpha images
 are converted first) and ``target`` is an ``int`` class index, or ``-1`` for unlabeled images.
 
-Where the data is looked for (``data.train_path`` for ``split='train'``, ``data.val_path``
-for ``split='val'``):
+Every builder takes the :class:`~solo_mixmask.data_specs.DataSpec` parsed from the config at
+start-up (its fields are named after the ``data.*`` keys). Where the data is looked for
+(``data.train_path`` for ``split='train'``, ``data.val_path`` for ``split='val'``):
 
 - ``fashion_mnist``: the idx ``.gz`` (or uncompressed) files in the given folder (directly or
   under ``FashionMNIST/raw``), then ``/usr/share/datasets/fashion-mnist`` (Debian package
@@ -33,6 +34,7 @@ naming the file is raised. ``data.scan_images: true`` decodes every file once at
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import logging
@@ -44,11 +46,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from torch.utils.data import Dataset
 
-from solo_mixmask.config import read_bool, select
+from solo_mixmask.data_specs import DataSpec
 from solo_mixmask.dataset_facts import DATASETS, normalisation_of
 from solo_mixmask.errors import ConfigError, DataError
 
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 DATASET_NUM_CLASSES: dict[str, int] = {name: f.num_classes for name, f in DATASETS.items()}
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "stl10")
 IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet100", "custom")
-KNOWN_DATASETS = ("fashion_mnist", *TORCHVISION_DATASETS, *IMAGE_FOLDER_DATASETS)
 SPLITS = ("train", "train_labeled", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -67,30 +67,20 @@ class BadImageWarning(UserWarning):
     """An image file could not be decoded and was skipped."""
 
 
-# --------------------------------------------------------------------------- config helpers
+# --------------------------------------------------------------------------- spec helpers
 
 
-def dataset_name(cfg: DictConfig) -> str:
-    """``cfg.data.dataset``, checked against the known names (ConfigError otherwise)."""
-    name = select(cfg, "data.dataset")
-    if name not in KNOWN_DATASETS:
-        raise ConfigError("data.dataset", name, f"one of {list(KNOWN_DATASETS)}")
-    return name
+def _check_format(spec: DataSpec) -> None:
+    if spec.format != "image_folder":
+        raise ConfigError(
+            "data.format", spec.format, "'image_folder' (the only format this loader reads)"
+        )
 
 
-def _check_format(cfg: DictConfig) -> None:
-    fmt = select(cfg, "data.format", "image_folder")
-    if fmt != "image_folder":
-        raise ConfigError("data.format", fmt, "'image_folder' (the only format this loader reads)")
-
-
-def image_folder_cfg(cfg: DictConfig) -> DictConfig:
-    """A copy of ``cfg`` with ``data.format: image_folder``: what the DALI and in-memory paths
-    use to list or decode the files through :func:`build_dataset`."""
-    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    with open_dict(plain):
-        plain.data.format = "image_folder"
-    return plain  # type: ignore[return-value]
+def image_folder_spec(spec: DataSpec) -> DataSpec:
+    """``spec`` with ``format`` image_folder: what the DALI and in-memory paths use to list or
+    decode the files through :func:`build_dataset`."""
+    return dataclasses.replace(spec, format="image_folder")
 
 
 def default_root(dataset: str) -> Path:
@@ -221,10 +211,10 @@ def _load_fashion_mnist_files(images_path: str, labels_path: str) -> tuple[np.nd
     return images, labels.astype(np.int64)
 
 
-def _fashion_mnist(cfg: DictConfig, split: str, transform: Callable | None) -> Dataset:
+def _fashion_mnist(spec: DataSpec, split: str, transform: Callable | None) -> Dataset:
     split = "val" if split == "val" else "train"
-    keys = ["data.val_path", "data.train_path"] if split == "val" else ["data.train_path"]
-    folders = [Path(select(cfg, k)) for k in keys if select(cfg, k)]
+    given = [spec.val_path, spec.train_path] if split == "val" else [spec.train_path]
+    folders = [Path(p) for p in given if p]
     for folder in [*folders, FASHION_MNIST_SYSTEM_DIR]:
         found = _find_fashion_mnist(folder, split)
         if found is None and folder in folders:
@@ -233,8 +223,7 @@ def _fashion_mnist(cfg: DictConfig, split: str, transform: Callable | None) -> D
             images, labels = _load_fashion_mnist_files(str(found[0]), str(found[1]))
             return ArrayImageDataset(images, labels, transform)
     root = folders[0] if folders else default_root("fashion_mnist")
-    download = read_bool(cfg, "data.download")
-    if not download:
+    if not spec.download:
         searched = ", ".join(str(f) for f in [*folders, FASHION_MNIST_SYSTEM_DIR])
         raise DataError(
             f"Fashion-MNIST ({split}) idx files not found (searched {searched}): install the "
@@ -252,13 +241,14 @@ def _fashion_mnist(cfg: DictConfig, split: str, transform: Callable | None) -> D
 # --------------------------------------------------------------------------- torchvision sets
 
 
-def _torchvision_dataset(cfg: DictConfig, name: str, split: str, transform: Callable | None):
+def _torchvision_dataset(spec: DataSpec, name: str, split: str, transform: Callable | None):
     import torchvision
 
     key = "data.val_path" if split == "val" else "data.train_path"
-    given = select(cfg, key) or (select(cfg, "data.train_path") if split == "val" else None)
+    own = spec.val_path if split == "val" else spec.train_path
+    given = own or (spec.train_path if split == "val" else None)
     root = Path(given) if given else default_root(name)
-    download = read_bool(cfg, "data.download")
+    download = spec.download
     wrapped = ToRGB(transform)
     try:
         if name == "stl10":
@@ -473,7 +463,7 @@ def _class_folders(root: Path) -> list[str]:
         return sorted(e.name for e in it if not _is_hidden(e.name) and _entry_is(e, "dir"))
 
 
-def _class_map(cfg: DictConfig, split: str, root: Path) -> tuple[list[str], list[str]]:
+def _class_map(spec: DataSpec, split: str, root: Path) -> tuple[list[str], list[str]]:
     """``(classes, split_classes)``: the class folders of the training tree
     (``data.train_path``), whose positions are the targets of every split, and the class
     folders of ``root`` (the split's own tree) to read.
@@ -484,7 +474,7 @@ def _class_map(cfg: DictConfig, split: str, root: Path) -> tuple[list[str], list
     own = _class_folders(root)
     if split != "val":
         return own, own
-    given = select(cfg, "data.train_path")
+    given = spec.train_path
     train_root = Path(given).expanduser() if given else None
     if train_root is None or not train_root.is_dir():
         raise DataError(
@@ -505,23 +495,22 @@ def _class_map(cfg: DictConfig, split: str, root: Path) -> tuple[list[str], list
     return classes, own
 
 
-def _image_folder(cfg: DictConfig, split: str, transform: Callable | None) -> Dataset:
+def _image_folder(spec: DataSpec, split: str, transform: Callable | None) -> Dataset:
     key = "data.val_path" if split == "val" else "data.train_path"
-    given = select(cfg, key)
+    given = spec.val_path if split == "val" else spec.train_path
     if not given:
         raise DataError(
-            f"{key} is not set: data.dataset={select(cfg, 'data.dataset')!r} "
+            f"{key} is not set: data.dataset={spec.dataset!r} "
             "reads an image folder tree, give its path"
         )
     root = Path(given).expanduser()
     if not root.is_dir():
         raise DataError(f"{key}={str(root)!r} is not an existing folder")
-    no_labels = read_bool(cfg, "data.no_labels")
-    if no_labels:
+    if spec.no_labels:
         classes: list[str] = []
         samples = [(p, -1) for p in list_image_files(root)]
     else:
-        classes, own = _class_map(cfg, split, root)
+        classes, own = _class_map(spec, split, root)
         if not own:
             raise DataError(
                 f"{key}={str(root)!r} has no class sub-folders; for a flat folder "
@@ -533,9 +522,9 @@ def _image_folder(cfg: DictConfig, split: str, transform: Callable | None) -> Da
         raise DataError(
             f"{key}={str(root)!r} holds no image files (extensions {', '.join(IMAGE_EXTENSIONS)})"
         )
-    strict = read_bool(cfg, "data.strict")
+    strict = spec.strict
     scanned_bad: list[str] = []
-    if read_bool(cfg, "data.scan_images"):
+    if spec.scan_images:
         all_paths = [p for p, _ in samples]
         samples = _drop_bad_samples(samples, strict)
         kept = {p for p, _ in samples}
@@ -569,42 +558,37 @@ def _drop_bad_samples(samples: list[tuple[str, int]], strict: bool) -> list[tupl
 # --------------------------------------------------------------------------- entry point
 
 
-def build_dataset(cfg: DictConfig, split: str, transform: Callable | None) -> Dataset:
-    """Dataset of ``cfg.data.dataset`` for ``split`` in ('train', 'train_labeled', 'val').
+def build_dataset(spec: DataSpec, split: str, transform: Callable | None) -> Dataset:
+    """Dataset of ``spec.dataset`` for ``split`` in ('train', 'train_labeled', 'val').
 
     Items are ``(transform(PIL RGB image), int target)`` (target -1 when unlabeled).
-    Raises ConfigError for an unknown dataset / split / format, DataError when the data
-    cannot be found or is empty.
+    Raises ValueError for an unknown split, ConfigError for a format other than image_folder,
+    DataError when the data cannot be found or is empty.
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not allowed: expected one of {list(SPLITS)}")
-    name = dataset_name(cfg)
-    _check_format(cfg)
-    if name == "fashion_mnist":
-        return _fashion_mnist(cfg, split, transform)
-    if name in TORCHVISION_DATASETS:
-        return _torchvision_dataset(cfg, name, split, transform)
-    return _image_folder(cfg, split, transform)
+    _check_format(spec)
+    if spec.dataset == "fashion_mnist":
+        return _fashion_mnist(spec, split, transform)
+    if spec.dataset in TORCHVISION_DATASETS:
+        return _torchvision_dataset(spec, spec.dataset, split, transform)
+    return _image_folder(spec, split, transform)
 
 
-def num_classes(cfg: DictConfig) -> int:
-    """Number of classes of ``cfg.data.dataset``.
+def num_classes(spec: DataSpec) -> int:
+    """Number of classes of ``spec.dataset``.
 
     ``data.num_classes`` wins when set. ``custom`` counts the class sub-folders of
     ``data.train_path``; with ``data.no_labels`` it is 1 (a placeholder so that an online
     classifier can be built; every target is -1 and ignored).
     """
-    explicit = select(cfg, "data.num_classes")
-    if explicit is not None:
-        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1:
-            raise ConfigError("data.num_classes", explicit, "an int >= 1 or null")
-        return explicit
-    name = dataset_name(cfg)
-    if name in DATASET_NUM_CLASSES:
-        return DATASET_NUM_CLASSES[name]
-    if read_bool(cfg, "data.no_labels"):
+    if spec.num_classes is not None:
+        return spec.num_classes
+    if spec.dataset in DATASET_NUM_CLASSES:
+        return DATASET_NUM_CLASSES[spec.dataset]
+    if spec.no_labels:
         return 1
-    root = select(cfg, "data.train_path")
+    root = spec.train_path
     if not root or not Path(root).is_dir():
         raise DataError(
             f"data.train_path={root!r} is not an existing folder: cannot count the "

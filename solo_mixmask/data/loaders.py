@@ -2,8 +2,9 @@
 
 Training batches follow solo-learn: ``[indexes (B,) int64, [view_1, ..., view_V], targets (B,)
 int64]`` with each view a float tensor (B, 3, crop, crop). Subsets (``data.train_subset``,
-``data.val_subset``, ``data.knn_train_subset``) are random but fixed by ``cfg.seed``: the same
-seed picks the same images (sorted by index).
+``data.val_subset``, ``data.knn_train_subset``) are random but fixed by ``seed``: the same
+seed picks the same images (sorted by index). Every builder takes the
+:class:`~solo_mixmask.data_specs.DataSpec` parsed from the config at start-up.
 """
 
 from __future__ import annotations
@@ -13,16 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from solo_mixmask.config import DEFAULT_SEED, batch_size_of, read_bool, select
 from solo_mixmask.data.augmentations import build_eval_transform, build_pretrain_transform
-from solo_mixmask.data.datasets import build_dataset, image_folder_cfg, subset_indices
+from solo_mixmask.data.datasets import build_dataset, image_folder_spec, subset_indices
 from solo_mixmask.data.datasets import num_classes as num_classes  # re-exported
+from solo_mixmask.data_specs import DataSpec
 from solo_mixmask.errors import ConfigError, DataError
-
-DEFAULT_KNN_TRAIN_SUBSET = 10_000
 
 
 class IndexedDataset(Dataset):
@@ -38,40 +36,21 @@ class IndexedDataset(Dataset):
         return (index, *self.dataset[index])
 
 
-def _seed(cfg: DictConfig) -> int:
-    seed = select(cfg, "seed", DEFAULT_SEED)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError("seed", seed, "an int")
-    return seed
-
-
-def _num_workers(cfg: DictConfig) -> int:
-    workers = select(cfg, "data.num_workers", 2)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError("data.num_workers", workers, "an int >= 0")
-    return workers
-
-
-def subset_for(
-    cfg: DictConfig, key: str, n: int, clamp: bool, default: int | None = None
-) -> list[int] | None:
-    """Sorted indices of ``cfg.<key>`` random items out of ``n``, fixed by ``cfg.seed``
-    (``default`` when the key is absent; None = all of them). A size above ``n`` is a
-    ConfigError unless ``clamp`` (then: everything).
+def subset_for(size: int | None, key: str, n: int, clamp: bool, seed: int) -> list[int] | None:
+    """Sorted indices of ``size`` random items out of ``n``, fixed by ``seed`` (None = all of
+    them). A size above ``n`` is a ConfigError naming ``key`` unless ``clamp`` (then:
+    everything).
     """
-    size = OmegaConf.select(cfg, key, default=default)
     if size is None:
         return None
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or (size > n and not clamp):
+    if size > n and not clamp:
         raise ConfigError(key, size, f"null or an int in [1, {n}] (the split has {n} images)")
-    return subset_indices(n, size, _seed(cfg))
+    return subset_indices(n, size, seed)
 
 
-def _subset(
-    dataset: Dataset, cfg: DictConfig, key: str, clamp: bool, default: int | None = None
-) -> Dataset:
+def _subset(dataset: Dataset, size: int | None, key: str, clamp: bool, seed: int) -> Dataset:
     """``dataset`` restricted to :func:`subset_for` (all of it when that is None)."""
-    indices = subset_for(cfg, key, len(dataset), clamp, default)  # type: ignore[arg-type]
+    indices = subset_for(size, key, len(dataset), clamp, seed)  # type: ignore[arg-type]
     return dataset if indices is None else Subset(dataset, indices)
 
 
@@ -82,37 +61,33 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def build_train_loader(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
+def build_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Shuffled, drop-last loader of the pretraining views.
 
     Yields ``[indexes (B,) int64, [V tensors (B, 3, H, W) float32], targets (B,) int64]`` with
     B = optimizer.batch_size and V = sum of num_crops; indexes count within the (sub)set.
-    Raises ConfigError for batch_size < 2, DataError when the (sub)set is smaller than a batch.
+    Raises DataError when the (sub)set is smaller than a batch.
     With ``data.format: dali`` the batches come from a DALI pipeline instead (same format; see
     :mod:`solo_mixmask.data.dali`). With ``data.format: memory`` the images are decoded once
     into a tensor on the training device and augmented there (:mod:`solo_mixmask.data.memory`);
     that loader is already resumable and sharded for ``rank`` of ``world_size``.
     """
-    fmt = select(cfg, "data.format", "image_folder")
-    if fmt == "dali":
+    if spec.format == "dali":
         from solo_mixmask.data.dali import build_dali_train_loader
 
-        return build_dali_train_loader(cfg)  # type: ignore[return-value]
-    if fmt == "memory":
+        return build_dali_train_loader(spec)  # type: ignore[return-value]
+    if spec.format == "memory":
         from solo_mixmask.data.memory import build_memory_train_loader
 
         return build_memory_train_loader(
-            cfg,
-            batch_size_of(cfg),
-            _seed(cfg),
-            lambda n: subset_for(cfg, "data.train_subset", n, clamp=False),
+            spec,
+            lambda n: subset_for(spec.train_subset, "data.train_subset", n, False, spec.seed),
             rank,
             world_size,
         )
-    batch = batch_size_of(cfg)
-    workers = _num_workers(cfg)
-    dataset = build_dataset(cfg, "train", build_pretrain_transform(cfg))
-    dataset = _subset(dataset, cfg, "data.train_subset", clamp=False)
+    batch, workers = spec.batch_size, spec.num_workers
+    dataset = build_dataset(spec, "train", build_pretrain_transform(spec.crops))
+    dataset = _subset(dataset, spec.train_subset, "data.train_subset", False, spec.seed)
     if len(dataset) < batch:  # type: ignore[arg-type]
         raise DataError(
             f"the training set has {len(dataset)} images, fewer than one batch of "  # type: ignore[arg-type]
@@ -127,7 +102,7 @@ def build_train_loader(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> D
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
         worker_init_fn=_seed_worker,
-        generator=torch.Generator().manual_seed(_seed(cfg)),
+        generator=torch.Generator().manual_seed(spec.seed),
     )
 
 
@@ -144,7 +119,7 @@ def _eval_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
 
 
 def build_knn_loaders(
-    cfg: DictConfig, rank: int = 0, world_size: int = 1
+    spec: DataSpec, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader, DataLoader]:
     """(knn_train_loader, val_loader), both yielding ``(x (B, 3, crop, crop) float32,
     y (B,) int64)`` with the eval transform, in a fixed order.
@@ -155,43 +130,37 @@ def build_knn_loaders(
     data has no labels. With ``data.format: memory`` both are in-memory loaders giving
     ``rank`` of ``world_size`` its share (the same images and eval view).
     """
-    if read_bool(cfg, "data.no_labels"):
+    if spec.no_labels:
         raise DataError(
             "the k-NN monitor needs labeled images but data.no_labels=true; "
             "disable the k-NN monitor for unlabeled data"
         )
-    fmt = select(cfg, "data.format", "image_folder")
-    if fmt == "memory":
+    if spec.format == "memory":
         from solo_mixmask.data.memory import build_memory_eval_loader
 
-        batch = batch_size_of(cfg)
         memory_train = build_memory_eval_loader(
-            cfg,
+            spec,
             "train_labeled",
             lambda n: subset_for(
-                cfg, "data.knn_train_subset", n, clamp=True, default=DEFAULT_KNN_TRAIN_SUBSET
+                spec.knn_train_subset, "data.knn_train_subset", n, True, spec.seed
             ),
-            batch,
             rank,
             world_size,
         )
         memory_val = build_memory_eval_loader(
-            cfg,
+            spec,
             "val",
-            lambda n: subset_for(cfg, "data.val_subset", n, clamp=False),
-            batch,
+            lambda n: subset_for(spec.val_subset, "data.val_subset", n, False, spec.seed),
             rank,
             world_size,
         )
         return memory_train, memory_val  # type: ignore[return-value]
-    if fmt == "dali":  # k-NN images: plain loaders
-        cfg = image_folder_cfg(cfg)
-    batch, workers = batch_size_of(cfg), _num_workers(cfg)
-    transform = build_eval_transform(cfg)
-    train = build_dataset(cfg, "train_labeled", transform)
-    train = _subset(
-        train, cfg, "data.knn_train_subset", clamp=True, default=DEFAULT_KNN_TRAIN_SUBSET
-    )
-    val = build_dataset(cfg, "val", transform)
-    val = _subset(val, cfg, "data.val_subset", clamp=False)
+    if spec.format == "dali":  # k-NN images: plain loaders
+        spec = image_folder_spec(spec)
+    batch, workers = spec.batch_size, spec.num_workers
+    transform = build_eval_transform(spec.crops[0])
+    train = build_dataset(spec, "train_labeled", transform)
+    train = _subset(train, spec.knn_train_subset, "data.knn_train_subset", True, spec.seed)
+    val = build_dataset(spec, "val", transform)
+    val = _subset(val, spec.val_subset, "data.val_subset", False, spec.seed)
     return _eval_loader(train, batch, workers), _eval_loader(val, batch, workers)

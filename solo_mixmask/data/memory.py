@@ -37,20 +37,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from solo_mixmask.config import select
-from solo_mixmask.data.augmentations import CropSpec, parse_augmentations
+from solo_mixmask.data.augmentations import CropSpec
 from solo_mixmask.data.batched_augmentations import BatchAugment, eval_view
 from solo_mixmask.data.datasets import (
     ArrayImageDataset,
     BadImageWarning,
     ImageFolderDataset,
     build_dataset,
-    image_folder_cfg,
+    image_folder_spec,
     load_image_rgb,
 )
+from solo_mixmask.data_specs import DataSpec
 from solo_mixmask.errors import DataError
 from solo_mixmask.utils.resumable import ResumableLoader, mix_seed
 
@@ -176,32 +175,28 @@ def _from_dataset(dataset: Dataset, workers: int) -> MemoryImages:
 _DECODED: dict[tuple[Any, ...], MemoryImages] = {}
 
 
-def decode_split(cfg: DictConfig, split: str) -> MemoryImages:
-    """Split ``split`` of ``cfg.data`` decoded into memory (CPU).
+def decode_split(spec: DataSpec, split: str) -> MemoryImages:
+    """Split ``split`` of ``spec``'s dataset decoded into memory (CPU).
 
     Decoded once per process for a given dataset, paths and options: several runs of one
-    process (a benchmark) share it. ``data.num_workers`` processes decode ImageFolder trees.
+    process (a benchmark) share it. ``spec.num_workers`` processes decode ImageFolder trees.
     """
-    if split == "train_labeled" and select(cfg, "data.dataset") != "stl10":
+    if split == "train_labeled" and spec.dataset != "stl10":
         split = "train"  # the same images (only STL-10 has an unlabelled part)
     key = (
         split,
-        *(
-            str(select(cfg, f"data.{k}"))
-            for k in (
-                "dataset",
-                "train_path",
-                "val_path",
-                "no_labels",
-                "strict",
-                "scan_images",
-                "download",
-            )
-        ),
+        spec.dataset,
+        spec.train_path,
+        spec.val_path,
+        spec.no_labels,
+        spec.strict,
+        spec.scan_images,
+        spec.download,
     )
     if key not in _DECODED:
-        workers = int(select(cfg, "data.num_workers", 0))
-        decoded = _from_dataset(build_dataset(image_folder_cfg(cfg), split, None), workers)
+        decoded = _from_dataset(
+            build_dataset(image_folder_spec(spec), split, None), spec.num_workers
+        )
         if len(_DECODED) >= 4:
             _DECODED.pop(next(iter(_DECODED)))
         _DECODED[key] = decoded
@@ -354,23 +349,26 @@ def _check_size(memory: MemoryImages, batch: int, world_size: int) -> None:
 
 
 def build_memory_train_loader(
-    cfg: DictConfig, batch: int, seed: int, train_subset: Any, rank: int = 0, world_size: int = 1
+    spec: DataSpec, train_subset: Any, rank: int = 0, world_size: int = 1
 ) -> MemoryTrainLoader:
-    """The training loader of ``data.format: memory``; ``train_subset`` maps the split's length
-    to the chosen indices (None = all)."""
-    memory = decode_split(cfg, "train")
+    """The training loader of ``data.format: memory`` (batches of ``spec.batch_size``);
+    ``train_subset`` maps the split's length to the chosen indices (None = all)."""
+    memory = decode_split(spec, "train")
     memory = memory.select(train_subset(len(memory)))
-    _check_size(memory, batch, world_size)
-    return MemoryTrainLoader(memory, parse_augmentations(cfg), batch, seed, rank, world_size)
+    _check_size(memory, spec.batch_size, world_size)
+    return MemoryTrainLoader(
+        memory, spec.crops, spec.batch_size, spec.seed, rank=rank, world_size=world_size
+    )
 
 
 def build_memory_eval_loader(
-    cfg: DictConfig, split: str, indices: Any, batch: int, rank: int = 0, world_size: int = 1
+    spec: DataSpec, split: str, indices: Any, rank: int = 0, world_size: int = 1
 ) -> MemoryEvalLoader:
-    """A k-NN loader of ``split``; ``indices`` maps the split's length to the chosen indices."""
-    memory = decode_split(cfg, split)
+    """A k-NN loader of ``split`` (batches of ``spec.batch_size``, the first pipeline's eval
+    view); ``indices`` maps the split's length to the chosen indices."""
+    memory = decode_split(spec, split)
     memory = memory.select(indices(len(memory)))
-    return MemoryEvalLoader(memory, parse_augmentations(cfg)[0], batch, rank, world_size)
+    return MemoryEvalLoader(memory, spec.crops[0], spec.batch_size, rank, world_size)
 
 
 __all__ = [

@@ -175,6 +175,7 @@ def run_embed(
     """
     from solo_mixmask.data.augmentations import build_eval_transform
     from solo_mixmask.data.datasets import build_dataset, num_classes
+    from solo_mixmask.data_specs import data_spec
 
     start = time.perf_counter()
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
@@ -186,7 +187,8 @@ def run_embed(
     seed = int(select(cfg, "seed", DEFAULT_SEED))
     dev = eval_device(device)
     channels_last = bool(select(cfg, "performance.channels_last", False))
-    val_all = build_dataset(cfg, "val", build_eval_transform(cfg))
+    spec = data_spec(cfg)
+    val_all = build_dataset(spec, "val", build_eval_transform(spec.crops[0]))
     val = seeded_subset(val_all, num_images or None, seed)
     indices = list(getattr(val, "indices", range(len(val))))  # type: ignore[arg-type]
     batch = int(select(cfg, "optimizer.batch_size", 256))
@@ -197,8 +199,8 @@ def run_embed(
     coords = project_2d(feats, chosen, seed)
     project_seconds = time.perf_counter() - t0
 
-    dataset = str(cfg.data.dataset)
-    names = class_names(val_all, dataset, num_classes(cfg))
+    dataset = spec.dataset
+    names = class_names(val_all, dataset, num_classes(spec))
     labels = targets.numpy()
     title = (
         f"{LABELS[chosen]} of {lb.arch} features ({lb.source} checkpoint)\n"

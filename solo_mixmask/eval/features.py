@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from solo_mixmask import compose
+from solo_mixmask.augmentation_specs import CropSpec
 from solo_mixmask.checkpoints import LoadedBackbone, run_dir_of
 from solo_mixmask.config import BASE_DEFAULTS, check_booleans
 from solo_mixmask.dataset_facts import eval_crop_of
@@ -209,16 +210,13 @@ def make_loader(
     )
 
 
-def train_crop_transform(cfg: DictConfig, crop_min_scale: float) -> Any:
+def train_crop_transform(spec: CropSpec, crop_min_scale: float) -> Any:
     """Callable(PIL RGB image) -> (3, crop, crop) float: RandomResizedCrop(scale
-    [crop_min_scale, 1]) + horizontal flip, normalised like evaluation (``cfg``'s first crop)."""
-    from solo_mixmask.data.augmentations import (
-        build_crop_transform,
-        parse_augmentations,
-        parse_pipeline,
-    )
+    [crop_min_scale, 1]) + horizontal flip, crop size and normalisation of ``spec`` (the first
+    crop pipeline, as evaluation)."""
+    from solo_mixmask.augmentation_specs import parse_pipeline
+    from solo_mixmask.data.augmentations import build_crop_transform
 
-    spec = parse_augmentations(cfg)[0]
     pipeline = {
         "crop_size": spec.crop_size,
         "num_crops": 1,

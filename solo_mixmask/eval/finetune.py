@@ -241,6 +241,7 @@ def run_finetune(
     """
     from solo_mixmask.data.augmentations import build_eval_transform
     from solo_mixmask.data.datasets import build_dataset, num_classes
+    from solo_mixmask.data_specs import data_spec
 
     start = time.perf_counter()
     fraction = check_fraction(fraction)
@@ -252,11 +253,14 @@ def run_finetune(
     workers = int(select(cfg, "data.num_workers", 0))
     dev = eval_device(device)
     channels_last = bool(select(cfg, "performance.channels_last", False))
-    classes = num_classes(cfg)
+    spec = data_spec(cfg)
+    classes = num_classes(spec)
     folder = output_dir(checkpoint, finetune_dir_name(fraction, random_init), out)
     check_output_dir("--out", folder)  # before the training
 
-    train_all = build_dataset(cfg, "train_labeled", train_crop_transform(cfg, s.crop_min_scale))
+    train_all = build_dataset(
+        spec, "train_labeled", train_crop_transform(spec.crops[0], s.crop_min_scale)
+    )
     targets = dataset_targets(train_all)
     indices = balanced_subset(targets, fraction, seed)
     if not indices:
@@ -265,7 +269,8 @@ def run_finetune(
     write_subset(folder / SUBSET_FILE, train_all, indices, targets)
     counts = torch.bincount(torch.tensor([targets[i] for i in indices]), minlength=classes)
     train = Subset(train_all, indices)
-    val = seeded_subset(build_dataset(cfg, "val", build_eval_transform(cfg)), s.val_subset, seed)
+    val_all = build_dataset(spec, "val", build_eval_transform(spec.crops[0]))
+    val = seeded_subset(val_all, s.val_subset, seed)
 
     backbone = build_model(lb, random_init, seed).to(dev)
     if channels_last:

@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import multiclass_accuracy
 
 from solo_mixmask.checkpoints import load_backbone
 from solo_mixmask.compose import configs_root
 from solo_mixmask.config import DEFAULT_SEED, check_number, select
-from solo_mixmask.core.knn import topk_accuracy
 from solo_mixmask.errors import DataError
 from solo_mixmask.eval.features import (
     decay_epochs,
@@ -218,8 +218,16 @@ def evaluate_head(
         raise DataError("the linear probe has no labeled validation images")
     device = next(head.parameters()).device
     logits = head(feats.to(device)).cpu()
-    top1, top5 = topk_accuracy(logits, targets, (1, 5))
-    return top1, top5
+    classes = logits.shape[1]
+
+    def percent(k: int) -> float:  # top-k over images; no argument checks (they refuse 1 class)
+        top_k = min(k, classes)
+        acc = multiclass_accuracy(
+            logits, targets, classes, average="micro", top_k=top_k, validate_args=False
+        )
+        return 100.0 * acc.item()
+
+    return percent(1), percent(5)
 
 
 def run_linear(
@@ -238,6 +246,7 @@ def run_linear(
     """
     from solo_mixmask.data.augmentations import build_eval_transform
     from solo_mixmask.data.datasets import build_dataset, num_classes
+    from solo_mixmask.data_specs import data_spec
 
     start = time.perf_counter()
     eval_device(device)  # a GPU this machine lacks, before anything is read
@@ -251,14 +260,15 @@ def run_linear(
     cached = dev.type == "cpu" if cached is None else bool(cached)
     channels_last = bool(select(cfg, "performance.channels_last", False))
     model = prepare_backbone(lb, dev, channels_last)
-    classes = num_classes(cfg)
-    eval_tf = build_eval_transform(cfg)
-    val = seeded_subset(build_dataset(cfg, "val", eval_tf), s.val_subset, seed)
+    spec = data_spec(cfg)
+    classes = num_classes(spec)
+    eval_tf = build_eval_transform(spec.crops[0])
+    val = seeded_subset(build_dataset(spec, "val", eval_tf), s.val_subset, seed)
     val_loader = make_loader(val, s.batch_size, workers, False, seed)
 
     t0 = time.perf_counter()
     if cached:
-        train = seeded_subset(build_dataset(cfg, "train_labeled", eval_tf), s.train_subset, seed)
+        train = seeded_subset(build_dataset(spec, "train_labeled", eval_tf), s.train_subset, seed)
         train_loader = make_loader(train, s.batch_size, workers, False, seed)
         train_f, train_y = extract_features(model, train_loader, dev, channels_last)
         val_f, val_y = extract_features(model, val_loader, dev, channels_last)
@@ -267,8 +277,8 @@ def run_linear(
         features_dim = int(train_f.shape[1])
         feature_seconds, train_seconds = t1 - t0, time.perf_counter() - t1
     else:
-        train_tf = train_crop_transform(cfg, s.crop_min_scale)
-        train = seeded_subset(build_dataset(cfg, "train_labeled", train_tf), s.train_subset, seed)
+        train_tf = train_crop_transform(spec.crops[0], s.crop_min_scale)
+        train = seeded_subset(build_dataset(spec, "train_labeled", train_tf), s.train_subset, seed)
         features = model.num_features  # timm models name their output width
         assert isinstance(features, int)
         features_dim = features

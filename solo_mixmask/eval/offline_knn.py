@@ -67,6 +67,7 @@ def run_knn(
     difference at the monitor's own k and T.
     """
     from solo_mixmask.data.loaders import build_knn_loaders, num_classes
+    from solo_mixmask.data_specs import data_spec
 
     start = time.perf_counter()
     eval_device(device)  # a GPU this machine lacks, before anything is read
@@ -82,13 +83,16 @@ def run_knn(
     dev = eval_device(device)
     channels_last = bool(select(cfg, "performance.channels_last", False))
     model = prepare_backbone(lb, dev, channels_last)
-    train_loader, val_loader = build_knn_loaders(cfg)
+    spec = data_spec(cfg)
+    train_loader, val_loader = build_knn_loaders(spec)
     train_f, train_y = extract_features(model, train_loader, dev, channels_last)
     val_f, val_y = extract_features(model, val_loader, dev, channels_last)
-    classes = num_classes(cfg)
+    classes = num_classes(spec)
     scores = weighted_knn_scores(train_f, train_y, val_f, classes, ks, temperature)
     per_k = {}
     for k in ks:
+        # core's top-k, not torchmetrics': the online monitor's, so offline_minus_online
+        # compares one implementation (argmax and topk break ties apart)
         top1, top5 = topk_accuracy(scores[k], val_y, (1, 5))
         per_k[str(k)] = {
             "acc1": round(top1, 4),

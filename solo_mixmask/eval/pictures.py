@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from solo_mixmask.config import select
+from solo_mixmask.data_specs import DataSpec, data_spec
 
 ROW_LABELS = (
     "original",
@@ -45,13 +46,14 @@ def figure_pixels(n_images: int, dpi: int = DPI) -> tuple[int, int]:
     return round(width * dpi), round(height * dpi)
 
 
-def sample_images(cfg: DictConfig, n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
-    """``n`` random training images of ``cfg``'s dataset, eval transform: (n, 3, H, W), targets."""
+def sample_images(spec: DataSpec, n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
+    """``n`` random training images of ``spec``'s dataset, eval transform of its first crop
+    pipeline: (n, 3, H, W) float, targets."""
     from solo_mixmask.data.augmentations import build_eval_transform
     from solo_mixmask.data.datasets import build_dataset
     from solo_mixmask.errors import DataError
 
-    dataset = build_dataset(cfg, "train", build_eval_transform(cfg))
+    dataset = build_dataset(spec, "train", build_eval_transform(spec.crops[0]))
     total = len(dataset)  # type: ignore[arg-type]
     if total < n:
         raise DataError(f"the dataset has {total} images, fewer than --num-images={n}")
@@ -122,13 +124,14 @@ def show_masks(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from solo_mixmask.data.augmentations import normalisation_stats
+    from solo_mixmask.augmentation_specs import normalisation_stats
     from solo_mixmask.paths import check_output_file
 
     if n_images < 2:
         raise ValueError(f"n_images={n_images!r} is not allowed: expected an integer >= 2")
     check_output_file("--out", out, suffixes=(".png",))  # before the images are read
-    x, _ = sample_images(cfg, n_images, seed)
+    spec = data_spec(cfg)
+    x, _ = sample_images(spec, n_images, seed)
     crop = min(x.shape[-2:])
     grid = int(min(select(cfg, "method_kwargs.grid_size", 8), crop))
     ratio = float(select(cfg, "method_kwargs.mask_ratio", 0.5))
@@ -170,9 +173,8 @@ def show_masks(
                 ax.set_title(f"λ={lams[c]:.2f}", fontsize=8, pad=2)
             if c == 0:
                 ax.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center", labelpad=8)
-    dataset = select(cfg, "data.dataset", "?")
     fig.suptitle(
-        f"{dataset}: grid {grid}, mask ratio {ratio}, Un-Mix alpha {alpha} "
+        f"{spec.dataset}: grid {grid}, mask ratio {ratio}, Un-Mix alpha {alpha} "
         "(λ = share of the original)",
         fontsize=10,
     )

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, cast
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.utilities.data import dim_zero_cat
 
 from solo_mixmask.backbones import build_backbone, momentum_copy
 from solo_mixmask.config import (
@@ -67,10 +70,73 @@ def _compile_backend(cfg: DictConfig) -> str | None:
 
 def _masked_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """Top-k accuracy (fraction) over labelled samples (target >= 0), without a host sync."""
+    # Kept for the training step: torchmetrics drops ignore_index targets by boolean indexing,
+    # a host sync per call (validation, where that costs nothing, uses MulticlassAccuracy).
     labelled = targets >= 0
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
     hit = (top == targets.unsqueeze(1)).any(dim=1) & labelled
     return hit.sum() / labelled.sum().clamp(min=1)
+
+
+def _masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` (B, C) over labelled samples (``targets`` (B,) >= 0)."""
+    labelled = (targets >= 0).sum().clamp(min=1)
+    return F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum") / labelled
+
+
+def _top_k_accuracy(num_classes: int, k: int) -> MulticlassAccuracy:
+    """Top-``k`` accuracy (fraction, micro: over images) of labelled images (target -1 ignored),
+    accumulated over an epoch and summed over processes by torchmetrics."""
+    return MulticlassAccuracy(
+        num_classes=num_classes,
+        top_k=min(k, num_classes),
+        average="micro",
+        ignore_index=-1,
+        validate_args=False,  # its checks sync with the host and refuse num_classes=1
+    )
+
+
+def _updated(metric: Metric) -> bool:
+    """Whether ``metric`` saw a batch since its last reset (``compute`` before that only warns)."""
+    return metric._update_count > 0
+
+
+class LabelledFeatures(Metric):
+    """The k-NN monitor's store: features (N, D) float32 and targets (N,) of one epoch's images.
+
+    ``gathered()`` concatenates every process's store in rank order (torchmetrics' all-gather,
+    which also takes shares of different sizes). The states are not saved in checkpoints.
+    """
+
+    full_state_update = False
+    feats: list[torch.Tensor]
+    targets: list[torch.Tensor]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("feats", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+
+    def update(self, feats: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add a batch: ``feats`` (B, D), ``targets`` (B,) (-1: unlabelled)."""
+        self.feats.append(feats.detach().float())
+        self.targets.append(targets.detach())
+
+    def _concatenated(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return dim_zero_cat(self.feats), dim_zero_cat(self.targets)
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (N, D), targets (N,)) of every process (torchmetrics' ``compute``)."""
+        return self._concatenated()
+
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (N, D), targets (N,)) of every process, in rank order.
+
+        Read inside ``sync_context`` rather than through ``compute()``, whose wrapper squeezes
+        one-element tensors (a single image's targets) and clones the result.
+        """
+        with self.sync_context():
+            return self._concatenated()
 
 
 class BaseMethod(L.LightningModule):
@@ -101,7 +167,13 @@ class BaseMethod(L.LightningModule):
         self.knn_k: int | None = None
         # Which views of a training batch go through the online network (None = all).
         self.online_views: list[int] | None = None
-        self._val_store: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {0: [], 1: []}
+        # Validation metrics (torchmetrics: summed / gathered over processes, reset every epoch;
+        # their states are not in the state_dict, so checkpoints keep the same keys).
+        self.val_top1 = _top_k_accuracy(self.num_classes, 1)
+        self.val_top5 = _top_k_accuracy(self.num_classes, 5)
+        #: k-NN memory (validation dataloader 0: clean training images) and queries (dataloader 1).
+        self.knn_memory = LabelledFeatures()
+        self.knn_queries = LabelledFeatures()
 
     # ------------------------------------------------------------------ config
     @staticmethod
@@ -149,10 +221,8 @@ class BaseMethod(L.LightningModule):
     def _classification(
         self, logits: torch.Tensor, targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        labelled = (targets >= 0).sum().clamp(min=1)
-        loss = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum") / labelled
         return {
-            "loss": loss,
+            "loss": _masked_cross_entropy(logits, targets),
             "acc1": _masked_accuracy(logits, targets, 1),
             "acc5": _masked_accuracy(logits, targets, 5),
         }
@@ -180,33 +250,54 @@ class BaseMethod(L.LightningModule):
         out = self.forward(x)
         is_val = dataloader_idx == (1 if self.knn_enabled else 0)
         if is_val:
-            stats = self._classification(out["logits"], y)
-            self.log_dict(
-                {
-                    "val_loss": stats["loss"],
-                    "val_acc1": 100 * stats["acc1"],
-                    "val_acc5": 100 * stats["acc5"],
-                },
+            self.log(
+                "val_loss",
+                _masked_cross_entropy(out["logits"], y),
                 on_epoch=True,
                 sync_dist=True,
                 add_dataloader_idx=False,
             )
-        if self.knn_enabled:
-            self._val_store[dataloader_idx].append((out["feats"].detach().float(), y))
+            if len(y):  # torchmetrics cannot reshape an empty batch
+                self.val_top1.update(out["logits"], y)
+                self.val_top5.update(out["logits"], y)
+        if self.knn_enabled and len(y):
+            (self.knn_memory if dataloader_idx == 0 else self.knn_queries).update(out["feats"], y)
+
+    def _validation_metrics(self) -> tuple[Metric, ...]:
+        return (self.val_top1, self.val_top5, self.knn_memory, self.knn_queries)
+
+    def on_validation_epoch_start(self) -> None:
+        # Fresh states in this loop's grad mode: a reset at the end of trainer.validate() runs
+        # under inference_mode, and torchmetrics 0.11 then cannot add to them in fit's no_grad.
+        for metric in self._validation_metrics():
+            metric.reset()
 
     def on_validation_epoch_end(self) -> None:
-        stores, self._val_store = self._val_store, {0: [], 1: []}
-        if not self.knn_enabled or self.trainer.sanity_checking or not stores[0] or not stores[1]:
-            return
-        gathered = []
-        for idx in (0, 1):
-            feats = torch.cat([f for f, _ in stores[idx]])
-            targets = torch.cat([t for _, t in stores[idx]])
-            if self.trainer.world_size > 1:
-                feats = cast(torch.Tensor, self.all_gather(feats)).flatten(0, 1)
-                targets = cast(torch.Tensor, self.all_gather(targets)).flatten(0, 1)
-            gathered.append((feats, targets))
-        (train_f, train_t), (val_f, val_t) = gathered
+        accuracies = {"val_acc1": self.val_top1, "val_acc5": self.val_top5}
+        stores = (self.knn_memory, self.knn_queries)
+        try:
+            if all(_updated(m) for m in accuracies.values()):
+                # percent of the labelled validation images of all processes
+                self.log_dict(
+                    {name: 100 * float(m.compute()) for name, m in accuracies.items()},
+                    add_dataloader_idx=False,
+                )
+            sanity = self.trainer.sanity_checking
+            if self.knn_enabled and not sanity and all(_updated(s) for s in stores):
+                self._log_knn(*self.knn_memory.gathered(), *self.knn_queries.gathered())
+        finally:
+            for metric in self._validation_metrics():
+                metric.reset()  # frees the k-NN store until the next validation
+
+    def _log_knn(
+        self,
+        train_f: torch.Tensor,
+        train_t: torch.Tensor,
+        val_f: torch.Tensor,
+        val_t: torch.Tensor,
+    ) -> None:
+        """Log the k-NN monitor's top-1/top-5 (%) and k: memory ``train_f`` (N, D) /
+        ``train_t`` (N,), queries ``val_f`` (M, D) / ``val_t`` (M,), gathered from all processes."""
         requested = self.cfg.knn_eval.k
         k = knn_k_used(requested, train_t)
         # (a clamp to data.knn_train_subset was already announced by the start-up checks)
@@ -216,7 +307,7 @@ class BaseMethod(L.LightningModule):
                 f"knn_eval.k={requested} is larger than the k-NN memory ({k} labelled images): "
                 f"k-NN uses k={k} (reported as val_knn_k and knn_k)",
                 ConfigWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self.knn_k = k
         top1, top5 = knn_accuracy(
@@ -341,9 +432,21 @@ class BaseMomentumMethod(BaseMethod):
             out[f"momentum_{key}"] = [o[key] for o in outs]
         return out
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        """The optimiser step, then the EMA update of every momentum pair.
+
+        Lightning calls this hook once per optimiser step (never for a batch whose gradients are
+        only accumulated), so the momentum networks move once per step, and a checkpoint written
+        afterwards in the batch's end hooks (Lightning's ``ModelCheckpoint(every_n_train_steps)``)
+        holds the step's online and momentum weights together.
+        """
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        step = self.global_step - 1  # index of the optimiser step just taken
+        # Lightning counts the step after this hook returns: global_step is still the index
+        # (0-based) of the optimiser step just taken
+        step = self.global_step
         tau = cosine_tau(step, total, self.cfg.momentum.base_tau, self.cfg.momentum.final_tau)
         for online, momentum in self.momentum_pairs:
             ema_update(online, momentum, tau)

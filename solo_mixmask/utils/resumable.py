@@ -165,6 +165,7 @@ class ResumableLoader(DataLoader):
             # the iterator's base seed: from here, not from the global RNG
             generator=torch.Generator().manual_seed(int(seed)),
         )
+        self.resumable_sampler = sampler  # ``self.sampler``, with its own type
         self.seed = int(seed)
         self.world_size = int(world_size)
         self.batches_done = 0
@@ -172,7 +173,7 @@ class ResumableLoader(DataLoader):
     def state_dict(self) -> dict[str, int]:
         """``{"epoch", "batches_done", "batch_size", "world_size", "seed", "num_batches"}``."""
         return {
-            "epoch": int(self.sampler.epoch),  # type: ignore[attr-defined]
+            "epoch": int(self.resumable_sampler.epoch),
             "batches_done": int(self.batches_done),
             "batch_size": int(self.batch_size or 0),
             "world_size": self.world_size,
@@ -206,7 +207,7 @@ class ResumableLoader(DataLoader):
         if done >= len(self):
             epoch, done = epoch + 1, 0
         self.batches_done = done
-        self.sampler.skip(epoch, done)  # type: ignore[attr-defined]
+        self.resumable_sampler.skip(epoch, done)
 
 
 def resumable_train_loader(

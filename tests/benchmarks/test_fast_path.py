@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from solo_mixmask.config import BASE_DEFAULTS, fill_defaults
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.methods import METHODS
-from solo_mixmask.pretrain import trainer_kwargs
+from solo_mixmask.trainer import trainer_kwargs
 from tests.conftest import synthetic_batch, tiny_cfg
 
 

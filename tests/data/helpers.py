@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from solo_mixmask.data.datasets import FASHION_MNIST_SYSTEM_DIR
+from solo_mixmask.data_specs import DataSpec, data_spec
 
 torch.set_num_threads(1)
 
@@ -53,6 +54,11 @@ def make_cfg(
             "seed": seed,
         }
     )
+
+
+def make_spec(*args: Any, **kwargs: Any) -> DataSpec:
+    """The :class:`DataSpec` of :func:`make_cfg` ``(*args, **kwargs)``."""
+    return data_spec(make_cfg(*args, **kwargs))
 
 
 def save_rgb(path: Path, color: tuple[int, int, int], size: int = 12) -> Path:

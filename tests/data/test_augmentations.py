@@ -6,9 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from solo_mixmask.augmentation_specs import parse_augmentations
 from solo_mixmask.data import augmentations as A
+from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import ConfigError
-from tests.data.helpers import make_cfg
+from tests.data.helpers import make_cfg, make_spec
 
 OFF = {
     "rrc": {"enabled": False},
@@ -24,12 +26,12 @@ def _gray(value: int, size: int = 28) -> Image.Image:
 
 
 def test_aug_plus_gives_two_normalised_views():
-    transform = A.build_pretrain_transform(make_cfg(augmentations=[{}]))  # all defaults
+    transform = A.build_pretrain_transform(make_spec(augmentations=[{}]).crops)  # all defaults
     views = transform(_gray(128))
     assert transform.num_views == 2 and len(views) == 2
     for v in views:
         assert v.shape == (3, 32, 32) and v.dtype == torch.float32
-    spec = A.parse_augmentations(make_cfg(augmentations=[{}]))[0]
+    spec = parse_augmentations(make_cfg(augmentations=[{}]))[0]
     assert (spec.crop_min_scale, spec.color_jitter_prob, spec.gaussian_prob) == (0.2, 0.8, 0.5)
     assert (spec.brightness, spec.saturation, spec.hue, spec.grayscale_prob) == (0.4, 0.4, 0.1, 0.2)
 
@@ -44,24 +46,24 @@ def test_two_pipelines_in_order():
             "solarization": {"prob": 0.2},
         },
     ]
-    transform = A.build_pretrain_transform(make_cfg(augmentations=augs))
+    transform = A.build_pretrain_transform(make_spec(augmentations=augs).crops)
     views = transform(_gray(90, 40))
     assert [tuple(v.shape) for v in views] == [(3, 32, 32), (3, 16, 16), (3, 16, 16)]
-    specs = A.parse_augmentations(make_cfg(augmentations=augs))
+    specs = parse_augmentations(make_cfg(augmentations=augs))
     assert [s.gaussian_prob for s in specs] == [1.0, 0.1]
     assert [s.solarization_prob for s in specs] == [0.0, 0.2]
 
 
 def test_values_are_normalised_by_hand():
     # no randomness: resize a constant image; value = (128/255 - 0.2860) / 0.3530
-    view = A.build_pretrain_transform(make_cfg(augmentations=[{**OFF, "num_crops": 1}]))(
+    view = A.build_pretrain_transform(make_spec(augmentations=[{**OFF, "num_crops": 1}]).crops)(
         _gray(128)
     )[0]
     expected = (128 / 255 - 0.2860) / 0.3530
     assert torch.allclose(view, torch.full((3, 32, 32), expected), atol=1e-5)
     # solarization always on: 200 >= 128 is inverted to 55
     solar = {**OFF, "num_crops": 1, "solarization": {"prob": 1.0}}
-    view = A.build_pretrain_transform(make_cfg(augmentations=[solar]))(_gray(200))[0]
+    view = A.build_pretrain_transform(make_spec(augmentations=[solar]).crops)(_gray(200))[0]
     assert torch.allclose(view, torch.full((3, 32, 32), (55 / 255 - 0.2860) / 0.3530), atol=1e-5)
 
 
@@ -69,18 +71,18 @@ def test_mean_std_overrides():
     cfg = make_cfg(
         {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.5, 1.0]}, augmentations=[{**OFF, "num_crops": 1}]
     )
-    view = A.build_pretrain_transform(cfg)(_gray(255))[0]
+    view = A.build_pretrain_transform(data_spec(cfg).crops)(_gray(255))[0]
     assert torch.allclose(view[:, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
     with pytest.raises(ConfigError, match="data.std"):
-        A.build_pretrain_transform(make_cfg({"std": [0.2, 0.0, 0.2]}))
+        A.build_pretrain_transform(make_spec({"std": [0.2, 0.0, 0.2]}).crops)
 
 
 def test_eval_transform_sizes_and_determinism():
-    small = A.build_eval_transform(make_cfg())
+    small = A.build_eval_transform(make_spec().crops[0])
     out = small(_gray(128))
     assert out.shape == (3, 32, 32)
     assert torch.allclose(out, torch.full_like(out, (128 / 255 - 0.2860) / 0.3530), atol=1e-5)
-    big = A.build_eval_transform(make_cfg({"dataset": "imagenet"}, [{"crop_size": 224}]))
+    big = A.build_eval_transform(make_spec({"dataset": "imagenet"}, [{"crop_size": 224}]).crops[0])
     img = Image.new("RGB", (400, 300), (10, 20, 30))
     a, b = big(img), big(img)
     assert a.shape == (3, 224, 224) and torch.equal(a, b)
@@ -117,20 +119,20 @@ def test_blur_kernel_size():
 )
 def test_bad_values_raise_config_error(entry, key, value):
     with pytest.raises(ConfigError) as info:
-        A.build_pretrain_transform(make_cfg(augmentations=[entry]))
+        A.build_pretrain_transform(make_spec(augmentations=[entry]).crops)
     assert info.value.key == key and info.value.value == value
     assert str(info.value).startswith(f"{key}={value!r} is not allowed: expected ")
 
 
 def test_error_names_the_right_pipeline():
     with pytest.raises(ConfigError, match=r"augmentations\[1\]\.num_crops=-1"):
-        A.build_pretrain_transform(make_cfg(augmentations=[{}, {"num_crops": -1}]))
+        A.build_pretrain_transform(make_spec(augmentations=[{}, {"num_crops": -1}]).crops)
     with pytest.raises(ConfigError, match="augmentations=\\[\\]"):
-        A.build_pretrain_transform(make_cfg(augmentations=[]))
+        A.build_pretrain_transform(make_spec(augmentations=[]).crops)
 
 
 def test_disabled_blocks():
-    spec = A.parse_augmentations(
+    spec = parse_augmentations(
         make_cfg(
             augmentations=[
                 {"grayscale": {"enabled": False, "prob": 0.2}, "gaussian_blur": {"enabled": False}}

@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
+from solo_mixmask.augmentation_specs import parse_pipeline
 from solo_mixmask.data import augmentations as A
 from solo_mixmask.data import batched_augmentations as B
 from solo_mixmask.errors import ConfigError
@@ -37,7 +38,7 @@ OFF = dict(
 
 def _spec(**overrides) -> A.CropSpec:
     """The default aug-plus pipeline (blur 0.5) with ``overrides``."""
-    base = A.parse_pipeline({}, "augmentations[0]", ZERO, ONE)
+    base = parse_pipeline({}, "augmentations[0]", ZERO, ONE)
     return dataclasses.replace(base, **overrides)
 
 

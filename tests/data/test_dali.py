@@ -16,6 +16,7 @@ from PIL import Image
 
 from solo_mixmask.data.dali import INSTALL_HINT, dali_available
 from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
+from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import ConfigError, DataError
 from tests.data.helpers import make_cfg
 
@@ -68,31 +69,31 @@ def _cfg(root: Path, augmentation: dict, batch_size: int = 4, **data):
 
 
 def _first_batch(cfg) -> list:
-    return next(iter(build_train_loader(cfg)))
+    return next(iter(build_train_loader(data_spec(cfg))))
 
 
 def test_dali_missing_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali -> ImportError
     with pytest.raises(DataError, match=r"pip install solo-mixmask\[dali\]"):
-        build_train_loader(_cfg(_tree(tmp_path), PLAIN))
+        build_train_loader(data_spec(_cfg(_tree(tmp_path), PLAIN)))
 
 
 def test_dali_format_needs_an_image_folder_dataset():
     cfg = make_cfg({"format": "dali", "dali_device": "cpu"})
     with pytest.raises(ConfigError, match="data.format='dali'.*ImageFolder"):
-        build_train_loader(cfg)
+        build_train_loader(data_spec(cfg))
 
 
 def test_dali_device_value_is_checked(tmp_path):
     if not dali_available():
         pytest.skip(f"NVIDIA DALI is not installed (`{INSTALL_HINT}`)")
     with pytest.raises(ConfigError, match="data.dali_device='tpu'"):
-        build_train_loader(_cfg(_tree(tmp_path), PLAIN, dali_device="tpu"))
+        build_train_loader(data_spec(_cfg(_tree(tmp_path), PLAIN, dali_device="tpu")))
 
 
 @needs_dali
 def test_dali_batches_follow_solo_learn_format(tmp_path):
-    loader = build_train_loader(_cfg(_tree(tmp_path), PLAIN))
+    loader = build_train_loader(data_spec(_cfg(_tree(tmp_path), PLAIN)))
     assert len(loader) == 2 and len(loader.dataset) == 10  # 10 images, batches of 4, drop last
     seen = []
     for epoch in range(2):  # the loader starts a new epoch by itself
@@ -161,9 +162,9 @@ def test_dali_moco_v2_recipe_gives_two_different_views(tmp_path):
 @needs_dali
 def test_dali_subset_and_knn_loaders(tmp_path):
     cfg = _cfg(_tree(tmp_path), PLAIN, train_subset=8, knn_train_subset=6)
-    loader = build_train_loader(cfg)
+    loader = build_train_loader(data_spec(cfg))
     assert len(loader.dataset) == 8 and len(loader) == 2
-    knn_train, val = build_knn_loaders(cfg)  # plain PyTorch loaders over the same tree
+    knn_train, val = build_knn_loaders(data_spec(cfg))  # plain PyTorch loaders over the same tree
     x, y = next(iter(knn_train))
     assert x.shape[1:] == (3, 16, 16) and len(knn_train.dataset) == 6
     assert len(val.dataset) == 10

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from solo_mixmask.data import datasets as D
+from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import ConfigError, DataError
-from tests.data.helpers import make_cfg, needs_fmnist, save_rgb
+from tests.data.helpers import make_cfg, make_spec, needs_fmnist, save_rgb
 
 
 def _write_idx(path: Path, array: np.ndarray) -> Path:
@@ -53,8 +54,8 @@ def test_read_idx_rejects_bad_files(tmp_path):
 
 @needs_fmnist
 def test_fashion_mnist_train_and_val():
-    train = D.build_dataset(make_cfg(), "train", None)
-    val = D.build_dataset(make_cfg(), "val", None)
+    train = D.build_dataset(make_spec(), "train", None)
+    val = D.build_dataset(make_spec(), "val", None)
     assert (len(train), len(val)) == (60000, 10000)
     img, label = train[0]
     assert label == 9  # the first training image is an ankle boot
@@ -68,7 +69,7 @@ def test_fashion_mnist_train_and_val():
 
 @needs_fmnist
 def test_fashion_mnist_default_stats_match_the_data():
-    train = D.build_dataset(make_cfg(), "train", None)
+    train = D.build_dataset(make_spec(), "train", None)
     mean, std = D.default_stats("fashion_mnist")
     pixels = train.images.astype(np.float64) / 255.0
     assert mean == (mean[0],) * 3 and std == (std[0],) * 3
@@ -80,7 +81,7 @@ def test_fashion_mnist_train_path_comes_first(tmp_path):
     images = np.arange(5 * 4 * 4, dtype=np.uint8).reshape(5, 4, 4)
     _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
     _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([3, 1, 4, 1, 5]))
-    ds = D.build_dataset(make_cfg({"train_path": str(tmp_path)}), "train", None)
+    ds = D.build_dataset(make_spec({"train_path": str(tmp_path)}), "train", None)
     assert len(ds) == 5 and ds.targets == [3, 1, 4, 1, 5]
     img, _ = ds[2]
     assert img.getpixel((1, 0)) == (33, 33, 33)  # images[2, 0, 1] = 2*16 + 1
@@ -90,7 +91,7 @@ def test_fashion_mnist_missing_without_download(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
     cfg = make_cfg({"train_path": str(tmp_path)})
     with pytest.raises(DataError, match="dataset-fashion-mnist or set data.download=true"):
-        D.build_dataset(cfg, "train", None)
+        D.build_dataset(data_spec(cfg), "train", None)
 
 
 def test_default_stats():
@@ -106,16 +107,16 @@ def test_default_stats():
 def test_cifar_missing_names_key_and_download(tmp_path):
     cfg = make_cfg({"dataset": "cifar10", "train_path": str(tmp_path)})
     with pytest.raises(DataError, match=r"data.train_path=.*data.download=true"):
-        D.build_dataset(cfg, "train", None)
+        D.build_dataset(data_spec(cfg), "train", None)
 
 
 def test_unknown_dataset_split_and_format():
     with pytest.raises(ConfigError, match="data.dataset='mnist'"):
-        D.build_dataset(make_cfg({"dataset": "mnist"}), "train", None)
+        D.build_dataset(make_spec({"dataset": "mnist"}), "train", None)
     with pytest.raises(ConfigError, match="data.format='dali'"):
-        D.build_dataset(make_cfg({"format": "dali"}), "train", None)
+        D.build_dataset(make_spec({"format": "dali"}), "train", None)
     with pytest.raises(ValueError, match="split='test'"):
-        D.build_dataset(make_cfg(), "test", None)
+        D.build_dataset(make_spec(), "test", None)
 
 
 def test_cache_folder_follows_environment(monkeypatch, tmp_path):
@@ -141,39 +142,39 @@ def _labeled_tree(root: Path) -> Path:
 def test_image_folder_with_labels(tmp_path):
     root = _labeled_tree(tmp_path / "train")
     cfg = make_cfg({"dataset": "custom", "train_path": str(root)})
-    ds = D.build_dataset(cfg, "train", None)
+    ds = D.build_dataset(data_spec(cfg), "train", None)
     assert ds.classes == ["cat", "dog"]
     assert ds.targets == [0, 0, 1, 1]
     img, target = ds[3]
     assert target == 1 and img.mode == "RGB" and img.getpixel((0, 0)) == (10, 10, 200)
-    assert D.num_classes(cfg) == 2
+    assert D.num_classes(data_spec(cfg)) == 2
 
 
 def test_image_folder_flat_without_labels(tmp_path):
     for i in range(3):
         save_rgb(tmp_path / f"img{i}.png", (i, i, i))
     cfg = make_cfg({"dataset": "custom", "train_path": str(tmp_path), "no_labels": True})
-    ds = D.build_dataset(cfg, "train", None)
+    ds = D.build_dataset(data_spec(cfg), "train", None)
     assert len(ds) == 3 and ds.targets == [-1, -1, -1]
     img, target = ds[2]
     assert target == -1 and img.getpixel((0, 0)) == (2, 2, 2)
-    assert D.num_classes(cfg) == 1
+    assert D.num_classes(data_spec(cfg)) == 1
 
 
 def test_image_folder_flat_with_labels_asks_for_no_labels(tmp_path):
     save_rgb(tmp_path / "img.png", (1, 2, 3))
     cfg = make_cfg({"dataset": "custom", "train_path": str(tmp_path)})
     with pytest.raises(DataError, match="data.no_labels=true"):
-        D.build_dataset(cfg, "train", None)
+        D.build_dataset(data_spec(cfg), "train", None)
 
 
 def test_image_folder_missing_path_names_key(tmp_path):
     missing = tmp_path / "nowhere"
     cfg = make_cfg({"dataset": "imagenet", "train_path": str(missing)})
     with pytest.raises(DataError, match=f"data.train_path='{missing}'"):
-        D.build_dataset(cfg, "train", None)
+        D.build_dataset(data_spec(cfg), "train", None)
     with pytest.raises(DataError, match="data.val_path is not set"):
-        D.build_dataset(cfg, "val", None)
+        D.build_dataset(data_spec(cfg), "val", None)
 
 
 def test_image_folder_empty_raises(tmp_path):
@@ -181,18 +182,18 @@ def test_image_folder_empty_raises(tmp_path):
     (tmp_path / "cls" / "readme.txt").write_text("no images here")
     cfg = make_cfg({"dataset": "custom", "train_path": str(tmp_path)})
     with pytest.raises(DataError, match="holds no image files"):
-        D.build_dataset(cfg, "train", None)
+        D.build_dataset(data_spec(cfg), "train", None)
     cfg = make_cfg({"dataset": "custom", "train_path": str(tmp_path), "no_labels": True})
     with pytest.raises(DataError, match="holds no image files"):
-        D.build_dataset(cfg, "train", None)
+        D.build_dataset(data_spec(cfg), "train", None)
 
 
 def test_num_classes_table_and_override():
-    assert D.num_classes(make_cfg()) == 10
-    assert D.num_classes(make_cfg({"dataset": "imagenet100"})) == 100
-    assert D.num_classes(make_cfg({"dataset": "cifar100", "num_classes": 7})) == 7
+    assert D.num_classes(make_spec()) == 10
+    assert D.num_classes(make_spec({"dataset": "imagenet100"})) == 100
+    assert D.num_classes(make_spec({"dataset": "cifar100", "num_classes": 7})) == 7
     with pytest.raises(ConfigError, match="data.num_classes=0"):
-        D.num_classes(make_cfg({"num_classes": 0}))
+        D.num_classes(make_spec({"num_classes": 0}))
 
 
 def test_subset_indices_deterministic():
@@ -221,16 +222,16 @@ def test_val_classes_are_numbered_like_train(tmp_path):
     train = _colour_tree(tmp_path / "train", "abc")
     val = _colour_tree(tmp_path / "val", "bc")
     cfg = make_cfg({"dataset": "custom", "train_path": str(train), "val_path": str(val)})
-    tr = D.build_dataset(cfg, "train", None)
-    labeled = D.build_dataset(cfg, "train_labeled", None)
-    va = D.build_dataset(cfg, "val", None)
+    tr = D.build_dataset(data_spec(cfg), "train", None)
+    labeled = D.build_dataset(data_spec(cfg), "train_labeled", None)
+    va = D.build_dataset(data_spec(cfg), "val", None)
     assert tr.targets == labeled.targets == [0, 0, 1, 1, 2, 2]
     assert va.targets == [1, 1, 2, 2]  # train's indices of 'b' and 'c', not 0 and 1
     assert tr.classes == labeled.classes == va.classes == ["a", "b", "c"]
     assert va.class_to_idx == tr.class_to_idx == {"a": 0, "b": 1, "c": 2}
     for img, target in (va[i] for i in range(len(va))):
         assert img.getpixel((0, 0)) == COLOURS[tr.classes[target]]
-    assert D.num_classes(cfg) == 3
+    assert D.num_classes(data_spec(cfg)) == 3
 
 
 def test_val_class_unknown_to_training_raises(tmp_path):
@@ -238,20 +239,25 @@ def test_val_class_unknown_to_training_raises(tmp_path):
     val = _colour_tree(tmp_path / "val", "bd")
     cfg = make_cfg({"dataset": "custom", "train_path": str(train), "val_path": str(val)})
     with pytest.raises(DataError) as info:
-        D.build_dataset(cfg, "val", None)
+        D.build_dataset(data_spec(cfg), "val", None)
     message = str(info.value)
     assert "'d'" in message and "'b'" not in message
     assert f"data.val_path={str(val)!r}" in message
     assert f"data.train_path={str(train)!r}" in message
     assert "\n" not in message
-    assert D.build_dataset(cfg, "train", None).targets == [0, 0, 1, 1]  # train itself is fine
+    assert D.build_dataset(data_spec(cfg), "train", None).targets == [
+        0,
+        0,
+        1,
+        1,
+    ]  # train itself is fine
 
 
 def test_val_needs_the_training_tree_for_its_class_map(tmp_path):
     val = _colour_tree(tmp_path / "val", "ab")
     cfg = make_cfg({"dataset": "custom", "val_path": str(val)})
     with pytest.raises(DataError, match="data.train_path"):
-        D.build_dataset(cfg, "val", None)
+        D.build_dataset(data_spec(cfg), "val", None)
 
 
 # --------------------------------------------------------------------------- strict booleans
@@ -276,7 +282,7 @@ def test_boolean_data_keys_take_only_true_or_false(tmp_path, capsys, key):
     assert not out.exists()
     with pytest.raises(ConfigError, match=key):
         D.build_dataset(
-            make_cfg(
+            make_spec(
                 {"dataset": "custom", "train_path": str(tmp_path / "tree"), key.split(".")[1]: "no"}
             ),
             "train",

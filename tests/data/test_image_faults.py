@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from solo_mixmask.data import datasets as D
+from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import DataError
 from tests.data.helpers import make_cfg
 
@@ -93,7 +94,7 @@ def test_scan_image_folder(faulty):
 
 
 def test_bad_files_skipped_with_one_warning_each(faulty):
-    ds = D.build_dataset(_cfg(faulty), "train", None)
+    ds = D.build_dataset(data_spec(_cfg(faulty)), "train", None)
     assert len(ds) == 8
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -113,7 +114,7 @@ def test_bad_files_skipped_with_one_warning_each(faulty):
 
 
 def test_strict_raises_naming_the_file(faulty):
-    ds = D.build_dataset(_cfg(faulty, strict=True), "train", None)
+    ds = D.build_dataset(data_spec(_cfg(faulty, strict=True)), "train", None)
     assert ds[0][0].mode == "RGB"
     with pytest.raises(DataError, match="f_truncated.jpg"):
         ds[5]
@@ -121,15 +122,15 @@ def test_strict_raises_naming_the_file(faulty):
 
 def test_scan_images_drops_bad_files_at_build(faulty):
     with pytest.warns(D.BadImageWarning):
-        ds = D.build_dataset(_cfg(faulty, scan_images=True), "train", None)
+        ds = D.build_dataset(data_spec(_cfg(faulty, scan_images=True)), "train", None)
     assert [Path(p).name for p, _ in ds.samples] == list(GOOD)
     with pytest.raises(DataError, match="f_truncated.jpg"):
-        D.build_dataset(_cfg(faulty, scan_images=True, strict=True), "train", None)
+        D.build_dataset(data_spec(_cfg(faulty, scan_images=True, strict=True)), "train", None)
 
 
 def test_folder_of_only_bad_files(tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"")
-    ds = D.build_dataset(_cfg(tmp_path), "train", None)
+    ds = D.build_dataset(data_spec(_cfg(tmp_path)), "train", None)
     with pytest.warns(D.BadImageWarning), pytest.raises(DataError, match="can be decoded"):
         ds[0]
 
@@ -170,7 +171,7 @@ def _names(paths: list[str], root: Path) -> list[str]:
 
 
 def _read_all(cfg) -> list[tuple[tuple[int, int, int], int]]:
-    ds = D.build_dataset(cfg, "train", None)
+    ds = D.build_dataset(data_spec(cfg), "train", None)
     return [(img.getpixel((0, 0)), target) for img, target in (ds[i] for i in range(len(ds)))]
 
 

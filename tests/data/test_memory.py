@@ -22,7 +22,7 @@ from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
 from solo_mixmask.data.memory import MemoryEvalLoader, MemoryTrainLoader, decode_split
 from solo_mixmask.errors import ConfigError, DataError
 from tests.cli_helpers import TINY, assert_same_end_state, finish, run, start
-from tests.data.helpers import make_cfg, needs_fmnist
+from tests.data.helpers import make_spec, needs_fmnist
 
 CLASSES = ("ant", "bee", "cat")
 
@@ -38,8 +38,8 @@ def _folder(root, per_class=6, size=32, seed=0):
     return root
 
 
-def _cfg(root, batch_size=4, seed=5, augmentations=None, **data):
-    return make_cfg(
+def _spec(root, batch_size=4, seed=5, augmentations=None, **data):
+    return make_spec(
         {
             "dataset": "custom",
             "train_path": str(root),
@@ -60,8 +60,8 @@ def folder(tmp_path_factory):
 
 
 def test_decoding_gives_the_pil_images_and_targets(folder):
-    memory = decode_split(_cfg(folder), "train")
-    plain = build_dataset(_cfg(folder, format="image_folder"), "train", None)
+    memory = decode_split(_spec(folder), "train")
+    plain = build_dataset(_spec(folder, format="image_folder"), "train", None)
     assert memory.images.dtype == torch.uint8 and memory.images.shape == (18, 3, 32, 32)
     assert memory.targets.tolist() == plain.targets
     for i in (0, 7, 17):
@@ -70,7 +70,7 @@ def test_decoding_gives_the_pil_images_and_targets(folder):
 
 
 def test_training_batches_have_the_pil_format(folder):
-    loader = build_train_loader(_cfg(folder))
+    loader = build_train_loader(_spec(folder))
     assert isinstance(loader, MemoryTrainLoader) and len(loader) == 4  # 18 // 4, drop last
     indexes, views, targets = next(iter(loader))
     assert indexes.dtype == torch.int64 and indexes.shape == (4,)
@@ -94,44 +94,46 @@ def _same(a, b):
 
 
 def test_same_seed_same_batches_other_seed_other_batches(folder):
-    first = _epoch(build_train_loader(_cfg(folder)))
-    assert _same(first, _epoch(build_train_loader(_cfg(folder))))
-    assert not _same(first, _epoch(build_train_loader(_cfg(folder, seed=6))))
+    first = _epoch(build_train_loader(_spec(folder)))
+    assert _same(first, _epoch(build_train_loader(_spec(folder))))
+    assert not _same(first, _epoch(build_train_loader(_spec(folder, seed=6))))
     state = torch.get_rng_state()
-    _epoch(build_train_loader(_cfg(folder)))
+    _epoch(build_train_loader(_spec(folder)))
     assert torch.equal(state, torch.get_rng_state())  # the global RNG is not used
 
 
 def test_resumed_position_gives_the_uninterrupted_batches(folder):
-    cfg = _cfg(folder)
-    full = build_train_loader(cfg)
+    spec = _spec(folder)
+    full = build_train_loader(spec)
     full.sampler.set_epoch(1)
     expected = _epoch(full)
-    resumed = build_train_loader(cfg)
+    resumed = build_train_loader(spec)
     state = dict(full.state_dict(), epoch=1, batches_done=2)
     resumed.load_state_dict(state)
     assert _same(_epoch(resumed), expected[2:])
 
 
 def test_ranks_split_each_epoch(folder):
-    cfg = _cfg(folder, batch_size=2)
-    shards = [_epoch(build_train_loader(cfg, rank=r, world_size=2)) for r in (0, 1)]
+    spec = _spec(folder, batch_size=2)
+    shards = [_epoch(build_train_loader(spec, rank=r, world_size=2)) for r in (0, 1)]
     seen = [set(torch.cat([b[0] for b in s]).tolist()) for s in shards]
     assert len(shards[0]) == len(shards[1]) == 4 and not seen[0] & seen[1]
-    assert _same(shards[1], _epoch(build_train_loader(cfg, rank=1, world_size=2)))
+    assert _same(shards[1], _epoch(build_train_loader(spec, rank=1, world_size=2)))
 
 
 def test_knn_loaders_give_the_eval_view_and_shard_like_distributed_sampler(folder):
-    cfg = _cfg(folder, knn_train_subset=None)
-    knn_train, val = build_knn_loaders(cfg)
+    spec = _spec(folder, knn_train_subset=None)
+    knn_train, val = build_knn_loaders(spec)
     assert isinstance(knn_train, MemoryEvalLoader) and isinstance(val, MemoryEvalLoader)
     x, y = next(iter(val))
-    plain = build_dataset(_cfg(folder, format="image_folder"), "val", build_eval_transform(cfg))
+    plain = build_dataset(
+        _spec(folder, format="image_folder"), "val", build_eval_transform(spec.crops[0])
+    )
     for i in range(4):
         expected, target = plain[i]
         torch.testing.assert_close(x[i], expected, rtol=0, atol=1e-5)
         assert y[i] == target
-    parts = [build_knn_loaders(cfg, rank=r, world_size=4)[1] for r in range(4)]
+    parts = [build_knn_loaders(spec, rank=r, world_size=4)[1] for r in range(4)]
     lengths = [len(p.indices) for p in parts]
     assert lengths == [5, 5, 5, 5]  # 18 images padded to 20, as DistributedSampler does
     covered = torch.cat([p.indices for p in parts])
@@ -139,13 +141,15 @@ def test_knn_loaders_give_the_eval_view_and_shard_like_distributed_sampler(folde
 
 
 def test_subsets_pick_the_pil_paths_images(folder):
-    cfg = _cfg(folder, train_subset=8, val_subset=5, knn_train_subset=7)
-    pil_cfg = _cfg(folder, train_subset=8, val_subset=5, knn_train_subset=7, format="image_folder")
-    memory = build_train_loader(cfg).memory
-    pil = build_train_loader(pil_cfg)
+    spec = _spec(folder, train_subset=8, val_subset=5, knn_train_subset=7)
+    pil_spec = _spec(
+        folder, train_subset=8, val_subset=5, knn_train_subset=7, format="image_folder"
+    )
+    memory = build_train_loader(spec).memory
+    pil = build_train_loader(pil_spec)
     assert memory.targets.tolist() == [pil.dataset[i][2] for i in range(8)]
-    pil_knn, pil_val = build_knn_loaders(pil_cfg)
-    knn, val = build_knn_loaders(cfg)
+    pil_knn, pil_val = build_knn_loaders(pil_spec)
+    knn, val = build_knn_loaders(spec)
     assert knn.memory.targets.tolist() == [int(t) for _, t in pil_knn.dataset]
     assert val.memory.targets.tolist() == [int(t) for _, t in pil_val.dataset]
 
@@ -154,17 +158,17 @@ def test_unreadable_images_are_left_out_and_counted_or_stop_the_run(tmp_path):
     root = _folder(tmp_path / "imgs", per_class=3)
     (root / "bee" / "broken.png").write_bytes(b"not an image")
     with pytest.warns(BadImageWarning, match="broken.png"):
-        loader = build_train_loader(_cfg(root, seed=11))
+        loader = build_train_loader(_spec(root, seed=11))
     assert len(loader.memory) == 9 and loader.dataset.dataset.bad_files[0].endswith("broken.png")
     with pytest.raises(DataError, match="broken.png"):
-        build_train_loader(_cfg(root, seed=12, strict=True))
+        build_train_loader(_spec(root, seed=12, strict=True))
 
 
 def test_images_of_several_sizes_are_refused_naming_two_files(tmp_path):
     root = _folder(tmp_path / "imgs", per_class=2)
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "cat" / "zz_small.png")
     with pytest.raises(DataError, match=r"zz_small.png.*24x20 px.*32x32 px"):
-        build_train_loader(_cfg(root))
+        build_train_loader(_spec(root))
 
 
 def test_unknown_format_and_equalization_are_config_errors(folder):
@@ -174,20 +178,20 @@ def test_unknown_format_and_equalization_are_config_errors(folder):
         validate_base(cfg)
     augs = [{"crop_size": 32, "num_crops": 2, "equalization": {"prob": 0.5}}]
     with pytest.raises(ConfigError, match=r"augmentations\[0\].equalization.prob"):
-        build_train_loader(_cfg(folder, augmentations=augs))
+        build_train_loader(_spec(folder, augmentations=augs))
 
 
 def test_a_set_smaller_than_a_batch_per_device_is_refused(folder):
     with pytest.raises(DataError, match="fewer than one batch"):
-        build_train_loader(_cfg(folder, batch_size=10), rank=0, world_size=2)
+        build_train_loader(_spec(folder, batch_size=10), rank=0, world_size=2)
 
 
 @needs_fmnist
 def test_fashion_mnist_stays_one_channel_in_memory():
-    memory = decode_split(make_cfg({"format": "memory"}), "val")
+    memory = decode_split(make_spec({"format": "memory"}), "val")
     assert memory.images.shape == (10_000, 1, 28, 28) and memory.images.dtype == torch.uint8
     loader = build_train_loader(
-        make_cfg(
+        make_spec(
             {"format": "memory", "train_subset": 32},
             augmentations=[{"crop_size": 16, "num_crops": 2}],
         )
@@ -232,5 +236,5 @@ def test_memory_run_killed_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path
 def test_no_warning_about_workers_or_shuffling_from_the_memory_loader(folder):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loader = build_train_loader(_cfg(folder))
+        loader = build_train_loader(_spec(folder))
         next(iter(loader))

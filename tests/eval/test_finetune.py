@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from solo_mixmask.checkpoints import load_backbone
 from solo_mixmask.cli import main
 from solo_mixmask.data.datasets import build_dataset
+from solo_mixmask.data_specs import data_spec
 from solo_mixmask.eval.features import eval_config, load_preset, train_crop_transform
 from solo_mixmask.eval.finetune import (
     PRESETS_DIR,
@@ -78,7 +79,10 @@ def test_whole_network_is_trained(tiny_setup):
     lb = load_backbone(ckpt)
     cfg = eval_config(lb, ckpt, overrides, preset=load_preset("small", PRESETS_DIR))
     s = FinetuneSettings.from_cfg(cfg)
-    train = build_dataset(cfg, "train_labeled", train_crop_transform(cfg, s.crop_min_scale))
+    spec = data_spec(cfg)
+    train = build_dataset(
+        spec, "train_labeled", train_crop_transform(spec.crops[0], s.crop_min_scale)
+    )
     backbone = build_model(lb, random_init=False, seed=0)
     head = new_linear_head(backbone.num_features, 3, s.init_std)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}

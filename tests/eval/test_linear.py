@@ -58,6 +58,27 @@ def test_learns_separable_features_with_step_schedule():
     assert evaluate_head(head, feats, y) == (100.0, 100.0)
 
 
+def test_evaluate_head_top1_top5_by_hand():
+    # identity head: the logits are the features. Each row ranks its target at the given place
+    # (0 = top); image 4 is unlabelled. Top-1 hits image 0 alone (1 of 5 labelled images),
+    # top-5 all but image 2 (target ranked 6th): 20% and 80%.
+    targets = torch.tensor([2, 0, 5, 1, -1, 3])
+    ranks = [0, 3, 5, 1, 0, 4]
+    feats = torch.empty(6, 6)
+    for i, (target, rank) in enumerate(zip(targets.clamp(min=0).tolist(), ranks)):
+        order = [c for c in range(6) if c != target]
+        order.insert(rank, target)
+        feats[i, order] = torch.arange(6, 0, -1, dtype=torch.float32)
+    head = torch.nn.Linear(6, 6)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(6))
+        head.bias.zero_()
+    top1, top5 = evaluate_head(head, feats, targets)
+    assert (top1, top5) == (pytest.approx(20.0), pytest.approx(80.0))
+    # fewer classes than 5: top-5 is top-3, every labelled image a hit
+    assert evaluate_head(torch.nn.Linear(6, 3), feats, targets.clamp(max=2))[1] == 100.0
+
+
 def test_presets_and_settings():
     seed = LinearSettings.from_cfg(OmegaConf.create(load_preset("seed")))
     assert (

@@ -1,0 +1,46 @@
+"""The Lightning callbacks of a pretraining run, one job per module:
+
+- :mod:`~solo_mixmask.callbacks.resume_state`: every checkpoint holds the RNG states and the
+  training loader's position, so a resumed run sees exactly the batches it would have seen;
+- :mod:`~solo_mixmask.callbacks.checkpointing`: ``epochNNN.ckpt`` every ``checkpoint.frequency``
+  epochs, ``last.ckpt`` at every epoch end and every ``checkpoint.every_n_steps`` steps
+  (Lightning's ``ModelCheckpoint``);
+- :mod:`~solo_mixmask.callbacks.stop`: SIGTERM / Ctrl-C finish the step under way, write
+  ``last.ckpt`` and end the run;
+- :mod:`~solo_mixmask.callbacks.nonfinite`: a NaN/inf loss stops the run before it reaches the
+  weights or a checkpoint;
+- :mod:`~solo_mixmask.callbacks.speed`: images per second for the summary;
+- :mod:`~solo_mixmask.callbacks.data_on_device`: the device for loaders that keep their images
+  there.
+
+Which of them a run uses is :func:`solo_mixmask.trainer.build_callbacks`.
+"""
+
+from solo_mixmask.callbacks.checkpointing import LastCheckpoint, StepCheckpoint, epoch_checkpoint
+from solo_mixmask.callbacks.data_on_device import DataOnDevice
+from solo_mixmask.callbacks.nonfinite import NonFiniteLossGuard
+from solo_mixmask.callbacks.resume_state import (
+    ResumeState,
+    capture_rng_state,
+    mark_batch_completed,
+    restore_rng_state,
+)
+from solo_mixmask.callbacks.speed import TrainSpeed
+from solo_mixmask.callbacks.stop import GracefulStop, StopCheckpoint, signal_name, stopped_error
+
+__all__ = [
+    "DataOnDevice",
+    "GracefulStop",
+    "LastCheckpoint",
+    "NonFiniteLossGuard",
+    "ResumeState",
+    "StepCheckpoint",
+    "StopCheckpoint",
+    "TrainSpeed",
+    "capture_rng_state",
+    "epoch_checkpoint",
+    "mark_batch_completed",
+    "restore_rng_state",
+    "signal_name",
+    "stopped_error",
+]

@@ -1,0 +1,38 @@
+"""Training speed of a run (:class:`TrainSpeed`), for its summary."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class TrainSpeed(Callback):
+    """Images per second over training batches only (validation and checkpointing excluded).
+
+    Not Lightning's ``ThroughputMonitor``: that one is not in Lightning 2.1, logs windowed rates
+    to the loggers instead of keeping the run's average, and counts the time between batches
+    (data loading, checkpoint writes) as training time.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.images = 0
+        self._start = 0.0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.images += int(batch[0].shape[0]) * trainer.world_size
+
+    @property
+    def images_per_sec(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0

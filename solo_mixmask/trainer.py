@@ -1,0 +1,102 @@
+"""The Lightning Trainer of a pretraining run: its arguments from the config, its callbacks
+and its plugins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, RichProgressBar
+from omegaconf import DictConfig
+
+from solo_mixmask.callbacks import (
+    DataOnDevice,
+    GracefulStop,
+    LastCheckpoint,
+    NonFiniteLossGuard,
+    ResumeState,
+    StepCheckpoint,
+    StopCheckpoint,
+    TrainSpeed,
+    epoch_checkpoint,
+)
+from solo_mixmask.checkpoint_io import SafeAtomicCheckpointIO
+from solo_mixmask.config import select, to_container, trainer_arg_names
+from solo_mixmask.console import EpochLine, ModelLine, quiet_third_party
+from solo_mixmask.loggers import build_loggers
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Top-level config keys that are ``lightning.Trainer`` arguments, as solo-learn passes them."""
+    names = trainer_arg_names()
+    kwargs = {k: v for k, v in to_container(cfg).items() if k in names}
+    if isinstance(kwargs.get("devices"), str) and kwargs["devices"].isdigit():
+        kwargs["devices"] = int(kwargs["devices"])  # solo-learn writes "1" for CPU runs
+    if kwargs.get("precision") in (None, "auto"):
+        # "auto": bf16 autocast on CUDA (fp16 with loss scaling where bf16 is unsupported),
+        # full fp32 on CPU, where autocast would only slow the step down.
+        import torch
+
+        accelerator = str(kwargs.get("accelerator") or "auto")
+        on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        if on_cuda:
+            kwargs["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            kwargs["precision"] = "32-true"
+    return kwargs
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+    """Speed meter, LR monitor, progress bar or epoch lines, NaN guard, resume state, stop
+    handling and (with ``checkpoint.enabled``) the checkpointers of :mod:`solo_mixmask.callbacks`.
+
+    The loaders of :class:`ResumeState` and :class:`DataOnDevice` are attached once they exist.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    enabled = bool(cfg.checkpoint.enabled)
+    callbacks: list[Callback] = [
+        TrainSpeed(),
+        LearningRateMonitor(logging_interval="epoch"),
+        NonFiniteLossGuard(ckpt_dir if enabled else None),
+        ResumeState(None),  # the training loader is attached once it exists
+        DataOnDevice(),  # likewise, the loaders that hold their images on the device
+        GracefulStop(),  # SIGTERM / Ctrl-C: stop after the step, with a checkpoint
+    ]
+    if select(cfg, "progress_bar", True):
+        callbacks.append(RichProgressBar())
+    else:
+        callbacks.append(EpochLine())  # CI logs, nohup: one line per epoch
+    if not select(cfg, "enable_model_summary", False):
+        callbacks.append(ModelLine())  # Lightning's table with enable_model_summary=true
+    if enabled:
+        callbacks.append(epoch_checkpoint(ckpt_dir, int(cfg.checkpoint.frequency)))
+        callbacks.append(LastCheckpoint(ckpt_dir))
+        every = select(cfg, "checkpoint.every_n_steps")
+        if every:
+            callbacks.append(StepCheckpoint(ckpt_dir, int(every)))
+        # after StepCheckpoint: a step that it saved is not saved twice
+        callbacks.append(StopCheckpoint(ckpt_dir))
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> L.Trainer:
+    """The run's ``lightning.Trainer``: :func:`trainer_kwargs`, ``callbacks``, the loggers
+    (:func:`~solo_mixmask.loggers.build_loggers`) and atomic, weights-only checkpoint files
+    (:class:`~solo_mixmask.checkpoint_io.SafeAtomicCheckpointIO`); output under ``run_dir``."""
+    kwargs = trainer_kwargs(cfg)
+    kwargs.setdefault("num_sanity_val_steps", 0)
+    kwargs.setdefault("log_every_n_steps", 10)
+    kwargs.setdefault("enable_model_summary", False)  # ModelLine prints one line instead
+    quiet_third_party()  # before the Trainer logs its tips
+    plugins = kwargs.pop("plugins", None) or []
+    plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+    return L.Trainer(
+        **kwargs,
+        callbacks=callbacks,
+        plugins=[*plugins, SafeAtomicCheckpointIO()],
+        logger=build_loggers(cfg, run_dir) or False,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=select(cfg, "progress_bar", True),
+        enable_checkpointing=bool(cfg.checkpoint.enabled),
+    )

@@ -1,0 +1,48 @@
+"""A tiny real Lightning fit (a linear model, CPU, no logger) for the callback tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class TinyModule(L.LightningModule):
+    """``y = w . x`` trained by SGD on a squared output; 4 inputs, one output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def fit_tiny(
+    callbacks: list[Any],
+    batches: int = 8,
+    epochs: int = 2,
+    accumulate: int = 1,
+    ckpt_path: str | None = None,
+) -> L.Trainer:
+    """``epochs`` epochs of ``batches`` batches (2 samples each) with ``callbacks``, resumed
+    from ``ckpt_path`` when given."""
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(2 * batches, 4)), batch_size=2)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        accumulate_grad_batches=accumulate,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(TinyModule(), train_dataloaders=data, ckpt_path=ckpt_path)
+    return trainer

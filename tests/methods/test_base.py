@@ -1,0 +1,159 @@
+"""The engine's validation metrics (solo_mixmask.methods.base): top-k accuracy over labelled
+images (torchmetrics) and the k-NN feature store, by hand and through Lightning's loop."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from solo_mixmask.core.knn import knn_accuracy
+from solo_mixmask.methods import METHODS
+from solo_mixmask.methods.base import (
+    LabelledFeatures,
+    _masked_accuracy,
+    _top_k_accuracy,
+    _updated,
+)
+from tests.conftest import tiny_cfg
+
+
+def ranked_logits(targets: list[int], ranks: list[int], classes: int) -> torch.Tensor:
+    """Logits (N, classes), distinct per row, that put class ``targets[i]`` at place
+    ``ranks[i]`` (0 = the highest score) of row i."""
+    rows = []
+    for target, rank in zip(targets, ranks):
+        order = [c for c in range(classes) if c != max(target, 0)]
+        order.insert(rank, max(target, 0))
+        row = torch.empty(classes)
+        row[order] = torch.arange(classes, 0, -1, dtype=torch.float32)
+        rows.append(row)
+    return torch.stack(rows)
+
+
+# six classes; image 4 is unlabelled (-1). Target ranks 0, 3, 5, 1, -, 4: top-1 hits image 0
+# alone (1 of 5 labelled), top-5 every labelled image but image 2 (4 of 5).
+TARGETS = [2, 0, 5, 1, -1, 3]
+RANKS = [0, 3, 5, 1, 0, 4]
+HAND = {1: 1 / 5, 5: 4 / 5}
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_top_k_accuracy_counts_labelled_images_by_hand(k):
+    logits, targets = ranked_logits(TARGETS, RANKS, 6), torch.tensor(TARGETS)
+    metric = _top_k_accuracy(6, k)
+    metric.update(logits[:2], targets[:2])  # two batches of one epoch, the -1 in the second
+    metric.update(logits[2:], targets[2:])
+    value = metric.compute()
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(HAND[k])
+    # the training step's sync-free figure agrees
+    assert _masked_accuracy(logits, targets, k).item() == pytest.approx(HAND[k])
+    metric.reset()
+    assert not _updated(metric)
+
+
+def test_top_k_accuracy_edge_cases():
+    unlabelled = _top_k_accuracy(6, 1)
+    unlabelled.update(torch.randn(3, 6), torch.full((3,), -1))
+    assert unlabelled.compute().item() == 0.0  # nothing labelled: 0, as the training step says
+    assert _masked_accuracy(torch.randn(3, 6), torch.full((3,), -1), 1).item() == 0.0
+    few_classes = _top_k_accuracy(3, 5)  # top-5 of 3 classes: every labelled image is a hit
+    few_classes.update(torch.randn(4, 3), torch.tensor([0, 2, -1, 1]))
+    assert few_classes.compute().item() == 1.0
+
+
+def test_feature_store_concatenates_in_order_and_resets():
+    store = LabelledFeatures()
+    assert not _updated(store)
+    a, b = torch.randn(2, 3, dtype=torch.float64), torch.randn(1, 3, dtype=torch.float64)
+    store.update(a, torch.tensor([4, -1]))
+    store.update(b, torch.tensor([7]))
+    feats, targets = store.gathered()
+    assert feats.dtype == torch.float32 and targets.dtype == torch.int64
+    assert torch.equal(feats, torch.cat([a, b]).float())
+    assert torch.equal(targets, torch.tensor([4, -1, 7]))
+    store.reset()
+    assert not _updated(store) and store.feats == [] and store.targets == []
+    store.update(torch.ones(1, 1), torch.tensor([3]))  # one image: not squeezed to a scalar
+    feats, targets = store.gathered()
+    assert feats.shape == (1, 1) and targets.shape == (1,)
+    assert store.state_dict() == {}
+
+
+def test_metrics_left_by_validate_still_update_in_fits_validation():
+    # trainer.validate() (the pretrain's at-init figures) ends, and resets, under inference_mode;
+    # fit's validation runs under no_grad, where torchmetrics 0.11 could not add to those states
+    model = METHODS["mocov2plus"](tiny_cfg("mocov2plus"))
+    with torch.inference_mode():
+        for metric in model._validation_metrics():
+            metric.reset()
+    with torch.no_grad():
+        model.on_validation_epoch_start()
+        model.val_top1.update(torch.eye(10)[:4], torch.tensor([0, 1, 5, -1]))
+        model.val_top1.update(torch.eye(10)[:2], torch.tensor([0, 2]))
+    assert model.val_top1.compute().item() == pytest.approx(3 / 5)
+
+
+def test_validation_metrics_stay_out_of_checkpoints():
+    model = METHODS["mocov2plus"](tiny_cfg("mocov2plus"))
+    model.knn_memory.update(torch.randn(2, model.features_dim), torch.tensor([1, 2]))
+    model.val_top1.update(torch.randn(2, 10), torch.tensor([1, 2]))
+    state = model.state_dict()
+    names = ("val_top1", "val_top5", "knn_memory", "knn_queries")
+    assert not [key for key in state if key.startswith(names)]  # old checkpoints load strictly
+    fresh = METHODS["mocov2plus"](tiny_cfg("mocov2plus"))
+    fresh.load_state_dict(state, strict=True)
+
+
+def test_validation_logs_hand_checked_accuracies_and_resets_every_epoch():
+    torch.manual_seed(0)
+    model = METHODS["mocov2plus"](tiny_cfg("mocov2plus")).eval()  # k-NN with k=5, 10 classes
+    g = torch.Generator().manual_seed(3)
+    memory_x = torch.randn(23, 3, 16, 16, generator=g)
+    memory_y = torch.randint(0, 10, (23,), generator=g)
+    memory_y[[1, 7]] = -1  # unlabelled images: left out of the k-NN vote
+    val_x = torch.randn(12, 3, 16, 16, generator=g)
+
+    def batches(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:  # as validation runs them
+        model.eval()  # (Lightning 2.1 leaves the model in training mode after validate)
+        with torch.no_grad():
+            return [model.forward(chunk) for chunk in x.split(5)]  # uneven last batches
+
+    # validation targets at chosen places of the (untrained) classifier's ranking; three
+    # unlabelled: top-1 hits images 0, 3, 8, 10 (4 of 9), top-5 also 2 and 9 (6 of 9)
+    ranks = [0, 0, 2, 0, 7, 0, 2, 7, 0, 2, 0, 9]
+    order = torch.cat([o["logits"] for o in batches(val_x)]).argsort(dim=1, descending=True)
+    val_y = order[torch.arange(12), torch.tensor(ranks)]
+    val_y[[1, 5, 6]] = -1
+    hand = {1: 100 * 4 / 9, 5: 100 * 6 / 9}
+    loaders = [
+        DataLoader(TensorDataset(memory_x, memory_y), batch_size=5),
+        DataLoader(TensorDataset(val_x, val_y), batch_size=5),
+    ]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    epochs = []
+    for _ in range(2):
+        results = trainer.validate(model, dataloaders=loaders, verbose=False)
+        epochs.append({k: v for r in results for k, v in r.items()})
+
+    # the k-NN figures the pre-torchmetrics engine computed from the same batches
+    memory_f = torch.cat([o["feats"] for o in batches(memory_x)])
+    val_f = torch.cat([o["feats"] for o in batches(val_x)])
+    knn1, knn5 = knn_accuracy(memory_f, memory_y, val_f, val_y, 10, 5, model.cfg.knn_eval.T)
+    assert 0 < knn5  # a figure that can tell a wrong store from the right one
+    for metrics in epochs:  # the same figures every epoch; the metrics are reset after each
+        assert metrics["val_acc1"] == pytest.approx(hand[1], rel=1e-6)
+        assert metrics["val_acc5"] == pytest.approx(hand[5], rel=1e-6)
+        assert metrics["val_knn_acc1"] == pytest.approx(knn1, rel=1e-6)
+        assert metrics["val_knn_acc5"] == pytest.approx(knn5, rel=1e-6)
+    assert model.knn_k == 5
+    assert not _updated(model.knn_memory) and not _updated(model.val_top1)
