@@ -71,6 +71,12 @@ def test_the_wheel_carries_every_config(wheel: Path) -> None:
     assert "solo_mixmask/cli.py" in names
 
 
+def test_the_wheel_carries_every_module(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "solo_mixmask").rglob("*.py")}
+    assert modules and sorted(modules - names) == []  # a new subpackage missing from setup.cfg
+
+
 def test_installed_wheel_runs_from_another_directory(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
