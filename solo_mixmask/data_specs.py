@@ -16,7 +16,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from solo_mixmask.augmentation_specs import CropSpec, parse_augmentations
-from solo_mixmask.config import DATA_FORMATS, batch_size_of, read_bool, select, suggest
+from solo_mixmask.config import (
+    DATA_FORMATS,
+    MAX_SEED,
+    batch_size_of,
+    check_choice,
+    check_number,
+    read_bool,
+    select,
+    suggest,
+)
 from solo_mixmask.config import DEFAULT_SEED as DEFAULT_SEED  # re-exported for the data layer
 from solo_mixmask.dataset_facts import KNOWN_DATASETS
 from solo_mixmask.errors import ConfigError
@@ -126,13 +135,16 @@ def data_spec(cfg: DictConfig) -> DataSpec:
     num_classes = select(cfg, "data.num_classes")
     if num_classes is not None:
         _int_at_least("data.num_classes", num_classes, 1, "an int >= 1 or null")
-    seed = select(cfg, "seed", DEFAULT_SEED)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError("seed", seed, "an int")
-    workers = select(cfg, "data.num_workers", DEFAULT_NUM_WORKERS)
+    # keys that the start-up checks (config.validate_base) also check: the same checkers, so
+    # a config that reaches the data layer without them gets the same one-line errors
+    for key, low, high in (("seed", 0, MAX_SEED), ("data.num_workers", 0, None)):
+        if select(cfg, key) is not None:
+            check_number(cfg, key, low=low, high=high, integer=True)
+    if select(cfg, "data.format") is not None:
+        check_choice(cfg, "data.format", DATA_FORMATS)
     return DataSpec(
         dataset=dataset,
-        format=_choice("data.format", select(cfg, "data.format", "image_folder"), DATA_FORMATS),
+        format=select(cfg, "data.format", "image_folder"),
         train_path=_path(cfg, "data.train_path"),
         val_path=_path(cfg, "data.val_path"),
         download=read_bool(cfg, "data.download"),
@@ -142,8 +154,8 @@ def data_spec(cfg: DictConfig) -> DataSpec:
         num_classes=num_classes,
         crops=tuple(parse_augmentations(cfg)),
         batch_size=batch_size_of(cfg),
-        num_workers=_int_at_least("data.num_workers", workers, 0, "an int >= 0"),
-        seed=seed,
+        num_workers=select(cfg, "data.num_workers", DEFAULT_NUM_WORKERS),
+        seed=select(cfg, "seed", DEFAULT_SEED),
         train_subset=_subset_size(cfg, "data.train_subset"),
         val_subset=_subset_size(cfg, "data.val_subset"),
         knn_train_subset=_subset_size(cfg, "data.knn_train_subset", DEFAULT_KNN_TRAIN_SUBSET),
