@@ -42,6 +42,7 @@ if [ -n "$TORCH_FROM" ] && "$TORCH_FROM/bin/python" -c "import torch, torchvisio
   # itself (its Lightning pins, this package) comes first; torch and the rest are found there.
   site_of() { "$1/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
   site_of "$TORCH_FROM" >"$(site_of "$VENV")/solo-mixmask-borrowed-torch.pth"
+  echo "[setup] $VENV uses the PyTorch of $TORCH_FROM"
 fi
 stamp="$VENV/.solo-mixmask-installed"
 want="$( (cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml"; echo "$EXTRAS $PINS") | sha256sum | cut -d' ' -f1)"
