@@ -28,6 +28,16 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
+def ends_a_mid_epoch_step(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether training batch ``batch_idx``, just trained, ends an optimiser step inside its
+    epoch: the only place a mid-epoch checkpoint is whole. Not after a batch whose gradients are
+    only accumulated (they are not part of a checkpoint), nor after an epoch's last batch (the
+    epoch's evaluation and its epoch-end ``last.ckpt`` are still to come)."""
+    if batch_idx + 1 >= trainer.num_training_batches:
+        return False
+    return (batch_idx + 1) % max(int(trainer.accumulate_grad_batches), 1) == 0
+
+
 def epoch_checkpoint(dirpath: str | Path, every_n_epochs: int) -> ModelCheckpoint:
     """``<dirpath>/epochNNN.ckpt`` (NNN = the epoch index) every ``every_n_epochs`` epochs, after
     the epoch's evaluation; all kept."""
@@ -88,8 +98,5 @@ class StepCheckpoint(LastCheckpoint):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if batch_idx + 1 >= trainer.num_training_batches:
-            return  # the epoch-end checkpoint follows
-        if (batch_idx + 1) % max(int(trainer.accumulate_grad_batches), 1):
-            return  # gradients are being accumulated: no optimiser step after this batch
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if ends_a_mid_epoch_step(trainer, batch_idx):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

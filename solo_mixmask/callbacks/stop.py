@@ -3,7 +3,7 @@
 - :class:`GracefulStop` turns the signal into Lightning's own stop request, so the step under
   way is finished;
 - :class:`StopCheckpoint` writes ``last.ckpt`` after that step, right before Lightning stops the
-  loop, and makes the decision to stop the same on every rank;
+  loop (:class:`GracefulStop` makes the decision to stop the same on every rank first);
 - :func:`stopped_error` is the :class:`~solo_mixmask.errors.RunStopped` the run ends with (exit
   status 143 or 130): what was saved and how to continue.
 """
@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
+from solo_mixmask.callbacks.checkpointing import ends_a_mid_epoch_step
 from solo_mixmask.checkpoint_io import LAST
 from solo_mixmask.errors import RunStopped, StopRequested
 
@@ -140,10 +141,8 @@ class StopCheckpoint(Checkpoint):
         step = trainer.global_step
         if not getattr(trainer, "received_sigterm", False) or step == 0:
             return
-        if batch_idx + 1 >= trainer.num_training_batches:
-            return  # the epoch's evaluation is still to come
-        if (batch_idx + 1) % max(int(trainer.accumulate_grad_batches), 1):
-            return  # gradients are being accumulated: they are not part of a checkpoint
+        if not ends_a_mid_epoch_step(trainer, batch_idx):
+            return  # the step is abandoned; the previous checkpoint is kept
         if self._newest_save != step:
             trainer.save_checkpoint(self.dirpath / LAST)
         self.saved_on_stop = step
