@@ -108,9 +108,11 @@ def _int_at_least(key: str, value: Any, low: int, allowed: str) -> int:
     return value
 
 
-def _subset_size(cfg: DictConfig, key: str, default: int | None = None) -> int | None:
-    """``cfg[key]``: a number of images, None for all; ``default`` only when the key is absent
-    (an explicit null means all, hence OmegaConf.select rather than :func:`select`)."""
+def image_count(cfg: DictConfig, key: str, default: int | None = None) -> int | None:
+    """``cfg[key]``: a number of images (an int >= 1), None for all; ``default`` only when the
+    key is absent (an explicit null means all, hence OmegaConf.select rather than
+    :func:`select`). The one checker of subset sizes (``data.*_subset``, ``linear.*_subset``,
+    ``finetune.val_subset``)."""
     size = OmegaConf.select(cfg, key, default=default)
     if size is None:
         return None
@@ -156,9 +158,9 @@ def data_spec(cfg: DictConfig) -> DataSpec:
         batch_size=batch_size_of(cfg),
         num_workers=select(cfg, "data.num_workers", DEFAULT_NUM_WORKERS),
         seed=select(cfg, "seed", DEFAULT_SEED),
-        train_subset=_subset_size(cfg, "data.train_subset"),
-        val_subset=_subset_size(cfg, "data.val_subset"),
-        knn_train_subset=_subset_size(cfg, "data.knn_train_subset", DEFAULT_KNN_TRAIN_SUBSET),
+        train_subset=image_count(cfg, "data.train_subset"),
+        val_subset=image_count(cfg, "data.val_subset"),
+        knn_train_subset=image_count(cfg, "data.knn_train_subset", DEFAULT_KNN_TRAIN_SUBSET),
         dali=DaliSpec(
             device=_choice(
                 "data.dali_device", select(cfg, "data.dali_device", "auto"), DALI_DEVICES

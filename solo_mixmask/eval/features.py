@@ -295,12 +295,3 @@ def decay_epochs(cfg: DictConfig, key: str) -> tuple[int, ...]:
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
         raise ConfigError(key, steps, "a list of epochs (ints >= 1)")
     return tuple(sorted(steps))
-
-
-def optional_count(cfg: DictConfig, key: str) -> int | None:
-    """``cfg[key]``: a number of images, or None for all (ConfigError unless null or an int >=
-    1)."""
-    value = OmegaConf.select(cfg, key, default=None)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(key, value, "null (all images) or an int >= 1")
-    return value

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset, Subset
 from solo_mixmask.checkpoints import LoadedBackbone, load_backbone
 from solo_mixmask.compose import configs_root
 from solo_mixmask.config import DEFAULT_SEED, check_number, read_bool, select
+from solo_mixmask.data_specs import data_spec, image_count
 from solo_mixmask.errors import ConfigError, DataError
 from solo_mixmask.eval.features import (
     decay_epochs,
@@ -43,7 +44,6 @@ from solo_mixmask.eval.features import (
     extract_features,
     load_preset,
     make_loader,
-    optional_count,
     output_dir,
     seeded_subset,
     train_crop_transform,
@@ -100,7 +100,7 @@ class FinetuneSettings:
             lr_decay_rate=float(ft.lr_decay_rate),
             init_std=float(ft.init_std),
             crop_min_scale=float(ft.crop_min_scale),
-            val_subset=optional_count(cfg, "finetune.val_subset"),
+            val_subset=image_count(cfg, "finetune.val_subset"),
         )
 
 
@@ -241,7 +241,6 @@ def run_finetune(
     """
     from solo_mixmask.data.augmentations import build_eval_transform
     from solo_mixmask.data.datasets import build_dataset, num_classes
-    from solo_mixmask.data_specs import data_spec
 
     start = time.perf_counter()
     fraction = check_fraction(fraction)

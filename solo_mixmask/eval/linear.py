@@ -38,6 +38,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from solo_mixmask.checkpoints import load_backbone
 from solo_mixmask.compose import configs_root
 from solo_mixmask.config import DEFAULT_SEED, check_number, select
+from solo_mixmask.data_specs import data_spec, image_count
 from solo_mixmask.errors import DataError
 from solo_mixmask.eval.features import (
     decay_epochs,
@@ -45,7 +46,6 @@ from solo_mixmask.eval.features import (
     eval_device,
     extract_features,
     make_loader,
-    optional_count,
     output_path,
     prepare_backbone,
     seeded_subset,
@@ -86,9 +86,7 @@ class LinearSettings:
         check_number(cfg, "linear.init_std", low=0)
         check_number(cfg, "linear.crop_min_scale", low=0, high=1, low_open=True)
         steps = decay_epochs(cfg, "linear.lr_decay_epochs")
-        subsets = {
-            key: optional_count(cfg, f"linear.{key}") for key in ("train_subset", "val_subset")
-        }
+        subsets = {key: image_count(cfg, f"linear.{key}") for key in ("train_subset", "val_subset")}
         lin = cfg.linear
         return cls(
             epochs=int(lin.epochs),
@@ -246,7 +244,6 @@ def run_linear(
     """
     from solo_mixmask.data.augmentations import build_eval_transform
     from solo_mixmask.data.datasets import build_dataset, num_classes
-    from solo_mixmask.data_specs import data_spec
 
     start = time.perf_counter()
     eval_device(device)  # a GPU this machine lacks, before anything is read
