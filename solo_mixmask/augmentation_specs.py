@@ -207,12 +207,18 @@ def parse_pipeline(entry: Any, where: str, mean: tuple, std: tuple) -> CropSpec:
     )
 
 
-def normalisation_stats(cfg: DictConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of ``data.mean`` / ``data.std`` when given, else the dataset's defaults."""
+def dataset_of(cfg: DictConfig) -> str:
+    """``data.dataset``, one of :data:`~solo_mixmask.dataset_facts.KNOWN_DATASETS` (ConfigError
+    naming the key otherwise)."""
     name = OmegaConf.select(cfg, "data.dataset", default=None)
     if name not in KNOWN_DATASETS:
         raise ConfigError("data.dataset", name, f"one of {list(KNOWN_DATASETS)}")
-    mean, std = normalisation_of(name)
+    return name
+
+
+def normalisation_stats(cfg: DictConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of ``data.mean`` / ``data.std`` when given, else the dataset's defaults."""
+    mean, std = normalisation_of(dataset_of(cfg))
     given_mean = _as_plain(OmegaConf.select(cfg, "data.mean", default=None))
     given_std = _as_plain(OmegaConf.select(cfg, "data.std", default=None))
     if given_mean is not None:

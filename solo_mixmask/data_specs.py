@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from solo_mixmask.augmentation_specs import CropSpec, parse_augmentations
+from solo_mixmask.augmentation_specs import CropSpec, dataset_of, parse_augmentations
 from solo_mixmask.config import (
     DATA_FORMATS,
     MAX_SEED,
@@ -27,7 +27,6 @@ from solo_mixmask.config import (
     suggest,
 )
 from solo_mixmask.config import DEFAULT_SEED as DEFAULT_SEED  # re-exported for the data layer
-from solo_mixmask.dataset_facts import KNOWN_DATASETS
 from solo_mixmask.errors import ConfigError
 
 #: Images of the labelled training split in the k-NN memory when ``data.knn_train_subset`` is
@@ -131,9 +130,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
     and ``data.num_classes`` None, ``data.dali_device`` auto. ``data.dataset``,
     ``optimizer.batch_size`` and ``augmentations`` are required.
     """
-    dataset = select(cfg, "data.dataset")
-    if dataset not in KNOWN_DATASETS:
-        raise ConfigError("data.dataset", dataset, f"one of {list(KNOWN_DATASETS)}")
+    dataset = dataset_of(cfg)
     num_classes = select(cfg, "data.num_classes")
     if num_classes is not None:
         _int_at_least("data.num_classes", num_classes, 1, "an int >= 1 or null")
