@@ -52,7 +52,10 @@ from solo_mixmask.config import check_mandatory_values, select, suggest
 from solo_mixmask.errors import CheckpointError, ConfigError, DataError, StopRequested
 from solo_mixmask.methods import METHODS
 from solo_mixmask.run_folder import (
+    CONFIG,
+    INIT_METRICS,
     RUN_DIR_ENV,
+    SUMMARY,
     RunLock,
     check_run_location,
     external_launch,
@@ -67,9 +70,6 @@ from solo_mixmask.utils.resumable import ResumableLoader, resumable_train_loader
 
 if TYPE_CHECKING:
     from solo_mixmask.methods import BaseMethod
-
-SUMMARY = "summary.json"
-CONFIG = "config.yaml"
 
 
 def method_class(cfg: DictConfig) -> type[BaseMethod]:
@@ -259,7 +259,7 @@ def _train_in(
     stop.install()
     try:
         init = _initial_metrics(
-            cfg, trainer, model, val_loaders, run_dir / "init_metrics.json", bool(resume_from)
+            cfg, trainer, model, val_loaders, run_dir / INIT_METRICS, bool(resume_from)
         )
         stop.check()  # a stop asked during the last batch of the k-NN pass
         trainer.fit(

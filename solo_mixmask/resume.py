@@ -19,8 +19,15 @@ from solo_mixmask.checkpoints import SavedModel, saved_model_of
 from solo_mixmask.compose import apply_overrides
 from solo_mixmask.config import select
 from solo_mixmask.errors import CheckpointError, ConfigError
-from solo_mixmask.pretrain import CONFIG, SUMMARY, run_pretrain
-from solo_mixmask.run_folder import RunLock, is_rank_zero_process
+from solo_mixmask.pretrain import run_pretrain
+from solo_mixmask.run_folder import (
+    CHECKPOINTS,
+    CONFIG,
+    INIT_METRICS,
+    SUMMARY,
+    RunLock,
+    is_rank_zero_process,
+)
 
 
 class NothingToResume(Exception):
@@ -161,7 +168,7 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
 
 def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]:
     """:func:`resume_run` once the run folder's lock is held."""
-    config, folder = run_dir / CONFIG, run_dir / "checkpoints"
+    config, folder = run_dir / CONFIG, run_dir / CHECKPOINTS
     last = folder / LAST
     saved = OmegaConf.load(config)
     if not isinstance(saved, DictConfig):
@@ -194,7 +201,7 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
                 "run starts again from step 0 in this folder"
             )
             shutil.rmtree(run_dir / "logs", ignore_errors=True)
-            (run_dir / "init_metrics.json").unlink(missing_ok=True)
+            (run_dir / INIT_METRICS).unlink(missing_ok=True)
             return run_pretrain(cfg, run_dir=run_dir)
         last, checkpoint = found
         _warn(

@@ -34,9 +34,15 @@ from solo_mixmask.config import select
 from solo_mixmask.errors import ConfigError, ConfigWarning
 from solo_mixmask.paths import check_output_dir
 
+#: What a run folder holds (see :mod:`solo_mixmask.pretrain`): the resolved config, the
+#: checkpoints folder, the summary, the k-NN/linear figures before training, the lock.
+CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
+SUMMARY = "summary.json"
+INIT_METRICS = "init_metrics.json"
 LOCK = "run.lock"
 #: Entries that make a folder a run folder (what ``pretrain`` writes first).
-RUN_MARKERS = ("config.yaml", "checkpoints", "summary.json", LOCK)
+RUN_MARKERS = (CONFIG, CHECKPOINTS, SUMMARY, LOCK)
 #: How long a lock file that cannot be parsed yet (being written) is waited for, in seconds.
 _UNREADABLE_WAIT = 2.0
 
@@ -146,7 +152,7 @@ def check_run_location(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> str:
 
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir/checkpoints`` holds a ``.ckpt`` file."""
-    folder = run_dir / "checkpoints"
+    folder = run_dir / CHECKPOINTS
     return folder.is_dir() and any(folder.glob("*.ckpt"))
 
 

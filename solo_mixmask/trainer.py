@@ -25,6 +25,7 @@ from solo_mixmask.checkpoint_io import SafeAtomicCheckpointIO
 from solo_mixmask.config import select, to_container, trainer_arg_names
 from solo_mixmask.console import EpochLine, ModelLine, quiet_third_party
 from solo_mixmask.loggers import build_loggers
+from solo_mixmask.run_folder import CHECKPOINTS
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
 
     The loaders of :class:`ResumeState` and :class:`DataOnDevice` are attached once they exist.
     """
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = run_dir / CHECKPOINTS
     enabled = bool(cfg.checkpoint.enabled)
     callbacks: list[Callback] = [
         TrainSpeed(),

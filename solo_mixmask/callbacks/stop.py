@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 from solo_mixmask.callbacks.checkpointing import ends_a_mid_epoch_step
 from solo_mixmask.checkpoint_io import LAST
 from solo_mixmask.errors import RunStopped, StopRequested
+from solo_mixmask.run_folder import CHECKPOINTS
 
 
 def signal_name(signum: int) -> str:
@@ -159,7 +160,7 @@ def stopped_error(
     """The :class:`RunStopped` error for a run that a signal stopped (what was saved, how to
     continue)."""
     signum = stop.signum if stop.signum is not None else signal.SIGTERM
-    last = run_dir / "checkpoints" / LAST
+    last = run_dir / CHECKPOINTS / LAST
     if saver is not None and saver.saved_on_stop is not None:
         kept = f"last.ckpt holds step {saver.saved_on_stop}, the last step trained"
     elif last.exists():

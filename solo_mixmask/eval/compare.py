@@ -25,6 +25,7 @@ from typing import Any
 
 from solo_mixmask.errors import DataError
 from solo_mixmask.paths import check_output_dir
+from solo_mixmask.run_folder import INIT_METRICS
 
 CLASSIFIER_LOSS = "train_class_loss_epoch"
 CONTRASTIVE_LOSSES = ("train_nce_loss_epoch", "train_byol_loss_epoch")
@@ -101,7 +102,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
     if not summary_file.is_file():
         raise DataError(f"{str(run_dir)!r} is not a finished run folder: {summary_file} is missing")
     summary: dict[str, Any] = json.loads(summary_file.read_text())
-    init_file = run_dir / "init_metrics.json"
+    init_file = run_dir / INIT_METRICS
     init = json.loads(init_file.read_text()) if init_file.is_file() else {}
     linear_file = run_dir / "linear.json"
     offline = json.loads(linear_file.read_text()).get("acc1") if linear_file.is_file() else None
