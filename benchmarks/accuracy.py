@@ -82,9 +82,10 @@ def own_baseline(method: str) -> str | None:
 
 
 #: Asymmetric MoCo v2 on CIFAR as Un-Mix's CIFAR code trains it (batch 512, lr 0.06 = 0.03 per
-#: 256 images with our linear scaling, wd 5e-4, queue 4096, tau 0.99, T 0.1, cosine without
-#: warm-up), 128-d projections; MixMask gets the same, plus its own branch.
-CIFAR_RECIPE = (
+#: 256 images with our linear scaling, wd 5e-4, queue 4096, tau 0.99, T 0.1, cosine schedule),
+#: 128-d projections; MixMask gets the same, plus its own branch. Without its warm-up and
+#: BatchNorm settings (below): ``cifar_grid.py`` varies those.
+UNMIX_CIFAR_BASE = (
     "method_kwargs.symmetric=false",
     "method_kwargs.queue_size=4096",
     "method_kwargs.temperature=0.1",
@@ -93,8 +94,15 @@ CIFAR_RECIPE = (
     "momentum.final_tau=0.99",
     "optimizer.lr=0.03",
     "optimizer.weight_decay=0.0005",
-    "scheduler.warmup_epochs=0",
 )
+#: The single-device fix of docs/MIXMASK_VS_MOCO.md, for every method: 2 warm-up epochs, split
+#: BatchNorm (8 groups of 64 images at batch 512) and shuffled keys.
+SINGLE_DEVICE_FIX = (
+    "scheduler.warmup_epochs=2",
+    "method_kwargs.bn_splits=8",
+    "method_kwargs.shuffle_bn=true",
+)
+CIFAR_RECIPE = UNMIX_CIFAR_BASE + SINGLE_DEVICE_FIX
 
 
 @dataclass(frozen=True)
@@ -292,6 +300,8 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         changes["seeds"] = tuple(args.seeds)
     if args.epochs:
         changes["epochs"] = args.epochs
+        if prof.epochs_from_budget and not args.budget_minutes:  # epochs given: nothing to plan
+            changes.update(epochs_from_budget=False, budget_minutes=None)
     if args.train_subset:
         changes["train_subset"] = args.train_subset
     if args.budget_minutes:
@@ -512,7 +522,8 @@ def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def knn_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """(epochs trained, val_knn_acc1) from ``logs/metrics.csv``, plus (0, at init)."""
+    """(epochs trained, val_knn_acc1) from ``logs/metrics.csv``, plus (0, at init). The
+    validation before training (logged at step 0) is the init figure, not epoch 1's."""
     curve: list[tuple[int, float]] = []
     init = run_dir / "init_metrics.json"
     if init.exists():
@@ -523,9 +534,15 @@ def knn_curve(run_dir: Path) -> list[tuple[int, float]]:
     if metrics.exists():
         with metrics.open() as f:
             for row in csv.DictReader(f):
-                if row.get("val_knn_acc1") not in (None, ""):
+                if row.get("val_knn_acc1") not in (None, "") and not before_training(row):
                     curve.append((int(float(row["epoch"])) + 1, float(row["val_knn_acc1"])))
     return sorted(dict(curve).items())
+
+
+def before_training(row: dict[str, str]) -> bool:
+    """Whether a metrics.csv row was logged before the first optimiser step (the k-NN and
+    linear figures at initialisation, which ``init_metrics.json`` holds as epoch 0)."""
+    return row.get("step") not in (None, "") and int(float(row["step"])) == 0
 
 
 def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:

@@ -13,6 +13,9 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
+from solo_mixmask.core.collapse import spread_std
+from solo_mixmask.methods.heads import EMBEDDING_STD
+
 #: Third-party lines dropped from a run's output (advertising, or a deprecation inside Lightning).
 _NOTICES = ("💡 Tip:", "Loading `train_dataloader` to estimate")
 
@@ -57,13 +60,20 @@ class ModelLine(Callback):
 
 class EpochLine(Callback):
     """Without a progress bar (CI logs, ``nohup``), one line per epoch on rank 0:
-    ``epoch 3/10: nce_loss 5.123, knn top-1 45.30%, 120 img/s, 12.3 s``."""
+    ``epoch 3/10: nce_loss 5.1230, embedding_std 0.0612 (spread 0.0884), k-NN top-1 45.30%,
+    120 img/s, 12.3 s``; the k-NN figure only on epochs that measured it."""
 
     def __init__(self) -> None:
         self._start = 0.0
+        self._knn_measured = False
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._start = time.perf_counter()
+        self._knn_measured = False
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self._knn_measured = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if not trainer.is_global_zero:
@@ -74,7 +84,11 @@ class EpochLine(Callback):
             for key, value in sorted(metrics.items())
             if key.startswith("train_") and key.endswith("loss_epoch")
         ]
-        if "val_knn_acc1" in metrics:
+        if EMBEDDING_STD in metrics:
+            std = f"embedding_std {float(metrics[EMBEDDING_STD]):.4f}"
+            dim = getattr(pl_module, "embedding_dim", None)
+            parts.append(f"{std} (spread {spread_std(dim):.4f})" if dim else std)
+        if self._knn_measured and "val_knn_acc1" in metrics:
             parts.append(f"k-NN top-1 {float(metrics['val_knn_acc1']):.2f}%")
         # Lightning's callback connector sets Trainer.callbacks; the class does not declare it
         callbacks = trainer.callbacks  # type: ignore[attr-defined]

@@ -29,6 +29,11 @@ class ConfigWarning(UserWarning):
     """A config value that runs but makes no sense (printed as one ``warning:`` line)."""
 
 
+class CollapseWarning(ConfigWarning):
+    """A run whose outputs collapsed: its figures measure no representation (one ``warning:``
+    line, and ``"collapsed": true`` in ``summary.json``)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss (or a weight about to be saved) became NaN or inf."""
 

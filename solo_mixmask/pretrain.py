@@ -27,6 +27,7 @@ import inspect
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +50,16 @@ from solo_mixmask.callbacks import (
 from solo_mixmask.checkpoint_io import LAST
 from solo_mixmask.checkpoints import SavedModel, check_model_fits
 from solo_mixmask.config import check_mandatory_values, select, suggest
-from solo_mixmask.errors import CheckpointError, ConfigError, DataError, StopRequested
+from solo_mixmask.core.collapse import COLLAPSE_FRACTION, is_collapsed, spread_std
+from solo_mixmask.errors import (
+    CheckpointError,
+    CollapseWarning,
+    ConfigError,
+    DataError,
+    StopRequested,
+)
 from solo_mixmask.methods import METHODS
+from solo_mixmask.methods.heads import EMBEDDING_STD
 from solo_mixmask.run_folder import (
     CONFIG,
     INIT_METRICS,
@@ -293,6 +302,9 @@ def _train_in(
     last = Path(writer.dirpath) / LAST if writer is not None and writer.dirpath else None
     checkpoint = str(last) if last is not None and last.exists() else None
     bad = count_bad_files(watched, report)
+    collapse = collapse_report(
+        _metric(metrics, EMBEDDING_STD), getattr(model, "embedding_dim", None)
+    )
     summary = {
         "method": cfg.method,
         "backbone": cfg.backbone.name,
@@ -304,6 +316,7 @@ def _train_in(
         "linear_acc1": _metric(metrics, "val_acc1"),
         "linear_acc5": _metric(metrics, "val_acc5"),
         "knn_k": model.knn_k,  # knn_eval.k, clamped to the k-NN memory
+        **collapse,
         **init,
         "images_per_sec": round(speed.images_per_sec, 2),
         "wall_seconds": round(wall + float(previous.get("wall_seconds", 0.0)), 1),
@@ -316,4 +329,30 @@ def _train_in(
     }
     if trainer.is_global_zero:
         (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+        if collapse["collapsed"]:
+            warnings.warn(collapse_message(collapse), CollapseWarning, stacklevel=2)
     return summary
+
+
+def collapse_report(std: float | None, dim: int | None) -> dict[str, Any]:
+    """The summary's collapse fields: ``embedding_std`` (the last epoch's mean, None when no
+    epoch measured it), ``embedding_std_spread`` (1/sqrt(d)) and ``collapsed``
+    (:func:`~solo_mixmask.core.collapse.is_collapsed`)."""
+    spread = spread_std(dim) if dim else None
+    return {
+        "embedding_std": None if std is None else round(std, 6),
+        "embedding_std_spread": None if spread is None else round(spread, 6),
+        "collapsed": bool(std is not None and dim and is_collapsed(std, dim)),
+    }
+
+
+def collapse_message(collapse: dict[str, Any]) -> str:
+    """The one warning line of a collapsed run."""
+    std, spread = collapse["embedding_std"], collapse["embedding_std_spread"]
+    return (
+        f"the run collapsed: embedding_std {std:.4f} is {std / spread:.1%} of the spread value "
+        f"{spread:.4f} (below {COLLAPSE_FRACTION:.0%}): its projector outputs barely depend on "
+        "the image, so its accuracies measure no representation; train with a warm-up "
+        "(scheduler.warmup_epochs), a lower optimizer.lr or split BatchNorm "
+        "(method_kwargs.bn_splits, method_kwargs.shuffle_bn), see docs/MIXMASK_VS_MOCO.md"
+    )

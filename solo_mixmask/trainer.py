@@ -3,10 +3,12 @@ and its plugins."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, RichProgressBar
 from omegaconf import DictConfig
 
@@ -90,6 +92,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> 
     kwargs.setdefault("log_every_n_steps", 10)
     kwargs.setdefault("enable_model_summary", False)  # ModelLine prints one line instead
     quiet_third_party()  # before the Trainer logs its tips
+    if select(cfg, "data.format") == "memory":
+        # the images are decoded once and augmented on the device: workers would not help
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    if torch.cuda.is_available():
+        # fp32 matrix products (outside autocast) on TF32 tensor cores, as Lightning advises
+        torch.set_float32_matmul_precision("high")
     plugins = kwargs.pop("plugins", None) or []
     plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
     return L.Trainer(

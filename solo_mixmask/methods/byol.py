@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 from solo_mixmask.config import check_known_keys, check_number, fill_defaults
 from solo_mixmask.losses.byol import byol_loss
 from solo_mixmask.methods.base import BaseMomentumMethod
-from solo_mixmask.methods.heads import ProjectorLogic, mlp_head
+from solo_mixmask.methods.batch_norm import BN_DEFAULTS, SplitBNLogic
+from solo_mixmask.methods.heads import ProjectorLogic, log_embedding_std, mlp_head
 from solo_mixmask.methods.mixed_branch import MixedBranchLogic
 from solo_mixmask.methods.registry import MethodEntry
 
@@ -24,16 +25,17 @@ BYOL_DEFAULTS: dict[str, Any] = {
     "proj_hidden_dim": 4096,
     "proj_output_dim": 256,
     "pred_hidden_dim": 4096,
+    **BN_DEFAULTS,
 }
 
 
 def check_byol_config(cfg: DictConfig) -> None:
     """BYOL's head widths (``BYOL_DEFAULTS`` keys) are integers >= 1; ConfigError otherwise."""
-    for key in BYOL_DEFAULTS:
+    for key in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"):
         check_number(cfg, f"method_kwargs.{key}", low=1, integer=True)
 
 
-class BYOLLogic(ProjectorLogic):
+class BYOLLogic(SplitBNLogic, ProjectorLogic):
     """Symmetric BYOL loss: byol(p1, k2) + byol(p2, k1), with BatchNorm in the heads."""
 
     projector_batch_norm = True
@@ -67,6 +69,7 @@ class BYOLLogic(ProjectorLogic):
     def training_step(self, batch: list[Any], batch_idx: int) -> torch.Tensor:
         out = super().training_step(batch, batch_idx)
         p, k = out["p"], out["momentum_z"]
+        log_embedding_std(self, out["z"][0])
         loss = byol_loss(p[0], k[1]) + byol_loss(p[1], k[0])
         self.log("train_byol_loss", loss.detach(), on_epoch=True, sync_dist=True)
         return out["loss"] + loss
@@ -76,7 +79,7 @@ class BYOL(BYOLLogic, BaseMomentumMethod):
     """BYOL on the standalone engine."""
 
 
-class BYOLMixedBranchLogic(MixedBranchLogic):
+class BYOLMixedBranchLogic(MixedBranchLogic, SplitBNLogic):
     """Mixin over a BYOL class (ours or solo-learn's): BYOL's loss plus mixed-view terms.
 
     The BYOL step underneath is unchanged (its predictor, symmetric loss and tau schedule); its
@@ -118,6 +121,8 @@ class BYOLMixedBranchLogic(MixedBranchLogic):
             momentum_z = self._momentum_z
         finally:
             self._momentum_z = None
+        if not isinstance(self, BYOLLogic):  # solo-learn's BYOL: its online z is not exposed
+            log_embedding_std(self, momentum_z[-1])
         # the second view's momentum projections (B, d), as BYOL's own p1 -> z2 term uses them
         mixed = self.mixed_losses(batch[1][0], momentum_z[-1], partial(byol_loss, reduction="none"))
         if mixed:

@@ -23,6 +23,18 @@ if TYPE_CHECKING:
         cfg: DictConfig
         #: Width D of the backbone's features (B, D).
         features_dim: int
+        #: Width d of the projector outputs measured by the collapse monitor (set when logged).
+        embedding_dim: int
+        #: The online backbone and its momentum (EMA) copy.
+        backbone: nn.Module
+        momentum_backbone: nn.Module
+        #: Lightning's: train/eval mode, the trainer (None before ``fit``), gathering over
+        #: processes.
+        training: bool
+        _trainer: Any
+
+        def all_gather(self, data: torch.Tensor) -> torch.Tensor: ...
+
         #: Views of a training batch through the online / momentum network (None = all).
         online_views: list[int] | None
         momentum_views: list[int] | None

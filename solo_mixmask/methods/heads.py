@@ -9,7 +9,19 @@ from omegaconf import DictConfig
 from torch import nn
 
 from solo_mixmask.backbones import momentum_copy
+from solo_mixmask.core.collapse import embedding_std
 from solo_mixmask.methods.contract import LogicBase
+
+#: The logged collapse measure (per epoch) and the model attribute that holds its width d.
+EMBEDDING_STD = "train_embedding_std"
+
+
+def log_embedding_std(method: LogicBase, z: torch.Tensor) -> None:
+    """Log the collapse measure :func:`~solo_mixmask.core.collapse.embedding_std` of projector
+    outputs z (B, d) as the epoch mean ``train_embedding_std``, and keep d as
+    ``method.embedding_dim`` (its spread value is 1/sqrt(d))."""
+    method.embedding_dim = int(z.shape[1])
+    method.log(EMBEDDING_STD, embedding_std(z), on_step=False, on_epoch=True, sync_dist=True)
 
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:

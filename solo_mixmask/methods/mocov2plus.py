@@ -25,7 +25,8 @@ from solo_mixmask.core.queue import KeyQueue
 from solo_mixmask.losses.mixed import PairLoss
 from solo_mixmask.losses.moco import moco_loss
 from solo_mixmask.methods.base import BaseMomentumMethod
-from solo_mixmask.methods.heads import ProjectorLogic
+from solo_mixmask.methods.batch_norm import BN_DEFAULTS, SplitBNLogic
+from solo_mixmask.methods.heads import ProjectorLogic, log_embedding_std
 from solo_mixmask.methods.mixed_branch import MixedBranchLogic
 from solo_mixmask.methods.registry import MethodEntry, SoloName
 from solo_mixmask.utils.distributed import gather_no_grad
@@ -38,7 +39,7 @@ from solo_mixmask.utils.distributed import gather_no_grad
 MAX_INFO_NCE_LOSS = 1e6
 
 
-class MoCoV2PlusLogic(MixedBranchLogic, ProjectorLogic):
+class MoCoV2PlusLogic(MixedBranchLogic, SplitBNLogic, ProjectorLogic):
     """Projector + momentum projector + key queue + InfoNCE against the queue.
 
     ``method_kwargs.symmetric``: false = MoCo v2 (q from view 1, k from view 2, one queue);
@@ -51,6 +52,7 @@ class MoCoV2PlusLogic(MixedBranchLogic, ProjectorLogic):
         "queue_size": 65536,
         "temperature": 0.2,
         "symmetric": True,
+        **BN_DEFAULTS,
     }
 
     def __init__(self, cfg: DictConfig):
@@ -91,6 +93,7 @@ class MoCoV2PlusLogic(MixedBranchLogic, ProjectorLogic):
     def training_step(self, batch: list[Any], batch_idx: int) -> torch.Tensor:
         out = super().training_step(batch, batch_idx)
         q, k = out["z"], out["momentum_z"]
+        log_embedding_std(self, q[0])
         queue = self.key_queue.queue.clone().detach()
         if self.symmetric:
             nce = (

@@ -1,0 +1,130 @@
+"""Split BatchNorm and the shuffled momentum forward, against per-group BatchNorm and by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from solo_mixmask.core.batch_norm import SplitBatchNorm2d, shuffled_forward, split_batch_norms
+
+
+def _groups(x: torch.Tensor, s: int) -> list[torch.Tensor]:
+    """Group j of a split BatchNorm: images j, j + s, j + 2s, ..."""
+    return [x[j::s] for j in range(s)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_split_bn_normalises_each_group_as_its_own_batch_norm(channels_last):
+    torch.manual_seed(0)
+    s, c = 4, 3
+    x = torch.randn(8, c, 5, 5) * torch.tensor([1.0, 3.0, 0.5]).view(1, c, 1, 1) + 2.0
+    x[1::4] += 5.0  # group 1 has another mean: one BatchNorm over the batch would not remove it
+    split = SplitBatchNorm2d(c, s, momentum=0.1)
+    with torch.no_grad():
+        split.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        split.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    reference = nn.BatchNorm2d(c, momentum=0.1)
+    reference.load_state_dict(split.state_dict())
+    inp = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    y = split(inp)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    means, variances = [], []
+    for j, group in enumerate(_groups(x, s)):
+        one = nn.BatchNorm2d(c, momentum=0.1)
+        one.load_state_dict(reference.state_dict())
+        torch.testing.assert_close(y[j::s], one(group), atol=1e-5, rtol=1e-5)
+        means.append(one.running_mean)
+        variances.append(one.running_var)
+    torch.testing.assert_close(split.running_mean, torch.stack(means).mean(0))
+    torch.testing.assert_close(split.running_var, torch.stack(variances).mean(0))
+    assert int(split.num_batches_tracked) == 1
+    # by hand: each group's channel mean is 0 and biased std 1 before the affine map
+    normed = (y[1::4] - split.bias.view(1, c, 1, 1)) / split.weight.view(1, c, 1, 1)
+    torch.testing.assert_close(normed.mean(dim=(0, 2, 3)), torch.zeros(c), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        normed.var(dim=(0, 2, 3), unbiased=False), torch.ones(c), atol=1e-3, rtol=0
+    )
+
+
+def test_split_bn_gradients_match_per_group_batch_norm():
+    torch.manual_seed(1)
+    x = torch.randn(6, 2, 3, 3, requires_grad=True)
+    split = SplitBatchNorm2d(2, 3)
+    split(x).square().sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    one = nn.BatchNorm2d(2)
+    sum(one(g).square().sum() for g in _groups(x2, 3)).backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split.weight.grad, one.weight.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_split_bn_in_eval_mode_and_state_dict_are_batch_norms():
+    split = SplitBatchNorm2d(3, 2)
+    plain = nn.BatchNorm2d(3)
+    assert split.state_dict().keys() == plain.state_dict().keys()
+    with torch.no_grad():
+        split.running_mean.fill_(1.0)
+        split.running_var.fill_(4.0)
+    plain.load_state_dict(split.state_dict())
+    x = torch.randn(3, 3, 2, 2)  # any batch size in eval mode
+    torch.testing.assert_close(split.eval()(x), plain.eval()(x))
+    with pytest.raises(ValueError, match="divisible by num_splits=2"):
+        split.train()(x)
+    with pytest.raises(ValueError, match="num_splits=0"):
+        SplitBatchNorm2d(3, 0)
+
+
+def test_split_batch_norms_swaps_in_place_sharing_tensors():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    weight = net[1].weight
+    assert split_batch_norms(net, 1) == 0 and type(net[1]) is nn.BatchNorm2d
+    keys = net.state_dict().keys()
+    assert split_batch_norms(net, 2) == 2
+    assert isinstance(net[1], SplitBatchNorm2d) and isinstance(net[2][0], SplitBatchNorm2d)
+    assert net[1].weight is weight and net.state_dict().keys() == keys
+    assert split_batch_norms(net, 2) == 0  # already split
+
+
+def test_shuffled_forward_returns_outputs_in_input_order():
+    x = torch.arange(8.0).view(8, 1)
+    seen = {}
+
+    def forward(batch):
+        seen["order"] = batch.flatten().tolist()
+        return {"z": batch * 10, "n": torch.tensor(3)}
+
+    out = shuffled_forward(forward, x, torch.Generator().manual_seed(0))
+    assert seen["order"] != list(range(8)) and sorted(seen["order"]) == list(range(8))
+    torch.testing.assert_close(out["z"], x * 10)
+    assert int(out["n"]) == 3
+
+
+def test_shuffled_forward_across_processes_by_hand():
+    """Two processes of 3 images: each forwards its share of one global permutation and gets
+    back its own images' outputs. The processes' forwards are computed first (as they would run
+    in parallel); the gather returns both processes' inputs, then both outputs."""
+    batches = [torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([[3.0], [4.0], [5.0]])]
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(5))
+    shares = [torch.cat(batches)[perm[r * 3 : (r + 1) * 3]] for r in (0, 1)]
+    outputs = torch.cat([share * 10 + 1 for share in shares])
+
+    for rank in (0, 1):
+        gathered = iter([torch.cat(batches), outputs])
+        seen = {}
+
+        def forward(share, seen=seen):
+            seen["share"] = share
+            return {"z": share * 10 + 1}
+
+        out = shuffled_forward(
+            forward,
+            batches[rank],
+            torch.Generator().manual_seed(5),
+            gather=lambda t, it=gathered: next(it),
+            rank=rank,
+            world=2,
+        )
+        torch.testing.assert_close(seen["share"], shares[rank])
+        torch.testing.assert_close(out["z"], batches[rank] * 10 + 1)
+    assert shares[0].flatten().tolist() != [0.0, 1.0, 2.0]  # the seed mixes the processes
