@@ -70,6 +70,8 @@ from common import (  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
+from solo_mixmask.errors import RunStopped  # noqa: E402
+from solo_mixmask.eval.compare import embedding_std_cell  # noqa: E402
 
 FMNIST_TRAIN_IMAGES = 60_000
 CIFAR10_TRAIN_IMAGES = 50_000
@@ -623,6 +625,9 @@ def one_run(
         "steps",
         "epochs",
         "train_images",
+        "embedding_std",
+        "embedding_std_spread",
+        "collapsed",
     )
     out = {
         "method": method,
@@ -689,6 +694,13 @@ def aggregate(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str,
         if offline:
             row["offline_linear_acc1"] = _stats(list(offline.values()))
         row["wall_seconds"] = _stats([r["wall_seconds"] for r in seeds.values()])
+        stds = [r["embedding_std"] for r in seeds.values() if r.get("embedding_std") is not None]
+        if stds:
+            row["embedding_std"] = _stats(stds)
+            row["embedding_std_spread"] = next(
+                r["embedding_std_spread"] for r in seeds.values() if r.get("embedding_std_spread")
+            )
+        row["collapsed_runs"] = sum(bool(r.get("collapsed")) for r in seeds.values())
         row["images_per_sec"] = _stats([r["images_per_sec"] for r in seeds.values()])
         base = by.get(BASELINE, {})
         paired = [seeds[s]["knn_acc1"] - base[s]["knn_acc1"] for s in seeds if s in base]
@@ -813,6 +825,12 @@ def markdown(res: dict[str, Any]) -> str:
                 _pm(row.get("offline_linear_acc1")),
                 _pm(row.get("offline_linear_diff_to_mocov2plus"), signed=True),
                 _pm(row.get("online_linear_acc1")),
+                embedding_std_cell(
+                    row["embedding_std"]["mean"] if row.get("embedding_std") else None,
+                    row.get("embedding_std_spread"),
+                    False,
+                )
+                + (f", **{row['collapsed_runs']} collapsed**" if row.get("collapsed_runs") else ""),
                 f"{row['images_per_sec']['mean']:.0f}",
             ]
         )
@@ -827,6 +845,7 @@ def markdown(res: dict[str, Any]) -> str:
                 "offline linear top-1 %",
                 "linear diff (paired)",
                 "online linear top-1 %",
+                "embedding_std (of spread)",
                 "train img/s",
             ],
             rows,
@@ -1033,6 +1052,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             args.reuse,
                         )
                     )
+                except RunStopped as err:  # SIGTERM / Ctrl-C: stop here, keep what was measured
+                    errors.append(f"{method} seed {seed}: stopped ({err})")
+                    report(
+                        args,
+                        prof,
+                        the_plan,
+                        runs,
+                        errors,
+                        raw,
+                        time.perf_counter() - start,
+                        stem,
+                        done=False,
+                    )
+                    print(f"error: {err}", file=sys.stderr)
+                    raise SystemExit(err.exit_status) from None
                 except Exception as err:  # keep going: report the failure in the table
                     errors.append(f"{method} seed {seed}: {type(err).__name__}: {err}")
                     print(errors[-1], file=sys.stderr)

@@ -41,6 +41,8 @@ from accuracy import (  # noqa: E402
 )
 from common import RESULTS, command_line, machine, table, write_results  # noqa: E402
 
+from solo_mixmask.errors import RunStopped  # noqa: E402
+
 #: The recipe of the collapsed comparison (main e3fee5b): Un-Mix's CIFAR recipe, no warm-up,
 #: one BatchNorm over the device batch. Each condition below is applied on top of it.
 COLLAPSED_RECIPE = UNMIX_CIFAR_BASE
@@ -132,6 +134,9 @@ def work(args: argparse.Namespace, conditions: list[str], runs_dir: Path) -> lis
             try:
                 result = one_run(prof, method, args.seed, None, run_dir, reuse=False)
                 error = None
+            except RunStopped as err:  # SIGTERM: stop this worker, keep its records
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(err.exit_status) from None
             except Exception as err:  # one failed run must not lose the others
                 result, error = {}, f"{type(err).__name__}: {err}"
             summary_file = run_dir / "summary.json"

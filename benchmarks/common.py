@@ -372,7 +372,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-def _cifar10_source(given: str | Path | None) -> Path:
+def cifar10_source(given: str | Path | None) -> Path:
     source = Path(given or os.environ.get(CIFAR10_ENV) or SHARED_CIFAR10).expanduser()
     if (source / "train").is_dir() and (source / "test").is_dir():
         return source
@@ -397,7 +397,7 @@ def cifar10_folder(
     import tarfile
     import tempfile
 
-    source = _cifar10_source(given)
+    source = cifar10_source(given)
     if (source / "train").is_dir() and per_class is None:
         return source
     suffix = f"_{per_class}" if per_class is not None else ""

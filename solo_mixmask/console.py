@@ -13,7 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
-from solo_mixmask.core.collapse import spread_std
+from solo_mixmask.core.collapse import is_collapsed, spread_std
 from solo_mixmask.methods.heads import EMBEDDING_STD
 
 #: Third-party lines dropped from a run's output (advertising, or a deprecation inside Lightning).
@@ -85,9 +85,12 @@ class EpochLine(Callback):
             if key.startswith("train_") and key.endswith("loss_epoch")
         ]
         if EMBEDDING_STD in metrics:
-            std = f"embedding_std {float(metrics[EMBEDDING_STD]):.4f}"
+            value = float(metrics[EMBEDDING_STD])
+            std = f"embedding_std {value:.4f}"
             dim = getattr(pl_module, "embedding_dim", None)
-            parts.append(f"{std} (spread {spread_std(dim):.4f})" if dim else std)
+            if dim:
+                std += f" (spread {spread_std(dim):.4f}{', COLLAPSED' if is_collapsed(value, dim) else ''})"
+            parts.append(std)
         if self._knn_measured and "val_knn_acc1" in metrics:
             parts.append(f"k-NN top-1 {float(metrics['val_knn_acc1']):.2f}%")
         # Lightning's callback connector sets Trainer.callbacks; the class does not declare it

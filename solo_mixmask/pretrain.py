@@ -352,7 +352,7 @@ def collapse_message(collapse: dict[str, Any]) -> str:
     return (
         f"the run collapsed: embedding_std {std:.4f} is {std / spread:.1%} of the spread value "
         f"{spread:.4f} (below {COLLAPSE_FRACTION:.0%}): its projector outputs barely depend on "
-        "the image, so its accuracies measure no representation; train with a warm-up "
-        "(scheduler.warmup_epochs), a lower optimizer.lr or split BatchNorm "
-        "(method_kwargs.bn_splits, method_kwargs.shuffle_bn), see docs/MIXMASK_VS_MOCO.md"
+        "the image, so its accuracies measure no representation. A learning-rate warm-up "
+        "(scheduler.warmup_epochs) or a lower optimizer.lr prevented the collapses we "
+        "diagnosed: see docs/MIXMASK_VS_MOCO.md"
     )

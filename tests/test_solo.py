@@ -27,6 +27,7 @@ from PIL import Image
 
 from solo_mixmask import cli
 from solo_mixmask import solo as plugin
+from solo_mixmask.core.batch_norm import SplitBatchNorm2d
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.methods import LOGIC
 from solo_mixmask.methods.byol import BYOLLogic, BYOLMixedBranchLogic
@@ -679,3 +680,125 @@ def test_byol_variants_train_inside_solo_learn_main_pretrain(
     for branch in branches:
         assert metrics[f"train_{branch}_loss_epoch"] > 0
         assert 0.0 <= metrics[f"train_{branch}_lambda_epoch"] <= 1.0
+
+
+# ------------------------------------------------ split BatchNorm and shuffled keys in solo-learn
+#: nn.BatchNorm2d and its split version (any other subclass would be a layer we did not expect)
+BATCH_NORMS_2D = {torch.nn.BatchNorm2d, SplitBatchNorm2d}
+
+
+def split_bn_probe_class(base: type) -> type:
+    """``base`` plus a record of each step's views and of the images the momentum backbone got,
+    and of the BatchNorm layers of both backbones once training starts."""
+
+    class Probe(base):
+        instances: list = []
+
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.records: list[dict] = []
+            self.bn_layers: dict[str, list] = {}
+            self.final_metrics: dict[str, float] = {}
+            self._momentum_inputs: list | None = None
+            self.momentum_backbone.register_forward_pre_hook(self._record_momentum_input)
+            Probe.instances.append(self)
+
+        def _record_momentum_input(self, module, args):
+            if self._momentum_inputs is not None:
+                self._momentum_inputs.append(args[0].detach().clone())
+
+        def on_train_start(self):
+            super().on_train_start()
+            # what solo-learn's main_pretrain and Lightning left in place, after their set-up
+            self.bn_layers = {
+                part: [m for m in getattr(self, part).modules() if type(m) in BATCH_NORMS_2D]
+                for part in ("backbone", "momentum_backbone")
+            }
+
+        def training_step(self, batch, batch_idx):
+            self._momentum_inputs = []
+            try:
+                loss = super().training_step(batch, batch_idx)
+            finally:
+                inputs, self._momentum_inputs = self._momentum_inputs, None
+            self.records.append({"views": [v.detach().clone() for v in batch[1]], "inputs": inputs})
+            return loss
+
+        def on_train_end(self):
+            super().on_train_end()
+            self.final_metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+
+    return Probe
+
+
+def matching_order(shuffled: torch.Tensor, images: torch.Tensor) -> list[int]:
+    """For each image of ``shuffled`` (B, ...), the index of the equal image in ``images``."""
+    return [next(j for j in range(len(images)) if torch.equal(row, images[j])) for row in shuffled]
+
+
+@needs_solo
+@pytest.mark.parametrize("method", ["mixmask", "byol_mixmask"])
+def test_split_bn_and_shuffled_keys_train_inside_solo_learn_main_pretrain(
+    method, image_folder, tmp_path, monkeypatch
+):
+    """bn_splits=2 and shuffle_bn=true on a MoCo-based and a BYOL-based method, one step
+    through solo-learn's main_pretrain: every BatchNorm2d of both backbones is a split one
+    (still after solo-learn's and Lightning's set-up), the momentum backbone gets each view's
+    images in a shuffled order, and the collapse measure train_embedding_std is logged."""
+    from solo.backbones import resnet18
+    from solo.methods import METHODS
+
+    plugin.register()
+    probe = split_bn_probe_class(METHODS[method])
+    monkeypatch.setitem(METHODS, f"{method}_probe", probe)
+    monkeypatch.chdir(tmp_path)
+    overrides = [o for o in cpu_overrides(image_folder) if "queue_size" not in o] + [
+        f"method={method}_probe",
+        "++method_kwargs.bn_splits=2",  # absent from the shipped configs (default 1)
+        "++method_kwargs.shuffle_bn=True",
+        "knn_eval.enabled=False",
+        "checkpoint.enabled=False",
+        "+num_sanity_val_steps=0",
+        "+limit_train_batches=1",  # one step (two momentum passes) is enough here, and fast
+        "+limit_val_batches=0",
+        f"+default_root_dir={tmp_path}",
+    ]
+    if method in MOCO_SOLO_METHODS:
+        overrides.append(f"method_kwargs.queue_size={QUEUE}")
+    else:
+        overrides += ["method_kwargs.proj_hidden_dim=64", "method_kwargs.pred_hidden_dim=64"]
+    args = plugin.hydra_args("pretrain", None, f"cifar10/{method}", overrides)
+    plugin.run_solo_script(plugin.find_solo_script("pretrain"), args)
+
+    (model,) = probe.instances
+    assert model.bn_splits == 2 and model.shuffle_bn is True
+    for part, layers in model.bn_layers.items():
+        assert len(layers) == 20, part  # resnet18's BatchNorm2d layers
+        assert all(type(m) is SplitBatchNorm2d and m.num_splits == 2 for m in layers), part
+        assert all(m.training for m in layers), part
+        assert not torch.equal(layers[0].running_mean, torch.zeros_like(layers[0].running_mean))
+    # the swapped layers keep BatchNorm's state_dict keys: checkpoints hold an ordinary resnet18
+    plain = resnet18(method)
+    plain.fc = torch.nn.Identity()
+    assert set(model.backbone.state_dict()) == set(plain.state_dict())
+    assert set(model.momentum_backbone.state_dict()) == set(plain.state_dict())
+
+    assert len(model.records) == 1
+    orders = []
+    for r in model.records:
+        # one momentum pass per view (solo-learn's own), each over a shuffled copy of the view
+        assert len(r["inputs"]) == len(r["views"]) == 2
+        for shuffled, view in zip(r["inputs"], r["views"]):
+            order = matching_order(shuffled, view)
+            assert sorted(order) == list(range(BATCH))
+            assert order != list(range(BATCH))
+            orders.append(order)
+    assert orders[0] != orders[1]  # a fresh permutation per momentum pass
+
+    metrics = model.final_metrics
+    std = metrics["train_embedding_std"]
+    assert math.isfinite(std) and 0.0 < std <= 1.0
+    assert model.embedding_dim == 256
+    loss_key = "train_nce_loss_epoch" if method in MOCO_SOLO_METHODS else "train_neg_cos_sim_epoch"
+    assert math.isfinite(metrics[loss_key])
+    assert metrics["train_mask_loss_epoch"] > 0

@@ -43,6 +43,10 @@ class RunRecord:
     offline_linear_acc1: float | None
     images_per_sec: float | None
     wall_seconds: float | None
+    #: The collapse measure of the last epoch, its spread value 1/sqrt(d), and the verdict.
+    embedding_std: float | None = None
+    embedding_std_spread: float | None = None
+    collapsed: bool | None = None
     knn_curve: dict[int, float] = field(default_factory=dict)
     contrastive_curve: dict[int, float] = field(default_factory=dict)
     total_loss_curve: dict[int, float] = field(default_factory=dict)
@@ -118,6 +122,9 @@ def load_run(run_dir: str | Path) -> RunRecord:
         offline_linear_acc1=offline,
         images_per_sec=summary.get("images_per_sec"),
         wall_seconds=summary.get("wall_seconds"),
+        embedding_std=summary.get("embedding_std"),
+        embedding_std_spread=summary.get("embedding_std_spread"),
+        collapsed=summary.get("collapsed"),
         knn_curve=knn,
         contrastive_curve=contrastive,
         total_loss_curve=total,
@@ -145,6 +152,7 @@ def markdown_table(records: Sequence[RunRecord]) -> str:
         "k-NN top-1",
         "online linear top-1",
         "offline linear top-1",
+        "embedding_std (of spread)",
         "images/s",
         "wall time",
     )
@@ -157,11 +165,20 @@ def markdown_table(records: Sequence[RunRecord]) -> str:
             _pct(r.knn_acc1),
             _pct(r.linear_acc1),
             _pct(r.offline_linear_acc1),
+            embedding_std_cell(r.embedding_std, r.embedding_std_spread, r.collapsed),
             "-" if r.images_per_sec is None else f"{r.images_per_sec:.1f}",
             _duration(r.wall_seconds),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def embedding_std_cell(std: float | None, spread: float | None, collapsed: bool | None) -> str:
+    """``0.0612 (69%)``, with ``**collapsed**`` after a collapsed run's; ``-`` if unmeasured."""
+    if std is None:
+        return "-"
+    cell = f"{std:.4f}" + (f" ({std / spread:.0%})" if spread else "")
+    return cell + (" **collapsed**" if collapsed else "")
 
 
 def _label(r: RunRecord) -> str:

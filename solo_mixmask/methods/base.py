@@ -139,6 +139,39 @@ class LabelledFeatures(Metric):
             return self._concatenated()
 
 
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int, epochs: int
+) -> Any:
+    """The timm scheduler of ``scheduler.*`` for a run of ``total_steps`` optimiser steps over
+    ``epochs`` epochs, stepped once per optimiser step (``step_update``, ``t_in_epochs=False``);
+    None for ``scheduler.name=none``. Warm-up and decay milestones are given in epochs."""
+    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
+
+    sch = cfg.scheduler
+    total = max(total_steps, 1)
+    per_epoch = max(total // max(epochs, 1), 1)
+    if sch.name == "none":
+        return None
+    if sch.name == "step":
+        milestones = [int(m) * per_epoch for m in select(cfg, "scheduler.lr_decay_steps", [60, 80])]
+        return MultiStepLRScheduler(
+            optimizer,
+            decay_t=milestones,
+            decay_rate=select(cfg, "scheduler.gamma", 0.1),
+            t_in_epochs=False,
+        )
+    warmup = int(sch.warmup_epochs * per_epoch) if sch.name == "warmup_cosine" else 0
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(total - warmup, 1),
+        lr_min=sch.min_lr,
+        warmup_t=warmup,
+        warmup_lr_init=sch.warmup_start_lr,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+
+
 class BaseMethod(L.LightningModule):
     """Backbone + online linear classifier + k-NN monitor + optimiser/schedule from the config."""
 
@@ -331,6 +364,17 @@ class BaseMethod(L.LightningModule):
         return lr * self.cfg.optimizer.batch_size * world / 256
 
     def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer()
+        scheduler = self._build_scheduler(optimizer)
+        if scheduler is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser of ``optimizer.*`` over :attr:`learnable_params` (scaled lr)."""
         opt_cfg = self.cfg.optimizer
         groups = []
         for group in self.learnable_params:
@@ -355,43 +399,12 @@ class BaseMethod(L.LightningModule):
             optimizer = torch.optim.AdamW(
                 groups, lr=self.scaled_lr(opt_cfg.lr), weight_decay=opt_cfg.weight_decay, **kwargs
             )
-        scheduler = self._build_scheduler(optimizer)
-        if scheduler is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return optimizer
 
     def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        """timm schedulers stepped once per optimiser step (``t_in_epochs=False``)."""
-        from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
-
-        sch = self.cfg.scheduler
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        per_epoch = max(total // max(int(self.trainer.max_epochs or 1), 1), 1)
-        if sch.name == "none":
-            return None
-        if sch.name == "step":
-            milestones = [
-                int(m) * per_epoch for m in select(self.cfg, "scheduler.lr_decay_steps", [60, 80])
-            ]
-            return MultiStepLRScheduler(
-                optimizer,
-                decay_t=milestones,
-                decay_rate=select(self.cfg, "scheduler.gamma", 0.1),
-                t_in_epochs=False,
-            )
-        warmup = int(sch.warmup_epochs * per_epoch) if sch.name == "warmup_cosine" else 0
-        return CosineLRScheduler(
-            optimizer,
-            t_initial=max(total - warmup, 1),
-            lr_min=sch.min_lr,
-            warmup_t=warmup,
-            warmup_lr_init=sch.warmup_start_lr,
-            warmup_prefix=True,
-            t_in_epochs=False,
-        )
+        """:func:`lr_scheduler` over the trainer's optimiser steps and epochs."""
+        total = int(self.trainer.estimated_stepping_batches)
+        return lr_scheduler(optimizer, self.cfg, total, int(self.trainer.max_epochs or 1))
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
         scheduler.step_update(num_updates=self.global_step)

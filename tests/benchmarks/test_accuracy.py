@@ -163,3 +163,43 @@ def test_byol_variants_are_paired_with_byol():
     assert (lin["n"], lin["mean"]) == (2, pytest.approx(0.5))  # (-1, +2)
     assert "diff_to_byol" not in agg["byol"] and "diff_to_mocov2plus" not in agg["byol_mixmask"]
     assert accuracy.own_baseline("mixmask") is None
+
+
+@needs_fmnist
+def test_sigterm_stops_the_benchmark_with_143(tmp_path):
+    """A scheduler's SIGTERM ends the benchmark (exit 143) instead of starting the next run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.benchmarks.helpers import REPO
+
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("OUT", None)
+    cmd = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--smoke", "--epochs", "6"]
+    proc = subprocess.Popen(
+        [*cmd, "--no-linear", "--out-dir", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("epoch 1/6"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=180)
+    output = "".join(seen) + rest
+    assert proc.returncode == 143, output[-3000:]
+    assert "run mocov2plus seed 1" in output and "run mixmask" not in output
+    assert "error:" in output
