@@ -198,3 +198,65 @@ def test_torchrun_without_a_run_id_needs_a_run_dir(monkeypatch):
     cfg = OmegaConf.create({"name": "mm", "checkpoint": {"dir": "/runs", "run_dir": None}})
     with pytest.raises(ConfigError, match=r"checkpoint\.run_dir=None .*torchrun"):
         new_run_dir(cfg)
+
+
+SHUFFLE_HARNESS = """
+import os, sys, torch
+from lightning.pytorch.callbacks import Callback
+from solo_mixmask import pretrain
+
+out = os.environ["DDP_DUMP_DIR"]
+seen = {}
+
+class Dump(Callback):
+    def on_train_start(self, trainer, pl_module):
+        def hook(module, args):
+            seen["momentum_input"] = args[0].detach().clone()
+        pl_module.momentum_backbone.register_forward_pre_hook(hook)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        seen["key_view"] = batch[1][-1].detach().clone()
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({"rank": trainer.global_rank, **seen},
+                   os.path.join(out, f"shuffle{trainer.global_rank}.pt"))
+
+build = pretrain.build_callbacks
+pretrain.build_callbacks = lambda cfg, run_dir: [*build(cfg, run_dir), Dump()]
+from solo_mixmask.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_shuffled_keys_are_shuffled_across_ranks(tmp_path):
+    """``method_kwargs.shuffle_bn=true`` under DDP: the momentum backbones of the two ranks see
+    one random split of both ranks' key images (the authors' cross-GPU shuffle), each image
+    once, and the run trains to the end."""
+    harness = tmp_path / "shuffle_harness.py"
+    harness.write_text(SHUFFLE_HARNESS)
+    args = [
+        "pretrain",
+        *TINY,
+        "accelerator=cpu",
+        "devices=2",
+        "strategy=ddp",
+        "method_kwargs.symmetric=false",
+        "method_kwargs.shuffle_bn=true",
+        f"optimizer.batch_size={BATCH}",
+        f"checkpoint.dir={tmp_path / 'runs'}",
+    ]
+    result = run(
+        args,
+        prefix=[sys.executable, str(harness)],
+        env={"DDP_DUMP_DIR": str(tmp_path)},
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    r0, r1 = (torch.load(tmp_path / f"shuffle{r}.pt", weights_only=True) for r in (0, 1))
+    keys = torch.cat([r0["key_view"], r1["key_view"]]).flatten(1)  # (2B, pixels), rank order
+    seen = torch.cat([r0["momentum_input"], r1["momentum_input"]]).flatten(1)
+    # each momentum input row is exactly one key image, and every key image is seen once
+    match = (seen[:, None, :] == keys[None, :, :]).all(dim=2)  # (2B seen, 2B keys)
+    assert match.sum(dim=1).eq(1).all() and match.sum(dim=0).eq(1).all()
+    owner = match.float().argmax(dim=1) // BATCH  # the rank each seen image came from
+    assert owner[:BATCH].eq(1).any() and owner[BATCH:].eq(0).any()  # shares crossed ranks
