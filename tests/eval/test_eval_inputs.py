@@ -3,16 +3,23 @@ evaluation commands accept, through the real CLI (in-process ``main``).
 
 - a checkpoint with non-finite weights is refused by every command that loads one (one error
   line, exit 2), as is a file that only poses as a checkpoint;
+- overrides and ``--preset`` files are checked like pretraining configs: an unknown key is one
+  error line with a did-you-mean, a preset that is not plain YAML is refused, a preset that
+  leaves a key out gets the default preset's value; ``show-masks`` checks its config as
+  ``pretrain`` does;
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from solo_mixmask.cli import main
+from solo_mixmask.compose import configs_root
 from tests.eval.helpers import method_checkpoint
 
 TINY_RESNET = {"channels": [8, 16, 32, 64]}
@@ -91,3 +98,88 @@ def test_a_text_file_posing_as_a_checkpoint_is_refused(tmp_path, capsys, no_data
     fake.write_text("hello, I am not a checkpoint\n")  # once a KeyError traceback
     line = _error_line(capsys, ["knn", fake])
     assert line.startswith(f"error: cannot read checkpoint '{fake}'"), line
+
+
+# --------------------------------------------------------------------------- overrides, presets
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["linear", "{ckpt}", "linear.epochz=1"], ["linear.epochz=1", "did you mean 'epochs'"]),
+        (
+            ["knn", "{ckpt}", "data.knn_train_sbset=100"],
+            ["data.knn_train_sbset=100", "did you mean 'knn_train_subset'"],
+        ),
+        (
+            ["finetune", "{ckpt}", "finetune.epoch=1", "--out", "{tmp}/ft"],
+            ["finetune.epoch=1", "did you mean 'epochs'"],
+        ),
+        (["embed", "{ckpt}", "seeed=1", "--out", "{tmp}/e"], ["seeed=1", "did you mean 'seed'"]),
+        # a key of another command is no key of this one
+        (["knn", "{ckpt}", "linear.epochs=1"], ["linear={'epochs': 1}", "no such key"]),
+    ],
+)
+def test_unknown_override_keys_are_refused(checkpoint, tmp_path, capsys, no_data, argv, fragments):
+    line = _error_line(capsys, [a.format(ckpt=checkpoint, tmp=tmp_path) for a in argv])
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+@pytest.mark.parametrize(
+    ("command", "text", "fragments"),
+    [
+        ("linear", "linear:\n  lrr: 0.1\n", ["linear.lrr=0.1", "did you mean 'lr'", "--preset"]),
+        ("finetune", "finetune:\n  head_rl: 1\n", ["finetune.head_rl=1", "'head_lr'"]),
+        ("linear", "linear:\n  lr: [1\n", ["--preset=", "valid YAML", "line 2"]),
+        (
+            "linear",
+            "linear:\n  lr: !!python/object/apply:os.system ['echo hi']\n",
+            ["--preset=", "python tags", "!!python/object/apply:os.system"],
+        ),
+        ("finetune", "- 1\n- 2\n", ["--preset=", "a YAML mapping of config keys"]),
+    ],
+)
+def test_bad_preset_files_are_refused(
+    checkpoint, tmp_path, capsys, no_data, command, text, fragments
+):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(text)
+    argv = [command, checkpoint, "--preset", preset, "--out", tmp_path / "out"]
+    line = _error_line(capsys, argv)
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def test_a_preset_that_leaves_keys_out_gets_the_default_preset_values(
+    checkpoint, tmp_path, capsys, fmnist_available
+):
+    # once: linear.batch_size=None is not allowed (the keys the file left out were None)
+    preset = tmp_path / "short.yaml"
+    preset.write_text("linear:\n  epochs: 1\n  lr: 0.5\n  train_subset: 64\n  val_subset: 32\n")
+    out = tmp_path / "linear.json"
+    argv = ["linear", checkpoint, "--preset", preset, "--out", out, "data.num_workers=0"]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err[-3000:]
+    settings = json.loads(out.read_text())["settings"]
+    paper = yaml.safe_load((configs_root() / "linear" / "paper.yaml").read_text())["linear"]
+    assert (settings["epochs"], settings["lr"], settings["train_subset"]) == (1, 0.5, 64)
+    for key in ("batch_size", "momentum", "lr_decay_epochs", "lr_decay_rate", "init_std"):
+        assert settings[key] == paper[key], key
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("method_kwargs.grid_sise=8", ["method_kwargs.grid_sise=8", "did you mean 'grid_size'"]),
+        ("method_kwargs.grid_size=0", ["method_kwargs.grid_size=0", "[1, 28]"]),  # a traceback
+    ],
+)
+def test_show_masks_checks_its_config_as_pretrain_does(
+    tmp_path, capsys, monkeypatch, override, fragments
+):
+    from solo_mixmask.eval import pictures
+
+    monkeypatch.setattr(pictures, "sample_images", lambda *a: pytest.fail("images were read"))
+    line = _error_line(capsys, ["show-masks", "--out", tmp_path / "m.png", override])
+    for fragment in fragments:
+        assert fragment in line, line
