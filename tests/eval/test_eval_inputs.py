@@ -7,6 +7,7 @@ evaluation commands accept, through the real CLI (in-process ``main``).
   error line with a did-you-mean, a preset that is not plain YAML is refused, a preset that
   leaves a key out gets the default preset's value; ``show-masks`` checks its config as
   ``pretrain`` does;
+- ``convert`` never writes over its own input or into a run's ``checkpoints/`` folder;
 """
 
 from __future__ import annotations
@@ -183,3 +184,38 @@ def test_show_masks_checks_its_config_as_pretrain_does(
     line = _error_line(capsys, ["show-masks", "--out", tmp_path / "m.png", override])
     for fragment in fragments:
         assert fragment in line, line
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def _run_folder(tmp_path: Path, checkpoint: Path) -> Path:
+    """A run folder (config.yaml + checkpoints/last.ckpt) holding a copy of ``checkpoint``."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("method: mocov2plus\n")
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(checkpoint.read_bytes())
+    return last
+
+
+def test_convert_never_writes_over_its_input(checkpoint, tmp_path, capsys):
+    last = _run_folder(tmp_path, checkpoint)
+    before = last.read_bytes()
+    link = tmp_path / "link.pth"
+    link.symlink_to(last)
+    for out in (last, link):  # --force once destroyed the training checkpoint
+        line = _error_line(capsys, ["convert", last, out, "--format", "timm", "--force"])
+        assert f"out='{out}'" in line and "a file other than the checkpoint" in line, line
+    assert last.read_bytes() == before
+
+
+def test_convert_never_writes_into_a_run_checkpoints_folder(checkpoint, tmp_path, capsys):
+    last = _run_folder(tmp_path, checkpoint)
+    out = last.parent / "r18.pth"
+    line = _error_line(capsys, ["convert", last, out, "--format", "timm", "--force"])
+    assert "outside the run's checkpoints/ folder" in line, line
+    assert not out.exists()
+    beside = last.parents[1] / "r18.pth"  # beside the run is where an export goes
+    assert main(["convert", str(last), str(beside), "--format", "timm"]) == 0
+    assert beside.exists()
