@@ -1,5 +1,5 @@
 """Presets of ``linear`` and ``finetune`` (``configs/linear/``, ``configs/finetune/``): found by
-name or path and read. No torch here.
+name or path, read, and described for ``--help``. No torch here: ``--help`` reads them.
 
 A preset is a YAML mapping of config keys (``linear: {epochs: 30, ...}``). The command's
 :data:`DEFAULT_PRESET` is also its defaults: a preset file that leaves a key out gets its value
@@ -8,6 +8,7 @@ from there (see :func:`solo_mixmask.eval.features.eval_config`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,19 @@ def preset_defaults(folder: Path) -> dict[str, Any]:
     """The keys every preset of ``folder`` may set, with their defaults: its
     :data:`DEFAULT_PRESET` (``paper.yaml``)."""
     return load_preset(DEFAULT_PRESET, folder)
+
+
+def describe_presets(command: str, describe: Callable[[dict[str, Any]], str]) -> str:
+    """``paper (...) | small (...)``: every shipped preset of ``command``, the default first,
+    each with ``describe`` of its ``<command>`` section, read from the files themselves (so
+    that ``--help`` never disagrees with them)."""
+    import yaml
+
+    parts = []
+    paths = sorted(
+        presets_dir(command).glob("*.yaml"), key=lambda p: (p.stem != DEFAULT_PRESET, p.stem)
+    )
+    for path in paths:
+        section = (yaml.safe_load(path.read_text()) or {}).get(command) or {}
+        parts.append(f"{path.stem} ({describe(section)})")
+    return " | ".join(parts)

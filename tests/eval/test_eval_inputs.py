@@ -8,6 +8,7 @@ evaluation commands accept, through the real CLI (in-process ``main``).
   leaves a key out gets the default preset's value; ``show-masks`` checks its config as
   ``pretrain`` does;
 - ``convert`` never writes over its own input or into a run's ``checkpoints/`` folder;
+- ``--help`` describes the presets from their files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from solo_mixmask.cli import main
+from solo_mixmask.cli import build_parser, main
 from solo_mixmask.compose import configs_root
 from tests.eval.helpers import method_checkpoint
 
@@ -219,3 +220,17 @@ def test_convert_never_writes_into_a_run_checkpoints_folder(checkpoint, tmp_path
     beside = last.parents[1] / "r18.pth"  # beside the run is where an export goes
     assert main(["convert", str(last), str(beside), "--format", "timm"]) == 0
     assert beside.exists()
+
+
+# --------------------------------------------------------------------------- --help
+
+
+@pytest.mark.parametrize("command", ["linear", "finetune"])
+def test_help_describes_each_preset_from_its_file(command, capsys):
+    # once: finetune --help said small is 15 epochs, configs/finetune/small.yaml says 20
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for path in (configs_root() / command).glob("*.yaml"):
+        section = yaml.safe_load(path.read_text())[command]
+        assert f"{path.stem} ({section['epochs']} epochs, batch {section['batch_size']}" in text
