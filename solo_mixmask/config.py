@@ -522,6 +522,19 @@ def check_fits_in_memory(cfg: DictConfig, key: str, nbytes: int, what: str) -> N
             )
 
 
+def warn_one_class(classes: int, no_labels: bool = False) -> None:
+    """One ``warning:`` line when labelled data has a single class: every k-NN vote and linear
+    prediction is that class, so the accuracies are 100% whatever the features."""
+    if classes == 1 and not no_labels:
+        config_warning(
+            "data.num_classes",
+            classes,
+            "is one class: every k-NN vote and linear prediction is that class, so their "
+            "accuracy is 100% by construction and says nothing about the features (evaluate on "
+            "labelled data with 2 or more classes)",
+        )
+
+
 def check_checkpoint(cfg: DictConfig) -> None:
     """``checkpoint.every_n_steps`` (null or >= 1) and ``checkpoint.frequency`` (>= 1)."""
     if OmegaConf.select(cfg, "checkpoint.every_n_steps") is not None:

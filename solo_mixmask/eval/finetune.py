@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from solo_mixmask.checkpoints import LoadedBackbone, load_backbone
-from solo_mixmask.config import DEFAULT_SEED, check_number, read_bool, select
+from solo_mixmask.config import DEFAULT_SEED, check_number, read_bool, select, warn_one_class
 from solo_mixmask.data_specs import data_spec, image_count
 from solo_mixmask.errors import ConfigError, DataError
 from solo_mixmask.eval.features import (
@@ -260,6 +260,7 @@ def run_finetune(
     channels_last = bool(select(cfg, "performance.channels_last", False))
     spec = data_spec(cfg)
     classes = num_classes(spec)
+    warn_one_class(classes, spec.no_labels)
     folder = output_dir(checkpoint, finetune_dir_name(fraction, random_init), out)
     check_output_dir("--out", folder)  # before the training
 

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from solo_mixmask.checkpoints import load_backbone
-from solo_mixmask.config import DEFAULT_SEED, check_number, select
+from solo_mixmask.config import DEFAULT_SEED, check_number, select, warn_one_class
 from solo_mixmask.data_specs import data_spec, image_count
 from solo_mixmask.errors import DataError
 from solo_mixmask.eval.features import (
@@ -267,6 +267,7 @@ def run_linear(
     model = prepare_backbone(lb, dev, channels_last)
     spec = data_spec(cfg)
     classes = num_classes(spec)
+    warn_one_class(classes, spec.no_labels)
     eval_tf = build_eval_transform(spec.crops[0])
     val = seeded_subset(build_dataset(spec, "val", eval_tf), s.val_subset, seed)
     val_loader = make_loader(val, s.batch_size, workers, False, seed)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from solo_mixmask.checkpoints import load_backbone, run_dir_of
-from solo_mixmask.config import check_number, select
+from solo_mixmask.config import check_number, select, warn_one_class
 from solo_mixmask.core.knn import knn_k_used, topk_accuracy, weighted_knn_scores
 from solo_mixmask.data_specs import DataSpec, data_spec
 from solo_mixmask.errors import ConfigError
@@ -132,6 +132,7 @@ def run_knn(
     train_f, train_y = extract_features(model, train_loader, dev, channels_last)
     val_f, val_y = extract_features(model, val_loader, dev, channels_last)
     classes = num_classes(spec)
+    warn_one_class(classes, spec.no_labels)
     scores = weighted_knn_scores(train_f, train_y, val_f, classes, ks, temperature)
     per_k = {}
     for k in ks:
