@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import timm
@@ -10,6 +11,17 @@ from torch import nn
 
 from solo_mixmask.config import suggest
 from solo_mixmask.errors import ConfigError
+
+#: Stages of timm's ResNet family (resnet*, resnext*, wide_resnet*, seresnet* ...): one width
+#: each in ``backbone.kwargs.channels``.
+RESNET_STAGES = 4
+
+
+def is_timm_resnet(name: str) -> bool:
+    """Whether timm builds ``name`` with its ``ResNet`` class (module ``timm.models.resnet``)."""
+    from timm.models import model_entrypoint
+
+    return model_entrypoint(name).__module__ == "timm.models.resnet"
 
 
 def build_backbone(
@@ -35,13 +47,20 @@ def build_backbone(
     kwargs = dict(kwargs or {})
     for key in ("channels",):
         if key in kwargs and kwargs[key] is not None:
-            kwargs[key] = tuple(kwargs[key])
-            if not all(
-                isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in kwargs[key]
-            ):
+            value = kwargs[key]
+            stages = RESNET_STAGES if is_timm_resnet(name) else None
+            listed = isinstance(value, Sequence) and not isinstance(value, str)
+            ok = listed and all(
+                isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in value
+            )
+            if not ok or (stages is not None and len(value) != stages):
+                allowed = "a list of positive integers"
+                if stages is not None:  # fewer fail deep inside timm, more are ignored by it
+                    allowed = f"a list of {stages} positive integers, one width per stage of {name}"
                 raise ConfigError(
-                    f"backbone.kwargs.{key}", list(kwargs[key]), "a list of positive integers"
+                    f"backbone.kwargs.{key}", list(value) if listed else value, allowed
                 )
+            kwargs[key] = tuple(value)
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     except TypeError as err:

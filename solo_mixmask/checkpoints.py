@@ -151,6 +151,11 @@ def safe_load(path: str | Path) -> Any:
         ) from err
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {_first_lines(err)}") from err
+    except Exception as err:  # garbage bytes make the unpickler raise anything (KeyError ...)
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r}: it is not a PyTorch checkpoint "
+            f"({type(err).__name__}: {_first_lines(err, 1)} while unpickling it)"
+        ) from err
 
 
 # --------------------------------------------------------------------------- architecture
@@ -315,10 +320,37 @@ def extract_backbone(obj: Any, path: Path | None = None) -> LoadedBackbone:
     )
 
 
+def non_finite_tensors(sd: StateDict) -> list[str]:
+    """Names of the floating-point tensors of ``sd`` that hold a NaN or an inf, in order."""
+    return [
+        name
+        for name, tensor in sd.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def check_finite(lb: LoadedBackbone) -> LoadedBackbone:
+    """``lb`` when every weight and BatchNorm statistic of its backbone is finite; else a
+    CheckpointError naming the tensors: features computed from NaN/inf weights are NaN, and a
+    k-NN vote, a linear probe or an export made from them would report a number that means
+    nothing."""
+    bad = non_finite_tensors(lb.state_dict)
+    if bad:
+        raise CheckpointError(
+            f"{lb.path}: the query backbone holds non-finite weights (NaN or inf) in {len(bad)} "
+            f"of {len(lb.state_dict)} tensors ({_listed(bad, 3)}); every feature it computes "
+            "would be NaN, so no accuracy or export can be made from it. Use an earlier "
+            "checkpoint of the run (checkpoints/epochNNN.ckpt)"
+        )
+    return lb
+
+
 def load_backbone(path: str | Path) -> LoadedBackbone:
-    """Safely load ``path`` and return its query backbone (CheckpointError otherwise)."""
+    """Safely load ``path`` and return its query backbone: the one loader of every evaluation
+    and export command (CheckpointError when the file is unusable, has no query backbone or
+    its weights are not all finite, :func:`check_finite`)."""
     path = Path(path)
-    return extract_backbone(safe_load(path), path)
+    return check_finite(extract_backbone(safe_load(path), path))
 
 
 def _listed(names: list[str], limit: int) -> str:

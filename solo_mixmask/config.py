@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import inspect
+import math
+import os
 import typing
 import warnings
 from collections.abc import Iterable
@@ -187,14 +189,15 @@ def check_number(
     high_open: bool = False,
     integer: bool = False,
 ) -> None:
-    """Check that ``cfg[key]`` is a number inside the (half-)open or closed interval given."""
+    """Check that ``cfg[key]`` is a finite number inside the (half-)open or closed interval
+    given (an unbounded side is open: inf and nan are never allowed)."""
     value = OmegaConf.select(cfg, key)
     kind = "an integer" if integer else "a number"
     lo = "-inf" if low is None else low
     hi = "inf" if high is None else high
     interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    ok = ok and not isinstance(value, bool)
+    ok = ok and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -395,6 +398,143 @@ def batch_size_of(cfg: DictConfig) -> int:
     return value
 
 
+def _check_betas(cfg: DictConfig, key: str) -> None:
+    """AdamW's ``betas``: two numbers in [0, 1)."""
+    value = OmegaConf.select(cfg, key)
+    ok = isinstance(value, ListConfig) and len(value) == 2
+    if ok:
+        for i in range(2):
+            try:
+                check_number(cfg, f"{key}.{i}", low=0, high=1, high_open=True)
+            except ConfigError:
+                ok = False
+    if not ok:
+        shown = OmegaConf.to_container(value) if isinstance(value, Container) else value
+        raise ConfigError(key, shown, "two numbers in [0, 1), e.g. [0.9, 0.999]")
+
+
+#: Checks of the ``optimizer.kwargs`` that the optimisers take (their constructor arguments).
+OPTIMIZER_KWARG_CHECKS: dict[str, Any] = {
+    "momentum": lambda cfg, key: check_number(cfg, key, low=0, high=1, high_open=True),
+    "dampening": lambda cfg, key: check_number(cfg, key, low=0, high=1),
+    "nesterov": check_bool,
+    "trust_coeff": lambda cfg, key: check_number(cfg, key, low=0, low_open=True),
+    "eps": lambda cfg, key: check_number(cfg, key, low=0, low_open=True),
+    "trust_clip": check_bool,
+    "always_adapt": check_bool,
+    "betas": _check_betas,
+    "amsgrad": check_bool,
+}
+#: ``optimizer.kwargs`` each ``optimizer.name`` takes: torch.optim.SGD, timm's Lars,
+#: torch.optim.AdamW (``momentum``, an engine default, is dropped for AdamW: its momentum is
+#: ``betas``).
+OPTIMIZER_KWARGS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum", "dampening", "nesterov"),
+    "lars": (
+        "momentum",
+        "dampening",
+        "nesterov",
+        "trust_coeff",
+        "eps",
+        "trust_clip",
+        "always_adapt",
+    ),
+    "adamw": ("betas", "eps", "amsgrad", "momentum"),
+}
+
+
+def check_optimizer_kwargs(cfg: DictConfig) -> None:
+    """``optimizer.kwargs``: only the arguments ``optimizer.name`` takes (did-you-mean for a
+    typo, which the optimiser would refuse with a TypeError after the data is opened), each in
+    its range (``momentum`` in [0, 1): 1 and above never forget a gradient and diverge), and
+    Nesterov only with a momentum and no dampening (as torch requires)."""
+    kwargs = OmegaConf.select(cfg, "optimizer.kwargs")
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, DictConfig):
+        raise ConfigError("optimizer.kwargs", kwargs, "a mapping of optimiser arguments or null")
+    name = cfg.optimizer.name
+    check_known_keys(cfg, "optimizer.kwargs", OPTIMIZER_KWARGS[name])
+    for arg in map(str, kwargs.keys()):
+        OPTIMIZER_KWARG_CHECKS[arg](cfg, f"optimizer.kwargs.{arg}")
+    if kwargs.get("nesterov") and (
+        not kwargs.get("momentum", 0) or kwargs.get("dampening", 0) != 0
+    ):
+        raise ConfigError(
+            "optimizer.kwargs.nesterov",
+            True,
+            "false unless optimizer.kwargs.momentum > 0 and optimizer.kwargs.dampening = 0 "
+            "(Nesterov momentum needs a momentum and no dampening)",
+        )
+    momentum = kwargs.get("momentum")
+    default = BASE_DEFAULTS["optimizer"]["kwargs"]["momentum"]
+    if name == "adamw" and momentum is not None and momentum != default:
+        config_warning(
+            "optimizer.kwargs.momentum",
+            momentum,
+            "is not used by adamw: its momentum is optimizer.kwargs.betas",
+        )
+
+
+def host_memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def readable_bytes(n: float) -> str:
+    """``512 bytes``, ``1.5 GB``, ``128 TB`` ... (powers of 1000)."""
+    if n < 1000:
+        return f"{int(n)} bytes"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+    return f"{n / 1000:.3g} PB"
+
+
+def check_fits_in_memory(cfg: DictConfig, key: str, nbytes: int, what: str) -> None:
+    """ConfigError naming ``key`` when a tensor of ``nbytes`` (``what``) cannot fit in memory:
+    the model is built on the host, so more than its physical memory can never be allocated
+    (the run would die in an allocation error, or swap the machine to a halt); for a run that
+    will use a CUDA device (``accelerator`` gpu/cuda, or auto with one present) the device's
+    memory bounds it too."""
+    limits = []
+    host = host_memory_bytes()
+    if host:
+        limits.append((host, "the host's memory"))
+    accelerator = str(select(cfg, "accelerator", "auto")).lower()
+    if accelerator in ("auto", "gpu", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(0).total_memory
+            limits.append((int(total), "the GPU's memory"))
+    for limit, where in limits:
+        if nbytes > limit:
+            raise ConfigError(
+                key,
+                OmegaConf.select(cfg, key),
+                f"a size that fits in memory: {what} take {readable_bytes(nbytes)}, more than "
+                f"{where} ({readable_bytes(limit)})",
+            )
+
+
+def warn_one_class(classes: int, no_labels: bool = False) -> None:
+    """One ``warning:`` line when labelled data has a single class: every k-NN vote and linear
+    prediction is that class, so the accuracies are 100% whatever the features."""
+    if classes == 1 and not no_labels:
+        config_warning(
+            "data.num_classes",
+            classes,
+            "is one class: every k-NN vote and linear prediction is that class, so their "
+            "accuracy is 100% by construction and says nothing about the features (evaluate on "
+            "labelled data with 2 or more classes)",
+        )
+
+
 def check_checkpoint(cfg: DictConfig) -> None:
     """``checkpoint.every_n_steps`` (null or >= 1) and ``checkpoint.frequency`` (>= 1)."""
     if OmegaConf.select(cfg, "checkpoint.every_n_steps") is not None:
@@ -446,6 +586,7 @@ def validate_base(cfg: DictConfig) -> None:
     check_number(cfg, "optimizer.lr", low=0, low_open=True)
     check_number(cfg, "optimizer.weight_decay", low=0)
     check_choice(cfg, "optimizer.name", OPTIMIZERS)
+    check_optimizer_kwargs(cfg)
     check_choice(cfg, "scheduler.name", SCHEDULERS)
     check_choice(cfg, "data.format", DATA_FORMATS)
     check_number(cfg, "max_epochs", low=1, integer=True)

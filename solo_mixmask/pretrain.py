@@ -49,7 +49,13 @@ from solo_mixmask.callbacks import (
 )
 from solo_mixmask.checkpoint_io import LAST
 from solo_mixmask.checkpoints import SavedModel, check_model_fits
-from solo_mixmask.config import check_mandatory_values, select, suggest
+from solo_mixmask.config import (
+    check_mandatory_values,
+    read_bool,
+    select,
+    suggest,
+    warn_one_class,
+)
 from solo_mixmask.core.collapse import COLLAPSE_FRACTION, is_collapsed, spread_std
 from solo_mixmask.errors import (
     CheckpointError,
@@ -219,6 +225,8 @@ def run_pretrain(
     with open_dict(cfg):
         if select(cfg, "data.num_classes") is None:
             cfg.data.num_classes = num_classes(data_spec(cfg))
+    if rank_zero:  # k-NN and linear accuracy, at initialisation and after, are 100% then
+        warn_one_class(cfg.data.num_classes, read_bool(cfg, "data.no_labels"))
     made: list[Path] = []
     if fresh and rank_zero:  # a time-stamped name of one process is never shared
         unique = not select(cfg, "checkpoint.run_dir") and not external_launch()

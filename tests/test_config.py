@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from solo_mixmask import cli
+from solo_mixmask.compose import compose_config, configs_root
 from solo_mixmask.config import (
     BASE_DEFAULTS,
     check_mandatory_values,
@@ -335,6 +336,34 @@ def _installed(name: str) -> bool:
         (["default_root_dir=/tmp/x"], ["default_root_dir='/tmp/x'", "checkpoint.dir"]),
         (["enable_checkpointing=false"], ["enable_checkpointing=False", "checkpoint.enabled"]),
         (["=3"], ["'=3'", "malformed"]),
+        # issue 18: once trained until the first NaN loss (inf passed the "(0, inf)" check)
+        (["optimizer.lr=inf"], ["optimizer.lr=inf", "(0, inf)"]),
+        # issue 18: optimizer.kwargs were passed to the optimiser unchecked
+        (["optimizer.kwargs.momentum=2"], ["optimizer.kwargs.momentum=2", "[0, 1)"]),
+        (
+            ["+optimizer.kwargs.nesterovv=true"],  # once a TypeError traceback
+            ["optimizer.kwargs.nesterovv=True", "no such key", "did you mean 'nesterov'"],
+        ),
+        (
+            ["optimizer.kwargs.nesterov=true", "optimizer.kwargs.momentum=0"],
+            ["optimizer.kwargs.nesterov=True", "momentum > 0"],
+        ),
+        (
+            ["optimizer.name=lars", "+optimizer.kwargs.eta=0.02"],  # solo-learn's LARS, not timm's
+            ["optimizer.kwargs.eta=0.02", "no such key", "trust_coeff"],
+        ),
+        (
+            ["optimizer.name=adamw", "+optimizer.kwargs.betas=[0.9,1.5]"],
+            ["optimizer.kwargs.betas=[0.9, 1.5]", "two numbers in [0, 1)"],
+        ),
+        # issue 18: once IndexError / AttributeError (layer3) tracebacks from timm
+        (["backbone.kwargs.channels=[]"], ["backbone.kwargs.channels=[]", "4 positive integers"]),
+        (["backbone.kwargs.channels=[8,16]"], ["channels=[8, 16]", "4 positive integers"]),
+        # issue 18: once a RuntimeError from the allocation of a 512 TB queue
+        (
+            ["method_kwargs.queue_size=1000000000000"],
+            ["method_kwargs.queue_size=1000000000000", "fits in memory", "TB", "memory ("],
+        ),
         pytest.param(
             ["wandb.enabled=true"],
             ["wandb.enabled=True", "pip install wandb"],
@@ -423,3 +452,25 @@ def test_sensible_settings_do_not_warn(recwarn):
     validate_base(_base(knn_eval__k=1000, data__knn_train_subset=None))
     keys = ("mask_ratio", "temperature", "warmup", "knn_eval")
     assert not [m for m in _config_warnings(recwarn) if any(k in m for k in keys)]
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted(
+        str(p.relative_to(configs_root() / "pretrain").with_suffix(""))
+        for p in (configs_root() / "pretrain").glob("*/*.yaml")
+    ),
+)
+def test_shipped_configs_pass_the_optimizer_checks(config):
+    # the optimizer.kwargs of every shipped config (sgd momentum, lars trust_coeff ...) are
+    # arguments its optimiser takes, in range
+    from solo_mixmask.config import check_optimizer_kwargs
+
+    cfg = fill_defaults(compose_config(None, config, []), BASE_DEFAULTS)
+    check_optimizer_kwargs(cfg)
+
+
+def test_momentum_given_to_adamw_warns_that_it_is_not_used():
+    cfg = _base(optimizer__name="adamw", optimizer__kwargs__momentum=0.5)
+    with pytest.warns(UserWarning, match=r"optimizer\.kwargs\.momentum=0\.5 is not used by adamw"):
+        validate_base(cfg)

@@ -11,6 +11,7 @@ import argparse
 import json
 
 from solo_mixmask.compose import add_config_arguments
+from solo_mixmask.eval.presets import DEFAULT_PRESET, PRESET_ALIASES, describe_presets
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -46,6 +47,31 @@ class KsAction(argparse.Action):
             parser.error("argument --k: expected at least one integer")
         setattr(namespace, self.dest, ks)
         namespace.k_overrides = extra
+
+
+def _steps(section: dict) -> str:
+    steps = "/".join(str(e) for e in section.get("lr_decay_epochs") or []) or "none"
+    return f"lr x{section.get('lr_decay_rate')} at {steps}"
+
+
+def _linear_preset(section: dict) -> str:
+    """``--help`` words for a ``linear`` preset section (read from its file)."""
+    images = section.get("train_subset")
+    return (
+        f"{section.get('epochs')} epochs, batch {section.get('batch_size')}, lr "
+        f"{section.get('lr')}, {_steps(section)}, {images or 'all'} training images"
+    )
+
+
+def _finetune_preset(section: dict) -> str:
+    """``--help`` words for a ``finetune`` preset section (read from its file)."""
+    return (
+        f"{section.get('epochs')} epochs, batch {section.get('batch_size')}, lr "
+        f"{section.get('backbone_lr')} / head {section.get('head_lr')}, {_steps(section)}"
+    )
+
+
+PRESET_ALIASES_HELP = ", ".join(f"old name {old}: {new}" for old, new in PRESET_ALIASES.items())
 
 
 def _intermixed(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -109,10 +135,12 @@ def _show_masks(args: argparse.Namespace) -> None:
     from solo_mixmask.compose import compose_config
     from solo_mixmask.errors import ConfigError
     from solo_mixmask.eval.pictures import show_masks
+    from solo_mixmask.pretrain import prepare_config
 
     if args.num_images < 2:
         raise ConfigError("--num-images", args.num_images, "an integer >= 2")
-    cfg = compose_config(args.config_path, args.config_name, args.overrides)
+    # checked as pretrain checks it: unknown keys (did-you-mean), grid sizes, mask ratios ...
+    _, cfg = prepare_config(compose_config(args.config_path, args.config_name, args.overrides))
     print(f"wrote {show_masks(cfg, args.out, args.num_images, args.seed)}")
 
 
@@ -149,9 +177,9 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     _common_eval_args(p)
     p.add_argument(
         "--preset",
-        default="paper",
-        help="paper (the authors' recipe: 100 epochs, lr 30, steps 60/80; old name: seed) | "
-        "small (30 epochs, 10k images) | path to a YAML file (default: paper)",
+        default=DEFAULT_PRESET,
+        help=f"{describe_presets('linear', _linear_preset)} | path to a YAML file; "
+        f"{PRESET_ALIASES_HELP} (default: {DEFAULT_PRESET})",
     )
     p.add_argument(
         "--cached-features",
@@ -196,9 +224,9 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--preset",
-        default="paper",
-        help="paper (20 epochs, lr 0.01 / head 0.2, 10%% setting) | paper_1pct (lr 0.02 / head "
-        "5) | small (15 epochs, batch 64, for CPUs) | path to a YAML file (default: paper)",
+        default=DEFAULT_PRESET,
+        help=f"{describe_presets('finetune', _finetune_preset)} | path to a YAML file "
+        f"(default: {DEFAULT_PRESET})",
     )
     p.add_argument(
         "--random-init",

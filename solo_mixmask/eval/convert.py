@@ -18,6 +18,7 @@ Projector, predictor, momentum encoder, queue and online classifier are never ex
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path
@@ -33,8 +34,9 @@ from solo_mixmask.checkpoints import (
     load_backbone,
     resnet_layout,
 )
-from solo_mixmask.errors import CheckpointError
+from solo_mixmask.errors import CheckpointError, ConfigError
 from solo_mixmask.paths import check_output_file
+from solo_mixmask.run_folder import CHECKPOINTS, CONFIG
 
 FORMATS = ("torchvision", "timm", "detectron2")
 D2_AUTHOR = "solo-mixmask"
@@ -127,6 +129,34 @@ def to_detectron2(lb: LoadedBackbone) -> dict[str, Any]:
     return {"model": model, "__author__": D2_AUTHOR, "matching_heuristics": True}
 
 
+def check_not_a_run_checkpoint(out: Path, checkpoint: str | Path) -> None:
+    """ConfigError naming ``out`` when writing it would destroy a training checkpoint: when it
+    is the checkpoint being converted (the same file under any name, links included), or any
+    file of a run's ``checkpoints/`` folder (what ``resume`` and the evaluations read; a run
+    folder is one holding ``config.yaml``). ``--force`` does not lift this."""
+    target = out.resolve()
+    source = Path(checkpoint).resolve()
+    same = target == source
+    if not same and target.exists() and source.exists():
+        same = os.path.samefile(target, source)
+    if same:
+        raise ConfigError(
+            "out",
+            str(out),
+            f"a file other than the checkpoint it converts ({checkpoint}): writing the export "
+            "over it would destroy the training checkpoint",
+        )
+    folder = target.parent
+    if folder.name == CHECKPOINTS and (folder.parent / CONFIG).is_file():
+        raise ConfigError(
+            "out",
+            str(out),
+            f"a path outside the run's {CHECKPOINTS}/ folder ({folder}): it holds the run's "
+            "training checkpoints, which resume and the evaluations read; write the export "
+            "beside the run instead",
+        )
+
+
 def convert_checkpoint(
     checkpoint: str | Path, out: str | Path, fmt: str, force: bool = False
 ) -> dict[str, Any]:
@@ -134,13 +164,14 @@ def convert_checkpoint(
 
     Creates ``out``'s folder. Returns a summary dict (source, arch, kwargs, cifar_stem, format,
     tensors, out). Raises ValueError for an unknown format, ConfigError (naming ``out``) before
-    reading the checkpoint when ``out`` is a folder, cannot be written or exists (unless
-    ``force``), CheckpointError when the checkpoint has no usable query backbone (never
-    writes an empty model).
+    reading the checkpoint when ``out`` is a folder, cannot be written, exists (unless
+    ``force``) or is a training checkpoint (:func:`check_not_a_run_checkpoint`, whatever
+    ``force`` says), CheckpointError when the checkpoint has no usable query backbone or
+    non-finite weights (never writes an empty or NaN model).
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt={fmt!r} is not allowed: expected one of {list(FORMATS)}")
-    check_output_file("out", out, overwrite=force)
+    check_not_a_run_checkpoint(check_output_file("out", out, overwrite=force), checkpoint)
     lb = load_backbone(checkpoint)
     out = Path(out)
     if fmt == "detectron2":

@@ -181,8 +181,8 @@ def run_embed(
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
         raise ConfigError("--num-images", num_images, "an integer >= 0 (0 = all images)")
     lb = load_backbone(checkpoint)
-    chosen = pick_method(method)  # before the features: a missing package fails at once
     cfg = eval_config(lb, checkpoint, overrides)
+    chosen = pick_method(method)  # before the features: a missing package fails at once
     folder = check_output_dir("--out", output_dir(checkpoint, "embed", out))
     seed = int(select(cfg, "seed", DEFAULT_SEED))
     dev = eval_device(device)

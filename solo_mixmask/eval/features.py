@@ -5,14 +5,20 @@ The evaluation config of a checkpoint is built in this order (later wins):
 1. the engine defaults (``solo_mixmask.config.BASE_DEFAULTS``);
 2. the run's ``config.yaml`` (``<run>/config.yaml`` for ``<run>/checkpoints/x.ckpt``), else the
    config stored in the checkpoint (``hyper_parameters.cfg``, or solo-learn's ``args.json``);
-3. a preset (the linear probe's ``configs/linear/<name>.yaml``);
+3. a preset (the linear probe's ``configs/linear/<name>.yaml``), on top of the command's own
+   defaults (its ``paper`` preset), so that a preset file that leaves a key out gets the default;
 4. command-line overrides ``key=value`` (values parsed as YAML: ``null``, ``10``, ``[1, 2]``).
+
+Every key of the preset and of the overrides must be one the config knows (the engine's
+defaults, the run's config, the command's own section and :data:`EVAL_EXTRA_KEYS`): a typo is
+a ConfigError naming it, with a did-you-mean (:func:`check_given_keys`), never dropped.
 
 Changing ``data.dataset`` by override also forgets the run's ``data.num_classes``. Without a run
 config the crop size follows the dataset: 28 (Fashion-MNIST), 32 (CIFAR), 96 (STL-10), else 224.
 
-Also shared by ``linear`` and ``finetune``: presets, seeded subsets, loaders, the training crop
-and the epoch loop that trains a classifier on images (:func:`train_epochs`).
+Also shared by ``linear`` and ``finetune``: seeded subsets, loaders, the training crop and the
+epoch loop that trains a classifier on images (:func:`train_epochs`); their presets are
+:mod:`solo_mixmask.eval.presets`.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from solo_mixmask import compose
 from solo_mixmask.augmentation_specs import CropSpec
 from solo_mixmask.checkpoints import LoadedBackbone, run_dir_of
-from solo_mixmask.config import BASE_DEFAULTS, check_booleans
+from solo_mixmask.config import BASE_DEFAULTS, check_booleans, check_known_keys
 from solo_mixmask.dataset_facts import eval_crop_of
 from solo_mixmask.errors import ConfigError
 
@@ -52,20 +58,70 @@ def run_config(lb: LoadedBackbone, checkpoint: str | Path) -> dict[str, Any] | N
     return copy.deepcopy(lb.cfg) if lb.cfg else None
 
 
+#: Keys the data layer reads (:func:`~solo_mixmask.data_specs.data_spec`) that the engine's
+#: defaults leave out; evaluation overrides may set them.
+EVAL_EXTRA_KEYS: dict[str, Any] = {"data": {"num_classes": None, "dali_device": "auto"}}
+#: Config nodes whose keys are free (a timm model's constructor arguments): not checked here.
+FREE_KEYS = ("backbone.kwargs",)
+
+
+def check_given_keys(given: DictConfig, known: DictConfig, key: str = "") -> None:
+    """ConfigError (with a did-you-mean) for the first key of ``given`` (overrides or a preset,
+    as a tree) that ``known`` does not have, checked level by level with the pretraining
+    checker :func:`~solo_mixmask.config.check_known_keys`. Below a list, a leaf, an empty
+    node of ``known`` (``method_kwargs`` without a run config) or :data:`FREE_KEYS` nothing is
+    checked."""
+    node = OmegaConf.select(given, key) if key else given
+    schema = OmegaConf.select(known, key) if key else known
+    if not isinstance(node, DictConfig) or not isinstance(schema, DictConfig):
+        return
+    if key in FREE_KEYS or (key and len(schema) == 0):
+        return
+    check_known_keys(given, key, [str(k) for k in schema.keys()])
+    for name in map(str, node.keys()):
+        check_given_keys(given, known, f"{key}.{name}" if key else name)
+
+
+def _given_tree(parsed: Sequence[tuple[str, Any]]) -> DictConfig:
+    """Overrides ``[(dotted key, value)]`` as one tree (list indexes become keys)."""
+    tree = OmegaConf.create({})
+    with open_dict(tree):
+        for key, value in parsed:
+            try:
+                OmegaConf.update(tree, key, value, force_add=True)
+            except Exception as err:  # omegaconf raises several types for a bad path
+                raise ConfigError(key, value, f"a settable config key ({err})") from err
+    return tree
+
+
 def eval_config(
     lb: LoadedBackbone,
     checkpoint: str | Path,
     overrides: Sequence[str] = (),
     preset: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    preset_name: str | None = None,
 ) -> DictConfig:
-    """The evaluation config of ``checkpoint`` (see the module docstring)."""
+    """The evaluation config of ``checkpoint`` (see the module docstring): ``defaults`` are
+    the command's own section (e.g. ``{"linear": {...}}``, its ``paper`` preset), ``preset`` the
+    chosen preset (``preset_name`` for messages); their keys and the overrides' are checked
+    against what the config knows before anything is set."""
     cfg = OmegaConf.create(copy.deepcopy(BASE_DEFAULTS))
+    cfg.merge_with(OmegaConf.create(copy.deepcopy(EVAL_EXTRA_KEYS)))
+    if defaults:
+        cfg.merge_with(OmegaConf.create(defaults))
     from_run = run_config(lb, checkpoint)
     if from_run:
         cfg.merge_with(OmegaConf.create(from_run))  # in place: cfg stays a DictConfig
     if preset:
+        try:
+            check_given_keys(OmegaConf.create(preset), cfg)
+        except ConfigError as err:
+            where = f" (in --preset {preset_name})" if preset_name else ""
+            raise ConfigError(err.key, err.value, f"{err.allowed}{where}") from err
         cfg.merge_with(OmegaConf.create(preset))
     parsed = parse_overrides(overrides)
+    check_given_keys(_given_tree(parsed), cfg)
     keys = {k for k, _ in parsed}
     with open_dict(cfg):
         for key, value in parsed:
@@ -169,22 +225,6 @@ def output_dir(checkpoint: str | Path, name: str, out: str | Path | None) -> Pat
         return run / name
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.{name}")
-
-
-#: Old preset names still accepted: ``seed`` was the authors' (the seed repository's) recipe.
-PRESET_ALIASES = {"seed": "paper"}
-
-
-def load_preset(preset: str, folder: Path) -> dict[str, Any]:
-    """A preset by name (``<folder>/<name>.yaml``, or an old name in PRESET_ALIASES) or by path
-    to a YAML file (ConfigError naming ``--preset`` and the known names otherwise)."""
-    path = Path(preset)
-    if not path.suffix:
-        path = folder / f"{PRESET_ALIASES.get(preset, preset)}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise ConfigError("--preset", preset, f"one of {known} or a path to a YAML file")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
 
 
 def seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:

@@ -33,8 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from solo_mixmask.checkpoints import LoadedBackbone, load_backbone
-from solo_mixmask.compose import configs_root
-from solo_mixmask.config import DEFAULT_SEED, check_number, read_bool, select
+from solo_mixmask.config import DEFAULT_SEED, check_number, read_bool, select, warn_one_class
 from solo_mixmask.data_specs import data_spec, image_count
 from solo_mixmask.errors import ConfigError, DataError
 from solo_mixmask.eval.features import (
@@ -42,7 +41,6 @@ from solo_mixmask.eval.features import (
     eval_config,
     eval_device,
     extract_features,
-    load_preset,
     make_loader,
     output_dir,
     seeded_subset,
@@ -50,9 +48,10 @@ from solo_mixmask.eval.features import (
     train_epochs,
 )
 from solo_mixmask.eval.linear import evaluate_head, new_linear_head
+from solo_mixmask.eval.presets import load_preset, preset_defaults, presets_dir
 from solo_mixmask.paths import check_output_dir
 
-PRESETS_DIR = configs_root() / "finetune"
+PRESETS_DIR = presets_dir("finetune")
 SUBSET_FILE = "label_subset.csv"
 RESULT_FILE = "finetune.json"
 
@@ -246,7 +245,14 @@ def run_finetune(
     fraction = check_fraction(fraction)
     preset_cfg = load_preset(preset, PRESETS_DIR)
     lb = load_backbone(checkpoint)
-    cfg = eval_config(lb, checkpoint, overrides, preset=preset_cfg)
+    cfg = eval_config(
+        lb,
+        checkpoint,
+        overrides,
+        preset=preset_cfg,
+        defaults=preset_defaults(PRESETS_DIR),
+        preset_name=preset,
+    )
     s = FinetuneSettings.from_cfg(cfg)
     seed = int(select(cfg, "seed", DEFAULT_SEED))
     workers = int(select(cfg, "data.num_workers", 0))
@@ -254,6 +260,7 @@ def run_finetune(
     channels_last = bool(select(cfg, "performance.channels_last", False))
     spec = data_spec(cfg)
     classes = num_classes(spec)
+    warn_one_class(classes, spec.no_labels)
     folder = output_dir(checkpoint, finetune_dir_name(fraction, random_init), out)
     check_output_dir("--out", folder)  # before the training
 

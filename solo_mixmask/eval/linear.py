@@ -36,8 +36,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from solo_mixmask.checkpoints import load_backbone
-from solo_mixmask.compose import configs_root
-from solo_mixmask.config import DEFAULT_SEED, check_number, select
+from solo_mixmask.config import DEFAULT_SEED, check_number, select, warn_one_class
 from solo_mixmask.data_specs import data_spec, image_count
 from solo_mixmask.errors import DataError
 from solo_mixmask.eval.features import (
@@ -52,10 +51,11 @@ from solo_mixmask.eval.features import (
     train_crop_transform,
     train_epochs,
 )
-from solo_mixmask.eval.features import load_preset as _load_preset
+from solo_mixmask.eval.presets import load_preset as _load_preset
+from solo_mixmask.eval.presets import preset_defaults, presets_dir
 from solo_mixmask.paths import check_output_file
 
-PRESETS_DIR = configs_root() / "linear"
+PRESETS_DIR = presets_dir("linear")
 
 
 @dataclass(frozen=True)
@@ -248,8 +248,16 @@ def run_linear(
     start = time.perf_counter()
     eval_device(device)  # a GPU this machine lacks, before anything is read
     check_output_file("--out", output_path(checkpoint, "linear", out))  # before the features
+    preset_cfg = load_preset(preset)
     lb = load_backbone(checkpoint)
-    cfg = eval_config(lb, checkpoint, overrides, preset=load_preset(preset))
+    cfg = eval_config(
+        lb,
+        checkpoint,
+        overrides,
+        preset=preset_cfg,
+        defaults=preset_defaults(PRESETS_DIR),
+        preset_name=preset,
+    )
     s = LinearSettings.from_cfg(cfg)
     seed = int(select(cfg, "seed", DEFAULT_SEED))
     workers = int(select(cfg, "data.num_workers", 0))
@@ -259,6 +267,7 @@ def run_linear(
     model = prepare_backbone(lb, dev, channels_last)
     spec = data_spec(cfg)
     classes = num_classes(spec)
+    warn_one_class(classes, spec.no_labels)
     eval_tf = build_eval_transform(spec.crops[0])
     val = seeded_subset(build_dataset(spec, "val", eval_tf), s.val_subset, seed)
     val_loader = make_loader(val, s.batch_size, workers, False, seed)

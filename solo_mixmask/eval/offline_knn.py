@@ -10,14 +10,16 @@ similarity; neighbours vote with weight ``exp(sim / temperature)``; several k sh
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from solo_mixmask.checkpoints import load_backbone, run_dir_of
-from solo_mixmask.config import select
+from solo_mixmask.config import check_number, select, warn_one_class
 from solo_mixmask.core.knn import knn_k_used, topk_accuracy, weighted_knn_scores
+from solo_mixmask.data_specs import DataSpec, data_spec
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.features import (
     eval_config,
@@ -50,6 +52,43 @@ def online_knn(checkpoint: str | Path) -> dict[str, Any] | None:
     return {"acc1": data["knn_acc1"], "acc5": data.get("knn_acc5")}
 
 
+def monitor_images(spec: DataSpec) -> dict[str, Any]:
+    """What decides the images of a k-NN measurement and how they look, by config key: the
+    dataset and its folders, the seed that picks the subsets, the subset sizes, the evaluation
+    crop and normalisation."""
+    crop = spec.crops[0]
+    return {
+        "data.dataset": spec.dataset,
+        "data.train_path": spec.train_path,
+        "data.val_path": spec.val_path,
+        "seed": spec.seed,
+        "data.knn_train_subset": spec.knn_train_subset,
+        "data.val_subset": spec.val_subset,
+        "augmentations.0.crop_size": crop.crop_size,
+        "data.mean": list(crop.mean),
+        "data.std": list(crop.std),
+    }
+
+
+def not_like_online(
+    offline: dict[str, Any], online: dict[str, Any], ks: Sequence[int]
+) -> list[str]:
+    """Why an offline k-NN with settings ``offline`` cannot be compared with the online one
+    measured with ``online`` (both ``{"k", "temperature", "images": monitor_images(...)}``),
+    one phrase per difference; empty when they are measured alike."""
+    reasons = []
+    if offline["temperature"] != online["temperature"]:
+        reasons.append(
+            f"temperature {offline['temperature']} offline, {online['temperature']} online"
+        )
+    if online["k"] not in ks:
+        reasons.append(f"k={online['k']} is not among the offline k {list(ks)}")
+    for key, value in offline["images"].items():
+        if value != online["images"][key]:
+            reasons.append(f"{key} {value!r} offline, {online['images'][key]!r} online")
+    return reasons
+
+
 def run_knn(
     checkpoint: str | Path,
     ks: Sequence[int] | None = None,
@@ -60,26 +99,31 @@ def run_knn(
 ) -> dict[str, Any]:
     """Offline weighted k-NN top-1/top-5 (%) for each k; writes and returns the result dict.
 
-    ``ks`` defaults to (10, 20, 100, 200) plus the run's ``knn_eval.k``; ``temperature`` to the
-    run's ``knn_eval.T`` (0.1). The result holds ``{"k": {"<k>": {"acc1", "acc5", "k_used"}}}``
-    (``k_used``: k clamped to the labelled training images, the neighbours that voted), and
-    when the checkpoint is a run's, the run's last online k-NN and the offline-minus-online
-    difference at the monitor's own k and T.
+    ``ks`` defaults to (10, 20, 100, 200) plus ``knn_eval.k`` (the run's, and an overridden
+    one); ``temperature`` to ``knn_eval.T`` (the run's 0.1 unless overridden). The result holds
+    ``{"k": {"<k>": {"acc1", "acc5", "k_used"}}}`` (``k_used``: k clamped to the labelled
+    training images, the neighbours that voted), and when the checkpoint is a run's, the run's
+    last online k-NN labelled with the k and T the monitor measured it with (the run's config,
+    never the overrides), and the offline-minus-online difference only when the offline k-NN
+    was measured alike (same T, k and images, :func:`not_like_online`; else ``not_compared``
+    says what differs).
     """
     from solo_mixmask.data.loaders import build_knn_loaders, num_classes
-    from solo_mixmask.data_specs import data_spec
 
     start = time.perf_counter()
     eval_device(device)  # a GPU this machine lacks, before anything is read
     check_output_file("--out", output_path(checkpoint, "knn", out))  # before the features
     lb = load_backbone(checkpoint)
     cfg = eval_config(lb, checkpoint, overrides)
-    online_k = int(select(cfg, "knn_eval.k", 200))
-    online_t = float(select(cfg, "knn_eval.T", 0.1))
-    ks = _check_ks(ks if ks else [*DEFAULT_KS, online_k])
-    temperature = online_t if temperature is None else float(temperature)
-    if not temperature > 0:
-        raise ConfigError("--temperature", temperature, "a float > 0")
+    run_cfg = eval_config(lb, checkpoint)  # what the online monitor measured with
+    online_k = int(select(run_cfg, "knn_eval.k", 200))
+    online_t = float(select(run_cfg, "knn_eval.T", 0.1))
+    check_number(cfg, "knn_eval.k", low=1, integer=True)
+    check_number(cfg, "knn_eval.T", low=0, low_open=True)
+    ks = _check_ks(ks if ks else [*DEFAULT_KS, int(cfg.knn_eval.k), online_k])
+    temperature = float(cfg.knn_eval.T if temperature is None else temperature)
+    if not 0 < temperature < math.inf:
+        raise ConfigError("--temperature", temperature, "a number in (0, inf)")
     dev = eval_device(device)
     channels_last = bool(select(cfg, "performance.channels_last", False))
     model = prepare_backbone(lb, dev, channels_last)
@@ -88,6 +132,7 @@ def run_knn(
     train_f, train_y = extract_features(model, train_loader, dev, channels_last)
     val_f, val_y = extract_features(model, val_loader, dev, channels_last)
     classes = num_classes(spec)
+    warn_one_class(classes, spec.no_labels)
     scores = weighted_knn_scores(train_f, train_y, val_f, classes, ks, temperature)
     per_k = {}
     for k in ks:
@@ -113,7 +158,14 @@ def run_knn(
     online = online_knn(checkpoint)
     if online is not None:
         result["online"] = {"k": online_k, "temperature": online_t, **online}
-        if str(online_k) in per_k and temperature == online_t:
+        reasons = not_like_online(
+            {"temperature": temperature, "images": monitor_images(spec)},
+            {"k": online_k, "temperature": online_t, "images": monitor_images(data_spec(run_cfg))},
+            ks,
+        )
+        if reasons:
+            result["online"]["not_compared"] = "; ".join(reasons)
+        else:
             diff = per_k[str(online_k)]["acc1"] - float(online["acc1"])
             result["online"]["offline_minus_online_acc1"] = round(diff, 4)
     result["wall_seconds"] = round(time.perf_counter() - start, 1)

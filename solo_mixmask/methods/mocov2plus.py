@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from solo_mixmask.config import (
     check_bool,
+    check_fits_in_memory,
     check_known_keys,
     check_number,
     config_warning,
@@ -83,6 +84,14 @@ class MoCoV2PlusLogic(MixedBranchLogic, SplitBNLogic, ProjectorLogic):
         check_number(cfg, "method_kwargs.queue_size", low=1, integer=True)
         check_number(cfg, "method_kwargs.proj_hidden_dim", low=1, integer=True)
         check_number(cfg, "method_kwargs.proj_output_dim", low=1, integer=True)
+        kw = cfg.method_kwargs
+        queues = 2 if kw.symmetric else 1
+        check_fits_in_memory(
+            cfg,
+            "method_kwargs.queue_size",
+            4 * queues * kw.proj_output_dim * kw.queue_size,
+            f"{queues} queue(s) of {kw.queue_size} keys x {kw.proj_output_dim} float32",
+        )
         return cfg
 
     def info_nce(self, queue: torch.Tensor) -> PairLoss:

@@ -13,7 +13,7 @@ from solo_mixmask.checkpoints import load_backbone
 from solo_mixmask.cli import main
 from solo_mixmask.data.datasets import build_dataset
 from solo_mixmask.data_specs import data_spec
-from solo_mixmask.eval.features import eval_config, load_preset, train_crop_transform
+from solo_mixmask.eval.features import eval_config, train_crop_transform
 from solo_mixmask.eval.finetune import (
     PRESETS_DIR,
     SUBSET_FILE,
@@ -24,6 +24,7 @@ from solo_mixmask.eval.finetune import (
     read_subset,
 )
 from solo_mixmask.eval.linear import new_linear_head
+from solo_mixmask.eval.presets import load_preset, preset_defaults
 from tests.eval.helpers import class_folder_tree, method_checkpoint
 
 TINY_RESNET = {"channels": [8, 16, 32, 64]}
@@ -77,7 +78,8 @@ def test_whole_network_is_trained(tiny_setup):
     change; nothing is frozen. A random init is the same architecture with other weights."""
     ckpt, overrides = tiny_setup
     lb = load_backbone(ckpt)
-    cfg = eval_config(lb, ckpt, overrides, preset=load_preset("small", PRESETS_DIR))
+    preset = load_preset("small", PRESETS_DIR)
+    cfg = eval_config(lb, ckpt, overrides, preset=preset, defaults=preset_defaults(PRESETS_DIR))
     s = FinetuneSettings.from_cfg(cfg)
     spec = data_spec(cfg)
     train = build_dataset(

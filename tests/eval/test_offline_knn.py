@@ -31,3 +31,28 @@ def test_bad_k_and_temperature(tiny_runs):
         run_knn(ckpt, ks=[0])
     with pytest.raises(ConfigError, match="--temperature"):
         run_knn(ckpt, ks=[5], temperature=0.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (["knn_eval.T=0.5"], "temperature 0.5 offline, 0.1 online"),
+        (["data.val_subset=16"], "data.val_subset 16 offline, 32 online"),
+    ],
+)
+def test_online_figure_keeps_its_own_settings_and_is_compared_only_alike(
+    tiny_runs, tmp_path, capsys, overrides, reason
+):
+    # once: knn_eval.T=0.5 labelled the online figure (measured at T 0.1) as T 0.5 and
+    # reported offline_minus_online_acc1 between the two
+    from solo_mixmask.cli import main
+
+    run = tiny_runs["mixmask"]
+    out = tmp_path / "knn.json"
+    argv = ["knn", str(run / "checkpoints" / "last.ckpt"), *overrides, "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err[-3000:]
+    online = json.loads(out.read_text())["online"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (online["k"], online["temperature"], online["acc1"]) == (5, 0.1, summary["knn_acc1"])
+    assert "offline_minus_online_acc1" not in online
+    assert online["not_compared"] == reason
