@@ -331,27 +331,31 @@ def _entry_is(entry: os.DirEntry, kind: str) -> bool:
         return False
 
 
-def list_image_files(root: str | Path) -> list[str]:
-    """All regular files under ``root`` (recursive, hidden entries skipped) whose extension is
-    an image extension (case-insensitive), sorted.
+def _walk_images(
+    root: str | Path, enter: Callable[[str], bool] | None = None
+) -> list[tuple[str, str]]:
+    """``(path, real path)`` of the image files under ``root`` in sorted depth-first order:
+    each real directory visited once, each real file listed once (its first path); with
+    ``enter``, only the directories whose real path it accepts.
 
-    Symlinks are followed, to directories and to files, but each real directory (by
-    ``(st_dev, st_ino)``) is visited once, so a link to the folder itself or to an ancestor
-    neither loops nor lists an image twice (the first path in sorted, depth-first order names
-    the files). Only regular files are listed (``S_ISREG``, through file links): a FIFO,
-    socket or device named like an image, or a broken link, is left out, since opening a FIFO
-    would block the loader forever. Unreadable folders are skipped, as ``os.walk`` does.
+    Symlinks are followed, to directories and to files; the identity of a folder or a file is
+    its real path (``os.path.realpath``), so a link to the folder itself, to an ancestor or to
+    a file already listed neither loops nor lists an image twice. Only regular files count
+    (``S_ISREG``, through file links): a FIFO, socket or device named like an image, or a
+    broken link, is left out, since opening a FIFO would block the loader forever. Hidden
+    entries and unreadable folders are skipped, as ``os.walk`` does.
     """
-    found: list[str] = []
-    visited: set[tuple[int, int]] = set()
+    found: list[tuple[str, str]] = []
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
     pending = [os.fspath(root)]
     while pending:
         folder = pending.pop()
+        real = os.path.realpath(folder)
+        if real in seen_dirs or (enter is not None and not enter(real)):
+            continue
+        seen_dirs.add(real)
         try:
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in visited:
-                continue
-            visited.add((st.st_dev, st.st_ino))
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError:
@@ -363,9 +367,27 @@ def list_image_files(root: str | Path) -> list[str]:
             if _entry_is(entry, "dir"):
                 subfolders.append(entry.path)
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and _entry_is(entry, "file"):
-                found.append(entry.path)
+                link = _is_link(entry)
+                real_file = os.path.realpath(entry.path) if link else os.path.join(real, entry.name)
+                if real_file not in seen_files:
+                    seen_files.add(real_file)
+                    found.append((entry.path, real_file))
         pending.extend(reversed(subfolders))  # depth-first, in sorted order
-    return sorted(found)
+    return found
+
+
+def _is_link(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
+
+
+def list_image_files(root: str | Path) -> list[str]:
+    """All regular image files under ``root`` (recursive, hidden entries skipped, extension
+    case-insensitive), sorted: each real file once, whatever links lead to it (see
+    :func:`_walk_images`)."""
+    return sorted(path for path, _ in _walk_images(root))
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[str]]:
@@ -495,6 +517,93 @@ def _class_map(spec: DataSpec, split: str, root: Path) -> tuple[list[str], list[
     return classes, own
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _class_samples(
+    key: str, root: Path, own: list[str], index: dict[str, int]
+) -> list[tuple[str, int]]:
+    """``(path, target)`` of every image of the class folders ``own`` of ``root``, by class
+    (in ``own``'s order), then by path: each real file once, with the class of the folder it
+    really lives in.
+
+    Links are followed (see :func:`_walk_images`), but a link never relabels an image: a file
+    whose real path lies in class folder ``d`` (the deepest one, for nested real folders) is
+    listed under ``d`` only, whichever class folder links to it; a file in the tree but in no
+    class folder (e.g. reached through a link to the tree's root) is not listed. A file outside
+    the tree takes the class of the one class folder that links to it. DataError, naming
+    ``key``, for two class folders that are one real folder, or an outside file linked from
+    two class folders: their images would have two classes.
+    """
+    tree = os.path.realpath(root)
+    class_at: dict[str, str] = {}  # real folder -> class
+    for c in own:
+        real = os.path.realpath(root / c)
+        if real in class_at:
+            raise DataError(
+                f"{key}={str(root)!r}: class folders {class_at[real]!r} and {c!r} are the same "
+                f"folder ({real}, through a symbolic link), so their images would have two "
+                "classes; remove the link or make the folders distinct"
+            )
+        class_at[real] = c
+    homes: dict[str, str | None] = {}
+
+    def home(real_dir: str) -> str | None:
+        """The class whose real folder is the deepest one holding the real folder
+        ``real_dir`` (None: no class folder holds it)."""
+        if real_dir not in homes:
+            found, d = None, real_dir
+            while found is None:
+                found = class_at.get(d)
+                parent = os.path.dirname(d)
+                if parent == d:
+                    break
+                d = parent
+            homes[real_dir] = found
+        return homes[real_dir]
+
+    def enters(c: str) -> Callable[[str], bool]:
+        # class c's walk stays in its own folders and in folders outside the tree (never in
+        # another class folder, nor in the tree outside any class folder)
+        return lambda real_dir: (
+            home(real_dir) == c or (home(real_dir) is None and not _inside(real_dir, tree))
+        )
+
+    by_class: dict[str, list[str]] = {c: [] for c in own}
+    listed: set[str] = set()
+    linked: dict[str, list[tuple[str, str]]] = {}  # real file -> [(class, path)]: the others
+    for c in own:
+        for path, real_file in _walk_images(root / c, enters(c)):
+            if real_file in listed:
+                continue
+            if home(os.path.dirname(real_file)) == c:
+                listed.add(real_file)  # the common case: a file of its own class folder
+                by_class[c].append(path)
+            else:
+                linked.setdefault(real_file, []).append((c, path))
+    for real_file, hits in linked.items():
+        if real_file in listed:
+            continue  # listed in its own class folder
+        owner = home(os.path.dirname(real_file))
+        if owner is None and _inside(real_file, tree):
+            continue  # in the tree, in no class folder: not a class image
+        if owner is None:
+            linking = sorted({c for c, _ in hits}, key=own.index)
+            if len(linking) > 1:
+                paths = " and ".join(repr(next(p for c, p in hits if c == x)) for x in linking)
+                raise DataError(
+                    f"{key}={str(root)!r}: image {real_file!r} is linked from {paths} (class "
+                    f"folders {', '.join(repr(x) for x in linking)}), so it would have two "
+                    "classes; keep one link"
+                )
+            owner = linking[0]
+        named = next((p for c, p in hits if c == owner), None)
+        if named is not None:  # else: hidden in its own class folder, left out there too
+            by_class[owner].append(named)
+    return [(p, index[c]) for c in own for p in sorted(by_class[c])]
+
+
 def _image_folder(spec: DataSpec, split: str, transform: Callable | None) -> Dataset:
     key = "data.val_path" if split == "val" else "data.train_path"
     given = spec.val_path if split == "val" else spec.train_path
@@ -517,7 +626,7 @@ def _image_folder(spec: DataSpec, split: str, transform: Callable | None) -> Dat
                 "of unlabeled images set data.no_labels=true"
             )
         index = {c: i for i, c in enumerate(classes)}  # one map for every split: train's
-        samples = [(p, index[c]) for c in own for p in list_image_files(root / c)]
+        samples = _class_samples(key, root, own, index)
     if not samples:
         raise DataError(
             f"{key}={str(root)!r} holds no image files (extensions {', '.join(IMAGE_EXTENSIONS)})"

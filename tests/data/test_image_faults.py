@@ -191,14 +191,16 @@ def test_one_link_to_the_folder_itself_lists_each_image_once(tmp_path):
     root.mkdir()
     Image.new("RGB", (4, 4), (1, 2, 3)).save(root / "a.png")
     (root / "here").symlink_to(".")
-    (root / "b.png").symlink_to("a.png")  # a file link to a regular file is an image
-    (root / "c.png").symlink_to("missing.png")  # a broken link is not
+    (root / "b.png").symlink_to("a.png")  # a second name of a listed file: listed once
+    (root / "c.png").symlink_to("missing.png")  # a broken link is not an image
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     Image.new("RGB", (4, 4), (4, 5, 6)).save(outside / "d.png")
+    Image.new("RGB", (4, 4), (7, 8, 9)).save(outside / "e.png")
     (root / "linked").symlink_to(outside)  # a link to another folder is followed
+    (root / "z.png").symlink_to(outside / "e.png")  # a file link: e.png is listed once
     listed = _within(15, D.list_image_files, root)
-    assert _names(listed, root) == ["a.png", "b.png", "linked/d.png"]
+    assert _names(listed, root) == ["a.png", "linked/d.png", "z.png"]
 
 
 def test_fifo_named_like_an_image_is_not_listed(tmp_path):
@@ -210,3 +212,57 @@ def test_fifo_named_like_an_image_is_not_listed(tmp_path):
     assert _names(_within(15, D.list_image_files, root), root) == ["cat/a.png", "dog/a.png"]
     cfg = make_cfg({"dataset": "custom", "train_path": str(root)})
     assert _within(15, _read_all, cfg) == [((9, 9, 9), 0), ((7, 7, 7), 1)]
+
+
+# --------------------------------------------------------------------------- links between classes
+
+
+def _two_classes(root: Path) -> Path:
+    for c, colour in (("dress", (200, 0, 0)), ("tshirt", (0, 0, 200))):
+        for i in range(3):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (4, 4), colour).save(root / c / f"{i}.png")
+    return root
+
+
+def _labelled(root: Path) -> list[tuple[str, tuple[int, int, int], int]]:
+    cfg = make_cfg({"dataset": "custom", "train_path": str(root)})
+    ds = D.build_dataset(data_spec(cfg), "train", None)
+    return [
+        (str(Path(p).relative_to(root)), ds[i][0].getpixel((0, 0)), t)
+        for i, (p, t) in enumerate(ds.samples)
+    ]
+
+
+def test_links_between_class_folders_never_relabel_or_repeat_an_image(tmp_path):
+    """`ln -s ../dress train/tshirt/alias` listed the dress images again as t-shirts, and links
+    to `..` or the training root listed every image again in the linking class."""
+    root = _two_classes(tmp_path / "train")
+    (root / "tshirt" / "alias").symlink_to("../dress")
+    (root / "tshirt" / "up").symlink_to("..")
+    (root / "dress" / "root").symlink_to(root)
+    (root / "dress" / "copy.png").symlink_to("0.png")  # a second name of dress/0.png
+    (root / "stray.png").symlink_to(root / "dress" / "1.png")  # in the tree, in no class
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("RGB", (4, 4), (0, 0, 201)).save(outside / "x.png")
+    (root / "tshirt" / "more").symlink_to(outside)  # outside the tree: the linking class's
+    expected = [(f"dress/{i}.png", (200, 0, 0), 0) for i in range(3)]
+    expected += [(f"tshirt/{i}.png", (0, 0, 200), 1) for i in range(3)]
+    expected += [("tshirt/more/x.png", (0, 0, 201), 1)]
+    assert _within(15, _labelled, root) == expected
+
+
+def test_a_class_folder_linked_to_another_or_a_file_linked_from_two_classes_is_refused(tmp_path):
+    root = _two_classes(tmp_path / "train")
+    (root / "skirt").symlink_to("dress")
+    cfg = make_cfg({"dataset": "custom", "train_path": str(root)})
+    with pytest.raises(DataError, match="class folders 'dress' and 'skirt' are the same folder"):
+        D.build_dataset(data_spec(cfg), "train", None)
+    (root / "skirt").unlink()
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (4, 4), (1, 1, 1)).save(outside)
+    (root / "dress" / "x.png").symlink_to(outside)
+    (root / "tshirt" / "x.png").symlink_to(outside)
+    with pytest.raises(DataError, match="linked from .*class folders 'dress', 'tshirt'"):
+        D.build_dataset(data_spec(cfg), "train", None)
