@@ -222,7 +222,7 @@ def test_bad_images_are_skipped_and_counted(results):
     assert summary["bad_images"] == 2
     assert sorted(summary["bad_image_files"]) == sorted(results["bad"])
     assert summary["train_images"] == 26  # 24 readable + 2 unreadable entries (txt ignored)
-    assert summary["steps"] == 3  # 26 // 8 full batches; skipped files are replaced
+    assert summary["steps"] == 3  # 26 // 8 batches; a skipped file shrinks its batch
     for path in results["bad"]:  # one warning per file (per process that meets it)
         assert f"skipping unreadable image '{path}'" in result.stderr
 

@@ -26,9 +26,9 @@ uses the 5,000 labeled training images (what the k-NN monitor needs). For every 
 ``'train_labeled'`` is the same as ``'train'``.
 
 Unreadable images in ImageFolder trees (truncated, zero bytes, not an image) are found when they
-are first read: with ``data.strict`` false the file is skipped with one warning per file and the
-next readable sample is returned instead; with ``data.strict`` true a :class:`DataError`
-naming the file is raised. ``data.scan_images: true`` decodes every file once at build time
+are first read: with ``data.strict`` false the file is skipped (the item is None and the
+loaders leave it out of its batch; never replaced by another image) with one warning per file;
+with ``data.strict`` true a :class:`DataError` naming the file is raised. ``data.scan_images: true`` decodes every file once at build time
 (see :func:`scan_image_folder`) and leaves the bad ones out from the start.
 """
 
@@ -412,13 +412,16 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[str]]:
 class ImageFolderDataset(Dataset):
     """Images listed in ``samples`` (path, target), decoded robustly when read.
 
-    Item ``i`` is ``(transform(RGB image), target)``. When the file of sample ``i`` cannot be
-    decoded: with ``strict`` a DataError naming it is raised; otherwise the path is added to
-    ``bad_files`` (once, with one :class:`BadImageWarning`) and the next decodable sample
-    (``i+1``, ``i+2``, ... wrapping around) is returned instead, so the result is deterministic.
-    ``bad_files`` only lists what this process has read: DataLoader workers hold their own.
-    Set ``report_file`` to a path to have every process (workers and ranks included) append
-    each newly skipped path to that file, one per line, so a run can count them all.
+    Item ``i`` is ``(transform(RGB image), target)``, or None when the file of sample ``i``
+    cannot be decoded: it is skipped, never replaced by another image (the loaders'
+    :func:`~solo_mixmask.data.loaders.collate_readable` leaves it out of its batch). With
+    ``strict`` a DataError naming the file is raised instead. A skipped path is added to
+    ``bad_files`` (once, with one :class:`BadImageWarning`); the first time a process meets one
+    it checks that some image of the dataset decodes (DataError otherwise: nothing could ever be
+    trained or scored). ``bad_files`` only lists what this process has read: DataLoader workers
+    hold their own. Set ``report_file`` to a path to have every process (workers and ranks
+    included) append each newly skipped path to that file, one per line, so a run can count
+    them all.
     """
 
     def __init__(
@@ -438,6 +441,7 @@ class ImageFolderDataset(Dataset):
         self.strict = strict
         self.bad_files: list[str] = []
         self._bad: set[str] = set()
+        self._some_readable = False
         self.report_file: str | None = None
 
     def __len__(self) -> int:
@@ -457,25 +461,40 @@ class ImageFolderDataset(Dataset):
                 with open(self.report_file, "a", encoding="utf-8") as f:
                     f.write(path + "\n")  # one short append: atomic between processes
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        n = len(self.samples)
-        for offset in range(n):
-            path, target = self.samples[(index + offset) % n]
+    def _check_some_readable(self) -> None:
+        """DataError unless at least one file of the dataset decodes (checked once)."""
+        for path, _ in self.samples:
+            if self._some_readable:
+                return
             if path in self._bad:
                 continue
             try:
-                img = load_image_rgb(path)
+                load_image_rgb(path)
             except DataError as err:
-                if self.strict:
-                    raise
                 self._mark_bad(path, err)
-                continue
-            if self.transform is not None:
-                img = self.transform(img)
-            return img, target
-        raise DataError(
-            f"no image under {self.root!r} can be decoded ({len(self.bad_files)} bad files)"
-        )
+            else:
+                self._some_readable = True
+        if not self._some_readable:
+            raise DataError(
+                f"no image under {self.root!r} can be decoded ({len(self.bad_files)} bad files)"
+            )
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        path, target = self.samples[index]
+        if path in self._bad:
+            return None
+        try:
+            img = load_image_rgb(path)
+        except DataError as err:
+            if self.strict:
+                raise
+            self._mark_bad(path, err)
+            self._check_some_readable()
+            return None
+        self._some_readable = True
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
 
 
 def _class_folders(root: Path) -> list[str]:

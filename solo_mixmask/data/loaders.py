@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from solo_mixmask.data.augmentations import build_eval_transform, build_pretrain_transform
 from solo_mixmask.data.datasets import build_dataset, image_folder_spec, subset_indices
@@ -32,8 +32,40 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
-        return (index, *self.dataset[index])
+    def __getitem__(self, index: int) -> tuple[Any, ...] | None:
+        item = self.dataset[index]
+        return None if item is None else (index, *item)
+
+
+def collate_readable(batch: list[Any]) -> Any:
+    """``default_collate`` of the items that are not None (None: an unreadable image, skipped,
+    never replaced); None when no item is left."""
+    kept = [item for item in batch if item is not None]
+    return default_collate(kept) if kept else None
+
+
+def collate_training(batch: list[Any]) -> Any:
+    """:func:`collate_readable` for training batches: a batch that lost unreadable images
+    trains on the others; DataError when fewer than 2 are left (each image is mixed with a
+    partner of its batch, and BatchNorm needs 2)."""
+    kept = [item for item in batch if item is not None]
+    if len(kept) < 2:
+        raise DataError(
+            f"a training batch has {len(kept)} readable image(s) of {len(batch)}: it needs at "
+            "least 2; set data.scan_images=true to leave unreadable files out before batching, "
+            "or remove them"
+        )
+    return default_collate(kept)
+
+
+class ReadableLoader(DataLoader):
+    """A DataLoader (give it ``collate_fn=collate_readable``) that leaves out the batches whose
+    every image was unreadable."""
+
+    def __iter__(self) -> Any:
+        for batch in super().__iter__():
+            if batch is not None:
+                yield batch
 
 
 def subset_for(size: int | None, key: str, n: int, clamp: bool, seed: int) -> list[int] | None:
@@ -65,7 +97,8 @@ def build_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> Da
     """Shuffled, drop-last loader of the pretraining views.
 
     Yields ``[indexes (B,) int64, [V tensors (B, 3, H, W) float32], targets (B,) int64]`` with
-    B = optimizer.batch_size and V = sum of num_crops; indexes count within the (sub)set.
+    B = optimizer.batch_size (fewer when unreadable images were skipped, see
+    :func:`collate_training`) and V = sum of num_crops; indexes count within the (sub)set.
     Raises DataError when the (sub)set is smaller than a batch.
     With ``data.format: dali`` the batches come from a DALI pipeline instead (same format; see
     :mod:`solo_mixmask.data.dali`). With ``data.format: memory`` the images are decoded once
@@ -103,11 +136,12 @@ def build_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> Da
         persistent_workers=workers > 0,
         worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(spec.seed),
+        collate_fn=collate_training,
     )
 
 
 def _eval_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
-    return DataLoader(
+    return ReadableLoader(
         dataset,
         batch_size=batch,
         shuffle=False,
@@ -115,6 +149,7 @@ def _eval_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_seed_worker,
+        collate_fn=collate_readable,
     )
 
 

@@ -105,12 +105,33 @@ def test_bad_files_skipped_with_one_warning_each(faulty):
     for name in BAD:
         assert sum(name in m for m in messages) == 1
     assert [Path(p).name for p in ds.bad_files] == list(BAD)
-    # a bad index returns the next good sample, wrapping around: f, g, h -> a
-    rgba = np.asarray(first[0][0])
-    for i in (5, 6, 7):
-        np.testing.assert_array_equal(np.asarray(first[i][0]), rgba)
-    for a, b in zip(first, second):
+    # a bad file is skipped (None), never replaced by another image
+    assert [item is None for item in first] == [False] * 5 + [True] * 3
+    assert second[5:] == [None] * 3
+    for a, b in zip(first[:5], second[:5]):
         np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+
+
+def test_loaders_leave_bad_files_out_of_every_batch(faulty):
+    """Evaluation and training batches hold the readable images only, each once: a bad file
+    is never replaced by its neighbour (which then counted twice in the k-NN accuracy)."""
+    from solo_mixmask.data.loaders import (
+        ReadableLoader,
+        collate_readable,
+        collate_training,
+    )
+
+    ds = D.build_dataset(data_spec(_cfg(faulty)), "train", lambda img: img.getpixel((0, 0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", D.BadImageWarning)
+        loader = ReadableLoader(ds, batch_size=3, collate_fn=collate_readable)
+        sizes = [len(targets) for _, targets in loader]
+        assert sizes == [3, 2]  # a, b, c | d, e, (f) | (g, h): a batch of none is left out
+        indexed = list(range(8))
+        batch = collate_training([(i, *ds[i]) if ds[i] is not None else None for i in indexed])
+    assert batch[0].tolist() == [0, 1, 2, 3, 4]  # indexes of the readable images, each once
+    with pytest.raises(DataError, match="1 readable image.* of 3: it needs at least 2"):
+        collate_training([(4, *ds[4]), None, None])
 
 
 def test_strict_raises_naming_the_file(faulty):
@@ -130,9 +151,10 @@ def test_scan_images_drops_bad_files_at_build(faulty):
 
 def test_folder_of_only_bad_files(tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"")
+    (tmp_path / "y.jpg").write_bytes(b"")
     ds = D.build_dataset(data_spec(_cfg(tmp_path)), "train", None)
     with pytest.warns(D.BadImageWarning), pytest.raises(DataError, match="can be decoded"):
-        ds[0]
+        ds[1]
 
 
 # --------------------------------------------------------------------------- loops and FIFOs
