@@ -64,6 +64,11 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [*FMNIST, "data.dataset=custom", "data.train_path=/nonexistent/solo-mixmask"],
         ["data.train_path='/nonexistent/solo-mixmask'", "not an existing folder"],
     ),
+    # issue 18: was passed over for the system copy, and recorded in config.yaml
+    "missing_fashion_mnist_path": (
+        [*FMNIST, "data.train_path=/nonexistent/solo-mixmask-fmnist"],
+        ["data.train_path='/nonexistent/solo-mixmask-fmnist'", "not an existing folder"],
+    ),
     "mandatory_value_left_unset": (
         IMAGENET,
         ["data.train_path='???'", "mandatory", "data.train_path=...", "data.val_path"],

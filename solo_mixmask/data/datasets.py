@@ -9,8 +9,10 @@ start-up (its fields are named after the ``data.*`` keys). Where the data is loo
 (``data.train_path`` for ``split='train'``, ``data.val_path`` for ``split='val'``):
 
 - ``fashion_mnist``: the idx ``.gz`` (or uncompressed) files in the given folder (directly or
-  under ``FashionMNIST/raw``), then ``/usr/share/datasets/fashion-mnist`` (Debian package
-  ``dataset-fashion-mnist``), then torchvision's ``FashionMNIST`` in the cache folder.
+  under ``FashionMNIST/raw``; a given folder without them is an error, or with
+  ``data.download`` where they are downloaded); with no folder given,
+  ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``), then
+  torchvision's ``FashionMNIST`` in the cache folder (``data.download``).
 - ``cifar10``, ``cifar100``, ``stl10``: torchvision datasets rooted at the given folder, or at
   the cache folder ``$SOLO_MIXMASK_DATA/<dataset>`` (default ``~/.cache/solo_mixmask/<dataset>``).
   They are downloaded only when ``data.download`` is true.
@@ -37,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
-import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -52,8 +53,6 @@ from torch.utils.data import Dataset
 from solo_mixmask.data_specs import DataSpec
 from solo_mixmask.dataset_facts import DATASETS, normalisation_of
 from solo_mixmask.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
 
 DATASET_NUM_CLASSES: dict[str, int] = {name: f.num_classes for name, f in DATASETS.items()}
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "stl10")
@@ -212,22 +211,46 @@ def _load_fashion_mnist_files(images_path: str, labels_path: str) -> tuple[np.nd
 
 
 def _fashion_mnist(spec: DataSpec, split: str, transform: Callable | None) -> Dataset:
+    """Fashion-MNIST's ``split`` from the folder the config names, else the system copy, else
+    a download (``data.download``).
+
+    A folder given in ``data.val_path`` / ``data.train_path`` (val looks in ``data.val_path``,
+    then ``data.train_path``) is used or refused, never passed over: DataError naming the key
+    when it is not an existing folder, or when no given folder holds the split's idx files;
+    with ``data.download`` the files are downloaded into the first given folder instead.
+    """
     split = "val" if split == "val" else "train"
-    given = [spec.val_path, spec.train_path] if split == "val" else [spec.train_path]
-    folders = [Path(p) for p in given if p]
-    for folder in [*folders, FASHION_MNIST_SYSTEM_DIR]:
+    keys = ["data.val_path", "data.train_path"] if split == "val" else ["data.train_path"]
+    values = [spec.val_path, spec.train_path] if split == "val" else [spec.train_path]
+    given = [(key, Path(value).expanduser()) for key, value in zip(keys, values) if value]
+    if not spec.download:
+        for key, folder in given:
+            if not folder.is_dir():
+                raise DataError(
+                    f"{key}={str(folder)!r} is not an existing folder: give the folder of the "
+                    "Fashion-MNIST idx files, set data.download=true to download them there, "
+                    f"or leave it unset to use the system copy ({FASHION_MNIST_SYSTEM_DIR})"
+                )
+    folders = [folder for _, folder in given] if given else [FASHION_MNIST_SYSTEM_DIR]
+    for folder in folders:
         found = _find_fashion_mnist(folder, split)
-        if found is None and folder in folders:
-            log.info("no Fashion-MNIST %s idx files in %s; trying the next location", split, folder)
         if found is not None:
             images, labels = _load_fashion_mnist_files(str(found[0]), str(found[1]))
             return ArrayImageDataset(images, labels, transform)
-    root = folders[0] if folders else default_root("fashion_mnist")
+    root = given[0][1] if given else default_root("fashion_mnist")
     if not spec.download:
-        searched = ", ".join(str(f) for f in [*folders, FASHION_MNIST_SYSTEM_DIR])
+        stems = " and ".join(f"{stem}[.gz]" for stem in _FMNIST_STEMS[split])
+        if given:
+            where = " or ".join(f"{key}={str(folder)!r}" for key, folder in given)
+            raise DataError(
+                f"Fashion-MNIST ({split}): {stems} not found in {where} (directly or under "
+                "FashionMNIST/raw); point it at the idx files, set data.download=true to "
+                "download them there, or leave it unset to use the system copy"
+            )
         raise DataError(
-            f"Fashion-MNIST ({split}) idx files not found (searched {searched}): install the "
-            "Debian package dataset-fashion-mnist or set data.download=true"
+            f"Fashion-MNIST ({split}) idx files not found (searched "
+            f"{FASHION_MNIST_SYSTEM_DIR}): install the Debian package dataset-fashion-mnist or "
+            "set data.download=true"
         )
     import torchvision
 
