@@ -114,7 +114,11 @@ def _build_data(
     cfg: DictConfig, trainer: L.Trainer, callbacks: list[Callback]
 ) -> tuple[Any, list[Any]]:
     """(resumable training loader, validation loaders); the loader is handed to ResumeState."""
-    from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
+    from solo_mixmask.data.loaders import (
+        build_knn_train_loader,
+        build_train_loader,
+        build_val_loader,
+    )
     from solo_mixmask.data_specs import data_spec
 
     spec = data_spec(cfg)
@@ -122,8 +126,11 @@ def _build_data(
     train_loader: Any = build_train_loader(spec, rank, world)
     if isinstance(train_loader, DataLoader) and not isinstance(train_loader, ResumableLoader):
         train_loader = resumable_train_loader(train_loader, spec.seed, rank, world)
-    knn_train_loader, val_loader = build_knn_loaders(spec, rank, world)
-    val_loaders = [knn_train_loader, val_loader] if cfg.knn_eval.enabled else [val_loader]
+    val_loaders: list[Any] = []  # unlabelled images (data.no_labels): nothing to validate
+    if cfg.knn_eval.enabled:  # (prepare_config refuses it with data.no_labels)
+        val_loaders.append(build_knn_train_loader(spec, rank, world))
+    if not spec.no_labels:
+        val_loaders.append(build_val_loader(spec, rank, world))
     for cb in callbacks:
         if isinstance(cb, ResumeState):
             cb.loader = train_loader if isinstance(train_loader, ResumableLoader) else None

@@ -153,49 +153,66 @@ def _eval_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
     )
 
 
-def build_knn_loaders(
-    spec: DataSpec, rank: int = 0, world_size: int = 1
-) -> tuple[DataLoader, DataLoader]:
-    """(knn_train_loader, val_loader), both yielding ``(x (B, 3, crop, crop) float32,
-    y (B,) int64)`` with the eval transform, in a fixed order.
-
-    knn_train: ``data.knn_train_subset`` (default 10,000) clean images of the labeled training
-    split (all when null or larger than the split); val: ``data.val_subset`` images of the
-    val split (all when null). Batch size is optimizer.batch_size. Raises DataError when the
-    data has no labels. With ``data.format: memory`` both are in-memory loaders giving
-    ``rank`` of ``world_size`` its share (the same images and eval view).
-    """
+def _needs_labels(spec: DataSpec, what: str) -> None:
     if spec.no_labels:
-        raise DataError(
-            "the k-NN monitor needs labeled images but data.no_labels=true; "
-            "disable the k-NN monitor for unlabeled data"
+        raise ConfigError(
+            "data.no_labels",
+            True,
+            f"false for {what} (it needs labelled images); unlabelled images pretrain with "
+            "knn_eval.enabled=false, without validation loaders",
         )
+
+
+def build_knn_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """The k-NN monitor's memory: ``data.knn_train_subset`` (default 10,000) clean images of the
+    labelled training split (all when null or larger than the split), yielding ``(x (B, 3,
+    crop, crop) float32, y (B,) int64)`` with the eval transform, in a fixed order; batch size
+    optimizer.batch_size. ConfigError naming ``data.no_labels`` for unlabelled data. With
+    ``data.format: memory`` an in-memory loader giving ``rank`` of ``world_size`` its share."""
+    _needs_labels(spec, "the k-NN monitor")
+    size = spec.knn_train_subset
     if spec.format == "memory":
         from solo_mixmask.data.memory import build_memory_eval_loader
 
-        memory_train = build_memory_eval_loader(
+        return build_memory_eval_loader(  # type: ignore[return-value]
             spec,
             "train_labeled",
-            lambda n: subset_for(
-                spec.knn_train_subset, "data.knn_train_subset", n, True, spec.seed
-            ),
+            lambda n: subset_for(size, "data.knn_train_subset", n, True, spec.seed),
             rank,
             world_size,
         )
-        memory_val = build_memory_eval_loader(
-            spec,
-            "val",
-            lambda n: subset_for(spec.val_subset, "data.val_subset", n, False, spec.seed),
-            rank,
-            world_size,
-        )
-        return memory_train, memory_val  # type: ignore[return-value]
     if spec.format == "dali":  # k-NN images: plain loaders
         spec = image_folder_spec(spec)
-    batch, workers = spec.batch_size, spec.num_workers
-    transform = build_eval_transform(spec.crops[0])
-    train = build_dataset(spec, "train_labeled", transform)
-    train = _subset(train, spec.knn_train_subset, "data.knn_train_subset", True, spec.seed)
-    val = build_dataset(spec, "val", transform)
-    val = _subset(val, spec.val_subset, "data.val_subset", False, spec.seed)
-    return _eval_loader(train, batch, workers), _eval_loader(val, batch, workers)
+    train = build_dataset(spec, "train_labeled", build_eval_transform(spec.crops[0]))
+    train = _subset(train, size, "data.knn_train_subset", True, spec.seed)
+    return _eval_loader(train, spec.batch_size, spec.num_workers)
+
+
+def build_val_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """``data.val_subset`` images of the val split (all when null), as
+    :func:`build_knn_train_loader` yields them (the k-NN queries and the online linear
+    accuracy)."""
+    _needs_labels(spec, "validation")
+    size = spec.val_subset
+    if spec.format == "memory":
+        from solo_mixmask.data.memory import build_memory_eval_loader
+
+        return build_memory_eval_loader(  # type: ignore[return-value]
+            spec,
+            "val",
+            lambda n: subset_for(size, "data.val_subset", n, False, spec.seed),
+            rank,
+            world_size,
+        )
+    if spec.format == "dali":
+        spec = image_folder_spec(spec)
+    val = build_dataset(spec, "val", build_eval_transform(spec.crops[0]))
+    val = _subset(val, size, "data.val_subset", False, spec.seed)
+    return _eval_loader(val, spec.batch_size, spec.num_workers)
+
+
+def build_knn_loaders(
+    spec: DataSpec, rank: int = 0, world_size: int = 1
+) -> tuple[DataLoader, DataLoader]:
+    """(:func:`build_knn_train_loader`, :func:`build_val_loader`)."""
+    return build_knn_train_loader(spec, rank, world_size), build_val_loader(spec, rank, world_size)
