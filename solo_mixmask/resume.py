@@ -2,8 +2,10 @@
 
 ``checkpoints/last.ckpt`` is used, else the newest ``epochNNN.ckpt`` that loads (a warning
 names it); the checkpoint must be a training checkpoint of the run's own method whose tensors
-fit the model of the (overridden) config. ``max_epochs`` can grow; a finished run is left
-untouched (:class:`NothingToResume`).
+fit the model of the run's config. Only the keys of :data:`RESUME_KEYS` may be overridden (what
+a resumed run really applies; anything else would be recorded in ``config.yaml`` without
+changing the run). ``max_epochs`` can grow; a finished run is left untouched
+(:class:`NothingToResume`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from solo_mixmask.checkpoint_io import LAST, safe_load_checkpoint
 from solo_mixmask.checkpoints import SavedModel, saved_model_of
-from solo_mixmask.compose import apply_overrides
+from solo_mixmask.compose import apply_overrides, parse_overrides
 from solo_mixmask.config import select
 from solo_mixmask.errors import CheckpointError, ConfigError
 from solo_mixmask.pretrain import run_pretrain
@@ -34,6 +36,36 @@ class NothingToResume(Exception):
     """``resume`` of a run that already trained its ``max_epochs``: nothing was changed."""
 
 
+#: The keys ``resume RUN key=value`` may change: where and how the rest of the run is carried
+#: out, applied by the resumed process and recorded in ``config.yaml``. Every other key is
+#: fixed by the checkpoint (weights, optimiser and schedule states, data position) or by the
+#: run folder, so an override of it would be recorded without being applied.
+RESUME_KEYS = (
+    "max_epochs",
+    "checkpoint.every_n_steps",
+    "data.num_workers",
+    "progress_bar",
+    "accelerator",
+    "devices",
+    "num_nodes",
+)
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    """ConfigError naming the first override whose key is not one of :data:`RESUME_KEYS`."""
+    for o in parse_overrides(overrides):
+        if o.key_or_group not in RESUME_KEYS:
+            value = None if o.is_delete() else o.value()
+            raise ConfigError(
+                o.key_or_group,
+                value,
+                f"a key that resume may change ({', '.join(RESUME_KEYS)}): the rest of a run "
+                "comes from its checkpoint and folder, so a resumed run would record this "
+                "value without applying it; start a new run (solo-mixmask pretrain) to train "
+                f"with another {o.key_or_group}",
+            )
+
+
 def epochs_trained(checkpoint: dict[str, Any]) -> int | None:
     """Whole epochs (training and end-of-epoch evaluation) behind ``checkpoint``, or None when
     it holds no loader position (a non-resumable loader).
@@ -48,15 +80,18 @@ def epochs_trained(checkpoint: dict[str, Any]) -> int | None:
     return int(loader["epoch"]) + (1 if total and done >= total else 0)
 
 
-def _check_max_epochs(run_dir: Path, saved: DictConfig, cfg: DictConfig, done: int | None) -> None:
-    """Refuse a ``max_epochs`` below the epochs already trained; NothingToResume for a finished
-    run; a warning when ``max_epochs`` changes (what happens to the schedules)."""
+def _check_max_epochs(
+    run_dir: Path, saved: DictConfig, cfg: DictConfig, done: int | None, given: bool
+) -> None:
+    """NothingToResume for a finished run resumed without ``max_epochs`` (``given``: it was
+    overridden); ConfigError for a ``max_epochs=N`` override with N not above the epochs
+    already trained; a warning when ``max_epochs`` changes (what happens to the schedules)."""
     try:
         old, new = int(saved.max_epochs), int(cfg.max_epochs)
     except (TypeError, ValueError, AttributeError):
         return  # prepare_config reports a bad max_epochs
     if done is not None and done >= new:
-        if new == old:
+        if not given:
             raise NothingToResume(
                 f"{run_dir} is finished ({done} of {old} epochs trained); nothing was changed. "
                 f"To train it longer: solo-mixmask resume {run_dir} max_epochs=N (N > {done})"
@@ -152,11 +187,13 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
     The checkpoint is read with ``torch.load(weights_only=True)``: a file that needs
     arbitrary pickled objects is refused (CheckpointError) before anything in it can run, and
     so is one written by another method, or (when the model is built) one whose tensors do not
-    fit the model of the config with ``overrides``. A run that already trained its
-    ``max_epochs`` raises :class:`NothingToResume` and nothing in its folder changes;
-    ``max_epochs=N`` with ``N`` above the epochs trained extends it; a lower ``N`` is a
-    ConfigError. A run stopped before its first checkpoint (and never finished) starts again
-    from step 0 in the same folder.
+    fit the model of the run's config. ``overrides`` may set the keys of :data:`RESUME_KEYS`
+    only (ConfigError naming any other key, before anything changes). A run that already
+    trained its ``max_epochs`` raises :class:`NothingToResume` and nothing in its folder
+    changes. ``max_epochs=N`` with ``N`` above the epochs trained extends the run; any other
+    ``N`` is a ConfigError. A run stopped before its first checkpoint (and never finished)
+    starts again from step 0 in the same folder. A ``config.yaml`` that cannot be read is a
+    CheckpointError.
     """
     run_dir = Path(run_dir)
     config = run_dir / CONFIG
@@ -170,11 +207,10 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
     """:func:`resume_run` once the run folder's lock is held."""
     config, folder = run_dir / CONFIG, run_dir / CHECKPOINTS
     last = folder / LAST
-    saved = OmegaConf.load(config)
-    if not isinstance(saved, DictConfig):
-        raise CheckpointError(f"{run_dir} is not a run folder: {config} does not hold a mapping")
+    saved = _saved_config(config)
     cfg = saved
     if overrides:
+        check_resume_overrides(overrides)
         cfg = apply_overrides(saved, overrides)  # hydra's grammar, as for pretrain
     if last.exists():
         try:
@@ -212,5 +248,28 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
     _check_same_method(last, saved_model, cfg)
     done = epochs_trained(checkpoint)
     del checkpoint
-    _check_max_epochs(run_dir, saved, cfg, done)
+    given = any(o.key_or_group == "max_epochs" for o in parse_overrides(overrides or []))
+    _check_max_epochs(run_dir, saved, cfg, done, given)
     return run_pretrain(cfg, resume_from=str(last), saved_model=saved_model)
+
+
+def _saved_config(config: Path) -> DictConfig:
+    """The run's ``config.yaml``, read (CheckpointError, one line, when it cannot be)."""
+    import yaml
+
+    from solo_mixmask.compose import yaml_problem
+
+    try:
+        saved = OmegaConf.load(config)
+    except yaml.YAMLError as err:
+        raise CheckpointError(
+            f"{config} cannot be read: the run's config must be {yaml_problem(err)}; restore the "
+            "file pretrain wrote, or start a new run"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config} cannot be read: {err}") from err
+    if not isinstance(saved, DictConfig):
+        raise CheckpointError(
+            f"{config.parent} is not a run folder: {config} does not hold a mapping"
+        )
+    return saved
