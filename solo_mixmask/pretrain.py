@@ -46,7 +46,7 @@ from solo_mixmask.callbacks import (
     TrainSpeed,
     stopped_error,
 )
-from solo_mixmask.checkpoint_io import LAST
+from solo_mixmask.checkpoint_io import LAST, safe_load_checkpoint
 from solo_mixmask.checkpoints import SavedModel, check_model_fits
 from solo_mixmask.config import check_mandatory_values, select, suggest
 from solo_mixmask.errors import CheckpointError, ConfigError, DataError, StopRequested
@@ -185,6 +185,7 @@ def run_pretrain(
     resume_from: str | None = None,
     run_dir: str | Path | None = None,
     saved_model: SavedModel | None = None,
+    finished: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Pretrain as ``cfg`` says; returns (and writes) the run's summary dict.
 
@@ -192,6 +193,9 @@ def run_pretrain(
     schedule, the method's random streams, the global RNGs and the data position are restored);
     ``saved_model`` (its tensor shapes) lets a model that cannot take its weights be refused
     with one line. ``run_dir``: the run folder (default: the checkpoint's, else a new one).
+    ``finished`` (``{"steps", "epochs"}`` of ``resume_from``): that checkpoint ends the run,
+    whose summary is missing; nothing is trained, its weights are evaluated and the summary
+    written.
 
     A new run (neither given) checks where it will write before any work, makes its folder
     atomically (:func:`~solo_mixmask.run_folder.make_run_dir`) and holds the folder's lock
@@ -227,7 +231,7 @@ def run_pretrain(
     command = "solo-mixmask " + ("pretrain" if fresh else "resume")
     try:
         with RunLock(run_dir, command, enabled=rank_zero):
-            return _train_in(cfg, method_cls, run_dir, resume_from, saved_model, progress)
+            return _train_in(cfg, method_cls, run_dir, resume_from, saved_model, progress, finished)
     except BaseException as err:
         early = progress["steps"] == 0 and not has_checkpoint(run_dir)
         if made and not external_launch() and early and _is_user_error(err):
@@ -242,9 +246,11 @@ def _train_in(
     resume_from: str | None,
     saved_model: SavedModel | None,
     progress: dict[str, int],
+    finished: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The run itself, in ``run_dir`` (made and locked): build, fit, write summary.json.
-    ``progress["steps"]`` holds the optimiser steps trained when ``fit`` returns or fails."""
+    """The run itself, in ``run_dir`` (made and locked): build, fit (or, ``finished``, evaluate
+    the checkpoint that ends the run), write summary.json. ``progress["steps"]`` holds the
+    optimiser steps trained when ``fit`` returns or fails."""
     model = method_cls(cfg)  # backbone name/kwargs are checked here, before the data is read
     if resume_from and saved_model is not None:
         check_model_fits(model, saved_model, resume_from)
@@ -269,12 +275,17 @@ def _train_in(
             cfg, trainer, model, val_loaders, run_dir / INIT_METRICS, bool(resume_from)
         )
         stop.check()  # a stop asked during the last batch of the k-NN pass
-        trainer.fit(
-            model,
-            train_dataloaders=train_loader,
-            val_dataloaders=val_loaders,
-            **_fit_kwargs(trainer, resume_from),
-        )
+        if finished is not None and resume_from:
+            model.load_state_dict(safe_load_checkpoint(resume_from)["state_dict"])
+            if val_loaders:
+                trainer.validate(model, dataloaders=val_loaders, verbose=False)
+        else:
+            trainer.fit(
+                model,
+                train_dataloaders=train_loader,
+                val_dataloaders=val_loaders,
+                **_fit_kwargs(trainer, resume_from),
+            )
     except (SIGTERMException, StopRequested):
         saver = next((cb for cb in callbacks if isinstance(cb, StopCheckpoint)), None)
         raise stopped_error(stop, saver, trainer, run_dir) from None
@@ -304,8 +315,8 @@ def _train_in(
         "method": cfg.method,
         "backbone": cfg.backbone.name,
         "dataset": cfg.data.dataset,
-        "epochs": int(trainer.current_epoch),
-        "steps": int(trainer.global_step),
+        "epochs": int(finished["epochs"] if finished else trainer.current_epoch),
+        "steps": int(finished["steps"] if finished else trainer.global_step),
         "knn_acc1": _metric(metrics, "val_knn_acc1"),
         "knn_acc5": _metric(metrics, "val_knn_acc5"),
         "linear_acc1": _metric(metrics, "val_acc1"),
@@ -322,5 +333,28 @@ def _train_in(
         "run_dir": str(run_dir),
     }
     if trainer.is_global_zero:
-        (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+        _write_summary(run_dir / SUMMARY, summary)
     return summary
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """``summary.json``, written whole or not at all (temporary file + rename). A full disk is
+    a CheckpointError: the run has trained, and ``resume`` finishes it once there is space."""
+    import errno
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            tmp.write_text(json.dumps(summary, indent=2))
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise CheckpointError(
+                f"cannot write {path}: no space left on device; the run has trained and its "
+                f"checkpoints are kept: free some space, then solo-mixmask resume {path.parent} "
+                "writes the summary"
+            ) from err
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -5,7 +5,8 @@ names it); the checkpoint must be a training checkpoint of the run's own method 
 fit the model of the run's config. Only the keys of :data:`RESUME_KEYS` may be overridden (what
 a resumed run really applies; anything else would be recorded in ``config.yaml`` without
 changing the run). ``max_epochs`` can grow; a finished run is left untouched
-(:class:`NothingToResume`).
+(:class:`NothingToResume`); a run that trained all its epochs but whose final save failed (no
+``summary.json``) is finished from its checkpoint: evaluated again, nothing trained.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from solo_mixmask.checkpoint_io import LAST, safe_load_checkpoint
+from solo_mixmask.checkpoint_io import LAST, atomic_copy, safe_load_checkpoint
 from solo_mixmask.checkpoints import SavedModel, saved_model_of
 from solo_mixmask.compose import apply_overrides, parse_overrides
 from solo_mixmask.config import select
@@ -82,16 +83,20 @@ def epochs_trained(checkpoint: dict[str, Any]) -> int | None:
 
 def _check_max_epochs(
     run_dir: Path, saved: DictConfig, cfg: DictConfig, done: int | None, given: bool
-) -> None:
-    """NothingToResume for a finished run resumed without ``max_epochs`` (``given``: it was
-    overridden); ConfigError for a ``max_epochs=N`` override with N not above the epochs
-    already trained; a warning when ``max_epochs`` changes (what happens to the schedules)."""
+) -> bool:
+    """Whether the run has trained all its epochs (and needs only its summary, see
+    :func:`resume_run`). NothingToResume for a finished run resumed without ``max_epochs``
+    (``given``: it was overridden); ConfigError for a ``max_epochs=N`` override with N not above
+    the epochs already trained; a warning when ``max_epochs`` changes (what happens to the
+    schedules)."""
     try:
         old, new = int(saved.max_epochs), int(cfg.max_epochs)
     except (TypeError, ValueError, AttributeError):
-        return  # prepare_config reports a bad max_epochs
+        return False  # prepare_config reports a bad max_epochs
     if done is not None and done >= new:
         if not given:
+            if not (run_dir / SUMMARY).exists():
+                return True
             raise NothingToResume(
                 f"{run_dir} is finished ({done} of {old} epochs trained); nothing was changed. "
                 f"To train it longer: solo-mixmask resume {run_dir} max_epochs=N (N > {done})"
@@ -122,6 +127,7 @@ def _check_max_epochs(
             ConfigWarning,
             stacklevel=2,
         )
+    return False
 
 
 def _training_checkpoint(path: Path) -> dict[str, Any]:
@@ -190,7 +196,9 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
     fit the model of the run's config. ``overrides`` may set the keys of :data:`RESUME_KEYS`
     only (ConfigError naming any other key, before anything changes). A run that already
     trained its ``max_epochs`` raises :class:`NothingToResume` and nothing in its folder
-    changes. ``max_epochs=N`` with ``N`` above the epochs trained extends the run; any other
+    changes; one that trained them but has no ``summary.json`` (its final save failed) is
+    finished: evaluated from its checkpoint, which becomes ``last.ckpt``, and its summary
+    written. ``max_epochs=N`` with ``N`` above the epochs trained extends the run; any other
     ``N`` is a ConfigError. A run stopped before its first checkpoint (and never finished)
     starts again from step 0 in the same folder. A ``config.yaml`` that cannot be read is a
     CheckpointError.
@@ -240,16 +248,32 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
             (run_dir / INIT_METRICS).unlink(missing_ok=True)
             return run_pretrain(cfg, run_dir=run_dir)
         last, checkpoint = found
+    saved_model = saved_model_of(checkpoint)
+    _check_same_method(last, saved_model, cfg)
+    done = epochs_trained(checkpoint)
+    steps = int(checkpoint.get("global_step", 0))
+    del checkpoint
+    given = any(o.key_or_group == "max_epochs" for o in parse_overrides(overrides or []))
+    if _check_max_epochs(run_dir, saved, cfg, done, given):
+        # every epoch trained, but no summary.json: the final save failed (a full disk)
+        _warn(
+            f"{run_dir} has trained its {done} epochs but has no {SUMMARY} (its final save "
+            f"failed): finishing it from {last.name}, evaluated again, nothing trained"
+        )
+        if last != folder / LAST:
+            atomic_copy(last, folder / LAST)
+            last = folder / LAST
+        return run_pretrain(
+            cfg,
+            resume_from=str(last),
+            saved_model=saved_model,
+            finished={"steps": steps, "epochs": int(done or 0)},
+        )
+    if last != folder / LAST:
         _warn(
             f"{run_dir} has no checkpoints/last.ckpt: resuming from {last.name}, its newest "
             "epoch checkpoint (the steps trained after it are trained again)"
         )
-    saved_model = saved_model_of(checkpoint)
-    _check_same_method(last, saved_model, cfg)
-    done = epochs_trained(checkpoint)
-    del checkpoint
-    given = any(o.key_or_group == "max_epochs" for o in parse_overrides(overrides or []))
-    _check_max_epochs(run_dir, saved, cfg, done, given)
     return run_pretrain(cfg, resume_from=str(last), saved_model=saved_model)
 
 

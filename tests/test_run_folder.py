@@ -406,3 +406,51 @@ def test_a_full_disk_keeps_the_previous_checkpoint(runs, tmp_path, capsys, monke
     assert last.read_bytes() == before
     assert not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]
     assert not (run / LOCK).exists()
+
+
+def test_a_run_whose_final_save_found_the_disk_full_is_finished_by_resume(
+    runs, tmp_path, capsys, monkeypatch
+):
+    """Issue 18: the final last.ckpt save failed (disk full: exit 2, epoch000.ckpt kept, no
+    last.ckpt, no summary.json); after space was freed `resume` said the run was finished and
+    changed nothing, so summary.json never appeared and `compare` refused the folder. Resume
+    now evaluates the checkpoint that ends the run and writes its summary: the figures of the
+    same run whose save succeeded."""
+    from pathlib import Path
+
+    from solo_mixmask import checkpoint_io
+    from solo_mixmask.errors import CheckpointError
+
+    save = checkpoint_io.atomic_torch_save
+
+    def disk_full_for_last(obj, path):
+        if Path(path).name == "last.ckpt":
+            raise CheckpointError(checkpoint_io._disk_full(Path(path)))
+        save(obj, path)
+
+    monkeypatch.setattr(checkpoint_io, "atomic_torch_save", disk_full_for_last)
+    run = tmp_path / "full_disk"
+    args = ["pretrain", "--config-name", "mixmask", *TINY, "knn_eval.enabled=false"]
+    code, _, err = _main(capsys, [*args, f"checkpoint.run_dir={run}"])
+    assert "no space left on device" in _one_error(code, err)
+    monkeypatch.undo()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch000.ckpt"]
+    assert not (run / "summary.json").exists()
+
+    code, out, err = _main(capsys, ["resume", run])
+    assert code == 0, err[-3000:]
+    said = [line for line in _warnings(err) if "has no summary.json" in line]
+    assert len(said) == 1 and "finishing it from epoch000.ckpt" in said[0], err[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    original = json.loads((runs / "mixmask" / "summary.json").read_text())
+    for key in ("steps", "epochs", "linear_acc1", "linear_acc5", "knn_acc1"):
+        assert summary[key] == original[key], key
+    assert summary["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 8
+    assert not (run / LOCK).exists()
+
+    code, out, err = _main(capsys, ["resume", run])
+    assert code == 0 and "is finished (1 of 1 epochs trained)" in out, err[-3000:]
+    code, _, err = _main(capsys, ["compare", run, runs / "mixmask", "--out", tmp_path / "cmp"])
+    assert code == 0, err[-3000:]
