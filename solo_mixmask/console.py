@@ -60,7 +60,12 @@ class EpochLine(Callback):
     ``epoch 3/10: nce_loss 5.123, knn top-1 45.30%, 120 img/s, 12.3 s``."""
 
     def __init__(self) -> None:
-        self._start = 0.0
+        self._start = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        # a resumed epoch starts here: Lightning does not call on_train_epoch_start for an epoch
+        # it continues from a mid-epoch checkpoint
+        self._start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._start = time.perf_counter()
