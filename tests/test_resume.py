@@ -470,3 +470,27 @@ def test_resumed_run_keeps_every_column_of_metrics_csv(tmp_path):
     assert set(lines[0].split(",")) == {"epoch", "step", "val_knn_acc1", "train_loss"}
     rows = list(__import__("csv").DictReader(path.open()))
     assert rows[0]["val_knn_acc1"] == "37.5" and rows[1]["train_loss"] == "2.5"
+
+
+def test_two_runs_of_one_config_agree_bit_for_bit(tmp_path):
+    """The README's promise (issue 18): a seeded run gives the same figures on every run of one
+    version with the same number of torch threads (cli_env sets OMP_NUM_THREADS=1), whatever
+    data.num_workers is: same weights bit for bit, same summary figures."""
+    from tests.cli_helpers import SUMMARY_KEYS, run_many
+
+    args = ["pretrain", *TINY, "data.train_subset=32", "data.val_subset=16"]
+    results = run_many(
+        [
+            [*args, "data.num_workers=0", f"checkpoint.run_dir={tmp_path / 'a'}"],
+            [*args, "data.num_workers=2", f"checkpoint.run_dir={tmp_path / 'b'}"],
+        ],
+        parallel=2,
+    )
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    (a, a_summary), (b, b_summary) = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(b["state_dict"][key], value), key
+    for key in SUMMARY_KEYS:
+        assert a_summary[key] == b_summary[key], key
