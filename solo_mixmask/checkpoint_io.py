@@ -82,6 +82,30 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         os.close(fd)
 
 
+def atomic_copy(source: str | Path, path: str | Path) -> None:
+    """Copy the file ``source`` to ``path`` as :func:`atomic_torch_save` writes: through a
+    temporary file in ``path``'s folder, fsynced, then renamed (CheckpointError for a full
+    disk)."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            with open(source, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise CheckpointError(_disk_full(path)) from err
+            raise
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _disk_full(path: Path) -> str:
     kept = (
         f"the previous {path.name} is kept"

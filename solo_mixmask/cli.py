@@ -131,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue a run from its last checkpoint")
     p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. max_epochs=20")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="overrides of the keys a resume may change, e.g. max_epochs=20 (the others are "
+        "refused: an error line lists the allowed ones)",
+    )
     p.set_defaults(func=_resume)
     from solo_mixmask.eval.commands import add_eval_commands
     from solo_mixmask.solo import add_solo_commands

@@ -542,6 +542,18 @@ def check_checkpoint(cfg: DictConfig) -> None:
     check_number(cfg, "checkpoint.frequency", low=1, integer=True)
 
 
+def check_labels(cfg: DictConfig) -> None:
+    """``data.no_labels=true`` (unlabelled images) only with ``knn_eval.enabled=false``: the
+    k-NN monitor needs labelled images."""
+    if read_bool(cfg, "data.no_labels") and read_bool(cfg, "knn_eval.enabled", True):
+        raise ConfigError(
+            "data.no_labels",
+            True,
+            "false while knn_eval.enabled=true (the k-NN monitor needs labelled images); to "
+            "pretrain on unlabelled images pass data.no_labels=true knn_eval.enabled=false",
+        )
+
+
 def warn_knn_k(cfg: DictConfig) -> None:
     """k-NN votes over at most ``data.knn_train_subset`` images: a larger k is clamped."""
     k, memory = OmegaConf.select(cfg, "knn_eval.k"), OmegaConf.select(cfg, "data.knn_train_subset")
@@ -596,6 +608,7 @@ def validate_base(cfg: DictConfig) -> None:
     check_number(cfg, "knn_eval.T", low=0, low_open=True)
     check_number(cfg, "data.num_workers", low=0, integer=True)
     check_number(cfg, "scheduler.warmup_epochs", low=0)
+    check_labels(cfg)
     parse_augmentations(cfg)  # every pipeline, crop sizes included, before the method's checks
     warn_knn_k(cfg)
     warn_warmup(cfg)

@@ -64,8 +64,13 @@ class EpochLine(Callback):
     120 img/s, 12.3 s``; the k-NN figure only on epochs that measured it."""
 
     def __init__(self) -> None:
-        self._start = 0.0
+        self._start = time.perf_counter()
         self._knn_measured = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        # a resumed epoch starts here: Lightning does not call on_train_epoch_start for an epoch
+        # it continues from a mid-epoch checkpoint
+        self._start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._start = time.perf_counter()

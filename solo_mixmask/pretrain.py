@@ -47,7 +47,7 @@ from solo_mixmask.callbacks import (
     TrainSpeed,
     stopped_error,
 )
-from solo_mixmask.checkpoint_io import LAST
+from solo_mixmask.checkpoint_io import LAST, safe_load_checkpoint
 from solo_mixmask.checkpoints import SavedModel, check_model_fits
 from solo_mixmask.config import (
     check_mandatory_values,
@@ -129,7 +129,11 @@ def _build_data(
     cfg: DictConfig, trainer: L.Trainer, callbacks: list[Callback]
 ) -> tuple[Any, list[Any]]:
     """(resumable training loader, validation loaders); the loader is handed to ResumeState."""
-    from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
+    from solo_mixmask.data.loaders import (
+        build_knn_train_loader,
+        build_train_loader,
+        build_val_loader,
+    )
     from solo_mixmask.data_specs import data_spec
 
     spec = data_spec(cfg)
@@ -137,8 +141,11 @@ def _build_data(
     train_loader: Any = build_train_loader(spec, rank, world)
     if isinstance(train_loader, DataLoader) and not isinstance(train_loader, ResumableLoader):
         train_loader = resumable_train_loader(train_loader, spec.seed, rank, world)
-    knn_train_loader, val_loader = build_knn_loaders(spec, rank, world)
-    val_loaders = [knn_train_loader, val_loader] if cfg.knn_eval.enabled else [val_loader]
+    val_loaders: list[Any] = []  # unlabelled images (data.no_labels): nothing to validate
+    if cfg.knn_eval.enabled:  # (prepare_config refuses it with data.no_labels)
+        val_loaders.append(build_knn_train_loader(spec, rank, world))
+    if not spec.no_labels:
+        val_loaders.append(build_val_loader(spec, rank, world))
     for cb in callbacks:
         if isinstance(cb, ResumeState):
             cb.loader = train_loader if isinstance(train_loader, ResumableLoader) else None
@@ -193,6 +200,7 @@ def run_pretrain(
     resume_from: str | None = None,
     run_dir: str | Path | None = None,
     saved_model: SavedModel | None = None,
+    finished: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Pretrain as ``cfg`` says; returns (and writes) the run's summary dict.
 
@@ -200,6 +208,9 @@ def run_pretrain(
     schedule, the method's random streams, the global RNGs and the data position are restored);
     ``saved_model`` (its tensor shapes) lets a model that cannot take its weights be refused
     with one line. ``run_dir``: the run folder (default: the checkpoint's, else a new one).
+    ``finished`` (``{"steps", "epochs"}`` of ``resume_from``): that checkpoint ends the run,
+    whose summary is missing; nothing is trained, its weights are evaluated and the summary
+    written.
 
     A new run (neither given) checks where it will write before any work, makes its folder
     atomically (:func:`~solo_mixmask.run_folder.make_run_dir`) and holds the folder's lock
@@ -237,7 +248,7 @@ def run_pretrain(
     command = "solo-mixmask " + ("pretrain" if fresh else "resume")
     try:
         with RunLock(run_dir, command, enabled=rank_zero):
-            return _train_in(cfg, method_cls, run_dir, resume_from, saved_model, progress)
+            return _train_in(cfg, method_cls, run_dir, resume_from, saved_model, progress, finished)
     except BaseException as err:
         early = progress["steps"] == 0 and not has_checkpoint(run_dir)
         if made and not external_launch() and early and _is_user_error(err):
@@ -252,9 +263,11 @@ def _train_in(
     resume_from: str | None,
     saved_model: SavedModel | None,
     progress: dict[str, int],
+    finished: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The run itself, in ``run_dir`` (made and locked): build, fit, write summary.json.
-    ``progress["steps"]`` holds the optimiser steps trained when ``fit`` returns or fails."""
+    """The run itself, in ``run_dir`` (made and locked): build, fit (or, ``finished``, evaluate
+    the checkpoint that ends the run), write summary.json. ``progress["steps"]`` holds the
+    optimiser steps trained when ``fit`` returns or fails."""
     model = method_cls(cfg)  # backbone name/kwargs are checked here, before the data is read
     if resume_from and saved_model is not None:
         check_model_fits(model, saved_model, resume_from)
@@ -279,12 +292,17 @@ def _train_in(
             cfg, trainer, model, val_loaders, run_dir / INIT_METRICS, bool(resume_from)
         )
         stop.check()  # a stop asked during the last batch of the k-NN pass
-        trainer.fit(
-            model,
-            train_dataloaders=train_loader,
-            val_dataloaders=val_loaders,
-            **_fit_kwargs(trainer, resume_from),
-        )
+        if finished is not None and resume_from:
+            model.load_state_dict(safe_load_checkpoint(resume_from)["state_dict"])
+            if val_loaders:
+                trainer.validate(model, dataloaders=val_loaders, verbose=False)
+        else:
+            trainer.fit(
+                model,
+                train_dataloaders=train_loader,
+                val_dataloaders=val_loaders,
+                **_fit_kwargs(trainer, resume_from),
+            )
     except (SIGTERMException, StopRequested):
         saver = next((cb for cb in callbacks if isinstance(cb, StopCheckpoint)), None)
         raise stopped_error(stop, saver, trainer, run_dir) from None
@@ -317,8 +335,8 @@ def _train_in(
         "method": cfg.method,
         "backbone": cfg.backbone.name,
         "dataset": cfg.data.dataset,
-        "epochs": int(trainer.current_epoch),
-        "steps": int(trainer.global_step),
+        "epochs": int(finished["epochs"] if finished else trainer.current_epoch),
+        "steps": int(finished["steps"] if finished else trainer.global_step),
         "knn_acc1": _metric(metrics, "val_knn_acc1"),
         "knn_acc5": _metric(metrics, "val_knn_acc5"),
         "linear_acc1": _metric(metrics, "val_acc1"),
@@ -336,7 +354,7 @@ def _train_in(
         "run_dir": str(run_dir),
     }
     if trainer.is_global_zero:
-        (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+        _write_summary(run_dir / SUMMARY, summary)
         if collapse["collapsed"]:
             warnings.warn(collapse_message(collapse), CollapseWarning, stacklevel=2)
     return summary
@@ -364,3 +382,26 @@ def collapse_message(collapse: dict[str, Any]) -> str:
         "(scheduler.warmup_epochs) or a lower optimizer.lr prevented the collapses we "
         "diagnosed: see docs/MIXMASK_VS_MOCO.md"
     )
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """``summary.json``, written whole or not at all (temporary file + rename). A full disk is
+    a CheckpointError: the run has trained, and ``resume`` finishes it once there is space."""
+    import errno
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            tmp.write_text(json.dumps(summary, indent=2))
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise CheckpointError(
+                f"cannot write {path}: no space left on device; the run has trained and its "
+                f"checkpoints are kept: free some space, then solo-mixmask resume {path.parent} "
+                "writes the summary"
+            ) from err
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -2,8 +2,11 @@
 
 ``checkpoints/last.ckpt`` is used, else the newest ``epochNNN.ckpt`` that loads (a warning
 names it); the checkpoint must be a training checkpoint of the run's own method whose tensors
-fit the model of the (overridden) config. ``max_epochs`` can grow; a finished run is left
-untouched (:class:`NothingToResume`).
+fit the model of the run's config. Only the keys of :data:`RESUME_KEYS` may be overridden (what
+a resumed run really applies; anything else would be recorded in ``config.yaml`` without
+changing the run). ``max_epochs`` can grow; a finished run is left untouched
+(:class:`NothingToResume`); a run that trained all its epochs but whose final save failed (no
+``summary.json``) is finished from its checkpoint: evaluated again, nothing trained.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from solo_mixmask.checkpoint_io import LAST, safe_load_checkpoint
+from solo_mixmask.checkpoint_io import LAST, atomic_copy, safe_load_checkpoint
 from solo_mixmask.checkpoints import SavedModel, saved_model_of
-from solo_mixmask.compose import apply_overrides
+from solo_mixmask.compose import apply_overrides, parse_overrides
 from solo_mixmask.config import select
 from solo_mixmask.errors import CheckpointError, ConfigError
 from solo_mixmask.pretrain import run_pretrain
@@ -34,6 +37,36 @@ class NothingToResume(Exception):
     """``resume`` of a run that already trained its ``max_epochs``: nothing was changed."""
 
 
+#: The keys ``resume RUN key=value`` may change: where and how the rest of the run is carried
+#: out, applied by the resumed process and recorded in ``config.yaml``. Every other key is
+#: fixed by the checkpoint (weights, optimiser and schedule states, data position) or by the
+#: run folder, so an override of it would be recorded without being applied.
+RESUME_KEYS = (
+    "max_epochs",
+    "checkpoint.every_n_steps",
+    "data.num_workers",
+    "progress_bar",
+    "accelerator",
+    "devices",
+    "num_nodes",
+)
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    """ConfigError naming the first override whose key is not one of :data:`RESUME_KEYS`."""
+    for o in parse_overrides(overrides):
+        if o.key_or_group not in RESUME_KEYS:
+            value = None if o.is_delete() else o.value()
+            raise ConfigError(
+                o.key_or_group,
+                value,
+                f"a key that resume may change ({', '.join(RESUME_KEYS)}): the rest of a run "
+                "comes from its checkpoint and folder, so a resumed run would record this "
+                "value without applying it; start a new run (solo-mixmask pretrain) to train "
+                f"with another {o.key_or_group}",
+            )
+
+
 def epochs_trained(checkpoint: dict[str, Any]) -> int | None:
     """Whole epochs (training and end-of-epoch evaluation) behind ``checkpoint``, or None when
     it holds no loader position (a non-resumable loader).
@@ -48,15 +81,22 @@ def epochs_trained(checkpoint: dict[str, Any]) -> int | None:
     return int(loader["epoch"]) + (1 if total and done >= total else 0)
 
 
-def _check_max_epochs(run_dir: Path, saved: DictConfig, cfg: DictConfig, done: int | None) -> None:
-    """Refuse a ``max_epochs`` below the epochs already trained; NothingToResume for a finished
-    run; a warning when ``max_epochs`` changes (what happens to the schedules)."""
+def _check_max_epochs(
+    run_dir: Path, saved: DictConfig, cfg: DictConfig, done: int | None, given: bool
+) -> bool:
+    """Whether the run has trained all its epochs (and needs only its summary, see
+    :func:`resume_run`). NothingToResume for a finished run resumed without ``max_epochs``
+    (``given``: it was overridden); ConfigError for a ``max_epochs=N`` override with N not above
+    the epochs already trained; a warning when ``max_epochs`` changes (what happens to the
+    schedules)."""
     try:
         old, new = int(saved.max_epochs), int(cfg.max_epochs)
     except (TypeError, ValueError, AttributeError):
-        return  # prepare_config reports a bad max_epochs
+        return False  # prepare_config reports a bad max_epochs
     if done is not None and done >= new:
-        if new == old:
+        if not given:
+            if not (run_dir / SUMMARY).exists():
+                return True
             raise NothingToResume(
                 f"{run_dir} is finished ({done} of {old} epochs trained); nothing was changed. "
                 f"To train it longer: solo-mixmask resume {run_dir} max_epochs=N (N > {done})"
@@ -87,6 +127,7 @@ def _check_max_epochs(run_dir: Path, saved: DictConfig, cfg: DictConfig, done: i
             ConfigWarning,
             stacklevel=2,
         )
+    return False
 
 
 def _training_checkpoint(path: Path) -> dict[str, Any]:
@@ -152,11 +193,15 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
     The checkpoint is read with ``torch.load(weights_only=True)``: a file that needs
     arbitrary pickled objects is refused (CheckpointError) before anything in it can run, and
     so is one written by another method, or (when the model is built) one whose tensors do not
-    fit the model of the config with ``overrides``. A run that already trained its
-    ``max_epochs`` raises :class:`NothingToResume` and nothing in its folder changes;
-    ``max_epochs=N`` with ``N`` above the epochs trained extends it; a lower ``N`` is a
-    ConfigError. A run stopped before its first checkpoint (and never finished) starts again
-    from step 0 in the same folder.
+    fit the model of the run's config. ``overrides`` may set the keys of :data:`RESUME_KEYS`
+    only (ConfigError naming any other key, before anything changes). A run that already
+    trained its ``max_epochs`` raises :class:`NothingToResume` and nothing in its folder
+    changes; one that trained them but has no ``summary.json`` (its final save failed) is
+    finished: evaluated from its checkpoint, which becomes ``last.ckpt``, and its summary
+    written. ``max_epochs=N`` with ``N`` above the epochs trained extends the run; any other
+    ``N`` is a ConfigError. A run stopped before its first checkpoint (and never finished)
+    starts again from step 0 in the same folder. A ``config.yaml`` that cannot be read is a
+    CheckpointError.
     """
     run_dir = Path(run_dir)
     config = run_dir / CONFIG
@@ -170,11 +215,10 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
     """:func:`resume_run` once the run folder's lock is held."""
     config, folder = run_dir / CONFIG, run_dir / CHECKPOINTS
     last = folder / LAST
-    saved = OmegaConf.load(config)
-    if not isinstance(saved, DictConfig):
-        raise CheckpointError(f"{run_dir} is not a run folder: {config} does not hold a mapping")
+    saved = _saved_config(config)
     cfg = saved
     if overrides:
+        check_resume_overrides(overrides)
         cfg = apply_overrides(saved, overrides)  # hydra's grammar, as for pretrain
     if last.exists():
         try:
@@ -204,13 +248,52 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
             (run_dir / INIT_METRICS).unlink(missing_ok=True)
             return run_pretrain(cfg, run_dir=run_dir)
         last, checkpoint = found
+    saved_model = saved_model_of(checkpoint)
+    _check_same_method(last, saved_model, cfg)
+    done = epochs_trained(checkpoint)
+    steps = int(checkpoint.get("global_step", 0))
+    del checkpoint
+    given = any(o.key_or_group == "max_epochs" for o in parse_overrides(overrides or []))
+    if _check_max_epochs(run_dir, saved, cfg, done, given):
+        # every epoch trained, but no summary.json: the final save failed (a full disk)
+        _warn(
+            f"{run_dir} has trained its {done} epochs but has no {SUMMARY} (its final save "
+            f"failed): finishing it from {last.name}, evaluated again, nothing trained"
+        )
+        if last != folder / LAST:
+            atomic_copy(last, folder / LAST)
+            last = folder / LAST
+        return run_pretrain(
+            cfg,
+            resume_from=str(last),
+            saved_model=saved_model,
+            finished={"steps": steps, "epochs": int(done or 0)},
+        )
+    if last != folder / LAST:
         _warn(
             f"{run_dir} has no checkpoints/last.ckpt: resuming from {last.name}, its newest "
             "epoch checkpoint (the steps trained after it are trained again)"
         )
-    saved_model = saved_model_of(checkpoint)
-    _check_same_method(last, saved_model, cfg)
-    done = epochs_trained(checkpoint)
-    del checkpoint
-    _check_max_epochs(run_dir, saved, cfg, done)
     return run_pretrain(cfg, resume_from=str(last), saved_model=saved_model)
+
+
+def _saved_config(config: Path) -> DictConfig:
+    """The run's ``config.yaml``, read (CheckpointError, one line, when it cannot be)."""
+    import yaml
+
+    from solo_mixmask.compose import yaml_problem
+
+    try:
+        saved = OmegaConf.load(config)
+    except yaml.YAMLError as err:
+        raise CheckpointError(
+            f"{config} cannot be read: the run's config must be {yaml_problem(err)}; restore the "
+            "file pretrain wrote, or start a new run"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config} cannot be read: {err}") from err
+    if not isinstance(saved, DictConfig):
+        raise CheckpointError(
+            f"{config.parent} is not a run folder: {config} does not hold a mapping"
+        )
+    return saved

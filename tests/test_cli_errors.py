@@ -64,6 +64,16 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [*FMNIST, "data.dataset=custom", "data.train_path=/nonexistent/solo-mixmask"],
         ["data.train_path='/nonexistent/solo-mixmask'", "not an existing folder"],
     ),
+    # issue 18: was passed over for the system copy, and recorded in config.yaml
+    "missing_fashion_mnist_path": (
+        [*FMNIST, "data.train_path=/nonexistent/solo-mixmask-fmnist"],
+        ["data.train_path='/nonexistent/solo-mixmask-fmnist'", "not an existing folder"],
+    ),
+    # issue 18: the error said "disable the k-NN monitor" without naming the key
+    "unlabelled_with_knn_monitor": (
+        [*FMNIST, "data.no_labels=true"],
+        ["data.no_labels=True", "knn_eval.enabled=false", "labelled images"],
+    ),
     "mandatory_value_left_unset": (
         IMAGENET,
         ["data.train_path='???'", "mandatory", "data.train_path=...", "data.val_path"],
@@ -175,6 +185,11 @@ def results(tmp_path_factory):
     # One worker per loader: the skipped files are found in worker processes and still counted.
     commands["bad_files_skipped"] = _custom(images, base / "run_ok", "data.num_workers=1")
     commands["bad_files_strict"] = _custom(images, base / "run_strict", "data.strict=true")
+    # issue 18: the k-NN loaders were built whatever knn_eval.enabled said, so unlabelled images
+    # could not be used at all
+    commands["unlabelled"] = _custom(
+        images, base / "run_unlabelled", "data.no_labels=true", "knn_eval.enabled=false"
+    )
     # A config file with a python tag: refused as YAML, nothing in it is run.
     (base / "tagged").mkdir()
     (base / "tagged" / "tagged.yaml").write_text(
@@ -222,9 +237,17 @@ def test_bad_images_are_skipped_and_counted(results):
     assert summary["bad_images"] == 2
     assert sorted(summary["bad_image_files"]) == sorted(results["bad"])
     assert summary["train_images"] == 26  # 24 readable + 2 unreadable entries (txt ignored)
-    assert summary["steps"] == 3  # 26 // 8 full batches; skipped files are replaced
+    assert summary["steps"] == 3  # 26 // 8 batches; a skipped file shrinks its batch
     for path in results["bad"]:  # one warning per file (per process that meets it)
         assert f"skipping unreadable image '{path}'" in result.stderr
+
+
+def test_unlabelled_images_pretrain_without_the_knn_monitor(results):
+    result = results["unlabelled"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((results["base"] / "run_unlabelled" / "summary.json").read_text())
+    assert summary["train_images"] == 26 and summary["steps"] == 3, summary
+    assert summary["knn_acc1"] is None and summary["linear_acc1"] is None, summary
 
 
 def test_strict_mode_stops_naming_the_file(results):

@@ -260,3 +260,33 @@ def test_shuffled_keys_are_shuffled_across_ranks(tmp_path):
     assert match.sum(dim=1).eq(1).all() and match.sum(dim=0).eq(1).all()
     owner = match.float().argmax(dim=1) // BATCH  # the rank each seen image came from
     assert owner[:BATCH].eq(1).any() and owner[BATCH:].eq(0).any()  # shares crossed ranks
+
+
+def _gather_on(rank: int, world: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from solo_mixmask.utils.distributed import gather_no_grad
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        keys = torch.full((2, 3 + rank, 4), float(rank))  # rank 1 holds one key more
+        torch.save(gather_no_grad(keys, dim=1), f"{out}{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_keys_of_batches_of_different_sizes_are_gathered_whole(tmp_path):
+    """A batch that lost an unreadable image has fewer keys than the other ranks' batches: the
+    gather sends every rank's keys, each once, in rank order (a plain all_gather needs equal
+    sizes)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(
+        _gather_on,
+        args=(2, str(tmp_path / "store"), str(tmp_path / "rank")),
+        nprocs=2,
+        start_method="spawn",
+    )
+    expected = torch.cat((torch.zeros(2, 3, 4), torch.ones(2, 4, 4)), dim=1)
+    for rank in (0, 1):
+        assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt"), expected)

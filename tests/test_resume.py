@@ -88,7 +88,9 @@ def runs(tmp_path_factory):
     killed_result = finish(killed, timeout=60)
     if stalled:
         at_kill = safe_load_checkpoint(base / "killed" / "checkpoints" / "last.ckpt")
+    started = time.monotonic()
     resumed = run(["resume", str(base / "killed")]) if stalled else None
+    resume_seconds = time.monotonic() - started
     return {
         "base": base,
         "full": finish(full, timeout=400),
@@ -96,6 +98,7 @@ def runs(tmp_path_factory):
         "killed": killed_result,
         "at_kill": at_kill,
         "resumed": resumed,
+        "resume_seconds": resume_seconds,
     }
 
 
@@ -145,6 +148,16 @@ def test_resume_ends_with_the_uninterrupted_state(runs):
     # metrics.csv continues: the k-NN of both epochs, the one before the kill included
     assert _knn_by_epoch(runs["base"] / "killed") == _knn_by_epoch(runs["base"] / "full")
     assert sorted(_knn_by_epoch(runs["base"] / "full")) == ["0", "1"]
+
+
+def test_the_resumed_epoch_line_times_the_resumed_part(runs):
+    """Issue 18: the console's time of the epoch continued after a resume was the machine's
+    uptime (10706.7 s for a 3 s epoch): Lightning calls no on_train_epoch_start for it."""
+    assert runs["resumed"].returncode == 0, runs["resumed"].stderr[-3000:]
+    lines = [line for line in runs["resumed"].stdout.splitlines() if line.startswith("epoch 2/2")]
+    assert len(lines) == 1, runs["resumed"].stdout[-3000:]
+    seconds = float(re.search(r", ([0-9.]+) s$", lines[0]).group(1))
+    assert 0 < seconds <= runs["resume_seconds"], lines[0]
 
 
 def _knn_by_epoch(run_dir):
@@ -457,3 +470,27 @@ def test_resumed_run_keeps_every_column_of_metrics_csv(tmp_path):
     assert set(lines[0].split(",")) == {"epoch", "step", "val_knn_acc1", "train_loss"}
     rows = list(__import__("csv").DictReader(path.open()))
     assert rows[0]["val_knn_acc1"] == "37.5" and rows[1]["train_loss"] == "2.5"
+
+
+def test_two_runs_of_one_config_agree_bit_for_bit(tmp_path):
+    """The README's promise (issue 18): a seeded run gives the same figures on every run of one
+    version with the same number of torch threads (cli_env sets OMP_NUM_THREADS=1), whatever
+    data.num_workers is: same weights bit for bit, same summary figures."""
+    from tests.cli_helpers import SUMMARY_KEYS, run_many
+
+    args = ["pretrain", *TINY, "data.train_subset=32", "data.val_subset=16"]
+    results = run_many(
+        [
+            [*args, "data.num_workers=0", f"checkpoint.run_dir={tmp_path / 'a'}"],
+            [*args, "data.num_workers=2", f"checkpoint.run_dir={tmp_path / 'b'}"],
+        ],
+        parallel=2,
+    )
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    (a, a_summary), (b, b_summary) = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(b["state_dict"][key], value), key
+    for key in SUMMARY_KEYS:
+        assert a_summary[key] == b_summary[key], key

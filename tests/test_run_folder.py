@@ -271,11 +271,16 @@ def test_lock_is_reentrant_and_released_only_by_its_holder(tmp_path):
 # --------------------------------------------------------------------------- resume
 
 
-def test_resume_with_overrides_that_change_tensor_shapes(runs, tmp_path, capsys):
+def test_resume_of_a_config_whose_tensors_differ_from_the_checkpoint(runs, tmp_path, capsys):
     run = _copy(runs, tmp_path)
+    config = run / "config.yaml"
+    config.write_text(
+        config.read_text().replace(
+            "- 8\n    - 16\n    - 32\n    - 64\n", "- 16\n    - 32\n    - 64\n    - 128\n"
+        )
+    )
     before = _digest(run)
-    wider = "backbone.kwargs.channels=[16,32,64,128]"
-    code, _, err = _main(capsys, ["resume", run, "max_epochs=2", wider])
+    code, _, err = _main(capsys, ["resume", run, "max_epochs=2"])
     line = _one_error(code, err)
     assert "does not fit the model this config builds" in line, line
     assert "backbone.kwargs.channels: [8, 16, 32, 64] in the checkpoint, [16, 32, 64, 128]" in line
@@ -283,11 +288,75 @@ def test_resume_with_overrides_that_change_tensor_shapes(runs, tmp_path, capsys)
     assert _digest(run) == before and not (run / LOCK).exists()
 
 
-def test_resume_with_another_method(runs, tmp_path, capsys):
+def test_resume_with_another_method_in_its_config(runs, tmp_path, capsys):
     run = _copy(runs, tmp_path)
-    code, _, err = _main(capsys, ["resume", run, "max_epochs=2", "method=mocov2plus"])
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("method: mixmask", "method: mocov2plus"))
+    code, _, err = _main(capsys, ["resume", run, "max_epochs=2"])
     line = _one_error(code, err)
     assert "written by method 'mixmask'" in line and "method='mocov2plus'" in line, line
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "optimizer.lr=0.5",
+        "checkpoint.dir=/tmp/elsewhere",
+        "data.train_subset=128",
+        "seed=6",
+        "method=mocov2plus",
+        "backbone.kwargs.channels=[16,32,64,128]",
+        "+optimizer.kwargs.nesterov=true",
+        "~data.val_subset",
+    ],
+)
+def test_resume_refuses_overrides_it_would_record_without_applying(
+    runs, tmp_path, capsys, override
+):
+    """Issue 18: `resume RUN optimizer.lr=0.5` exited 0, wrote lr 0.5 into config.yaml and
+    trained on with the checkpoint's lr (the same weights as the lr 0.06 run); checkpoint.dir
+    was ignored the same way and data.train_subset changed the data mid-epoch unannounced."""
+    run = _copy(runs, tmp_path)
+    before = _digest(run)
+    code, _, err = _main(capsys, ["resume", run, "max_epochs=2", override])
+    line = _one_error(code, err)
+    key = override.lstrip("+~").split("=")[0]
+    assert line.startswith(f"error: {key}="), line
+    assert "is not allowed: expected a key that resume may change (max_epochs, " in line, line
+    assert "start a new run" in line, line
+    assert _digest(run) == before and not (run / LOCK).exists()
+
+
+def test_resume_applies_the_keys_it_allows(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    allowed = ["max_epochs=2", "data.num_workers=1", "checkpoint.every_n_steps=5", "devices=1"]
+    code, _, err = _main(capsys, ["resume", run, *allowed])
+    assert code == 0, err[-3000:]
+    config = (run / "config.yaml").read_text()
+    assert "max_epochs: 2" in config and "num_workers: 1" in config, config
+    assert "every_n_steps: 5" in config, config
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 16 and summary["epochs"] == 2
+
+
+def test_resume_of_a_broken_config_is_one_error_line(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    (run / "config.yaml").write_text("method: [mixmask\nseed: 5\n")
+    code, _, err = _main(capsys, ["resume", run])
+    line = _one_error(code, err)
+    assert f"{run / 'config.yaml'} cannot be read" in line and "valid YAML" in line, line
+    assert not (run / LOCK).exists()
+
+
+def test_resume_with_max_epochs_not_above_the_epochs_trained_is_refused(runs, tmp_path, capsys):
+    """docs/RELIABILITY.md: `resume ... max_epochs=N` with N not above the epochs already
+    trained is exit 2; `max_epochs=1` on a finished 1-epoch run said "finished", exit 0."""
+    run = _copy(runs, tmp_path)
+    before = _digest(run)
+    code, _, err = _main(capsys, ["resume", run, "max_epochs=1"])
+    line = _one_error(code, err)
+    assert "max_epochs=1 is not allowed: expected more than 1" in line, line
+    assert _digest(run) == before
 
 
 def test_resume_from_a_checkpoint_of_another_method(runs, tmp_path, capsys):
@@ -337,3 +406,51 @@ def test_a_full_disk_keeps_the_previous_checkpoint(runs, tmp_path, capsys, monke
     assert last.read_bytes() == before
     assert not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]
     assert not (run / LOCK).exists()
+
+
+def test_a_run_whose_final_save_found_the_disk_full_is_finished_by_resume(
+    runs, tmp_path, capsys, monkeypatch
+):
+    """Issue 18: the final last.ckpt save failed (disk full: exit 2, epoch000.ckpt kept, no
+    last.ckpt, no summary.json); after space was freed `resume` said the run was finished and
+    changed nothing, so summary.json never appeared and `compare` refused the folder. Resume
+    now evaluates the checkpoint that ends the run and writes its summary: the figures of the
+    same run whose save succeeded."""
+    from pathlib import Path
+
+    from solo_mixmask import checkpoint_io
+    from solo_mixmask.errors import CheckpointError
+
+    save = checkpoint_io.atomic_torch_save
+
+    def disk_full_for_last(obj, path):
+        if Path(path).name == "last.ckpt":
+            raise CheckpointError(checkpoint_io._disk_full(Path(path)))
+        save(obj, path)
+
+    monkeypatch.setattr(checkpoint_io, "atomic_torch_save", disk_full_for_last)
+    run = tmp_path / "full_disk"
+    args = ["pretrain", "--config-name", "mixmask", *TINY, "knn_eval.enabled=false"]
+    code, _, err = _main(capsys, [*args, f"checkpoint.run_dir={run}"])
+    assert "no space left on device" in _one_error(code, err)
+    monkeypatch.undo()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch000.ckpt"]
+    assert not (run / "summary.json").exists()
+
+    code, out, err = _main(capsys, ["resume", run])
+    assert code == 0, err[-3000:]
+    said = [line for line in _warnings(err) if "has no summary.json" in line]
+    assert len(said) == 1 and "finishing it from epoch000.ckpt" in said[0], err[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    original = json.loads((runs / "mixmask" / "summary.json").read_text())
+    for key in ("steps", "epochs", "linear_acc1", "linear_acc5", "knn_acc1"):
+        assert summary[key] == original[key], key
+    assert summary["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 8
+    assert not (run / LOCK).exists()
+
+    code, out, err = _main(capsys, ["resume", run])
+    assert code == 0 and "is finished (1 of 1 epochs trained)" in out, err[-3000:]
+    code, _, err = _main(capsys, ["compare", run, runs / "mixmask", "--out", tmp_path / "cmp"])
+    assert code == 0, err[-3000:]

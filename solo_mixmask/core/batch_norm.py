@@ -17,6 +17,7 @@ GPUs; on one device the same is had by
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,8 @@ __all__ = ["SplitBatchNorm2d", "shuffled_forward", "split_batch_norms"]
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """``BatchNorm2d`` whose training statistics are taken over ``num_splits`` groups of images.
 
-    Input (B, C, H, W) with B divisible by s = ``num_splits``; group j holds the images
+    Input (B, C, H, W) with B divisible by s = ``num_splits`` (a batch that is not, such as one
+    that lost unreadable images, uses gcd(B, s) groups); group j holds the images
     ``j, j + s, j + 2s, ...`` (so that the reshape to (B/s, s*C, H, W) is free for contiguous
     inputs). Each group is normalised with its own mean and biased variance, then scaled by the
     shared ``weight`` and ``bias`` (one ``F.batch_norm`` call over all groups). The running mean
@@ -69,13 +71,13 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.num_splits == 1:
             return super().forward(x)
+        if x.dim() != 4:
+            raise ValueError(f"input shape {tuple(x.shape)} is not allowed: expected (B, C, H, W)")
         n, c = x.shape[0], x.shape[1]
-        s = self.num_splits
-        if x.dim() != 4 or n % s:
-            raise ValueError(
-                f"input shape {tuple(x.shape)} is not allowed: expected (B, C, H, W) with B "
-                f"divisible by num_splits={s}"
-            )
+        # a batch that lost unreadable images may not divide: gcd(B, num_splits) groups then
+        s = math.gcd(n, self.num_splits)
+        if s == 1:
+            return super().forward(x)
         tracking = self.track_running_stats and self.running_mean is not None
         factor = 0.0
         if tracking:
@@ -136,20 +138,24 @@ def shuffled_forward(
     Every tensor of ``forward``'s dict whose first dimension is the batch is un-shuffled;
     other values pass through. Single process (``world == 1``): x is permuted with
     ``generator``. Under DDP: ``gather(t)`` concatenates every process's t along dim 0 in rank
-    order (all the same B); ``generator`` must draw the same permutation on every process;
-    each process forwards its share of the shuffled global batch and gets its own images'
-    outputs back.
+    order (the processes may hold different B); ``generator`` must draw the same permutation on
+    every process; each process forwards as many images of the shuffled global batch as it
+    holds, and gets its own images' outputs back.
     """
     n = x.shape[0]
-    perm = torch.randperm(n * world, device=x.device, generator=generator)
-    inverse = inverse_permutation(perm)
     if world == 1:
+        perm = torch.randperm(n, device=x.device, generator=generator)
+        inverse = inverse_permutation(perm)
         out = forward(x[perm])
         return {k: v[inverse] if _batched(v, n) else v for k, v in out.items()}
     if gather is None:
         raise ValueError(f"world={world} needs a gather function")
-    mine = slice(rank * n, (rank + 1) * n)
+    owners = gather(torch.full((n,), rank, device=x.device, dtype=torch.long))
+    start = int((owners < rank).sum())  # where this process's images sit in the global batch
+    perm = torch.randperm(owners.numel(), device=x.device, generator=generator)
+    mine = slice(start, start + n)
     out = forward(gather(x)[perm[mine]])
+    inverse = inverse_permutation(perm)
     return {k: gather(v)[inverse[mine]] if _batched(v, n) else v for k, v in out.items()}
 
 

@@ -9,8 +9,10 @@ start-up (its fields are named after the ``data.*`` keys). Where the data is loo
 (``data.train_path`` for ``split='train'``, ``data.val_path`` for ``split='val'``):
 
 - ``fashion_mnist``: the idx ``.gz`` (or uncompressed) files in the given folder (directly or
-  under ``FashionMNIST/raw``), then ``/usr/share/datasets/fashion-mnist`` (Debian package
-  ``dataset-fashion-mnist``), then torchvision's ``FashionMNIST`` in the cache folder.
+  under ``FashionMNIST/raw``; a given folder without them is an error, or with
+  ``data.download`` where they are downloaded); with no folder given,
+  ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``), then
+  torchvision's ``FashionMNIST`` in the cache folder (``data.download``).
 - ``cifar10``, ``cifar100``, ``stl10``: torchvision datasets rooted at the given folder, or at
   the cache folder ``$SOLO_MIXMASK_DATA/<dataset>`` (default ``~/.cache/solo_mixmask/<dataset>``).
   They are downloaded only when ``data.download`` is true.
@@ -26,9 +28,9 @@ uses the 5,000 labeled training images (what the k-NN monitor needs). For every 
 ``'train_labeled'`` is the same as ``'train'``.
 
 Unreadable images in ImageFolder trees (truncated, zero bytes, not an image) are found when they
-are first read: with ``data.strict`` false the file is skipped with one warning per file and the
-next readable sample is returned instead; with ``data.strict`` true a :class:`DataError`
-naming the file is raised. ``data.scan_images: true`` decodes every file once at build time
+are first read: with ``data.strict`` false the file is skipped (the item is None and the
+loaders leave it out of its batch; never replaced by another image) with one warning per file;
+with ``data.strict`` true a :class:`DataError` naming the file is raised. ``data.scan_images: true`` decodes every file once at build time
 (see :func:`scan_image_folder`) and leaves the bad ones out from the start.
 """
 
@@ -37,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
-import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -52,8 +53,6 @@ from torch.utils.data import Dataset
 from solo_mixmask.data_specs import DataSpec
 from solo_mixmask.dataset_facts import DATASETS, normalisation_of
 from solo_mixmask.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
 
 DATASET_NUM_CLASSES: dict[str, int] = {name: f.num_classes for name, f in DATASETS.items()}
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "stl10")
@@ -212,22 +211,46 @@ def _load_fashion_mnist_files(images_path: str, labels_path: str) -> tuple[np.nd
 
 
 def _fashion_mnist(spec: DataSpec, split: str, transform: Callable | None) -> Dataset:
+    """Fashion-MNIST's ``split`` from the folder the config names, else the system copy, else
+    a download (``data.download``).
+
+    A folder given in ``data.val_path`` / ``data.train_path`` (val looks in ``data.val_path``,
+    then ``data.train_path``) is used or refused, never passed over: DataError naming the key
+    when it is not an existing folder, or when no given folder holds the split's idx files;
+    with ``data.download`` the files are downloaded into the first given folder instead.
+    """
     split = "val" if split == "val" else "train"
-    given = [spec.val_path, spec.train_path] if split == "val" else [spec.train_path]
-    folders = [Path(p) for p in given if p]
-    for folder in [*folders, FASHION_MNIST_SYSTEM_DIR]:
+    keys = ["data.val_path", "data.train_path"] if split == "val" else ["data.train_path"]
+    values = [spec.val_path, spec.train_path] if split == "val" else [spec.train_path]
+    given = [(key, Path(value).expanduser()) for key, value in zip(keys, values) if value]
+    if not spec.download:
+        for key, folder in given:
+            if not folder.is_dir():
+                raise DataError(
+                    f"{key}={str(folder)!r} is not an existing folder: give the folder of the "
+                    "Fashion-MNIST idx files, set data.download=true to download them there, "
+                    f"or leave it unset to use the system copy ({FASHION_MNIST_SYSTEM_DIR})"
+                )
+    folders = [folder for _, folder in given] if given else [FASHION_MNIST_SYSTEM_DIR]
+    for folder in folders:
         found = _find_fashion_mnist(folder, split)
-        if found is None and folder in folders:
-            log.info("no Fashion-MNIST %s idx files in %s; trying the next location", split, folder)
         if found is not None:
             images, labels = _load_fashion_mnist_files(str(found[0]), str(found[1]))
             return ArrayImageDataset(images, labels, transform)
-    root = folders[0] if folders else default_root("fashion_mnist")
+    root = given[0][1] if given else default_root("fashion_mnist")
     if not spec.download:
-        searched = ", ".join(str(f) for f in [*folders, FASHION_MNIST_SYSTEM_DIR])
+        stems = " and ".join(f"{stem}[.gz]" for stem in _FMNIST_STEMS[split])
+        if given:
+            where = " or ".join(f"{key}={str(folder)!r}" for key, folder in given)
+            raise DataError(
+                f"Fashion-MNIST ({split}): {stems} not found in {where} (directly or under "
+                "FashionMNIST/raw); point it at the idx files, set data.download=true to "
+                "download them there, or leave it unset to use the system copy"
+            )
         raise DataError(
-            f"Fashion-MNIST ({split}) idx files not found (searched {searched}): install the "
-            "Debian package dataset-fashion-mnist or set data.download=true"
+            f"Fashion-MNIST ({split}) idx files not found (searched "
+            f"{FASHION_MNIST_SYSTEM_DIR}): install the Debian package dataset-fashion-mnist or "
+            "set data.download=true"
         )
     import torchvision
 
@@ -331,27 +354,31 @@ def _entry_is(entry: os.DirEntry, kind: str) -> bool:
         return False
 
 
-def list_image_files(root: str | Path) -> list[str]:
-    """All regular files under ``root`` (recursive, hidden entries skipped) whose extension is
-    an image extension (case-insensitive), sorted.
+def _walk_images(
+    root: str | Path, enter: Callable[[str], bool] | None = None
+) -> list[tuple[str, str]]:
+    """``(path, real path)`` of the image files under ``root`` in sorted depth-first order:
+    each real directory visited once, each real file listed once (its first path); with
+    ``enter``, only the directories whose real path it accepts.
 
-    Symlinks are followed, to directories and to files, but each real directory (by
-    ``(st_dev, st_ino)``) is visited once, so a link to the folder itself or to an ancestor
-    neither loops nor lists an image twice (the first path in sorted, depth-first order names
-    the files). Only regular files are listed (``S_ISREG``, through file links): a FIFO,
-    socket or device named like an image, or a broken link, is left out, since opening a FIFO
-    would block the loader forever. Unreadable folders are skipped, as ``os.walk`` does.
+    Symlinks are followed, to directories and to files; the identity of a folder or a file is
+    its real path (``os.path.realpath``), so a link to the folder itself, to an ancestor or to
+    a file already listed neither loops nor lists an image twice. Only regular files count
+    (``S_ISREG``, through file links): a FIFO, socket or device named like an image, or a
+    broken link, is left out, since opening a FIFO would block the loader forever. Hidden
+    entries and unreadable folders are skipped, as ``os.walk`` does.
     """
-    found: list[str] = []
-    visited: set[tuple[int, int]] = set()
+    found: list[tuple[str, str]] = []
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
     pending = [os.fspath(root)]
     while pending:
         folder = pending.pop()
+        real = os.path.realpath(folder)
+        if real in seen_dirs or (enter is not None and not enter(real)):
+            continue
+        seen_dirs.add(real)
         try:
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in visited:
-                continue
-            visited.add((st.st_dev, st.st_ino))
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError:
@@ -363,9 +390,27 @@ def list_image_files(root: str | Path) -> list[str]:
             if _entry_is(entry, "dir"):
                 subfolders.append(entry.path)
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and _entry_is(entry, "file"):
-                found.append(entry.path)
+                link = _is_link(entry)
+                real_file = os.path.realpath(entry.path) if link else os.path.join(real, entry.name)
+                if real_file not in seen_files:
+                    seen_files.add(real_file)
+                    found.append((entry.path, real_file))
         pending.extend(reversed(subfolders))  # depth-first, in sorted order
-    return sorted(found)
+    return found
+
+
+def _is_link(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
+
+
+def list_image_files(root: str | Path) -> list[str]:
+    """All regular image files under ``root`` (recursive, hidden entries skipped, extension
+    case-insensitive), sorted: each real file once, whatever links lead to it (see
+    :func:`_walk_images`)."""
+    return sorted(path for path, _ in _walk_images(root))
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[str]]:
@@ -390,13 +435,16 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[str]]:
 class ImageFolderDataset(Dataset):
     """Images listed in ``samples`` (path, target), decoded robustly when read.
 
-    Item ``i`` is ``(transform(RGB image), target)``. When the file of sample ``i`` cannot be
-    decoded: with ``strict`` a DataError naming it is raised; otherwise the path is added to
-    ``bad_files`` (once, with one :class:`BadImageWarning`) and the next decodable sample
-    (``i+1``, ``i+2``, ... wrapping around) is returned instead, so the result is deterministic.
-    ``bad_files`` only lists what this process has read: DataLoader workers hold their own.
-    Set ``report_file`` to a path to have every process (workers and ranks included) append
-    each newly skipped path to that file, one per line, so a run can count them all.
+    Item ``i`` is ``(transform(RGB image), target)``, or None when the file of sample ``i``
+    cannot be decoded: it is skipped, never replaced by another image (the loaders'
+    :func:`~solo_mixmask.data.loaders.collate_readable` leaves it out of its batch). With
+    ``strict`` a DataError naming the file is raised instead. A skipped path is added to
+    ``bad_files`` (once, with one :class:`BadImageWarning`); the first time a process meets one
+    it checks that some image of the dataset decodes (DataError otherwise: nothing could ever be
+    trained or scored). ``bad_files`` only lists what this process has read: DataLoader workers
+    hold their own. Set ``report_file`` to a path to have every process (workers and ranks
+    included) append each newly skipped path to that file, one per line, so a run can count
+    them all.
     """
 
     def __init__(
@@ -416,6 +464,7 @@ class ImageFolderDataset(Dataset):
         self.strict = strict
         self.bad_files: list[str] = []
         self._bad: set[str] = set()
+        self._some_readable = False
         self.report_file: str | None = None
 
     def __len__(self) -> int:
@@ -435,25 +484,40 @@ class ImageFolderDataset(Dataset):
                 with open(self.report_file, "a", encoding="utf-8") as f:
                     f.write(path + "\n")  # one short append: atomic between processes
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        n = len(self.samples)
-        for offset in range(n):
-            path, target = self.samples[(index + offset) % n]
+    def _check_some_readable(self) -> None:
+        """DataError unless at least one file of the dataset decodes (checked once)."""
+        for path, _ in self.samples:
+            if self._some_readable:
+                return
             if path in self._bad:
                 continue
             try:
-                img = load_image_rgb(path)
+                load_image_rgb(path)
             except DataError as err:
-                if self.strict:
-                    raise
                 self._mark_bad(path, err)
-                continue
-            if self.transform is not None:
-                img = self.transform(img)
-            return img, target
-        raise DataError(
-            f"no image under {self.root!r} can be decoded ({len(self.bad_files)} bad files)"
-        )
+            else:
+                self._some_readable = True
+        if not self._some_readable:
+            raise DataError(
+                f"no image under {self.root!r} can be decoded ({len(self.bad_files)} bad files)"
+            )
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        path, target = self.samples[index]
+        if path in self._bad:
+            return None
+        try:
+            img = load_image_rgb(path)
+        except DataError as err:
+            if self.strict:
+                raise
+            self._mark_bad(path, err)
+            self._check_some_readable()
+            return None
+        self._some_readable = True
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
 
 
 def _class_folders(root: Path) -> list[str]:
@@ -495,6 +559,93 @@ def _class_map(spec: DataSpec, split: str, root: Path) -> tuple[list[str], list[
     return classes, own
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _class_samples(
+    key: str, root: Path, own: list[str], index: dict[str, int]
+) -> list[tuple[str, int]]:
+    """``(path, target)`` of every image of the class folders ``own`` of ``root``, by class
+    (in ``own``'s order), then by path: each real file once, with the class of the folder it
+    really lives in.
+
+    Links are followed (see :func:`_walk_images`), but a link never relabels an image: a file
+    whose real path lies in class folder ``d`` (the deepest one, for nested real folders) is
+    listed under ``d`` only, whichever class folder links to it; a file in the tree but in no
+    class folder (e.g. reached through a link to the tree's root) is not listed. A file outside
+    the tree takes the class of the one class folder that links to it. DataError, naming
+    ``key``, for two class folders that are one real folder, or an outside file linked from
+    two class folders: their images would have two classes.
+    """
+    tree = os.path.realpath(root)
+    class_at: dict[str, str] = {}  # real folder -> class
+    for c in own:
+        real = os.path.realpath(root / c)
+        if real in class_at:
+            raise DataError(
+                f"{key}={str(root)!r}: class folders {class_at[real]!r} and {c!r} are the same "
+                f"folder ({real}, through a symbolic link), so their images would have two "
+                "classes; remove the link or make the folders distinct"
+            )
+        class_at[real] = c
+    homes: dict[str, str | None] = {}
+
+    def home(real_dir: str) -> str | None:
+        """The class whose real folder is the deepest one holding the real folder
+        ``real_dir`` (None: no class folder holds it)."""
+        if real_dir not in homes:
+            found, d = None, real_dir
+            while found is None:
+                found = class_at.get(d)
+                parent = os.path.dirname(d)
+                if parent == d:
+                    break
+                d = parent
+            homes[real_dir] = found
+        return homes[real_dir]
+
+    def enters(c: str) -> Callable[[str], bool]:
+        # class c's walk stays in its own folders and in folders outside the tree (never in
+        # another class folder, nor in the tree outside any class folder)
+        return lambda real_dir: (
+            home(real_dir) == c or (home(real_dir) is None and not _inside(real_dir, tree))
+        )
+
+    by_class: dict[str, list[str]] = {c: [] for c in own}
+    listed: set[str] = set()
+    linked: dict[str, list[tuple[str, str]]] = {}  # real file -> [(class, path)]: the others
+    for c in own:
+        for path, real_file in _walk_images(root / c, enters(c)):
+            if real_file in listed:
+                continue
+            if home(os.path.dirname(real_file)) == c:
+                listed.add(real_file)  # the common case: a file of its own class folder
+                by_class[c].append(path)
+            else:
+                linked.setdefault(real_file, []).append((c, path))
+    for real_file, hits in linked.items():
+        if real_file in listed:
+            continue  # listed in its own class folder
+        owner = home(os.path.dirname(real_file))
+        if owner is None and _inside(real_file, tree):
+            continue  # in the tree, in no class folder: not a class image
+        if owner is None:
+            linking = sorted({c for c, _ in hits}, key=own.index)
+            if len(linking) > 1:
+                paths = " and ".join(repr(next(p for c, p in hits if c == x)) for x in linking)
+                raise DataError(
+                    f"{key}={str(root)!r}: image {real_file!r} is linked from {paths} (class "
+                    f"folders {', '.join(repr(x) for x in linking)}), so it would have two "
+                    "classes; keep one link"
+                )
+            owner = linking[0]
+        named = next((p for c, p in hits if c == owner), None)
+        if named is not None:  # else: hidden in its own class folder, left out there too
+            by_class[owner].append(named)
+    return [(p, index[c]) for c in own for p in sorted(by_class[c])]
+
+
 def _image_folder(spec: DataSpec, split: str, transform: Callable | None) -> Dataset:
     key = "data.val_path" if split == "val" else "data.train_path"
     given = spec.val_path if split == "val" else spec.train_path
@@ -517,7 +668,7 @@ def _image_folder(spec: DataSpec, split: str, transform: Callable | None) -> Dat
                 "of unlabeled images set data.no_labels=true"
             )
         index = {c: i for i, c in enumerate(classes)}  # one map for every split: train's
-        samples = [(p, index[c]) for c in own for p in list_image_files(root / c)]
+        samples = _class_samples(key, root, own, index)
     if not samples:
         raise DataError(
             f"{key}={str(root)!r} holds no image files (extensions {', '.join(IMAGE_EXTENSIONS)})"

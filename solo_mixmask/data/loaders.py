@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from solo_mixmask.data.augmentations import build_eval_transform, build_pretrain_transform
 from solo_mixmask.data.datasets import build_dataset, image_folder_spec, subset_indices
@@ -32,8 +32,40 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
-        return (index, *self.dataset[index])
+    def __getitem__(self, index: int) -> tuple[Any, ...] | None:
+        item = self.dataset[index]
+        return None if item is None else (index, *item)
+
+
+def collate_readable(batch: list[Any]) -> Any:
+    """``default_collate`` of the items that are not None (None: an unreadable image, skipped,
+    never replaced); None when no item is left."""
+    kept = [item for item in batch if item is not None]
+    return default_collate(kept) if kept else None
+
+
+def collate_training(batch: list[Any]) -> Any:
+    """:func:`collate_readable` for training batches: a batch that lost unreadable images
+    trains on the others; DataError when fewer than 2 are left (each image is mixed with a
+    partner of its batch, and BatchNorm needs 2)."""
+    kept = [item for item in batch if item is not None]
+    if len(kept) < 2:
+        raise DataError(
+            f"a training batch has {len(kept)} readable image(s) of {len(batch)}: it needs at "
+            "least 2; set data.scan_images=true to leave unreadable files out before batching, "
+            "or remove them"
+        )
+    return default_collate(kept)
+
+
+class ReadableLoader(DataLoader):
+    """A DataLoader (give it ``collate_fn=collate_readable``) that leaves out the batches whose
+    every image was unreadable."""
+
+    def __iter__(self) -> Any:
+        for batch in super().__iter__():
+            if batch is not None:
+                yield batch
 
 
 def subset_for(size: int | None, key: str, n: int, clamp: bool, seed: int) -> list[int] | None:
@@ -65,7 +97,8 @@ def build_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> Da
     """Shuffled, drop-last loader of the pretraining views.
 
     Yields ``[indexes (B,) int64, [V tensors (B, 3, H, W) float32], targets (B,) int64]`` with
-    B = optimizer.batch_size and V = sum of num_crops; indexes count within the (sub)set.
+    B = optimizer.batch_size (fewer when unreadable images were skipped, see
+    :func:`collate_training`) and V = sum of num_crops; indexes count within the (sub)set.
     Raises DataError when the (sub)set is smaller than a batch.
     With ``data.format: dali`` the batches come from a DALI pipeline instead (same format; see
     :mod:`solo_mixmask.data.dali`). With ``data.format: memory`` the images are decoded once
@@ -103,11 +136,12 @@ def build_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> Da
         persistent_workers=workers > 0,
         worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(spec.seed),
+        collate_fn=collate_training,
     )
 
 
 def _eval_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
-    return DataLoader(
+    return ReadableLoader(
         dataset,
         batch_size=batch,
         shuffle=False,
@@ -115,52 +149,70 @@ def _eval_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_seed_worker,
+        collate_fn=collate_readable,
     )
+
+
+def _needs_labels(spec: DataSpec, what: str) -> None:
+    if spec.no_labels:
+        raise ConfigError(
+            "data.no_labels",
+            True,
+            f"false for {what} (it needs labelled images); unlabelled images pretrain with "
+            "knn_eval.enabled=false, without validation loaders",
+        )
+
+
+def build_knn_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """The k-NN monitor's memory: ``data.knn_train_subset`` (default 10,000) clean images of the
+    labelled training split (all when null or larger than the split), yielding ``(x (B, 3,
+    crop, crop) float32, y (B,) int64)`` with the eval transform, in a fixed order; batch size
+    optimizer.batch_size. ConfigError naming ``data.no_labels`` for unlabelled data. With
+    ``data.format: memory`` an in-memory loader giving ``rank`` of ``world_size`` its share."""
+    _needs_labels(spec, "the k-NN monitor")
+    size = spec.knn_train_subset
+    if spec.format == "memory":
+        from solo_mixmask.data.memory import build_memory_eval_loader
+
+        return build_memory_eval_loader(  # type: ignore[return-value]
+            spec,
+            "train_labeled",
+            lambda n: subset_for(size, "data.knn_train_subset", n, True, spec.seed),
+            rank,
+            world_size,
+        )
+    if spec.format == "dali":  # k-NN images: plain loaders
+        spec = image_folder_spec(spec)
+    train = build_dataset(spec, "train_labeled", build_eval_transform(spec.crops[0]))
+    train = _subset(train, size, "data.knn_train_subset", True, spec.seed)
+    return _eval_loader(train, spec.batch_size, spec.num_workers)
+
+
+def build_val_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """``data.val_subset`` images of the val split (all when null), as
+    :func:`build_knn_train_loader` yields them (the k-NN queries and the online linear
+    accuracy)."""
+    _needs_labels(spec, "validation")
+    size = spec.val_subset
+    if spec.format == "memory":
+        from solo_mixmask.data.memory import build_memory_eval_loader
+
+        return build_memory_eval_loader(  # type: ignore[return-value]
+            spec,
+            "val",
+            lambda n: subset_for(size, "data.val_subset", n, False, spec.seed),
+            rank,
+            world_size,
+        )
+    if spec.format == "dali":
+        spec = image_folder_spec(spec)
+    val = build_dataset(spec, "val", build_eval_transform(spec.crops[0]))
+    val = _subset(val, size, "data.val_subset", False, spec.seed)
+    return _eval_loader(val, spec.batch_size, spec.num_workers)
 
 
 def build_knn_loaders(
     spec: DataSpec, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader, DataLoader]:
-    """(knn_train_loader, val_loader), both yielding ``(x (B, 3, crop, crop) float32,
-    y (B,) int64)`` with the eval transform, in a fixed order.
-
-    knn_train: ``data.knn_train_subset`` (default 10,000) clean images of the labeled training
-    split (all when null or larger than the split); val: ``data.val_subset`` images of the
-    val split (all when null). Batch size is optimizer.batch_size. Raises DataError when the
-    data has no labels. With ``data.format: memory`` both are in-memory loaders giving
-    ``rank`` of ``world_size`` its share (the same images and eval view).
-    """
-    if spec.no_labels:
-        raise DataError(
-            "the k-NN monitor needs labeled images but data.no_labels=true; "
-            "disable the k-NN monitor for unlabeled data"
-        )
-    if spec.format == "memory":
-        from solo_mixmask.data.memory import build_memory_eval_loader
-
-        memory_train = build_memory_eval_loader(
-            spec,
-            "train_labeled",
-            lambda n: subset_for(
-                spec.knn_train_subset, "data.knn_train_subset", n, True, spec.seed
-            ),
-            rank,
-            world_size,
-        )
-        memory_val = build_memory_eval_loader(
-            spec,
-            "val",
-            lambda n: subset_for(spec.val_subset, "data.val_subset", n, False, spec.seed),
-            rank,
-            world_size,
-        )
-        return memory_train, memory_val  # type: ignore[return-value]
-    if spec.format == "dali":  # k-NN images: plain loaders
-        spec = image_folder_spec(spec)
-    batch, workers = spec.batch_size, spec.num_workers
-    transform = build_eval_transform(spec.crops[0])
-    train = build_dataset(spec, "train_labeled", transform)
-    train = _subset(train, spec.knn_train_subset, "data.knn_train_subset", True, spec.seed)
-    val = build_dataset(spec, "val", transform)
-    val = _subset(val, spec.val_subset, "data.val_subset", False, spec.seed)
-    return _eval_loader(train, batch, workers), _eval_loader(val, batch, workers)
+    """(:func:`build_knn_train_loader`, :func:`build_val_loader`)."""
+    return build_knn_train_loader(spec, rank, world_size), build_val_loader(spec, rank, world_size)

@@ -238,8 +238,12 @@ def seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
 def make_loader(
     dataset: Dataset, batch: int, workers: int, shuffle: bool, seed: int, drop_last: bool = False
 ) -> DataLoader:
-    """A DataLoader of ``dataset``; shuffled with a generator seeded by ``seed`` when asked."""
-    return DataLoader(
+    """A DataLoader of ``dataset``; shuffled with a generator seeded by ``seed`` when asked.
+    Unreadable images are left out of their batch (never replaced), and a batch left empty is
+    not yielded."""
+    from solo_mixmask.data.loaders import ReadableLoader, collate_readable
+
+    return ReadableLoader(
         dataset,
         batch_size=batch,
         shuffle=shuffle,
@@ -247,6 +251,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        collate_fn=collate_readable,
     )
 
 
@@ -281,12 +286,15 @@ def train_epochs(
     epochs: int,
     device: torch.device,
     channels_last: bool = False,
+    min_batch: int = 1,
 ) -> list[dict[str, Any]]:
     """Train a classifier for ``epochs`` epochs of ``loader`` (``(x (B,3,H,W), y (B,))``).
 
     ``forward`` maps images to logits (B, classes) and decides what learns (a frozen backbone
     under ``torch.no_grad`` plus a head, or a whole network); images with a negative target
-    (unlabelled) are skipped. Cross-entropy, one ``optimizer`` step per batch, ``scheduler``
+    (unlabelled) are skipped, and so is a batch with fewer than ``min_batch`` labelled images
+    (2 where BatchNorm trains: a batch that lost unreadable images can be that small).
+    Cross-entropy, one ``optimizer`` step per batch, ``scheduler``
     stepped per epoch. Returns per-epoch ``{"epoch", "loss", "acc1" (%), "lr"}`` where ``lr``
     is the first parameter group's rate at the start of the epoch (``lrs``: every group's, when
     there are several). Prints one line per epoch.
@@ -299,7 +307,7 @@ def train_epochs(
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
             keep = y >= 0
             labelled = int(keep.sum())  # one host sync per batch, reused below
-            if labelled == 0:
+            if labelled < max(min_batch, 1):
                 continue
             x = x[keep]
             if channels_last:

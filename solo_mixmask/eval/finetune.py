@@ -213,7 +213,14 @@ def finetune_model(
     backbone.train()
     head.train()
     return train_epochs(
-        lambda x: head(backbone(x).float()), opt, sched, loader, s.epochs, device, channels_last
+        lambda x: head(backbone(x).float()),
+        opt,
+        sched,
+        loader,
+        s.epochs,
+        device,
+        channels_last,
+        min_batch=2,  # BatchNorm trains: a batch of one image would fail
     )
 
 

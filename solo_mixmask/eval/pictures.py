@@ -57,8 +57,18 @@ def sample_images(spec: DataSpec, n: int, seed: int) -> tuple[torch.Tensor, list
     total = len(dataset)  # type: ignore[arg-type]
     if total < n:
         raise DataError(f"the dataset has {total} images, fewer than --num-images={n}")
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    items = [dataset[i] for i in order]
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).tolist()
+    items = []
+    for i in order:  # unreadable images (None) are skipped, never shown twice
+        item = dataset[i]
+        if item is not None:
+            items.append(item)
+        if len(items) == n:
+            break
+    if len(items) < n:
+        raise DataError(
+            f"the dataset has {len(items)} readable images, fewer than --num-images={n}"
+        )
     return torch.stack([x for x, _ in items]), [int(y) for _, y in items]
 
 

@@ -33,6 +33,7 @@ from solo_mixmask.config import (
 from solo_mixmask.core.batch_norm import shuffled_forward, split_batch_norms
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.methods.contract import LogicBase
+from solo_mixmask.utils.distributed import gather_no_grad
 from solo_mixmask.utils.generators import SeededGenerators
 
 #: The ``method_kwargs`` of :class:`SplitBNLogic` and their defaults (one BatchNorm, no shuffle).
@@ -98,7 +99,7 @@ class SplitBNLogic(LogicBase):
             super().momentum_forward,
             X,
             self.shuffle_generators.device(X.device),
-            gather=lambda t: self.all_gather(t).flatten(0, 1),
+            gather=gather_no_grad,
             rank=rank,
             world=world,
         )

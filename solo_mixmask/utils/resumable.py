@@ -213,7 +213,8 @@ class ResumableLoader(DataLoader):
 def resumable_train_loader(
     loader: DataLoader, seed: int, rank: int = 0, world_size: int = 1
 ) -> ResumableLoader:
-    """The same data, batch size, workers and pinning as ``loader``, made resumable."""
+    """The same data, batch size, workers, pinning and collate function as ``loader``, made
+    resumable."""
     return ResumableLoader(
         loader.dataset,
         batch_size=int(loader.batch_size or 1),
@@ -223,4 +224,5 @@ def resumable_train_loader(
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
         worker_init_fn=loader.worker_init_fn,
+        collate_fn=loader.collate_fn,
     )

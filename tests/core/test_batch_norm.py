@@ -69,8 +69,12 @@ def test_split_bn_in_eval_mode_and_state_dict_are_batch_norms():
     plain.load_state_dict(split.state_dict())
     x = torch.randn(3, 3, 2, 2)  # any batch size in eval mode
     torch.testing.assert_close(split.eval()(x), plain.eval()(x))
-    with pytest.raises(ValueError, match="divisible by num_splits=2"):
-        split.train()(x)
+    # 3 images do not divide into 2 groups (a batch that lost an unreadable image): gcd = 1
+    reference = nn.BatchNorm2d(3).train()
+    reference.load_state_dict(split.state_dict())
+    torch.testing.assert_close(split.train()(x), reference(x))
+    with pytest.raises(ValueError, match="expected \\(B, C, H, W\\)"):
+        split(torch.randn(4, 3))
     with pytest.raises(ValueError, match="num_splits=0"):
         SplitBatchNorm2d(3, 0)
 
@@ -100,17 +104,22 @@ def test_shuffled_forward_returns_outputs_in_input_order():
     assert int(out["n"]) == 3
 
 
-def test_shuffled_forward_across_processes_by_hand():
-    """Two processes of 3 images: each forwards its share of one global permutation and gets
-    back its own images' outputs. The processes' forwards are computed first (as they would run
-    in parallel); the gather returns both processes' inputs, then both outputs."""
-    batches = [torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([[3.0], [4.0], [5.0]])]
-    perm = torch.randperm(6, generator=torch.Generator().manual_seed(5))
-    shares = [torch.cat(batches)[perm[r * 3 : (r + 1) * 3]] for r in (0, 1)]
+@pytest.mark.parametrize("sizes", [(3, 3), (3, 2)])
+def test_shuffled_forward_across_processes_by_hand(sizes):
+    """Two processes (the second may hold fewer images, after an unreadable one): each forwards
+    as many images of one global permutation as it holds and gets its own images' outputs
+    back. The processes' forwards are computed first (as they would run in parallel); the
+    gather returns both processes' owner ids, then inputs, then outputs."""
+    batches = [torch.arange(sizes[0], dtype=torch.float32).view(-1, 1)]
+    batches.append(torch.arange(sizes[0], sum(sizes), dtype=torch.float32).view(-1, 1))
+    owners = torch.cat([torch.full((n,), r) for r, n in enumerate(sizes)])
+    perm = torch.randperm(sum(sizes), generator=torch.Generator().manual_seed(5))
+    starts = (0, sizes[0])
+    shares = [torch.cat(batches)[perm[starts[r] : starts[r] + sizes[r]]] for r in (0, 1)]
     outputs = torch.cat([share * 10 + 1 for share in shares])
 
     for rank in (0, 1):
-        gathered = iter([torch.cat(batches), outputs])
+        gathered = iter([owners, torch.cat(batches), outputs])
         seen = {}
 
         def forward(share, seen=seen):
@@ -127,4 +136,4 @@ def test_shuffled_forward_across_processes_by_hand():
         )
         torch.testing.assert_close(seen["share"], shares[rank])
         torch.testing.assert_close(out["z"], batches[rank] * 10 + 1)
-    assert shares[0].flatten().tolist() != [0.0, 1.0, 2.0]  # the seed mixes the processes
+    assert set(shares[0].flatten().tolist()) != set(batches[0].flatten().tolist())

@@ -89,9 +89,22 @@ def test_fashion_mnist_train_path_comes_first(tmp_path):
 
 def test_fashion_mnist_missing_without_download(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
-    cfg = make_cfg({"train_path": str(tmp_path)})
     with pytest.raises(DataError, match="dataset-fashion-mnist or set data.download=true"):
-        D.build_dataset(data_spec(cfg), "train", None)
+        D.build_dataset(data_spec(make_cfg()), "train", None)
+
+
+def test_a_given_fashion_mnist_folder_is_used_or_refused_never_passed_over(tmp_path):
+    """Issue 18: a data.train_path that did not exist (or held no idx files) was passed over for
+    the system copy, and the run recorded the path it never read."""
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=f"data.train_path='{missing}' is not an existing folder"):
+        D.build_dataset(make_spec({"train_path": str(missing)}), "train", None)
+    with pytest.raises(DataError, match=f"data.val_path='{missing}' is not an existing folder"):
+        D.build_dataset(make_spec({"val_path": str(missing)}), "val", None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=f"not found in data.train_path='{empty}'"):
+        D.build_dataset(make_spec({"train_path": str(empty)}), "train", None)
 
 
 def test_default_stats():

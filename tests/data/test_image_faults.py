@@ -105,12 +105,33 @@ def test_bad_files_skipped_with_one_warning_each(faulty):
     for name in BAD:
         assert sum(name in m for m in messages) == 1
     assert [Path(p).name for p in ds.bad_files] == list(BAD)
-    # a bad index returns the next good sample, wrapping around: f, g, h -> a
-    rgba = np.asarray(first[0][0])
-    for i in (5, 6, 7):
-        np.testing.assert_array_equal(np.asarray(first[i][0]), rgba)
-    for a, b in zip(first, second):
+    # a bad file is skipped (None), never replaced by another image
+    assert [item is None for item in first] == [False] * 5 + [True] * 3
+    assert second[5:] == [None] * 3
+    for a, b in zip(first[:5], second[:5]):
         np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+
+
+def test_loaders_leave_bad_files_out_of_every_batch(faulty):
+    """Evaluation and training batches hold the readable images only, each once: a bad file
+    is never replaced by its neighbour (which then counted twice in the k-NN accuracy)."""
+    from solo_mixmask.data.loaders import (
+        ReadableLoader,
+        collate_readable,
+        collate_training,
+    )
+
+    ds = D.build_dataset(data_spec(_cfg(faulty)), "train", lambda img: img.getpixel((0, 0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", D.BadImageWarning)
+        loader = ReadableLoader(ds, batch_size=3, collate_fn=collate_readable)
+        sizes = [len(targets) for _, targets in loader]
+        assert sizes == [3, 2]  # a, b, c | d, e, (f) | (g, h): a batch of none is left out
+        indexed = list(range(8))
+        batch = collate_training([(i, *ds[i]) if ds[i] is not None else None for i in indexed])
+    assert batch[0].tolist() == [0, 1, 2, 3, 4]  # indexes of the readable images, each once
+    with pytest.raises(DataError, match="1 readable image.* of 3: it needs at least 2"):
+        collate_training([(4, *ds[4]), None, None])
 
 
 def test_strict_raises_naming_the_file(faulty):
@@ -130,9 +151,10 @@ def test_scan_images_drops_bad_files_at_build(faulty):
 
 def test_folder_of_only_bad_files(tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"")
+    (tmp_path / "y.jpg").write_bytes(b"")
     ds = D.build_dataset(data_spec(_cfg(tmp_path)), "train", None)
     with pytest.warns(D.BadImageWarning), pytest.raises(DataError, match="can be decoded"):
-        ds[0]
+        ds[1]
 
 
 # --------------------------------------------------------------------------- loops and FIFOs
@@ -191,14 +213,16 @@ def test_one_link_to_the_folder_itself_lists_each_image_once(tmp_path):
     root.mkdir()
     Image.new("RGB", (4, 4), (1, 2, 3)).save(root / "a.png")
     (root / "here").symlink_to(".")
-    (root / "b.png").symlink_to("a.png")  # a file link to a regular file is an image
-    (root / "c.png").symlink_to("missing.png")  # a broken link is not
+    (root / "b.png").symlink_to("a.png")  # a second name of a listed file: listed once
+    (root / "c.png").symlink_to("missing.png")  # a broken link is not an image
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     Image.new("RGB", (4, 4), (4, 5, 6)).save(outside / "d.png")
+    Image.new("RGB", (4, 4), (7, 8, 9)).save(outside / "e.png")
     (root / "linked").symlink_to(outside)  # a link to another folder is followed
+    (root / "z.png").symlink_to(outside / "e.png")  # a file link: e.png is listed once
     listed = _within(15, D.list_image_files, root)
-    assert _names(listed, root) == ["a.png", "b.png", "linked/d.png"]
+    assert _names(listed, root) == ["a.png", "linked/d.png", "z.png"]
 
 
 def test_fifo_named_like_an_image_is_not_listed(tmp_path):
@@ -210,3 +234,57 @@ def test_fifo_named_like_an_image_is_not_listed(tmp_path):
     assert _names(_within(15, D.list_image_files, root), root) == ["cat/a.png", "dog/a.png"]
     cfg = make_cfg({"dataset": "custom", "train_path": str(root)})
     assert _within(15, _read_all, cfg) == [((9, 9, 9), 0), ((7, 7, 7), 1)]
+
+
+# --------------------------------------------------------------------------- links between classes
+
+
+def _two_classes(root: Path) -> Path:
+    for c, colour in (("dress", (200, 0, 0)), ("tshirt", (0, 0, 200))):
+        for i in range(3):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (4, 4), colour).save(root / c / f"{i}.png")
+    return root
+
+
+def _labelled(root: Path) -> list[tuple[str, tuple[int, int, int], int]]:
+    cfg = make_cfg({"dataset": "custom", "train_path": str(root)})
+    ds = D.build_dataset(data_spec(cfg), "train", None)
+    return [
+        (str(Path(p).relative_to(root)), ds[i][0].getpixel((0, 0)), t)
+        for i, (p, t) in enumerate(ds.samples)
+    ]
+
+
+def test_links_between_class_folders_never_relabel_or_repeat_an_image(tmp_path):
+    """`ln -s ../dress train/tshirt/alias` listed the dress images again as t-shirts, and links
+    to `..` or the training root listed every image again in the linking class."""
+    root = _two_classes(tmp_path / "train")
+    (root / "tshirt" / "alias").symlink_to("../dress")
+    (root / "tshirt" / "up").symlink_to("..")
+    (root / "dress" / "root").symlink_to(root)
+    (root / "dress" / "copy.png").symlink_to("0.png")  # a second name of dress/0.png
+    (root / "stray.png").symlink_to(root / "dress" / "1.png")  # in the tree, in no class
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("RGB", (4, 4), (0, 0, 201)).save(outside / "x.png")
+    (root / "tshirt" / "more").symlink_to(outside)  # outside the tree: the linking class's
+    expected = [(f"dress/{i}.png", (200, 0, 0), 0) for i in range(3)]
+    expected += [(f"tshirt/{i}.png", (0, 0, 200), 1) for i in range(3)]
+    expected += [("tshirt/more/x.png", (0, 0, 201), 1)]
+    assert _within(15, _labelled, root) == expected
+
+
+def test_a_class_folder_linked_to_another_or_a_file_linked_from_two_classes_is_refused(tmp_path):
+    root = _two_classes(tmp_path / "train")
+    (root / "skirt").symlink_to("dress")
+    cfg = make_cfg({"dataset": "custom", "train_path": str(root)})
+    with pytest.raises(DataError, match="class folders 'dress' and 'skirt' are the same folder"):
+        D.build_dataset(data_spec(cfg), "train", None)
+    (root / "skirt").unlink()
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (4, 4), (1, 1, 1)).save(outside)
+    (root / "dress" / "x.png").symlink_to(outside)
+    (root / "tshirt" / "x.png").symlink_to(outside)
+    with pytest.raises(DataError, match="linked from .*class folders 'dress', 'tshirt'"):
+        D.build_dataset(data_spec(cfg), "train", None)

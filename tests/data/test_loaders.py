@@ -111,5 +111,5 @@ def test_image_folder_loader_with_a_worker(tmp_path):
 def test_knn_needs_labels(tmp_path):
     save_rgb(tmp_path / "x.png", (1, 1, 1))
     cfg = make_cfg({"dataset": "custom", "train_path": str(tmp_path), "no_labels": True})
-    with pytest.raises(DataError, match="data.no_labels=true"):
+    with pytest.raises(ConfigError, match="data.no_labels=True is not allowed.*knn_eval.enabled"):
         L.build_knn_loaders(data_spec(cfg))
