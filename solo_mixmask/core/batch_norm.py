@@ -78,9 +78,10 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         s = math.gcd(n, self.num_splits)
         if s == 1:
             return super().forward(x)
-        tracking = self.track_running_stats and self.running_mean is not None
+        running_mean, running_var = self.running_mean, self.running_var
+        mean = var = None
         factor = 0.0
-        if tracking:
+        if self.track_running_stats and running_mean is not None and running_var is not None:
             assert self.num_batches_tracked is not None
             self.num_batches_tracked.add_(1)
             # momentum None: cumulative moving average, as BatchNorm2d
@@ -89,8 +90,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
                 if self.momentum is None
                 else float(self.momentum)
             )
-        mean = self.running_mean.repeat(s) if tracking else None
-        var = self.running_var.repeat(s) if tracking else None
+            mean, var = running_mean.repeat(s), running_var.repeat(s)
         y = F.batch_norm(
             x.reshape(n // s, s * c, *x.shape[2:]),
             mean,
@@ -101,10 +101,10 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             factor,
             self.eps,
         ).reshape(x.shape)
-        if mean is not None and var is not None:
+        if running_mean is not None and running_var is not None and mean is not None:
             with torch.no_grad():
-                self.running_mean.copy_(mean.view(s, c).mean(dim=0))
-                self.running_var.copy_(var.view(s, c).mean(dim=0))
+                running_mean.copy_(mean.view(s, c).mean(dim=0))
+                running_var.copy_(var.view(s, c).mean(dim=0))  # type: ignore[union-attr]
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             y = y.contiguous(memory_format=torch.channels_last)
         return y

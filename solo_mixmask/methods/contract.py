@@ -28,12 +28,9 @@ if TYPE_CHECKING:
         #: The online backbone and its momentum (EMA) copy.
         backbone: nn.Module
         momentum_backbone: nn.Module
-        #: Lightning's: train/eval mode, the trainer (None before ``fit``), gathering over
-        #: processes.
+        #: Lightning's: train/eval mode and the trainer (None before ``fit``).
         training: bool
         _trainer: Any
-
-        def all_gather(self, data: torch.Tensor) -> torch.Tensor: ...
 
         #: Views of a training batch through the online / momentum network (None = all).
         online_views: list[int] | None
