@@ -1038,6 +1038,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs_dir = args.runs_dir or Path(tmp)
         runs: list[dict[str, Any]] = []
         errors: list[str] = []
+        stopped: RunStopped | None = None
         for seed in prof.seeds:  # seed-major: a cut-short benchmark stays balanced
             for method in prof.methods:
                 print(f"run {method} seed {seed}", file=sys.stderr, flush=True)
@@ -1052,21 +1053,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             args.reuse,
                         )
                     )
-                except RunStopped as err:  # SIGTERM / Ctrl-C: stop here, keep what was measured
+                except RunStopped as err:  # SIGTERM / Ctrl-C: stop after this report
                     errors.append(f"{method} seed {seed}: stopped ({err})")
-                    report(
-                        args,
-                        prof,
-                        the_plan,
-                        runs,
-                        errors,
-                        raw,
-                        time.perf_counter() - start,
-                        stem,
-                        done=False,
-                    )
-                    print(f"error: {err}", file=sys.stderr)
-                    raise SystemExit(err.exit_status) from None
+                    stopped = err
                 except Exception as err:  # keep going: report the failure in the table
                     errors.append(f"{method} seed {seed}: {type(err).__name__}: {err}")
                     print(errors[-1], file=sys.stderr)
@@ -1081,6 +1070,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     stem,
                     done=False,
                 )
+                if stopped is not None:
+                    print(f"error: {stopped}", file=sys.stderr)
+                    raise SystemExit(stopped.exit_status)
         wall = time.perf_counter() - start
     res = report(args, prof, the_plan, runs, errors, raw, wall, stem, done=True)
     print(markdown(res))

@@ -20,20 +20,8 @@ set -uo pipefail
 NEEDS="omegaconf, hydra" source "$(dirname "$0")/gpu_env.sh"
 TINY=()
 [ "${1:-}" = "--tiny" ] && TINY=(--tiny) && shift
-DATA="${SOLO_MIXMASK_CIFAR10:-}"
-if [ -z "$DATA" ]; then
-  if [ -f .cifar10/train.tar.gz ]; then DATA="$PWD/.cifar10"; else DATA="$PWD/../shared/data/cifar10"; fi
-fi
 "$PY" -c "import torch, sys, lightning; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__, 'python', sys.version.split()[0])"
-if [ ${#TINY[@]} -eq 0 ] && [ -f "$DATA/train.tar.gz" ]; then
-  # Unpack once with tar (faster than Python for 60,000 small files).
-  UNPACKED="${TMPDIR:-/tmp}/solo_mixmask_cifar10"
-  if [ ! -f "$UNPACKED/.complete" ]; then
-    mkdir -p "$UNPACKED" && tar -xzf "$DATA/train.tar.gz" -C "$UNPACKED" \
-      && tar -xzf "$DATA/test.tar.gz" -C "$UNPACKED" && touch "$UNPACKED/.complete" || exit 4
-  fi
-  DATA="$UNPACKED"
-fi
+DATA="$(cifar10_dir "${TINY[@]}")" || exit 4
 PROFILE=(--profile cifar_gpu --data "$DATA" --out-dir "$RESULT_DIR" "${TINY[@]}")
 start=$(date +%s)
 # 1. The data path alone against the training step (about half a minute on a GPU).

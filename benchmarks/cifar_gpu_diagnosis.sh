@@ -13,19 +13,8 @@ set -uo pipefail
 NEEDS="omegaconf, hydra" source "$(dirname "$0")/gpu_env.sh"
 TINY=()
 [ "${1:-}" = "--tiny" ] && TINY=(--tiny) && shift
-DATA="${SOLO_MIXMASK_CIFAR10:-}"
-if [ -z "$DATA" ]; then
-  if [ -f .cifar10/train.tar.gz ]; then DATA="$PWD/.cifar10"; else DATA="$PWD/../shared/data/cifar10"; fi
-fi
 "$PY" -c "import torch, sys, lightning; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__, 'python', sys.version.split()[0])"
-if [ ${#TINY[@]} -eq 0 ] && [ -f "$DATA/train.tar.gz" ]; then
-  UNPACKED="${TMPDIR:-/tmp}/solo_mixmask_cifar10"
-  if [ ! -f "$UNPACKED/.complete" ]; then
-    mkdir -p "$UNPACKED" && tar -xzf "$DATA/train.tar.gz" -C "$UNPACKED" \
-      && tar -xzf "$DATA/test.tar.gz" -C "$UNPACKED" && touch "$UNPACKED/.complete" || exit 4
-  fi
-  DATA="$UNPACKED"
-fi
+DATA="$(cifar10_dir "${TINY[@]}")" || exit 4
 GRID_EPOCHS="${GRID_EPOCHS:-6}"
 COMPARE_EPOCHS="${COMPARE_EPOCHS:-30}"
 [ ${#TINY[@]} -gt 0 ] && GRID_EPOCHS=2 && COMPARE_EPOCHS=2

@@ -24,3 +24,23 @@ RESULT_DIR="${OUT:-benchmarks/results}"
 mkdir -p "$RESULT_DIR"
 command -v nvidia-smi >/dev/null && \
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+# cifar10_dir [--tiny]: the CIFAR-10 folder for the CIFAR scripts: $SOLO_MIXMASK_CIFAR10, else
+# .cifar10/ in the clone (tars carried to a lent GPU machine), else ../shared/data/cifar10; tars
+# are unpacked once with tar (faster than Python for 60,000 small files) unless --tiny, whose
+# per-class sample accuracy.py makes itself. Prints the folder; exit status 4 if unpacking fails.
+cifar10_dir() {
+  local data="${SOLO_MIXMASK_CIFAR10:-}"
+  if [ -z "$data" ]; then
+    if [ -f .cifar10/train.tar.gz ]; then data="$PWD/.cifar10"; else data="$PWD/../shared/data/cifar10"; fi
+  fi
+  if [ "${1:-}" != "--tiny" ] && [ -f "$data/train.tar.gz" ]; then
+    local unpacked="${TMPDIR:-/tmp}/solo_mixmask_cifar10"
+    if [ ! -f "$unpacked/.complete" ]; then
+      mkdir -p "$unpacked" && tar -xzf "$data/train.tar.gz" -C "$unpacked" \
+        && tar -xzf "$data/test.tar.gz" -C "$unpacked" && touch "$unpacked/.complete" || return 4
+    fi
+    data="$unpacked"
+  fi
+  echo "$data"
+}

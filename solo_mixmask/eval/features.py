@@ -37,10 +37,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from solo_mixmask import compose
 from solo_mixmask.augmentation_specs import CropSpec
-from solo_mixmask.checkpoints import LoadedBackbone, run_dir_of
+from solo_mixmask.checkpoints import LoadedBackbone, load_backbone, run_dir_of
 from solo_mixmask.config import BASE_DEFAULTS, check_booleans, check_known_keys
 from solo_mixmask.dataset_facts import eval_crop_of
 from solo_mixmask.errors import ConfigError
+from solo_mixmask.eval.presets import load_preset, preset_defaults
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
@@ -92,6 +93,25 @@ def _given_tree(parsed: Sequence[tuple[str, Any]]) -> DictConfig:
             except Exception as err:  # omegaconf raises several types for a bad path
                 raise ConfigError(key, value, f"a settable config key ({err})") from err
     return tree
+
+
+def preset_eval_config(
+    checkpoint: str | Path, overrides: Sequence[str], preset: str, folder: Path
+) -> tuple[LoadedBackbone, DictConfig]:
+    """The backbone of ``checkpoint`` and its :func:`eval_config` under the preset ``preset``
+    (a name in ``folder``, e.g. ``configs/linear/``, or a YAML path) over the folder's
+    defaults."""
+    preset_cfg = load_preset(preset, folder)
+    lb = load_backbone(checkpoint)
+    cfg = eval_config(
+        lb,
+        checkpoint,
+        overrides,
+        preset=preset_cfg,
+        defaults=preset_defaults(folder),
+        preset_name=preset,
+    )
+    return lb, cfg
 
 
 def eval_config(

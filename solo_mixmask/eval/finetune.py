@@ -32,23 +32,23 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from solo_mixmask.checkpoints import LoadedBackbone, load_backbone
+from solo_mixmask.checkpoints import LoadedBackbone
 from solo_mixmask.config import DEFAULT_SEED, check_number, read_bool, select, warn_one_class
 from solo_mixmask.data_specs import data_spec, image_count
 from solo_mixmask.errors import ConfigError, DataError
 from solo_mixmask.eval.features import (
     decay_epochs,
-    eval_config,
     eval_device,
     extract_features,
     make_loader,
     output_dir,
+    preset_eval_config,
     seeded_subset,
     train_crop_transform,
     train_epochs,
 )
 from solo_mixmask.eval.linear import evaluate_head, new_linear_head
-from solo_mixmask.eval.presets import load_preset, preset_defaults, presets_dir
+from solo_mixmask.eval.presets import presets_dir
 from solo_mixmask.paths import check_output_dir
 
 PRESETS_DIR = presets_dir("finetune")
@@ -250,16 +250,7 @@ def run_finetune(
 
     start = time.perf_counter()
     fraction = check_fraction(fraction)
-    preset_cfg = load_preset(preset, PRESETS_DIR)
-    lb = load_backbone(checkpoint)
-    cfg = eval_config(
-        lb,
-        checkpoint,
-        overrides,
-        preset=preset_cfg,
-        defaults=preset_defaults(PRESETS_DIR),
-        preset_name=preset,
-    )
+    lb, cfg = preset_eval_config(checkpoint, overrides, preset, PRESETS_DIR)
     s = FinetuneSettings.from_cfg(cfg)
     seed = int(select(cfg, "seed", DEFAULT_SEED))
     workers = int(select(cfg, "data.num_workers", 0))

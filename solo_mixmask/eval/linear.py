@@ -35,24 +35,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from solo_mixmask.checkpoints import load_backbone
 from solo_mixmask.config import DEFAULT_SEED, check_number, select, warn_one_class
 from solo_mixmask.data_specs import data_spec, image_count
 from solo_mixmask.errors import DataError
 from solo_mixmask.eval.features import (
     decay_epochs,
-    eval_config,
     eval_device,
     extract_features,
     make_loader,
     output_path,
     prepare_backbone,
+    preset_eval_config,
     seeded_subset,
     train_crop_transform,
     train_epochs,
 )
 from solo_mixmask.eval.presets import load_preset as _load_preset
-from solo_mixmask.eval.presets import preset_defaults, presets_dir
+from solo_mixmask.eval.presets import presets_dir
 from solo_mixmask.paths import check_output_file
 
 PRESETS_DIR = presets_dir("linear")
@@ -248,16 +247,7 @@ def run_linear(
     start = time.perf_counter()
     eval_device(device)  # a GPU this machine lacks, before anything is read
     check_output_file("--out", output_path(checkpoint, "linear", out))  # before the features
-    preset_cfg = load_preset(preset)
-    lb = load_backbone(checkpoint)
-    cfg = eval_config(
-        lb,
-        checkpoint,
-        overrides,
-        preset=preset_cfg,
-        defaults=preset_defaults(PRESETS_DIR),
-        preset_name=preset,
-    )
+    lb, cfg = preset_eval_config(checkpoint, overrides, preset, PRESETS_DIR)
     s = LinearSettings.from_cfg(cfg)
     seed = int(select(cfg, "seed", DEFAULT_SEED))
     workers = int(select(cfg, "data.num_workers", 0))

@@ -112,3 +112,45 @@ def test_gpu_profile_plans_epochs_from_the_budget():
     assert plan["estimated_s"] < 0.9 * 600
     fast = accuracy.plan(prof, {**cal, "step_s": {"mocov2plus": 0.002, "mixmask": 0.003}})
     assert fast["epochs"] == 100  # the target is the cap
+
+
+@needs_cifar
+def test_cifar_grid_tiny_reports_losses_and_collapse_per_condition(tmp_path):
+    run_script(
+        "cifar_grid.py",
+        "--tiny",
+        "--epochs",
+        "1",
+        "--conditions",
+        "warmup_split_bn",
+        "--parallel",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+    )
+    res = load(tmp_path / "cifar_grid_tiny.json")
+    assert [(r["condition"], r["method"]) for r in res["runs"]] == [
+        ("warmup_split_bn", "mocov2plus"),
+        ("warmup_split_bn", "mixmask"),
+    ]
+    for run in res["runs"]:
+        assert run["error"] is None and isinstance(run["collapsed"], bool)
+        assert 0 < run["embedding_std"] <= 1 and run["series"]["nce_loss"]
+        assert [e for e, _ in run["series"]["knn_acc1"]] == [1]  # not the init row
+    mixmask = res["runs"][1]
+    assert mixmask["series"]["mixed_loss"] and not res["runs"][0]["series"]["mixed_loss"]
+    md = (tmp_path / "cifar_grid_tiny.md").read_text()
+    assert "| warmup_split_bn | scheduler.warmup_epochs=2, method_kwargs.bn_splits=8" in md
+    assert (tmp_path / "cifar_grid_tiny.png").stat().st_size > 1000
+
+
+def test_grid_conditions_replace_the_base_recipe_keys():
+    import cifar_grid
+
+    merged = cifar_grid.with_overrides(("a=1", "b=2"), ("b=3", "c=4"))
+    assert merged == ("a=1", "b=3", "c=4")
+    for name, extra in cifar_grid.CONDITIONS.items():
+        recipe = cifar_grid.with_overrides(cifar_grid.COLLAPSED_RECIPE, extra)
+        keys = [o.split("=", 1)[0] for o in recipe]
+        assert len(keys) == len(set(keys)), name  # hydra refuses a key given twice
+    assert "scheduler.warmup_epochs=0" in cifar_grid.CONDITIONS["collapsed_recipe"]
