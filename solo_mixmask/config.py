@@ -580,6 +580,24 @@ def warn_warmup(cfg: DictConfig) -> None:
         )
 
 
+#: Keys the engine reads inside a section that have no default in :data:`BASE_DEFAULTS`.
+SECTION_EXTRA_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("num_classes", "dali_device"),
+    "scheduler": ("lr_decay_steps", "gamma"),
+}
+
+
+def check_section_keys(cfg: DictConfig) -> None:
+    """A misspelled key inside a section (``data.knn_train_sbset``, ``optimizer.lrr``) is an
+    error with a did-you-mean, never a setting silently dropped. ``method_kwargs`` (checked by
+    the method) and ``optimizer.kwargs`` (by :func:`check_optimizer_kwargs`) are not here."""
+    for section, defaults in BASE_DEFAULTS.items():
+        if isinstance(defaults, dict) and section != "method_kwargs":
+            if isinstance(OmegaConf.select(cfg, section), DictConfig):
+                allowed = set(defaults) | set(SECTION_EXTRA_KEYS.get(section, ()))
+                check_known_keys(cfg, section, allowed)
+
+
 def validate_base(cfg: DictConfig) -> None:
     """Checks shared by every method (keys outside ``method_kwargs``)."""
     from solo_mixmask.augmentation_specs import parse_augmentations
@@ -587,6 +605,7 @@ def validate_base(cfg: DictConfig) -> None:
     check_mandatory_values(cfg)
     check_no_instantiation(cfg)
     check_known_keys(cfg, "", set(BASE_DEFAULTS) | trainer_arg_names())
+    check_section_keys(cfg)
     check_trainer_keys_set_here(cfg)
     check_run_name(cfg)
     check_booleans(cfg)

@@ -28,6 +28,18 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [*FMNIST, "method=mixmsk"],
         ["method='mixmsk'", "mocov2plus, mixmask, unmix, unmix_mixmask, byol", "'mixmask'"],
     ),
+    "misspelled_data_key": (
+        [*FMNIST, "data.knn_train_sbset=100"],
+        ["data.knn_train_sbset=100", "no such key", "did you mean 'knn_train_subset'"],
+    ),
+    "misspelled_optimizer_key": (
+        [*FMNIST, "optimizer.lrr=1"],
+        ["optimizer.lrr=1", "no such key", "did you mean 'lr'"],
+    ),
+    "bn_splits_not_dividing_the_batch": (
+        [*FMNIST, "method_kwargs.bn_splits=3"],
+        ["method_kwargs.bn_splits=3", "a divisor of optimizer.batch_size=8"],
+    ),
     "mask_ratio_above_1": (
         [*FMNIST, "method_kwargs.mask_ratio=1.5"],
         ["method_kwargs.mask_ratio=1.5", "(0, 1)"],
