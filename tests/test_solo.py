@@ -754,8 +754,8 @@ def test_split_bn_and_shuffled_keys_train_inside_solo_learn_main_pretrain(
     monkeypatch.chdir(tmp_path)
     overrides = [o for o in cpu_overrides(image_folder) if "queue_size" not in o] + [
         f"method={method}_probe",
-        "++method_kwargs.bn_splits=2",  # absent from the shipped configs (default 1)
-        "++method_kwargs.shuffle_bn=True",
+        "method_kwargs.bn_splits=2",  # in the shipped configs (bn_splits: 1, shuffle_bn: False)
+        "method_kwargs.shuffle_bn=True",
         "knn_eval.enabled=False",
         "checkpoint.enabled=False",
         "+num_sanity_val_steps=0",
