@@ -30,7 +30,8 @@ BYOL_DEFAULTS: dict[str, Any] = {
 
 
 def check_byol_config(cfg: DictConfig) -> None:
-    """BYOL's head widths (``BYOL_DEFAULTS`` keys) are integers >= 1; ConfigError otherwise."""
+    """BYOL's head widths (proj_hidden_dim, proj_output_dim, pred_hidden_dim) are integers
+    >= 1; ConfigError otherwise."""
     for key in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"):
         check_number(cfg, f"method_kwargs.{key}", low=1, integer=True)
 
