@@ -2,7 +2,8 @@
 
 - :func:`safe_load_checkpoint` reads with ``torch.load(weights_only=True)``: a pickle that would
   run code is refused (:class:`~solo_mixmask.errors.CheckpointError`).
-- :func:`atomic_torch_save` and :class:`SafeAtomicCheckpointIO` (a Lightning ``CheckpointIO``
+- :func:`atomic_write` (any file: checkpoints, their copies, ``summary.json``),
+  :func:`atomic_torch_save` and :class:`SafeAtomicCheckpointIO` (a Lightning ``CheckpointIO``
   plugin) write to a temporary file in the same folder, fsync it and rename it over the target,
   so a kill or a full disk during a save leaves the previous file intact; loads are safe
   whatever Lightning version calls them (2.1 passes no ``weights_only``).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +42,19 @@ def safe_load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)`` through ``<dir>/.<name>.tmp-<pid>`` + fsync + ``os.replace``.
-
-    Readers see either the previous complete file or the new complete file, never a part. A
-    full disk (``ENOSPC``, however torch reports it) is a CheckpointError saying so; the
-    previous file stays.
-    """
+def atomic_write(path: str | Path, write: Callable[[Any], Any], disk_full: str) -> None:
+    """Write ``path`` whole or not at all: ``write(f)`` fills a binary file ``f`` that is
+    ``<dir>/.<name>.tmp-<pid>``, which is fsynced and renamed over ``path``. A full disk
+    (``ENOSPC``, also when the writer reports it as another error, as torch's zip writer does)
+    is a CheckpointError with the message ``disk_full``; the previous file stays."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     writer = None
     try:
         try:
             with open(tmp, "wb") as raw:
                 writer = _RecordingWriter(raw)
-                # torch.save documents "has to implement write and flush"; its stub asks IO[bytes]
-                torch.save(obj, writer)  # type: ignore[arg-type]
+                write(writer)
                 raw.flush()
                 os.fsync(raw.fileno())
         except (OSError, RuntimeError) as err:
@@ -64,12 +62,25 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             # the OSError that the file raised says what happened
             cause = writer.error if writer is not None and writer.error is not None else err
             if getattr(cause, "errno", None) == errno.ENOSPC:
-                raise CheckpointError(_disk_full(path)) from cause
+                raise CheckpointError(disk_full) from cause
             raise
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` through :func:`atomic_write`, then the rename made durable.
+
+    Readers see either the previous complete file or the new complete file, never a part. A
+    full disk (``ENOSPC``, however torch reports it) is a CheckpointError saying so; the
+    previous file stays.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # torch.save documents "has to implement write and flush"; its stub asks IO[bytes]
+    atomic_write(path, lambda f: torch.save(obj, f), _disk_full(path))
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
     except OSError:
@@ -83,27 +94,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def atomic_copy(source: str | Path, path: str | Path) -> None:
-    """Copy the file ``source`` to ``path`` as :func:`atomic_torch_save` writes: through a
-    temporary file in ``path``'s folder, fsynced, then renamed (CheckpointError for a full
-    disk)."""
+    """Copy the file ``source`` to ``path`` through :func:`atomic_write` (CheckpointError for
+    a full disk)."""
     import shutil
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        try:
-            with open(source, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-                dst.flush()
-                os.fsync(dst.fileno())
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                raise CheckpointError(_disk_full(path)) from err
-            raise
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    def copy(f: Any) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f)
+
+    atomic_write(path, copy, _disk_full(Path(path)))
 
 
 def _disk_full(path: Path) -> str:
@@ -119,7 +118,8 @@ def _disk_full(path: Path) -> str:
 
 
 class _RecordingWriter:
-    """A binary file for ``torch.save`` that remembers the first OSError its writes raised."""
+    """A binary file (for ``torch.save`` and others) that remembers the first OSError its
+    writes raised."""
 
     def __init__(self, raw: Any):
         self.raw = raw

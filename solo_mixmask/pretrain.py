@@ -47,7 +47,7 @@ from solo_mixmask.callbacks import (
     TrainSpeed,
     stopped_error,
 )
-from solo_mixmask.checkpoint_io import LAST, safe_load_checkpoint
+from solo_mixmask.checkpoint_io import LAST, atomic_write, safe_load_checkpoint
 from solo_mixmask.checkpoints import SavedModel, check_model_fits
 from solo_mixmask.config import (
     check_mandatory_values,
@@ -385,23 +385,12 @@ def collapse_message(collapse: dict[str, Any]) -> str:
 
 
 def _write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """``summary.json``, written whole or not at all (temporary file + rename). A full disk is
-    a CheckpointError: the run has trained, and ``resume`` finishes it once there is space."""
-    import errno
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        try:
-            tmp.write_text(json.dumps(summary, indent=2))
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
-                raise
-            raise CheckpointError(
-                f"cannot write {path}: no space left on device; the run has trained and its "
-                f"checkpoints are kept: free some space, then solo-mixmask resume {path.parent} "
-                "writes the summary"
-            ) from err
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``summary.json``, written whole or not at all (:func:`atomic_write`). A full disk is a
+    CheckpointError: the run has trained, and ``resume`` finishes it once there is space."""
+    atomic_write(
+        path,
+        lambda f: f.write(json.dumps(summary, indent=2).encode()),
+        f"cannot write {path}: no space left on device; the run has trained and its "
+        f"checkpoints are kept: free some space, then solo-mixmask resume {path.parent} "
+        "writes the summary",
+    )
