@@ -41,6 +41,19 @@ TINY = [
 ]
 
 
+def custom_data(train: Path | str, val: Path | str | None = None) -> list[str]:
+    """Overrides that train on every image of the ImageFolder tree ``train`` (no subsets) and
+    validate on ``val`` (default: the same tree)."""
+    return [
+        "data.dataset=custom",
+        f"data.train_path={train}",
+        f"data.val_path={val if val is not None else train}",
+        "data.train_subset=null",
+        "data.knn_train_subset=null",
+        "data.val_subset=null",
+    ]
+
+
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli_helpers import TINY, error_lines, run_many
+from tests.cli_helpers import TINY, custom_data, error_lines, run_many
 
 COLOURS = {"a": (250, 0, 0), "b": (0, 250, 0), "c": (0, 0, 250), "d": (250, 250, 0)}
 
@@ -36,12 +36,7 @@ def _pretrain(train: Path, val: Path, run_dir: Path) -> list[str]:
     return [
         "pretrain",
         *TINY,
-        "data.dataset=custom",
-        f"data.train_path={train}",
-        f"data.val_path={val}",
-        "data.train_subset=null",
-        "data.knn_train_subset=null",
-        "data.val_subset=null",
+        *custom_data(train, val),
         "knn_eval.k=1",
         f"checkpoint.run_dir={run_dir}",
     ]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli_helpers import TINY, error_lines, run_many
+from tests.cli_helpers import TINY, custom_data, error_lines, run_many
 
 FMNIST = ["pretrain", *TINY]
 UNMIX = ["pretrain", "--config-name", "unmix", *TINY]
@@ -167,12 +167,7 @@ def _image_folder(root):
 def _custom(root, run_dir, *extra):
     return [
         *FMNIST,
-        "data.dataset=custom",
-        f"data.train_path={root}",
-        f"data.val_path={root}",
-        "data.train_subset=null",
-        "data.knn_train_subset=null",
-        "data.val_subset=null",
+        *custom_data(root),
         f"checkpoint.run_dir={run_dir}",
         *extra,
     ]

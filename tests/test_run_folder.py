@@ -26,7 +26,7 @@ import torch
 
 from solo_mixmask import cli
 from solo_mixmask.run_folder import LOCK, RunLock, holder_alive, this_process
-from tests.cli_helpers import TINY, error_lines, finish, start
+from tests.cli_helpers import TINY, custom_data, error_lines, finish, start
 
 
 def _main(capsys, args):
@@ -183,14 +183,7 @@ def _bad_image_tree(root):
 
 def test_a_run_whose_images_are_all_bad_leaves_no_folder(tmp_path, capsys):
     bad = _bad_image_tree(tmp_path / "bad")
-    data = [
-        "data.dataset=custom",
-        f"data.train_path={bad}",
-        f"data.val_path={bad}",
-        "data.train_subset=null",
-        "data.knn_train_subset=null",
-        "data.val_subset=null",
-    ]
+    data = custom_data(bad)
     code, _, err = _main(capsys, ["pretrain", *TINY, *data, f"checkpoint.dir={tmp_path / 'runs'}"])
     line = _one_error(code, err)
     assert "can be decoded" in line, line

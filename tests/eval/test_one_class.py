@@ -9,7 +9,7 @@ import json
 import pytest
 
 from solo_mixmask.cli import main
-from tests.cli_helpers import TINY, run
+from tests.cli_helpers import TINY, custom_data, run
 from tests.eval.helpers import class_folder_tree
 
 WARNING = "data.num_classes=1 is one class"
@@ -25,12 +25,7 @@ def one_class_run(tmp_path_factory):
         [
             "pretrain",
             *TINY,
-            "data.dataset=custom",
-            f"data.train_path={train}",
-            f"data.val_path={val}",
-            "data.train_subset=null",
-            "data.knn_train_subset=null",
-            "data.val_subset=null",
+            *custom_data(train, val),
             f"checkpoint.run_dir={base / 'run'}",
         ]
     )
