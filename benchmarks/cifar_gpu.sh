@@ -20,7 +20,6 @@ set -uo pipefail
 NEEDS="omegaconf, hydra" source "$(dirname "$0")/gpu_env.sh"
 TINY=()
 [ "${1:-}" = "--tiny" ] && TINY=(--tiny) && shift
-"$PY" -c "import torch, sys, lightning; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__, 'python', sys.version.split()[0])"
 DATA="$(cifar10_dir "${TINY[@]}")" || exit 4
 PROFILE=(--profile cifar_gpu --data "$DATA" --out-dir "$RESULT_DIR" "${TINY[@]}")
 start=$(date +%s)

@@ -13,7 +13,6 @@ set -uo pipefail
 NEEDS="omegaconf, hydra" source "$(dirname "$0")/gpu_env.sh"
 TINY=()
 [ "${1:-}" = "--tiny" ] && TINY=(--tiny) && shift
-"$PY" -c "import torch, sys, lightning; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__, 'python', sys.version.split()[0])"
 DATA="$(cifar10_dir "${TINY[@]}")" || exit 4
 GRID_EPOCHS="${GRID_EPOCHS:-6}"
 COMPARE_EPOCHS="${COMPARE_EPOCHS:-30}"

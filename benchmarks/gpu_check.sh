@@ -13,7 +13,6 @@
 # script installs them into /tmp/site. DALI's wheel (~425 MB) is too big to carry there.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
-"$PY" -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'python', sys.version.split()[0])"
 # 450 s for the python part leaves the rest of the 8 minutes for start-up and the copy back.
 timeout 450 "$PY" benchmarks/gpu_check.py --out "$RESULT_DIR/gpu_check.json" "$@" 2>&1 \
   | tee "$RESULT_DIR/gpu_check.log"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Sourced by the prepared GPU scripts (gpu_check.sh, cifar_gpu.sh). Sets PY (the interpreter:
+# Sourced by the prepared GPU scripts (gpu_check.sh, cifar_gpu.sh, cifar_gpu_diagnosis.sh). Sets PY (the interpreter:
 # $PYTHON, else the project's .venv on a machine without nvidia-smi, else python3), puts the
 # clone on PYTHONPATH, and where the modules named in NEEDS (default omegaconf) are missing,
 # installs the wheels found in .whl/ into /tmp/site (the lent GPU machines have no registry).
-# RESULT_DIR is $OUT if set, else benchmarks/results.
+# RESULT_DIR is $OUT if set, else benchmarks/results. Prints the GPU and the torch / lightning /
+# python versions.
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -24,6 +25,7 @@ RESULT_DIR="${OUT:-benchmarks/results}"
 mkdir -p "$RESULT_DIR"
 command -v nvidia-smi >/dev/null && \
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" -c "import torch, sys, lightning; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__, 'python', sys.version.split()[0])"
 
 # cifar10_dir [--tiny]: the CIFAR-10 folder for the CIFAR scripts: $SOLO_MIXMASK_CIFAR10, else
 # .cifar10/ in the clone (tars carried to a lent GPU machine), else ../shared/data/cifar10; tars
