@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import cifar10_folder, cifar10_source  # noqa: E402
 
 
-def _summary(stdout: str, tmp: Path) -> dict:
+def _summary(tmp: Path) -> dict:
     (run_dir,) = [p for p in tmp.iterdir() if p.is_dir()]
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -47,14 +47,14 @@ def test_summary_has_the_collapse_measure_and_a_forced_collapse_warns(tmp_path):
         ]
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
-    summary = _summary(ok.stdout, ok_dir)
+    summary = _summary(ok_dir)
     assert summary["embedding_std_spread"] == pytest.approx(0.25)  # proj_output_dim 16
     assert 0.1 * 0.25 < summary["embedding_std"] <= 1 and summary["collapsed"] is False
     assert "collapsed" not in ok.stderr and "COLLAPSED" not in ok.stdout
     assert "embedding_std" in ok.stdout  # the per-epoch line
 
     assert collapsed.returncode == 0, collapsed.stderr[-2000:]
-    summary = _summary(collapsed.stdout, collapsed_dir)
+    summary = _summary(collapsed_dir)
     assert summary["collapsed"] is True and summary["embedding_std"] < 0.1 * 0.25
     warnings = [line for line in collapsed.stderr.splitlines() if line.startswith("warning:")]
     assert [w for w in warnings if "the run collapsed" in w] == [
@@ -92,7 +92,7 @@ def test_tiny_cifar_run_with_split_batch_norm_and_shuffled_keys(tmp_path):
         ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = _summary(result.stdout, tmp_path)
+    summary = _summary(tmp_path)
     assert summary["train_images"] == 80 and summary["steps"] == 10  # 8 per class, batch 8
     assert summary["embedding_std"] is not None
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
