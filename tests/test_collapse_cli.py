@@ -41,6 +41,7 @@ def test_summary_has_the_collapse_measure_and_a_forced_collapse_warns(tmp_path):
                 "pretrain",
                 *TINY,
                 "max_epochs=2",
+                "check_val_every_n_epoch=2",
                 "optimizer.weight_decay=500",
                 f"checkpoint.dir={collapsed_dir}",
             ],
@@ -63,6 +64,8 @@ def test_summary_has_the_collapse_measure_and_a_forced_collapse_warns(tmp_path):
     assert len([w for w in warnings if "the run collapsed" in w]) == 1
     epoch_lines = [line for line in collapsed.stdout.splitlines() if line.startswith("epoch ")]
     assert "COLLAPSED" in epoch_lines[-1]
+    # k-NN is printed on the epochs that measured it only (every 2nd epoch here)
+    assert "k-NN" not in epoch_lines[0] and "k-NN top-1" in epoch_lines[1]
 
 
 @pytest.mark.skipif(

@@ -203,3 +203,20 @@ def test_sigterm_stops_the_benchmark_with_143(tmp_path):
     assert proc.returncode == 143, output[-3000:]
     assert "run mocov2plus seed 1" in output and "run mixmask" not in output
     assert "error:" in output
+
+
+def test_explicit_epochs_turn_off_the_budget_planning():
+    import sys
+
+    from tests.benchmarks.helpers import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+
+    planned = accuracy.resolve_profile(accuracy.parse_args(["--profile", "cifar_gpu"]))
+    assert planned.epochs_from_budget and planned.budget_minutes
+    fixed = accuracy.resolve_profile(
+        accuracy.parse_args(["--profile", "cifar_gpu", "--epochs", "30"])
+    )
+    assert (fixed.epochs, fixed.epochs_from_budget, fixed.budget_minutes) == (30, False, None)
+    assert accuracy.plan(fixed, None)["epochs"] == 30
