@@ -162,22 +162,27 @@ def build_trainer(
     return BareTrainer(model, autocast=autocast)
 
 
+def mask_mixer(model: Any) -> Any:
+    """The method's MixMask mixer (``core.mixing.MaskMixer``)."""
+    return next(mixer for mixer, _ in model.mixers if mixer.name == "mask")
+
+
 def mask_jobs(
     model: Any, x: torch.Tensor, partner: torch.Tensor, calls: int, inner: int = 1
 ) -> dict[str, Callable[[], None]]:
-    """Timing jobs for the MixMask branch's own work, done as ``model.mask_branch`` does it.
+    """Timing jobs for the MixMask branch's own work, done as the model's mixed branch does it.
 
     ``masks_mixing``: ``inner`` x (pixel masks taken from a bank + mixing) for images ``x``
     (B,3,H,W), from a bank filled beforehand with enough masks for ``calls`` calls, so no
     refill falls inside the timing; ``mask_bank_refill``: one bulk draw of the model's bank
-    capacity (``model.mask_bank.capacity`` cell masks). :func:`mask_share` adds the two up.
+    capacity (its mask mixer's ``bank.capacity`` cell masks). :func:`mask_share` adds the two up.
     """
     n, size = x.shape[0], tuple(x.shape[-2:])
-    per_step = n if model.per_sample_masks else 1
-    gen = model.mixing_generator(x.device)
-    bank = MaskBank(
-        model.grid_size, model.mask_ratio, model.mask_type, capacity=per_step * calls * inner + 1
-    )
+    mixer = mask_mixer(model)
+    per_step = n if mixer.per_sample_masks else 1
+    gen = model.ranked_generators().device(x.device)
+    grid, ratio, kind = mixer.bank.grid_size, mixer.bank.ratio, mixer.bank.mask_type
+    bank = MaskBank(grid, ratio, kind, capacity=per_step * calls * inner + 1)
     bank.take(1, generator=gen, device=x.device)  # draws the bank now, outside the timing
 
     def masks_mixing() -> None:
@@ -185,7 +190,7 @@ def mask_jobs(
             masks = bank.sample(
                 n,
                 size,
-                per_sample=model.per_sample_masks,
+                per_sample=mixer.per_sample_masks,
                 generator=gen,
                 device=x.device,
                 dtype=x.dtype,
@@ -193,14 +198,7 @@ def mask_jobs(
             mix_with_masks(x, masks, partner)
 
     def mask_bank_refill() -> None:
-        draw_cells(
-            model.mask_bank.capacity,
-            model.grid_size,
-            model.mask_ratio,
-            model.mask_type,
-            generator=gen,
-            device=x.device,
-        )
+        draw_cells(mixer.bank.capacity, grid, ratio, kind, generator=gen, device=x.device)
 
     return {"masks_mixing": masks_mixing, "mask_bank_refill": mask_bank_refill}
 
@@ -209,9 +207,10 @@ def mask_share(stats: dict[str, Any], model: Any, batch: int, step_s: float) -> 
     """Seconds per step of masks + mixing with the bank's refills amortised, and its share of
     a step of ``step_s`` seconds: ``masks_mixing + refill * masks per step / capacity``, with
     ``stats`` medians per call (a caller timing ``inner`` calls at once divides first)."""
-    per_step = batch if model.per_sample_masks else 1
+    mixer = mask_mixer(model)
+    per_step = batch if mixer.per_sample_masks else 1
     take = stats["masks_mixing"]["median_s"]
-    refill = stats["mask_bank_refill"]["median_s"] * per_step / model.mask_bank.capacity
+    refill = stats["mask_bank_refill"]["median_s"] * per_step / mixer.bank.capacity
     return {
         "take_and_mix_s": take,
         "refill_per_step_s": refill,

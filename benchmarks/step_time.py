@@ -49,11 +49,7 @@ from common import (  # noqa: E402
     write_results,
 )
 
-from solo_mixmask.core.mixing import (  # noqa: E402
-    reversed_partner,
-    sample_unmix_params,
-    unmix,
-)
+from solo_mixmask.core.mixing import reversed_partner  # noqa: E402
 
 METHODS_DEFAULT = ("mocov2plus", "mixmask", "unmix", "unmix_mixmask", "byol")
 GOAL_GAP = 0.05  # mixmask / moco within 5% of its FLOP-ideal ratio
@@ -164,17 +160,11 @@ def build_jobs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
         (trainers[m].model for m in ("unmix", "unmix_mixmask") if m in trainers), None
     )
     if unmix_model is not None:
+        mixer = next(m for m, _ in unmix_model.mixers if m.name == "unmix")
 
         def unmix_mixing() -> None:
             for _ in range(args.inner):
-                params = sample_unmix_params(
-                    unmix_model.unmix_alpha,
-                    unmix_model.unmix_prob,
-                    x.shape[-2],
-                    x.shape[-1],
-                    generator=unmix_model.generators.host(),
-                )
-                unmix(x, partner, params)
+                mixer.mix(x, partner, unmix_model.generators.host())
 
         jobs["unmix_mixing"] = unmix_mixing
     return jobs, trainers

@@ -6,19 +6,23 @@ what is allowed, so a typo fails before any data is read or any weight is alloca
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import inspect
-import math
 import os
 import typing
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
 
-from solo_mixmask.errors import ConfigError, ConfigWarning
+from solo_mixmask.errors import (
+    ConfigError,
+    check_bool_value,
+    check_choice_value,
+    check_number_value,
+)
+from solo_mixmask.errors import config_warning as config_warning  # re-exported: the checks' warning
+from solo_mixmask.errors import suggest as suggest  # re-exported: the checks' did-you-mean
 
 #: The random seed of a config that names none (solo-learn's configs use 5).
 DEFAULT_SEED = 5
@@ -166,53 +170,19 @@ def fill_defaults(cfg: DictConfig, defaults: dict[str, Any], prefix: str = "") -
     return cfg
 
 
-def suggest(value: str, allowed: Iterable[str]) -> str:
-    """' (did you mean X?)' for a close match among ``allowed``, else ''."""
-    close = difflib.get_close_matches(str(value), list(allowed), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def check_choice(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
-    allowed = tuple(allowed)
-    value = OmegaConf.select(cfg, key)
-    if value not in allowed:
-        raise ConfigError(key, value, f"one of {', '.join(allowed)}{suggest(value, allowed)}")
+    check_choice_value(key, OmegaConf.select(cfg, key), allowed)
 
 
-def check_number(
-    cfg: DictConfig,
-    key: str,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    integer: bool = False,
-) -> None:
-    """Check that ``cfg[key]`` is a finite number inside the (half-)open or closed interval
-    given (an unbounded side is open: inf and nan are never allowed)."""
-    value = OmegaConf.select(cfg, key)
-    kind = "an integer" if integer else "a number"
-    lo = "-inf" if low is None else low
-    hi = "inf" if high is None else high
-    interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    ok = ok and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        raise ConfigError(key, value, f"{kind} in {interval}")
+def check_number(cfg: DictConfig, key: str, **interval: Any) -> None:
+    """Check that ``cfg[key]`` is a finite number in the interval of
+    :func:`~solo_mixmask.errors.check_number_value` (low, high, low_open, high_open, integer)."""
+    check_number_value(key, OmegaConf.select(cfg, key), **interval)
 
 
 def check_bool(cfg: DictConfig, key: str, allow_null: bool = False) -> None:
-    """``cfg[key]`` is true or false (or null with ``allow_null``): ``bool("no")`` is True, so a
-    string such as "no" or "yes" must never reach a ``bool(...)`` read."""
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or (allow_null and value is None):
-        return
-    raise ConfigError(key, value, "true or false or null (auto)" if allow_null else "true or false")
+    """``cfg[key]`` is true or false (or null with ``allow_null``)."""
+    check_bool_value(key, OmegaConf.select(cfg, key), allow_null)
 
 
 def read_bool(cfg: DictConfig, key: str, default: bool = False) -> bool:
@@ -323,12 +293,6 @@ def check_logger_packages(cfg: DictConfig) -> None:
             raise ConfigError(key, True, f"false, or install the package first: {command}")
 
 
-def config_warning(key: str, value: Any, consequence: str) -> None:
-    """One start-up warning: ``key=value`` runs, but ``consequence``. Shown once per process
-    (the checks run again when the method is built): its location is the checker's line."""
-    warnings.warn(f"{key}={value!r} {consequence}", ConfigWarning, stacklevel=2)
-
-
 def check_known_keys(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
     """Fail on keys under ``key`` that are not in ``allowed`` (config typos)."""
     node = OmegaConf.select(cfg, key) if key else cfg
@@ -347,6 +311,11 @@ def check_known_keys(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
 def crop_size(cfg: DictConfig) -> int:
     """Crop size (pixels) of the first augmentation pipeline."""
     return int(cfg.augmentations[0].get("crop_size", 32))
+
+
+def smallest_crop_size(cfg: DictConfig) -> int:
+    """The smallest crop size (pixels) among the augmentation pipelines."""
+    return min(int(a.get("crop_size", 32)) for a in cfg.augmentations)
 
 
 def check_mandatory_values(cfg: DictConfig) -> None:

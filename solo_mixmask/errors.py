@@ -1,8 +1,14 @@
 """Exceptions for user mistakes (as opposed to bugs in solo_mixmask), and for runs that stop
 before their end (a non-finite loss, a stop signal); the command line maps each to one
-``error:`` line and an exit status."""
+``error:`` line and an exit status. Also the value checks that raise :class:`ConfigError`, so
+that every layer (the mixers in ``core`` too) words a bad setting the same way."""
 
+import difflib
+import math
 import signal
+import warnings
+from collections.abc import Iterable
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -15,6 +21,59 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value: object, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is not allowed: expected {allowed}")
+
+
+def suggest(value: object, allowed: Iterable[str]) -> str:
+    """' (did you mean X?)' for a close match among ``allowed``, else ''."""
+    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice_value(key: str, value: Any, allowed: Iterable[str]) -> None:
+    """ConfigError unless ``value`` is one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(key, value, f"one of {', '.join(allowed)}{suggest(value, allowed)}")
+
+
+def check_number_value(
+    key: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> None:
+    """ConfigError unless ``value`` is a finite number (an integer with ``integer``) inside the
+    (half-)open or closed interval given (an unbounded side is open: inf and nan never pass)."""
+    kind = "an integer" if integer else "a number"
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = ok and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ConfigError(key, value, f"{kind} in {interval}")
+
+
+def check_bool_value(key: str, value: Any, allow_null: bool = False) -> None:
+    """ConfigError unless ``value`` is true or false (or None with ``allow_null``):
+    ``bool("no")`` is True, so a string must never reach a ``bool(...)`` read."""
+    if isinstance(value, bool) or (allow_null and value is None):
+        return
+    raise ConfigError(key, value, "true or false or null (auto)" if allow_null else "true or false")
+
+
+def config_warning(key: str, value: Any, consequence: str) -> None:
+    """One start-up warning: ``key=value`` runs, but ``consequence``. Shown once per process
+    (the checks run again when the method is built): its location is the checker's line."""
+    warnings.warn(f"{key}={value!r} {consequence}", ConfigWarning, stacklevel=2)
 
 
 class DataError(RuntimeError):

@@ -59,14 +59,14 @@ class SoloMethod(NamedTuple):
 
 
 def solo_methods() -> dict[str, SoloMethod]:
-    """solo-learn method name -> :class:`SoloMethod`, read off each method module's ``ENTRY``
+    """solo-learn method name -> :class:`SoloMethod`, read off the registry rows
     (``solo_mixmask.methods``; imports our methods, never solo-learn)."""
     from solo_mixmask.methods import ENTRIES
 
     return {
-        solo.name: SoloMethod(entry.name, solo.class_name, dict(solo.defaults), entry.solo_base)
-        for entry in ENTRIES.values()
-        for solo in entry.solo_names
+        solo.name: SoloMethod(row.name, solo.class_name, dict(solo.defaults), row.host.solo_base)
+        for row in ENTRIES.values()
+        for solo in row.solo_names
     }
 
 
@@ -144,23 +144,22 @@ def _import_solo() -> tuple[types.ModuleType, dict[str, type]]:
 
 
 def solo_class(name: str, base: type) -> type:
-    """The class registered as ``name``: our logic mixin first, solo-learn's ``base`` after it."""
-    from solo_mixmask.methods import LOGIC
+    """The class registered as ``name``: the row's host logic and mixers on solo-learn's
+    ``base`` (built by the row, as our engine's classes are)."""
+    from solo_mixmask.methods import ENTRIES
 
-    logic_key, class_name, defaults, _ = solo_methods()[name]
+    row_name, class_name, defaults, _ = solo_methods()[name]
     cls = _BUILT.get(class_name)
     if cls is not None and base in cls.__mro__:
         return cls
-    logic: type[Any] = LOGIC[logic_key]  # a *Logic mixin, with its method_defaults
-    namespace: dict[str, Any] = {
-        "__module__": __name__,
-        "__qualname__": class_name,
-        "__doc__": f"``{name}`` on solo-learn's BaseMomentumMethod (logic: {logic.__name__}).",
-        "solo_mixmask_method": name,
-    }
-    if defaults:
-        namespace["method_defaults"] = {**logic.method_defaults, **defaults}
-    cls = type(class_name, (logic, base), namespace)
+    row = ENTRIES[row_name]
+    cls = row.build(
+        (row.host.solo_logic, base),
+        class_name,
+        __name__,
+        solo_mixmask_method=name,
+        method_defaults=defaults,
+    )
     _BUILT[class_name] = cls
     return cls
 

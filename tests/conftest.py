@@ -60,3 +60,16 @@ def fmnist_available():
             f"Fashion-MNIST not installed at {FMNIST_DIR} (apt-get install dataset-fashion-mnist)"
         )
     return FMNIST_DIR
+
+
+def mix_with(model, name: str, x, partner):
+    """``(x_mix, lam)`` of the method's mixer ``name`` ("mask" / "unmix"), drawn from the
+    model's own generators as its mixed branch draws them."""
+    generators = model.ranked_generators()
+    for mixer, _ in model.mixers:
+        if mixer.name == name:
+            on_device = mixer.draws_on == "device"
+            return mixer.mix(
+                x, partner, generators.device(x.device) if on_device else generators.host()
+            )
+    raise KeyError(name)

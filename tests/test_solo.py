@@ -29,9 +29,10 @@ from solo_mixmask import cli
 from solo_mixmask import solo as plugin
 from solo_mixmask.core.batch_norm import SplitBatchNorm2d
 from solo_mixmask.errors import ConfigError
-from solo_mixmask.methods import LOGIC
-from solo_mixmask.methods.byol import BYOLLogic, BYOLMixedBranchLogic
-from solo_mixmask.methods.mixmask import MaskMixingLogic, MixMaskLogic
+from solo_mixmask.methods import ENTRIES
+from solo_mixmask.methods import METHODS as ENGINE_METHODS
+from solo_mixmask.methods.byol import BYOLLogic, BYOLOnSoloLogic
+from solo_mixmask.methods.mixed_branch import MixedBranchLogic
 from solo_mixmask.methods.mocov2plus import MoCoV2PlusLogic
 
 try:
@@ -209,7 +210,7 @@ def test_shipped_configs_use_solo_learn_schema(name):
         "max_epochs", "devices", "accelerator", "strategy", "precision", "wandb.enabled",
     ):  # fmt: skip
         assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", key
-    assert set(cfg.method_kwargs) <= set(LOGIC[method].method_defaults)
+    assert set(cfg.method_kwargs) <= set(ENGINE_METHODS[method].method_defaults)
     assert cfg.wandb.enabled is False
     # solo-learn's main_pretrain asserts exactly two large crops for every non-wmse/mae method
     crops = [(a.crop_size, a.num_crops) for a in cfg.augmentations]
@@ -230,12 +231,13 @@ def test_register_adds_ours_once_and_keeps_solo_learns_own(monkeypatch):
     assert METHODS["mocov2plus"] is MoCoV2Plus and METHODS["byol"] is BYOL
     for name, cls in first.items():
         assert METHODS[name] is cls and issubclass(cls, BaseMomentumMethod)
-        assert issubclass(cls, LOGIC[plugin.solo_methods()[name][0]])
+        assert issubclass(cls, ENTRIES[plugin.solo_methods()[name][0]].host.solo_logic)
         # one implementation of the method step, shared with the standalone engine
-        shared = {"BaseMomentumMethod": MoCoV2PlusLogic, "BYOL": BYOLMixedBranchLogic}
+        shared = {"BaseMomentumMethod": MoCoV2PlusLogic, "BYOL": BYOLOnSoloLogic}
         assert cls.training_step is shared[plugin.solo_methods()[name][3]].training_step
         assert pickle.loads(pickle.dumps(cls)) is cls
-    assert METHODS["mixmask"].mask_branch is MixMaskLogic.mask_branch
+    assert METHODS["mixmask"].mixed_losses is MixedBranchLogic.mixed_losses
+    assert METHODS["mixmask"].mixer_rows == ENTRIES["mixmask"].mixers
     assert METHODS["mocov2"].method_defaults["symmetric"] is False
     assert METHODS["mixmask"].method_defaults["symmetric"] is True
     # a name solo-learn uses itself is never replaced
@@ -539,10 +541,10 @@ def test_register_puts_byol_variants_on_solo_learns_byol(monkeypatch, tmp_path):
     assert BYOL_SOLO_METHODS == ["byol_mixmask", "byol_unmix_mixmask"]
     for name in BYOL_SOLO_METHODS:
         cls = methods.METHODS[name]
-        assert issubclass(cls, BYOL) and issubclass(cls, LOGIC[name])
+        assert issubclass(cls, BYOL) and issubclass(cls, BYOLOnSoloLogic)
         assert BYOLLogic not in cls.__mro__  # solo-learn's BYOL recipe underneath, not ours
-        assert cls.training_step is BYOLMixedBranchLogic.training_step
-        assert cls.mask_branch is MaskMixingLogic.mask_branch
+        assert cls.training_step is BYOLOnSoloLogic.training_step
+        assert cls.mixed_losses is MixedBranchLogic.mixed_losses
     for name in MOCO_SOLO_METHODS:
         cls = methods.METHODS[name]
         assert issubclass(cls, BaseMomentumMethod) and not issubclass(cls, BYOL)
@@ -581,7 +583,8 @@ def test_builds_byol_variants_from_shipped_configs_through_parse_cfg(name):
     cfg = parse_cfg(compose(name))
     model = METHODS[cfg.method](cfg)
     assert isinstance(model, BYOL)
-    assert model.mask_bank.grid_size == cfg.method_kwargs.grid_size == 8
+    mask = next(mixer for mixer, _ in model.mixers if mixer.name == "mask")
+    assert mask.bank.grid_size == cfg.method_kwargs.grid_size == 8
     assert cfg.data.num_large_crops == 2 and cfg.data.num_small_crops == 0
     base = compose(name)
     base.method = "byol"

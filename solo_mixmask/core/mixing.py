@@ -1,30 +1,43 @@
-"""Mixing a batch with its partners: MixMask (masked filling) and Un-Mix (mixup / CutMix).
+"""Mixing a batch with its partners, and the mixers that the mixed branch of a method holds.
 
 ``partner[j]`` is the index of the image that fills the masked part of image j; the mixed batch
 is ``x_mix[j] = M[j] * x[j] + (1 - M[j]) * x[partner[j]]`` and lambda[j] is the share of x[j].
+
+A mixer (:class:`Mixer`) is ``mix(x, partner, generator) -> (x_mix, lam)`` plus its own
+``method_kwargs`` (``DEFAULTS``), their checks and the state it draws from. MixMask's is
+:class:`MaskMixer` below; Un-Mix's is ``solo_mixmask.core.unmix.UnmixMixer``.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, Protocol
 
-import numpy as np
 import torch
 
-from solo_mixmask.core.masks import mask_lambdas
+from solo_mixmask.core.masks import MASK_TYPES, MaskBank, mask_lambdas, target_cells
+from solo_mixmask.errors import (
+    ConfigError,
+    check_bool_value,
+    check_choice_value,
+    check_number_value,
+    config_warning,
+)
 
 __all__ = [
-    "UnmixParams",
+    "PARTNER_RULES",
+    "MaskMixer",
+    "Mixer",
+    "draw_partner",
     "inverse_permutation",
     "mix_with_masks",
     "random_partner",
     "reversed_partner",
-    "sample_unmix_params",
-    "unmix",
 ]
 
-UNMIX_KINDS = ("mixup", "cutmix")
+#: How a mixer's partners are drawn: the reversed batch (the seed's) or a random permutation.
+PartnerRule = Literal["reversed", "random"]
+PARTNER_RULES: tuple[PartnerRule, ...] = ("reversed", "random")
 
 
 def reversed_partner(n: int, device=None) -> torch.Tensor:
@@ -50,7 +63,7 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(perm).scatter_(0, perm, ids)
 
 
-def _check_partner(partner: torch.Tensor, n: int) -> None:
+def check_partner(partner: torch.Tensor, n: int) -> None:
     if partner.dim() != 1 or partner.shape[0] != n:
         raise ValueError(
             f"partner.shape={tuple(partner.shape)} is not allowed: expected ({n},) for a batch "
@@ -80,104 +93,111 @@ def mix_with_masks(
             f"masks.shape={tuple(masks.shape)} is not allowed: expected ({n} or 1, 1, "
             f"{height}, {width}) for x of shape {tuple(x.shape)}"
         )
-    _check_partner(partner, n)
+    check_partner(partner, n)
     m = masks.to(dtype=x.dtype, device=x.device)
     x_mix = m * x + (1 - m) * x[partner]
     lam = mask_lambdas(masks).to(x.device).expand(n).contiguous()
     return x_mix, lam
 
 
-@dataclass(frozen=True)
-class UnmixParams:
-    """One Un-Mix draw for a batch: ``kind`` 'mixup' or 'cutmix', lambda (share of x), and for
-    CutMix the pasted box ``(y0, y1, x0, x1)`` in pixels (half-open), else None."""
-
-    kind: str
-    lam: float
-    box: tuple[int, int, int, int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in UNMIX_KINDS:
-            raise ValueError(f"kind={self.kind!r} is not allowed: expected one of {UNMIX_KINDS}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lam={self.lam!r} is not allowed: expected a float in [0, 1]")
-        if (self.kind == "cutmix") != (self.box is not None):
-            raise ValueError(
-                f"box={self.box!r} is not allowed for kind={self.kind!r}: expected a box "
-                "(y0, y1, x0, x1) for 'cutmix' and None for 'mixup'"
-            )
-        if self.box is not None:
-            y0, y1, x0, x1 = self.box
-            if not (0 <= y0 <= y1 and 0 <= x0 <= x1):
-                raise ValueError(
-                    f"box={self.box!r} is not allowed: expected 0 <= y0 <= y1 and 0 <= x0 <= x1"
-                )
+def draw_partner(rule: PartnerRule, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Partners (long (n,)) of a batch of n by ``rule``, on the generator's device."""
+    if rule == "reversed":
+        return reversed_partner(n, generator.device)
+    return random_partner(n, generator=generator)
 
 
-def sample_unmix_params(
-    alpha: float, prob: float, height: int, width: int, *, generator: torch.Generator
-) -> UnmixParams:
-    """Draw one Un-Mix operation for a batch of (height, width) images, on the host.
+class Mixer(Protocol):
+    """How a mixed view is made from a batch and its partners."""
 
-    lambda ~ Beta(alpha, alpha); with probability ``prob`` global mixup, otherwise CutMix with a
-    box of sides ``round(sqrt(1 - lambda) * H)`` x ``round(sqrt(1 - lambda) * W)``, integer centre
-    uniform over the image, clipped to it; CutMix's lambda is then ``1 - box_area / (H * W)``.
-    Reproducible from the CPU ``generator``: one int64 seed is drawn from it and feeds a NumPy
-    ``default_rng`` (exact Beta sampling). No device tensor is touched.
+    #: Names the logged terms ``train_<name>_loss`` and ``train_<name>_lambda``.
+    name: ClassVar[str]
+    #: The stream it draws from: the batch's device generator or the host (CPU) one.
+    draws_on: ClassVar[Literal["device", "host"]]
+    #: Its ``method_kwargs`` and their defaults (the keyword arguments of ``__init__``).
+    DEFAULTS: ClassVar[dict[str, Any]]
+
+    @classmethod
+    def check(cls, kwargs: Mapping[str, Any], smallest_crop: int) -> None:
+        """ConfigError (or a warning) for bad ``method_kwargs``; crops of ``smallest_crop`` px."""
+
+    def mix(
+        self, x: torch.Tensor, partner: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B,3,H,W) mixed with ``x[partner]`` (partner long (B,)) -> (x_mix (B,3,H,W) in
+        x's dtype, lambda float32 (B,), the share of each image's own pixels)."""
+
+    def saved_streams(self) -> dict[str, Any]:
+        """Objects with ``state_dict`` / ``load_state_dict`` saved with the method's generators."""
+
+
+class MaskMixer:
+    """MixMask: each image is filled from its partner through a G x G grid mask.
+
+    ``x_mix = M * x + (1 - M) * x[partner]`` with M from a :class:`MaskBank` (one mask for the
+    batch, as the seed, or one per image with ``per_sample_masks``); lambda = mean(M).
     """
-    if not float(alpha) > 0.0:
-        raise ValueError(f"alpha={alpha!r} is not allowed: expected a float > 0")
-    if not 0.0 <= float(prob) <= 1.0:
-        raise ValueError(f"prob={prob!r} is not allowed: expected a float in [0, 1]")
-    if height < 1 or width < 1:
-        raise ValueError(
-            f"(height, width)=({height!r}, {width!r}) is not allowed: expected positive integers"
+
+    name: ClassVar[str] = "mask"
+    draws_on: ClassVar[Literal["device", "host"]] = "device"
+    #: The seed's G = 8, ratio 0.5, block masks, one mask per batch.
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "grid_size": 8,
+        "mask_ratio": 0.5,
+        "mask_type": "block",
+        "per_sample_masks": False,
+    }
+
+    def __init__(
+        self,
+        grid_size: int = 8,
+        mask_ratio: float = 0.5,
+        mask_type: str = "block",
+        per_sample_masks: bool = False,
+    ):
+        self.per_sample_masks = bool(per_sample_masks)
+        # drawn in bulk: one draw costs the same kernel launches for 1 or 4096 masks
+        self.bank = MaskBank(int(grid_size), float(mask_ratio), str(mask_type))
+
+    @classmethod
+    def check(cls, kwargs: Mapping[str, Any], smallest_crop: int) -> None:
+        ratio, kind, grid = kwargs["mask_ratio"], kwargs["mask_type"], kwargs["grid_size"]
+        check_number_value(
+            "method_kwargs.mask_ratio", ratio, low=0, high=1, low_open=True, high_open=True
         )
-    if generator.device.type != "cpu":
-        raise ValueError(
-            f"generator on {str(generator.device)!r} is not allowed: expected a CPU generator"
-        )
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    rng = np.random.default_rng(seed)
-    lam = float(rng.beta(alpha, alpha))
-    if float(rng.random()) < prob:
-        return UnmixParams(kind="mixup", lam=lam)
-    side = math.sqrt(1.0 - lam)
-    cut_h, cut_w = round(side * height), round(side * width)
-    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
-    y0, x0 = cy - cut_h // 2, cx - cut_w // 2
-    y0c, y1c = min(max(y0, 0), height), min(max(y0 + cut_h, 0), height)
-    x0c, x1c = min(max(x0, 0), width), min(max(x0 + cut_w, 0), width)
-    area = (y1c - y0c) * (x1c - x0c)
-    return UnmixParams(kind="cutmix", lam=1.0 - area / (height * width), box=(y0c, y1c, x0c, x1c))
-
-
-def unmix(
-    x: torch.Tensor, partner: torch.Tensor, params: UnmixParams
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply one Un-Mix draw to x (n, C, H, W) with partner (n,).
-
-    mixup: ``lam * x + (1 - lam) * x[partner]``; cutmix: a copy of x with ``params.box`` pasted
-    from ``x[partner]``, lambda being the kept share ``1 - box_area / (H * W)`` (equal to
-    ``params.lam`` when the params were drawn for this H, W). Returns x_mix in x's dtype and
-    lambda, float32 (n,) on x's device.
-    """
-    if x.dim() != 4:
-        raise ValueError(f"x.shape={tuple(x.shape)} is not allowed: expected (n, C, H, W)")
-    n, _, height, width = x.shape
-    _check_partner(partner, n)
-    if params.kind == "mixup":
-        lam = params.lam
-        x_mix = lam * x + (1.0 - lam) * x[partner]
-    else:
-        assert params.box is not None, "a CutMix UnmixParams carries its box"
-        y0, y1, x0, x1 = params.box
-        if y1 > height or x1 > width:
-            raise ValueError(
-                f"box={params.box!r} is not allowed for images of {height}x{width}: expected "
-                f"y1 <= {height} and x1 <= {width}"
+        check_choice_value("method_kwargs.mask_type", kind, MASK_TYPES)
+        check_bool_value("method_kwargs.per_sample_masks", kwargs["per_sample_masks"])
+        low = 2 if kind == "discrete" else 1
+        if not isinstance(grid, int) or isinstance(grid, bool) or not low <= grid <= smallest_crop:
+            raise ConfigError(
+                "method_kwargs.grid_size",
+                grid,
+                f"an integer in [{low}, {smallest_crop}] (the crop size in pixels)",
             )
-        x_mix = x.clone()
-        x_mix[:, :, y0:y1, x0:x1] = x[partner, :, y0:y1, x0:x1]
-        lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
-    return x_mix, torch.full((n,), lam, dtype=torch.float32, device=x.device)
+        # Block masks set round(ratio * G^2) cells: none or all of them make lambda always 0 or
+        # 1 (discrete masks redraw all-on and all-off masks, so their lambda stays inside).
+        cells, kept = grid * grid, target_cells(grid, ratio)
+        if kind == "block" and kept in (0, cells):
+            config_warning(
+                "method_kwargs.mask_ratio",
+                ratio,
+                f"sets {kept} of {cells} cells of the {grid}x{grid} grid "
+                f"(method_kwargs.grid_size={grid}): lambda is always {kept // cells}, the "
+                "MixMask branch mixes nothing",
+            )
+
+    def mix(
+        self, x: torch.Tensor, partner: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = self.bank.sample(
+            x.shape[0],
+            (x.shape[-2], x.shape[-1]),
+            per_sample=self.per_sample_masks,
+            generator=generator,
+            device=x.device,
+            dtype=x.dtype,
+        )
+        return mix_with_masks(x, masks, partner)
+
+    def saved_streams(self) -> dict[str, Any]:
+        return {"mask_bank": self.bank}

@@ -80,12 +80,8 @@ def mask_rows(
     Mask rows hold (n, 1, H, W) masks and no lambdas. Uses solo_mixmask.core only.
     """
     from solo_mixmask.core.masks import MASK_TYPES, sample_masks
-    from solo_mixmask.core.mixing import (
-        mix_with_masks,
-        reversed_partner,
-        sample_unmix_params,
-        unmix,
-    )
+    from solo_mixmask.core.mixing import mix_with_masks, reversed_partner
+    from solo_mixmask.core.unmix import sample_unmix_params, unmix
 
     n, _, height, width = x.shape
     gen = torch.Generator().manual_seed(seed)

@@ -1,7 +1,16 @@
-"""BYOL baseline: online projector + predictor regress the momentum projection of the other view.
+"""BYOL: online projector + predictor regress the momentum projection of the other view.
 
-``BYOLMixedBranchLogic`` adds mixed views (``byol_mixmask.py``, ``byol_unmix_mixmask.py``) on top
-of any BYOL class: ours (``BYOL`` below) or solo-learn's own ``solo.methods.BYOL``.
+``byol(p, z) = 2 - 2 cos(p, z)``, symmetric ``byol(p1, z2) + byol(p2, z1)``, momentum projector
+and backbone on the cosine tau schedule. BYOL hosts ``byol_mixmask`` and ``byol_unmix_mixmask``:
+as MixMask on MoCo (METHOD.md section 2), each mixed view of the first view's images is ADDED to
+the unchanged loss with weight 1 (the weight of each of BYOL's two terms), its predictor output
+``p_mix`` regressing the momentum projections ``z2`` of both source images' second views:
+
+    L = byol(p1, z2) + byol(p2, z1) + 1/B sum_j [ lam_j byol(p_mix_j, z2_j)
+                                                + (1 - lam_j) byol(p_mix_j, z2_partner(j)) ]
+
+``BYOLLogic`` is that host on our engine; ``BYOLOnSoloLogic`` adds the same mixed terms to
+solo-learn's own ``solo.methods.BYOL``, whose step is used unchanged.
 """
 
 from __future__ import annotations
@@ -12,13 +21,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.config import check_known_keys, check_number, fill_defaults
+from solo_mixmask.config import check_known_keys, check_number
 from solo_mixmask.losses.byol import byol_loss
 from solo_mixmask.methods.base import BaseMomentumMethod
 from solo_mixmask.methods.batch_norm import BN_DEFAULTS, SplitBNLogic
 from solo_mixmask.methods.heads import ProjectorLogic, log_embedding_std, mlp_head
 from solo_mixmask.methods.mixed_branch import MixedBranchLogic
-from solo_mixmask.methods.registry import MethodEntry
 
 #: BYOL's ``method_kwargs`` and their defaults (solo-learn's CIFAR recipe).
 BYOL_DEFAULTS: dict[str, Any] = {
@@ -29,17 +37,20 @@ BYOL_DEFAULTS: dict[str, Any] = {
 }
 
 
-def check_byol_config(cfg: DictConfig) -> None:
-    """BYOL's head widths (proj_hidden_dim, proj_output_dim, pred_hidden_dim) are integers
-    >= 1; ConfigError otherwise."""
+def check_byol_config(cfg: DictConfig, allowed: dict[str, Any]) -> None:
+    """``method_kwargs`` has only the ``allowed`` keys, and BYOL's head widths (proj_hidden_dim,
+    proj_output_dim, pred_hidden_dim) are integers >= 1; ConfigError otherwise."""
+    check_known_keys(cfg, "method_kwargs", allowed)
     for key in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"):
         check_number(cfg, f"method_kwargs.{key}", low=1, integer=True)
 
 
-class BYOLLogic(SplitBNLogic, ProjectorLogic):
-    """Symmetric BYOL loss: byol(p1, k2) + byol(p2, k1), with BatchNorm in the heads."""
+class BYOLLogic(MixedBranchLogic, SplitBNLogic, ProjectorLogic):
+    """Symmetric BYOL loss: byol(p1, k2) + byol(p2, k1), with BatchNorm in the heads, plus the
+    row's mixed views (their output is the predictor's ``p``)."""
 
     projector_batch_norm = True
+    mixed_output = "p"
     method_defaults: dict[str, Any] = dict(BYOL_DEFAULTS)
 
     def __init__(self, cfg: DictConfig):
@@ -51,10 +62,8 @@ class BYOLLogic(SplitBNLogic, ProjectorLogic):
 
     @classmethod
     def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:
-        cfg = super().add_and_assert_specific_cfg(cfg)
-        fill_defaults(cfg, {"method_kwargs": cls.method_defaults})
-        check_known_keys(cfg, "method_kwargs", cls.method_defaults)
-        check_byol_config(cfg)
+        cfg = super().add_and_assert_specific_cfg(cfg)  # defaults filled by MixedBranchLogic
+        check_byol_config(cfg, cls.method_defaults)
         return cfg
 
     @property
@@ -73,22 +82,22 @@ class BYOLLogic(SplitBNLogic, ProjectorLogic):
         log_embedding_std(self, out["z"][0])
         loss = byol_loss(p[0], k[1]) + byol_loss(p[1], k[0])
         self.log("train_byol_loss", loss.detach(), on_epoch=True, sync_dist=True)
-        return out["loss"] + loss
+        # mixed views of the first view's images regress the second view's projections k[1]
+        mixed = self.mixed_losses(batch[1][0], k[1], partial(byol_loss, reduction="none"))
+        return out["loss"] + loss + sum(mixed.values())
 
 
 class BYOL(BYOLLogic, BaseMomentumMethod):
     """BYOL on the standalone engine."""
 
 
-class BYOLMixedBranchLogic(MixedBranchLogic, SplitBNLogic):
-    """Mixin over a BYOL class (ours or solo-learn's): BYOL's loss plus mixed-view terms.
+class BYOLOnSoloLogic(MixedBranchLogic, SplitBNLogic):
+    """The mixed views on solo-learn's own BYOL (``byol_*`` rows in solo-learn).
 
-    The BYOL step underneath is unchanged (its predictor, symmetric loss and tau schedule); its
-    total loss gets ``mixed_losses(x1, z2, byol per-pair loss)`` added, where x1 (B,3,H,W) are
-    the first view's images and z2 (B, d) the momentum projections of the second view, recorded
-    from the base's own ``momentum_forward`` calls during its step (so no extra momentum pass,
-    and the same code on solo-learn's BYOL, whose ``training_step`` returns only the loss).
-    The mixed view's output is the predictor's ``p``.
+    solo-learn's BYOL step is unchanged (its predictor, symmetric loss and tau schedule); its
+    loss gets the mixed terms of the first view's images x1 (B,3,H,W) against z2 (B, d), the
+    momentum projections of the second view, recorded from its own ``momentum_forward`` calls
+    (its ``training_step`` returns only the loss), so no extra momentum pass is made.
     """
 
     mixed_output = "p"
@@ -100,11 +109,8 @@ class BYOLMixedBranchLogic(MixedBranchLogic, SplitBNLogic):
 
     @classmethod
     def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:
-        # defaults first: solo-learn's BYOL only asserts that its keys are set
-        fill_defaults(cfg, {"method_kwargs": cls.method_defaults})
-        cfg = super().add_and_assert_specific_cfg(cfg)
-        check_known_keys(cfg, "method_kwargs", cls.method_defaults)
-        check_byol_config(cfg)
+        cfg = super().add_and_assert_specific_cfg(cfg)  # defaults filled by MixedBranchLogic
+        check_byol_config(cfg, cls.method_defaults)
         return cfg
 
     @torch.no_grad()
@@ -122,23 +128,7 @@ class BYOLMixedBranchLogic(MixedBranchLogic, SplitBNLogic):
             momentum_z = self._momentum_z
         finally:
             self._momentum_z = None
-        if not isinstance(self, BYOLLogic):  # solo-learn's BYOL: its online z is not exposed
-            log_embedding_std(self, momentum_z[-1])
+        log_embedding_std(self, momentum_z[-1])  # solo-learn's BYOL keeps its online z inside
         # the second view's momentum projections (B, d), as BYOL's own p1 -> z2 term uses them
         mixed = self.mixed_losses(batch[1][0], momentum_z[-1], partial(byol_loss, reduction="none"))
-        if mixed:
-            self.log_dict(
-                {name: value.detach() for name, value in mixed.items()},
-                on_epoch=True,
-                sync_dist=True,
-            )
         return loss + sum(mixed.values())
-
-
-# solo-learn has its own byol, used as it is
-ENTRY = MethodEntry(
-    "byol",
-    method=BYOL,
-    logic=BYOLLogic,
-    solo_base="BYOL",
-)

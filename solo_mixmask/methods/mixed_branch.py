@@ -1,76 +1,87 @@
-"""The mixed query branch, written once for every momentum method.
+"""The mixed branch, written once for every momentum method and every mixer.
 
-A mixed method mixes the first view's images with partner images of the same batch, passes the
-mixed images through the online network, and weights the method's own per-pair loss by lambda
-(against the image's own target) and 1 - lambda (against its filler's target):
-:func:`solo_mixmask.losses.mixed.mixed_loss`. What differs between methods is only
+A mixed method is a host (MoCo, BYOL) plus a list of (mixer, partner rule) pairs, its registry
+row (``solo_mixmask.methods``). For each pair the first view's images x are mixed with their
+partners, ``x_mix, lam = mixer.mix(x, partner, generator)`` (``core.mixing.MaskMixer``,
+``core.unmix.UnmixMixer``), the mixed images go through the online network, and the host's own
+per-pair loss of their output weighs lambda against the image's own target and 1 - lambda
+against its filler's target (:func:`solo_mixmask.losses.mixed.mixed_loss`). The term is added
+to the host's unchanged loss. With no pairs (the baselines) the branch adds nothing.
 
-- how the images are mixed: MixMask's grid masks (``MaskMixingLogic`` in ``mixmask.py``) or
-  Un-Mix's mixup / CutMix (``UnmixMixingLogic`` in ``unmix.py``), both ``mix(x, partner) ->
-  (x_mix, lam)``;
-- which output is compared with which target under which per-pair loss: MoCo's query ``z`` with
-  InfoNCE against the queue, BYOL's prediction ``p`` with its normalised regression to the
-  momentum projection.
-
-:class:`MixedBranchLogic` holds what they share: the seeded generators (saved in checkpoints)
-and :meth:`MixedBranchLogic.mixed_branch`. It is engine-free, a mixin placed before either
-engine's base class.
+The host calls :meth:`MixedBranchLogic.mixed_losses` from its step with what it compares: its
+output key ``mixed_output`` ("z": MoCo's query under InfoNCE against the queue, "p": BYOL's
+prediction under its normalised regression), the targets (the second view's momentum outputs)
+and the per-pair loss. Engine-free: a mixin of the hosts on our engine and on solo-learn's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.config import DEFAULT_SEED, select
+from solo_mixmask.config import DEFAULT_SEED, fill_defaults, select, smallest_crop_size
+from solo_mixmask.core.mixing import Mixer, PartnerRule, draw_partner
 from solo_mixmask.losses.mixed import PairLoss, mixed_loss
 from solo_mixmask.methods.contract import LogicBase
 from solo_mixmask.utils.generators import SeededGenerators
 
-#: ``mix(x (B,3,H,W), partner long (B,)) -> (x_mix (B,3,H,W), lam float32 (B,))``.
-Mixer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: One mixed view of a method: its mixer's class and how its partners are drawn.
+MixerRow = tuple[type[Mixer], PartnerRule]
 
 
 class MixedBranchLogic(LogicBase):
-    """Mixin: seeded generators and the one mixed-branch helper.
+    """Mixin of the momentum hosts: their mixers, seeded generators and mixed-view terms.
 
-    ``mixed_output``: the key of ``forward``'s output that the mixed view's loss compares with
-    the targets ("z" for MoCo, "p" for BYOL). Subclasses that add mixed views override
-    :meth:`mixed_losses`.
+    ``mixer_rows`` (a registry row sets them; empty: the host alone) are built from
+    ``method_kwargs`` (each mixer's ``DEFAULTS`` are in the row's ``method_defaults``).
     """
 
     mixed_output = "z"
+    mixer_rows: ClassVar[tuple[MixerRow, ...]] = ()
+    method_defaults: dict[str, Any] = {}
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
         self.generators = SeededGenerators(select(cfg, "seed", DEFAULT_SEED))
+        kw = cfg.method_kwargs
+        self.mixers = [
+            (mixer(**{key: kw[key] for key in mixer.DEFAULTS}), rule)
+            for mixer, rule in self.mixer_rows
+        ]
+        for mixer, _ in self.mixers:
+            for name, stream in mixer.saved_streams().items():
+                self.generators.attach(name, stream)
 
-    def mixed_branch(
-        self,
-        x: torch.Tensor,
-        partner: torch.Tensor,
-        mix: Mixer,
-        target: torch.Tensor,
-        pair_loss: PairLoss,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss of one mixed view: ``mix`` images x (B,3,H,W) with ``x[partner]`` (partner long
-        (B,), any permutation), forward the mixed images, and weight ``pair_loss`` of their
-        ``mixed_output`` (B, d) against ``target`` (B, d, the unmixed images' stop-gradient
-        targets) by lambda and 1 - lambda (:func:`mixed_loss`). Returns (loss float32 scalar,
-        lambda float32 (B,)). Cost: one online forward + backward of B images."""
-        x_mix, lam = mix(x, partner)
-        pred = self.forward(x_mix)[self.mixed_output]
-        return mixed_loss(pair_loss, pred, target, lam, partner), lam
+    @classmethod
+    def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:
+        # defaults first: solo-learn's BYOL only asserts that its keys are set
+        fill_defaults(cfg, {"method_kwargs": cls.method_defaults})
+        cfg = super().add_and_assert_specific_cfg(cfg)
+        for mixer, _ in cls.mixer_rows:
+            mixer.check(cfg.method_kwargs, smallest_crop_size(cfg))
+        return cfg
 
     def mixed_losses(
         self, x: torch.Tensor, target: torch.Tensor, pair_loss: PairLoss
     ) -> dict[str, torch.Tensor]:
-        """Extra loss terms of mixed views of the images x (B,3,H,W) (the first view), against
-        ``target`` (B, d) (the second view's momentum outputs); ``{}`` without mixing."""
-        return {}
+        """``{"train_<mixer>_loss": float32 scalar}``: one term per mixer, for the first view's
+        images x (B,3,H,W) against ``target`` (B, d), the unmixed images' stop-gradient targets.
+        Logs each term and each mixer's mean lambda. Cost: one online forward + backward of B images each."""
+        losses, lambdas = {}, {}
+        for mixer, rule in self.mixers:
+            device_generator = self.ranked_generators().device(x.device)
+            partner = draw_partner(rule, x.shape[0], device_generator)
+            generator = device_generator if mixer.draws_on == "device" else self.generators.host()
+            x_mix, lam = mixer.mix(x, partner, generator)
+            pred = self.forward(x_mix)[self.mixed_output]
+            losses[f"train_{mixer.name}_loss"] = mixed_loss(pair_loss, pred, target, lam, partner)
+            lambdas[f"train_{mixer.name}_lambda"] = lam.mean()
+        if losses:
+            logged = {name: loss.detach() for name, loss in losses.items()}
+            self.log_dict({**logged, **lambdas}, on_epoch=True, sync_dist=True)
+        return losses
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -85,7 +96,3 @@ class MixedBranchLogic(LogicBase):
         """The method's generators, seeded for this process's rank when first drawn from."""
         self.generators.rank = int(getattr(self, "global_rank", 0))
         return self.generators
-
-    def mixing_generator(self, device: torch.device) -> torch.Generator:
-        """The seeded device generator for masks and permutations (seed + rank)."""
-        return self.ranked_generators().device(device)

@@ -2,8 +2,9 @@
 
 ``MoCoV2PlusLogic`` is written against the method contract only, so it runs on our engine
 (``MoCoV2Plus`` below) and on solo-learn's ``BaseMomentumMethod`` (see ``solo_mixmask.solo``).
-Methods that add mixed queries (MixMask, Un-Mix) override :meth:`mixed_losses`
-(``mixed_branch.py``); their per-pair loss is :meth:`MoCoV2PlusLogic.info_nce`.
+It is the host of MixMask, Un-Mix and Un-Mix + MixMask: their registry rows add mixers, whose
+mixed queries :meth:`~solo_mixmask.methods.mixed_branch.MixedBranchLogic.mixed_losses` scores
+with :meth:`MoCoV2PlusLogic.info_nce` against the keys of the second view.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from solo_mixmask.config import (
     check_known_keys,
     check_number,
     config_warning,
-    fill_defaults,
 )
 from solo_mixmask.core.queue import KeyQueue
 from solo_mixmask.losses.mixed import PairLoss
@@ -29,7 +29,6 @@ from solo_mixmask.methods.base import BaseMomentumMethod
 from solo_mixmask.methods.batch_norm import BN_DEFAULTS, SplitBNLogic
 from solo_mixmask.methods.heads import ProjectorLogic, log_embedding_std
 from solo_mixmask.methods.mixed_branch import MixedBranchLogic
-from solo_mixmask.methods.registry import MethodEntry, SoloName
 from solo_mixmask.utils.distributed import gather_no_grad
 
 #: Warn when the InfoNCE loss of one sample can exceed this. Cosine similarities lie in [-1, 1],
@@ -67,8 +66,7 @@ class MoCoV2PlusLogic(MixedBranchLogic, SplitBNLogic, ProjectorLogic):
 
     @classmethod
     def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:
-        cfg = super().add_and_assert_specific_cfg(cfg)
-        fill_defaults(cfg, {"method_kwargs": cls.method_defaults})
+        cfg = super().add_and_assert_specific_cfg(cfg)  # defaults filled by MixedBranchLogic
         check_known_keys(cfg, "method_kwargs", cls.method_defaults)
         check_number(cfg, "method_kwargs.temperature", low=0, low_open=True)
         check_bool(cfg, "method_kwargs.symmetric")
@@ -116,25 +114,12 @@ class MoCoV2PlusLogic(MixedBranchLogic, SplitBNLogic, ProjectorLogic):
         # mixed views of the first view's images match the second view's keys k[-1] (B, d)
         # against queue[-1] (d, K), the queue of those keys
         mixed = self.mixed_losses(batch[1][0], k[-1], self.info_nce(queue[-1]))
-        losses = {"train_nce_loss": nce, **mixed}
         self.key_queue.enqueue(
             torch.nn.functional.normalize(gather_no_grad(keys.detach(), dim=1), dim=-1)
         )
-        self.log_dict(
-            {name: value.detach() for name, value in losses.items()}, on_epoch=True, sync_dist=True
-        )
-        return out["loss"] + sum(losses.values())
+        self.log("train_nce_loss", nce.detach(), on_epoch=True, sync_dist=True)
+        return out["loss"] + sum([nce, *mixed.values()])
 
 
 class MoCoV2Plus(MoCoV2PlusLogic, BaseMomentumMethod):
     """MoCo v2 / V2+ on the standalone engine."""
-
-
-# solo-learn has its own mocov2plus; it lacks MoCo v2 with the seed's asymmetric loss
-ENTRY = MethodEntry(
-    "mocov2plus",
-    method=MoCoV2Plus,
-    logic=MoCoV2PlusLogic,
-    solo_base="BaseMomentumMethod",
-    solo_names=(SoloName("mocov2", "MoCoV2", {"symmetric": False}),),
-)

@@ -8,7 +8,7 @@ import torch
 
 from solo_mixmask.core import random_partner, reversed_partner
 from solo_mixmask.methods import METHODS
-from tests.conftest import synthetic_batch, tiny_cfg
+from tests.conftest import mix_with, synthetic_batch, tiny_cfg
 from tests.losses.test_mixed import byol_mixed_float64
 from tests.methods.test_byol_mixmask import byol_part, twins
 
@@ -21,9 +21,9 @@ def test_step_is_byol_plus_unmix_and_mixmask_regressions():
     got = model.training_step(batch, 0).item()
 
     base, x1, _, z2 = byol_part(twin, batch)
-    x_unmix, lam_u = twin.unmix_mix(x1, reversed_partner(8))
-    perm = random_partner(8, generator=twin.mixing_generator(torch.device("cpu")))
-    x_mask, lam_m = twin.mask_mix(x1, perm)
+    x_unmix, lam_u = mix_with(twin, "unmix", x1, reversed_partner(8))
+    perm = random_partner(8, generator=twin.ranked_generators().device(torch.device("cpu")))
+    x_mask, lam_m = mix_with(twin, "mask", x1, perm)
     p_unmix = twin.forward(x_unmix)["p"].detach()
     p_mask = twin.forward(x_mask)["p"].detach()
     expected = (

@@ -147,7 +147,9 @@ def test_mask_generator_state_round_trips():
     model.training_step(synthetic_batch(), 0)
     ckpt: dict = {}
     model.on_save_checkpoint(ckpt)
-    first = torch.rand(3, generator=model.mixing_generator(torch.device("cpu")))
+    first = torch.rand(3, generator=model.ranked_generators().device(torch.device("cpu")))
     other = METHODS["mixmask"](tiny_cfg("mixmask", method_kwargs__per_sample_masks=True))
     other.on_load_checkpoint(ckpt)
-    assert torch.equal(torch.rand(3, generator=other.mixing_generator(torch.device("cpu"))), first)
+    assert torch.equal(
+        torch.rand(3, generator=other.ranked_generators().device(torch.device("cpu"))), first
+    )

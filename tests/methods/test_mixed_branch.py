@@ -3,6 +3,8 @@ compositions: each step's loss is checked against a direct float64 computation."
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,7 @@ from solo_mixmask.core import random_partner, reversed_partner
 from solo_mixmask.losses.moco import moco_loss
 from solo_mixmask.methods import METHODS
 from solo_mixmask.methods.mixed_branch import MixedBranchLogic
-from tests.conftest import synthetic_batch, tiny_cfg
+from tests.conftest import mix_with, synthetic_batch, tiny_cfg
 from tests.losses.test_mixed import paper_form
 
 
@@ -21,31 +23,45 @@ class _Base(torch.nn.Module):
         super().__init__()
 
 
+class ToyMixer:
+    """A fixed mix: a quarter of each image, three quarters of its partner; given lambdas."""
+
+    name, draws_on, DEFAULTS = "toy", "host", {}
+    lam = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+
+    def mix(self, images, partner, generator):
+        return 0.25 * images + 0.75 * images[partner], self.lam
+
+    def saved_streams(self):
+        return {}
+
+
 class Toy(MixedBranchLogic, _Base):
     """forward: the first 4 pixels of the first channel row, under the key "out"."""
 
     mixed_output = "out"
+    mixer_rows = ((ToyMixer, "reversed"),)
 
     def forward(self, x):
         return {"out": x[:, 0, 0, :4], "other": torch.zeros(x.shape[0], 4)}
 
+    def log_dict(self, values, **kwargs):
+        self.logged = values
+
 
 def test_mixed_branch_forwards_the_mixed_images_and_weights_the_pair_loss():
-    model = Toy(OmegaConf.create({"seed": 3}))
+    model = Toy(OmegaConf.create({"seed": 3, "method_kwargs": {}}))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 3, 4, 4, generator=g)
     target = torch.randn(5, 4, generator=g)
-    partner = torch.tensor([1, 2, 0, 4, 3])  # a 3-cycle and a swap
-    lam = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
-
-    def mix(images, p):
-        return 0.25 * images + 0.75 * images[p], lam
+    partner = torch.tensor([4, 3, 2, 1, 0])  # the rule "reversed"
+    lam = ToyMixer.lam
 
     def squared(pred, t):
         return ((pred - t) ** 2).sum(dim=1)
 
-    loss, got_lam = model.mixed_branch(x, partner, mix, target, squared)
-    assert torch.equal(got_lam, lam)
+    loss = model.mixed_losses(x, target, squared)["train_toy_loss"]
+    assert float(model.logged["train_toy_lambda"]) == pytest.approx(float(lam.mean()))
     pred = (0.25 * x + 0.75 * x[partner])[:, 0, 0, :4].double()
     t = target.double()
     expected = sum(
@@ -78,7 +94,7 @@ def test_moco_mixed_step_is_infonce_plus_the_paper_form(method):
     o1 = twin.forward(x1)
     k2 = twin.momentum_forward(x2)["z"]
     partner = reversed_partner(8)
-    mix = twin.mask_mix if method == "mixmask" else twin.unmix_mix
+    mix = partial(mix_with, twin, "mask" if method == "mixmask" else "unmix")
     x_mix, lam = mix(x1, partner)
     q_mix = twin.forward(x_mix)["z"].detach()
     expected = (
@@ -100,9 +116,9 @@ def test_unmix_mixmask_draws_a_permutation_for_its_mask_branch():
     _, (x1, x2), y = batch
     o1 = twin.forward(x1)
     k2 = twin.momentum_forward(x2)["z"]
-    x_unmix, lam_u = twin.unmix_mix(x1, reversed_partner(8))
-    perm = random_partner(8, generator=twin.mixing_generator(torch.device("cpu")))
-    x_mask, lam_m = twin.mask_mix(x1, perm)
+    x_unmix, lam_u = mix_with(twin, "unmix", x1, reversed_partner(8))
+    perm = random_partner(8, generator=twin.ranked_generators().device(torch.device("cpu")))
+    x_mask, lam_m = mix_with(twin, "mask", x1, perm)
     expected = (
         F.cross_entropy(o1["logits"], y).item()
         + moco_loss(o1["z"], k2, queue[0], 0.2).item()

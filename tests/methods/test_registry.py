@@ -1,46 +1,42 @@
-"""The one method registry: every method module's ENTRY, and what is read off it."""
+"""The method registry: every method is a row (host + mixers), and what is read off the rows."""
 
 from __future__ import annotations
-
-import importlib
-import pkgutil
 
 import pytest
 
 import solo_mixmask.methods as methods
 from solo_mixmask import solo as plugin
-from solo_mixmask.methods.registry import MethodEntry
+from solo_mixmask.methods.mixed_branch import MixedBranchLogic
 from tests.cli_helpers import ROOT
 
 
-def _modules_with_entry() -> set[str]:
-    found = set()
-    for info in pkgutil.iter_modules(methods.__path__):
-        module = importlib.import_module(f"solo_mixmask.methods.{info.name}")
-        if isinstance(getattr(module, "ENTRY", None), MethodEntry):
-            found.add(module.__name__)
-    return found
-
-
-def test_every_module_with_an_entry_is_registered() -> None:
-    assert _modules_with_entry() == {module.__name__ for module in methods.MODULES}
-    assert list(methods.METHODS) == [module.ENTRY.name for module in methods.MODULES]
+def _ours(cls: type) -> list[type]:
+    return [c for c in cls.__mro__ if c.__module__.startswith("solo_mixmask")]
 
 
 @pytest.mark.parametrize("name", list(methods.ENTRIES))
-def test_entry_is_consistent(name: str) -> None:
-    entry = methods.ENTRIES[name]
-    assert entry.name == name
-    assert methods.METHODS[name] is entry.method and methods.LOGIC[name] is entry.logic
-    assert issubclass(entry.method, entry.logic)
-    assert issubclass(entry.method, methods.BaseMomentumMethod)
-    assert entry.solo_base in plugin.SOLO_BASES
+def test_a_row_builds_its_host_plus_at_most_one_class(name: str) -> None:
+    row = methods.ENTRIES[name]
+    cls = methods.METHODS[name]
+    host = row.host.engine_class
+    assert issubclass(cls, host) and issubclass(cls, methods.BaseMomentumMethod)
+    assert len(_ours(cls)) <= len(_ours(host)) + 1
+    assert cls.mixer_rows == row.mixers
+    for mixer, _ in row.mixers:  # the mixers' keys are the method's defaults
+        assert set(mixer.DEFAULTS) <= set(cls.method_defaults)
+    assert issubclass(row.host.solo_logic, MixedBranchLogic)
+    assert row.host.solo_base in plugin.SOLO_BASES
     # the standalone engine's configs exist for every registered method
     assert (ROOT / "configs" / "pretrain" / "fashion_mnist" / f"{name}.yaml").is_file()
     assert (ROOT / "configs" / "pretrain" / "cifar" / f"{name}.yaml").is_file()
 
 
-def test_solo_learn_table_is_read_off_the_entries() -> None:
+def test_mixed_methods_are_classes_of_the_methods_module_so_that_they_pickle() -> None:
+    assert methods.MixMask is methods.METHODS["mixmask"]  # type: ignore[attr-defined]
+    assert methods.METHODS["mocov2plus"].__name__ == "MoCoV2Plus"
+
+
+def test_solo_learn_table_is_read_off_the_rows() -> None:
     table = plugin.solo_methods()
     # solo-learn's own mocov2plus and byol are used as they are; MoCo v2 (asymmetric) is added
     assert "mocov2plus" not in table and "byol" not in table
@@ -48,8 +44,8 @@ def test_solo_learn_table_is_read_off_the_entries() -> None:
         "mocov2plus", "MoCoV2", {"symmetric": False}, "BaseMomentumMethod"
     )
     assert table["byol_mixmask"].base == "BYOL" and table["mixmask"].base == "BaseMomentumMethod"
-    for name, row in table.items():
-        entry = methods.ENTRIES[row.logic_key]
-        assert name in {solo.name for solo in entry.solo_names}
-        assert row.base == entry.solo_base
-    assert len({row.class_name for row in table.values()}) == len(table)
+    for name, entry in table.items():
+        row = methods.ENTRIES[entry.logic_key]
+        assert name in {solo.name for solo in row.solo_names}
+        assert entry.base == row.host.solo_base
+    assert len({entry.class_name for entry in table.values()}) == len(table)
