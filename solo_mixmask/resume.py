@@ -204,18 +204,18 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
     CheckpointError.
     """
     run_dir = Path(run_dir)
-    config = run_dir / CONFIG
-    if not config.exists():
-        raise CheckpointError(f"{run_dir} is not a run folder: {config} is missing")
+    config_file = run_dir / CONFIG
+    if not config_file.exists():
+        raise CheckpointError(f"{run_dir} is not a run folder: {config_file} is missing")
     with RunLock(run_dir, "solo-mixmask resume", enabled=is_rank_zero_process()):
         return _resume_locked(run_dir, overrides)
 
 
 def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]:
     """:func:`resume_run` once the run folder's lock is held."""
-    config, folder = run_dir / CONFIG, run_dir / CHECKPOINTS
+    config_file, folder = run_dir / CONFIG, run_dir / CHECKPOINTS
     last = folder / LAST
-    saved = _saved_config(config)
+    saved = _saved_config(config_file)
     cfg = saved
     if overrides:
         check_resume_overrides(overrides)
@@ -277,23 +277,23 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
     return run_pretrain(cfg, resume_from=str(last), saved_model=saved_model)
 
 
-def _saved_config(config: Path) -> DictConfig:
+def _saved_config(config_file: Path) -> DictConfig:
     """The run's ``config.yaml``, read (CheckpointError, one line, when it cannot be)."""
     import yaml
 
     from solo_mixmask.compose import yaml_problem
 
     try:
-        saved = OmegaConf.load(config)
+        saved = OmegaConf.load(config_file)
     except yaml.YAMLError as err:
         raise CheckpointError(
-            f"{config} cannot be read: the run's config must be {yaml_problem(err)}; restore the "
+            f"{config_file} cannot be read: the run's config must be {yaml_problem(err)}; restore the "
             "file pretrain wrote, or start a new run"
         ) from err
     except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config} cannot be read: {err}") from err
+        raise CheckpointError(f"{config_file} cannot be read: {err}") from err
     if not isinstance(saved, DictConfig):
         raise CheckpointError(
-            f"{config.parent} is not a run folder: {config} does not hold a mapping"
+            f"{config_file.parent} is not a run folder: {config_file} does not hold a mapping"
         )
     return saved

@@ -28,6 +28,7 @@ from solo_mixmask.config import select, to_container, trainer_arg_names
 from solo_mixmask.console import EpochLine, ModelLine, quiet_third_party
 from solo_mixmask.loggers import build_loggers
 from solo_mixmask.run_folder import CHECKPOINTS
+from solo_mixmask.run_specs import logger_spec
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> 
         **kwargs,
         callbacks=callbacks,
         plugins=[*plugins, SafeAtomicCheckpointIO()],
-        logger=build_loggers(cfg, run_dir) or False,
+        logger=build_loggers(logger_spec(cfg), run_dir) or False,
         default_root_dir=str(run_dir),
         enable_progress_bar=select(cfg, "progress_bar", True),
         enable_checkpointing=bool(cfg.checkpoint.enabled),

@@ -1,0 +1,52 @@
+"""What a pretraining run needs from a config outside the engine and the data layer, read once.
+
+:func:`logger_spec` reads ``name``, ``logging.*`` and ``wandb.*`` for
+:func:`~solo_mixmask.loggers.build_loggers`. A key absent from the config takes its
+:data:`~solo_mixmask.config.BASE_DEFAULTS` value. Pure: no torch, no files read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from solo_mixmask.engine_specs import nullable_of, value_of
+
+
+@dataclass(frozen=True)
+class WandbSpec:
+    """``wandb.*``: ``enabled``, ``offline`` (no network), ``project`` and ``entity`` (None:
+    the account's default)."""
+
+    enabled: bool
+    offline: bool
+    project: Any
+    entity: Any
+
+
+@dataclass(frozen=True)
+class LoggerSpec:
+    """The run's loggers: ``run_name`` (``name``), ``csv`` (``logs/metrics.csv``),
+    ``tensorboard`` and ``wandb`` (:class:`WandbSpec`)."""
+
+    run_name: Any
+    csv: bool
+    tensorboard: bool
+    wandb: WandbSpec
+
+
+def logger_spec(cfg: DictConfig) -> LoggerSpec:
+    """The :class:`LoggerSpec` of ``cfg``."""
+    return LoggerSpec(
+        run_name=value_of(cfg, "name"),
+        csv=bool(value_of(cfg, "logging.csv")),
+        tensorboard=bool(value_of(cfg, "logging.tensorboard")),
+        wandb=WandbSpec(
+            enabled=bool(value_of(cfg, "wandb.enabled")),
+            offline=bool(value_of(cfg, "wandb.offline")),
+            project=value_of(cfg, "wandb.project"),
+            entity=nullable_of(cfg, "wandb.entity"),
+        ),
+    )

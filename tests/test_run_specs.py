@@ -1,0 +1,35 @@
+"""solo_mixmask.run_specs: the run's logger settings, read once into frozen specs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from omegaconf import OmegaConf
+
+from solo_mixmask.config import BASE_DEFAULTS
+from solo_mixmask.run_specs import LoggerSpec, WandbSpec, logger_spec
+
+
+def test_defaults_are_base_defaults():
+    spec = logger_spec(OmegaConf.create({}))
+    wandb, logging = BASE_DEFAULTS["wandb"], BASE_DEFAULTS["logging"]
+    assert spec == LoggerSpec(
+        run_name=BASE_DEFAULTS["name"],
+        csv=logging["csv"],
+        tensorboard=logging["tensorboard"],
+        wandb=WandbSpec(wandb["enabled"], wandb["offline"], wandb["project"], wandb["entity"]),
+    )
+
+
+def test_parsed_spec_has_the_configs_values():
+    cfg = OmegaConf.create(
+        {
+            "name": "r1",
+            "logging": {"csv": False, "tensorboard": True},
+            "wandb": {"enabled": True, "offline": False, "project": "p", "entity": "e"},
+        }
+    )
+    assert logger_spec(cfg) == LoggerSpec("r1", False, True, WandbSpec(True, False, "p", "e"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        logger_spec(cfg).csv = True  # type: ignore[misc]
