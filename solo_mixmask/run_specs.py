@@ -50,3 +50,42 @@ def logger_spec(cfg: DictConfig) -> LoggerSpec:
             entity=nullable_of(cfg, "wandb.entity"),
         ),
     )
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """``checkpoint.*``: ``enabled``; ``frequency``: epochs between epoch checkpoints (>= 1);
+    ``every_n_steps``: optimiser steps between mid-epoch rewrites of last.ckpt (None: off)."""
+
+    enabled: bool
+    frequency: int
+    every_n_steps: int | None
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """What :mod:`solo_mixmask.trainer` reads besides the Trainer arguments: ``checkpoint``
+    (:class:`CheckpointSpec`), ``progress_bar`` (a live bar, else one line per epoch),
+    ``model_summary`` (Lightning's table, ``enable_model_summary``) and ``data_on_device``
+    (``data.format=memory``: images decoded once and augmented on the device)."""
+
+    checkpoint: CheckpointSpec
+    progress_bar: bool
+    model_summary: bool
+    data_on_device: bool
+
+
+def trainer_spec(cfg: DictConfig) -> TrainerSpec:
+    """The :class:`TrainerSpec` of ``cfg``."""
+    every = nullable_of(cfg, "checkpoint.every_n_steps")
+    return TrainerSpec(
+        checkpoint=CheckpointSpec(
+            enabled=bool(value_of(cfg, "checkpoint.enabled")),
+            frequency=int(value_of(cfg, "checkpoint.frequency")),
+            every_n_steps=int(every) if every else None,
+        ),
+        progress_bar=bool(value_of(cfg, "progress_bar")),
+        # a Trainer argument without a BASE_DEFAULTS entry: off unless given
+        model_summary=bool(value_of(cfg, "enable_model_summary")),
+        data_on_device=value_of(cfg, "data.format") == "memory",
+    )

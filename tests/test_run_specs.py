@@ -33,3 +33,29 @@ def test_parsed_spec_has_the_configs_values():
     assert logger_spec(cfg) == LoggerSpec("r1", False, True, WandbSpec(True, False, "p", "e"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         logger_spec(cfg).csv = True  # type: ignore[misc]
+
+
+def test_trainer_spec_defaults_are_base_defaults():
+    from solo_mixmask.run_specs import CheckpointSpec, TrainerSpec, trainer_spec
+
+    ckpt = BASE_DEFAULTS["checkpoint"]
+    assert trainer_spec(OmegaConf.create({})) == TrainerSpec(
+        checkpoint=CheckpointSpec(ckpt["enabled"], ckpt["frequency"], ckpt["every_n_steps"]),
+        progress_bar=BASE_DEFAULTS["progress_bar"],
+        model_summary=False,
+        data_on_device=BASE_DEFAULTS["data"]["format"] == "memory",
+    )
+
+
+def test_trainer_spec_has_the_configs_values():
+    from solo_mixmask.run_specs import CheckpointSpec, TrainerSpec, trainer_spec
+
+    cfg = OmegaConf.create(
+        {
+            "checkpoint": {"enabled": False, "frequency": 3, "every_n_steps": 7},
+            "progress_bar": False,
+            "enable_model_summary": True,
+            "data": {"format": "memory"},
+        }
+    )
+    assert trainer_spec(cfg) == TrainerSpec(CheckpointSpec(False, 3, 7), False, True, True)
