@@ -89,3 +89,22 @@ def trainer_spec(cfg: DictConfig) -> TrainerSpec:
         model_summary=bool(value_of(cfg, "enable_model_summary")),
         data_on_device=value_of(cfg, "data.format") == "memory",
     )
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    """Where a new run writes: ``run_dir`` (``checkpoint.run_dir``, None: a new folder),
+    else ``<dir>/<name>-<time stamp>`` (``checkpoint.dir``, ``name``)."""
+
+    name: Any
+    dir: Any
+    run_dir: Any
+
+
+def folder_spec(cfg: DictConfig) -> FolderSpec:
+    """The :class:`FolderSpec` of ``cfg``."""
+    return FolderSpec(
+        name=value_of(cfg, "name"),
+        dir=value_of(cfg, "checkpoint.dir"),
+        run_dir=nullable_of(cfg, "checkpoint.run_dir"),
+    )

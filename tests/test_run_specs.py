@@ -59,3 +59,14 @@ def test_trainer_spec_has_the_configs_values():
         }
     )
     assert trainer_spec(cfg) == TrainerSpec(CheckpointSpec(False, 3, 7), False, True, True)
+
+
+def test_folder_spec_defaults_and_values():
+    from solo_mixmask.run_specs import FolderSpec, folder_spec
+
+    ckpt = BASE_DEFAULTS["checkpoint"]
+    assert folder_spec(OmegaConf.create({})) == FolderSpec(
+        BASE_DEFAULTS["name"], ckpt["dir"], ckpt["run_dir"]
+    )
+    cfg = OmegaConf.create({"name": "n", "checkpoint": {"dir": "/d", "run_dir": "/r"}})
+    assert folder_spec(cfg) == FolderSpec("n", "/d", "/r")
