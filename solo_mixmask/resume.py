@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from solo_mixmask.checkpoint_io import LAST, atomic_copy, safe_load_checkpoint
 from solo_mixmask.checkpoints import SavedModel, saved_model_of
 from solo_mixmask.compose import apply_overrides, parse_overrides
-from solo_mixmask.config import select
 from solo_mixmask.errors import CheckpointError, ConfigError
 from solo_mixmask.pretrain import run_pretrain
 from solo_mixmask.run_folder import (
@@ -31,6 +30,7 @@ from solo_mixmask.run_folder import (
     RunLock,
     is_rank_zero_process,
 )
+from solo_mixmask.run_specs import resume_facts
 
 
 class NothingToResume(Exception):
@@ -89,8 +89,9 @@ def _check_max_epochs(
     (``given``: it was overridden); ConfigError for a ``max_epochs=N`` override with N not above
     the epochs already trained; a warning when ``max_epochs`` changes (what happens to the
     schedules)."""
+    asked = resume_facts(cfg)
     try:
-        old, new = int(saved.max_epochs), int(cfg.max_epochs)
+        old, new = int(resume_facts(saved).max_epochs), int(asked.max_epochs)
     except (TypeError, ValueError, AttributeError):
         return False  # prepare_config reports a bad max_epochs
     if done is not None and done >= new:
@@ -112,11 +113,11 @@ def _check_max_epochs(
 
         from solo_mixmask.errors import ConfigWarning
 
-        schedule = select(cfg, "scheduler.name", "warmup_cosine")
+        schedule = asked.scheduler
         lr = (
             f"the learning-rate schedule ({schedule}) is restored from the checkpoint and still "
             f"spans {old} epochs (after them the rate stays at scheduler.min_lr="
-            f"{select(cfg, 'scheduler.min_lr')})"
+            f"{asked.min_lr})"
             if schedule in ("warmup_cosine", "cosine")
             else f"the learning-rate schedule ({schedule}) is restored from the checkpoint"
         )
@@ -176,11 +177,12 @@ def _check_same_method(path: Path, saved: SavedModel, cfg: DictConfig) -> None:
     """CheckpointError when the checkpoint at ``path`` was written by another method than
     ``cfg.method``."""
     written_by = saved.cfg.get("method") if saved.cfg else None
-    if written_by is not None and written_by != cfg.get("method"):
+    method = resume_facts(cfg).method
+    if written_by is not None and written_by != method:
         raise CheckpointError(
             f"{path} was written by method {written_by!r}, but the run's config asks for "
-            f"method={cfg.get('method')!r}: a run resumes with its own method; start a new run "
-            f"(solo-mixmask pretrain method={cfg.get('method')} ...) to train another one"
+            f"method={method!r}: a run resumes with its own method; start a new run "
+            f"(solo-mixmask pretrain method={method} ...) to train another one"
         )
 
 

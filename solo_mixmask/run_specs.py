@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from solo_mixmask.engine_specs import nullable_of, value_of
 
@@ -107,4 +107,27 @@ def folder_spec(cfg: DictConfig) -> FolderSpec:
         name=value_of(cfg, "name"),
         dir=value_of(cfg, "checkpoint.dir"),
         run_dir=nullable_of(cfg, "checkpoint.run_dir"),
+    )
+
+
+@dataclass(frozen=True)
+class ResumeFacts:
+    """What ``resume`` compares between a run's saved config and the one it resumes with, read
+    as given (bad values are reported by the start-up checks afterwards): ``method`` and
+    ``max_epochs`` (None when absent), ``scheduler`` (its name) and ``min_lr`` (learning rate
+    at the end of a cosine schedule)."""
+
+    method: Any
+    max_epochs: Any
+    scheduler: Any
+    min_lr: Any
+
+
+def resume_facts(cfg: DictConfig) -> ResumeFacts:
+    """The :class:`ResumeFacts` of ``cfg``."""
+    return ResumeFacts(
+        method=OmegaConf.select(cfg, "method"),
+        max_epochs=OmegaConf.select(cfg, "max_epochs"),
+        scheduler=value_of(cfg, "scheduler.name"),
+        min_lr=value_of(cfg, "scheduler.min_lr"),
     )

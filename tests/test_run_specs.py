@@ -70,3 +70,15 @@ def test_folder_spec_defaults_and_values():
     )
     cfg = OmegaConf.create({"name": "n", "checkpoint": {"dir": "/d", "run_dir": "/r"}})
     assert folder_spec(cfg) == FolderSpec("n", "/d", "/r")
+
+
+def test_resume_facts_are_read_as_given():
+    from solo_mixmask.run_specs import ResumeFacts, resume_facts
+
+    assert resume_facts(OmegaConf.create({})) == ResumeFacts(
+        None, None, BASE_DEFAULTS["scheduler"]["name"], BASE_DEFAULTS["scheduler"]["min_lr"]
+    )
+    cfg = OmegaConf.create(
+        {"method": "byol", "max_epochs": "x", "scheduler": {"name": "step", "min_lr": 0.1}}
+    )
+    assert resume_facts(cfg) == ResumeFacts("byol", "x", "step", 0.1)
