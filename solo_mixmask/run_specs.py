@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from solo_mixmask.config import read_bool
 from solo_mixmask.engine_specs import nullable_of, value_of
 
 
@@ -131,3 +132,44 @@ def resume_facts(cfg: DictConfig) -> ResumeFacts:
         scheduler=value_of(cfg, "scheduler.name"),
         min_lr=value_of(cfg, "scheduler.min_lr"),
     )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What :mod:`solo_mixmask.pretrain` reads: ``method`` and ``backbone`` (names, for the
+    summary), ``seed``, ``knn_enabled`` (``knn_eval.enabled``), ``num_classes``
+    (``data.num_classes``, None: from the data), ``no_labels`` (``data.no_labels``) and
+    ``run_dir`` (``checkpoint.run_dir``, None: a new time-stamped folder)."""
+
+    method: Any
+    backbone: Any
+    seed: int
+    knn_enabled: bool
+    num_classes: Any
+    no_labels: bool
+    run_dir: Any
+
+
+def method_of(cfg: DictConfig) -> Any:
+    """``method`` as given (None when absent: the defaults are not filled in yet)."""
+    return OmegaConf.select(cfg, "method")
+
+
+def run_spec(cfg: DictConfig) -> RunSpec:
+    """The :class:`RunSpec` of ``cfg`` (checked by the start-up checks first)."""
+    return RunSpec(
+        method=value_of(cfg, "method"),
+        backbone=value_of(cfg, "backbone.name"),
+        seed=int(value_of(cfg, "seed")),
+        knn_enabled=bool(value_of(cfg, "knn_eval.enabled")),
+        num_classes=nullable_of(cfg, "data.num_classes"),
+        no_labels=read_bool(cfg, "data.no_labels"),
+        run_dir=nullable_of(cfg, "checkpoint.run_dir"),
+    )
+
+
+def record(cfg: DictConfig, key: str, value: Any) -> None:
+    """Write ``value`` at dotted ``key`` of ``cfg`` (what the run decided: the classes found in
+    the data, the run folder), so that ``config.yaml`` and the checkpoints hold it."""
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, force_add=True)

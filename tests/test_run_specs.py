@@ -82,3 +82,28 @@ def test_resume_facts_are_read_as_given():
         {"method": "byol", "max_epochs": "x", "scheduler": {"name": "step", "min_lr": 0.1}}
     )
     assert resume_facts(cfg) == ResumeFacts("byol", "x", "step", 0.1)
+
+
+def test_run_spec_defaults_and_values():
+    from solo_mixmask.run_specs import RunSpec, run_spec
+
+    assert run_spec(OmegaConf.create({})) == RunSpec(
+        BASE_DEFAULTS["method"],
+        BASE_DEFAULTS["backbone"]["name"],
+        BASE_DEFAULTS["seed"],
+        BASE_DEFAULTS["knn_eval"]["enabled"],
+        None,
+        BASE_DEFAULTS["data"]["no_labels"],
+        BASE_DEFAULTS["checkpoint"]["run_dir"],
+    )
+    cfg = OmegaConf.create(
+        {
+            "method": "byol",
+            "backbone": {"name": "resnet50"},
+            "seed": 7,
+            "knn_eval": {"enabled": False},
+            "data": {"num_classes": 3, "no_labels": True},
+            "checkpoint": {"run_dir": "/r"},
+        }
+    )
+    assert run_spec(cfg) == RunSpec("byol", "resnet50", 7, False, 3, True, "/r")
