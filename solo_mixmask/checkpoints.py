@@ -212,10 +212,10 @@ def _is_cifar_stem(sd: StateDict) -> bool:
     return conv1 is not None and conv1.dim() == 4 and tuple(conv1.shape[-2:]) == (3, 3)
 
 
-def _cfg_backbone(cfg: dict[str, Any], sd: StateDict) -> tuple[str, dict[str, Any], bool]:
+def _cfg_backbone(recorded: dict[str, Any], sd: StateDict) -> tuple[str, dict[str, Any], bool]:
     """(arch, kwargs, cifar_stem) from a run config that names ``backbone.name``, the stem
     checked against the weights."""
-    backbone = cfg["backbone"]
+    backbone = recorded["backbone"]
     return str(backbone["name"]), dict(backbone.get("kwargs") or {}), _is_cifar_stem(sd)
 
 
@@ -248,14 +248,14 @@ def _solo_learn_args(path: Path) -> dict[str, Any] | None:
         return None
     data = args.get("data") or {}
     keep = ("dataset", "train_path", "val_path", "num_classes", "no_labels")
-    cfg: dict[str, Any] = {
+    recorded: dict[str, Any] = {
         "backbone": {"name": (args.get("backbone") or {}).get("name")},
         "data": {k: data[k] for k in keep if k in data},
     }
     crops = args.get("augmentations") or []
     if isinstance(crops, list) and crops and isinstance(crops[0], dict) and "crop_size" in crops[0]:
-        cfg["augmentations"] = [{"crop_size": int(crops[0]["crop_size"])}]
-    return cfg
+        recorded["augmentations"] = [{"crop_size": int(crops[0]["crop_size"])}]
+    return recorded
 
 
 def describe_keys(obj: Any, limit: int = 8) -> str:
@@ -287,16 +287,16 @@ def extract_backbone(obj: Any, path: Path | None = None) -> LoadedBackbone:
     backbone = _strip(sd, "backbone.")
     if backbone:
         hp = obj["hyper_parameters"] if isinstance(obj.get("hyper_parameters"), dict) else {}
-        cfg = hp.get("cfg") if isinstance(hp.get("cfg"), dict) else None
-        source = "solo-mixmask" if cfg is not None else "solo-learn"
-        if cfg is None and path is not None:
-            cfg = _solo_learn_args(path)
+        recorded = hp.get("cfg") if isinstance(hp.get("cfg"), dict) else None
+        source = "solo-mixmask" if recorded is not None else "solo-learn"
+        if recorded is None and path is not None:
+            recorded = _solo_learn_args(path)
         backbone = _drop_head(backbone)
-        if cfg is not None and (cfg.get("backbone") or {}).get("name"):
-            arch, kwargs, cifar = _cfg_backbone(cfg, backbone)
+        if recorded is not None and (recorded.get("backbone") or {}).get("name"):
+            arch, kwargs, cifar = _cfg_backbone(recorded, backbone)
         else:
             arch, kwargs, cifar = infer_resnet(backbone, where)
-        return LoadedBackbone(backbone, arch, kwargs, cifar, source, cfg, path)
+        return LoadedBackbone(backbone, arch, kwargs, cifar, source, recorded, path)
 
     # The authors' release (MoCo layout): module.encoder_q.*
     for prefix in _AUTHOR_PREFIXES:

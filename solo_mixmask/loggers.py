@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig
 
-from solo_mixmask.config import select
+from solo_mixmask.run_specs import LoggerSpec
 
 
 def continue_csv(logger: CSVLogger, path: Path) -> None:
@@ -33,29 +32,29 @@ def continue_csv(logger: CSVLogger, path: Path) -> None:
     keys[:0] = [k for k in header if k and k not in keys]
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
+def build_loggers(spec: LoggerSpec, run_dir: Path) -> list[Any]:
     """The run's loggers: ``<run_dir>/logs/metrics.csv`` (``logging.csv``, default on, continued
     on resume), TensorBoard under ``<run_dir>/tensorboard`` (``logging.tensorboard``) and W&B
     (``wandb.enabled``, offline unless ``wandb.offline=false``)."""
     loggers: list[Any] = []
-    if select(cfg, "logging.csv", True):
+    if spec.csv:
         csv_logger = CSVLogger(save_dir=str(run_dir), name="logs", version="")
         continue_csv(csv_logger, run_dir / "logs" / "metrics.csv")
         loggers.append(csv_logger)
-    if select(cfg, "logging.tensorboard", False):
+    if spec.tensorboard:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
-    if select(cfg, "wandb.enabled", False):  # offline unless wandb.offline=false
+    if spec.wandb.enabled:  # offline unless wandb.offline=false
         from lightning.pytorch.loggers import WandbLogger
 
         loggers.append(
             WandbLogger(
-                name=cfg.name,
-                project=select(cfg, "wandb.project", "solo-mixmask"),
-                entity=select(cfg, "wandb.entity"),
+                name=spec.run_name,
+                project=spec.wandb.project,
+                entity=spec.wandb.entity,
                 save_dir=str(run_dir),
-                offline=bool(select(cfg, "wandb.offline", True)),
+                offline=spec.wandb.offline,
             )
         )
     return loggers

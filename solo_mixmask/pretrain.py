@@ -28,13 +28,14 @@ import json
 import os
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from solo_mixmask.bad_files import BAD_FILES, count_bad_files, watch_bad_files
@@ -49,13 +50,7 @@ from solo_mixmask.callbacks import (
 )
 from solo_mixmask.checkpoint_io import LAST, atomic_write, safe_load_checkpoint
 from solo_mixmask.checkpoints import SavedModel, check_model_fits
-from solo_mixmask.config import (
-    check_mandatory_values,
-    read_bool,
-    select,
-    suggest,
-    warn_one_class,
-)
+from solo_mixmask.config import check_mandatory_values, suggest, warn_one_class
 from solo_mixmask.core.collapse import COLLAPSE_FRACTION, is_collapsed, spread_std
 from solo_mixmask.errors import (
     CheckpointError,
@@ -80,16 +75,18 @@ from solo_mixmask.run_folder import (
     new_run_dir,
     remove_made,
 )
+from solo_mixmask.run_specs import RunSpec, method_of, record, run_spec
 from solo_mixmask.trainer import build_callbacks, build_trainer
 from solo_mixmask.utils.resumable import ResumableLoader, resumable_train_loader
 
 if TYPE_CHECKING:
+    from solo_mixmask.data_specs import DataSpec
     from solo_mixmask.methods import BaseMethod
 
 
 def method_class(cfg: DictConfig) -> type[BaseMethod]:
     """The method class named by ``cfg.method`` (ConfigError listing the known ones)."""
-    name = cfg.get("method")
+    name = method_of(cfg)
     if name not in METHODS:
         raise ConfigError("method", name, f"one of {', '.join(METHODS)}{suggest(name, METHODS)}")
     return METHODS[name]
@@ -126,7 +123,7 @@ def _fit_kwargs(trainer: L.Trainer, resume_from: str | None) -> dict[str, Any]:
 
 
 def _build_data(
-    cfg: DictConfig, trainer: L.Trainer, callbacks: list[Callback]
+    spec: DataSpec, knn_enabled: bool, trainer: L.Trainer, callbacks: list[Callback]
 ) -> tuple[Any, list[Any]]:
     """(resumable training loader, validation loaders); the loader is handed to ResumeState."""
     from solo_mixmask.data.loaders import (
@@ -134,15 +131,13 @@ def _build_data(
         build_train_loader,
         build_val_loader,
     )
-    from solo_mixmask.data_specs import data_spec
 
-    spec = data_spec(cfg)
     rank, world = trainer.global_rank, trainer.world_size
     train_loader: Any = build_train_loader(spec, rank, world)
     if isinstance(train_loader, DataLoader) and not isinstance(train_loader, ResumableLoader):
         train_loader = resumable_train_loader(train_loader, spec.seed, rank, world)
     val_loaders: list[Any] = []  # unlabelled images (data.no_labels): nothing to validate
-    if cfg.knn_eval.enabled:  # (prepare_config refuses it with data.no_labels)
+    if knn_enabled:  # (prepare_config refuses it with data.no_labels)
         val_loaders.append(build_knn_train_loader(spec, rank, world))
     if not spec.no_labels:
         val_loaders.append(build_val_loader(spec, rank, world))
@@ -155,7 +150,7 @@ def _build_data(
 
 
 def _initial_metrics(
-    cfg: DictConfig,
+    knn_enabled: bool,
     trainer: L.Trainer,
     model: Any,
     val_loaders: list[Any],
@@ -166,7 +161,7 @@ def _initial_metrics(
     if resumed and init_file.exists():
         return json.loads(init_file.read_text())
     init: dict[str, Any] = {}
-    if cfg.knn_eval.enabled:
+    if knn_enabled:
         results = trainer.validate(model, dataloaders=val_loaders, verbose=False)
         merged = {k: v for r in results for k, v in r.items()}
         init = {
@@ -226,29 +221,35 @@ def run_pretrain(
     from solo_mixmask.data_specs import data_spec
 
     method_cls, cfg = prepare_config(cfg)
+    run = run_spec(cfg)
     fresh = run_dir is None and resume_from is None
     rank_zero = is_rank_zero_process()
     if run_dir is None:
         run_dir = Path(resume_from).parents[1] if resume_from else new_run_dir(cfg)
     run_dir = Path(run_dir)
     key = check_run_location(cfg, run_dir, rank_zero) if fresh else "checkpoint.run_dir"
-    seed_quietly(int(cfg.seed))
-    with open_dict(cfg):
-        if select(cfg, "data.num_classes") is None:
-            cfg.data.num_classes = num_classes(data_spec(cfg))
+    seed_quietly(run.seed)
+    data: DataSpec | None = None  # built once: here when the classes come from the data
+    classes = run.num_classes
+    if classes is None:
+        data = data_spec(cfg)
+        classes = num_classes(data)
+        data = replace(data, num_classes=classes)
+        record(cfg, "data.num_classes", classes)
     if rank_zero:  # k-NN and linear accuracy, at initialisation and after, are 100% then
-        warn_one_class(cfg.data.num_classes, read_bool(cfg, "data.no_labels"))
+        warn_one_class(classes, run.no_labels)
     made: list[Path] = []
     if fresh and rank_zero:  # a time-stamped name of one process is never shared
-        unique = not select(cfg, "checkpoint.run_dir") and not external_launch()
+        unique = not run.run_dir and not external_launch()
         run_dir, made = make_run_dir(key, run_dir, unique)
-    with open_dict(cfg):
-        cfg.checkpoint.run_dir = str(run_dir)
+    record(cfg, "checkpoint.run_dir", str(run_dir))
     progress = {"steps": 0}
     command = "solo-mixmask " + ("pretrain" if fresh else "resume")
     try:
         with RunLock(run_dir, command, enabled=rank_zero):
-            return _train_in(cfg, method_cls, run_dir, resume_from, saved_model, progress, finished)
+            return _train_in(
+                cfg, run, data, method_cls, run_dir, resume_from, saved_model, progress, finished
+            )
     except BaseException as err:
         early = progress["steps"] == 0 and not has_checkpoint(run_dir)
         if made and not external_launch() and early and _is_user_error(err):
@@ -258,6 +259,8 @@ def run_pretrain(
 
 def _train_in(
     cfg: DictConfig,
+    run: RunSpec,
+    data: DataSpec | None,
     method_cls: type[BaseMethod],
     run_dir: Path,
     resume_from: str | None,
@@ -274,7 +277,11 @@ def _train_in(
 
     callbacks = build_callbacks(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, callbacks)
-    train_loader, val_loaders = _build_data(cfg, trainer, callbacks)
+    if data is None:
+        from solo_mixmask.data_specs import data_spec
+
+        data = data_spec(cfg)
+    train_loader, val_loaders = _build_data(data, run.knn_enabled, trainer, callbacks)
     run_dir.mkdir(parents=True, exist_ok=True)  # made by rank 0; a no-op on resume
     report = run_dir / BAD_FILES
     watched = watch_bad_files([train_loader, *val_loaders], report)
@@ -289,7 +296,7 @@ def _train_in(
     stop.install()
     try:
         init = _initial_metrics(
-            cfg, trainer, model, val_loaders, run_dir / INIT_METRICS, bool(resume_from)
+            run.knn_enabled, trainer, model, val_loaders, run_dir / INIT_METRICS, bool(resume_from)
         )
         stop.check()  # a stop asked during the last batch of the k-NN pass
         if finished is not None and resume_from:
@@ -332,9 +339,9 @@ def _train_in(
         _metric(metrics, EMBEDDING_STD), getattr(model, "embedding_dim", None)
     )
     summary = {
-        "method": cfg.method,
-        "backbone": cfg.backbone.name,
-        "dataset": cfg.data.dataset,
+        "method": run.method,
+        "backbone": run.backbone,
+        "dataset": data.dataset,
         "epochs": int(finished["epochs"] if finished else trainer.current_epoch),
         "steps": int(finished["steps"] if finished else trainer.global_step),
         "knn_acc1": _metric(metrics, "val_knn_acc1"),

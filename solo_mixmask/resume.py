@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from solo_mixmask.checkpoint_io import LAST, atomic_copy, safe_load_checkpoint
 from solo_mixmask.checkpoints import SavedModel, saved_model_of
 from solo_mixmask.compose import apply_overrides, parse_overrides
-from solo_mixmask.config import select
 from solo_mixmask.errors import CheckpointError, ConfigError
 from solo_mixmask.pretrain import run_pretrain
 from solo_mixmask.run_folder import (
@@ -31,6 +30,7 @@ from solo_mixmask.run_folder import (
     RunLock,
     is_rank_zero_process,
 )
+from solo_mixmask.run_specs import resume_facts
 
 
 class NothingToResume(Exception):
@@ -89,8 +89,9 @@ def _check_max_epochs(
     (``given``: it was overridden); ConfigError for a ``max_epochs=N`` override with N not above
     the epochs already trained; a warning when ``max_epochs`` changes (what happens to the
     schedules)."""
+    asked = resume_facts(cfg)
     try:
-        old, new = int(saved.max_epochs), int(cfg.max_epochs)
+        old, new = int(resume_facts(saved).max_epochs), int(asked.max_epochs)
     except (TypeError, ValueError, AttributeError):
         return False  # prepare_config reports a bad max_epochs
     if done is not None and done >= new:
@@ -112,11 +113,11 @@ def _check_max_epochs(
 
         from solo_mixmask.errors import ConfigWarning
 
-        schedule = select(cfg, "scheduler.name", "warmup_cosine")
+        schedule = asked.scheduler
         lr = (
             f"the learning-rate schedule ({schedule}) is restored from the checkpoint and still "
             f"spans {old} epochs (after them the rate stays at scheduler.min_lr="
-            f"{select(cfg, 'scheduler.min_lr')})"
+            f"{asked.min_lr})"
             if schedule in ("warmup_cosine", "cosine")
             else f"the learning-rate schedule ({schedule}) is restored from the checkpoint"
         )
@@ -176,11 +177,12 @@ def _check_same_method(path: Path, saved: SavedModel, cfg: DictConfig) -> None:
     """CheckpointError when the checkpoint at ``path`` was written by another method than
     ``cfg.method``."""
     written_by = saved.cfg.get("method") if saved.cfg else None
-    if written_by is not None and written_by != cfg.get("method"):
+    method = resume_facts(cfg).method
+    if written_by is not None and written_by != method:
         raise CheckpointError(
             f"{path} was written by method {written_by!r}, but the run's config asks for "
-            f"method={cfg.get('method')!r}: a run resumes with its own method; start a new run "
-            f"(solo-mixmask pretrain method={cfg.get('method')} ...) to train another one"
+            f"method={method!r}: a run resumes with its own method; start a new run "
+            f"(solo-mixmask pretrain method={method} ...) to train another one"
         )
 
 
@@ -204,18 +206,18 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
     CheckpointError.
     """
     run_dir = Path(run_dir)
-    config = run_dir / CONFIG
-    if not config.exists():
-        raise CheckpointError(f"{run_dir} is not a run folder: {config} is missing")
+    config_file = run_dir / CONFIG
+    if not config_file.exists():
+        raise CheckpointError(f"{run_dir} is not a run folder: {config_file} is missing")
     with RunLock(run_dir, "solo-mixmask resume", enabled=is_rank_zero_process()):
         return _resume_locked(run_dir, overrides)
 
 
 def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]:
     """:func:`resume_run` once the run folder's lock is held."""
-    config, folder = run_dir / CONFIG, run_dir / CHECKPOINTS
+    config_file, folder = run_dir / CONFIG, run_dir / CHECKPOINTS
     last = folder / LAST
-    saved = _saved_config(config)
+    saved = _saved_config(config_file)
     cfg = saved
     if overrides:
         check_resume_overrides(overrides)
@@ -277,23 +279,23 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
     return run_pretrain(cfg, resume_from=str(last), saved_model=saved_model)
 
 
-def _saved_config(config: Path) -> DictConfig:
+def _saved_config(config_file: Path) -> DictConfig:
     """The run's ``config.yaml``, read (CheckpointError, one line, when it cannot be)."""
     import yaml
 
     from solo_mixmask.compose import yaml_problem
 
     try:
-        saved = OmegaConf.load(config)
+        saved = OmegaConf.load(config_file)
     except yaml.YAMLError as err:
         raise CheckpointError(
-            f"{config} cannot be read: the run's config must be {yaml_problem(err)}; restore the "
+            f"{config_file} cannot be read: the run's config must be {yaml_problem(err)}; restore the "
             "file pretrain wrote, or start a new run"
         ) from err
     except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config} cannot be read: {err}") from err
+        raise CheckpointError(f"{config_file} cannot be read: {err}") from err
     if not isinstance(saved, DictConfig):
         raise CheckpointError(
-            f"{config.parent} is not a run folder: {config} does not hold a mapping"
+            f"{config_file.parent} is not a run folder: {config_file} does not hold a mapping"
         )
     return saved

@@ -30,9 +30,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from solo_mixmask.config import select
 from solo_mixmask.errors import ConfigError, ConfigWarning
 from solo_mixmask.paths import check_output_dir
+from solo_mixmask.run_specs import folder_spec
 
 #: What a run folder holds (see :mod:`solo_mixmask.pretrain`): the resolved config, the
 #: checkpoints folder, the summary, the k-NN/linear figures before training, the lock.
@@ -92,11 +92,11 @@ def new_run_dir(cfg: DictConfig) -> Path:
     inherit it from their parent (``SOLO_MIXMASK_RUN_DIR``); under SLURM the job id names it;
     under torchrun ``checkpoint.run_dir`` (or a ``--rdzv-id``) is required.
     """
-    given = select(cfg, "checkpoint.run_dir")
-    if given:
-        return Path(given)
-    base = Path(select(cfg, "checkpoint.dir", "runs"))
-    name = select(cfg, "name", "run")
+    spec = folder_spec(cfg)
+    if spec.run_dir:
+        return Path(spec.run_dir)
+    base = Path(spec.dir)
+    name = spec.name
     if external_launch():
         if os.environ.get(RUN_DIR_ENV):
             return Path(os.environ[RUN_DIR_ENV])
@@ -137,15 +137,16 @@ def check_run_location(cfg: DictConfig, run_dir: Path, rank_zero: bool) -> str:
     """Before any work: the folder a new run will write to can be made there and holds no run
     (only ``resume`` writes into an existing run). Returns the key that names it
     (``checkpoint.run_dir`` when given, else ``checkpoint.dir``); ConfigError otherwise."""
-    if select(cfg, "checkpoint.run_dir"):
+    spec = folder_spec(cfg)
+    if spec.run_dir:
         key = "checkpoint.run_dir"
         check_output_dir(key, run_dir)
     else:
         key = "checkpoint.dir"
-        check_output_dir(key, select(cfg, "checkpoint.dir", "runs"))
+        check_output_dir(key, spec.dir)
     # A time-stamped folder chosen here that exists already (another run started in the same
     # second) is not refused: make_run_dir gives this run its own folder, with a suffix.
-    if rank_zero and (select(cfg, "checkpoint.run_dir") or external_launch()):
+    if rank_zero and (spec.run_dir or external_launch()):
         refuse_existing_run(key, run_dir)
     return key
 

@@ -24,10 +24,11 @@ from solo_mixmask.callbacks import (
     epoch_checkpoint,
 )
 from solo_mixmask.checkpoint_io import SafeAtomicCheckpointIO
-from solo_mixmask.config import select, to_container, trainer_arg_names
+from solo_mixmask.config import to_container, trainer_arg_names
 from solo_mixmask.console import EpochLine, ModelLine, quiet_third_party
 from solo_mixmask.loggers import build_loggers
 from solo_mixmask.run_folder import CHECKPOINTS
+from solo_mixmask.run_specs import logger_spec, trainer_spec
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -56,8 +57,9 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
 
     The loaders of :class:`ResumeState` and :class:`DataOnDevice` are attached once they exist.
     """
+    spec = trainer_spec(cfg)
     ckpt_dir = run_dir / CHECKPOINTS
-    enabled = bool(cfg.checkpoint.enabled)
+    enabled = spec.checkpoint.enabled
     callbacks: list[Callback] = [
         TrainSpeed(),
         LearningRateMonitor(logging_interval="epoch"),
@@ -66,18 +68,18 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         DataOnDevice(),  # likewise, the loaders that hold their images on the device
         GracefulStop(),  # SIGTERM / Ctrl-C: stop after the step, with a checkpoint
     ]
-    if select(cfg, "progress_bar", True):
+    if spec.progress_bar:
         callbacks.append(RichProgressBar())
     else:
         callbacks.append(EpochLine())  # CI logs, nohup: one line per epoch
-    if not select(cfg, "enable_model_summary", False):
+    if not spec.model_summary:
         callbacks.append(ModelLine())  # Lightning's table with enable_model_summary=true
     if enabled:
-        callbacks.append(epoch_checkpoint(ckpt_dir, int(cfg.checkpoint.frequency)))
+        callbacks.append(epoch_checkpoint(ckpt_dir, spec.checkpoint.frequency))
         callbacks.append(LastCheckpoint(ckpt_dir))
-        every = select(cfg, "checkpoint.every_n_steps")
+        every = spec.checkpoint.every_n_steps
         if every:
-            callbacks.append(StepCheckpoint(ckpt_dir, int(every)))
+            callbacks.append(StepCheckpoint(ckpt_dir, every))
         # after StepCheckpoint: a step that it saved is not saved twice
         callbacks.append(StopCheckpoint(ckpt_dir))
     return callbacks
@@ -87,12 +89,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> 
     """The run's ``lightning.Trainer``: :func:`trainer_kwargs`, ``callbacks``, the loggers
     (:func:`~solo_mixmask.loggers.build_loggers`) and atomic, weights-only checkpoint files
     (:class:`~solo_mixmask.checkpoint_io.SafeAtomicCheckpointIO`); output under ``run_dir``."""
+    spec = trainer_spec(cfg)
     kwargs = trainer_kwargs(cfg)
     kwargs.setdefault("num_sanity_val_steps", 0)
     kwargs.setdefault("log_every_n_steps", 10)
     kwargs.setdefault("enable_model_summary", False)  # ModelLine prints one line instead
     quiet_third_party()  # before the Trainer logs its tips
-    if select(cfg, "data.format") == "memory":
+    if spec.data_on_device:
         # the images are decoded once and augmented on the device: workers would not help
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     if torch.cuda.is_available():
@@ -104,8 +107,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> 
         **kwargs,
         callbacks=callbacks,
         plugins=[*plugins, SafeAtomicCheckpointIO()],
-        logger=build_loggers(cfg, run_dir) or False,
+        logger=build_loggers(logger_spec(cfg), run_dir) or False,
         default_root_dir=str(run_dir),
-        enable_progress_bar=select(cfg, "progress_bar", True),
-        enable_checkpointing=bool(cfg.checkpoint.enabled),
+        enable_progress_bar=spec.progress_bar,
+        enable_checkpointing=spec.checkpoint.enabled,
     )

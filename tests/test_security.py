@@ -143,7 +143,11 @@ def test_default_configs_keep_wandb_offline_and_downloads_off():
 def test_wandb_logger_is_offline_unless_asked(tmp_path, monkeypatch):
     import lightning.pytorch.loggers as loggers
 
-    from solo_mixmask.loggers import build_loggers as _loggers
+    from solo_mixmask.loggers import build_loggers
+    from solo_mixmask.run_specs import logger_spec
+
+    def _loggers(cfg, run_dir):
+        return build_loggers(logger_spec(cfg), run_dir)
 
     made = []
     monkeypatch.setattr(loggers, "WandbLogger", lambda **kw: made.append(kw) or "wandb")

@@ -29,37 +29,19 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.utilities.data import dim_zero_cat
 
 from solo_mixmask.backbones import build_backbone, momentum_copy
-from solo_mixmask.config import (
-    BASE_DEFAULTS,
-    crop_size,
-    fill_defaults,
-    select,
-    to_container,
-    validate_base,
-)
+from solo_mixmask.config import BASE_DEFAULTS, fill_defaults, to_container, validate_base
 from solo_mixmask.core.knn import knn_accuracy, knn_k_used
-from solo_mixmask.dataset_facts import num_classes_of
+from solo_mixmask.engine_specs import EngineSpec, PerformanceSpec, SchedulerSpec, engine_spec
 from solo_mixmask.errors import ConfigError, ConfigWarning
 from solo_mixmask.utils.momentum import cosine_tau, ema_update
 
 
-def _num_classes(cfg: DictConfig) -> int:
-    value = select(cfg, "data.num_classes")
-    if value is None:
-        value = num_classes_of(cfg.data.dataset)
-    if not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            "data.num_classes", value, "an integer >= 1 (required for custom datasets)"
-        )
-    return value
-
-
-def _compile_backend(cfg: DictConfig) -> str | None:
+def _compile_backend(performance: PerformanceSpec) -> str | None:
     """The torch.compile backend of ``performance.compile_backend`` when ``performance.compile``
     is true (default "inductor"; "eager" / "aot_eager" compile nothing, for tests), else None."""
-    if not bool(select(cfg, "performance.compile", False)):
+    if not performance.compile:
         return None
-    backend = select(cfg, "performance.compile_backend", "inductor")
+    backend = performance.compile_backend
     import torch._dynamo
 
     allowed = sorted(set(torch._dynamo.list_backends(exclude_tags=())) | {"inductor"})
@@ -140,24 +122,24 @@ class LabelledFeatures(Metric):
 
 
 def lr_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int, epochs: int
+    optimizer: torch.optim.Optimizer, sch: SchedulerSpec, total_steps: int, epochs: int
 ) -> Any:
-    """The timm scheduler of ``scheduler.*`` for a run of ``total_steps`` optimiser steps over
-    ``epochs`` epochs, stepped once per optimiser step (``step_update``, ``t_in_epochs=False``);
-    None for ``scheduler.name=none``. Warm-up and decay milestones are given in epochs."""
+    """The timm scheduler of ``sch`` (``scheduler.*``) for a run of ``total_steps`` optimiser
+    steps over ``epochs`` epochs, stepped once per optimiser step (``step_update``,
+    ``t_in_epochs=False``); None for ``scheduler.name=none``. Warm-up and decay milestones are
+    given in epochs."""
     from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 
-    sch = cfg.scheduler
     total = max(total_steps, 1)
     per_epoch = max(total // max(epochs, 1), 1)
     if sch.name == "none":
         return None
     if sch.name == "step":
-        milestones = [int(m) * per_epoch for m in select(cfg, "scheduler.lr_decay_steps", [60, 80])]
+        milestones = [int(m) * per_epoch for m in sch.lr_decay_steps]
         return MultiStepLRScheduler(
             optimizer,
             decay_t=milestones,
-            decay_rate=select(cfg, "scheduler.gamma", 0.1),
+            decay_rate=sch.gamma,
             t_in_epochs=False,
         )
     warmup = int(sch.warmup_epochs * per_epoch) if sch.name == "warmup_cosine" else 0
@@ -180,22 +162,23 @@ class BaseMethod(L.LightningModule):
         cfg = self.add_and_assert_specific_cfg(cfg)
         self.cfg = cfg
         self.save_hyperparameters({"cfg": to_container(cfg)})
-        cifar_stem = select(cfg, "backbone.cifar_stem")
-        if cifar_stem is None:
-            cifar_stem = crop_size(cfg) <= 64
+        #: The config as read by the engine (the one read of its keys; ``self.cfg`` stays for
+        #: solo-learn's contract and the methods' own ``method_kwargs``).
+        self.engine: EngineSpec = engine_spec(cfg)
+        spec = self.engine
         self.backbone, self.features_dim = build_backbone(
-            cfg.backbone.name, select(cfg, "backbone.kwargs", {}), bool(cifar_stem)
+            spec.backbone.name, spec.backbone.kwargs, spec.backbone.cifar_stem
         )
-        self.channels_last = bool(cfg.performance.channels_last)
+        self.channels_last = spec.performance.channels_last
         if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
-        self.compile_backend = _compile_backend(cfg)
+        self.compile_backend = _compile_backend(spec.performance)
         # torch.compile wrappers per backbone, in a plain dict so that they are not registered as
         # submodules: state_dict keys stay "backbone.*" / "momentum_backbone.*".
         self._compiled: dict[int, Any] = {}
-        self.num_classes = _num_classes(cfg)
+        self.num_classes = spec.num_classes
         self.classifier = nn.Linear(self.features_dim, self.num_classes)
-        self.knn_enabled = bool(cfg.knn_eval.enabled)
+        self.knn_enabled = spec.knn.enabled
         #: The k the k-NN monitor last voted with (knn_eval.k clamped to its memory), or None.
         self.knn_k: int | None = None
         # Which views of a training batch go through the online network (None = all).
@@ -225,7 +208,7 @@ class BaseMethod(L.LightningModule):
             {
                 "name": "classifier",
                 "params": self.classifier.parameters(),
-                "lr": self.cfg.optimizer.classifier_lr,
+                "lr": self.engine.optimizer.classifier_lr,
                 "weight_decay": 0.0,
                 "static_lr": True,
             },
@@ -331,10 +314,11 @@ class BaseMethod(L.LightningModule):
     ) -> None:
         """Log the k-NN monitor's top-1/top-5 (%) and k: memory ``train_f`` (N, D) /
         ``train_t`` (N,), queries ``val_f`` (M, D) / ``val_t`` (M,), gathered from all processes."""
-        requested = self.cfg.knn_eval.k
+        knn = self.engine.knn
+        requested = knn.k
         k = knn_k_used(requested, train_t)
         # (a clamp to data.knn_train_subset was already announced by the start-up checks)
-        announced = k == select(self.cfg, "data.knn_train_subset")
+        announced = k == knn.memory
         if k < requested and k != self.knn_k and not announced and self.trainer.is_global_zero:
             warnings.warn(
                 f"knn_eval.k={requested} is larger than the k-NN memory ({k} labelled images): "
@@ -349,8 +333,8 @@ class BaseMethod(L.LightningModule):
             val_f,
             val_t,
             self.num_classes,
-            self.cfg.knn_eval.k,
-            self.cfg.knn_eval.T,
+            knn.k,
+            knn.T,
         )
         self.log_dict(
             {"val_knn_acc1": top1, "val_knn_acc5": top5, "val_knn_k": float(k)},
@@ -361,7 +345,7 @@ class BaseMethod(L.LightningModule):
     def scaled_lr(self, lr: float) -> float:
         """solo-learn's linear scaling: ``lr * batch_size * devices * nodes / 256``."""
         world = self.trainer.world_size if self._trainer is not None else 1
-        return lr * self.cfg.optimizer.batch_size * world / 256
+        return lr * self.engine.optimizer.batch_size * world / 256
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
@@ -375,13 +359,13 @@ class BaseMethod(L.LightningModule):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The optimiser of ``optimizer.*`` over :attr:`learnable_params` (scaled lr)."""
-        opt_cfg = self.cfg.optimizer
+        opt_cfg = self.engine.optimizer
         groups = []
         for group in self.learnable_params:
             group = dict(group)
             group["lr"] = self.scaled_lr(group.get("lr", opt_cfg.lr))
             groups.append(group)
-        kwargs = dict(select(self.cfg, "optimizer.kwargs", {}))
+        kwargs = dict(opt_cfg.kwargs)
         name = opt_cfg.name
         optimizer: torch.optim.Optimizer
         if name == "sgd":
@@ -404,7 +388,9 @@ class BaseMethod(L.LightningModule):
     def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         """:func:`lr_scheduler` over the trainer's optimiser steps and epochs."""
         total = int(self.trainer.estimated_stepping_batches)
-        return lr_scheduler(optimizer, self.cfg, total, int(self.trainer.max_epochs or 1))
+        return lr_scheduler(
+            optimizer, self.engine.scheduler, total, int(self.trainer.max_epochs or 1)
+        )
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
         scheduler.step_update(num_updates=self.global_step)
@@ -460,7 +446,8 @@ class BaseMomentumMethod(BaseMethod):
         # Lightning counts the step after this hook returns: global_step is still the index
         # (0-based) of the optimiser step just taken
         step = self.global_step
-        tau = cosine_tau(step, total, self.cfg.momentum.base_tau, self.cfg.momentum.final_tau)
+        momentum_spec = self.engine.momentum
+        tau = cosine_tau(step, total, momentum_spec.base_tau, momentum_spec.final_tau)
         for online, momentum in self.momentum_pairs:
             ema_update(online, momentum, tau)
         self.log("tau", tau)
