@@ -135,13 +135,15 @@ def _show_masks(args: argparse.Namespace) -> None:
     from solo_mixmask.compose import compose_config
     from solo_mixmask.errors import ConfigError
     from solo_mixmask.eval.pictures import show_masks
+    from solo_mixmask.eval_specs import mask_picture_spec
     from solo_mixmask.pretrain import prepare_config
 
     if args.num_images < 2:
         raise ConfigError("--num-images", args.num_images, "an integer >= 2")
     # checked as pretrain checks it: unknown keys (did-you-mean), grid sizes, mask ratios ...
     _, cfg = prepare_config(compose_config(args.config_path, args.config_name, args.overrides))
-    print(f"wrote {show_masks(cfg, args.out, args.num_images, args.seed)}")
+    spec = mask_picture_spec(cfg)
+    print(f"wrote {show_masks(spec, args.out, args.num_images, args.seed)}")
 
 
 def _compare(args: argparse.Namespace) -> None:

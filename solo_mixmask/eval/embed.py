@@ -12,7 +12,6 @@ split) and ``embed.json`` (what was drawn and how).
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,17 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from solo_mixmask.checkpoints import load_backbone
-from solo_mixmask.config import DEFAULT_SEED, select
 from solo_mixmask.errors import ConfigError, DataError
 from solo_mixmask.eval.features import (
-    eval_config,
+    checkpoint_spec,
     eval_device,
     extract_features,
     make_loader,
     output_dir,
     prepare_backbone,
     seeded_subset,
+    write_result,
 )
 from solo_mixmask.paths import check_output_dir
 
@@ -175,32 +173,27 @@ def run_embed(
     """
     from solo_mixmask.data.augmentations import build_eval_transform
     from solo_mixmask.data.datasets import build_dataset, num_classes
-    from solo_mixmask.data_specs import data_spec
 
     start = time.perf_counter()
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
         raise ConfigError("--num-images", num_images, "an integer >= 0 (0 = all images)")
-    lb = load_backbone(checkpoint)
-    cfg = eval_config(lb, checkpoint, overrides)
+    dev = eval_device(device)
+    lb, spec = checkpoint_spec(checkpoint, overrides, dev)
     chosen = pick_method(method)  # before the features: a missing package fails at once
     folder = check_output_dir("--out", output_dir(checkpoint, "embed", out))
-    seed = int(select(cfg, "seed", DEFAULT_SEED))
-    dev = eval_device(device)
-    channels_last = bool(select(cfg, "performance.channels_last", False))
-    spec = data_spec(cfg)
-    val_all = build_dataset(spec, "val", build_eval_transform(spec.crops[0]))
+    seed, channels_last = spec.seed, spec.channels_last
+    val_all = build_dataset(spec.data, "val", build_eval_transform(spec.data.crops[0]))
     val = seeded_subset(val_all, num_images or None, seed)
     indices = list(getattr(val, "indices", range(len(val))))  # type: ignore[arg-type]
-    batch = int(select(cfg, "optimizer.batch_size", 256))
-    loader = make_loader(val, batch, int(select(cfg, "data.num_workers", 0)), False, seed)
+    loader = make_loader(val, spec.batch_size, spec.num_workers, False, seed)
     model = prepare_backbone(lb, dev, channels_last)
     feats, targets = extract_features(model, loader, dev, channels_last)
     t0 = time.perf_counter()
     coords = project_2d(feats, chosen, seed)
     project_seconds = time.perf_counter() - t0
 
-    dataset = spec.dataset
-    names = class_names(val_all, dataset, num_classes(spec))
+    dataset = spec.data.dataset
+    names = class_names(val_all, dataset, num_classes(spec.data))
     labels = targets.numpy()
     title = (
         f"{LABELS[chosen]} of {lb.arch} features ({lb.source} checkpoint)\n"
@@ -213,11 +206,7 @@ def run_embed(
         writer.writerow(["index", "label", "x", "y"])
         for i, y, (px, py) in zip(indices, labels.tolist(), coords.tolist(), strict=True):
             writer.writerow([i, y, f"{px:.5f}", f"{py:.5f}"])
-    result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "source": lb.source,
-        "arch": lb.arch,
-        "dataset": dataset,
+    fields = {
         "method": LABELS[chosen],
         "title": title,
         "images": len(labels),
@@ -227,7 +216,4 @@ def run_embed(
         "project_seconds": round(project_seconds, 1),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
-    path = folder / "embed.json"
-    path.write_text(json.dumps(result, indent=2))
-    result["json"] = str(path)
-    return result
+    return write_result(folder / "embed.json", checkpoint, lb, spec, fields)

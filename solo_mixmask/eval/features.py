@@ -10,11 +10,15 @@ The evaluation config of a checkpoint is built in this order (later wins):
 4. command-line overrides ``key=value`` (values parsed as YAML: ``null``, ``10``, ``[1, 2]``).
 
 Every key of the preset and of the overrides must be one the config knows (the engine's
-defaults, the run's config, the command's own section and :data:`EVAL_EXTRA_KEYS`): a typo is
-a ConfigError naming it, with a did-you-mean (:func:`check_given_keys`), never dropped.
+defaults, the run's config, the command's own section and
+:data:`~solo_mixmask.eval_specs.EVAL_EXTRA_KEYS`): a typo is a ConfigError naming it, with a
+did-you-mean (:func:`~solo_mixmask.eval_specs.check_given_keys`), never dropped.
 
 Changing ``data.dataset`` by override also forgets the run's ``data.num_classes``. Without a run
 config the crop size follows the dataset: 28 (Fashion-MNIST), 32 (CIFAR), 96 (STL-10), else 224.
+
+The commands read that config once, into an :class:`~solo_mixmask.eval_specs.EvalSpec`
+(:func:`checkpoint_spec`), and write their result with :func:`write_result`.
 
 Also shared by ``linear`` and ``finetune``: seeded subsets, loaders, the training crop and the
 epoch loop that trains a classifier on images (:func:`train_epochs`); their presets are
@@ -24,6 +28,7 @@ epoch loop that trains a classifier on images (:func:`train_epochs`); their pres
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,24 +36,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from solo_mixmask import compose
 from solo_mixmask.augmentation_specs import CropSpec
 from solo_mixmask.checkpoints import LoadedBackbone, load_backbone, run_dir_of
-from solo_mixmask.config import BASE_DEFAULTS, check_booleans, check_known_keys
-from solo_mixmask.dataset_facts import eval_crop_of
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.presets import load_preset, preset_defaults
-
-
-def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
-    """``['a.b=1', '~c']`` -> ``[('a.b', 1), ('c', None)]`` (hydra's override grammar)."""
-    parsed = compose.parse_overrides(overrides)
-    compose.refuse_sweeps(parsed)
-    return [(o.key_or_group, None if o.is_delete() else o.value()) for o in parsed]
+from solo_mixmask.eval_specs import EvalSpec, compose_eval_config, eval_spec
 
 
 def run_config(lb: LoadedBackbone, checkpoint: str | Path) -> dict[str, Any] | None:
@@ -59,61 +55,6 @@ def run_config(lb: LoadedBackbone, checkpoint: str | Path) -> dict[str, Any] | N
     return copy.deepcopy(lb.cfg) if lb.cfg else None
 
 
-#: Keys the data layer reads (:func:`~solo_mixmask.data_specs.data_spec`) that the engine's
-#: defaults leave out; evaluation overrides may set them.
-EVAL_EXTRA_KEYS: dict[str, Any] = {"data": {"num_classes": None, "dali_device": "auto"}}
-#: Config nodes whose keys are free (a timm model's constructor arguments): not checked here.
-FREE_KEYS = ("backbone.kwargs",)
-
-
-def check_given_keys(given: DictConfig, known: DictConfig, key: str = "") -> None:
-    """ConfigError (with a did-you-mean) for the first key of ``given`` (overrides or a preset,
-    as a tree) that ``known`` does not have, checked level by level with the pretraining
-    checker :func:`~solo_mixmask.config.check_known_keys`. Below a list, a leaf, an empty
-    node of ``known`` (``method_kwargs`` without a run config) or :data:`FREE_KEYS` nothing is
-    checked."""
-    node = OmegaConf.select(given, key) if key else given
-    schema = OmegaConf.select(known, key) if key else known
-    if not isinstance(node, DictConfig) or not isinstance(schema, DictConfig):
-        return
-    if key in FREE_KEYS or (key and len(schema) == 0):
-        return
-    check_known_keys(given, key, [str(k) for k in schema.keys()])
-    for name in map(str, node.keys()):
-        check_given_keys(given, known, f"{key}.{name}" if key else name)
-
-
-def _given_tree(parsed: Sequence[tuple[str, Any]]) -> DictConfig:
-    """Overrides ``[(dotted key, value)]`` as one tree (list indexes become keys)."""
-    tree = OmegaConf.create({})
-    with open_dict(tree):
-        for key, value in parsed:
-            try:
-                OmegaConf.update(tree, key, value, force_add=True)
-            except Exception as err:  # omegaconf raises several types for a bad path
-                raise ConfigError(key, value, f"a settable config key ({err})") from err
-    return tree
-
-
-def preset_eval_config(
-    checkpoint: str | Path, overrides: Sequence[str], preset: str, folder: Path
-) -> tuple[LoadedBackbone, DictConfig]:
-    """The backbone of ``checkpoint`` and its :func:`eval_config` under the preset ``preset``
-    (a name in ``folder``, e.g. ``configs/linear/``, or a YAML path) over the folder's
-    defaults."""
-    preset_cfg = load_preset(preset, folder)
-    lb = load_backbone(checkpoint)
-    cfg = eval_config(
-        lb,
-        checkpoint,
-        overrides,
-        preset=preset_cfg,
-        defaults=preset_defaults(folder),
-        preset_name=preset,
-    )
-    return lb, cfg
-
-
 def eval_config(
     lb: LoadedBackbone,
     checkpoint: str | Path,
@@ -122,41 +63,52 @@ def eval_config(
     defaults: dict[str, Any] | None = None,
     preset_name: str | None = None,
 ) -> DictConfig:
-    """The evaluation config of ``checkpoint`` (see the module docstring): ``defaults`` are
-    the command's own section (e.g. ``{"linear": {...}}``, its ``paper`` preset), ``preset`` the
-    chosen preset (``preset_name`` for messages); their keys and the overrides' are checked
-    against what the config knows before anything is set."""
-    cfg = OmegaConf.create(copy.deepcopy(BASE_DEFAULTS))
-    cfg.merge_with(OmegaConf.create(copy.deepcopy(EVAL_EXTRA_KEYS)))
-    if defaults:
-        cfg.merge_with(OmegaConf.create(defaults))
+    """The evaluation config of ``checkpoint`` (see the module docstring and
+    :func:`~solo_mixmask.eval_specs.compose_eval_config`): ``defaults`` are the command's own
+    section (e.g. ``{"linear": {...}}``, its ``paper`` preset), ``preset`` the chosen preset
+    (``preset_name`` for messages)."""
     from_run = run_config(lb, checkpoint)
-    if from_run:
-        cfg.merge_with(OmegaConf.create(from_run))  # in place: cfg stays a DictConfig
-    if preset:
-        try:
-            check_given_keys(OmegaConf.create(preset), cfg)
-        except ConfigError as err:
-            where = f" (in --preset {preset_name})" if preset_name else ""
-            raise ConfigError(err.key, err.value, f"{err.allowed}{where}") from err
-        cfg.merge_with(OmegaConf.create(preset))
-    parsed = parse_overrides(overrides)
-    check_given_keys(_given_tree(parsed), cfg)
-    keys = {k for k, _ in parsed}
-    with open_dict(cfg):
-        for key, value in parsed:
-            if key == "data.dataset" and "data.num_classes" not in keys:
-                OmegaConf.update(cfg, "data.num_classes", None, force_add=True)
-            try:
-                OmegaConf.update(cfg, key, value, force_add=True)
-            except Exception as err:  # omegaconf raises several types for a bad path
-                raise ConfigError(key, value, f"a settable config key ({err})") from err
-        crop_given = any(k.startswith("augmentations") for k in keys)
-        if not from_run and not crop_given:
-            dataset = OmegaConf.select(cfg, "data.dataset")
-            cfg.augmentations = [{"crop_size": eval_crop_of(dataset), "num_crops": 1}]
-    check_booleans(cfg)  # data.download=no must not download (bool("no") is True)
-    return cfg
+    return compose_eval_config(from_run, overrides, preset, defaults, preset_name)
+
+
+def checkpoint_spec(
+    checkpoint: str | Path,
+    overrides: Sequence[str],
+    device: torch.device,
+    preset: str | None = None,
+    folder: Path | None = None,
+) -> tuple[LoadedBackbone, EvalSpec]:
+    """The backbone of ``checkpoint`` and its :func:`spec_of` (the preset, when named, read
+    before the checkpoint)."""
+    preset_cfg = load_preset(preset, folder) if preset is not None and folder is not None else None
+    lb = load_backbone(checkpoint)
+    return lb, spec_of(lb, checkpoint, overrides, device, preset, folder, preset_cfg)
+
+
+def spec_of(
+    lb: LoadedBackbone,
+    checkpoint: str | Path,
+    overrides: Sequence[str],
+    device: torch.device,
+    preset: str | None = None,
+    folder: Path | None = None,
+    preset_cfg: dict[str, Any] | None = None,
+) -> EvalSpec:
+    """The :class:`~solo_mixmask.eval_specs.EvalSpec` of ``checkpoint``'s :func:`eval_config`
+    for a command on ``device``; with ``preset`` (a name in ``folder``, e.g.
+    ``configs/linear/``, or a YAML path; ``preset_cfg`` when already read) over the folder's
+    defaults."""
+    if preset is not None and folder is not None and preset_cfg is None:
+        preset_cfg = load_preset(preset, folder)
+    cfg = eval_config(
+        lb,
+        checkpoint,
+        overrides,
+        preset=preset_cfg,
+        defaults=preset_defaults(folder) if folder is not None else None,
+        preset_name=preset,
+    )
+    return eval_spec(cfg, str(device))
 
 
 def eval_device(name: str | None = None) -> torch.device:
@@ -245,6 +197,24 @@ def output_dir(checkpoint: str | Path, name: str, out: str | Path | None) -> Pat
         return run / name
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.{name}")
+
+
+def write_result(
+    path: Path, checkpoint: str | Path, lb: LoadedBackbone, spec: EvalSpec, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Write an evaluation result as JSON to ``path`` (its folder made when missing): the
+    header every command's result starts with (``checkpoint``, ``source``, ``arch``,
+    ``dataset``), then ``fields``. Returns what was written plus ``json``: the file's path."""
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "source": lb.source,
+        "arch": lb.arch,
+        "dataset": spec.data.dataset,
+        **fields,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return {**result, "json": str(path)}
 
 
 def seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
@@ -353,13 +323,3 @@ def train_epochs(
         history.append(row)
         print(f"  epoch {epoch + 1}/{epochs}: loss {total_loss / seen:.4f}", flush=True)
     return history
-
-
-def decay_epochs(cfg: DictConfig, key: str) -> tuple[int, ...]:
-    """``cfg[key]``: the epochs of a step schedule, sorted (ConfigError unless a list of ints
-    >= 1; null means none)."""
-    steps = OmegaConf.select(cfg, key, default=None)
-    steps = list(steps) if steps is not None else []
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
-        raise ConfigError(key, steps, "a list of epochs (ints >= 1)")
-    return tuple(sorted(steps))

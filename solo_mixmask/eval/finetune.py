@@ -19,88 +19,38 @@ classes numbered by the training tree), top-1/top-5 in percent. Settings live un
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from solo_mixmask.checkpoints import LoadedBackbone
-from solo_mixmask.config import DEFAULT_SEED, check_number, read_bool, select, warn_one_class
-from solo_mixmask.data_specs import data_spec, image_count
+from solo_mixmask.config import warn_one_class
 from solo_mixmask.errors import ConfigError, DataError
 from solo_mixmask.eval.features import (
-    decay_epochs,
+    checkpoint_spec,
     eval_device,
     extract_features,
     make_loader,
     output_dir,
-    preset_eval_config,
     seeded_subset,
     train_crop_transform,
     train_epochs,
+    write_result,
 )
 from solo_mixmask.eval.linear import evaluate_head, new_linear_head
 from solo_mixmask.eval.presets import presets_dir
+from solo_mixmask.eval_specs import FinetuneSettings
 from solo_mixmask.paths import check_output_dir
 
 PRESETS_DIR = presets_dir("finetune")
 SUBSET_FILE = "label_subset.csv"
 RESULT_FILE = "finetune.json"
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """Validated ``finetune.*`` settings (learning rates in the optimiser's units)."""
-
-    epochs: int
-    batch_size: int
-    backbone_lr: float
-    head_lr: float
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    lr_decay_epochs: tuple[int, ...]
-    lr_decay_rate: float
-    init_std: float
-    crop_min_scale: float
-    val_subset: int | None
-
-    @classmethod
-    def from_cfg(cls, cfg: DictConfig) -> FinetuneSettings:
-        """Read and check ``cfg.finetune`` (ConfigError naming the key on a bad value)."""
-        check_number(cfg, "finetune.epochs", low=1, integer=True)
-        check_number(cfg, "finetune.batch_size", low=1, integer=True)
-        check_number(cfg, "finetune.backbone_lr", low=0)
-        check_number(cfg, "finetune.head_lr", low=0, low_open=True)
-        check_number(cfg, "finetune.momentum", low=0, high=1)
-        check_number(cfg, "finetune.weight_decay", low=0)
-        check_number(cfg, "finetune.lr_decay_rate", low=0, low_open=True)
-        check_number(cfg, "finetune.init_std", low=0)
-        check_number(cfg, "finetune.crop_min_scale", low=0, high=1, low_open=True)
-        nesterov = read_bool(cfg, "finetune.nesterov")
-        ft = cfg.finetune
-        return cls(
-            epochs=int(ft.epochs),
-            batch_size=int(ft.batch_size),
-            backbone_lr=float(ft.backbone_lr),
-            head_lr=float(ft.head_lr),
-            momentum=float(ft.momentum),
-            nesterov=nesterov,
-            weight_decay=float(ft.weight_decay),
-            lr_decay_epochs=decay_epochs(cfg, "finetune.lr_decay_epochs"),
-            lr_decay_rate=float(ft.lr_decay_rate),
-            init_std=float(ft.init_std),
-            crop_min_scale=float(ft.crop_min_scale),
-            val_subset=image_count(cfg, "finetune.val_subset"),
-        )
 
 
 def check_fraction(fraction: Any) -> float:
@@ -250,20 +200,18 @@ def run_finetune(
 
     start = time.perf_counter()
     fraction = check_fraction(fraction)
-    lb, cfg = preset_eval_config(checkpoint, overrides, preset, PRESETS_DIR)
-    s = FinetuneSettings.from_cfg(cfg)
-    seed = int(select(cfg, "seed", DEFAULT_SEED))
-    workers = int(select(cfg, "data.num_workers", 0))
     dev = eval_device(device)
-    channels_last = bool(select(cfg, "performance.channels_last", False))
-    spec = data_spec(cfg)
-    classes = num_classes(spec)
-    warn_one_class(classes, spec.no_labels)
+    lb, spec = checkpoint_spec(checkpoint, overrides, dev, preset, PRESETS_DIR)
+    s = spec.finetune
+    assert s is not None  # the finetune presets give the config a finetune section
+    seed, workers, channels_last = spec.seed, spec.num_workers, spec.channels_last
+    classes = num_classes(spec.data)
+    warn_one_class(classes, spec.data.no_labels)
     folder = output_dir(checkpoint, finetune_dir_name(fraction, random_init), out)
     check_output_dir("--out", folder)  # before the training
 
     train_all = build_dataset(
-        spec, "train_labeled", train_crop_transform(spec.crops[0], s.crop_min_scale)
+        spec.data, "train_labeled", train_crop_transform(spec.data.crops[0], s.crop_min_scale)
     )
     targets = dataset_targets(train_all)
     indices = balanced_subset(targets, fraction, seed)
@@ -273,7 +221,7 @@ def run_finetune(
     write_subset(folder / SUBSET_FILE, train_all, indices, targets)
     counts = torch.bincount(torch.tensor([targets[i] for i in indices]), minlength=classes)
     train = Subset(train_all, indices)
-    val_all = build_dataset(spec, "val", build_eval_transform(spec.crops[0]))
+    val_all = build_dataset(spec.data, "val", build_eval_transform(spec.data.crops[0]))
     val = seeded_subset(val_all, s.val_subset, seed)
 
     backbone = build_model(lb, random_init, seed).to(dev)
@@ -290,16 +238,12 @@ def run_finetune(
     val_f, val_y = extract_features(backbone, val_loader, dev, channels_last)
     top1, top5 = evaluate_head(head, val_f, val_y)
     present = counts[counts > 0]
-    result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "source": lb.source,
-        "arch": lb.arch,
+    fields = {
         "init": "random" if random_init else "checkpoint",
-        "dataset": cfg.data.dataset,
         "preset": preset,
         "label_fraction": fraction,
         "seed": seed,
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
+        "settings": s.as_dict(),
         "train_images": len(indices),
         "labelled_pool": sum(t >= 0 for t in targets),
         "per_class": {"min": int(present.min()), "max": int(present.max())},
@@ -316,7 +260,4 @@ def run_finetune(
         "wall_seconds": round(time.perf_counter() - start, 1),
         "device": str(dev),
     }
-    path = folder / RESULT_FILE
-    path.write_text(json.dumps(result, indent=2))
-    result["json"] = str(path)
-    return result
+    return write_result(folder / RESULT_FILE, checkpoint, lb, spec, fields)

@@ -21,84 +21,37 @@ Settings live under ``linear.*`` (presets in ``configs/linear/``); the training 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from solo_mixmask.config import DEFAULT_SEED, check_number, select, warn_one_class
-from solo_mixmask.data_specs import data_spec, image_count
+from solo_mixmask.config import warn_one_class
 from solo_mixmask.errors import DataError
 from solo_mixmask.eval.features import (
-    decay_epochs,
+    checkpoint_spec,
     eval_device,
     extract_features,
     make_loader,
     output_path,
     prepare_backbone,
-    preset_eval_config,
     seeded_subset,
     train_crop_transform,
     train_epochs,
+    write_result,
 )
 from solo_mixmask.eval.presets import load_preset as _load_preset
 from solo_mixmask.eval.presets import presets_dir
+from solo_mixmask.eval_specs import LinearSettings
 from solo_mixmask.paths import check_output_file
 
 PRESETS_DIR = presets_dir("linear")
-
-
-@dataclass(frozen=True)
-class LinearSettings:
-    """Validated ``linear.*`` settings (epochs, lr in the optimiser's units, decay at epochs)."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    lr_decay_epochs: tuple[int, ...]
-    lr_decay_rate: float
-    init_std: float
-    train_subset: int | None
-    val_subset: int | None
-    crop_min_scale: float
-
-    @classmethod
-    def from_cfg(cls, cfg: DictConfig) -> LinearSettings:
-        """Read and check ``cfg.linear`` (ConfigError naming the key on a bad value)."""
-        check_number(cfg, "linear.epochs", low=1, integer=True)
-        check_number(cfg, "linear.batch_size", low=1, integer=True)
-        check_number(cfg, "linear.lr", low=0, low_open=True)
-        check_number(cfg, "linear.momentum", low=0, high=1)
-        check_number(cfg, "linear.weight_decay", low=0)
-        check_number(cfg, "linear.lr_decay_rate", low=0, low_open=True)
-        check_number(cfg, "linear.init_std", low=0)
-        check_number(cfg, "linear.crop_min_scale", low=0, high=1, low_open=True)
-        steps = decay_epochs(cfg, "linear.lr_decay_epochs")
-        subsets = {key: image_count(cfg, f"linear.{key}") for key in ("train_subset", "val_subset")}
-        lin = cfg.linear
-        return cls(
-            epochs=int(lin.epochs),
-            batch_size=int(lin.batch_size),
-            lr=float(lin.lr),
-            momentum=float(lin.momentum),
-            weight_decay=float(lin.weight_decay),
-            lr_decay_epochs=steps,
-            lr_decay_rate=float(lin.lr_decay_rate),
-            init_std=float(lin.init_std),
-            crop_min_scale=float(lin.crop_min_scale),
-            **subsets,
-        )
 
 
 def load_preset(preset: str) -> dict[str, Any]:
@@ -245,26 +198,25 @@ def run_linear(
     from solo_mixmask.data.datasets import build_dataset, num_classes
 
     start = time.perf_counter()
-    eval_device(device)  # a GPU this machine lacks, before anything is read
-    check_output_file("--out", output_path(checkpoint, "linear", out))  # before the features
-    lb, cfg = preset_eval_config(checkpoint, overrides, preset, PRESETS_DIR)
-    s = LinearSettings.from_cfg(cfg)
-    seed = int(select(cfg, "seed", DEFAULT_SEED))
-    workers = int(select(cfg, "data.num_workers", 0))
-    dev = eval_device(device)
+    dev = eval_device(device)  # a GPU this machine lacks, before anything is read
+    path = output_path(checkpoint, "linear", out)
+    check_output_file("--out", path)  # before the features
+    lb, spec = checkpoint_spec(checkpoint, overrides, dev, preset, PRESETS_DIR)
+    s = spec.linear
+    assert s is not None  # the linear presets give the config a linear section
+    seed, workers, channels_last = spec.seed, spec.num_workers, spec.channels_last
     cached = dev.type == "cpu" if cached is None else bool(cached)
-    channels_last = bool(select(cfg, "performance.channels_last", False))
     model = prepare_backbone(lb, dev, channels_last)
-    spec = data_spec(cfg)
-    classes = num_classes(spec)
-    warn_one_class(classes, spec.no_labels)
-    eval_tf = build_eval_transform(spec.crops[0])
-    val = seeded_subset(build_dataset(spec, "val", eval_tf), s.val_subset, seed)
+    classes = num_classes(spec.data)
+    warn_one_class(classes, spec.data.no_labels)
+    eval_tf = build_eval_transform(spec.data.crops[0])
+    val = seeded_subset(build_dataset(spec.data, "val", eval_tf), s.val_subset, seed)
     val_loader = make_loader(val, s.batch_size, workers, False, seed)
 
     t0 = time.perf_counter()
     if cached:
-        train = seeded_subset(build_dataset(spec, "train_labeled", eval_tf), s.train_subset, seed)
+        labelled = build_dataset(spec.data, "train_labeled", eval_tf)
+        train = seeded_subset(labelled, s.train_subset, seed)
         train_loader = make_loader(train, s.batch_size, workers, False, seed)
         train_f, train_y = extract_features(model, train_loader, dev, channels_last)
         val_f, val_y = extract_features(model, val_loader, dev, channels_last)
@@ -273,8 +225,9 @@ def run_linear(
         features_dim = int(train_f.shape[1])
         feature_seconds, train_seconds = t1 - t0, time.perf_counter() - t1
     else:
-        train_tf = train_crop_transform(spec.crops[0], s.crop_min_scale)
-        train = seeded_subset(build_dataset(spec, "train_labeled", train_tf), s.train_subset, seed)
+        train_tf = train_crop_transform(spec.data.crops[0], s.crop_min_scale)
+        labelled = build_dataset(spec.data, "train_labeled", train_tf)
+        train = seeded_subset(labelled, s.train_subset, seed)
         features = model.num_features  # timm models name their output width
         assert isinstance(features, int)
         features_dim = features
@@ -292,17 +245,13 @@ def run_linear(
         val_f, val_y = extract_features(model, val_loader, dev, channels_last)
         feature_seconds, train_seconds = time.perf_counter() - t1, t1 - t0
     top1, top5 = evaluate_head(head, val_f, val_y)
-    result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "source": lb.source,
-        "arch": lb.arch,
-        "dataset": cfg.data.dataset,
+    fields = {
         "preset": preset,
         "cached_features": cached,
         "train_augmentation": "none (centre crop, cached)"
         if cached
         else f"RandomResizedCrop(scale=({s.crop_min_scale}, 1)) + flip",
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
+        "settings": s.as_dict(),
         "train_images": len(train),  # type: ignore[arg-type]
         "val_images": int(val_f.shape[0]),
         "features_dim": features_dim,
@@ -315,8 +264,4 @@ def run_linear(
         "wall_seconds": round(time.perf_counter() - start, 1),
         "device": str(dev),
     }
-    path = output_path(checkpoint, "linear", out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    result["json"] = str(path)
-    return result
+    return write_result(path, checkpoint, lb, spec, fields)

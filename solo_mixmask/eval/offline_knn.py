@@ -16,17 +16,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from solo_mixmask.checkpoints import load_backbone, run_dir_of
-from solo_mixmask.config import check_number, select, warn_one_class
+from solo_mixmask.checkpoints import run_dir_of
+from solo_mixmask.config import warn_one_class
 from solo_mixmask.core.knn import knn_k_used, topk_accuracy, weighted_knn_scores
-from solo_mixmask.data_specs import DataSpec, data_spec
+from solo_mixmask.data_specs import DataSpec
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.features import (
-    eval_config,
+    checkpoint_spec,
     eval_device,
     extract_features,
     output_path,
     prepare_backbone,
+    spec_of,
+    write_result,
 )
 from solo_mixmask.paths import check_output_file
 
@@ -111,28 +113,22 @@ def run_knn(
     from solo_mixmask.data.loaders import build_knn_loaders, num_classes
 
     start = time.perf_counter()
-    eval_device(device)  # a GPU this machine lacks, before anything is read
-    check_output_file("--out", output_path(checkpoint, "knn", out))  # before the features
-    lb = load_backbone(checkpoint)
-    cfg = eval_config(lb, checkpoint, overrides)
-    run_cfg = eval_config(lb, checkpoint)  # what the online monitor measured with
-    online_k = int(select(run_cfg, "knn_eval.k", 200))
-    online_t = float(select(run_cfg, "knn_eval.T", 0.1))
-    check_number(cfg, "knn_eval.k", low=1, integer=True)
-    check_number(cfg, "knn_eval.T", low=0, low_open=True)
-    ks = _check_ks(ks if ks else [*DEFAULT_KS, int(cfg.knn_eval.k), online_k])
-    temperature = float(cfg.knn_eval.T if temperature is None else temperature)
+    dev = eval_device(device)  # a GPU this machine lacks, before anything is read
+    path = output_path(checkpoint, "knn", out)
+    check_output_file("--out", path)  # before the features
+    lb, spec = checkpoint_spec(checkpoint, overrides, dev)
+    run_spec = spec_of(lb, checkpoint, (), dev)  # what the online monitor measured with
+    online_k, online_t = run_spec.knn.k, run_spec.knn.temperature
+    ks = _check_ks(ks if ks else [*DEFAULT_KS, spec.knn.k, online_k])
+    temperature = float(spec.knn.temperature if temperature is None else temperature)
     if not 0 < temperature < math.inf:
         raise ConfigError("--temperature", temperature, "a number in (0, inf)")
-    dev = eval_device(device)
-    channels_last = bool(select(cfg, "performance.channels_last", False))
-    model = prepare_backbone(lb, dev, channels_last)
-    spec = data_spec(cfg)
-    train_loader, val_loader = build_knn_loaders(spec)
-    train_f, train_y = extract_features(model, train_loader, dev, channels_last)
-    val_f, val_y = extract_features(model, val_loader, dev, channels_last)
-    classes = num_classes(spec)
-    warn_one_class(classes, spec.no_labels)
+    model = prepare_backbone(lb, dev, spec.channels_last)
+    train_loader, val_loader = build_knn_loaders(spec.data)
+    train_f, train_y = extract_features(model, train_loader, dev, spec.channels_last)
+    val_f, val_y = extract_features(model, val_loader, dev, spec.channels_last)
+    classes = num_classes(spec.data)
+    warn_one_class(classes, spec.data.no_labels)
     scores = weighted_knn_scores(train_f, train_y, val_f, classes, ks, temperature)
     per_k = {}
     for k in ks:
@@ -144,11 +140,7 @@ def run_knn(
             "acc5": round(top5, 4),
             "k_used": knn_k_used(k, train_y),
         }
-    result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "source": lb.source,
-        "arch": lb.arch,
-        "dataset": cfg.data.dataset,
+    fields: dict[str, Any] = {
         "temperature": temperature,
         "train_images": int(train_f.shape[0]),
         "val_images": int(val_f.shape[0]),
@@ -157,20 +149,16 @@ def run_knn(
     }
     online = online_knn(checkpoint)
     if online is not None:
-        result["online"] = {"k": online_k, "temperature": online_t, **online}
+        fields["online"] = {"k": online_k, "temperature": online_t, **online}
         reasons = not_like_online(
-            {"temperature": temperature, "images": monitor_images(spec)},
-            {"k": online_k, "temperature": online_t, "images": monitor_images(data_spec(run_cfg))},
+            {"temperature": temperature, "images": monitor_images(spec.data)},
+            {"k": online_k, "temperature": online_t, "images": monitor_images(run_spec.data)},
             ks,
         )
         if reasons:
-            result["online"]["not_compared"] = "; ".join(reasons)
+            fields["online"]["not_compared"] = "; ".join(reasons)
         else:
             diff = per_k[str(online_k)]["acc1"] - float(online["acc1"])
-            result["online"]["offline_minus_online_acc1"] = round(diff, 4)
-    result["wall_seconds"] = round(time.perf_counter() - start, 1)
-    path = output_path(checkpoint, "knn", out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    result["json"] = str(path)
-    return result
+            fields["online"]["offline_minus_online_acc1"] = round(diff, 4)
+    fields["wall_seconds"] = round(time.perf_counter() - start, 1)
+    return write_result(path, checkpoint, lb, spec, fields)

@@ -10,7 +10,8 @@ Columns are images of the chosen dataset (centre-cropped like evaluation); rows:
 Mixed views carry their measured lambda (share of x) in the title. Masks are drawn per sample
 (``per_sample=True``) so the columns differ; Un-Mix draws one lambda ~ Beta(alpha, alpha) per
 column. Grid size, mask ratio and Un-Mix alpha come from ``method_kwargs`` when the config has
-them (else 8, 0.5, 1.0, capped to the crop).
+them, else MixMask's and Un-Mix's defaults (8, 0.5, 1.0; the grid capped to the crop), read by
+:func:`~solo_mixmask.eval_specs.mask_picture_spec`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
-from solo_mixmask.config import select
-from solo_mixmask.data_specs import DataSpec, data_spec
+from solo_mixmask.data_specs import DataSpec
+from solo_mixmask.eval_specs import MaskPictureSpec
 
 ROW_LABELS = (
     "original",
@@ -119,9 +119,10 @@ def _to_display(img: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
 
 
 def show_masks(
-    cfg: DictConfig, out: str | Path, n_images: int = 6, seed: int = 0, dpi: int = DPI
+    spec: MaskPictureSpec, out: str | Path, n_images: int = 6, seed: int = 0, dpi: int = DPI
 ) -> Path:
-    """Draw the grid (see the module docstring) for ``cfg``'s dataset into the PNG ``out``.
+    """Draw the grid (see the module docstring) for ``spec``'s dataset and masks into the PNG
+    ``out``; images are shown as their first crop pipeline normalised them.
 
     The PNG measures :func:`figure_pixels` ``(n_images, dpi)``. Returns the written path.
     """
@@ -130,20 +131,16 @@ def show_masks(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from solo_mixmask.augmentation_specs import normalisation_stats
     from solo_mixmask.paths import check_output_file
 
     if n_images < 2:
         raise ValueError(f"n_images={n_images!r} is not allowed: expected an integer >= 2")
     check_output_file("--out", out, suffixes=(".png",))  # before the images are read
-    spec = data_spec(cfg)
-    x, _ = sample_images(spec, n_images, seed)
+    x, _ = sample_images(spec.data, n_images, seed)
     crop = min(x.shape[-2:])
-    grid = int(min(select(cfg, "method_kwargs.grid_size", 8), crop))
-    ratio = float(select(cfg, "method_kwargs.mask_ratio", 0.5))
-    alpha = float(select(cfg, "method_kwargs.unmix_alpha", 1.0))
+    grid, ratio, alpha = min(spec.grid_size, crop), spec.mask_ratio, spec.unmix_alpha
     rows = mask_rows(x, grid, ratio, alpha, seed)
-    mean, std = normalisation_stats(cfg)
+    mean, std = spec.data.crops[0].mean, spec.data.crops[0].std
 
     width_px, height_px = figure_pixels(n_images, dpi)
     fig = plt.figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
@@ -180,7 +177,7 @@ def show_masks(
             if c == 0:
                 ax.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center", labelpad=8)
     fig.suptitle(
-        f"{spec.dataset}: grid {grid}, mask ratio {ratio}, Un-Mix alpha {alpha} "
+        f"{spec.data.dataset}: grid {grid}, mask ratio {ratio}, Un-Mix alpha {alpha} "
         "(λ = share of the original)",
         fontsize=10,
     )

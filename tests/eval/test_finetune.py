@@ -17,7 +17,6 @@ from solo_mixmask.eval.features import eval_config, train_crop_transform
 from solo_mixmask.eval.finetune import (
     PRESETS_DIR,
     SUBSET_FILE,
-    FinetuneSettings,
     balanced_subset,
     build_model,
     finetune_model,
@@ -25,6 +24,7 @@ from solo_mixmask.eval.finetune import (
 )
 from solo_mixmask.eval.linear import new_linear_head
 from solo_mixmask.eval.presets import load_preset, preset_defaults
+from solo_mixmask.eval_specs import finetune_settings
 from tests.eval.helpers import class_folder_tree, method_checkpoint
 
 TINY_RESNET = {"channels": [8, 16, 32, 64]}
@@ -67,9 +67,9 @@ def test_subset_is_class_balanced_seeded_and_reproducible():
 
 def test_presets_validate():
     for name in ("paper", "paper_1pct", "small"):
-        s = FinetuneSettings.from_cfg(OmegaConf.create(load_preset(name, PRESETS_DIR)))
+        s = finetune_settings(OmegaConf.create(load_preset(name, PRESETS_DIR)))
         assert s.epochs >= 1 and s.head_lr > 0 and s.backbone_lr > 0
-    paper = FinetuneSettings.from_cfg(OmegaConf.create(load_preset("paper", PRESETS_DIR)))
+    paper = finetune_settings(OmegaConf.create(load_preset("paper", PRESETS_DIR)))
     assert (paper.epochs, paper.lr_decay_epochs, paper.lr_decay_rate) == (20, (12, 16), 0.2)
 
 
@@ -80,7 +80,7 @@ def test_whole_network_is_trained(tiny_setup):
     lb = load_backbone(ckpt)
     preset = load_preset("small", PRESETS_DIR)
     cfg = eval_config(lb, ckpt, overrides, preset=preset, defaults=preset_defaults(PRESETS_DIR))
-    s = FinetuneSettings.from_cfg(cfg)
+    s = finetune_settings(cfg)
     spec = data_spec(cfg)
     train = build_dataset(
         spec, "train_labeled", train_crop_transform(spec.crops[0], s.crop_min_scale)

@@ -20,6 +20,7 @@ from solo_mixmask.eval.linear import (
     train_on_features,
 )
 from solo_mixmask.eval.offline_knn import run_knn
+from solo_mixmask.eval_specs import linear_settings
 from tests.eval.helpers import authors_checkpoint
 
 
@@ -80,7 +81,7 @@ def test_evaluate_head_top1_top5_by_hand():
 
 
 def test_presets_and_settings():
-    seed = LinearSettings.from_cfg(OmegaConf.create(load_preset("seed")))
+    seed = linear_settings(OmegaConf.create(load_preset("seed")))
     assert (
         seed.epochs,
         seed.batch_size,
@@ -91,14 +92,14 @@ def test_presets_and_settings():
         seed.lr_decay_rate,
         seed.init_std,
     ) == (100, 256, 30.0, 0.9, 0.0, (60, 80), 0.1, 0.01)
-    small = LinearSettings.from_cfg(OmegaConf.create(load_preset("small")))
+    small = linear_settings(OmegaConf.create(load_preset("small")))
     assert small.train_subset == 10000 and small.epochs < seed.epochs
     with pytest.raises(ConfigError, match="--preset"):
         load_preset("nope")
     bad = OmegaConf.create(load_preset("seed"))
     bad.linear.lr_decay_epochs = [60, "x"]
     with pytest.raises(ConfigError, match="linear.lr_decay_epochs"):
-        LinearSettings.from_cfg(bad)
+        linear_settings(bad)
 
 
 def test_linear_on_a_real_run_cached_and_images(tiny_runs, tmp_path):
