@@ -305,14 +305,14 @@ class MaskPictureSpec:
 def mask_picture_spec(cfg: DictConfig) -> MaskPictureSpec:
     """The :class:`MaskPictureSpec` of a pretraining config; a ``method_kwargs`` key the method
     lacks gets the MixMask / Un-Mix default (ConfigError naming the first bad key)."""
-    from solo_mixmask.methods.mixmask import MASK_DEFAULTS
-    from solo_mixmask.methods.unmix import UNMIX_DEFAULTS
+    from solo_mixmask.core.mixing import MaskMixer
+    from solo_mixmask.core.unmix import UnmixMixer
 
     given = OmegaConf.select(cfg, "method_kwargs", default=None) or {}
     defaults = {
-        "grid_size": MASK_DEFAULTS["grid_size"],
-        "mask_ratio": MASK_DEFAULTS["mask_ratio"],
-        "unmix_alpha": UNMIX_DEFAULTS["unmix_alpha"],
+        "grid_size": MaskMixer.DEFAULTS["grid_size"],
+        "mask_ratio": MaskMixer.DEFAULTS["mask_ratio"],
+        "unmix_alpha": UnmixMixer.DEFAULTS["unmix_alpha"],
     }
     kwargs = cast(
         DictConfig, OmegaConf.merge({"method_kwargs": defaults}, {"method_kwargs": given})
