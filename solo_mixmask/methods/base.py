@@ -37,10 +37,11 @@ from solo_mixmask.config import (
     to_container,
     validate_base,
 )
-from solo_mixmask.core.knn import knn_accuracy, knn_k_used
+from solo_mixmask.core.knn import knn_accuracy, knn_k_used, knn_matmul_dtype
 from solo_mixmask.dataset_facts import num_classes_of
 from solo_mixmask.errors import ConfigError, ConfigWarning
-from solo_mixmask.utils.momentum import cosine_tau, ema_update
+from solo_mixmask.utils.momentum import cosine_tau, ema_update_pairs
+from solo_mixmask.utils.optim import optimizer_impl_kwargs
 
 
 def _num_classes(cfg: DictConfig) -> int:
@@ -243,7 +244,10 @@ class BaseMethod(L.LightningModule):
             return backbone
         key = id(backbone)
         if key not in self._compiled:
-            self._compiled[key] = torch.compile(backbone, backend=self.compile_backend)
+            mode = select(self.cfg, "performance.compile_mode", "default")
+            self._compiled[key] = torch.compile(
+                backbone, backend=self.compile_backend, mode=None if mode == "default" else mode
+            )
         return self._compiled[key]
 
     def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -351,6 +355,7 @@ class BaseMethod(L.LightningModule):
             self.num_classes,
             self.cfg.knn_eval.k,
             self.cfg.knn_eval.T,
+            knn_matmul_dtype(select(self.cfg, "performance.knn_dtype", "float32"), train_f.device),
         )
         self.log_dict(
             {"val_knn_acc1": top1, "val_knn_acc5": top5, "val_knn_k": float(k)},
@@ -383,6 +388,9 @@ class BaseMethod(L.LightningModule):
             groups.append(group)
         kwargs = dict(select(self.cfg, "optimizer.kwargs", {}))
         name = opt_cfg.name
+        kwargs.update(
+            optimizer_impl_kwargs(select(self.cfg, "performance.optimizer_impl", "auto"), name)
+        )
         optimizer: torch.optim.Optimizer
         if name == "sgd":
             optimizer = torch.optim.SGD(
@@ -461,6 +469,7 @@ class BaseMomentumMethod(BaseMethod):
         # (0-based) of the optimiser step just taken
         step = self.global_step
         tau = cosine_tau(step, total, self.cfg.momentum.base_tau, self.cfg.momentum.final_tau)
-        for online, momentum in self.momentum_pairs:
-            ema_update(online, momentum, tau)
+        ema_update_pairs(
+            self.momentum_pairs, tau, bool(select(self.cfg, "performance.ema_foreach_lerp", True))
+        )
         self.log("tau", tau)
