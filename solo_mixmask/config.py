@@ -77,7 +77,15 @@ BASE_DEFAULTS: dict[str, Any] = {
     },
     "logging": {"csv": True, "tensorboard": False},
     "wandb": {"enabled": False, "offline": True, "project": "solo-mixmask", "entity": None},
-    "performance": {"channels_last": True, "compile": False, "compile_backend": "inductor"},
+    "performance": {
+        "channels_last": True,
+        "compile": False,
+        "compile_backend": "inductor",
+        "compile_mode": "default",  # torch.compile mode (reduce-overhead: CUDA graphs)
+        "optimizer_impl": "auto",  # solo_mixmask.utils.optim.OPTIMIZER_IMPLS
+        "ema_foreach_lerp": True,  # one torch._foreach_lerp_ over all momentum pairs
+        "knn_dtype": "float32",  # the k-NN monitor's similarity matmul (auto: bf16 on CUDA)
+    },
     "progress_bar": True,
     "max_epochs": 100,
     "devices": 1,
@@ -567,6 +575,23 @@ def check_section_keys(cfg: DictConfig) -> None:
                 check_known_keys(cfg, section, allowed)
 
 
+#: ``performance.compile_mode``: torch.compile's modes ("reduce-overhead" adds CUDA graphs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: ``performance.knn_dtype``: the k-NN monitor's similarity matmul ("auto": bfloat16 on CUDA,
+#: float32 elsewhere).
+KNN_DTYPES = ("float32", "bfloat16", "auto")
+
+
+def check_performance(cfg: DictConfig) -> None:
+    """The throughput levers of ``performance.*`` (booleans are checked with the others)."""
+    from solo_mixmask.utils.optim import check_optimizer_impl
+
+    check_choice(cfg, "performance.compile_mode", COMPILE_MODES)
+    check_choice(cfg, "performance.knn_dtype", KNN_DTYPES)
+    impl = OmegaConf.select(cfg, "performance.optimizer_impl")
+    check_optimizer_impl(impl, str(OmegaConf.select(cfg, "optimizer.name")))
+
+
 def validate_base(cfg: DictConfig) -> None:
     """Checks shared by every method (keys outside ``method_kwargs``)."""
     from solo_mixmask.augmentation_specs import parse_augmentations
@@ -589,6 +614,7 @@ def validate_base(cfg: DictConfig) -> None:
     check_optimizer_kwargs(cfg)
     check_choice(cfg, "scheduler.name", SCHEDULERS)
     check_choice(cfg, "data.format", DATA_FORMATS)
+    check_performance(cfg)
     check_number(cfg, "max_epochs", low=1, integer=True)
     check_number(cfg, "momentum.base_tau", low=0, high=1)
     check_number(cfg, "momentum.final_tau", low=0, high=1)

@@ -121,12 +121,17 @@ class KnnSpec:
 @dataclass(frozen=True)
 class PerformanceSpec:
     """``performance.*``: ``channels_last`` (NHWC backbones and inputs), ``compile``
-    (torch.compile the backbones) and ``compile_backend`` (its backend, checked when the
-    method is built)."""
+    (torch.compile the backbones), ``compile_backend`` (its backend, checked when the method
+    is built) and ``compile_mode``; ``optimizer_impl`` (torch's foreach / fused kernels),
+    ``ema_foreach_lerp`` (the EMA as one foreach lerp) and ``knn_dtype`` (the k-NN matmul)."""
 
     channels_last: bool
     compile: bool
     compile_backend: Any
+    compile_mode: str
+    optimizer_impl: str
+    ema_foreach_lerp: bool
+    knn_dtype: str
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,10 @@ def engine_spec(cfg: DictConfig) -> EngineSpec:
             channels_last=bool(value_of(cfg, "performance.channels_last")),
             compile=bool(value_of(cfg, "performance.compile")),
             compile_backend=value_of(cfg, "performance.compile_backend"),
+            compile_mode=str(value_of(cfg, "performance.compile_mode")),
+            optimizer_impl=str(value_of(cfg, "performance.optimizer_impl")),
+            ema_foreach_lerp=bool(value_of(cfg, "performance.ema_foreach_lerp")),
+            knn_dtype=str(value_of(cfg, "performance.knn_dtype")),
         ),
         num_classes=_num_classes(cfg),
     )

@@ -177,6 +177,7 @@ BOOL_KEYS = [
     "knn_eval.enabled",
     "performance.channels_last",
     "performance.compile",
+    "performance.ema_foreach_lerp",
     "wandb.enabled",
     "wandb.offline",
     "logging.csv",
@@ -474,3 +475,27 @@ def test_momentum_given_to_adamw_warns_that_it_is_not_used():
     cfg = _base(optimizer__name="adamw", optimizer__kwargs__momentum=0.5)
     with pytest.warns(UserWarning, match=r"optimizer\.kwargs\.momentum=0\.5 is not used by adamw"):
         validate_base(cfg)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("performance.compile_mode", "fast", "reduce-overhead"),
+        ("performance.knn_dtype", "half", "bfloat16"),
+        ("performance.optimizer_impl", "fast", "foreach"),
+    ],
+)
+def test_performance_levers_are_checked_at_start_up(key, value, allowed):
+    with pytest.raises(ConfigError) as info:
+        validate_base(_base(**{key.replace(".", "__"): value}))
+    assert (info.value.key, info.value.value) == (key, value)
+    assert allowed in str(info.value) and "\n" not in str(info.value)
+
+
+def test_fused_optimizer_refused_for_lars():
+    cfg = _base(optimizer__name="lars", performance__optimizer_impl="fused")
+    with pytest.raises(ConfigError) as info:
+        validate_base(cfg)
+    assert info.value.key == "performance.optimizer_impl" and "optimizer.name=lars" in str(
+        info.value
+    )

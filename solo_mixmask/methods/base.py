@@ -30,10 +30,11 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from solo_mixmask.backbones import build_backbone, momentum_copy
 from solo_mixmask.config import BASE_DEFAULTS, fill_defaults, to_container, validate_base
-from solo_mixmask.core.knn import knn_accuracy, knn_k_used
+from solo_mixmask.core.knn import knn_accuracy, knn_k_used, knn_matmul_dtype
 from solo_mixmask.engine_specs import EngineSpec, PerformanceSpec, SchedulerSpec, engine_spec
 from solo_mixmask.errors import ConfigError, ConfigWarning
-from solo_mixmask.utils.momentum import cosine_tau, ema_update
+from solo_mixmask.utils.momentum import cosine_tau, ema_update_pairs
+from solo_mixmask.utils.optim import optimizer_impl_kwargs
 
 
 def _compile_backend(performance: PerformanceSpec) -> str | None:
@@ -226,7 +227,10 @@ class BaseMethod(L.LightningModule):
             return backbone
         key = id(backbone)
         if key not in self._compiled:
-            self._compiled[key] = torch.compile(backbone, backend=self.compile_backend)
+            mode = self.engine.performance.compile_mode
+            self._compiled[key] = torch.compile(
+                backbone, backend=self.compile_backend, mode=None if mode == "default" else mode
+            )
         return self._compiled[key]
 
     def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -335,6 +339,7 @@ class BaseMethod(L.LightningModule):
             self.num_classes,
             knn.k,
             knn.T,
+            knn_matmul_dtype(self.engine.performance.knn_dtype, train_f.device),
         )
         self.log_dict(
             {"val_knn_acc1": top1, "val_knn_acc5": top5, "val_knn_k": float(k)},
@@ -367,6 +372,7 @@ class BaseMethod(L.LightningModule):
             groups.append(group)
         kwargs = dict(opt_cfg.kwargs)
         name = opt_cfg.name
+        kwargs.update(optimizer_impl_kwargs(self.engine.performance.optimizer_impl, name))
         optimizer: torch.optim.Optimizer
         if name == "sgd":
             optimizer = torch.optim.SGD(
@@ -448,6 +454,5 @@ class BaseMomentumMethod(BaseMethod):
         step = self.global_step
         momentum_spec = self.engine.momentum
         tau = cosine_tau(step, total, momentum_spec.base_tau, momentum_spec.final_tau)
-        for online, momentum in self.momentum_pairs:
-            ema_update(online, momentum, tau)
+        ema_update_pairs(self.momentum_pairs, tau, self.engine.performance.ema_foreach_lerp)
         self.log("tau", tau)

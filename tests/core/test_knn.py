@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from solo_mixmask.core.knn import topk_accuracy, weighted_knn_scores
+from solo_mixmask.core.knn import knn_matmul_dtype, topk_accuracy, weighted_knn_scores
 
 
 def test_weighted_votes_by_hand():
@@ -33,3 +33,30 @@ def test_small_temperatures_do_not_overflow_into_wrong_answers():
     scores = weighted_knn_scores(train, labels, train, 2, ks=(10,), temperature=0.005)
     assert torch.isfinite(scores[10]).all()
     assert topk_accuracy(scores[10], labels, (1,)) == [100.0]
+
+
+def test_bfloat16_similarities_pick_the_same_neighbours_on_a_clear_case():
+    # 5 well-separated classes in 64 dimensions: the bf16 product chooses the neighbours, their
+    # vote weights are recomputed in float32, so the scores match the float32 path closely
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 64, generator=gen)
+    train = centres.repeat_interleave(40, 0) + 0.3 * torch.randn(200, 64, generator=gen)
+    labels = torch.arange(5).repeat_interleave(40)
+    test = centres.repeat_interleave(6, 0) + 0.3 * torch.randn(30, 64, generator=gen)
+    exact = weighted_knn_scores(train, labels, test, 5, ks=(1, 20), temperature=0.1)
+    low = weighted_knn_scores(
+        train, labels, test, 5, ks=(1, 20), temperature=0.1, matmul_dtype=torch.bfloat16
+    )
+    assert low[1].dtype == torch.float32
+    torch.testing.assert_close(low[1], exact[1], rtol=1e-5, atol=1e-6)
+    # at k=20 a near-tie at rank 20 may swap the last neighbour: small weights, same votes
+    torch.testing.assert_close(low[20], exact[20], rtol=1e-2, atol=1e-3)
+    target = torch.arange(5).repeat_interleave(6)
+    assert topk_accuracy(low[20], target, (1,)) == topk_accuracy(exact[20], target, (1,))
+
+
+def test_knn_dtype_auto_is_bfloat16_only_on_cuda():
+    assert knn_matmul_dtype("auto", "cpu") == torch.float32
+    assert knn_matmul_dtype("auto", "cuda:0") == torch.bfloat16
+    assert knn_matmul_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert knn_matmul_dtype("float32", "cuda") == torch.float32

@@ -26,16 +26,17 @@ def test_momentum_moves_once_per_optimiser_step_after_it(monkeypatch):
     first = next(model.backbone.parameters())
     before = first.detach().clone()
     taus, moved = [], []
-    update = base.ema_update
+    update = base.ema_update_pairs
 
-    def recording(online, momentum, tau):
-        taus.append(tau)
-        if online is model.backbone:
+    def recording(pairs, tau, foreach_lerp=True):
+        pairs = list(pairs)
+        taus.extend([tau] * len(pairs))
+        if any(online is model.backbone for online, _ in pairs):
             moved.append(not torch.equal(first.detach(), before))
             before.copy_(first.detach())
-        update(online, momentum, tau)
+        update(pairs, tau, foreach_lerp)
 
-    monkeypatch.setattr(base, "ema_update", recording)
+    monkeypatch.setattr(base, "ema_update_pairs", recording)
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=1,
