@@ -114,3 +114,56 @@ def test_layers_point_one_way() -> None:
     for module, deps in _imports_from(("solo_mixmask.callbacks",)).items():
         above = ("solo_mixmask.trainer", "solo_mixmask.pretrain", "solo_mixmask.resume")
         assert not {d for d in deps if d.startswith(above)}, module
+
+
+#: Modules that turn the raw config into typed specs: the only places that read config keys.
+CONFIG_MODULES = {
+    "config.py",
+    "compose.py",
+    "data_specs.py",
+    "augmentation_specs.py",
+    "dataset_facts.py",
+    "engine_specs.py",
+    "run_specs.py",
+    "eval_specs.py",
+}
+CFG_NAMES = {"cfg", "config"}
+
+
+def raw_config_reads() -> list[str]:
+    """``file:line`` of each raw config read outside :data:`CONFIG_MODULES`: ``cfg.<key>``,
+    ``self.cfg.<key>``, ``select(cfg, ...)``, ``cfg[...]`` and ``cfg.get(...)``."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if str(rel) in CONFIG_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            value = getattr(node, "value", None)
+            hit = (
+                isinstance(node, ast.Attribute | ast.Subscript)
+                and isinstance(value, ast.Name)
+                and value.id in CFG_NAMES
+                and isinstance(node.ctx, ast.Load)
+            ) or (
+                isinstance(node, ast.Attribute)
+                and isinstance(value, ast.Attribute)
+                and isinstance(value.value, ast.Name)
+                and (value.value.id, value.attr) == ("self", "cfg")
+            )
+            hit = hit or (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "select"
+            )
+            if hit:
+                found.append(f"{rel}:{node.lineno}")
+    return found
+
+
+def test_only_the_methods_read_raw_config_keys_outside_the_config_modules() -> None:
+    reads = raw_config_reads()
+    assert len(reads) <= 40, reads
+    # the methods read their method_kwargs in __init__ (solo-learn's contract); nothing else does
+    assert [r for r in reads if not r.startswith("methods/")] == []
+    assert not [r for r in reads if r.startswith("methods/base.py")]
