@@ -48,6 +48,8 @@ def test_defaults_are_base_defaults():
     assert spec.performance.channels_last == perf["channels_last"]
     assert spec.performance.compile == perf["compile"]
     assert spec.performance.compile_backend == perf["compile_backend"]
+    for key in ("compile_mode", "optimizer_impl", "ema_foreach_lerp", "knn_dtype"):
+        assert getattr(spec.performance, key) == perf[key], key
     assert spec.num_classes == 10  # fashion_mnist
 
 
@@ -85,7 +87,9 @@ def test_parsed_spec_has_the_configs_values():
     )
     assert (spec.momentum.base_tau, spec.momentum.final_tau) == (0.9, 0.95)
     assert (spec.knn.enabled, spec.knn.k, spec.knn.T, spec.knn.memory) == (True, 5, 0.2, None)
-    assert spec.performance == type(spec.performance)(False, True, "eager")
+    assert spec.performance == type(spec.performance)(
+        False, True, "eager", "default", "auto", True, "float32"
+    )
     assert spec.num_classes == 10
 
 

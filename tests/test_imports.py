@@ -84,6 +84,7 @@ def test_layers_point_one_way() -> None:
     below_engine = (
         "solo_mixmask.methods",
         "solo_mixmask.config",
+        "solo_mixmask.engine_specs",
         "solo_mixmask.backbones",
         *losses,
     )
