@@ -2,7 +2,7 @@
 
 Every run uses the method's config (``configs/pretrain/<fashion_mnist|cifar>/<m>.yaml``)
 with the same backbone, epochs, batch size, training images, augmentations (MoCo v2
-"aug-plus" for all) and recipe, through :func:`solo_mixmask.pretrain.run_pretrain`, one run
+"aug-plus" for all) and recipe, through :func:`solo_mixmask.run.pretrain.run_pretrain`, one run
 per method and seed. The k-NN monitor (k=200, T=0.1, cosine) runs before training and after every epoch.
 Results: a table of the final k-NN top-1 (mean, std over seeds, the paired difference to
 mocov2plus; ``byol_*`` variants also against ``byol``, in a line below it) and a PNG of k-NN
@@ -424,8 +424,8 @@ def calibrate(prof: Profile, steps: int = 2) -> dict[str, Any]:
             forward_img_s = prof.batch_size / forward_s
     out = {"step_s": step_s, "forward_img_s": forward_img_s, "device": device}
     if prof.data_format == "memory" and cfg is not None:
+        from solo_mixmask.config.data_specs import data_spec
         from solo_mixmask.data.batched_augmentations import BatchAugment
-        from solo_mixmask.data_specs import data_spec
 
         specs = data_spec(cfg).crops
         images = torch.randint(
@@ -549,9 +549,9 @@ def before_training(row: dict[str, str]) -> bool:
 
 def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:
     """k-NN top-1 (%) of mean-centred raw pixels on the same k-NN images as the runs."""
+    from solo_mixmask.config.data_specs import data_spec
     from solo_mixmask.core.knn import knn_accuracy
     from solo_mixmask.data.loaders import build_knn_loaders
-    from solo_mixmask.data_specs import data_spec
 
     cfg = run_cfg(prof, BASELINE, seed, train_subset)
     knn_train, val = build_knn_loaders(data_spec(cfg))
@@ -595,7 +595,7 @@ def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
 def one_run(
     prof: Profile, method: str, seed: int, train_subset: int | None, run_dir: Path, reuse: bool
 ) -> dict[str, Any]:
-    from solo_mixmask.pretrain import run_pretrain
+    from solo_mixmask.run.pretrain import run_pretrain
 
     summary_file = run_dir / "summary.json"
     cfg = run_cfg(prof, method, seed, train_subset, run_dir)

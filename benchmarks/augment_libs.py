@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, command_line, machine, table, write_results  # noqa: E402
 
-from solo_mixmask.augmentation_specs import parse_pipeline  # noqa: E402
+from solo_mixmask.config.augmentation_specs import parse_pipeline  # noqa: E402
 from solo_mixmask.data.batched_augmentations import BatchAugment  # noqa: E402
 
 AUG_PLUS_32 = {"crop_size": 32, "num_crops": 1, "gaussian_prob": 0.0}

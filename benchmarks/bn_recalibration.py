@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, command_line, machine, table, write_results  # noqa: E402
 
-from solo_mixmask.checkpoints import load_backbone  # noqa: E402
-from solo_mixmask.config import select  # noqa: E402
+from solo_mixmask.checkpoints.backbone import load_backbone  # noqa: E402
+from solo_mixmask.config.data_specs import data_spec  # noqa: E402
+from solo_mixmask.config.schema import select  # noqa: E402
 from solo_mixmask.core.knn import knn_accuracy  # noqa: E402
 from solo_mixmask.data.loaders import build_knn_loaders, num_classes  # noqa: E402
-from solo_mixmask.data_specs import data_spec  # noqa: E402
 from solo_mixmask.eval.features import (  # noqa: E402
     eval_config,
     eval_device,

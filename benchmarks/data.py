@@ -52,8 +52,8 @@ from common import (  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
+from solo_mixmask.config.data_specs import data_spec  # noqa: E402
 from solo_mixmask.data.loaders import build_train_loader  # noqa: E402
-from solo_mixmask.data_specs import data_spec  # noqa: E402
 
 DEMO = "fashion_mnist/mixmask"
 GOAL_LOADER_FACTOR = 2.0  # loader images/s >= 2x training images/s
@@ -169,7 +169,7 @@ def step_speed(cfg: DictConfig, steps: int, loader_cfg: DictConfig | None = None
 _RSS_CHILD = textwrap.dedent("""
     import json, resource, sys
     from solo_mixmask.cli import compose_config
-    from solo_mixmask.pretrain import run_pretrain
+    from solo_mixmask.run.pretrain import run_pretrain
     cfg = compose_config(None, sys.argv[1], sys.argv[2:])
     summary = run_pretrain(cfg)
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -219,9 +219,9 @@ def host_syncs(built: dict[str, Any]) -> dict[str, Any]:
 
 def dali_loader(args: argparse.Namespace) -> dict[str, Any]:
     """Images/s of the DALI pipeline and of the PyTorch ImageFolder loader on generated JPEGs."""
+    from solo_mixmask.config.data_specs import data_spec
     from solo_mixmask.data.dali import dali_available, import_dali
     from solo_mixmask.data.loaders import build_train_loader
-    from solo_mixmask.data_specs import data_spec
 
     if not dali_available():
         try:

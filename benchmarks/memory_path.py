@@ -46,8 +46,8 @@ from common import (  # noqa: E402
 from data import loader_speed  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
+from solo_mixmask.config.data_specs import data_spec  # noqa: E402
 from solo_mixmask.data.loaders import build_train_loader  # noqa: E402
-from solo_mixmask.data_specs import data_spec  # noqa: E402
 
 METHODS = ("mocov2plus", "mixmask")
 #: The issue's goals: the data path alone >= 3x the training step's images/s on a GPU, and the

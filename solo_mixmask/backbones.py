@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from solo_mixmask.config import suggest
+from solo_mixmask.config.schema import suggest
 from solo_mixmask.errors import ConfigError
 
 #: Stages of timm's ResNet family (resnet*, resnext*, wide_resnet*, seresnet* ...): one width

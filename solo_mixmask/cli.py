@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from omegaconf import OmegaConf
 
 from solo_mixmask import __version__
-from solo_mixmask.compose import (  # noqa: F401 (compose_config, configs_root re-exported)
+from solo_mixmask.config.compose import (  # noqa: F401 (compose_config, configs_root re-exported)
     add_config_arguments,
     compose_config,
     config_groups,
@@ -42,7 +42,7 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from solo_mixmask.pretrain import prepare_config, run_pretrain
+    from solo_mixmask.run.pretrain import prepare_config, run_pretrain
 
     if args.cfg:  # hydra's --cfg job: the config this run would receive, nothing trained
         _, cfg = prepare_config(compose_config(args.config_path, args.config_name, args.overrides))
@@ -90,7 +90,7 @@ def _config_list() -> str:
 
 
 def _resume(args: argparse.Namespace) -> None:
-    from solo_mixmask.resume import NothingToResume, resume_run
+    from solo_mixmask.run.resume import NothingToResume, resume_run
 
     try:
         summary = resume_run(args.run_dir, args.overrides)

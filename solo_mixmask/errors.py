@@ -126,3 +126,13 @@ class RunStopped(RuntimeError):
         self.signum = signum
         self.exit_status = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
         super().__init__(message)
+
+
+def short_list(names: list[str], limit: int) -> str:
+    """The first ``limit`` names joined by commas, ``...`` when there are more."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def first_lines(err: BaseException, n: int = 3) -> str:
+    """The first ``n`` lines of an exception's message, on one line."""
+    return " ".join(str(err).strip().splitlines()[:n])

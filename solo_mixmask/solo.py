@@ -280,7 +280,7 @@ def run_solo_script(script: str | os.PathLike, hydra_args: Sequence[str]) -> Non
 # ------------------------------------------------------------------------------ sub-commands
 def solo_configs_root() -> Path:
     """The repository's ``configs/solo/`` folder (solo-learn's layout: ``<dataset>/<method>.yaml``)."""
-    from solo_mixmask.compose import configs_root
+    from solo_mixmask.config.compose import configs_root
 
     return configs_root() / "solo"
 

@@ -133,7 +133,7 @@ def final_state(run_dir: Path) -> tuple[dict, dict]:
     """(last.ckpt loaded safely, summary.json) of a run folder."""
     import json
 
-    from solo_mixmask.checkpoint_io import safe_load_checkpoint
+    from solo_mixmask.checkpoints.io import safe_load_checkpoint
 
     ckpt = safe_load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     return ckpt, json.loads((run_dir / "summary.json").read_text())

@@ -4,7 +4,7 @@ are skipped and counted in summary.json, or fatal with ``data.strict=true``.
 
 All commands of this file run as subprocesses of the installed ``solo-mixmask`` script, started
 together by one module fixture (each start pays the torch + lightning import). Further config
-errors (``_target_`` keys, unknown keys, boundaries) are checked in-process in test_config.py.
+errors (``_target_`` keys, unknown keys, boundaries) are checked in-process in tests/config/test_schema.py.
 """
 
 from __future__ import annotations

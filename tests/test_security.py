@@ -14,11 +14,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from solo_mixmask.checkpoint_io import SafeAtomicCheckpointIO, safe_load_checkpoint
+from solo_mixmask.checkpoints.io import SafeAtomicCheckpointIO, safe_load_checkpoint
 from solo_mixmask.cli import compose_config, configs_root
-from solo_mixmask.config import BASE_DEFAULTS, fill_defaults
+from solo_mixmask.config.data_specs import data_spec
+from solo_mixmask.config.schema import BASE_DEFAULTS, fill_defaults
 from solo_mixmask.data import datasets as D
-from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import CheckpointError, DataError
 from solo_mixmask.methods import METHODS
 from tests.cli_helpers import error_lines, run
@@ -97,11 +97,15 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_trainer_uses_the_safe_checkpoint_io(tmp_path):
-    from solo_mixmask.pretrain import prepare_config
-    from solo_mixmask.trainer import build_callbacks, build_trainer
+    from solo_mixmask.config.run_specs import run_spec
+    from solo_mixmask.run.pretrain import prepare_config
+    from solo_mixmask.run.trainer import build_callbacks, build_trainer
 
     _, cfg = prepare_config(tiny_cfg("mixmask", checkpoint__every_n_steps=2))
-    trainer = build_trainer(cfg, tmp_path, build_callbacks(cfg, tmp_path))
+    run = run_spec(cfg)
+    trainer = build_trainer(
+        run.trainer, run.logger, tmp_path, build_callbacks(run.trainer, tmp_path)
+    )
     assert isinstance(trainer.strategy.checkpoint_io, SafeAtomicCheckpointIO)
 
 
@@ -143,8 +147,8 @@ def test_default_configs_keep_wandb_offline_and_downloads_off():
 def test_wandb_logger_is_offline_unless_asked(tmp_path, monkeypatch):
     import lightning.pytorch.loggers as loggers
 
-    from solo_mixmask.loggers import build_loggers
-    from solo_mixmask.run_specs import logger_spec
+    from solo_mixmask.config.run_specs import logger_spec
+    from solo_mixmask.run.loggers import build_loggers
 
     def _loggers(cfg, run_dir):
         return build_loggers(logger_spec(cfg), run_dir)

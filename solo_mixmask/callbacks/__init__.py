@@ -2,9 +2,6 @@
 
 - :mod:`~solo_mixmask.callbacks.resume_state`: every checkpoint holds the RNG states and the
   training loader's position, so a resumed run sees exactly the batches it would have seen;
-- :mod:`~solo_mixmask.callbacks.checkpointing`: ``epochNNN.ckpt`` every ``checkpoint.frequency``
-  epochs, ``last.ckpt`` at every epoch end and every ``checkpoint.every_n_steps`` steps
-  (Lightning's ``ModelCheckpoint``);
 - :mod:`~solo_mixmask.callbacks.stop`: SIGTERM / Ctrl-C finish the step under way, write
   ``last.ckpt`` and end the run;
 - :mod:`~solo_mixmask.callbacks.nonfinite`: a NaN/inf loss stops the run before it reaches the
@@ -13,10 +10,10 @@
 - :mod:`~solo_mixmask.callbacks.data_on_device`: the device for loaders that keep their images
   there.
 
-Which of them a run uses is :func:`solo_mixmask.trainer.build_callbacks`.
+The checkpoint callbacks are :mod:`solo_mixmask.checkpoints.callbacks`. Which callbacks a run
+uses is :func:`solo_mixmask.run.trainer.build_callbacks`.
 """
 
-from solo_mixmask.callbacks.checkpointing import LastCheckpoint, StepCheckpoint, epoch_checkpoint
 from solo_mixmask.callbacks.data_on_device import DataOnDevice
 from solo_mixmask.callbacks.nonfinite import NonFiniteLossGuard
 from solo_mixmask.callbacks.resume_state import (
@@ -31,14 +28,11 @@ from solo_mixmask.callbacks.stop import GracefulStop, StopCheckpoint, signal_nam
 __all__ = [
     "DataOnDevice",
     "GracefulStop",
-    "LastCheckpoint",
     "NonFiniteLossGuard",
     "ResumeState",
-    "StepCheckpoint",
     "StopCheckpoint",
     "TrainSpeed",
     "capture_rng_state",
-    "epoch_checkpoint",
     "mark_batch_completed",
     "restore_rng_state",
     "signal_name",

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from solo_mixmask.checkpoint_io import LAST
+from solo_mixmask.checkpoints.io import LAST
 from solo_mixmask.errors import NonFiniteLossError
 
 

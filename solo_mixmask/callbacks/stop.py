@@ -18,10 +18,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
-from solo_mixmask.callbacks.checkpointing import ends_a_mid_epoch_step
-from solo_mixmask.checkpoint_io import LAST
+from solo_mixmask.checkpoints.callbacks import ends_a_mid_epoch_step
+from solo_mixmask.checkpoints.io import LAST
 from solo_mixmask.errors import RunStopped, StopRequested
-from solo_mixmask.run_folder import CHECKPOINTS
 
 
 def signal_name(signum: int) -> str:
@@ -39,7 +38,7 @@ class GracefulStop(Callback):
     epoch's last batch or during validation: then the step is abandoned and the previous
     checkpoint kept) and Lightning raises ``SIGTERMException`` at the end of the step. Outside
     the loops (building the data, between passes) the handler raises :class:`StopRequested`
-    at once: nothing was trained there. :func:`solo_mixmask.pretrain.run_pretrain` turns both
+    at once: nothing was trained there. :func:`solo_mixmask.run.pretrain.run_pretrain` turns both
     into :class:`RunStopped` (:func:`stopped_error`).
 
     Under DDP the ranks agree after every training batch: a stop requested on any rank stops them
@@ -126,7 +125,7 @@ class StopCheckpoint(Checkpoint):
     Not after a batch whose gradients are only accumulated, nor after an epoch's last batch (the
     epoch's evaluation would be missing): the step is then abandoned and the previous checkpoint
     kept. A checkpoint of the same step written just before (a due
-    :class:`~solo_mixmask.callbacks.checkpointing.StepCheckpoint`, which Lightning calls first
+    :class:`~solo_mixmask.checkpoints.callbacks.StepCheckpoint`, which Lightning calls first
     when it comes first in the callbacks) is not written again.
     """
 
@@ -157,13 +156,12 @@ class StopCheckpoint(Checkpoint):
 def stopped_error(
     stop: GracefulStop, saver: StopCheckpoint | None, trainer: L.Trainer, run_dir: Path
 ) -> RunStopped:
-    """The :class:`RunStopped` error for a run that a signal stopped (what was saved, how to
-    continue)."""
+    """The :class:`RunStopped` error for a run in ``run_dir`` that a signal stopped (what was
+    saved, how to continue); ``saver`` is None when the run writes no checkpoints."""
     signum = stop.signum if stop.signum is not None else signal.SIGTERM
-    last = run_dir / CHECKPOINTS / LAST
     if saver is not None and saver.saved_on_stop is not None:
         kept = f"last.ckpt holds step {saver.saved_on_stop}, the last step trained"
-    elif last.exists():
+    elif saver is not None and (saver.dirpath / LAST).exists():
         kept = (
             f"stopped at step {trainer.global_step} before the step's checkpoint could be "
             "written; the previous last.ckpt is kept and the steps after it are trained again"

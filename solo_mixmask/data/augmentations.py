@@ -1,7 +1,7 @@
 """Pretraining (multi-crop) and evaluation transforms built from the crop specs.
 
-``augmentations`` is parsed at start-up into :class:`~solo_mixmask.augmentation_specs.CropSpec` s
-(see that module for the keys and defaults; :attr:`~solo_mixmask.data_specs.DataSpec.crops`);
+``augmentations`` is parsed at start-up into :class:`~solo_mixmask.config.augmentation_specs.CropSpec` s
+(see that module for the keys and defaults; :attr:`~solo_mixmask.config.data_specs.DataSpec.crops`);
 the pretraining transform returns all views in pipeline order.
 """
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from solo_mixmask.augmentation_specs import (  # DEFAULT_PIPELINE: re-exported
+from solo_mixmask.config.augmentation_specs import (  # DEFAULT_PIPELINE: re-exported
     DEFAULT_PIPELINE,  # noqa: F401
     CropSpec,
 )

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from solo_mixmask.config.data_specs import DALI_DEVICES, DEFAULT_SEED, DataSpec
 from solo_mixmask.data.augmentations import CropSpec, blur_kernel_size
 from solo_mixmask.data.datasets import (
     IMAGE_FOLDER_DATASETS,
@@ -49,7 +50,6 @@ from solo_mixmask.data.datasets import (
     image_folder_spec,
     subset_indices,
 )
-from solo_mixmask.data_specs import DALI_DEVICES, DEFAULT_SEED, DataSpec
 from solo_mixmask.errors import ConfigError, DataError
 
 __all__ = [

@@ -4,7 +4,7 @@ Every dataset returned by :func:`build_dataset` yields ``(transform(image), targ
 ``image`` is a PIL image in mode ``'RGB'`` (grayscale, palette, 16-bit, CMYK and alpha images
 are converted first) and ``target`` is an ``int`` class index, or ``-1`` for unlabeled images.
 
-Every builder takes the :class:`~solo_mixmask.data_specs.DataSpec` parsed from the config at
+Every builder takes the :class:`~solo_mixmask.config.data_specs.DataSpec` parsed from the config at
 start-up (its fields are named after the ``data.*`` keys). Where the data is looked for
 (``data.train_path`` for ``split='train'``, ``data.val_path`` for ``split='val'``):
 
@@ -50,8 +50,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from solo_mixmask.data_specs import DataSpec
-from solo_mixmask.dataset_facts import DATASETS, normalisation_of
+from solo_mixmask.config.data_specs import DataSpec
+from solo_mixmask.config.dataset_facts import DATASETS, normalisation_of
 from solo_mixmask.errors import ConfigError, DataError
 
 DATASET_NUM_CLASSES: dict[str, int] = {name: f.num_classes for name, f in DATASETS.items()}

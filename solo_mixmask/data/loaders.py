@@ -4,7 +4,7 @@ Training batches follow solo-learn: ``[indexes (B,) int64, [view_1, ..., view_V]
 int64]`` with each view a float tensor (B, 3, crop, crop). Subsets (``data.train_subset``,
 ``data.val_subset``, ``data.knn_train_subset``) are random but fixed by ``seed``: the same
 seed picks the same images (sorted by index). Every builder takes the
-:class:`~solo_mixmask.data_specs.DataSpec` parsed from the config at start-up.
+:class:`~solo_mixmask.config.data_specs.DataSpec` parsed from the config at start-up.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
+from solo_mixmask.config.data_specs import DataSpec
 from solo_mixmask.data.augmentations import build_eval_transform, build_pretrain_transform
 from solo_mixmask.data.datasets import build_dataset, image_folder_spec, subset_indices
 from solo_mixmask.data.datasets import num_classes as num_classes  # re-exported
-from solo_mixmask.data_specs import DataSpec
 from solo_mixmask.errors import ConfigError, DataError
 
 

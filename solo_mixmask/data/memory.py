@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from solo_mixmask.config.data_specs import DataSpec
 from solo_mixmask.data.augmentations import CropSpec
 from solo_mixmask.data.batched_augmentations import BatchAugment, eval_view
 from solo_mixmask.data.datasets import (
@@ -49,7 +50,6 @@ from solo_mixmask.data.datasets import (
     image_folder_spec,
     load_image_rgb,
 )
-from solo_mixmask.data_specs import DataSpec
 from solo_mixmask.errors import DataError
 from solo_mixmask.utils.resumable import ResumableLoader, mix_seed
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from solo_mixmask.compose import add_config_arguments
+from solo_mixmask.config.compose import add_config_arguments
 from solo_mixmask.eval.presets import DEFAULT_PRESET, PRESET_ALIASES, describe_presets
 
 
@@ -132,11 +132,11 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _show_masks(args: argparse.Namespace) -> None:
-    from solo_mixmask.compose import compose_config
+    from solo_mixmask.config.compose import compose_config
+    from solo_mixmask.config.eval_specs import mask_picture_spec
     from solo_mixmask.errors import ConfigError
     from solo_mixmask.eval.pictures import show_masks
-    from solo_mixmask.eval_specs import mask_picture_spec
-    from solo_mixmask.pretrain import prepare_config
+    from solo_mixmask.run.pretrain import prepare_config
 
     if args.num_images < 2:
         raise ConfigError("--num-images", args.num_images, "an integer >= 2")

@@ -25,7 +25,7 @@ from typing import Any
 
 from solo_mixmask.errors import DataError
 from solo_mixmask.paths import check_output_dir
-from solo_mixmask.run_folder import INIT_METRICS
+from solo_mixmask.run.folder import INIT_METRICS, LOGS, METRICS_CSV, SUMMARY
 
 CLASSIFIER_LOSS = "train_class_loss_epoch"
 CONTRASTIVE_LOSSES = ("train_nce_loss_epoch", "train_byol_loss_epoch")
@@ -102,7 +102,7 @@ def read_metrics(path: Path, knn_at_init: bool) -> tuple[dict, dict, dict]:
 def load_run(run_dir: str | Path) -> RunRecord:
     """Read one run folder (DataError when it has no ``summary.json``)."""
     run_dir = Path(run_dir)
-    summary_file = run_dir / "summary.json"
+    summary_file = run_dir / SUMMARY
     if not summary_file.is_file():
         raise DataError(f"{str(run_dir)!r} is not a finished run folder: {summary_file} is missing")
     summary: dict[str, Any] = json.loads(summary_file.read_text())
@@ -111,7 +111,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
     linear_file = run_dir / "linear.json"
     offline = json.loads(linear_file.read_text()).get("acc1") if linear_file.is_file() else None
     knn, contrastive, total = read_metrics(
-        run_dir / "logs" / "metrics.csv", init.get("knn_acc1_at_init") is not None
+        run_dir / LOGS / METRICS_CSV, init.get("knn_acc1_at_init") is not None
     )
     return RunRecord(
         name=run_dir.name,

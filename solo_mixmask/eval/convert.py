@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from solo_mixmask.checkpoints import (
+from solo_mixmask.checkpoints.backbone import (
     DEFAULT_RESNET_CHANNELS,
     LoadedBackbone,
     infer_resnet,
@@ -36,7 +36,7 @@ from solo_mixmask.checkpoints import (
 )
 from solo_mixmask.errors import CheckpointError, ConfigError
 from solo_mixmask.paths import check_output_file
-from solo_mixmask.run_folder import CHECKPOINTS, CONFIG
+from solo_mixmask.run.folder import CHECKPOINTS, CONFIG
 
 FORMATS = ("torchvision", "timm", "detectron2")
 D2_AUTHOR = "solo-mixmask"

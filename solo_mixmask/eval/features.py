@@ -2,7 +2,7 @@
 
 The evaluation config of a checkpoint is built in this order (later wins):
 
-1. the engine defaults (``solo_mixmask.config.BASE_DEFAULTS``);
+1. the engine defaults (``solo_mixmask.config.schema.BASE_DEFAULTS``);
 2. the run's ``config.yaml`` (``<run>/config.yaml`` for ``<run>/checkpoints/x.ckpt``), else the
    config stored in the checkpoint (``hyper_parameters.cfg``, or solo-learn's ``args.json``);
 3. a preset (the linear probe's ``configs/linear/<name>.yaml``), on top of the command's own
@@ -11,13 +11,13 @@ The evaluation config of a checkpoint is built in this order (later wins):
 
 Every key of the preset and of the overrides must be one the config knows (the engine's
 defaults, the run's config, the command's own section and
-:data:`~solo_mixmask.eval_specs.EVAL_EXTRA_KEYS`): a typo is a ConfigError naming it, with a
-did-you-mean (:func:`~solo_mixmask.eval_specs.check_given_keys`), never dropped.
+:data:`~solo_mixmask.config.eval_specs.EVAL_EXTRA_KEYS`): a typo is a ConfigError naming it, with a
+did-you-mean (:func:`~solo_mixmask.config.eval_specs.check_given_keys`), never dropped.
 
 Changing ``data.dataset`` by override also forgets the run's ``data.num_classes``. Without a run
 config the crop size follows the dataset: 28 (Fashion-MNIST), 32 (CIFAR), 96 (STL-10), else 224.
 
-The commands read that config once, into an :class:`~solo_mixmask.eval_specs.EvalSpec`
+The commands read that config once, into an :class:`~solo_mixmask.config.eval_specs.EvalSpec`
 (:func:`checkpoint_spec`), and write their result with :func:`write_result`.
 
 Also shared by ``linear`` and ``finetune``: seeded subsets, loaders, the training crop and the
@@ -40,18 +40,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from solo_mixmask.augmentation_specs import CropSpec
-from solo_mixmask.checkpoints import LoadedBackbone, load_backbone, run_dir_of
+from solo_mixmask.checkpoints.backbone import LoadedBackbone, load_backbone
+from solo_mixmask.config.augmentation_specs import CropSpec
+from solo_mixmask.config.eval_specs import EvalSpec, compose_eval_config, eval_spec
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.presets import load_preset, preset_defaults
-from solo_mixmask.eval_specs import EvalSpec, compose_eval_config, eval_spec
+from solo_mixmask.run.folder import CONFIG, run_dir_of
 
 
 def run_config(lb: LoadedBackbone, checkpoint: str | Path) -> dict[str, Any] | None:
     """The run's config: ``config.yaml`` of its run folder, else the one in the checkpoint."""
     run = run_dir_of(checkpoint)
     if run is not None:
-        return OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(OmegaConf.load(run / CONFIG), resolve=True)  # type: ignore[return-value]
     return copy.deepcopy(lb.cfg) if lb.cfg else None
 
 
@@ -64,7 +65,7 @@ def eval_config(
     preset_name: str | None = None,
 ) -> DictConfig:
     """The evaluation config of ``checkpoint`` (see the module docstring and
-    :func:`~solo_mixmask.eval_specs.compose_eval_config`): ``defaults`` are the command's own
+    :func:`~solo_mixmask.config.eval_specs.compose_eval_config`): ``defaults`` are the command's own
     section (e.g. ``{"linear": {...}}``, its ``paper`` preset), ``preset`` the chosen preset
     (``preset_name`` for messages)."""
     from_run = run_config(lb, checkpoint)
@@ -94,7 +95,7 @@ def spec_of(
     folder: Path | None = None,
     preset_cfg: dict[str, Any] | None = None,
 ) -> EvalSpec:
-    """The :class:`~solo_mixmask.eval_specs.EvalSpec` of ``checkpoint``'s :func:`eval_config`
+    """The :class:`~solo_mixmask.config.eval_specs.EvalSpec` of ``checkpoint``'s :func:`eval_config`
     for a command on ``device``; with ``preset`` (a name in ``folder``, e.g.
     ``configs/linear/``, or a YAML path; ``preset_cfg`` when already read) over the folder's
     defaults."""
@@ -249,7 +250,7 @@ def train_crop_transform(spec: CropSpec, crop_min_scale: float) -> Any:
     """Callable(PIL RGB image) -> (3, crop, crop) float: RandomResizedCrop(scale
     [crop_min_scale, 1]) + horizontal flip, crop size and normalisation of ``spec`` (the first
     crop pipeline, as evaluation)."""
-    from solo_mixmask.augmentation_specs import parse_pipeline
+    from solo_mixmask.config.augmentation_specs import parse_pipeline
     from solo_mixmask.data.augmentations import build_crop_transform
 
     pipeline = {

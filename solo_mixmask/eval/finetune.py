@@ -29,8 +29,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from solo_mixmask.checkpoints import LoadedBackbone
-from solo_mixmask.config import warn_one_class
+from solo_mixmask.checkpoints.backbone import LoadedBackbone
+from solo_mixmask.config.eval_specs import FinetuneSettings
+from solo_mixmask.config.schema import warn_one_class
 from solo_mixmask.errors import ConfigError, DataError
 from solo_mixmask.eval.features import (
     checkpoint_spec,
@@ -45,7 +46,6 @@ from solo_mixmask.eval.features import (
 )
 from solo_mixmask.eval.linear import evaluate_head, new_linear_head
 from solo_mixmask.eval.presets import presets_dir
-from solo_mixmask.eval_specs import FinetuneSettings
 from solo_mixmask.paths import check_output_dir
 
 PRESETS_DIR = presets_dir("finetune")

@@ -32,7 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from solo_mixmask.config import warn_one_class
+from solo_mixmask.config.eval_specs import LinearSettings
+from solo_mixmask.config.schema import warn_one_class
 from solo_mixmask.errors import DataError
 from solo_mixmask.eval.features import (
     checkpoint_spec,
@@ -48,7 +49,6 @@ from solo_mixmask.eval.features import (
 )
 from solo_mixmask.eval.presets import load_preset as _load_preset
 from solo_mixmask.eval.presets import presets_dir
-from solo_mixmask.eval_specs import LinearSettings
 from solo_mixmask.paths import check_output_file
 
 PRESETS_DIR = presets_dir("linear")

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from solo_mixmask.checkpoints import run_dir_of
-from solo_mixmask.config import warn_one_class
+from solo_mixmask.config.data_specs import DataSpec
+from solo_mixmask.config.schema import warn_one_class
 from solo_mixmask.core.knn import knn_k_used, topk_accuracy, weighted_knn_scores
-from solo_mixmask.data_specs import DataSpec
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.features import (
     checkpoint_spec,
@@ -31,6 +30,7 @@ from solo_mixmask.eval.features import (
     write_result,
 )
 from solo_mixmask.paths import check_output_file
+from solo_mixmask.run.folder import SUMMARY, run_dir_of
 
 DEFAULT_KS = (10, 20, 100, 200)
 
@@ -45,7 +45,7 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
 def online_knn(checkpoint: str | Path) -> dict[str, Any] | None:
     """The run's last online k-NN (``summary.json``), or None outside a run folder."""
     run = run_dir_of(checkpoint)
-    summary = run / "summary.json" if run else None
+    summary = run / SUMMARY if run else None
     if summary is None or not summary.is_file():
         return None
     data = json.loads(summary.read_text())

@@ -11,7 +11,7 @@ Mixed views carry their measured lambda (share of x) in the title. Masks are dra
 (``per_sample=True``) so the columns differ; Un-Mix draws one lambda ~ Beta(alpha, alpha) per
 column. Grid size, mask ratio and Un-Mix alpha come from ``method_kwargs`` when the config has
 them, else MixMask's and Un-Mix's defaults (8, 0.5, 1.0; the grid capped to the crop), read by
-:func:`~solo_mixmask.eval_specs.mask_picture_spec`.
+:func:`~solo_mixmask.config.eval_specs.mask_picture_spec`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from solo_mixmask.data_specs import DataSpec
-from solo_mixmask.eval_specs import MaskPictureSpec
+from solo_mixmask.config.data_specs import DataSpec
+from solo_mixmask.config.eval_specs import MaskPictureSpec
 
 ROW_LABELS = (
     "original",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from solo_mixmask.compose import configs_root, yaml_problem
+from solo_mixmask.config.compose import configs_root, yaml_problem
 from solo_mixmask.errors import ConfigError
 
 #: The preset a command uses when none is named; it also fills the keys a preset file leaves out.

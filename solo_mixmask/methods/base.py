@@ -29,9 +29,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.utilities.data import dim_zero_cat
 
 from solo_mixmask.backbones import build_backbone, momentum_copy
-from solo_mixmask.config import BASE_DEFAULTS, fill_defaults, to_container, validate_base
+from solo_mixmask.config.engine_specs import EngineSpec, PerformanceSpec, SchedulerSpec, engine_spec
+from solo_mixmask.config.schema import BASE_DEFAULTS, fill_defaults, to_container, validate_base
 from solo_mixmask.core.knn import knn_accuracy, knn_k_used, knn_matmul_dtype
-from solo_mixmask.engine_specs import EngineSpec, PerformanceSpec, SchedulerSpec, engine_spec
 from solo_mixmask.errors import ConfigError, ConfigWarning
 from solo_mixmask.utils.momentum import cosine_tau, ema_update_pairs
 from solo_mixmask.utils.optim import optimizer_impl_kwargs

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.config import (
+from solo_mixmask.config.schema import (
     DEFAULT_SEED,
     batch_size_of,
     check_bool,

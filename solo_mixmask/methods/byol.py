@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.config import check_known_keys, check_number
+from solo_mixmask.config.schema import check_known_keys, check_number
 from solo_mixmask.losses.byol import byol_loss
 from solo_mixmask.methods.base import BaseMomentumMethod
 from solo_mixmask.methods.batch_norm import BN_DEFAULTS, SplitBNLogic

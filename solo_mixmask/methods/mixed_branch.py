@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.config import DEFAULT_SEED, fill_defaults, select, smallest_crop_size
+from solo_mixmask.config.schema import DEFAULT_SEED, fill_defaults, select, smallest_crop_size
 from solo_mixmask.core.mixing import Mixer, PartnerRule, draw_partner
 from solo_mixmask.losses.mixed import PairLoss, mixed_loss
 from solo_mixmask.methods.contract import LogicBase

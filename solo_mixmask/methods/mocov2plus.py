@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.config import (
+from solo_mixmask.config.schema import (
     check_bool,
     check_fits_in_memory,
     check_known_keys,

@@ -39,9 +39,9 @@ from accuracy import (  # noqa: E402
 )
 from common import cifar10_folder, cifar10_source  # noqa: E402
 
+from solo_mixmask.config.data_specs import data_spec  # noqa: E402
 from solo_mixmask.core.collapse import embedding_std, spread_std  # noqa: E402
 from solo_mixmask.data.batched_augmentations import BatchAugment  # noqa: E402
-from solo_mixmask.data_specs import data_spec  # noqa: E402
 from solo_mixmask.methods import METHODS  # noqa: E402
 from solo_mixmask.methods.base import lr_scheduler  # noqa: E402
 from solo_mixmask.utils.momentum import cosine_tau, ema_update  # noqa: E402

@@ -6,10 +6,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from solo_mixmask.config import BASE_DEFAULTS, fill_defaults
+from solo_mixmask.config.run_specs import trainer_spec
+from solo_mixmask.config.schema import BASE_DEFAULTS, fill_defaults
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.methods import METHODS
-from solo_mixmask.trainer import trainer_kwargs
+from solo_mixmask.run.trainer import trainer_kwargs
 from tests.conftest import synthetic_batch, tiny_cfg
 
 
@@ -17,7 +18,7 @@ def _precision(monkeypatch, precision, accelerator="auto", cuda=False, bf16=True
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     cfg = OmegaConf.create({"precision": precision, "accelerator": accelerator, "devices": 1})
-    return trainer_kwargs(cfg)["precision"]
+    return trainer_kwargs(trainer_spec(cfg))["precision"]
 
 
 def test_precision_defaults_to_auto():

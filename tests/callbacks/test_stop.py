@@ -9,9 +9,10 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from solo_mixmask.callbacks import StepCheckpoint, StopCheckpoint, stopped_error
+from solo_mixmask.callbacks import StopCheckpoint, stopped_error
 from solo_mixmask.callbacks.stop import GracefulStop
-from solo_mixmask.checkpoint_io import safe_load_checkpoint
+from solo_mixmask.checkpoints.callbacks import StepCheckpoint
+from solo_mixmask.checkpoints.io import safe_load_checkpoint
 from tests.callbacks.helpers import fit_tiny
 
 
@@ -63,6 +64,8 @@ def test_stopped_error_says_what_was_kept(tmp_path):
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
     previous = stopped_error(stop, saver, Trainer(), tmp_path)
     assert "stopped at step 7" in str(previous) and "previous last.ckpt is kept" in str(previous)
+    unsaved = stopped_error(stop, None, Trainer(), tmp_path)  # checkpoint.enabled=false
+    assert "starts the run again from step 0" in str(unsaved)
     saver.saved_on_stop = 7
     kept = stopped_error(stop, saver, Trainer(), tmp_path)
     assert "last.ckpt holds step 7" in str(kept) and f"resume {tmp_path}" in str(kept)

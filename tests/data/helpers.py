@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from solo_mixmask.config.data_specs import DataSpec, data_spec
 from solo_mixmask.data.datasets import FASHION_MNIST_SYSTEM_DIR
-from solo_mixmask.data_specs import DataSpec, data_spec
 
 torch.set_num_threads(1)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from solo_mixmask.augmentation_specs import parse_augmentations
+from solo_mixmask.config.augmentation_specs import parse_augmentations
+from solo_mixmask.config.data_specs import data_spec
 from solo_mixmask.data import augmentations as A
-from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import ConfigError
 from tests.data.helpers import make_cfg, make_spec
 

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from solo_mixmask.augmentation_specs import parse_pipeline
+from solo_mixmask.config.augmentation_specs import parse_pipeline
 from solo_mixmask.data import augmentations as A
 from solo_mixmask.data import batched_augmentations as B
 from solo_mixmask.errors import ConfigError

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from solo_mixmask.config.data_specs import data_spec
 from solo_mixmask.data.dali import INSTALL_HINT, dali_available
 from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
-from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import ConfigError, DataError
 from tests.data.helpers import make_cfg
 
@@ -174,7 +174,7 @@ def test_dali_subset_and_knn_loaders(tmp_path):
 def test_dali_pretrain_run_on_cpu(tmp_path):
     from omegaconf import OmegaConf
 
-    from solo_mixmask.pretrain import run_pretrain
+    from solo_mixmask.run.pretrain import run_pretrain
     from tests.conftest import tiny_cfg
 
     root = _tree(tmp_path / "data", per_class=8)

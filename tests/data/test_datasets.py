@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from solo_mixmask.config.data_specs import data_spec
 from solo_mixmask.data import datasets as D
-from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import ConfigError, DataError
 from tests.data.helpers import make_cfg, make_spec, needs_fmnist, save_rgb
 

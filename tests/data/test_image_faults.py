@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from solo_mixmask.config.data_specs import data_spec
 from solo_mixmask.data import datasets as D
-from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import DataError
 from tests.data.helpers import make_cfg
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from solo_mixmask.config.data_specs import data_spec
 from solo_mixmask.data import loaders as L
-from solo_mixmask.data_specs import data_spec
 from solo_mixmask.errors import ConfigError, DataError
 from tests.data.helpers import make_cfg, make_spec, needs_fmnist, save_rgb
 

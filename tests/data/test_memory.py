@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from solo_mixmask.config import BASE_DEFAULTS, fill_defaults, validate_base
+from solo_mixmask.config.schema import BASE_DEFAULTS, fill_defaults, validate_base
 from solo_mixmask.data.augmentations import build_eval_transform
 from solo_mixmask.data.datasets import BadImageWarning, build_dataset, load_image_rgb
 from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
@@ -207,7 +207,7 @@ MEMORY_RUN = [*TINY, "data.format=memory", "max_epochs=2", "checkpoint.every_n_s
 
 @needs_fmnist
 def test_memory_run_killed_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path):
-    from tests.test_resume import STALL_HARNESS, STALL_STEP
+    from tests.run.test_resume import STALL_HARNESS, STALL_STEP
 
     harness = tmp_path / "stall.py"
     harness.write_text(STALL_HARNESS)

@@ -19,7 +19,7 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     16-px crops, a 4-channel-wide ResNet-18), k-NN monitor on 64 train / 32 val images."""
     if not os.path.isdir(FMNIST_DIR):
         pytest.skip(f"Fashion-MNIST not installed at {FMNIST_DIR}")
-    from solo_mixmask.pretrain import run_pretrain
+    from solo_mixmask.run.pretrain import run_pretrain
 
     root = tmp_path_factory.mktemp("runs")
     runs = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from solo_mixmask.config import to_container
+from solo_mixmask.config.schema import to_container
 from solo_mixmask.methods import METHODS
 from tests.conftest import tiny_cfg
 

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from solo_mixmask.cli import build_parser, main
-from solo_mixmask.compose import configs_root
+from solo_mixmask.config.compose import configs_root
 from tests.eval.helpers import method_checkpoint
 
 TINY_RESNET = {"channels": [8, 16, 32, 64]}

@@ -9,10 +9,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from solo_mixmask.checkpoints import load_backbone
+from solo_mixmask.checkpoints.backbone import load_backbone
 from solo_mixmask.cli import main
+from solo_mixmask.config.data_specs import data_spec
+from solo_mixmask.config.eval_specs import finetune_settings
 from solo_mixmask.data.datasets import build_dataset
-from solo_mixmask.data_specs import data_spec
 from solo_mixmask.eval.features import eval_config, train_crop_transform
 from solo_mixmask.eval.finetune import (
     PRESETS_DIR,
@@ -24,7 +25,6 @@ from solo_mixmask.eval.finetune import (
 )
 from solo_mixmask.eval.linear import new_linear_head
 from solo_mixmask.eval.presets import load_preset, preset_defaults
-from solo_mixmask.eval_specs import finetune_settings
 from tests.eval.helpers import class_folder_tree, method_checkpoint
 
 TINY_RESNET = {"channels": [8, 16, 32, 64]}

@@ -8,7 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from solo_mixmask.checkpoints import load_backbone
+from solo_mixmask.checkpoints.backbone import load_backbone
+from solo_mixmask.config.eval_specs import linear_settings
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.features import eval_config, output_path
 from solo_mixmask.eval.linear import (
@@ -20,7 +21,6 @@ from solo_mixmask.eval.linear import (
     train_on_features,
 )
 from solo_mixmask.eval.offline_knn import run_knn
-from solo_mixmask.eval_specs import linear_settings
 from tests.eval.helpers import authors_checkpoint
 
 

@@ -102,7 +102,7 @@ def test_mask_bank_and_generators_travel_in_checkpoints():
 def test_pretrains_through_our_trainer(tmp_path):
     """Two steps of run_pretrain on Fashion-MNIST: summary, per-epoch metrics of every loss
     term and lambda, and the generators in the checkpoint."""
-    from solo_mixmask.pretrain import run_pretrain
+    from solo_mixmask.run.pretrain import run_pretrain
 
     cfg = tiny_cfg(
         "byol_mixmask",

@@ -1,0 +1,191 @@
+"""Where the configs are, and how a config plus command-line overrides becomes one ``DictConfig``.
+
+One override grammar serves every command: hydra's (``key=value``, ``+key=value``, ``~key``,
+``group=option``, and with ``-m`` the sweeps ``key=a,b``). Values are read as hydra reads them,
+so ``data.download=no`` stays the string ``"no"`` and the boolean check refuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from solo_mixmask.errors import ConfigError
+
+#: The config a bare ``solo-mixmask pretrain`` composes (configs/pretrain/<dataset>/<name>.yaml).
+DEFAULT_DATASET = "fashion_mnist"
+DEFAULT_CONFIG = "mixmask"
+
+
+def configs_root() -> Path:
+    """The shipped ``configs/`` folder.
+
+    Installed from a wheel it is package data (``solo_mixmask/configs``); in a clone (editable
+    install) it is the repository's top-level ``configs/``, which setup.cfg maps into the wheel.
+    """
+    packaged = Path(str(resources.files("solo_mixmask"))) / "configs"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def yaml_problem(err: Exception) -> str:
+    """What a config file must be, for a YAML error raised while reading it (one line)."""
+    text = " ".join(str(err).split()).replace("tag:yaml.org,2002:", "!!")
+    if "!!python/" in text:
+        return (
+            f"a config without python tags ({text}): a config holds plain values, "
+            "solo-mixmask never builds python objects from it"
+        )
+    return f"valid YAML ({text})"
+
+
+def _hydra_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return (HydraException, OmegaConfBaseException, TypeError, ValueError)
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    """``overrides`` parsed by hydra's grammar (a list of ``hydra.core.override_parser.types.
+    Override``); ConfigError naming them when one is malformed or has no key (``=3``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except _hydra_errors() as err:
+        reason = " ".join(str(err).split("\nSee ")[0].split())
+        raise ConfigError(
+            "overrides", list(overrides), f"key=value overrides in hydra's grammar ({reason})"
+        ) from err
+    for o in parsed:
+        if not o.key_or_group:
+            raise ConfigError(
+                "overrides", o.input_line, "KEY=VALUE: this override is malformed (no key)"
+            )
+    return parsed
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """A copy of ``cfg`` with plain-key ``overrides`` set (keys not in ``cfg`` are added, so keys
+    with engine defaults need no ``+``); ``~key`` sets ``null``. Sweeps are refused."""
+    parsed = parse_overrides(overrides)
+    refuse_sweeps(parsed)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for o in parsed:
+            try:
+                value = None if o.is_delete() else o.value()
+                OmegaConf.update(cfg, o.key_or_group, value, force_add=True)
+            except _hydra_errors() as err:
+                raise ConfigError(
+                    o.key_or_group, o.input_line, f"a settable config key ({err})"
+                ) from err
+    return cfg
+
+
+def refuse_sweeps(parsed: Sequence[Any]) -> None:
+    """ConfigError for a sweep (``seed=1,2``) outside ``-m``, as hydra says it."""
+    for o in parsed:
+        if o.is_sweep_override():
+            raise ConfigError(
+                o.key_or_group,
+                o.input_line.partition("=")[2],
+                f"one value; for a list write {o.key_or_group}=[...], to run one job per value "
+                "use -m (multirun)",
+            )
+
+
+def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
+    """``-m`` jobs: the cartesian product of the sweep overrides, in hydra's order (first key
+    slowest). ``['a=1,2', 'b=x']`` -> ``[['a=1', 'b=x'], ['a=2', 'b=x']]``."""
+    parsed = parse_overrides(overrides)
+    choices = []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([o.input_line])
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config-path`` / ``--config-name`` of a pretraining config (see :func:`config_folder`),
+    for every command that composes one."""
+    parser.add_argument(
+        "--config-path",
+        default=None,
+        help="folder of configs (default: configs/pretrain/<dataset>)",
+    )
+    parser.add_argument(
+        "--config-name",
+        default=DEFAULT_CONFIG,
+        help=f"NAME or DATASET/NAME (default: {DEFAULT_DATASET}/{DEFAULT_CONFIG})",
+    )
+
+
+def config_folder(config_path: str | None, config_name: str) -> tuple[Path, str]:
+    """``(folder, name)`` of a pretraining config: ``NAME`` or ``DATASET/NAME`` under
+    configs/pretrain, or ``NAME`` in ``config_path``."""
+    name = config_name[:-5] if config_name.endswith(".yaml") else config_name
+    if config_path is None:
+        folder, _, name = name.rpartition("/")
+        path = configs_root() / "pretrain" / (folder or DEFAULT_DATASET)
+    else:
+        path = Path(config_path)
+    path = path.resolve()
+    if not (path / f"{name}.yaml").exists():
+        known = sorted(p.stem for p in path.glob("*.yaml")) if path.is_dir() else []
+        raise ConfigError(
+            "--config-name", config_name, f"a config in {path}: {', '.join(known) or 'none found'}"
+        )
+    return path, name
+
+
+def config_groups(path: Path) -> dict[str, list[str]]:
+    """The config groups of a config folder and their options (``{'augmentations': [...]}``)."""
+    return {
+        p.name: sorted(q.stem for q in p.glob("*.yaml"))
+        for p in sorted(path.iterdir())
+        if p.is_dir()
+    }
+
+
+def compose_config(
+    config_path: str | None, config_name: str, overrides: Sequence[str]
+) -> DictConfig:
+    """Compose a hydra config: ``config_name`` may be ``NAME`` or ``DATASET/NAME`` under
+    configs/pretrain. Group overrides (``augmentations=asymmetric``) select configs; other keys
+    are set directly (see :func:`apply_overrides`)."""
+    import yaml
+    from hydra import compose, initialize_config_dir
+
+    path, name = config_folder(config_path, config_name)
+    groups = config_groups(path)
+    parsed = parse_overrides(overrides)
+    refuse_sweeps(parsed)
+    for o in parsed:
+        if o.key_or_group in groups and not o.is_delete() and o.value() == []:
+            raise ConfigError(
+                o.key_or_group,
+                [],
+                f"one config of the group {o.key_or_group}: {', '.join(groups[o.key_or_group])}",
+            )
+    try:
+        group_overrides = [o.input_line for o in parsed if o.key_or_group in groups]
+        with initialize_config_dir(config_dir=str(path), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=group_overrides)
+    except yaml.YAMLError as err:  # the config file (or one it includes) is not plain YAML
+        raise ConfigError("--config-name", config_name, yaml_problem(err)) from err
+    except _hydra_errors() as err:
+        raise ConfigError("overrides", list(overrides), f"valid hydra overrides ({err})") from err
+    plain = [o.input_line for o in parsed if o.key_or_group not in groups]
+    return apply_overrides(cfg, plain)

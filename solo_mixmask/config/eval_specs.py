@@ -1,0 +1,327 @@
+"""What the evaluation commands need from a config, composed, read and checked once.
+
+- :func:`compose_eval_config` layers the evaluation config of a checkpoint: the engine defaults
+  (:data:`~solo_mixmask.config.schema.BASE_DEFAULTS`), the command's own section, the run's config, a
+  preset and ``key=value`` overrides, every given key checked against what the config knows;
+- :func:`eval_spec` reads that config into the frozen :class:`EvalSpec` that ``linear``,
+  ``finetune``, ``knn`` and ``embed`` use (they never read a config): the data layer's
+  :class:`~solo_mixmask.config.data_specs.DataSpec` (with the seed, the loader workers and the batch
+  size), the device, ``performance.channels_last``, ``knn_eval`` and the ``linear.*`` /
+  ``finetune.*`` settings;
+- :func:`mask_picture_spec` reads the config of ``show-masks`` into :class:`MaskPictureSpec`.
+
+One default per key: a key the config lacks gets the engine's default (BASE_DEFAULTS, the data
+layer's constants, a method's ``method_kwargs`` defaults), never a second value chosen here. Every
+check raises :class:`~solo_mixmask.errors.ConfigError` naming the key, the value given and what
+is allowed. No torch, no files read.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, cast
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from solo_mixmask.config import compose
+from solo_mixmask.config.data_specs import DataSpec, data_spec, image_count
+from solo_mixmask.config.dataset_facts import eval_crop_of
+from solo_mixmask.config.schema import (
+    BASE_DEFAULTS,
+    check_booleans,
+    check_known_keys,
+    check_number,
+    read_bool,
+)
+from solo_mixmask.errors import ConfigError
+
+# --- the evaluation config ---------------------------------------------------------------------
+
+#: Keys the data layer reads (:func:`~solo_mixmask.config.data_specs.data_spec`) that the engine's
+#: defaults leave out; evaluation overrides may set them.
+EVAL_EXTRA_KEYS: dict[str, Any] = {"data": {"num_classes": None, "dali_device": "auto"}}
+#: Config nodes whose keys are free (a timm model's constructor arguments): not checked here.
+FREE_KEYS = ("backbone.kwargs",)
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """``['a.b=1', '~c']`` -> ``[('a.b', 1), ('c', None)]`` (hydra's override grammar)."""
+    parsed = compose.parse_overrides(overrides)
+    compose.refuse_sweeps(parsed)
+    return [(o.key_or_group, None if o.is_delete() else o.value()) for o in parsed]
+
+
+def check_given_keys(given: DictConfig, known: DictConfig, key: str = "") -> None:
+    """ConfigError (with a did-you-mean) for the first key of ``given`` (overrides or a preset,
+    as a tree) that ``known`` does not have, checked level by level with the pretraining
+    checker :func:`~solo_mixmask.config.schema.check_known_keys`. Below a list, a leaf, an empty
+    node of ``known`` (``method_kwargs`` without a run config) or :data:`FREE_KEYS` nothing is
+    checked."""
+    node = OmegaConf.select(given, key) if key else given
+    schema = OmegaConf.select(known, key) if key else known
+    if not isinstance(node, DictConfig) or not isinstance(schema, DictConfig):
+        return
+    if key in FREE_KEYS or (key and len(schema) == 0):
+        return
+    check_known_keys(given, key, [str(k) for k in schema.keys()])
+    for name in map(str, node.keys()):
+        check_given_keys(given, known, f"{key}.{name}" if key else name)
+
+
+def _given_tree(parsed: Sequence[tuple[str, Any]]) -> DictConfig:
+    """Overrides ``[(dotted key, value)]`` as one tree (list indexes become keys)."""
+    tree = OmegaConf.create({})
+    with open_dict(tree):
+        for key, value in parsed:
+            try:
+                OmegaConf.update(tree, key, value, force_add=True)
+            except Exception as err:  # omegaconf raises several types for a bad path
+                raise ConfigError(key, value, f"a settable config key ({err})") from err
+    return tree
+
+
+def compose_eval_config(
+    from_run: dict[str, Any] | None,
+    overrides: Sequence[str] = (),
+    preset: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    preset_name: str | None = None,
+) -> DictConfig:
+    """The evaluation config, in this order (later wins): BASE_DEFAULTS and
+    :data:`EVAL_EXTRA_KEYS`; ``defaults``, the command's own section (e.g. ``{"linear": {...}}``,
+    its ``paper`` preset); ``from_run``, the run's config (None for a checkpoint without one);
+    ``preset``, the chosen preset (``preset_name`` for messages); the ``overrides``. The keys of
+    the preset and of the overrides are checked against what the config knows before anything is
+    set. Changing ``data.dataset`` by override also forgets the run's ``data.num_classes``;
+    without a run config the crop size follows the dataset (unless an override sets one)."""
+    cfg = OmegaConf.create(copy.deepcopy(BASE_DEFAULTS))
+    for layer in (copy.deepcopy(EVAL_EXTRA_KEYS), defaults, from_run):
+        if layer:
+            cfg.merge_with(OmegaConf.create(layer))  # in place: cfg stays a DictConfig
+    if preset:
+        try:
+            check_given_keys(OmegaConf.create(preset), cfg)
+        except ConfigError as err:
+            where = f" (in --preset {preset_name})" if preset_name else ""
+            raise ConfigError(err.key, err.value, f"{err.allowed}{where}") from err
+        cfg.merge_with(OmegaConf.create(preset))
+    parsed = parse_overrides(overrides)
+    check_given_keys(_given_tree(parsed), cfg)
+    keys = {k for k, _ in parsed}
+    with open_dict(cfg):
+        for key, value in parsed:
+            if key == "data.dataset" and "data.num_classes" not in keys:
+                OmegaConf.update(cfg, "data.num_classes", None, force_add=True)
+            try:
+                OmegaConf.update(cfg, key, value, force_add=True)
+            except Exception as err:  # omegaconf raises several types for a bad path
+                raise ConfigError(key, value, f"a settable config key ({err})") from err
+        if not from_run and not any(k.startswith("augmentations") for k in keys):
+            dataset = OmegaConf.select(cfg, "data.dataset")
+            cfg.augmentations = [{"crop_size": eval_crop_of(dataset), "num_crops": 1}]
+    check_booleans(cfg)  # data.download=no must not download (bool("no") is True)
+    return cfg
+
+
+# --- the specs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What ``linear.*`` and ``finetune.*`` share, checked: SGD with momentum and weight decay,
+    a step schedule (the rate x ``lr_decay_rate`` after each of ``lr_decay_epochs``, sorted), a
+    fresh linear head with weights N(0, ``init_std``), RandomResizedCrop(scale
+    [``crop_min_scale``, 1]) training crops and ``val_subset`` validation images (None: all)."""
+
+    epochs: int
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    lr_decay_epochs: tuple[int, ...]
+    lr_decay_rate: float
+    init_std: float
+    crop_min_scale: float
+    val_subset: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting by name (tuples as lists), as result files record them."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class LinearSettings(TrainSettings):
+    """``linear.*``: the head's learning rate ``lr`` and ``train_subset`` labelled training
+    images (None: all)."""
+
+    lr: float
+    train_subset: int | None
+
+
+@dataclass(frozen=True)
+class FinetuneSettings(TrainSettings):
+    """``finetune.*``: learning rates of the backbone and of the head, Nesterov momentum."""
+
+    backbone_lr: float
+    head_lr: float
+    nesterov: bool
+
+
+@dataclass(frozen=True)
+class KnnSettings:
+    """``knn_eval``: neighbours ``k`` (>= 1) and the vote temperature (> 0)."""
+
+    k: int
+    temperature: float
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Everything an evaluation command reads from its config, checked.
+
+    - ``data``: the data layer's :class:`~solo_mixmask.config.data_specs.DataSpec` (also the seed,
+      the loader workers and the batch size, see the properties);
+    - ``device``: the torch device the command runs on (``cpu``, ``cuda``, ``cuda:1`` ...);
+    - ``channels_last``: ``performance.channels_last``;
+    - ``knn``: ``knn_eval``; ``linear`` / ``finetune``: the command's settings, None when the
+      config has no such section.
+    """
+
+    data: DataSpec
+    device: str
+    channels_last: bool
+    knn: KnnSettings
+    linear: LinearSettings | None = None
+    finetune: FinetuneSettings | None = None
+
+    @property
+    def seed(self) -> int:
+        """``seed``: picks subsets and shuffles."""
+        return self.data.seed
+
+    @property
+    def num_workers(self) -> int:
+        """``data.num_workers``: loader processes."""
+        return self.data.num_workers
+
+    @property
+    def batch_size(self) -> int:
+        """``optimizer.batch_size``: images per batch where no command setting says."""
+        return self.data.batch_size
+
+
+def decay_epochs(cfg: DictConfig, key: str) -> tuple[int, ...]:
+    """``cfg[key]``: the epochs of a step schedule, sorted (ConfigError unless a list of ints
+    >= 1; null means none)."""
+    steps = OmegaConf.select(cfg, key, default=None)
+    steps = list(steps) if steps is not None else []
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
+        raise ConfigError(key, steps, "a list of epochs (ints >= 1)")
+    return tuple(sorted(steps))
+
+
+def _number(cfg: DictConfig, key: str, **bounds: Any) -> float:
+    check_number(cfg, key, **bounds)
+    return float(OmegaConf.select(cfg, key))
+
+
+def _integer(cfg: DictConfig, key: str, **bounds: Any) -> int:
+    check_number(cfg, key, integer=True, **bounds)
+    return int(OmegaConf.select(cfg, key))
+
+
+def _train_settings(cfg: DictConfig, section: str) -> dict[str, Any]:
+    """The :class:`TrainSettings` fields of ``cfg[section]`` (``linear`` or ``finetune``)."""
+    return {
+        "epochs": _integer(cfg, f"{section}.epochs", low=1),
+        "batch_size": _integer(cfg, f"{section}.batch_size", low=1),
+        "momentum": _number(cfg, f"{section}.momentum", low=0, high=1),
+        "weight_decay": _number(cfg, f"{section}.weight_decay", low=0),
+        "lr_decay_rate": _number(cfg, f"{section}.lr_decay_rate", low=0, low_open=True),
+        "init_std": _number(cfg, f"{section}.init_std", low=0),
+        "crop_min_scale": _number(cfg, f"{section}.crop_min_scale", low=0, high=1, low_open=True),
+        "lr_decay_epochs": decay_epochs(cfg, f"{section}.lr_decay_epochs"),
+        "val_subset": image_count(cfg, f"{section}.val_subset"),
+    }
+
+
+def linear_settings(cfg: DictConfig) -> LinearSettings:
+    """``cfg.linear`` read and checked (ConfigError naming the key on a bad value)."""
+    return LinearSettings(
+        **_train_settings(cfg, "linear"),
+        lr=_number(cfg, "linear.lr", low=0, low_open=True),
+        train_subset=image_count(cfg, "linear.train_subset"),
+    )
+
+
+def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
+    """``cfg.finetune`` read and checked (ConfigError naming the key on a bad value)."""
+    return FinetuneSettings(
+        **_train_settings(cfg, "finetune"),
+        backbone_lr=_number(cfg, "finetune.backbone_lr", low=0),
+        head_lr=_number(cfg, "finetune.head_lr", low=0, low_open=True),
+        nesterov=read_bool(cfg, "finetune.nesterov"),
+    )
+
+
+def knn_settings(cfg: DictConfig) -> KnnSettings:
+    """``knn_eval.k`` and ``knn_eval.T`` (an evaluation config holds them: BASE_DEFAULTS)."""
+    return KnnSettings(
+        k=_integer(cfg, "knn_eval.k", low=1),
+        temperature=_number(cfg, "knn_eval.T", low=0, low_open=True),
+    )
+
+
+def eval_spec(cfg: DictConfig, device: str) -> EvalSpec:
+    """The :class:`EvalSpec` of an evaluation config (ConfigError naming the first bad key) for
+    a command that runs on ``device``. ``linear`` and ``finetune`` are read when the config has
+    the section (the command's presets put it there)."""
+    return EvalSpec(
+        data=data_spec(cfg),
+        device=device,
+        channels_last=read_bool(
+            cfg, "performance.channels_last", BASE_DEFAULTS["performance"]["channels_last"]
+        ),
+        knn=knn_settings(cfg),
+        linear=linear_settings(cfg) if "linear" in cfg else None,
+        finetune=finetune_settings(cfg) if "finetune" in cfg else None,
+    )
+
+
+@dataclass(frozen=True)
+class MaskPictureSpec:
+    """What ``show-masks`` reads: the images (``data``; their first crop pipeline) and the
+    masks' ``method_kwargs``: ``grid_size`` (>= 1), ``mask_ratio`` (in (0, 1)), Un-Mix's
+    ``unmix_alpha`` (> 0)."""
+
+    data: DataSpec
+    grid_size: int
+    mask_ratio: float
+    unmix_alpha: float
+
+
+def mask_picture_spec(cfg: DictConfig) -> MaskPictureSpec:
+    """The :class:`MaskPictureSpec` of a pretraining config; a ``method_kwargs`` key the method
+    lacks gets the MixMask / Un-Mix default (ConfigError naming the first bad key)."""
+    from solo_mixmask.core.mixing import MaskMixer
+    from solo_mixmask.core.unmix import UnmixMixer
+
+    given = OmegaConf.select(cfg, "method_kwargs", default=None) or {}
+    defaults = {
+        "grid_size": MaskMixer.DEFAULTS["grid_size"],
+        "mask_ratio": MaskMixer.DEFAULTS["mask_ratio"],
+        "unmix_alpha": UnmixMixer.DEFAULTS["unmix_alpha"],
+    }
+    kwargs = cast(
+        DictConfig, OmegaConf.merge({"method_kwargs": defaults}, {"method_kwargs": given})
+    )
+    return MaskPictureSpec(
+        data=data_spec(cfg),
+        grid_size=_integer(kwargs, "method_kwargs.grid_size", low=1),
+        mask_ratio=_number(
+            kwargs, "method_kwargs.mask_ratio", low=0, high=1, low_open=True, high_open=True
+        ),
+        unmix_alpha=_number(kwargs, "method_kwargs.unmix_alpha", low=0, low_open=True),
+    )

@@ -1,0 +1,633 @@
+"""Config defaults and start-up validation (solo-learn's schema).
+
+Every check raises :class:`~solo_mixmask.errors.ConfigError` naming the key, the value given and
+what is allowed, so a typo fails before any data is read or any weight is allocated.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
+
+from solo_mixmask.errors import (
+    ConfigError,
+    check_bool_value,
+    check_choice_value,
+    check_number_value,
+)
+from solo_mixmask.errors import config_warning as config_warning  # re-exported: the checks' warning
+from solo_mixmask.errors import suggest as suggest  # re-exported: the checks' did-you-mean
+
+#: The random seed of a config that names none (solo-learn's configs use 5).
+DEFAULT_SEED = 5
+
+#: Keys every pretraining config may hold; anything else at the top level is a typo unless it is a
+#: ``lightning.Trainer`` argument (those are passed through, as solo-learn does).
+BASE_DEFAULTS: dict[str, Any] = {
+    "name": "run",
+    "method": "mixmask",
+    "seed": DEFAULT_SEED,
+    "backbone": {"name": "resnet18", "kwargs": {}, "cifar_stem": None},
+    "method_kwargs": {},
+    "momentum": {"base_tau": 0.99, "final_tau": 1.0, "classifier": False},
+    "data": {
+        "dataset": "fashion_mnist",
+        "train_path": None,
+        "val_path": None,
+        "format": "image_folder",
+        "num_workers": 2,
+        "download": False,
+        "no_labels": False,
+        "train_subset": None,
+        "val_subset": None,
+        "knn_train_subset": 10000,
+        "strict": False,
+        "scan_images": False,
+        "mean": None,
+        "std": None,
+    },
+    "augmentations": [{"crop_size": 32, "num_crops": 2}],
+    "optimizer": {
+        "name": "sgd",
+        "batch_size": 256,
+        "lr": 0.03,
+        "classifier_lr": 0.1,
+        "weight_decay": 1e-4,
+        "kwargs": {"momentum": 0.9},
+    },
+    "scheduler": {
+        "name": "warmup_cosine",
+        "warmup_epochs": 0,
+        "warmup_start_lr": 0.0,
+        "min_lr": 0.0,
+    },
+    "knn_eval": {"enabled": True, "k": 200, "T": 0.1},
+    "checkpoint": {
+        "enabled": True,
+        "dir": "runs",
+        "frequency": 1,
+        "run_dir": None,
+        "every_n_steps": None,
+    },
+    "logging": {"csv": True, "tensorboard": False},
+    "wandb": {"enabled": False, "offline": True, "project": "solo-mixmask", "entity": None},
+    "performance": {
+        "channels_last": True,
+        "compile": False,
+        "compile_backend": "inductor",
+        "compile_mode": "default",  # torch.compile mode (reduce-overhead: CUDA graphs)
+        "optimizer_impl": "auto",  # solo_mixmask.utils.optim.OPTIMIZER_IMPLS
+        "ema_foreach_lerp": True,  # one torch._foreach_lerp_ over all momentum pairs
+        "knn_dtype": "float32",  # the k-NN monitor's similarity matmul (auto: bf16 on CUDA)
+    },
+    "progress_bar": True,
+    "max_epochs": 100,
+    "devices": 1,
+    "accelerator": "auto",
+    "precision": "auto",  # bf16-mixed on CUDA, 32-true on CPU (run.trainer.trainer_kwargs)
+    "strategy": "auto",
+    "num_nodes": 1,
+    "sync_batchnorm": False,
+}
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+#: Hydra's instantiation keys. solo-mixmask never calls ``hydra.utils.instantiate``; a config that
+#: holds one of these anywhere is refused so that nobody believes it builds the object it names.
+INSTANTIATION_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+SCHEDULERS = ("warmup_cosine", "cosine", "step", "none")
+#: ``data.format``: PIL loader workers, NVIDIA DALI, or the whole split in one device tensor.
+DATA_FORMATS = ("image_folder", "dali", "memory")
+#: Boolean keys that may also be null (decided from the rest of the config: the CIFAR stem
+#: for crops <= 64 px). Every other key whose default is true/false takes true/false only.
+NULLABLE_BOOL_KEYS = ("backbone.cifar_stem",)
+#: Trainer arguments that solo-mixmask sets itself, and the config keys that control them.
+TRAINER_KEYS_SET_HERE = {
+    "callbacks": "checkpoint.* and progress_bar",
+    "logger": "logging.csv, logging.tensorboard and wandb.*",
+    "default_root_dir": "checkpoint.dir or checkpoint.run_dir",
+    "enable_checkpointing": "checkpoint.enabled",
+    "enable_progress_bar": "progress_bar",
+}
+#: Optional logger packages: config key -> (importable modules, any one will do; pip command).
+LOGGER_PACKAGES = {
+    "wandb.enabled": (("wandb",), "pip install wandb"),
+    "logging.tensorboard": (("tensorboard", "tensorboardX"), "pip install tensorboard"),
+}
+#: Seeds Lightning accepts (numpy's uint32 range).
+MAX_SEED = 2**32 - 1
+
+
+def trainer_arg_names() -> set[str]:
+    """Names of ``lightning.Trainer.__init__`` arguments (passed through from the config)."""
+    import lightning
+
+    return set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+
+
+def trainer_bool_args() -> dict[str, bool]:
+    """``lightning.Trainer`` arguments typed ``bool`` (False) or ``Optional[bool]`` (True: null
+    allowed), from its signature."""
+    import lightning
+
+    found = {}
+    for name, param in inspect.signature(lightning.Trainer.__init__).parameters.items():
+        if param.annotation in (bool, "bool"):
+            found[name] = False
+        elif param.annotation in (bool | None, "Optional[bool]", "bool | None"):
+            found[name] = True
+    return found
+
+
+def _literal_values(annotation: Any) -> list[Any]:
+    """Every value of the ``Literal[...]`` types inside ``annotation`` (Unions searched)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return [v for arg in typing.get_args(annotation) for v in _literal_values(arg)]
+
+
+def select(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    """Value at dotted ``key``, or ``default`` when absent or None (solo-learn's omegaconf_select)."""
+    value = OmegaConf.select(cfg, key, default=default)
+    return default if value is None else value
+
+
+def _has_key(cfg: DictConfig, path: str) -> bool:
+    """Whether dotted ``path`` exists in ``cfg``, even with a missing (``???``) value."""
+    parent, _, leaf = path.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node.keys()
+
+
+def fill_defaults(cfg: DictConfig, defaults: dict[str, Any], prefix: str = "") -> DictConfig:
+    """Add every key of ``defaults`` that ``cfg`` lacks (recursively), in place; returns ``cfg``."""
+    with open_dict(cfg):
+        for key, value in defaults.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                if OmegaConf.select(cfg, path) is None:
+                    OmegaConf.update(cfg, path, {}, force_add=True)
+                fill_defaults(cfg, value, prefix=f"{path}.")
+            elif not _has_key(cfg, path):  # a mandatory '???' counts as present
+                OmegaConf.update(cfg, path, value, force_add=True)
+    return cfg
+
+
+def check_choice(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
+    check_choice_value(key, OmegaConf.select(cfg, key), allowed)
+
+
+def check_number(cfg: DictConfig, key: str, **interval: Any) -> None:
+    """Check that ``cfg[key]`` is a finite number in the interval of
+    :func:`~solo_mixmask.errors.check_number_value` (low, high, low_open, high_open, integer)."""
+    check_number_value(key, OmegaConf.select(cfg, key), **interval)
+
+
+def check_bool(cfg: DictConfig, key: str, allow_null: bool = False) -> None:
+    """``cfg[key]`` is true or false (or null with ``allow_null``)."""
+    check_bool_value(key, OmegaConf.select(cfg, key), allow_null)
+
+
+def read_bool(cfg: DictConfig, key: str, default: bool = False) -> bool:
+    """``cfg[key]`` as a bool (``default`` when absent or null); ConfigError for anything but
+    true/false, so ``data.no_labels=maybe`` never reads as True."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "true or false")
+    return value
+
+
+def check_run_name(cfg: DictConfig) -> None:
+    """``name`` names the run folder under ``checkpoint.dir``: a plain folder name, so that it
+    can never point elsewhere (``../../x``, ``a/b``, ``..``, empty)."""
+    name = OmegaConf.select(cfg, "name", default=None)
+    if isinstance(name, int) and not isinstance(name, bool):
+        name = str(name)  # name=2024 reads as an int
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+    ):
+        raise ConfigError(
+            "name", name, "a plain folder name (not empty, no '/' or '\\', not '.' or '..')"
+        )
+
+
+def bool_keys(defaults: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of ``defaults`` whose default value is true/false."""
+    keys = []
+    for name, value in defaults.items():
+        if isinstance(value, dict):
+            keys += bool_keys(value, f"{prefix}{name}.")
+        elif isinstance(value, bool):
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def check_booleans(cfg: DictConfig) -> None:
+    """Every boolean key of BASE_DEFAULTS, NULLABLE_BOOL_KEYS, and the boolean Trainer flags the
+    config passes through (``enable_model_summary``, ...)."""
+    for key in bool_keys(BASE_DEFAULTS):
+        check_bool(cfg, key)
+    for key in NULLABLE_BOOL_KEYS:
+        check_bool(cfg, key, allow_null=True)
+    for key, nullable in trainer_bool_args().items():
+        if key in cfg:
+            check_bool(cfg, key, allow_null=nullable)
+
+
+def check_trainer_keys_set_here(cfg: DictConfig) -> None:
+    """Refuse the Trainer arguments solo-mixmask sets itself (Lightning would get them twice)."""
+    for key, instead in TRAINER_KEYS_SET_HERE.items():
+        if key in cfg:
+            raise ConfigError(
+                key,
+                OmegaConf.select(cfg, key),
+                f"no value: solo-mixmask sets the Trainer's {key} itself; use {instead}",
+            )
+
+
+def check_trainer_flags(cfg: DictConfig) -> None:
+    """``precision``, ``strategy`` and ``accelerator`` as Lightning accepts them, and an
+    accelerator that exists on this machine: checked before the Trainer is built."""
+    import lightning
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    annotation = inspect.signature(lightning.Trainer.__init__).parameters["precision"].annotation
+    precisions = _literal_values(annotation)
+    if precisions:  # else an unknown Lightning: it checks the value itself
+        allowed = ["auto", *(str(p) for p in precisions if isinstance(p, str))]
+        value = OmegaConf.select(cfg, "precision")
+        if isinstance(value, bool) or value not in ["auto", *precisions]:
+            raise ConfigError("precision", value, f"one of {', '.join(allowed)}")
+
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    value = OmegaConf.select(cfg, "strategy")
+    if not isinstance(value, str) or value.lower() not in strategies:
+        shown = ", ".join(strategies)
+        raise ConfigError("strategy", value, f"one of {shown}{suggest(str(value), strategies)}")
+
+    names = sorted(AcceleratorRegistry.available_accelerators())
+    value = OmegaConf.select(cfg, "accelerator")
+    if not isinstance(value, str) or value.lower() not in ["auto", "gpu", *names]:
+        shown = f"one of auto, gpu, {', '.join(names)}{suggest(str(value), names)}"
+        raise ConfigError("accelerator", value, shown)
+    value = value.lower()
+    wanted = {"auto": [], "gpu": ["cuda", "mps"]}.get(value, [value])
+    present = [n for n in names if AcceleratorRegistry[n]["accelerator"].is_available()]
+    if wanted and not set(wanted) & set(present):
+        raise ConfigError(
+            "accelerator",
+            value,
+            f"one available on this machine: auto, {', '.join(present)} (no {value} device found)",
+        )
+
+
+def check_logger_packages(cfg: DictConfig) -> None:
+    """An enabled optional logger needs its package installed (found before the run starts)."""
+    for key, (modules, command) in LOGGER_PACKAGES.items():
+        if OmegaConf.select(cfg, key) and not any(importlib.util.find_spec(m) for m in modules):
+            raise ConfigError(key, True, f"false, or install the package first: {command}")
+
+
+def check_known_keys(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
+    """Fail on keys under ``key`` that are not in ``allowed`` (config typos)."""
+    node = OmegaConf.select(cfg, key) if key else cfg
+    allowed = set(allowed)
+    for name in node or {}:
+        name = str(name)
+        if name not in allowed:
+            where = f"{key}.{name}" if key else name
+            raise ConfigError(
+                where,
+                node[name],
+                f"no such key; allowed: {', '.join(sorted(allowed))}{suggest(name, allowed)}",
+            )
+
+
+def crop_size(cfg: DictConfig) -> int:
+    """Crop size (pixels) of the first augmentation pipeline."""
+    return int(cfg.augmentations[0].get("crop_size", 32))
+
+
+def smallest_crop_size(cfg: DictConfig) -> int:
+    """The smallest crop size (pixels) among the augmentation pipelines."""
+    return min(int(a.get("crop_size", 32)) for a in cfg.augmentations)
+
+
+def check_mandatory_values(cfg: DictConfig) -> None:
+    """Fail on values a config leaves mandatory (``???``), naming the first one (sorted)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        others = f"; also unset: {', '.join(missing[1:])}" if len(missing) > 1 else ""
+        raise ConfigError(
+            missing[0],
+            "???",
+            f"a value: this config leaves it mandatory, pass {missing[0]}=...{others}",
+        )
+
+
+def check_no_instantiation(node: Any, prefix: str = "") -> None:
+    """Fail on hydra instantiation keys (``_target_`` ...) anywhere in the config tree."""
+    if isinstance(node, DictConfig):
+        items: list[tuple[str, Any]] = [(str(k), node._get_node(k)) for k in node.keys()]
+    elif isinstance(node, ListConfig):
+        items = [(f"[{i}]", node._get_node(i)) for i in range(len(node))]  # no interpolations
+    else:
+        return
+    for name, child in items:
+        key = f"{prefix}{name}" if name.startswith("[") or not prefix else f"{prefix}.{name}"
+        if name in INSTANTIATION_KEYS:
+            raise ConfigError(
+                key,
+                OmegaConf.to_container(child) if isinstance(child, Container) else child._value(),
+                "no hydra instantiation keys (_target_, _partial_, ...): solo-mixmask never "
+                "instantiates classes named in a config; remove the key",
+            )
+        check_no_instantiation(child, key)
+
+
+def check_batch_size(cfg: DictConfig) -> None:
+    batch_size_of(cfg)
+
+
+def batch_size_of(cfg: DictConfig) -> int:
+    """``optimizer.batch_size`` (images per device per step), checked: the one reader of it."""
+    value = OmegaConf.select(cfg, "optimizer.batch_size")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ConfigError(
+            "optimizer.batch_size",
+            value,
+            "an integer >= 2 (per device): each image is mixed with a partner from the same "
+            "per-device batch and InfoNCE needs more than one sample",
+        )
+    return value
+
+
+def _check_betas(cfg: DictConfig, key: str) -> None:
+    """AdamW's ``betas``: two numbers in [0, 1)."""
+    value = OmegaConf.select(cfg, key)
+    ok = isinstance(value, ListConfig) and len(value) == 2
+    if ok:
+        for i in range(2):
+            try:
+                check_number(cfg, f"{key}.{i}", low=0, high=1, high_open=True)
+            except ConfigError:
+                ok = False
+    if not ok:
+        shown = OmegaConf.to_container(value) if isinstance(value, Container) else value
+        raise ConfigError(key, shown, "two numbers in [0, 1), e.g. [0.9, 0.999]")
+
+
+#: Checks of the ``optimizer.kwargs`` that the optimisers take (their constructor arguments).
+OPTIMIZER_KWARG_CHECKS: dict[str, Any] = {
+    "momentum": lambda cfg, key: check_number(cfg, key, low=0, high=1, high_open=True),
+    "dampening": lambda cfg, key: check_number(cfg, key, low=0, high=1),
+    "nesterov": check_bool,
+    "trust_coeff": lambda cfg, key: check_number(cfg, key, low=0, low_open=True),
+    "eps": lambda cfg, key: check_number(cfg, key, low=0, low_open=True),
+    "trust_clip": check_bool,
+    "always_adapt": check_bool,
+    "betas": _check_betas,
+    "amsgrad": check_bool,
+}
+#: ``optimizer.kwargs`` each ``optimizer.name`` takes: torch.optim.SGD, timm's Lars,
+#: torch.optim.AdamW (``momentum``, an engine default, is dropped for AdamW: its momentum is
+#: ``betas``).
+OPTIMIZER_KWARGS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum", "dampening", "nesterov"),
+    "lars": (
+        "momentum",
+        "dampening",
+        "nesterov",
+        "trust_coeff",
+        "eps",
+        "trust_clip",
+        "always_adapt",
+    ),
+    "adamw": ("betas", "eps", "amsgrad", "momentum"),
+}
+
+
+def check_optimizer_kwargs(cfg: DictConfig) -> None:
+    """``optimizer.kwargs``: only the arguments ``optimizer.name`` takes (did-you-mean for a
+    typo, which the optimiser would refuse with a TypeError after the data is opened), each in
+    its range (``momentum`` in [0, 1): 1 and above never forget a gradient and diverge), and
+    Nesterov only with a momentum and no dampening (as torch requires)."""
+    kwargs = OmegaConf.select(cfg, "optimizer.kwargs")
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, DictConfig):
+        raise ConfigError("optimizer.kwargs", kwargs, "a mapping of optimiser arguments or null")
+    name = cfg.optimizer.name
+    check_known_keys(cfg, "optimizer.kwargs", OPTIMIZER_KWARGS[name])
+    for arg in map(str, kwargs.keys()):
+        OPTIMIZER_KWARG_CHECKS[arg](cfg, f"optimizer.kwargs.{arg}")
+    if kwargs.get("nesterov") and (
+        not kwargs.get("momentum", 0) or kwargs.get("dampening", 0) != 0
+    ):
+        raise ConfigError(
+            "optimizer.kwargs.nesterov",
+            True,
+            "false unless optimizer.kwargs.momentum > 0 and optimizer.kwargs.dampening = 0 "
+            "(Nesterov momentum needs a momentum and no dampening)",
+        )
+    momentum = kwargs.get("momentum")
+    default = BASE_DEFAULTS["optimizer"]["kwargs"]["momentum"]
+    if name == "adamw" and momentum is not None and momentum != default:
+        config_warning(
+            "optimizer.kwargs.momentum",
+            momentum,
+            "is not used by adamw: its momentum is optimizer.kwargs.betas",
+        )
+
+
+def host_memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def readable_bytes(n: float) -> str:
+    """``512 bytes``, ``1.5 GB``, ``128 TB`` ... (powers of 1000)."""
+    if n < 1000:
+        return f"{int(n)} bytes"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+    return f"{n / 1000:.3g} PB"
+
+
+def check_fits_in_memory(cfg: DictConfig, key: str, nbytes: int, what: str) -> None:
+    """ConfigError naming ``key`` when a tensor of ``nbytes`` (``what``) cannot fit in memory:
+    the model is built on the host, so more than its physical memory can never be allocated
+    (the run would die in an allocation error, or swap the machine to a halt); for a run that
+    will use a CUDA device (``accelerator`` gpu/cuda, or auto with one present) the device's
+    memory bounds it too."""
+    limits = []
+    host = host_memory_bytes()
+    if host:
+        limits.append((host, "the host's memory"))
+    accelerator = str(select(cfg, "accelerator", "auto")).lower()
+    if accelerator in ("auto", "gpu", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(0).total_memory
+            limits.append((int(total), "the GPU's memory"))
+    for limit, where in limits:
+        if nbytes > limit:
+            raise ConfigError(
+                key,
+                OmegaConf.select(cfg, key),
+                f"a size that fits in memory: {what} take {readable_bytes(nbytes)}, more than "
+                f"{where} ({readable_bytes(limit)})",
+            )
+
+
+def warn_one_class(classes: int, no_labels: bool = False) -> None:
+    """One ``warning:`` line when labelled data has a single class: every k-NN vote and linear
+    prediction is that class, so the accuracies are 100% whatever the features."""
+    if classes == 1 and not no_labels:
+        config_warning(
+            "data.num_classes",
+            classes,
+            "is one class: every k-NN vote and linear prediction is that class, so their "
+            "accuracy is 100% by construction and says nothing about the features (evaluate on "
+            "labelled data with 2 or more classes)",
+        )
+
+
+def check_checkpoint(cfg: DictConfig) -> None:
+    """``checkpoint.every_n_steps`` (null or >= 1) and ``checkpoint.frequency`` (>= 1)."""
+    if OmegaConf.select(cfg, "checkpoint.every_n_steps") is not None:
+        check_number(cfg, "checkpoint.every_n_steps", low=1, integer=True)
+    check_number(cfg, "checkpoint.frequency", low=1, integer=True)
+
+
+def check_labels(cfg: DictConfig) -> None:
+    """``data.no_labels=true`` (unlabelled images) only with ``knn_eval.enabled=false``: the
+    k-NN monitor needs labelled images."""
+    if read_bool(cfg, "data.no_labels") and read_bool(cfg, "knn_eval.enabled", True):
+        raise ConfigError(
+            "data.no_labels",
+            True,
+            "false while knn_eval.enabled=true (the k-NN monitor needs labelled images); to "
+            "pretrain on unlabelled images pass data.no_labels=true knn_eval.enabled=false",
+        )
+
+
+def warn_knn_k(cfg: DictConfig) -> None:
+    """k-NN votes over at most ``data.knn_train_subset`` images: a larger k is clamped."""
+    k, memory = OmegaConf.select(cfg, "knn_eval.k"), OmegaConf.select(cfg, "data.knn_train_subset")
+    if not OmegaConf.select(cfg, "knn_eval.enabled") or isinstance(memory, bool):
+        return
+    if isinstance(memory, int) and k > memory:
+        config_warning(
+            "knn_eval.k",
+            k,
+            f"is larger than the k-NN memory (data.knn_train_subset={memory} images): "
+            f"k-NN uses k={memory} and reports knn_k={memory}",
+        )
+
+
+def warn_warmup(cfg: DictConfig) -> None:
+    """A warm-up longer than training never reaches ``optimizer.lr``."""
+    warmup, epochs = cfg.scheduler.warmup_epochs, cfg.max_epochs
+    if cfg.scheduler.name == "warmup_cosine" and warmup > epochs:
+        config_warning(
+            "scheduler.warmup_epochs",
+            warmup,
+            f"is longer than max_epochs={epochs}: the learning rate is still warming up "
+            "(below optimizer.lr) when training ends",
+        )
+
+
+#: Keys the engine reads inside a section that have no default in :data:`BASE_DEFAULTS`.
+SECTION_EXTRA_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("num_classes", "dali_device"),
+    "scheduler": ("lr_decay_steps", "gamma"),
+}
+
+
+def check_section_keys(cfg: DictConfig) -> None:
+    """A misspelled key inside a section (``data.knn_train_sbset``, ``optimizer.lrr``) is an
+    error with a did-you-mean, never a setting silently dropped. ``method_kwargs`` (checked by
+    the method) and ``optimizer.kwargs`` (by :func:`check_optimizer_kwargs`) are not here."""
+    for section, defaults in BASE_DEFAULTS.items():
+        if isinstance(defaults, dict) and section != "method_kwargs":
+            if isinstance(OmegaConf.select(cfg, section), DictConfig):
+                allowed = set(defaults) | set(SECTION_EXTRA_KEYS.get(section, ()))
+                check_known_keys(cfg, section, allowed)
+
+
+#: ``performance.compile_mode``: torch.compile's modes ("reduce-overhead" adds CUDA graphs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: ``performance.knn_dtype``: the k-NN monitor's similarity matmul ("auto": bfloat16 on CUDA,
+#: float32 elsewhere).
+KNN_DTYPES = ("float32", "bfloat16", "auto")
+
+
+def check_performance(cfg: DictConfig) -> None:
+    """The throughput levers of ``performance.*`` (booleans are checked with the others)."""
+    from solo_mixmask.utils.optim import check_optimizer_impl
+
+    check_choice(cfg, "performance.compile_mode", COMPILE_MODES)
+    check_choice(cfg, "performance.knn_dtype", KNN_DTYPES)
+    impl = OmegaConf.select(cfg, "performance.optimizer_impl")
+    check_optimizer_impl(impl, str(OmegaConf.select(cfg, "optimizer.name")))
+
+
+def validate_base(cfg: DictConfig) -> None:
+    """Checks shared by every method (keys outside ``method_kwargs``)."""
+    from solo_mixmask.config.augmentation_specs import parse_augmentations
+
+    check_mandatory_values(cfg)
+    check_no_instantiation(cfg)
+    check_known_keys(cfg, "", set(BASE_DEFAULTS) | trainer_arg_names())
+    check_section_keys(cfg)
+    check_trainer_keys_set_here(cfg)
+    check_run_name(cfg)
+    check_booleans(cfg)
+    check_number(cfg, "seed", low=0, high=MAX_SEED, integer=True)
+    check_trainer_flags(cfg)
+    check_logger_packages(cfg)
+    check_batch_size(cfg)
+    check_checkpoint(cfg)
+    check_number(cfg, "optimizer.lr", low=0, low_open=True)
+    check_number(cfg, "optimizer.weight_decay", low=0)
+    check_choice(cfg, "optimizer.name", OPTIMIZERS)
+    check_optimizer_kwargs(cfg)
+    check_choice(cfg, "scheduler.name", SCHEDULERS)
+    check_choice(cfg, "data.format", DATA_FORMATS)
+    check_performance(cfg)
+    check_number(cfg, "max_epochs", low=1, integer=True)
+    check_number(cfg, "momentum.base_tau", low=0, high=1)
+    check_number(cfg, "momentum.final_tau", low=0, high=1)
+    check_number(cfg, "knn_eval.k", low=1, integer=True)
+    check_number(cfg, "knn_eval.T", low=0, low_open=True)
+    check_number(cfg, "data.num_workers", low=0, integer=True)
+    check_number(cfg, "scheduler.warmup_epochs", low=0)
+    check_labels(cfg)
+    parse_augmentations(cfg)  # every pipeline, crop sizes included, before the method's checks
+    warn_knn_k(cfg)
+    warn_warmup(cfg)
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """Plain, resolved python dict (for JSON, checkpoints and logging)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

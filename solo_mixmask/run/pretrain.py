@@ -1,0 +1,403 @@
+"""Run a pretraining job from a config: data, method, Lightning Trainer, run folder, summary.json.
+
+Run folder layout::
+
+    <run_dir>/config.yaml         resolved config (what ``resume`` reads back)
+    <run_dir>/checkpoints/        last.ckpt + one every ``checkpoint.frequency`` epochs; with
+                                  ``checkpoint.every_n_steps`` last.ckpt is also rewritten
+                                  mid-epoch. Every write is atomic (temp file + rename).
+    <run_dir>/logs/metrics.csv    per-step/epoch metrics (CSV logger)
+    <run_dir>/bad_files.txt       unreadable images skipped (one path a line, any process)
+    <run_dir>/summary.json        method, backbone, dataset, epochs, steps, k-NN and linear
+                                  accuracies (%), k-NN at init, images/s, wall seconds,
+                                  checkpoint, bad_images (count of skipped files), ...
+
+Order of work: the whole config is checked (mandatory values, unknown keys, method values),
+the model is built (backbone names and kwargs checked), then the data is opened.
+
+Resume is exact (same weights, queue and metrics as an uninterrupted run on the same hardware
+and world size): the training loader's order and each image's augmentation are functions of
+``(seed, epoch, index)`` (:mod:`solo_mixmask.utils.resumable`), and every checkpoint also holds
+the loader's position and the RNG states (:class:`~solo_mixmask.callbacks.resume_state.ResumeState`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from solo_mixmask.callbacks import (
+    DataOnDevice,
+    GracefulStop,
+    ResumeState,
+    StopCheckpoint,
+    TrainSpeed,
+    stopped_error,
+)
+from solo_mixmask.checkpoints.callbacks import LastCheckpoint
+from solo_mixmask.checkpoints.io import LAST, atomic_write, safe_load_checkpoint
+from solo_mixmask.checkpoints.saved_model import SavedModel, check_model_fits
+from solo_mixmask.config.run_specs import RunSpec, method_of, record, run_spec
+from solo_mixmask.config.schema import check_mandatory_values, suggest, warn_one_class
+from solo_mixmask.core.collapse import COLLAPSE_FRACTION, is_collapsed, spread_std
+from solo_mixmask.errors import (
+    CheckpointError,
+    CollapseWarning,
+    ConfigError,
+    DataError,
+    StopRequested,
+)
+from solo_mixmask.methods import METHODS
+from solo_mixmask.methods.heads import EMBEDDING_STD
+from solo_mixmask.run.bad_files import BAD_FILES, count_bad_files, watch_bad_files
+from solo_mixmask.run.folder import (
+    CONFIG,
+    INIT_METRICS,
+    RUN_DIR_ENV,
+    SUMMARY,
+    RunLock,
+    check_run_location,
+    external_launch,
+    has_checkpoint,
+    is_rank_zero_process,
+    make_run_dir,
+    new_run_dir,
+    remove_made,
+)
+from solo_mixmask.run.trainer import build_callbacks, build_trainer
+from solo_mixmask.utils.resumable import ResumableLoader, resumable_train_loader
+
+if TYPE_CHECKING:
+    from solo_mixmask.config.data_specs import DataSpec
+    from solo_mixmask.methods import BaseMethod
+
+
+def method_class(cfg: DictConfig) -> type[BaseMethod]:
+    """The method class named by ``cfg.method`` (ConfigError listing the known ones)."""
+    name = method_of(cfg)
+    if name not in METHODS:
+        raise ConfigError("method", name, f"one of {', '.join(METHODS)}{suggest(name, METHODS)}")
+    return METHODS[name]
+
+
+def prepare_config(cfg: DictConfig) -> tuple[type[BaseMethod], DictConfig]:
+    """Check the whole config before anything is built; returns (method class, filled cfg)."""
+    check_mandatory_values(cfg)  # before defaults are filled in (they would hide '???')
+    cls = method_class(cfg)
+    cfg = cls.add_and_assert_specific_cfg(cfg)
+    return cls, cfg
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Bad config, data or checkpoint, or a Trainer setting Lightning refuses (exit 2)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return isinstance(err, ConfigError | DataError | CheckpointError | MisconfigurationException)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _metric(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    return None if value is None else round(float(value), 4)
+
+
+def _fit_kwargs(trainer: L.Trainer, resume_from: str | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"ckpt_path": resume_from}
+    if resume_from and "weights_only" in inspect.signature(trainer.fit).parameters:
+        kwargs["weights_only"] = True  # our CheckpointIO enforces it anyway
+    return kwargs
+
+
+def _build_data(
+    spec: DataSpec, knn_enabled: bool, trainer: L.Trainer, callbacks: list[Callback]
+) -> tuple[Any, list[Any]]:
+    """(resumable training loader, validation loaders); the loader is handed to ResumeState."""
+    from solo_mixmask.data.loaders import (
+        build_knn_train_loader,
+        build_train_loader,
+        build_val_loader,
+    )
+
+    rank, world = trainer.global_rank, trainer.world_size
+    train_loader: Any = build_train_loader(spec, rank, world)
+    if isinstance(train_loader, DataLoader) and not isinstance(train_loader, ResumableLoader):
+        train_loader = resumable_train_loader(train_loader, spec.seed, rank, world)
+    val_loaders: list[Any] = []  # unlabelled images (data.no_labels): nothing to validate
+    if knn_enabled:  # (prepare_config refuses it with data.no_labels)
+        val_loaders.append(build_knn_train_loader(spec, rank, world))
+    if not spec.no_labels:
+        val_loaders.append(build_val_loader(spec, rank, world))
+    for cb in callbacks:
+        if isinstance(cb, ResumeState):
+            cb.loader = train_loader if isinstance(train_loader, ResumableLoader) else None
+        if isinstance(cb, DataOnDevice):
+            cb.loaders = [x for x in (train_loader, *val_loaders) if hasattr(x, "to_device")]
+    return train_loader, val_loaders
+
+
+def _initial_metrics(
+    knn_enabled: bool,
+    trainer: L.Trainer,
+    model: Any,
+    val_loaders: list[Any],
+    init_file: Path,
+    resumed: bool,
+) -> dict[str, Any]:
+    """k-NN / linear accuracy of the untrained model (read back from ``init_file`` on resume)."""
+    if resumed and init_file.exists():
+        return json.loads(init_file.read_text())
+    init: dict[str, Any] = {}
+    if knn_enabled:
+        results = trainer.validate(model, dataloaders=val_loaders, verbose=False)
+        merged = {k: v for r in results for k, v in r.items()}
+        init = {
+            "knn_acc1_at_init": _metric(merged, "val_knn_acc1"),
+            "linear_acc1_at_init": _metric(merged, "val_acc1"),
+        }
+    if trainer.is_global_zero:
+        init_file.write_text(json.dumps(init))
+    return init
+
+
+def _launches_children(trainer: L.Trainer) -> bool:
+    """Whether Lightning will start the other ranks from this process (plain ``strategy=ddp``)."""
+    cluster = getattr(trainer.strategy, "cluster_environment", None)
+    return (
+        trainer.world_size > 1 and cluster is not None and not cluster.creates_processes_externally
+    )
+
+
+def seed_quietly(seed: int) -> None:
+    """``L.seed_everything(seed, workers=True)`` without its log line where Lightning allows it
+    (``verbose`` came after lightning 2.1, which solo-learn pins)."""
+    kwargs = {"workers": True}
+    if "verbose" in inspect.signature(L.seed_everything).parameters:
+        kwargs["verbose"] = False
+    L.seed_everything(seed, **kwargs)
+
+
+def run_pretrain(
+    cfg: DictConfig,
+    resume_from: str | None = None,
+    run_dir: str | Path | None = None,
+    saved_model: SavedModel | None = None,
+    finished: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Pretrain as ``cfg`` says; returns (and writes) the run's summary dict.
+
+    ``resume_from``: a checkpoint to continue from (weights, queue, momentum encoder, optimiser,
+    schedule, the method's random streams, the global RNGs and the data position are restored);
+    ``saved_model`` (its tensor shapes) lets a model that cannot take its weights be refused
+    with one line. ``run_dir``: the run folder (default: the checkpoint's, else a new one).
+    ``finished`` (``{"steps", "epochs"}`` of ``resume_from``): that checkpoint ends the run,
+    whose summary is missing; nothing is trained, its weights are evaluated and the summary
+    written.
+
+    A new run (neither given) checks where it will write before any work, makes its folder
+    atomically (:func:`~solo_mixmask.run.folder.make_run_dir`) and holds the folder's lock
+    while it runs (:class:`~solo_mixmask.run.folder.RunLock`, released on every exit). When it
+    fails with a user error before it trained a step or wrote a checkpoint, the folder it made
+    is removed again (never one it did not make).
+
+    SIGTERM or Ctrl-C during the run raise :class:`~solo_mixmask.errors.RunStopped` after
+    the step under way (with ``last.ckpt`` written after it when possible, see
+    :class:`~solo_mixmask.callbacks.stop.GracefulStop`); no summary is written then.
+    """
+    from solo_mixmask.config.data_specs import data_spec
+    from solo_mixmask.data.loaders import num_classes
+
+    method_cls, cfg = prepare_config(cfg)
+    run = run_spec(cfg)
+    fresh = run_dir is None and resume_from is None
+    rank_zero = is_rank_zero_process()
+    if run_dir is None:
+        run_dir = Path(resume_from).parents[1] if resume_from else new_run_dir(run.folder)
+    run_dir = Path(run_dir)
+    key = check_run_location(run.folder, run_dir, rank_zero) if fresh else "checkpoint.run_dir"
+    seed_quietly(run.seed)
+    data: DataSpec | None = None  # built once: here when the classes come from the data
+    classes = run.num_classes
+    if classes is None:
+        data = data_spec(cfg)
+        classes = num_classes(data)
+        data = replace(data, num_classes=classes)
+        record(cfg, "data.num_classes", classes)
+    if rank_zero:  # k-NN and linear accuracy, at initialisation and after, are 100% then
+        warn_one_class(classes, run.no_labels)
+    made: list[Path] = []
+    if fresh and rank_zero:  # a time-stamped name of one process is never shared
+        unique = not run.folder.run_dir and not external_launch()
+        run_dir, made = make_run_dir(key, run_dir, unique)
+    record(cfg, "checkpoint.run_dir", str(run_dir))
+    progress = {"steps": 0}
+    command = "solo-mixmask " + ("pretrain" if fresh else "resume")
+    try:
+        with RunLock(run_dir, command, enabled=rank_zero):
+            return _train_in(
+                cfg, run, data, method_cls, run_dir, resume_from, saved_model, progress, finished
+            )
+    except BaseException as err:
+        early = progress["steps"] == 0 and not has_checkpoint(run_dir)
+        if made and not external_launch() and early and _is_user_error(err):
+            remove_made(made)  # nothing trained: the folder holds nothing worth keeping
+        raise
+
+
+def _train_in(
+    cfg: DictConfig,
+    run: RunSpec,
+    data: DataSpec | None,
+    method_cls: type[BaseMethod],
+    run_dir: Path,
+    resume_from: str | None,
+    saved_model: SavedModel | None,
+    progress: dict[str, int],
+    finished: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The run itself, in ``run_dir`` (made and locked): build, fit (or, ``finished``, evaluate
+    the checkpoint that ends the run), write summary.json. ``progress["steps"]`` holds the
+    optimiser steps trained when ``fit`` returns or fails."""
+    model = method_cls(cfg)  # backbone name/kwargs are checked here, before the data is read
+    if resume_from and saved_model is not None:
+        check_model_fits(model, saved_model, resume_from)
+
+    callbacks = build_callbacks(run.trainer, run_dir)
+    trainer = build_trainer(run.trainer, run.logger, run_dir, callbacks)
+    if data is None:
+        from solo_mixmask.config.data_specs import data_spec
+
+        data = data_spec(cfg)
+    train_loader, val_loaders = _build_data(data, run.knn_enabled, trainer, callbacks)
+    run_dir.mkdir(parents=True, exist_ok=True)  # made by rank 0; a no-op on resume
+    report = run_dir / BAD_FILES
+    watched = watch_bad_files([train_loader, *val_loaders], report)
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / CONFIG)
+    launching = _launches_children(trainer)
+    if launching:  # the children inherit the environment: they use this run folder
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+
+    start = time.perf_counter()
+    stop = next(cb for cb in callbacks if isinstance(cb, GracefulStop))
+    stop.install()
+    try:
+        init = _initial_metrics(
+            run.knn_enabled, trainer, model, val_loaders, run_dir / INIT_METRICS, bool(resume_from)
+        )
+        stop.check()  # a stop asked during the last batch of the k-NN pass
+        if finished is not None and resume_from:
+            model.load_state_dict(safe_load_checkpoint(resume_from)["state_dict"])
+            if val_loaders:
+                trainer.validate(model, dataloaders=val_loaders, verbose=False)
+        else:
+            trainer.fit(
+                model,
+                train_dataloaders=train_loader,
+                val_dataloaders=val_loaders,
+                **_fit_kwargs(trainer, resume_from),
+            )
+    except (SIGTERMException, StopRequested):
+        saver = next((cb for cb in callbacks if isinstance(cb, StopCheckpoint)), None)
+        raise stopped_error(stop, saver, trainer, run_dir) from None
+    except SystemExit as err:  # Lightning's answer to a KeyboardInterrupt: sys.exit(1)
+        if isinstance(err.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        stop.uninstall()
+        progress["steps"] = int(trainer.global_step)
+        if launching:
+            os.environ.pop(RUN_DIR_ENV, None)
+    wall = time.perf_counter() - start
+
+    previous = (
+        json.loads((run_dir / SUMMARY).read_text())
+        if resume_from and (run_dir / SUMMARY).exists()
+        else {}
+    )
+    metrics = {k: v for k, v in trainer.callback_metrics.items()}
+    speed = next(cb for cb in callbacks if isinstance(cb, TrainSpeed))
+    writer = next((c for c in callbacks if type(c) is LastCheckpoint), None)
+    last = Path(writer.dirpath) / LAST if writer is not None and writer.dirpath else None
+    checkpoint = str(last) if last is not None and last.exists() else None
+    bad = count_bad_files(watched, report)
+    collapse = collapse_report(
+        _metric(metrics, EMBEDDING_STD), getattr(model, "embedding_dim", None)
+    )
+    summary = {
+        "method": run.method,
+        "backbone": run.backbone,
+        "dataset": data.dataset,
+        "epochs": int(finished["epochs"] if finished else trainer.current_epoch),
+        "steps": int(finished["steps"] if finished else trainer.global_step),
+        "knn_acc1": _metric(metrics, "val_knn_acc1"),
+        "knn_acc5": _metric(metrics, "val_knn_acc5"),
+        "linear_acc1": _metric(metrics, "val_acc1"),
+        "linear_acc5": _metric(metrics, "val_acc5"),
+        "knn_k": model.knn_k,  # knn_eval.k, clamped to the k-NN memory
+        **collapse,
+        **init,
+        "images_per_sec": round(speed.images_per_sec, 2),
+        "wall_seconds": round(wall + float(previous.get("wall_seconds", 0.0)), 1),
+        "train_images": len(train_loader.dataset),
+        "bad_images": len(bad),
+        "bad_image_files": bad[:20],
+        "resumed_from": resume_from,
+        "checkpoint": checkpoint,
+        "run_dir": str(run_dir),
+    }
+    if trainer.is_global_zero:
+        _write_summary(run_dir / SUMMARY, summary)
+        if collapse["collapsed"]:
+            warnings.warn(collapse_message(collapse), CollapseWarning, stacklevel=2)
+    return summary
+
+
+def collapse_report(std: float | None, dim: int | None) -> dict[str, Any]:
+    """The summary's collapse fields: ``embedding_std`` (the last epoch's mean, None when no
+    epoch measured it), ``embedding_std_spread`` (1/sqrt(d)) and ``collapsed``
+    (:func:`~solo_mixmask.core.collapse.is_collapsed`)."""
+    spread = spread_std(dim) if dim else None
+    return {
+        "embedding_std": None if std is None else round(std, 6),
+        "embedding_std_spread": None if spread is None else round(spread, 6),
+        "collapsed": bool(std is not None and dim and is_collapsed(std, dim)),
+    }
+
+
+def collapse_message(collapse: dict[str, Any]) -> str:
+    """The one warning line of a collapsed run."""
+    std, spread = collapse["embedding_std"], collapse["embedding_std_spread"]
+    return (
+        f"the run collapsed: embedding_std {std:.4f} is {std / spread:.1%} of the spread value "
+        f"{spread:.4f} (below {COLLAPSE_FRACTION:.0%}): its projector outputs barely depend on "
+        "the image, so its accuracies measure no representation. A learning-rate warm-up "
+        "(scheduler.warmup_epochs) or a lower optimizer.lr prevented the collapses we "
+        "diagnosed: see docs/MIXMASK_VS_MOCO.md"
+    )
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """``summary.json``, written whole or not at all (:func:`atomic_write`). A full disk is a
+    CheckpointError: the run has trained, and ``resume`` finishes it once there is space."""
+    atomic_write(
+        path,
+        lambda f: f.write(json.dumps(summary, indent=2).encode()),
+        f"cannot write {path}: no space left on device; the run has trained and its "
+        f"checkpoints are kept: free some space, then solo-mixmask resume {path.parent} "
+        "writes the summary",
+    )

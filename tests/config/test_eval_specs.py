@@ -1,0 +1,73 @@
+"""The evaluation spec: one default per key (the engine's), one ConfigError line per bad key."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from solo_mixmask.config.data_specs import DEFAULT_NUM_WORKERS
+from solo_mixmask.config.eval_specs import (
+    FinetuneSettings,
+    LinearSettings,
+    TrainSettings,
+    compose_eval_config,
+    eval_spec,
+    mask_picture_spec,
+)
+from solo_mixmask.config.schema import BASE_DEFAULTS
+from solo_mixmask.errors import ConfigError
+from solo_mixmask.eval.presets import preset_defaults, presets_dir
+
+
+def _spec(*overrides: str, command: str | None = None):
+    defaults = preset_defaults(presets_dir(command)) if command else None
+    return eval_spec(compose_eval_config(None, overrides, defaults=defaults), "cpu")
+
+
+def test_defaults_are_the_engines():
+    spec = _spec()
+    assert spec.num_workers == BASE_DEFAULTS["data"]["num_workers"] == DEFAULT_NUM_WORKERS
+    assert spec.seed == BASE_DEFAULTS["seed"]
+    assert spec.channels_last is BASE_DEFAULTS["performance"]["channels_last"]
+    assert spec.batch_size == BASE_DEFAULTS["optimizer"]["batch_size"]
+    assert (spec.knn.k, spec.knn.temperature) == (200, 0.1)
+    assert spec.linear is None and spec.finetune is None and spec.device == "cpu"
+    # a null number of workers is the engine's default too, not a second one
+    assert _spec("data.num_workers=null").num_workers == DEFAULT_NUM_WORKERS
+
+
+def test_linear_and_finetune_share_one_base():
+    linear = _spec(command="linear").linear
+    finetune = _spec(command="finetune").finetune
+    assert isinstance(linear, LinearSettings) and isinstance(linear, TrainSettings)
+    assert isinstance(finetune, FinetuneSettings) and isinstance(finetune, TrainSettings)
+    assert linear.as_dict()["lr_decay_epochs"] == [60, 80]
+    assert finetune.as_dict()["lr_decay_epochs"] == [12, 16]
+
+
+@pytest.mark.parametrize(
+    ("override", "command", "key"),
+    [
+        ("data.num_workers=-1", None, "data.num_workers"),
+        ("seed=x", None, "seed"),
+        ("knn_eval.T=0", None, "knn_eval.T"),
+        ("performance.channels_last=maybe", None, "performance.channels_last"),
+        ("linear.epochs=0", "linear", "linear.epochs"),
+        ("finetune.momentum=2", "finetune", "finetune.momentum"),
+        ("finetune.lr_decay_epochs=[x]", "finetune", "finetune.lr_decay_epochs"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_key(override, command, key):
+    with pytest.raises(ConfigError) as err:
+        _spec(override, command=command)
+    assert err.value.key == key
+    assert "\n" not in str(err.value)
+
+
+def test_mask_picture_spec_defaults_and_checks():
+    cfg = compose_eval_config(None)
+    spec = mask_picture_spec(cfg)
+    assert (spec.grid_size, spec.mask_ratio, spec.unmix_alpha) == (8, 0.5, 1.0)
+    OmegaConf.update(cfg, "method_kwargs", {"mask_ratio": 1.0}, force_add=True)
+    with pytest.raises(ConfigError, match=r"method_kwargs\.mask_ratio"):
+        mask_picture_spec(cfg)

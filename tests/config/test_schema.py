@@ -1,0 +1,501 @@
+"""Issue 6, part 1 (in-process): start-up validation in solo_mixmask/config/schema.py and the CLI's
+error path: mandatory ``???`` values, hydra ``_target_`` keys, typos, boundaries, one-line errors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from solo_mixmask import cli
+from solo_mixmask.config.compose import compose_config, configs_root
+from solo_mixmask.config.schema import (
+    BASE_DEFAULTS,
+    check_mandatory_values,
+    check_no_instantiation,
+    fill_defaults,
+    validate_base,
+)
+from solo_mixmask.errors import ConfigError, DataError
+from solo_mixmask.methods import METHODS
+from tests.cli_helpers import TINY
+from tests.conftest import tiny_cfg
+
+PACKAGE = Path(cli.__file__).resolve().parent
+
+
+def _filled(**data):
+    cfg = OmegaConf.create({"data": data})
+    return fill_defaults(cfg, BASE_DEFAULTS)
+
+
+def test_fill_defaults_keeps_mandatory_values():
+    cfg = _filled(dataset="imagenet", train_path="???")
+    assert OmegaConf.missing_keys(cfg) == {"data.train_path"}
+    assert cfg.data.num_workers == BASE_DEFAULTS["data"]["num_workers"]  # others filled
+
+
+def test_mandatory_value_names_the_first_key_and_the_others():
+    cfg = _filled(dataset="imagenet", val_path="???", train_path="???")
+    with pytest.raises(ConfigError) as info:
+        check_mandatory_values(cfg)
+    err = info.value
+    assert (err.key, err.value) == ("data.train_path", "???")
+    assert str(err) == (
+        "data.train_path='???' is not allowed: expected a value: this config leaves it "
+        "mandatory, pass data.train_path=...; also unset: data.val_path"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tree", "key"),
+    [
+        ({"_target_": "os.system"}, "_target_"),
+        ({"backbone": {"name": "resnet18", "_target_": "os.system"}}, "backbone._target_"),
+        ({"augmentations": [{"crop_size": 32}, {"_partial_": True}]}, "augmentations[1]._partial_"),
+        (
+            {"method_kwargs": {"head": {"_target_": "torch.nn.Linear"}}},
+            "method_kwargs.head._target_",
+        ),
+    ],
+)
+def test_instantiation_keys_are_rejected_anywhere(tree, key):
+    with pytest.raises(ConfigError) as info:
+        check_no_instantiation(OmegaConf.create(tree))
+    assert info.value.key == key
+    assert "never instantiates classes" in str(info.value)
+
+
+def test_instantiation_check_does_not_resolve_interpolations():
+    # An interpolation is not evaluated by the check (a missing env var must not fail here).
+    check_no_instantiation(OmegaConf.create({"a": "${oc.env:SOLO_MIXMASK_NOT_SET_123}"}))
+
+
+def test_package_never_calls_hydra_instantiate():
+    # The guarantee behind the check above: no code path turns a config into arbitrary objects.
+    offenders = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if re.search(
+            r"from hydra\.utils import|hydra\.utils\.\w+\s*\(|\binstantiate\s*\(", p.read_text()
+        )
+    ]
+    assert offenders == []
+
+
+def test_target_key_through_the_cli(capsys):
+    code = cli.main(["pretrain", *TINY, "backbone._target_=os.system"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "error: backbone._target_='os.system' is not allowed: expected no hydra instantiation "
+        "keys (_target_, _partial_, ...): solo-mixmask never instantiates classes named in a "
+        "config; remove the key"
+    )
+
+
+def test_top_level_typo_suggests_the_key(capsys):
+    code = cli.main(["pretrain", *TINY, "+optimiser.lr=0.1"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert line.startswith("error: optimiser={'lr': 0.1} is not allowed: expected no such key")
+    assert line.endswith("(did you mean 'optimizer'?)")
+
+
+def test_bad_override_syntax_is_a_config_error(capsys):
+    code = cli.main(["pretrain", "augmentations=[{crop_size:16}]"])  # a list for a hydra group
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error: overrides=['augmentations=[{crop_size:16}]'] is not allowed")
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0.0, False), (1.0, False), (1e-6, True), (0.999, True)])
+def test_mask_ratio_is_an_open_interval(value, ok):
+    cfg = tiny_cfg("mixmask", method_kwargs__mask_ratio=value)
+    if ok:
+        METHODS["mixmask"].add_and_assert_specific_cfg(cfg)
+    else:
+        with pytest.raises(ConfigError, match=r"expected a number in \(0, 1\)"):
+            METHODS["mixmask"].add_and_assert_specific_cfg(cfg)
+
+
+@pytest.mark.parametrize(("grid", "ok"), [(0, False), (1, True), (16, True), (17, False)])
+def test_grid_size_between_1_and_the_crop(grid, ok):
+    cfg = tiny_cfg("mixmask", method_kwargs__grid_size=grid)  # 16-pixel crops
+    if ok:
+        METHODS["mixmask"].add_and_assert_specific_cfg(cfg)
+    else:
+        with pytest.raises(ConfigError, match=r"an integer in \[1, 16\]"):
+            METHODS["mixmask"].add_and_assert_specific_cfg(cfg)
+
+
+@pytest.mark.parametrize("value", [1, 0, True, 2.5])
+def test_batch_size_needs_a_partner(value):
+    cfg = fill_defaults(tiny_cfg("mocov2plus", optimizer__batch_size=value), BASE_DEFAULTS)
+    with pytest.raises(ConfigError) as info:
+        validate_base(cfg)
+    assert info.value.key == "optimizer.batch_size"
+    assert "partner from the same per-device batch" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [(None, True), (1, True), (500, True), (0, False), (2.5, False)]
+)
+def test_every_n_steps(value, ok):
+    cfg = fill_defaults(tiny_cfg("byol", checkpoint__every_n_steps=value), BASE_DEFAULTS)
+    if ok:
+        validate_base(cfg)
+    else:
+        with pytest.raises(ConfigError, match=r"checkpoint\.every_n_steps="):
+            validate_base(cfg)
+
+
+def test_worker_error_is_reduced_to_its_own_message():
+    # What DataLoader re-raises in the main process for an error inside a worker.
+    wrapped = DataError(
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1, in f\n    raise DataError(...)\n'
+        "solo_mixmask.errors.DataError: cannot decode image file '/d/b/x.jpg': OSError: bad\n"
+    )
+    assert cli.one_line(wrapped) == "cannot decode image file '/d/b/x.jpg': OSError: bad"
+    assert cli.one_line(ConfigError("a", 1, "b\n c")) == "a=1 is not allowed: expected b c"
+
+
+# --------------------------------------------------------------------------- booleans
+# bool("no") is True: every boolean key takes true/false only (YAML / hydra booleans).
+
+#: Boolean keys checked by validate_base (defaults, Trainer flags and the data layer's keys).
+BOOL_KEYS = [
+    "data.download",
+    "data.no_labels",
+    "data.strict",
+    "data.scan_images",
+    "checkpoint.enabled",
+    "knn_eval.enabled",
+    "performance.channels_last",
+    "performance.compile",
+    "performance.ema_foreach_lerp",
+    "wandb.enabled",
+    "wandb.offline",
+    "logging.csv",
+    "logging.tensorboard",
+    "progress_bar",
+    "sync_batchnorm",
+    "momentum.classifier",
+    "backbone.cifar_stem",
+    "enable_model_summary",  # a Lightning Trainer flag passed through
+]
+
+
+def _base(method: str = "mocov2plus", **overrides):
+    return fill_defaults(tiny_cfg(method, **overrides), BASE_DEFAULTS)
+
+
+@pytest.mark.parametrize("value", ["no", "maybe", 1])
+@pytest.mark.parametrize("key", BOOL_KEYS)
+def test_boolean_keys_take_only_true_or_false(key, value):
+    with pytest.raises(ConfigError) as info:
+        validate_base(_base(**{key.replace(".", "__"): value}))
+    assert (info.value.key, info.value.value) == (key, value)
+    assert "true or false" in str(info.value)
+
+
+@pytest.mark.parametrize("key", BOOL_KEYS)
+def test_boolean_keys_accept_false(key):
+    validate_base(_base(**{key.replace(".", "__"): False}))
+
+
+def test_eval_commands_check_booleans_too(tmp_path):
+    from solo_mixmask.checkpoints.backbone import load_backbone
+    from solo_mixmask.eval.features import eval_config
+    from tests.eval.helpers import method_checkpoint
+
+    path, _ = method_checkpoint(tmp_path / "a.ckpt")
+    lb = load_backbone(path)
+    assert eval_config(lb, path, ["data.download=false"]).data.download is False
+    with pytest.raises(ConfigError, match=r"data\.download='maybe' .*true or false"):
+        eval_config(lb, path, ["data.download=maybe"])  # (YAML 1.1 reads "no" as false here)
+
+
+def test_cifar_stem_null_means_auto():
+    validate_base(_base(backbone__cifar_stem=None))
+    with pytest.raises(ConfigError, match=r"backbone\.cifar_stem='auto'.*true or false or null"):
+        validate_base(_base(backbone__cifar_stem="auto"))
+
+
+@pytest.mark.parametrize(
+    ("method", "key"),
+    [
+        ("mocov2plus", "symmetric"),
+        ("unmix", "symmetric"),
+        ("mixmask", "per_sample_masks"),
+        ("unmix_mixmask", "per_sample_masks"),
+    ],
+)
+@pytest.mark.parametrize("value", ["no", "yes"])
+def test_method_booleans_take_only_true_or_false(method, key, value):
+    cfg = tiny_cfg(method, **{f"method_kwargs__{key}": value})
+    with pytest.raises(ConfigError) as info:
+        METHODS[method].add_and_assert_specific_cfg(cfg)
+    assert (info.value.key, info.value.value) == (f"method_kwargs.{key}", value)
+    assert "true or false" in str(info.value)
+
+
+# --------------------------------------------------------------------------- start-up refusals
+# Each of these once ended in a traceback (or after the run folder was made).
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("precision", "bogus", "bf16-mixed"),
+        ("strategy", "bogus", "ddp"),
+        ("accelerator", "tpu2", "cpu"),
+        ("seed", "abc", "an integer in [0, 4294967295]"),
+        ("seed", -1, "an integer in [0, 4294967295]"),
+    ],
+)
+def test_trainer_values_are_checked_at_start_up(key, value, fragment):
+    with pytest.raises(ConfigError) as info:
+        validate_base(_base(**{key: value}))
+    assert (info.value.key, info.value.value) == (key, value)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["auto", "32-true", "16-mixed", "bf16-mixed", 32, "32"])
+def test_known_precisions_pass(value):
+    validate_base(_base(precision=value))
+
+
+@pytest.mark.parametrize(
+    ("key", "instead"),
+    [
+        ("callbacks", "checkpoint.*"),
+        ("logger", "logging.csv"),
+        ("default_root_dir", "checkpoint.dir"),
+        ("enable_checkpointing", "checkpoint.enabled"),
+        ("enable_progress_bar", "progress_bar"),
+    ],
+)
+def test_trainer_arguments_set_by_solo_mixmask_are_refused(key, instead):
+    with pytest.raises(ConfigError) as info:
+        validate_base(_base(**{key: "x"}))
+    assert info.value.key == key
+    assert "solo-mixmask sets" in str(info.value) and instead in str(info.value)
+
+
+def test_crop_size_is_named_before_the_grid_check():
+    cfg = tiny_cfg("mixmask", augmentations=[{"crop_size": 0, "num_crops": 2}])
+    with pytest.raises(ConfigError) as info:
+        METHODS["mixmask"].add_and_assert_specific_cfg(cfg)
+    assert (info.value.key, info.value.value) == ("augmentations[0].crop_size", 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"channels": [0, 0, 0, 0]}, "backbone.kwargs.channels"),
+        ({"channels": [8, -1, 32, 64]}, "backbone.kwargs.channels"),
+        ({"channels": [8, 16, 32, 64], "stem_type": "deep", "stem_width": 0}, "backbone.kwargs"),
+    ],
+)
+def test_backbone_without_channels_is_refused_when_built(kwargs, key):
+    from solo_mixmask.backbones import build_backbone
+
+    with pytest.raises(ConfigError) as info:
+        build_backbone("resnet18", kwargs)
+    assert info.value.key == key
+
+
+def _cli_error(capsys, tmp_path, args) -> str:
+    """Run ``solo-mixmask ARGS`` in-process; the single error line (exit 2, no run folder)."""
+    code = cli.main([*args, f"checkpoint.dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err[-3000:]
+    assert not (tmp_path / "runs").exists()
+    return lines[0]
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["strategy=bogus"], ["strategy='bogus'", "ddp"]),
+        (["seed=abc"], ["seed='abc'", "an integer"]),
+        (["augmentations=[]"], ["augmentations=[]", "aug_plus"]),
+        (["logger=x"], ["logger='x'", "solo-mixmask sets", "logging."]),
+        (["default_root_dir=/tmp/x"], ["default_root_dir='/tmp/x'", "checkpoint.dir"]),
+        (["enable_checkpointing=false"], ["enable_checkpointing=False", "checkpoint.enabled"]),
+        (["=3"], ["'=3'", "malformed"]),
+        # issue 18: once trained until the first NaN loss (inf passed the "(0, inf)" check)
+        (["optimizer.lr=inf"], ["optimizer.lr=inf", "(0, inf)"]),
+        # issue 18: optimizer.kwargs were passed to the optimiser unchecked
+        (["optimizer.kwargs.momentum=2"], ["optimizer.kwargs.momentum=2", "[0, 1)"]),
+        (
+            ["+optimizer.kwargs.nesterovv=true"],  # once a TypeError traceback
+            ["optimizer.kwargs.nesterovv=True", "no such key", "did you mean 'nesterov'"],
+        ),
+        (
+            ["optimizer.kwargs.nesterov=true", "optimizer.kwargs.momentum=0"],
+            ["optimizer.kwargs.nesterov=True", "momentum > 0"],
+        ),
+        (
+            ["optimizer.name=lars", "+optimizer.kwargs.eta=0.02"],  # solo-learn's LARS, not timm's
+            ["optimizer.kwargs.eta=0.02", "no such key", "trust_coeff"],
+        ),
+        (
+            ["optimizer.name=adamw", "+optimizer.kwargs.betas=[0.9,1.5]"],
+            ["optimizer.kwargs.betas=[0.9, 1.5]", "two numbers in [0, 1)"],
+        ),
+        # issue 18: once IndexError / AttributeError (layer3) tracebacks from timm
+        (["backbone.kwargs.channels=[]"], ["backbone.kwargs.channels=[]", "4 positive integers"]),
+        (["backbone.kwargs.channels=[8,16]"], ["channels=[8, 16]", "4 positive integers"]),
+        # issue 18: once a RuntimeError from the allocation of a 512 TB queue
+        (
+            ["method_kwargs.queue_size=1000000000000"],
+            ["method_kwargs.queue_size=1000000000000", "fits in memory", "TB", "memory ("],
+        ),
+        pytest.param(
+            ["wandb.enabled=true"],
+            ["wandb.enabled=True", "pip install wandb"],
+            marks=pytest.mark.skipif(_installed("wandb"), reason="wandb is installed"),
+        ),
+        pytest.param(
+            ["logging.tensorboard=true"],
+            ["logging.tensorboard=True", "pip install tensorboard"],
+            marks=pytest.mark.skipif(
+                _installed("tensorboard") or _installed("tensorboardX"),
+                reason="tensorboard is installed",
+            ),
+        ),
+    ],
+)
+def test_start_up_refusals_through_the_cli(capsys, tmp_path, overrides, fragments):
+    line = _cli_error(capsys, tmp_path, ["pretrain", *TINY, *overrides])
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def test_unavailable_accelerator_names_the_key(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("a GPU is available here")
+    line = _cli_error(capsys, tmp_path, ["pretrain", *TINY, "accelerator=gpu"])
+    assert line.startswith("error: accelerator='gpu' is not allowed"), line
+    assert "cpu" in line
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("name: x\ndata: {dataset: fashion_mnist\n", ["valid YAML", "bad.yaml", "line 2"]),
+        (
+            'name: !!python/object/apply:builtins.print ["hi"]\nmethod: mixmask\n',
+            ["python tag", "bad.yaml", "!!python/object/apply:builtins.print"],
+        ),
+    ],
+)
+def test_unreadable_config_file_is_one_error_line(capsys, tmp_path, text, fragments):
+    (tmp_path / "bad.yaml").write_text(text)
+    args = ["pretrain", "--config-path", str(tmp_path), "--config-name", "bad", *TINY]
+    line = _cli_error(capsys, tmp_path, args)
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+# --------------------------------------------------------------------------- warnings
+# Settings that run but make no sense: one warning each at start-up.
+
+
+def _config_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, UserWarning)]
+
+
+@pytest.mark.parametrize(("ratio", "cells"), [(0.01, "0 of 16"), (0.99, "16 of 16")])
+def test_mask_ratio_that_rounds_to_no_or_every_cell_warns(ratio, cells):
+    cfg = tiny_cfg("mixmask", method_kwargs__mask_ratio=ratio)  # grid 4: 16 cells
+    with pytest.warns(UserWarning, match=rf"method_kwargs\.mask_ratio={ratio}.*{cells}"):
+        METHODS["mixmask"].add_and_assert_specific_cfg(cfg)
+
+
+def test_tiny_temperature_warns():
+    cfg = tiny_cfg("mocov2plus", method_kwargs__temperature=1e-7)
+    with pytest.warns(UserWarning, match=r"method_kwargs\.temperature=1e-07"):
+        METHODS["mocov2plus"].add_and_assert_specific_cfg(cfg)
+
+
+def test_warmup_longer_than_training_warns():
+    with pytest.warns(UserWarning, match=r"scheduler\.warmup_epochs=3 .*max_epochs=1"):
+        validate_base(_base(scheduler__warmup_epochs=3))
+
+
+def test_knn_k_above_the_memory_warns():
+    with pytest.warns(UserWarning, match=r"knn_eval\.k=100 .*data\.knn_train_subset=64"):
+        validate_base(_base(knn_eval__k=100, data__knn_train_subset=64))
+
+
+def test_sensible_settings_do_not_warn(recwarn):
+    METHODS["mixmask"].add_and_assert_specific_cfg(
+        tiny_cfg("mixmask", method_kwargs__mask_ratio=0.5, method_kwargs__temperature=1e-5)
+    )
+    validate_base(_base(scheduler__warmup_epochs=1, knn_eval__k=64, data__knn_train_subset=64))
+    validate_base(_base(knn_eval__k=1000, data__knn_train_subset=None))
+    keys = ("mask_ratio", "temperature", "warmup", "knn_eval")
+    assert not [m for m in _config_warnings(recwarn) if any(k in m for k in keys)]
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted(
+        str(p.relative_to(configs_root() / "pretrain").with_suffix(""))
+        for p in (configs_root() / "pretrain").glob("*/*.yaml")
+    ),
+)
+def test_shipped_configs_pass_the_optimizer_checks(config):
+    # the optimizer.kwargs of every shipped config (sgd momentum, lars trust_coeff ...) are
+    # arguments its optimiser takes, in range
+    from solo_mixmask.config.schema import check_optimizer_kwargs
+
+    cfg = fill_defaults(compose_config(None, config, []), BASE_DEFAULTS)
+    check_optimizer_kwargs(cfg)
+
+
+def test_momentum_given_to_adamw_warns_that_it_is_not_used():
+    cfg = _base(optimizer__name="adamw", optimizer__kwargs__momentum=0.5)
+    with pytest.warns(UserWarning, match=r"optimizer\.kwargs\.momentum=0\.5 is not used by adamw"):
+        validate_base(cfg)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("performance.compile_mode", "fast", "reduce-overhead"),
+        ("performance.knn_dtype", "half", "bfloat16"),
+        ("performance.optimizer_impl", "fast", "foreach"),
+    ],
+)
+def test_performance_levers_are_checked_at_start_up(key, value, allowed):
+    with pytest.raises(ConfigError) as info:
+        validate_base(_base(**{key.replace(".", "__"): value}))
+    assert (info.value.key, info.value.value) == (key, value)
+    assert allowed in str(info.value) and "\n" not in str(info.value)
+
+
+def test_fused_optimizer_refused_for_lars():
+    cfg = _base(optimizer__name="lars", performance__optimizer_impl="fused")
+    with pytest.raises(ConfigError) as info:
+        validate_base(cfg)
+    assert info.value.key == "performance.optimizer_impl" and "optimizer.name=lars" in str(
+        info.value
+    )
