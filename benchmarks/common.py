@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` without install
 from solo_mixmask.core.masks import MaskBank, draw_cells  # noqa: E402
 from solo_mixmask.core.mixing import mix_with_masks  # noqa: E402
 from solo_mixmask.methods import METHODS  # noqa: E402
-from solo_mixmask.utils.momentum import ema_update  # noqa: E402
+from solo_mixmask.utils.momentum import ema_update, ema_update_pairs  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 MOCO_FAMILY = ("mocov2plus", "mixmask", "unmix", "unmix_mixmask")
@@ -134,6 +134,40 @@ class BareTrainer:
 
     def step(self, batch: list[Any]) -> torch.Tensor:
         return self.apply(self.forward_loss(batch))
+
+
+class EngineStep:
+    """One training step as the engine's Lightning loop takes it: ``training_step`` (under
+    ``autocast``, as "bf16-mixed" precision does), backward, the model's own optimiser
+    (``build_optimizer``: ``optimizer.*`` and ``performance.optimizer_impl``) and the EMA of
+    every momentum pair (``performance.ema_foreach_lerp``) at ``momentum.base_tau``. The model
+    is built from ``cfg`` through the ``METHODS`` registry, on ``device``."""
+
+    def __init__(self, cfg: DictConfig, device: str = "cpu", autocast: torch.dtype | None = None):
+        torch.manual_seed(0)
+        self.model = METHODS[cfg.method](cfg).to(device).train()
+        self.optimizer = self.model.build_optimizer()
+        self.tau = float(self.model.engine.momentum.base_tau)
+        self.lerp = bool(self.model.engine.performance.ema_foreach_lerp)
+        self.autocast = autocast
+        self.device_type = torch.device(device).type
+
+    def loss(self, batch: list[Any]) -> torch.Tensor:
+        ctx = (
+            torch.autocast(self.device_type, dtype=self.autocast)
+            if self.autocast is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            out = self.model.training_step(batch, 0)
+        return out["loss"] if isinstance(out, dict) else out
+
+    def __call__(self, batch: list[Any]) -> None:
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        ema_update_pairs(self.model.momentum_pairs, self.tau, self.lerp)
 
 
 def extra_pass_loss(trainer: BareTrainer, x: torch.Tensor) -> torch.Tensor:

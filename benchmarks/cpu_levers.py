@@ -18,10 +18,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TINY_BACKBONE, interleaved, machine, method_cfg  # noqa: E402
-
-from solo_mixmask.methods import METHODS  # noqa: E402
-from solo_mixmask.utils.momentum import ema_update_pairs  # noqa: E402
+from common import (  # noqa: E402
+    TINY_BACKBONE,
+    EngineStep,
+    interleaved,
+    machine,
+    method_cfg,
+    synthetic_batch,
+)
 
 
 def job(method: str, old: bool, args: argparse.Namespace):
@@ -35,22 +39,9 @@ def job(method: str, old: bool, args: argparse.Namespace):
     )
     cfg.performance.optimizer_impl = "default" if old else "auto"
     cfg.performance.ema_foreach_lerp = not old
-    torch.manual_seed(0)
-    model = METHODS[method](cfg).train()
-    opt = model.build_optimizer()
-    g = torch.Generator().manual_seed(0)
-    views = [torch.randn(args.batch, 3, args.crop, args.crop, generator=g) for _ in range(2)]
-    batch = [torch.arange(args.batch), views, torch.randint(0, 10, (args.batch,), generator=g)]
-
-    def step() -> None:
-        out = model.training_step(batch, 0)
-        loss = out if isinstance(out, torch.Tensor) else out["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema_update_pairs(model.momentum_pairs, 0.99, not old)
-
-    return step
+    step = EngineStep(cfg)
+    batch = synthetic_batch(args.batch, args.crop)
+    return lambda: step(batch)
 
 
 def main() -> None:

@@ -1,0 +1,134 @@
+"""benchmarks/throughput.sh --tiny --end-to-end (CPU): every lever measured or said n/a, ratios
+that agree with the img/s figures, FLOPs, the peak, and the results files with the command."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.benchmarks.helpers import REPO, load, positive
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import throughput  # noqa: E402
+
+
+def test_throughput_script_parses():
+    proc = subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "throughput.sh")])
+    assert proc.returncode == 0
+
+
+def test_throughput_tiny_measures_every_lever_on_cpu(tmp_path):
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
+        "PYTHONWARNINGS": "ignore",
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "throughput.sh"), "--tiny", "--end-to-end"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "mocov2plus img/s" in proc.stdout and "of peak" in proc.stdout
+    res = load(tmp_path / "throughput_cpu_tiny.json")
+    md = (tmp_path / "throughput_cpu_tiny.md").read_text()
+    assert res["command"] in md and "--tiny" in res["command"]
+    assert (tmp_path / "throughput.log").is_file()
+    assert res["device"] == "cpu" and res["settings"]["tiny"] is True and res["errors"] == []
+    assert res["machine"]["load_average_1min"] is not None and res["machine"]["torch"]
+    assert set(res["levers"]) == set(throughput.LEVERS)
+
+    def checked(r):
+        if r["status"] == "n/a":
+            assert r["reason"], r
+            return
+        assert r["status"] == "ok", r
+        assert positive(r["images_per_s"]) and math.isfinite(r["images_per_s"])
+        assert r["ratio"] == pytest.approx(r["images_per_s"] / r["current_images_per_s"])
+
+    for name, per_method in res["levers"].items():
+        assert set(per_method) == set(throughput.METHODS), name
+        for r in per_method.values():
+            checked(r)
+    for r in res["combined"].values():
+        checked(r)
+    assert res["levers"]["reduce_overhead"]["mixmask"]["status"] == "n/a"  # no CUDA graphs
+    assert res["levers"]["compile"]["mixmask"]["status"] == "ok"
+    # winners follow the rule, and their settings are the combination's
+    for name in res["winners"]:
+        assert res["levers"][name]["mixmask"]["geomean_ratio"] > throughput.WIN
+        for key, value in throughput.LEVERS[name][0].items():
+            assert res["combined_settings"][key] == value
+    for m in throughput.METHODS:
+        r = res["methods"][m]
+        assert r["flops_per_step"] > 0 and positive(r["current"]["images_per_s"])
+        assert r["current"]["tflops"] == pytest.approx(
+            r["flops_per_image"] * r["current"]["images_per_s"] / 1e12
+        )
+        assert (
+            0
+            < r["current"]["peak_fraction"]
+            == pytest.approx(r["current"]["tflops"] / res["peak"]["tflops"])
+        )
+        assert r["current"]["host_syncs"].startswith("n/a")
+    assert (
+        res["methods"]["mixmask"]["flops_per_step"] > res["methods"]["mocov2plus"]["flops_per_step"]
+    )
+    assert res["peak"]["dtype"] == "float32" and "CPU" in res["peak"]["note"]
+    knn = res["knn"]
+    for dtype in ("float32", "bfloat16"):
+        assert positive(knn[dtype]["images_per_s"])
+    assert knn["bfloat16"]["ratio"] == pytest.approx(
+        knn["bfloat16"]["images_per_s"] / knn["float32"]["images_per_s"]
+    )
+    e2e = res["end_to_end"]
+    if "skipped" in e2e:  # no CIFAR-10 tars on this machine
+        assert "CIFAR-10" in e2e["skipped"]
+    else:
+        for m in throughput.METHODS:
+            run = e2e[f"current/{m}"]
+            assert run["epochs"] == 1 and run["train_images"] == 80
+            assert positive(run["images_per_s_whole_run"])
+
+
+def test_markdown_renders_gpu_shaped_results(tmp_path):
+    # what only a GPU run produces (host-sync counts, CUDA-graph levers, end-to-end rows that
+    # failed or did not fit) rendered from a tiny run's JSON, since no GPU runs the tests
+    threads = torch.get_num_threads()
+    try:
+        assert throughput.main(["--tiny", "--max-rounds", "1", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # --tiny takes one thread
+    res = load(tmp_path / "throughput_cpu_tiny.json")
+    for m in throughput.METHODS:
+        res["methods"][m]["current"]["host_syncs"] = {"count": 0, "first": []}
+        res["levers"]["reduce_overhead"][m] = {"status": "failed", "error": "RuntimeError: x"}
+        res["combined"][m]["host_syncs"] = {"count": 2, "first": ["a", "b"]}
+    res["end_to_end"] = {
+        "current/mocov2plus": {"error": "RuntimeError: no memory"},
+        "current/mixmask": {"skipped": "budget: 10 s left, ~80 s needed"},
+    }
+    res["errors"] = ["reduce_overhead/mixmask: RuntimeError: x"]
+    md = throughput.markdown(res)
+    assert "{'current': 0, 'combined': 2}" in md
+    assert "failed: RuntimeError: x" in md and "RuntimeError: no memory" in md
+    assert "budget: 10 s left" in md and "Errors: reduce_overhead/mixmask" in md
+    assert throughput.winners({"compile": {"a": {"ratio": 1.1}, "b": {"ratio": 0.99}}}) == (
+        {"performance.compile": True},
+        ["compile"],
+    )
+    assert throughput.winners({"compile": {"a": {"ratio": 1.1}, "b": {"status": "n/a"}}}) == (
+        {},
+        [],
+    )
