@@ -29,6 +29,19 @@ def suggest(value: object, allowed: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def check_argument(ok: bool, name: str, value: Any, expected: str) -> None:
+    """ValueError ``name=value is not allowed: expected ...`` unless ``ok``: a function's bad
+    argument (the caller's bug), worded as a :class:`ConfigError`."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed: expected {expected}")
+
+
+def check_int_argument(name: str, value: Any, minimum: int = 1) -> None:
+    """:func:`check_argument` that ``value`` is an integer (``int(value) == value``) >= minimum."""
+    ok = int(value) == value and value >= minimum
+    check_argument(ok, name, value, f"an integer >= {minimum}")
+
+
 def check_choice_value(key: str, value: Any, allowed: Iterable[str]) -> None:
     """ConfigError unless ``value`` is one of ``allowed``."""
     allowed = tuple(allowed)
