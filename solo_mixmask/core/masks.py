@@ -1,9 +1,6 @@
-"""MixMask grid masks: cell patterns on a G x G grid, upsampled to the crop.
-
-A mask M is 1 where the query image is kept and 0 where its partner fills in; lambda = mean(M) of
-the drawn mask, ``ratio`` the requested share of cells. Draws use the given ``torch.Generator`` on
-its device, vectorised over the samples: no host synchronisation.
-"""
+"""MixMask grid masks M (1 = keep the query image, 0 = its partner fills in) on a G x G grid,
+upsampled to the crop; ``ratio`` is the requested share of cells. Drawn with the given
+``torch.Generator`` on its device, vectorised over the samples, without host synchronisation."""
 
 from __future__ import annotations
 
@@ -59,13 +56,9 @@ def block_masks(
     min_cells: int = 4,
     min_aspect: float = 0.3,
 ) -> torch.Tensor:
-    """BEiT-style block masks, bool (n, G, G): unions of random rectangles on a G x G grid.
-
-    Each of ``BLOCK_PROPOSALS`` steps proposes a rectangle per sample (area in cells uniform in
-    ``[lo, max(lo, remaining)]``, ``lo = min(min_cells, target)``, aspect log-uniform in
-    ``[min_aspect, 1/min_aspect]``, position uniform), kept if it fits and adds between 1 and
-    ``remaining`` new cells: the count never exceeds ``target = round(ratio * G * G)``.
-    """
+    """BEiT-style block masks, bool (n, G, G): ``BLOCK_PROPOSALS`` random rectangles per sample
+    (>= ``min_cells`` cells, aspect in [min_aspect, 1 / min_aspect]), each kept if it fits and adds
+    new cells without passing ``target_cells(G, ratio)``; the count can stay below it."""
     check_int_argument("n", n)
     check_int_argument("grid_size", grid_size)
     _check_ratio(ratio)
@@ -175,12 +168,9 @@ def sample_masks(
 
 
 class MaskBank:
-    """Cell masks drawn ``capacity`` at a time (default 4096, at most 4 MiB of cells) and handed
-    out in order: on a GPU one draw costs the same kernel launches for 1 mask or thousands.
-
-    When fewer than asked remain they are dropped and a new bank is drawn; each mask is still an
-    independent draw. ``state_dict()`` holds the cells left, for a resumed run to go on the same.
-    """
+    """Cell masks drawn ``capacity`` at a time (default 4096, at most 4 MiB) and handed out in
+    order, as on a GPU one draw costs the same for 1 mask or thousands; when fewer than asked are
+    left they are dropped and a new bank drawn. ``state_dict()`` holds the cells left."""
 
     def __init__(
         self, grid_size: int, ratio: float, mask_type: str = "block", capacity: int | None = None

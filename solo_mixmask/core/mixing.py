@@ -1,8 +1,5 @@
-"""Mixing a batch with its partners, and MixMask's mixer (Un-Mix's is ``core.unmix.UnmixMixer``).
-
-``partner[j]`` is the image that fills the masked part of image j:
-``x_mix[j] = M[j] * x[j] + (1 - M[j]) * x[partner[j]]``, lambda[j] being the share of x[j].
-"""
+"""Mixing a batch with its partners, ``x_mix[j] = M[j] * x[j] + (1 - M[j]) * x[partner[j]]``
+(lambda[j]: the share of x[j]), and MixMask's mixer (Un-Mix's is ``core.unmix.UnmixMixer``)."""
 
 from __future__ import annotations
 
@@ -22,7 +19,6 @@ from solo_mixmask.errors import (
 )
 
 __all__ = [
-    "PARTNER_RULES",
     "MaskMixer",
     "Mixer",
     "draw_partner",
@@ -34,7 +30,6 @@ __all__ = [
 
 #: How a mixer's partners are drawn: the reversed batch (the seed's) or a random permutation.
 PartnerRule = Literal["reversed", "random"]
-PARTNER_RULES: tuple[PartnerRule, ...] = ("reversed", "random")
 
 
 def reversed_partner(n: int, device=None) -> torch.Tensor:
@@ -86,28 +81,18 @@ def mix_with_masks(
 
 
 class Mixer(Protocol):
-    """How a mixed view is made from a batch and its partners.
+    """How a mixed view is made from a batch x (B,3,H,W) and its partners (long (B,))."""
 
-    ``name`` names the logged ``train_<name>_loss`` and ``_lambda``; ``draws_on``: the batch's
-    device generator or the host one; ``DEFAULTS``: its ``method_kwargs`` (``__init__``'s
-    keywords), checked by ``check``; ``saved_streams``: what is saved with the generators.
-    """
-
-    name: ClassVar[str]
-    draws_on: ClassVar[Literal["device", "host"]]
-    DEFAULTS: ClassVar[dict[str, Any]]
+    name: ClassVar[str]  # names the logged train_<name>_loss and train_<name>_lambda
+    draws_on: ClassVar[Literal["device", "host"]]  # the batch's device generator or the host's
+    DEFAULTS: ClassVar[dict[str, Any]]  # its method_kwargs (__init__'s keywords) and defaults
 
     @classmethod
-    def check(cls, kwargs: Mapping[str, Any], smallest_crop: int) -> None:
-        """ConfigError (or a warning) for bad ``method_kwargs``; crops of ``smallest_crop`` px."""
-
+    def check(cls, kwargs: Mapping[str, Any], smallest_crop: int) -> None: ...  # ConfigError
     def mix(
         self, x: torch.Tensor, partner: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B,3,H,W), partner long (B,) -> x_mix (B,3,H,W) in x's dtype, lambda float32 (B,)."""
-
-    def saved_streams(self) -> dict[str, Any]:
-        """Objects with ``state_dict`` / ``load_state_dict``, by name."""
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...  # x_mix (B,3,H,W) in x's dtype, lambda f32 (B,)
+    def saved_streams(self) -> dict[str, Any]: ...  # what is saved with the method's generators
 
 
 class MaskMixer:
@@ -117,12 +102,9 @@ class MaskMixer:
     name: ClassVar[str] = "mask"
     draws_on: ClassVar[Literal["device", "host"]] = "device"
     #: The seed's G = 8, ratio 0.5, block masks, one mask per batch.
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        "grid_size": 8,
-        "mask_ratio": 0.5,
-        "mask_type": "block",
-        "per_sample_masks": False,
-    }
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(
+        grid_size=8, mask_ratio=0.5, mask_type="block", per_sample_masks=False
+    )
 
     def __init__(self, grid_size: int, mask_ratio: float, mask_type: str, per_sample_masks: bool):
         self.per_sample_masks = bool(per_sample_masks)

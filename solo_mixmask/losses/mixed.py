@@ -24,16 +24,10 @@ def mixed_loss(
     lam: torch.Tensor | float,
     partner: torch.Tensor,
 ) -> torch.Tensor:
-    """Lambda-weighted ``pair_loss`` (per sample, (n, d) x (n, d) -> (n,)) of the outputs ``pred``
-    (n, d) for the mixed images against the detached ``target`` (n, d) of the unmixed ones, with
-    lam: float, () or (n,) and partner long (n,), any permutation. Returns a float32 scalar
-
-        1/n sum_j [lam[j] l(pred[j], target[j]) + (1 - lam[j]) l(pred[j], target[partner[j]])],
-
-    the paper's ``lam L(q_mix, k) + (1 - lam) L(q_mix_partner, k)``: the mixed image whose filler
-    was image i is ``j = inv[i]`` (``inv = inverse_permutation(partner)``), and summing over j
-    instead of i turns ``(1 - lam[inv[i]]) l(pred[inv[i]], target[i])`` into the term above.
-    """
+    """Float32 scalar ``1/n sum_j [lam[j] l(pred[j], target[j]) + (1 - lam[j]) l(pred[j],
+    target[partner[j]])]`` for pred, target (n, d) (target detached), lam float, () or (n,),
+    partner long (n,) and ``l = pair_loss`` per sample: the paper's ``lam L(q_mix, k) + (1 - lam)
+    L(q_mix_partner, k)``, summed over the mixed images j rather than the keys i = partner[j]."""
     n = pred.shape[0]
     if pred.dim() != 2 or target.shape != pred.shape:
         raise ValueError(

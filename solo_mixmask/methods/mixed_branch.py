@@ -1,10 +1,6 @@
-"""The mixed branch, written once for every momentum host (MoCo, BYOL) and every mixer.
-
-Each (mixer, partner rule) of the method's registry row mixes the first view's images with their
-partners; the online outputs for them are scored by the host's own per-pair loss through
-:func:`~solo_mixmask.losses.mixed.mixed_loss`, a term added to the host's loss. Engine-free: a
-mixin of the hosts on our engine and on solo-learn's.
-"""
+"""The mixed branch, once for every momentum host (MoCo, BYOL) and mixer: a term per mixer of the
+host's per-pair loss of mixed first-view images (``mixed_loss``), added to the host's loss.
+Engine-free: a mixin of the hosts on our engine and on solo-learn's."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""What a registry row is: a method = a momentum host + the mixers of its mixed views.
-
-``solo_mixmask.methods`` lists the rows; ``METHODS`` (our engine's classes) and the names that
-``solo_mixmask.solo`` adds to solo-learn are read off them. A mixed method's class is its host's
-class plus one class, built here, that names the mixers and their ``method_kwargs`` defaults.
-"""
+"""A registry row: a method = a momentum host + the mixers of its mixed views. The rows are listed
+in ``solo_mixmask.methods``; our engine's classes and what ``solo_mixmask.solo`` adds to
+solo-learn are built from them (a mixed method: its host's class plus one class made here)."""
 
 from __future__ import annotations
 
@@ -16,9 +13,8 @@ from solo_mixmask.methods.mixed_branch import MixerRow
 
 
 class SoloName(NamedTuple):
-    """A name under which a row is added to solo-learn's ``solo.methods.METHODS``, the name of
-    its built class (an attribute of ``solo_mixmask.solo``, so that it pickles) and the
-    ``method_kwargs`` defaults that differ from the row's own ``method_defaults``."""
+    """A name added to solo-learn's ``solo.methods.METHODS``, its class's name (an attribute of
+    ``solo_mixmask.solo``, so that it pickles) and the ``method_kwargs`` defaults it changes."""
 
     name: str
     class_name: str
@@ -27,9 +23,8 @@ class SoloName(NamedTuple):
 
 @dataclass(frozen=True)
 class Host:
-    """A momentum method that mixed views are added to: our engine's class, and the logic placed
-    on solo-learn's class ``solo_base`` (its ``BaseMomentumMethod`` for the MoCo family, its own
-    ``BYOL`` for the ``byol_*`` rows)."""
+    """A momentum method that takes mixed views: our engine's class, and the logic placed on
+    solo-learn's class ``solo_base`` (its ``BaseMomentumMethod`` for MoCo, its own ``BYOL``)."""
 
     engine_class: type
     solo_logic: type
@@ -38,9 +33,8 @@ class Host:
 
 @dataclass(frozen=True)
 class MethodRow:
-    """One method: its name in configs (``method: <name>``), its class name, its host, the
-    (mixer, partner rule) pairs of its mixed views in the order they are drawn, and the names
-    it is added under to solo-learn (none when solo-learn has the method itself)."""
+    """A method: its name in configs, class name, host, the (mixer, partner rule) pairs of its
+    mixed views in drawing order, and its names in solo-learn (none when solo-learn has it)."""
 
     name: str
     class_name: str
@@ -49,9 +43,8 @@ class MethodRow:
     solo_names: tuple[SoloName, ...] = ()
 
     def build(self, bases: tuple[type, ...], name: str, module: str, **namespace: Any) -> type:
-        """``class <name>(*bases)`` with this row's mixers and ``method_kwargs`` defaults (the
-        first base's, its mixers', then ``namespace["method_defaults"]``); the one base itself
-        for a row without mixers and without extra attributes."""
+        """``class <name>(*bases)`` with the row's mixers and ``method_kwargs`` defaults (the first
+        base's, the mixers', ``namespace["method_defaults"]``), or the one base if it adds none."""
         if not self.mixers and not namespace and len(bases) == 1:
             return bases[0]
         defaults = dict(getattr(bases[0], "method_defaults", {}))
@@ -59,12 +52,6 @@ class MethodRow:
             defaults.update(mixer.DEFAULTS)
         defaults.update(namespace.pop("method_defaults", {}))
         views = ", ".join(f"{mixer.__name__} ({rule} partners)" for mixer, rule in self.mixers)
-        attributes = {
-            "__module__": module,
-            "__qualname__": name,
-            "__doc__": f"``{self.name}``: {bases[0].__name__} + mixed views: {views or 'none'}.",
-            "mixer_rows": self.mixers,
-            "method_defaults": defaults,
-            **namespace,
-        }
-        return type(name, bases, attributes)
+        doc = f"``{self.name}``: {bases[0].__name__} + mixed views: {views or 'none'}."
+        attributes = dict(__module__=module, __qualname__=name, __doc__=doc, mixer_rows=self.mixers)
+        return type(name, bases, {**attributes, "method_defaults": defaults, **namespace})
