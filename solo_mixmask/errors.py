@@ -1,7 +1,8 @@
 """Exceptions for user mistakes (as opposed to bugs in solo_mixmask), and for runs that stop
 before their end (a non-finite loss, a stop signal); the command line maps each to one
 ``error:`` line and an exit status. Also the value checks that raise :class:`ConfigError`, so
-that every layer (the mixers in ``core`` too) words a bad setting the same way."""
+that every layer (the mixers in ``core`` too) words a bad setting the same way, and
+:func:`check_argument`, the same wording for a function's bad argument (a ValueError)."""
 
 import difflib
 import math

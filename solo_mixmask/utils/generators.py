@@ -1,4 +1,5 @@
-"""Seeded random streams a method owns, saved in checkpoints so a resumed run draws the same masks."""
+"""Seeded random streams a method owns (saved in checkpoints, so that a resumed run draws the same
+masks), and :func:`resolve_device`, the device a generator draws on."""
 
 from __future__ import annotations
 
