@@ -11,7 +11,7 @@ from solo_mixmask.losses import byol_loss, mixed_loss, moco_loss
 BYOL_PAIR = partial(byol_loss, reduction="none")
 
 
-def info_nce(queue: torch.Tensor, t: float):
+def moco_pair(queue: torch.Tensor, t: float):
     """MoCo's per-pair loss against ``queue`` at temperature ``t``, as the MoCo host passes it."""
     return partial(moco_loss, queue=queue, temperature=t, reduction="none")
 
@@ -58,7 +58,7 @@ def test_hand_case_n2_d2_k1():
     k = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     queue = torch.tensor([[-1.0], [0.0]])
     lam = torch.tensor([0.75, 0.25])
-    loss = mixed_loss(info_nce(queue, 1.0), q_mix, k, lam, reversed_partner(2))
+    loss = mixed_loss(moco_pair(queue, 1.0), q_mix, k, lam, reversed_partner(2))
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert loss.item() == pytest.approx(0.385844, abs=1e-6)
 
@@ -66,7 +66,7 @@ def test_hand_case_n2_d2_k1():
 def test_scalar_lambda_with_reversed_partner():
     q_mix, k, queue, _ = data(6, 5, 7, seed=0)
     partner = reversed_partner(6)
-    got = mixed_loss(info_nce(queue, 0.2), q_mix, k, 0.4, partner)
+    got = mixed_loss(moco_pair(queue, 0.2), q_mix, k, 0.4, partner)
     assert got.item() == pytest.approx(paper_form(q_mix, k, queue, 0.4, partner, 0.2), rel=1e-5)
     # With a scalar lambda it is the seed's lam * L(q_mix, k) + (1 - lam) * L(q_mix[::-1], k).
     seed_form = 0.4 * moco_loss(q_mix, k, queue, 0.2) + 0.6 * moco_loss(
@@ -80,7 +80,7 @@ def test_per_sample_lambda_with_random_permutations():
         q_mix, k, queue, g = data(8, 4, 9, seed=seed)
         partner = random_partner(8, generator=g)
         lam = torch.rand(8, generator=g)
-        got = mixed_loss(info_nce(queue, 0.5), q_mix, k, lam, partner)
+        got = mixed_loss(moco_pair(queue, 0.5), q_mix, k, lam, partner)
         assert got.item() == pytest.approx(paper_form(q_mix, k, queue, lam, partner, 0.5), rel=1e-5)
 
 
@@ -89,7 +89,7 @@ def test_non_involutive_permutation():
     assert not torch.equal(inverse_permutation(partner), partner)
     q_mix, k, queue, _ = data(5, 3, 4, seed=11)
     lam = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
-    got = mixed_loss(info_nce(queue, 0.3), q_mix, k, lam, partner)
+    got = mixed_loss(moco_pair(queue, 0.3), q_mix, k, lam, partner)
     assert got.item() == pytest.approx(paper_form(q_mix, k, queue, lam, partner, 0.3), rel=1e-5)
     # Realigning with the partner itself instead of its inverse gives a different number.
     wrong = paper_form(q_mix, k, queue, lam, inverse_permutation(partner), 0.3)
@@ -99,7 +99,7 @@ def test_non_involutive_permutation():
 def test_lambda_one_is_plain_moco():
     q_mix, k, queue, g = data(4, 3, 5, seed=3)
     partner = random_partner(4, generator=g)
-    got = mixed_loss(info_nce(queue, 0.2), q_mix, k, torch.ones(4), partner)
+    got = mixed_loss(moco_pair(queue, 0.2), q_mix, k, torch.ones(4), partner)
     assert got.item() == pytest.approx(moco_loss(q_mix, k, queue, 0.2).item(), rel=1e-6)
 
 
@@ -109,15 +109,17 @@ def test_gradient_flows_to_q_mix_only():
     k.requires_grad_(True)
     queue.requires_grad_(True)
     lam = torch.full((4,), 0.5, requires_grad=False)
-    mixed_loss(info_nce(queue, 0.2), q_mix, k, lam, reversed_partner(4)).backward()
+    mixed_loss(moco_pair(queue, 0.2), q_mix, k, lam, reversed_partner(4)).backward()
     assert q_mix.grad is not None and q_mix.grad.abs().sum() > 0
     assert k.grad is None and queue.grad is None
 
 
 def test_bfloat16_queries():
     q_mix, k, queue, _ = data(4, 3, 5, seed=5)
-    ref = mixed_loss(info_nce(queue, 0.2), q_mix, k, 0.5, reversed_partner(4))
-    low = mixed_loss(info_nce(queue, 0.2), q_mix.bfloat16(), k.bfloat16(), 0.5, reversed_partner(4))
+    ref = mixed_loss(moco_pair(queue, 0.2), q_mix, k, 0.5, reversed_partner(4))
+    low = mixed_loss(
+        moco_pair(queue, 0.2), q_mix.bfloat16(), k.bfloat16(), 0.5, reversed_partner(4)
+    )
     assert low.dtype == torch.float32
     assert low.item() == pytest.approx(ref.item(), rel=5e-2)
 
@@ -135,7 +137,7 @@ def test_rejects_bad_arguments(kwargs, match):
     args = dict(lam=0.5, partner=reversed_partner(4), temperature=0.2)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        mixed_loss(info_nce(queue, args.pop("temperature")), q_mix, k, **args)
+        mixed_loss(moco_pair(queue, args.pop("temperature")), q_mix, k, **args)
 
 
 # ------------------------------------------------------------------ any per-pair loss, BYOL
