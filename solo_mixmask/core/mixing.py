@@ -81,14 +81,15 @@ def mix_with_masks(
 
 
 class Mixer(Protocol):
-    """How a mixed view is made from a batch x (B,3,H,W) and its partners (long (B,))."""
+    """How a mixed view is made from a batch x (B,3,H,W) and its partners (long (B,)); ``check``
+    raises a ConfigError (or warns) for bad ``method_kwargs``, crops of ``smallest_crop`` px."""
 
     name: ClassVar[str]  # names the logged train_<name>_loss and train_<name>_lambda
     draws_on: ClassVar[Literal["device", "host"]]  # the batch's device generator or the host's
     DEFAULTS: ClassVar[dict[str, Any]]  # its method_kwargs (__init__'s keywords) and defaults
 
     @classmethod
-    def check(cls, kwargs: Mapping[str, Any], smallest_crop: int) -> None: ...  # ConfigError
+    def check(cls, kwargs: Mapping[str, Any], smallest_crop: int) -> None: ...
     def mix(
         self, x: torch.Tensor, partner: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]: ...  # x_mix (B,3,H,W) in x's dtype, lambda f32 (B,)
