@@ -1,7 +1,8 @@
 """Exceptions for user mistakes (as opposed to bugs in solo_mixmask), and for runs that stop
 before their end (a non-finite loss, a stop signal); the command line maps each to one
 ``error:`` line and an exit status. Also the value checks that raise :class:`ConfigError`, so
-that every layer (the mixers in ``core`` too) words a bad setting the same way."""
+that every layer (the mixers in ``core`` too) words a bad setting the same way, and
+:func:`check_argument`, the same wording for a function's bad argument (a ValueError)."""
 
 import difflib
 import math
@@ -27,6 +28,19 @@ def suggest(value: object, allowed: Iterable[str]) -> str:
     """' (did you mean X?)' for a close match among ``allowed``, else ''."""
     close = difflib.get_close_matches(str(value), list(allowed), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_argument(ok: bool, name: str, value: Any, expected: str) -> None:
+    """ValueError ``name=value is not allowed: expected ...`` unless ``ok``: a function's bad
+    argument (the caller's bug), worded as a :class:`ConfigError`."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed: expected {expected}")
+
+
+def check_int_argument(name: str, value: Any, minimum: int = 1) -> None:
+    """:func:`check_argument` that ``value`` is an integer (``int(value) == value``) >= minimum."""
+    ok = int(value) == value and value >= minimum
+    check_argument(ok, name, value, f"an integer >= {minimum}")
 
 
 def check_choice_value(key: str, value: Any, allowed: Iterable[str]) -> None:

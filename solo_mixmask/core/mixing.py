@@ -1,12 +1,5 @@
-"""Mixing a batch with its partners, and the mixers that the mixed branch of a method holds.
-
-``partner[j]`` is the index of the image that fills the masked part of image j; the mixed batch
-is ``x_mix[j] = M[j] * x[j] + (1 - M[j]) * x[partner[j]]`` and lambda[j] is the share of x[j].
-
-A mixer (:class:`Mixer`) is ``mix(x, partner, generator) -> (x_mix, lam)`` plus its own
-``method_kwargs`` (``DEFAULTS``), their checks and the state it draws from. MixMask's is
-:class:`MaskMixer` below; Un-Mix's is ``solo_mixmask.core.unmix.UnmixMixer``.
-"""
+"""Mixing a batch with its partners, ``x_mix[j] = M[j] * x[j] + (1 - M[j]) * x[partner[j]]``
+(lambda[j]: the share of x[j]), and MixMask's mixer (Un-Mix's is ``core.unmix.UnmixMixer``)."""
 
 from __future__ import annotations
 
@@ -18,6 +11,7 @@ import torch
 from solo_mixmask.core.masks import MASK_TYPES, MaskBank, mask_lambdas, target_cells
 from solo_mixmask.errors import (
     ConfigError,
+    check_argument,
     check_bool_value,
     check_choice_value,
     check_number_value,
@@ -25,7 +19,6 @@ from solo_mixmask.errors import (
 )
 
 __all__ = [
-    "PARTNER_RULES",
     "MaskMixer",
     "Mixer",
     "draw_partner",
@@ -37,67 +30,19 @@ __all__ = [
 
 #: How a mixer's partners are drawn: the reversed batch (the seed's) or a random permutation.
 PartnerRule = Literal["reversed", "random"]
-PARTNER_RULES: tuple[PartnerRule, ...] = ("reversed", "random")
 
 
 def reversed_partner(n: int, device=None) -> torch.Tensor:
     """The seed's partner: the batch reversed, ``[n-1, ..., 0]`` (long, (n,))."""
-    if n < 1:
-        raise ValueError(f"n={n!r} is not allowed: expected an integer >= 1")
+    check_argument(n >= 1, "n", n, "an integer >= 1")
     return torch.arange(n - 1, -1, -1, device=device)
 
 
 def random_partner(n: int, *, generator: torch.Generator, device=None) -> torch.Tensor:
     """A uniformly random permutation of ``range(n)`` (long, (n,)), drawn with ``generator``."""
-    if n < 1:
-        raise ValueError(f"n={n!r} is not allowed: expected an integer >= 1")
+    check_argument(n >= 1, "n", n, "an integer >= 1")
     device = generator.device if device is None else device
     return torch.randperm(n, generator=generator, device=device)
-
-
-def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
-    """``inv`` with ``inv[perm[j]] = j`` (long, same shape and device as the 1-D ``perm``)."""
-    if perm.dim() != 1:
-        raise ValueError(f"perm.shape={tuple(perm.shape)} is not allowed: expected (n,)")
-    ids = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
-    return torch.empty_like(perm).scatter_(0, perm, ids)
-
-
-def check_partner(partner: torch.Tensor, n: int) -> None:
-    if partner.dim() != 1 or partner.shape[0] != n:
-        raise ValueError(
-            f"partner.shape={tuple(partner.shape)} is not allowed: expected ({n},) for a batch "
-            f"of {n}"
-        )
-
-
-def mix_with_masks(
-    x: torch.Tensor, masks: torch.Tensor, partner: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MixMask filling: ``x_mix = M * x + (1 - M) * x[partner]``.
-
-    x: (n, C, H, W), any float dtype; masks: (n or 1, 1, H, W) with 1 = keep x (cast to x's
-    dtype); partner: long (n,). Returns ``x_mix`` (n, C, H, W) in x's dtype and lambda,
-    float32 (n,), the mean of each sample's mask.
-    """
-    if x.dim() != 4:
-        raise ValueError(f"x.shape={tuple(x.shape)} is not allowed: expected (n, C, H, W)")
-    n, _, height, width = x.shape
-    if (
-        masks.dim() != 4
-        or masks.shape[0] not in (1, n)
-        or masks.shape[1] != 1
-        or tuple(masks.shape[2:]) != (height, width)
-    ):
-        raise ValueError(
-            f"masks.shape={tuple(masks.shape)} is not allowed: expected ({n} or 1, 1, "
-            f"{height}, {width}) for x of shape {tuple(x.shape)}"
-        )
-    check_partner(partner, n)
-    m = masks.to(dtype=x.dtype, device=x.device)
-    x_mix = m * x + (1 - m) * x[partner]
-    lam = mask_lambdas(masks).to(x.device).expand(n).contiguous()
-    return x_mix, lam
 
 
 def draw_partner(rule: PartnerRule, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -107,56 +52,63 @@ def draw_partner(rule: PartnerRule, n: int, generator: torch.Generator) -> torch
     return random_partner(n, generator=generator)
 
 
-class Mixer(Protocol):
-    """How a mixed view is made from a batch and its partners."""
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inv`` with ``inv[perm[j]] = j`` (long, same shape and device as the 1-D ``perm``)."""
+    check_argument(perm.dim() == 1, "perm.shape", tuple(perm.shape), "(n,)")
+    ids = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
+    return torch.empty_like(perm).scatter_(0, perm, ids)
 
-    #: Names the logged terms ``train_<name>_loss`` and ``train_<name>_lambda``.
-    name: ClassVar[str]
-    #: The stream it draws from: the batch's device generator or the host (CPU) one.
-    draws_on: ClassVar[Literal["device", "host"]]
-    #: Its ``method_kwargs`` and their defaults (the keyword arguments of ``__init__``).
-    DEFAULTS: ClassVar[dict[str, Any]]
+
+def check_partner(partner: torch.Tensor, n: int) -> None:
+    ok = partner.dim() == 1 and partner.shape[0] == n
+    check_argument(ok, "partner.shape", tuple(partner.shape), f"({n},) for a batch of {n}")
+
+
+def mix_with_masks(
+    x: torch.Tensor, masks: torch.Tensor, partner: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x_mix = M * x + (1 - M) * x[partner]`` for x (n, C, H, W), masks M (n or 1, 1, H, W)
+    (1 = keep x) and partner long (n,): x_mix in x's dtype and lambda = mean(M), float32 (n,)."""
+    check_argument(x.dim() == 4, "x.shape", tuple(x.shape), "(n, C, H, W)")
+    n, _, height, width = x.shape
+    shape, allowed = tuple(masks.shape), ((n, 1, height, width), (1, 1, height, width))
+    expected = f"({n} or 1, 1, {height}, {width}) for x of shape {tuple(x.shape)}"
+    check_argument(shape in allowed, "masks.shape", shape, expected)
+    check_partner(partner, n)
+    m = masks.to(dtype=x.dtype, device=x.device)
+    x_mix = m * x + (1 - m) * x[partner]
+    return x_mix, mask_lambdas(masks).to(x.device).expand(n).contiguous()
+
+
+class Mixer(Protocol):
+    """How a mixed view is made from a batch x (B,3,H,W) and its partners (long (B,)); ``check``
+    raises a ConfigError (or warns) for bad ``method_kwargs``, crops of ``smallest_crop`` px."""
+
+    name: ClassVar[str]  # names the logged train_<name>_loss and train_<name>_lambda
+    draws_on: ClassVar[Literal["device", "host"]]  # the batch's device generator or the host's
+    DEFAULTS: ClassVar[dict[str, Any]]  # its method_kwargs (__init__'s keywords) and defaults
 
     @classmethod
-    def check(cls, kwargs: Mapping[str, Any], smallest_crop: int) -> None:
-        """ConfigError (or a warning) for bad ``method_kwargs``; crops of ``smallest_crop`` px."""
-
+    def check(cls, kwargs: Mapping[str, Any], smallest_crop: int) -> None: ...
     def mix(
         self, x: torch.Tensor, partner: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B,3,H,W) mixed with ``x[partner]`` (partner long (B,)) -> (x_mix (B,3,H,W) in
-        x's dtype, lambda float32 (B,), the share of each image's own pixels)."""
-
-    def saved_streams(self) -> dict[str, Any]:
-        """Objects with ``state_dict`` / ``load_state_dict`` saved with the method's generators."""
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...  # x_mix (B,3,H,W) in x's dtype, lambda f32 (B,)
+    def saved_streams(self) -> dict[str, Any]: ...  # what is saved with the method's generators
 
 
 class MaskMixer:
-    """MixMask: each image is filled from its partner through a G x G grid mask.
-
-    ``x_mix = M * x + (1 - M) * x[partner]`` with M from a :class:`MaskBank` (one mask for the
-    batch, as the seed, or one per image with ``per_sample_masks``); lambda = mean(M).
-    """
+    """MixMask: x filled from its partner through G x G grid masks drawn from a
+    :class:`MaskBank`, one per batch (the seed's) or one per image (``per_sample_masks``)."""
 
     name: ClassVar[str] = "mask"
     draws_on: ClassVar[Literal["device", "host"]] = "device"
     #: The seed's G = 8, ratio 0.5, block masks, one mask per batch.
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        "grid_size": 8,
-        "mask_ratio": 0.5,
-        "mask_type": "block",
-        "per_sample_masks": False,
-    }
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(
+        grid_size=8, mask_ratio=0.5, mask_type="block", per_sample_masks=False
+    )
 
-    def __init__(
-        self,
-        grid_size: int = 8,
-        mask_ratio: float = 0.5,
-        mask_type: str = "block",
-        per_sample_masks: bool = False,
-    ):
+    def __init__(self, grid_size: int, mask_ratio: float, mask_type: str, per_sample_masks: bool):
         self.per_sample_masks = bool(per_sample_masks)
-        # drawn in bulk: one draw costs the same kernel launches for 1 or 4096 masks
         self.bank = MaskBank(int(grid_size), float(mask_ratio), str(mask_type))
 
     @classmethod
@@ -169,22 +121,17 @@ class MaskMixer:
         check_bool_value("method_kwargs.per_sample_masks", kwargs["per_sample_masks"])
         low = 2 if kind == "discrete" else 1
         if not isinstance(grid, int) or isinstance(grid, bool) or not low <= grid <= smallest_crop:
-            raise ConfigError(
-                "method_kwargs.grid_size",
-                grid,
-                f"an integer in [{low}, {smallest_crop}] (the crop size in pixels)",
-            )
-        # Block masks set round(ratio * G^2) cells: none or all of them make lambda always 0 or
-        # 1 (discrete masks redraw all-on and all-off masks, so their lambda stays inside).
+            allowed = f"an integer in [{low}, {smallest_crop}] (the crop size in pixels)"
+            raise ConfigError("method_kwargs.grid_size", grid, allowed)
+        # Block masks set round(ratio * G^2) cells: none or all make lambda always 0 or 1
+        # (discrete masks redraw all-on and all-off masks, so their lambda stays inside).
         cells, kept = grid * grid, target_cells(grid, ratio)
         if kind == "block" and kept in (0, cells):
-            config_warning(
-                "method_kwargs.mask_ratio",
-                ratio,
-                f"sets {kept} of {cells} cells of the {grid}x{grid} grid "
-                f"(method_kwargs.grid_size={grid}): lambda is always {kept // cells}, the "
-                "MixMask branch mixes nothing",
+            consequence = (
+                f"sets {kept} of {cells} cells of the {grid}x{grid} grid (method_kwargs.grid_size="
+                f"{grid}): lambda is always {kept // cells}, the MixMask branch mixes nothing"
             )
+            config_warning("method_kwargs.mask_ratio", ratio, consequence)
 
     def mix(
         self, x: torch.Tensor, partner: torch.Tensor, generator: torch.Generator

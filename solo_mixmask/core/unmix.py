@@ -126,7 +126,7 @@ class UnmixMixer:
     #: lambda ~ Beta(1, 1), mixup half the time (the seed's).
     DEFAULTS: ClassVar[dict[str, Any]] = {"unmix_alpha": 1.0, "unmix_prob": 0.5}
 
-    def __init__(self, unmix_alpha: float = 1.0, unmix_prob: float = 0.5):
+    def __init__(self, unmix_alpha: float, unmix_prob: float):
         self.alpha, self.prob = float(unmix_alpha), float(unmix_prob)
 
     @classmethod

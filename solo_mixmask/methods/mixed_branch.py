@@ -1,18 +1,6 @@
-"""The mixed branch, written once for every momentum method and every mixer.
-
-A mixed method is a host (MoCo, BYOL) plus a list of (mixer, partner rule) pairs, its registry
-row (``solo_mixmask.methods``). For each pair the first view's images x are mixed with their
-partners, ``x_mix, lam = mixer.mix(x, partner, generator)`` (``core.mixing.MaskMixer``,
-``core.unmix.UnmixMixer``), the mixed images go through the online network, and the host's own
-per-pair loss of their output weighs lambda against the image's own target and 1 - lambda
-against its filler's target (:func:`solo_mixmask.losses.mixed.mixed_loss`). The term is added
-to the host's unchanged loss. With no pairs (the baselines) the branch adds nothing.
-
-The host calls :meth:`MixedBranchLogic.mixed_losses` from its step with what it compares: its
-output key ``mixed_output`` ("z": MoCo's query under InfoNCE against the queue, "p": BYOL's
-prediction under its normalised regression), the targets (the second view's momentum outputs)
-and the per-pair loss. Engine-free: a mixin of the hosts on our engine and on solo-learn's.
-"""
+"""The mixed branch, once for every momentum host (MoCo, BYOL) and mixer: a term per mixer of the
+host's per-pair loss of mixed first-view images (``mixed_loss``), added to the host's loss.
+Engine-free: a mixin of the hosts on our engine and on solo-learn's."""
 
 from __future__ import annotations
 
@@ -32,12 +20,10 @@ MixerRow = tuple[type[Mixer], PartnerRule]
 
 
 class MixedBranchLogic(LogicBase):
-    """Mixin of the momentum hosts: their mixers, seeded generators and mixed-view terms.
+    """Mixin of the momentum hosts: their mixers (built from ``method_kwargs`` by the registry
+    row's ``mixer_rows``; none: the host alone), seeded generators and mixed-view terms."""
 
-    ``mixer_rows`` (a registry row sets them; empty: the host alone) are built from
-    ``method_kwargs`` (each mixer's ``DEFAULTS`` are in the row's ``method_defaults``).
-    """
-
+    #: The output that is scored: "z" (MoCo's query) or "p" (BYOL's prediction).
     mixed_output = "z"
     mixer_rows: ClassVar[tuple[MixerRow, ...]] = ()
     method_defaults: dict[str, Any] = {}
@@ -66,9 +52,9 @@ class MixedBranchLogic(LogicBase):
     def mixed_losses(
         self, x: torch.Tensor, target: torch.Tensor, pair_loss: PairLoss
     ) -> dict[str, torch.Tensor]:
-        """``{"train_<mixer>_loss": float32 scalar}``: one term per mixer, for the first view's
-        images x (B,3,H,W) against ``target`` (B, d), the unmixed images' stop-gradient targets.
-        Logs each term and each mixer's mean lambda. Cost: one online forward + backward of B images each."""
+        """``{"train_<mixer>_loss": float32 scalar}`` for the first view's images x (B,3,H,W)
+        against ``target`` (B, d), the unmixed images' stop-gradient targets; logs each term
+        and each mixer's mean lambda. Cost: one online forward + backward of B images each."""
         losses, lambdas = {}, {}
         for mixer, rule in self.mixers:
             device_generator = self.ranked_generators().device(x.device)

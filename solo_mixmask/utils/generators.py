@@ -1,10 +1,24 @@
-"""Seeded random streams a method owns, saved in checkpoints so a resumed run draws the same masks."""
+"""Seeded random streams a method owns (saved in checkpoints, so that a resumed run draws the same
+masks), and :func:`resolve_device`, the device a generator draws on."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+
+def resolve_device(generator: torch.Generator, device: Any = None) -> torch.device:
+    """The device to draw on: ``device`` if given, else the generator's; they must agree."""
+    if device is None:
+        return generator.device
+    device = torch.device(device)
+    if device.type != generator.device.type:
+        raise ValueError(
+            f"device={str(device)!r} is not allowed: the generator lives on "
+            f"{str(generator.device)!r}; pass a generator created on the same device type"
+        )
+    return device
 
 
 class SeededGenerators:

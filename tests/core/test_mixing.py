@@ -1,4 +1,5 @@
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -176,7 +177,7 @@ def test_sampled_cutmix_lam_matches_pixels():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_mixing_step_on_cuda_without_host_sync():
     from solo_mixmask.core import KeyQueue, sample_masks
-    from solo_mixmask.losses import mixed_moco_loss, moco_loss
+    from solo_mixmask.losses import mixed_loss, moco_loss
 
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
@@ -193,8 +194,9 @@ def test_mixing_step_on_cuda_without_host_sync():
         x_un, lam_un = unmix(x, reversed_partner(16, device=dev), params)
         inverse_permutation(partner)
         snapshot = queue.get(0)
-        loss = moco_loss(q, k, snapshot, 0.2) + mixed_moco_loss(q, k, snapshot, lam, partner, 0.2)
-        loss = loss + mixed_moco_loss(q, k, snapshot, 0.3, partner, 0.2)
+        nce = partial(moco_loss, queue=snapshot, temperature=0.2, reduction="none")
+        loss = moco_loss(q, k, snapshot, 0.2) + mixed_loss(nce, q, k, lam, partner)
+        loss = loss + mixed_loss(nce, q, k, 0.3, partner)
         queue.enqueue(k[None])
         loss.backward()
     finally:

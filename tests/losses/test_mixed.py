@@ -1,10 +1,19 @@
 import math
+from functools import partial
 
 import pytest
 import torch
 
 from solo_mixmask.core import inverse_permutation, random_partner, reversed_partner
-from solo_mixmask.losses import byol_loss, mixed_byol_loss, mixed_loss, mixed_moco_loss, moco_loss
+from solo_mixmask.losses import byol_loss, mixed_loss, moco_loss
+
+#: BYOL's per-pair loss, as the BYOL host passes it to ``mixed_loss``.
+BYOL_PAIR = partial(byol_loss, reduction="none")
+
+
+def moco_pair(queue: torch.Tensor, t: float):
+    """MoCo's per-pair loss against ``queue`` at temperature ``t``, as the MoCo host passes it."""
+    return partial(moco_loss, queue=queue, temperature=t, reduction="none")
 
 
 def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> float:
@@ -49,7 +58,7 @@ def test_hand_case_n2_d2_k1():
     k = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     queue = torch.tensor([[-1.0], [0.0]])
     lam = torch.tensor([0.75, 0.25])
-    loss = mixed_moco_loss(q_mix, k, queue, lam, reversed_partner(2), 1.0)
+    loss = mixed_loss(moco_pair(queue, 1.0), q_mix, k, lam, reversed_partner(2))
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert loss.item() == pytest.approx(0.385844, abs=1e-6)
 
@@ -57,7 +66,7 @@ def test_hand_case_n2_d2_k1():
 def test_scalar_lambda_with_reversed_partner():
     q_mix, k, queue, _ = data(6, 5, 7, seed=0)
     partner = reversed_partner(6)
-    got = mixed_moco_loss(q_mix, k, queue, 0.4, partner, 0.2)
+    got = mixed_loss(moco_pair(queue, 0.2), q_mix, k, 0.4, partner)
     assert got.item() == pytest.approx(paper_form(q_mix, k, queue, 0.4, partner, 0.2), rel=1e-5)
     # With a scalar lambda it is the seed's lam * L(q_mix, k) + (1 - lam) * L(q_mix[::-1], k).
     seed_form = 0.4 * moco_loss(q_mix, k, queue, 0.2) + 0.6 * moco_loss(
@@ -71,7 +80,7 @@ def test_per_sample_lambda_with_random_permutations():
         q_mix, k, queue, g = data(8, 4, 9, seed=seed)
         partner = random_partner(8, generator=g)
         lam = torch.rand(8, generator=g)
-        got = mixed_moco_loss(q_mix, k, queue, lam, partner, 0.5)
+        got = mixed_loss(moco_pair(queue, 0.5), q_mix, k, lam, partner)
         assert got.item() == pytest.approx(paper_form(q_mix, k, queue, lam, partner, 0.5), rel=1e-5)
 
 
@@ -80,7 +89,7 @@ def test_non_involutive_permutation():
     assert not torch.equal(inverse_permutation(partner), partner)
     q_mix, k, queue, _ = data(5, 3, 4, seed=11)
     lam = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
-    got = mixed_moco_loss(q_mix, k, queue, lam, partner, 0.3)
+    got = mixed_loss(moco_pair(queue, 0.3), q_mix, k, lam, partner)
     assert got.item() == pytest.approx(paper_form(q_mix, k, queue, lam, partner, 0.3), rel=1e-5)
     # Realigning with the partner itself instead of its inverse gives a different number.
     wrong = paper_form(q_mix, k, queue, lam, inverse_permutation(partner), 0.3)
@@ -90,7 +99,7 @@ def test_non_involutive_permutation():
 def test_lambda_one_is_plain_moco():
     q_mix, k, queue, g = data(4, 3, 5, seed=3)
     partner = random_partner(4, generator=g)
-    got = mixed_moco_loss(q_mix, k, queue, torch.ones(4), partner, 0.2)
+    got = mixed_loss(moco_pair(queue, 0.2), q_mix, k, torch.ones(4), partner)
     assert got.item() == pytest.approx(moco_loss(q_mix, k, queue, 0.2).item(), rel=1e-6)
 
 
@@ -100,15 +109,17 @@ def test_gradient_flows_to_q_mix_only():
     k.requires_grad_(True)
     queue.requires_grad_(True)
     lam = torch.full((4,), 0.5, requires_grad=False)
-    mixed_moco_loss(q_mix, k, queue, lam, reversed_partner(4), 0.2).backward()
+    mixed_loss(moco_pair(queue, 0.2), q_mix, k, lam, reversed_partner(4)).backward()
     assert q_mix.grad is not None and q_mix.grad.abs().sum() > 0
     assert k.grad is None and queue.grad is None
 
 
 def test_bfloat16_queries():
     q_mix, k, queue, _ = data(4, 3, 5, seed=5)
-    ref = mixed_moco_loss(q_mix, k, queue, 0.5, reversed_partner(4), 0.2)
-    low = mixed_moco_loss(q_mix.bfloat16(), k.bfloat16(), queue, 0.5, reversed_partner(4), 0.2)
+    ref = mixed_loss(moco_pair(queue, 0.2), q_mix, k, 0.5, reversed_partner(4))
+    low = mixed_loss(
+        moco_pair(queue, 0.2), q_mix.bfloat16(), k.bfloat16(), 0.5, reversed_partner(4)
+    )
     assert low.dtype == torch.float32
     assert low.item() == pytest.approx(ref.item(), rel=5e-2)
 
@@ -123,12 +134,10 @@ def test_bfloat16_queries():
 )
 def test_rejects_bad_arguments(kwargs, match):
     q_mix, k, queue, _ = data(4, 3, 5, seed=6)
-    args = dict(
-        q_mix=q_mix, k=k, queue=queue, lam=0.5, partner=reversed_partner(4), temperature=0.2
-    )
+    args = dict(lam=0.5, partner=reversed_partner(4), temperature=0.2)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        mixed_moco_loss(**args)
+        mixed_loss(moco_pair(queue, args.pop("temperature")), q_mix, k, **args)
 
 
 # ------------------------------------------------------------------ any per-pair loss, BYOL
@@ -159,7 +168,7 @@ def test_mixed_byol_hand_case_n2_d2():
     # loss = (.75 * 0 + .25 * 2 + .25 * (2 - sqrt2) + .75 * (2 - sqrt2)) / 2 = 0.5428932
     p_mix = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     z = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    loss = mixed_byol_loss(p_mix, z, torch.tensor([0.75, 0.25]), reversed_partner(2))
+    loss = mixed_loss(BYOL_PAIR, p_mix, z, torch.tensor([0.75, 0.25]), reversed_partner(2))
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert loss.item() == pytest.approx((0.5 + 2 - math.sqrt(2)) / 2, abs=1e-6)
 
@@ -172,25 +181,25 @@ def test_mixed_byol_matches_float64_per_sample_with_any_permutation():
     for seed, partner in enumerate(partners):
         p_mix, z, _, g = data(8, 6, 1, seed=30 + seed)
         lam = torch.rand(8, generator=g)
-        got = mixed_byol_loss(p_mix, z, lam, partner)
+        got = mixed_loss(BYOL_PAIR, p_mix, z, lam, partner)
         assert got.item() == pytest.approx(byol_mixed_float64(p_mix, z, lam, partner), rel=1e-5)
     # a scalar lambda is the same lambda for every sample
-    got = mixed_byol_loss(p_mix, z, 0.3, partner)
+    got = mixed_loss(BYOL_PAIR, p_mix, z, 0.3, partner)
     assert got.item() == pytest.approx(byol_mixed_float64(p_mix, z, 0.3, partner), rel=1e-5)
     # realigning with the partner itself instead of its inverse gives another number
     wrong = byol_mixed_float64(p_mix, z, lam, inverse_permutation(partners[0]))
-    got = mixed_byol_loss(p_mix, z, lam, partners[0])
+    got = mixed_loss(BYOL_PAIR, p_mix, z, lam, partners[0])
     assert abs(got.item() - wrong) > 1e-4
 
 
 def test_mixed_byol_lambda_one_is_byol_and_gradient_reaches_predictions_only():
     p_mix, z, _, g = data(5, 4, 1, seed=7)
     partner = random_partner(5, generator=g)
-    one = mixed_byol_loss(p_mix, z, torch.ones(5), partner)
+    one = mixed_loss(BYOL_PAIR, p_mix, z, torch.ones(5), partner)
     assert one.item() == pytest.approx(byol_loss(p_mix, z).item(), rel=1e-6)
     p_mix.requires_grad_(True)
     z.requires_grad_(True)
-    mixed_byol_loss(p_mix, z, 0.5, partner).backward()
+    mixed_loss(BYOL_PAIR, p_mix, z, 0.5, partner).backward()
     assert p_mix.grad is not None and p_mix.grad.abs().sum() > 0
     assert z.grad is None
 
