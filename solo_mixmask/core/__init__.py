@@ -5,7 +5,6 @@ from solo_mixmask.core.masks import (
     block_masks,
     discrete_masks,
     mask_lambdas,
-    sample_masks,
     upsample_masks,
 )
 from solo_mixmask.core.mixing import (
@@ -33,7 +32,6 @@ __all__ = [
     "mix_with_masks",
     "random_partner",
     "reversed_partner",
-    "sample_masks",
     "sample_unmix_params",
     "unmix",
     "upsample_masks",

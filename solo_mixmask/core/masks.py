@@ -20,7 +20,6 @@ __all__ = [
     "draw_cells",
     "discrete_masks",
     "mask_lambdas",
-    "sample_masks",
     "upsample_masks",
 ]
 
@@ -128,45 +127,6 @@ def upsample_masks(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return cells[:, rows][:, :, cols].unsqueeze(1).to(torch.float32)
 
 
-def _check_size(grid_size: int, size: tuple[int, int]) -> tuple[int, int]:
-    height, width = int(size[0]), int(size[1])
-    if grid_size > min(height, width):
-        raise ValueError(
-            f"grid_size={grid_size!r} is not allowed for size={tuple(size)!r}: expected an "
-            f"integer in [1, {min(height, width)}]"
-        )
-    return height, width
-
-
-def _pixel_masks(cells: torch.Tensor, n: int, size: tuple[int, int], dtype: torch.dtype):
-    """(1 or n, G, G) cells -> (n, 1, H, W) masks of ``dtype``; one cell mask is expanded."""
-    masks = upsample_masks(cells, size).to(dtype)
-    return masks.expand(n, -1, -1, -1) if cells.shape[0] == 1 else masks
-
-
-def sample_masks(
-    n: int,
-    grid_size: int,
-    ratio: float,
-    size: tuple[int, int],
-    *,
-    mask_type: str = "block",
-    per_sample: bool = False,
-    generator: torch.Generator,
-    device=None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Pixel masks (n, 1, H, W) of ``dtype`` in {0, 1}, 1 = keep the query: one mask expanded
-    (a view) to n samples as the seed, or n independent ones with ``per_sample``."""
-    check_int_argument("n", n)
-    check_int_argument("grid_size", grid_size)
-    _check_ratio(ratio)
-    size = _check_size(grid_size, size)
-    count = n if per_sample else 1
-    cells = draw_cells(count, grid_size, ratio, mask_type, generator=generator, device=device)
-    return _pixel_masks(cells, n, size, dtype)
-
-
 class MaskBank:
     """Cell masks drawn ``capacity`` at a time (default 4096, at most 4 MiB) and handed out in
     order, as on a GPU one draw costs the same for 1 mask or thousands; when fewer than asked are
@@ -209,10 +169,18 @@ class MaskBank:
         device=None,
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        """Pixel masks (n, 1, H, W) like :func:`sample_masks`, taken from the bank."""
-        size = _check_size(self.grid_size, size)
+        """Pixel masks (n, 1, H, W) of ``dtype`` in {0, 1}, 1 = keep the query: one mask
+        expanded (a view) to n samples as the seed, or n independent ones with ``per_sample``."""
+        check_int_argument("n", n)
+        height, width, g = int(size[0]), int(size[1]), self.grid_size
+        if g > min(height, width):
+            raise ValueError(
+                f"grid_size={g!r} is not allowed for size={tuple(size)!r}: expected an "
+                f"integer in [1, {min(height, width)}]"
+            )
         cells = self.take(n if per_sample else 1, generator=generator, device=device)
-        return _pixel_masks(cells, n, size, dtype)
+        masks = upsample_masks(cells, (height, width)).to(dtype)
+        return masks if per_sample else masks.expand(n, -1, -1, -1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {} if self._cells is None else {"cells": self._cells[self._cursor :].cpu()}

@@ -79,7 +79,7 @@ def mask_rows(
 
     Mask rows hold (n, 1, H, W) masks and no lambdas. Uses solo_mixmask.core only.
     """
-    from solo_mixmask.core.masks import MASK_TYPES, sample_masks
+    from solo_mixmask.core.masks import MASK_TYPES, MaskBank
     from solo_mixmask.core.mixing import mix_with_masks, reversed_partner
     from solo_mixmask.core.unmix import sample_unmix_params, unmix
 
@@ -92,9 +92,8 @@ def mask_rows(
     }
     for kind in MASK_TYPES:
         grid = max(grid_size, 2) if kind == "discrete" else grid_size
-        masks = sample_masks(
-            n, grid, ratio, (height, width), mask_type=kind, per_sample=True, generator=gen
-        )
+        bank = MaskBank(grid, ratio, kind, capacity=n)
+        masks = bank.sample(n, (height, width), per_sample=True, generator=gen)
         mixed, lam = mix_with_masks(x, masks, partner)
         rows[f"{kind} mask"] = (masks, None)
         rows[f"{kind} mix"] = (mixed, lam.tolist())

@@ -6,7 +6,6 @@ from solo_mixmask.core import (
     block_masks,
     discrete_masks,
     mask_lambdas,
-    sample_masks,
     upsample_masks,
 )
 from solo_mixmask.core.masks import BLOCK_PROPOSALS, MaskBank
@@ -14,6 +13,12 @@ from solo_mixmask.core.masks import BLOCK_PROPOSALS, MaskBank
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def sample_masks(n, grid_size, ratio, size, *, mask_type="block", per_sample=False, **kwargs):
+    """Pixel masks from a bank that holds just what one call takes."""
+    bank = MaskBank(grid_size, ratio, mask_type, capacity=n if per_sample else 1)
+    return bank.sample(n, size, per_sample=per_sample, **kwargs)
 
 
 @pytest.mark.parametrize("draw", [block_masks, discrete_masks])

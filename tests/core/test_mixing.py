@@ -176,7 +176,8 @@ def test_sampled_cutmix_lam_matches_pixels():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_mixing_step_on_cuda_without_host_sync():
-    from solo_mixmask.core import KeyQueue, sample_masks
+    from solo_mixmask.core import KeyQueue
+    from solo_mixmask.core.masks import MaskBank
     from solo_mixmask.losses import mixed_loss, moco_loss
 
     dev = torch.device("cuda")
@@ -189,7 +190,7 @@ def test_mixing_step_on_cuda_without_host_sync():
     torch.cuda.set_sync_debug_mode("error")
     try:
         partner = random_partner(16, generator=g)
-        masks = sample_masks(16, 4, 0.5, (32, 32), per_sample=True, generator=g, device=dev)
+        masks = MaskBank(4, 0.5).sample(16, (32, 32), per_sample=True, generator=g, device=dev)
         x_mix, lam = mix_with_masks(x, masks, partner)
         x_un, lam_un = unmix(x, reversed_partner(16, device=dev), params)
         inverse_permutation(partner)
