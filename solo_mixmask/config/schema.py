@@ -193,6 +193,16 @@ def check_bool(cfg: DictConfig, key: str, allow_null: bool = False) -> None:
     check_bool_value(key, OmegaConf.select(cfg, key), allow_null)
 
 
+def seed_of(cfg: DictConfig) -> int:
+    """``seed`` (:data:`DEFAULT_SEED` when absent), which seeds the methods' random streams."""
+    return int(select(cfg, "seed", DEFAULT_SEED))
+
+
+def syncs_batch_norm(cfg: DictConfig) -> bool:
+    """Whether ``sync_batchnorm`` (a Trainer argument) is set to true."""
+    return select(cfg, "sync_batchnorm", False) is True
+
+
 def read_bool(cfg: DictConfig, key: str, default: bool = False) -> bool:
     """``cfg[key]`` as a bool (``default`` when absent or null); ConfigError for anything but
     true/false, so ``data.no_labels=maybe`` never reads as True."""

@@ -23,12 +23,12 @@ import torch
 from omegaconf import DictConfig
 
 from solo_mixmask.config.schema import (
-    DEFAULT_SEED,
     batch_size_of,
     check_bool,
     check_number,
     fill_defaults,
-    select,
+    seed_of,
+    syncs_batch_norm,
 )
 from solo_mixmask.core.batch_norm import shuffled_forward, split_batch_norms
 from solo_mixmask.errors import ConfigError
@@ -57,7 +57,7 @@ def check_bn_config(cfg: DictConfig) -> None:
             f"a divisor of optimizer.batch_size={batch} (images per device) that leaves groups "
             "of at least 2 images",
         )
-    if splits > 1 and select(cfg, "sync_batchnorm", False) is True:
+    if splits > 1 and syncs_batch_norm(cfg):
         raise ConfigError(
             "method_kwargs.bn_splits",
             splits,
@@ -77,9 +77,7 @@ class SplitBNLogic(LogicBase):
         for backbone in (self.backbone, self.momentum_backbone):
             split_batch_norms(backbone, self.bn_splits)
         # one stream for every process (no rank in its seed): all draw the same permutation
-        self.shuffle_generators = SeededGenerators(
-            int(select(cfg, "seed", DEFAULT_SEED)) + SHUFFLE_SEED_OFFSET
-        )
+        self.shuffle_generators = SeededGenerators(seed_of(cfg) + SHUFFLE_SEED_OFFSET)
 
     @classmethod
     def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:

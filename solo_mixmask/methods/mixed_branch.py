@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.config.schema import DEFAULT_SEED, fill_defaults, select, smallest_crop_size
+from solo_mixmask.config.schema import fill_defaults, seed_of, smallest_crop_size
 from solo_mixmask.core.mixing import Mixer, PartnerRule, draw_partner
 from solo_mixmask.losses.mixed import PairLoss, mixed_loss
 from solo_mixmask.methods.contract import LogicBase
@@ -30,7 +30,7 @@ class MixedBranchLogic(LogicBase):
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
-        self.generators = SeededGenerators(select(cfg, "seed", DEFAULT_SEED))
+        self.generators = SeededGenerators(seed_of(cfg))
         kw = cfg.method_kwargs
         self.mixers = [
             (mixer(**{key: kw[key] for key in mixer.DEFAULTS}), rule)
