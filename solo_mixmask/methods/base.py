@@ -250,6 +250,12 @@ class BaseMethod(L.LightningModule):
     def training_step(self, batch: list[Any], batch_idx: int) -> Any:
         """The engine's output dict (see the module docstring). Typed ``Any`` as in the method
         contract (``contract.MethodHost``): methods override it to return their loss tensor."""
+        if self.compile_backend is not None and self.engine.performance.compile_mode == (
+            "reduce-overhead"
+        ):
+            # CUDA graphs: a new iteration starts, so the compiled backbones may reuse the
+            # previous step's graph outputs (they are called several times per step)
+            torch.compiler.cudagraph_mark_step_begin()
         _, views, targets = batch
         chosen = self.online_views if self.online_views is not None else range(len(views))
         outs = [self.forward(views[i]) for i in chosen]

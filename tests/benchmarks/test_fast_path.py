@@ -69,3 +69,21 @@ def test_compiled_mixmask_trains_and_keeps_state_dict_keys():
     torch.testing.assert_close(loss, loss_plain, rtol=1e-4, atol=1e-4)
     grads = [p.grad for p in compiled.backbone.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("mode, marks", [("reduce-overhead", 2), ("default", 0)])
+def test_cuda_graph_mode_marks_each_training_step(monkeypatch, mode, marks):
+    """With CUDA graphs each step starts a new graph iteration (the compiled backbones run
+    several times per step); other modes leave the marker alone."""
+    calls = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: calls.append(1))
+    cfg = tiny_cfg(
+        "mixmask",
+        performance__compile=True,
+        performance__compile_backend="eager",
+        performance__compile_mode=mode,
+    )
+    model = METHODS["mixmask"](cfg)
+    for step in range(2):
+        model.training_step(synthetic_batch(), step)
+    assert len(calls) == marks
