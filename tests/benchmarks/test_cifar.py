@@ -5,13 +5,12 @@ profile) and augment_libs.py; the GPU profile's epoch planning, by hand."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import replace
 
 import pytest
 
-from tests.benchmarks.helpers import REPO, load, positive, run_script
+from tests.benchmarks.helpers import REPO, load, positive, run_gpu_script, run_script
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -48,22 +47,7 @@ def test_cifar_cpu_profile_tiny_compares_both_methods_per_epoch(tmp_path):
 
 @needs_cifar
 def test_cifar_gpu_script_tiny_runs_on_cpu(tmp_path):
-    env = {
-        **os.environ,
-        "OUT": str(tmp_path),
-        "OMP_NUM_THREADS": "1",
-        "PYTHON": sys.executable,
-        "PYTHONWARNINGS": "ignore",
-    }
-    proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "cifar_gpu.sh"), "--tiny"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_gpu_script("cifar_gpu.sh", "--tiny", out=tmp_path, timeout=400)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
         "accuracy_cifar_gpu.log",

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 from solo_mixmask.data.dali import dali_available
-from tests.benchmarks.helpers import REPO, load, positive
+from tests.benchmarks.helpers import load, positive, run_gpu_script
 
 
 def test_gpu_check_tiny_runs_on_cpu(tmp_path):
-    # PYTHON: the script runs in this interpreter, so dali_available() below speaks for it too
-    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
-    proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--tiny"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the script runs in this interpreter ($PYTHON), so dali_available() below speaks for it too
+    run_gpu_script("gpu_check.sh", "--tiny", out=tmp_path, timeout=240)
     res = load(tmp_path / "gpu_check.json")
     assert (tmp_path / "gpu_check.log").is_file() and (tmp_path / "gpu_check.md").is_file()
     assert res["device"] == "cpu" and res["settings"]["tiny"] is True

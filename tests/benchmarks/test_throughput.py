@@ -4,14 +4,13 @@ that agree with the img/s figures, FLOPs, the peak, and the results files with t
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.benchmarks.helpers import REPO, load, positive
+from tests.benchmarks.helpers import REPO, load, positive, run_gpu_script
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -24,23 +23,8 @@ def test_throughput_script_parses():
 
 
 def test_throughput_tiny_measures_every_lever_on_cpu(tmp_path):
-    env = {
-        **os.environ,
-        "OUT": str(tmp_path),
-        "OMP_NUM_THREADS": "1",
-        "PYTHON": sys.executable,
-        "PYTHONWARNINGS": "ignore",
-    }
-    proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "throughput.sh"), "--tiny", "--end-to-end"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "mocov2plus img/s" in proc.stdout and "of peak" in proc.stdout
+    stdout = run_gpu_script("throughput.sh", "--tiny", "--end-to-end", out=tmp_path, timeout=300)
+    assert "mocov2plus img/s" in stdout and "of peak" in stdout
     res = load(tmp_path / "throughput_cpu_tiny.json")
     md = (tmp_path / "throughput_cpu_tiny.md").read_text()
     assert res["command"] in md and "--tiny" in res["command"]
