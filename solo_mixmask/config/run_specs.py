@@ -1,8 +1,10 @@
 """What a pretraining run needs from a config outside the engine and the data layer, read once.
 
-:func:`logger_spec` reads ``name``, ``logging.*`` and ``wandb.*`` for
-:func:`~solo_mixmask.run.loggers.build_loggers`. A key absent from the config takes its
-:data:`~solo_mixmask.config.schema.BASE_DEFAULTS` value. Pure: no torch, no files read.
+:func:`run_spec` is parsed once by :func:`~solo_mixmask.run.pretrain.run_pretrain` and holds the
+:class:`FolderSpec` (:mod:`solo_mixmask.run.folder`), the :class:`TrainerSpec`
+(:mod:`solo_mixmask.run.trainer`) and the :class:`LoggerSpec` (``name``, ``logging.*``,
+``wandb.*``; :func:`~solo_mixmask.run.loggers.build_loggers`). A key absent from the config takes
+its :data:`~solo_mixmask.config.schema.BASE_DEFAULTS` value. Pure: no torch, no files read.
 """
 
 from __future__ import annotations

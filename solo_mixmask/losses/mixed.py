@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from solo_mixmask.core.mixing import check_partner
 from solo_mixmask.errors import check_argument
 
 __all__ = ["PairLoss", "mixed_loss"]
@@ -34,8 +35,7 @@ def mixed_loss(
             f"pred.shape={tuple(pred.shape)}, target.shape={tuple(target.shape)} are not "
             "allowed: expected both (n, d)"
         )
-    ok = partner.dim() == 1 and partner.shape[0] == n
-    check_argument(ok, "partner.shape", tuple(partner.shape), f"({n},)")
+    check_partner(partner, n)
     if isinstance(lam, torch.Tensor):
         lam = lam.detach().to(device=pred.device, dtype=torch.float32)
     else:  # a fill kernel, not a host-to-device copy
