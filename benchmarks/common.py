@@ -263,6 +263,12 @@ def synthetic_batch(
     return [torch.arange(batch_size).to(device), [v.to(device) for v in x], y.to(device)]
 
 
+def cuda_sync() -> None:
+    """Wait for the GPU's queued work (a no-op without CUDA), so a timing covers it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def interleaved(
     jobs: dict[str, Callable[[], Any]],
     rounds: int,

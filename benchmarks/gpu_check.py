@@ -42,6 +42,7 @@ from common import (  # noqa: E402
     command_line,
     config_method_kwargs,
     count_host_syncs,
+    cuda_sync,
     extra_pass_job,
     interleaved,
     machine,
@@ -100,11 +101,6 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _kwargs(method: str, tiny: bool) -> dict[str, Any]:
     kw = config_method_kwargs("imagenet", CONFIG_NAMES[method])
     if tiny:
@@ -154,7 +150,7 @@ def step_throughput(args: argparse.Namespace, built: dict[str, Any]) -> dict[str
 
     jobs["extra_pass"] = extra_pass_job(moco, x)
     jobs.update(mask_jobs(mix.model, x, partner, args.rounds + args.warmup))
-    times = interleaved(jobs, args.rounds, args.warmup, sync=_sync)
+    times = interleaved(jobs, args.rounds, args.warmup, sync=cuda_sync)
     stats = {n: summary(t) for n, t in times.items()}
     base, extra = stats["mocov2plus"]["median_s"], stats["extra_pass"]["median_s"]
     out: dict[str, Any] = {}
@@ -186,16 +182,16 @@ def compiled_step(args: argparse.Namespace, built: dict[str, Any]) -> dict[str, 
     batch, eager = built["batch"], built["trainers"]["mixmask"]
     first = []
     for _ in range(3):  # compilation (forward, backward, recompiles) happens in these steps
-        _sync()
+        cuda_sync()
         start = time.perf_counter()
         compiled.step(batch)
-        _sync()
+        cuda_sync()
         first.append(time.perf_counter() - start)
     times = interleaved(
         {"eager": lambda: eager.step(batch), "compiled": lambda: compiled.step(batch)},
         args.rounds,
         1,
-        sync=_sync,
+        sync=cuda_sync,
     )
     stats = {n: summary(t) for n, t in times.items()}
     return {
@@ -212,7 +208,7 @@ def host_syncs(built: dict[str, Any]) -> dict[str, Any]:
         return {"skipped": "no CUDA device"}
     out: dict[str, Any] = {}
     for m, trainer in built["trainers"].items():
-        _sync()
+        cuda_sync()
         out[m] = count_host_syncs(lambda t=trainer: t.step(built["batch"]))
     return out
 

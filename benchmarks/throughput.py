@@ -63,6 +63,7 @@ from common import (  # noqa: E402
     EngineStep,
     command_line,
     count_host_syncs,
+    cuda_sync,
     interleaved,
     machine,
     synthetic_batch,
@@ -147,11 +148,6 @@ def device_label() -> str:
     return found.group(0).lower() if found else "cuda"
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 class Bench:
     """The run's settings, device, deadline and the config of each (method, settings)."""
 
@@ -208,10 +204,10 @@ def warm_up(step: EngineStep, batch: list[Any], steps: int) -> list[float]:
     """Seconds of each of the first ``steps`` steps (compilation happens in these)."""
     out = []
     for _ in range(steps):
-        _sync()
+        cuda_sync()
         begin = time.perf_counter()
         step(batch)
-        _sync()
+        cuda_sync()
         out.append(time.perf_counter() - begin)
     return out
 
@@ -227,7 +223,7 @@ def timed_rounds(jobs: dict[str, Any], bench: Bench, deadline: float) -> dict[st
             if r and (STOP["requested"] or time.perf_counter() + last > deadline):
                 break
             begin = time.perf_counter()
-            for name, t in interleaved(jobs, 1, 0, sync=_sync, progress=False).items():
+            for name, t in interleaved(jobs, 1, 0, sync=cuda_sync, progress=False).items():
                 times[name] += t
             last = time.perf_counter() - begin
             print(f"  round {r + 1}: {last:.1f} s", file=sys.stderr, flush=True)
@@ -245,7 +241,7 @@ def cudagraph_skips() -> int:
 def host_syncs(bench: Bench, step: EngineStep, batch: list[Any]) -> Any:
     if not bench.cuda:
         return "n/a: no CUDA device (set_sync_debug_mode counts CUDA synchronisations)"
-    _sync()
+    cuda_sync()
     return count_host_syncs(lambda: step(batch))
 
 
@@ -265,11 +261,11 @@ def matmul_peak(bench: Bench) -> dict[str, Any]:
     b = torch.randn(n, n, device=bench.device, dtype=dtype or torch.float32)
 
     def products(reps: int) -> float:
-        _sync()
+        cuda_sync()
         begin = time.perf_counter()
         for _ in range(reps):
             a @ b
-        _sync()
+        cuda_sync()
         return time.perf_counter() - begin
 
     once = min(products(1), products(1))  # the first call also warms the library up
