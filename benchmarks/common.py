@@ -8,6 +8,7 @@ no-ops without a Trainer, so the figures are the method's own cost.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -358,6 +359,45 @@ def count_host_syncs(fn: Callable[[], Any]) -> dict[str, Any]:
         if "synchroniz" in str(w.message).lower() and "prototype feature" not in str(w.message)
     ]
     return {"count": len(syncs), "first": syncs[:3]}
+
+
+#: aten ops that make the host wait for the device (a value or a data-dependent shape read back)
+SYNCING_OPS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal"})
+
+
+def count_ops(fn: Callable[[], Any]) -> tuple[collections.Counter[str], list[str]]:
+    """How many times ``fn()`` dispatched each aten op (by name), on any device (on a GPU
+    roughly the kernels it launches, plus views), and where each op of :data:`SYNCING_OPS` was
+    called from (``"op at file.py:line"``, the innermost frame of the package): on a GPU those
+    are host syncs unless their tensor lives on the host."""
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    package = str(REPO / "solo_mixmask")
+
+    class Counting(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: collections.Counter[str] = collections.Counter()
+            self.reads: list[str] = []
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+            name = func.overloadpacket.__name__
+            self.ops[name] += 1
+            if name in SYNCING_OPS:
+                ours = [f for f in traceback.extract_stack() if f.filename.startswith(package)]
+                site = (
+                    f"{Path(ours[-1].filename).relative_to(REPO)}:{ours[-1].lineno}"
+                    if ours
+                    else "?"
+                )
+                self.reads.append(f"{name} at {site}")
+            return func(*args, **(kwargs or {}))
+
+    with Counting() as mode:
+        fn()
+    return mode.ops, mode.reads
 
 
 def write_results(stem: str, data: dict[str, Any], markdown: str, out_dir: Path) -> list[Path]:

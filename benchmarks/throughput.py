@@ -14,13 +14,17 @@ process:
 2. each lever alone (:data:`LEVERS`), as a ratio to the current path in the same interleaved
    rounds (medians); the k-NN monitor's similarity product + top-k in bfloat16 against float32
    on a CIFAR-sized bank (50,000 features of the backbone's width, 10,000 queries); the host
-   synchronisations in one step of every variant (CUDA only);
+   synchronisations in one step of every variant (CUDA only); ``nchw_layout``
+   (``channels_last=false``) as a lever, ``no_split_bn`` as a reference that prices the
+   recipe's split BatchNorm and shuffled keys (:data:`REFERENCE`: never a winner);
 3. the winners (ratio > :data:`WIN`, geometric mean over the methods; one per group of
    exclusive settings) combined, against the current path in new interleaved rounds;
-4. FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``), the achieved TFLOP/s and
+4. where a current-path step's time goes (:func:`step_profile`): device busy time against the
+   step's time, kernel launches, dispatched aten ops, syncing ops and the top ops;
+5. FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``), the achieved TFLOP/s and
    their fraction of the peak measured here by one large matrix product (bf16 8192^3 on a GPU,
    float32 on a CPU);
-5. with ``--end-to-end``: a few epochs of Lightning training (``data.format=memory``, the
+6. with ``--end-to-end``: a few epochs of Lightning training (``data.format=memory``, the
    CIFAR-10 JPEG tars) per method, current path and winners, as long as the budget allows.
 
 ``--budget-s`` (default 480) is held by sizing the rounds: compiled levers are skipped when less
@@ -63,6 +67,7 @@ from common import (  # noqa: E402
     EngineStep,
     command_line,
     count_host_syncs,
+    count_ops,
     cuda_sync,
     interleaved,
     machine,
@@ -87,7 +92,13 @@ LEVERS: dict[str, tuple[dict[str, Any], str]] = {
         {"performance.compile": True, "performance.compile_mode": "reduce-overhead"},
         "compile",
     ),
+    # split BatchNorm reshapes every activation across channels: a copy both ways in NHWC
+    "nchw_layout": ({"performance.channels_last": False}, "layout"),
+    "no_split_bn": ({"method_kwargs.bn_splits": 1, "method_kwargs.shuffle_bn": False}, "reference"),
 }
+#: The group of variants that change the recipe: timed to price a part of it, never winners.
+REFERENCE = "reference"
+REFERENCES = {name for name, (_, group) in LEVERS.items() if group == REFERENCE}
 #: A lever wins when the geometric mean over the methods of its ratio to the current path is
 #: above this.
 WIN = 1.02
@@ -129,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None, help="results folder")
     p.add_argument("--tiny", action="store_true", help="tiny network and batch on the CPU")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the profile's)")
     args = p.parse_args(argv)
     if args.tiny:
         args.max_rounds, args.job_s, args.compile_reserve_s = 3, 0.0, 0.0
@@ -158,6 +170,8 @@ class Bench:
         self.device = "cuda" if self.cuda else "cpu"
         prof = PROFILES["cifar_gpu"]
         self.prof = replace(prof, **TINY) if args.tiny else prof
+        if args.batch:  # e.g. the full network at a CPU-sized batch
+            self.prof = replace(self.prof, batch_size=args.batch)
         self.autocast = torch.bfloat16 if self.cuda and self.prof.precision == "auto" else None
         self.deadline = self.start + args.budget_s - 5  # 5 s to write the results
         self.bare_deadline = self.deadline - (0.5 * args.budget_s if args.end_to_end else 0)
@@ -243,6 +257,43 @@ def host_syncs(bench: Bench, step: EngineStep, batch: list[Any]) -> Any:
         return "n/a: no CUDA device (set_sync_debug_mode counts CUDA synchronisations)"
     cuda_sync()
     return count_host_syncs(lambda: step(batch))
+
+
+def step_profile(bench: Bench, step: EngineStep, batch: list[Any], steps: int = 3) -> Any:
+    """Where one step's time goes (``torch.profiler`` over ``steps`` steps, per step): the
+    device's busy time (the sum of its kernels and copies; compared with the step's time it
+    says whether the GPU or the host bounds the step), kernel launches, aten ops dispatched
+    (eager steps only) and syncing ops, and the ops that take the most device (on a CPU: host)
+    time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    out: dict[str, Any] = {}
+    if step.model.compile_backend is None:  # a dispatch mode and dynamo do not mix
+        ops, reads = count_ops(lambda: step(batch))
+        out["dispatched_ops"] = sum(ops.values())
+        out["syncing_ops"] = reads
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.cuda else [])
+    cuda_sync()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(batch)
+        cuda_sync()
+    events = prof.key_averages()
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+    if bench.cuda:
+        out["device_busy_ms"] = sum(e.self_device_time_total for e in on_device) / 1e3 / steps
+        launches = (e.count for e in events if "LaunchKernel" in e.key or "GraphLaunch" in e.key)
+        out["kernel_launches"] = sum(launches) / steps
+    top, key = (
+        (on_device, "self_device_time_total") if bench.cuda else (events, "self_cpu_time_total")
+    )
+    out["top"] = [
+        {"name": e.key[:90], "ms": getattr(e, key) / 1e3 / steps, "calls": e.count / steps}
+        for e in sorted(top, key=lambda e: getattr(e, key), reverse=True)[:8]
+    ]
+    out["clock"] = "device" if bench.cuda else "host (CPU)"
+    return out
 
 
 def step_flops(step: EngineStep, batch: list[Any]) -> int:
@@ -372,7 +423,8 @@ def measure(
 
 
 def winners(levers: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
-    """The best winning lever of each group (geometric mean of its ratios over the methods)."""
+    """The best winning lever of each group (geometric mean of its ratios over the methods);
+    the :data:`REFERENCE` variants change the recipe and never win."""
     best: dict[str, tuple[float, str]] = {}
     for name, per_method in levers.items():
         ratios = [r.get("ratio") for r in per_method.values()]
@@ -382,7 +434,7 @@ def winners(levers: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str
         group = LEVERS[name][1]
         for r in per_method.values():
             r["geomean_ratio"] = mean
-        if mean > WIN and mean > best.get(group, (0.0, ""))[0]:
+        if group != REFERENCE and mean > WIN and mean > best.get(group, (0.0, ""))[0]:
             best[group] = (mean, name)
     names = [name for _, name in best.values()]
     settings: dict[str, Any] = {}
@@ -508,6 +560,27 @@ def markdown(res: dict[str, Any]) -> str:
         )
     head = ["method", "GFLOP/image/step", "TFLOP/s", "of peak", "best TFLOP/s, of peak"]
     lines.append(table([*head, "host syncs per step"], rows))
+    lines += ["", "Where a current-path step's time goes (torch.profiler, per step):", ""]
+    rows = []
+    for m in METHODS:
+        prof, step_ms = res["methods"][m]["profile"], res["methods"][m]["current"]["step_ms"]
+        busy = prof.get("device_busy_ms")
+        top = ", ".join(f"{t['name'][:40]} {t['ms']:.2f}" for t in prof["top"][:4])
+        rows.append(
+            [
+                m,
+                f"{step_ms:.2f}",
+                "n/a (CPU)"
+                if busy is None
+                else f"{busy:.2f} ({100 * prof['device_busy_share']:.0f}%)",
+                f"{prof['kernel_launches']:.0f}" if "kernel_launches" in prof else "n/a (CPU)",
+                str(prof.get("dispatched_ops", "n/a")),
+                str(prof.get("syncing_ops", "n/a")),
+                f"{prof['clock']}: {top}",
+            ]
+        )
+    head = ["method", "step ms", "device busy ms (share)", "kernel launches", "aten ops"]
+    lines.append(table([*head, "syncing ops", "top ops, ms"], rows))
     e2e = res.get("end_to_end")
     if e2e:
         lines += ["", "## End to end (Lightning, data.format=memory)", ""]
@@ -559,6 +632,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "flops_per_image": flops / bench.prof.batch_size,
             "current": {"host_syncs": host_syncs(bench, step, bench.batch)},
             "steps_per_job": bench.steps_per_job[m],
+            "profile": step_profile(bench, step, bench.batch),
         }
     peak = matmul_peak(bench)
     knn = knn_timing(bench, current[METHODS[0]].model.features_dim)
@@ -584,8 +658,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for m in METHODS:
         ips = bench.phase_current["levers"][m]
         methods[m]["current"].update(images_per_s=ips, step_ms=1000 * bench.prof.batch_size / ips)
+        busy = methods[m]["profile"].get("device_busy_ms")
+        if busy is not None:  # of the unprofiled step's time, from the timed rounds
+            methods[m]["profile"]["device_busy_share"] = busy / methods[m]["current"]["step_ms"]
         variants = {"current": ips, "combined": combined[m].get("images_per_s", 0.0)}
-        variants.update({n: r[m].get("images_per_s", 0.0) for n, r in levers.items()})
+        variants.update(
+            {n: r[m].get("images_per_s", 0.0) for n, r in levers.items() if n not in REFERENCES}
+        )
         best = max(variants, key=lambda n: variants[n])
         for key, ips_v, name in (("current", ips, "current"), ("best", variants[best], best)):
             tflops = methods[m]["flops_per_image"] * ips_v / 1e12
@@ -635,6 +714,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ]
     res["wall_s"] = time.perf_counter() - bench.start
     stem = f"throughput_{res['device']}" + ("_tiny" if args.tiny else "")
+    stem += f"_batch{args.batch}" if args.batch else ""
     text = markdown(res)
     paths = write_results(stem, res, text, args.out)
     print(text)

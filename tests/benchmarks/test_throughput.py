@@ -66,6 +66,12 @@ def test_throughput_tiny_measures_every_lever_on_cpu(tmp_path):
             == pytest.approx(r["current"]["tflops"] / res["peak"]["tflops"])
         )
         assert r["current"]["host_syncs"].startswith("n/a")
+        prof = r["profile"]  # where the step's time goes
+        assert prof["clock"] == "host (CPU)" and "device_busy_ms" not in prof
+        assert prof["dispatched_ops"] > 100 and prof["syncing_ops"] == []
+        assert prof["top"] and all(t["ms"] > 0 and t["calls"] > 0 for t in prof["top"])
+        assert r["best"]["variant"] not in throughput.REFERENCES
+    assert not set(res["winners"]) & throughput.REFERENCES  # recipe changes never win
     assert (
         res["methods"]["mixmask"]["flops_per_step"] > res["methods"]["mocov2plus"]["flops_per_step"]
     )
@@ -99,6 +105,9 @@ def test_markdown_renders_gpu_shaped_results(tmp_path):
         res["methods"][m]["current"]["host_syncs"] = {"count": 0, "first": []}
         res["levers"]["reduce_overhead"][m] = {"status": "failed", "error": "RuntimeError: x"}
         res["combined"][m]["host_syncs"] = {"count": 2, "first": ["a", "b"]}
+        prof = res["methods"][m]["profile"]
+        prof.update(device_busy_ms=5.0, device_busy_share=0.25, kernel_launches=812.0)
+        prof["clock"] = "device"
     res["end_to_end"] = {
         "current/mocov2plus": {"error": "RuntimeError: no memory"},
         "current/mixmask": {"skipped": "budget: 10 s left, ~80 s needed"},
@@ -108,11 +117,16 @@ def test_markdown_renders_gpu_shaped_results(tmp_path):
     assert "{'current': 0, 'combined': 2}" in md
     assert "failed: RuntimeError: x" in md and "RuntimeError: no memory" in md
     assert "budget: 10 s left" in md and "Errors: reduce_overhead/mixmask" in md
+    assert "| 5.00 (25%) | 812 |" in md  # the device's busy time against the step's
     assert throughput.winners({"compile": {"a": {"ratio": 1.1}, "b": {"ratio": 0.99}}}) == (
         {"performance.compile": True},
         ["compile"],
     )
     assert throughput.winners({"compile": {"a": {"ratio": 1.1}, "b": {"status": "n/a"}}}) == (
+        {},
+        [],
+    )
+    assert throughput.winners({"no_split_bn": {"a": {"ratio": 1.8}, "b": {"ratio": 1.9}}}) == (
         {},
         [],
     )
