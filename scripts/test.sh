@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # One command from a fresh clone: set up, then run the test suite (extra arguments go to pytest).
 # Exit status: pytest's, except that "no tests collected" (5) is a failure too.
+# The tests run in one pytest-xdist worker per core (-n auto, work stealing: the long tests do
+# not wait behind each other); `scripts/test.sh -n 0` runs them in this one process.
 set -uo pipefail
 if [ "$(uname -sm)" = "Linux x86_64" ]; then export SOLO_MIXMASK_EXTRAS="${SOLO_MIXMASK_EXTRAS:-test,dali}"; fi
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh" || exit 1
 cd "$ROOT"
 set +e
-python -m pytest -q "$@"
+PARALLEL=()
+python -c "import xdist" 2>/dev/null && PARALLEL=(-n auto --dist worksteal)
+python -m pytest -q "${PARALLEL[@]}" "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
   echo "test.sh: pytest collected no tests" >&2
