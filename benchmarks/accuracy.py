@@ -29,6 +29,8 @@ Profiles:
   ``benchmarks/cifar_gpu.sh`` runs it.
 
 ``--tiny`` shrinks any profile to a check that it runs (tiny network, 8 images per class).
+``--baseline FILE`` compares every run with the run of the same method and seed in an earlier
+result, epoch by epoch (:mod:`same_seed`).
 
     python benchmarks/accuracy.py --profile quick --plan
     python benchmarks/accuracy.py --profile quick
@@ -68,6 +70,8 @@ from common import (  # noqa: E402
     write_results,
 )
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from same_seed import compare, epoch_metrics  # noqa: E402
+from same_seed import markdown as same_seed_markdown  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
 from solo_mixmask.errors import RunStopped  # noqa: E402
@@ -243,6 +247,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="overrides for every run, e.g. method_kwargs.grid_size=7",
     )
     p.add_argument(
+        "--settings-from",
+        type=Path,
+        default=None,
+        help="a throughput.py result (.json): its combined_settings (the winning levers) "
+        "are added to --extra",
+    )
+    p.add_argument(
         "--extra-methods",
         nargs="+",
         default=None,
@@ -255,6 +266,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the offline linear probe of each final checkpoint",
     )
     p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="an earlier accuracy.py result (.json): its runs of the same method and seed are "
+        "compared epoch by epoch (benchmarks/same_seed.py) and drawn dashed in the plot",
+    )
     p.add_argument("--plan", action="store_true", help="print the plan and its time; stop")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -308,8 +326,9 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         changes["train_subset"] = args.train_subset
     if args.budget_minutes:
         changes["budget_minutes"] = args.budget_minutes
-    if args.extra:
-        changes["extra"] = prof.extra + tuple(args.extra)
+    extra = tuple(args.extra) + (winning_settings(args.settings_from) if args.settings_from else ())
+    if extra:
+        changes["extra"] = prof.extra + extra
     if args.extra_methods:
         changes["extra_methods"] = tuple(args.extra_methods)
     if args.no_linear:
@@ -634,6 +653,7 @@ def one_run(
         "seed": seed,
         **{k: summary.get(k) for k in keep},
         "curve": knn_curve(run_dir),
+        "epoch_metrics": epoch_metrics(run_dir),
         "run_dir": str(run_dir),
         "reused": reused,
     }
@@ -731,9 +751,22 @@ def aggregate(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str,
 # --------------------------------------------------------------------------- report
 
 
+def mean_curve(curves: list[dict[int, float]]) -> tuple[list[int], list[float]]:
+    """(every epoch of any curve, the mean over the curves that have it)."""
+    epochs = sorted(set().union(*curves))
+    return epochs, [statistics.fmean([c[e] for c in curves if e in c]) for e in epochs]
+
+
 def plot(
-    runs: list[dict[str, Any]], methods: tuple[str, ...], raw: float | None, path: Path, title: str
+    runs: list[dict[str, Any]],
+    methods: tuple[str, ...],
+    raw: float | None,
+    path: Path,
+    title: str,
+    baseline_runs: list[dict[str, Any]] | None = None,
 ) -> None:
+    """Mean k-NN curve per method (band: one std over seeds); ``baseline_runs`` (another
+    invocation's runs of the same seeds) dashed in the same colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -745,8 +778,7 @@ def plot(
         curves = [dict(r["curve"]) for r in runs if r["method"] == m and r["curve"]]
         if not curves:
             continue
-        epochs = sorted(set().union(*curves))
-        mean = [statistics.fmean([c[e] for c in curves if e in c]) for e in epochs]
+        epochs, mean = mean_curve(curves)
         std = [statistics.pstdev([c[e] for c in curves if e in c]) for e in epochs]
         (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=f"{m} (n={len(curves)})")
         ax.fill_between(
@@ -756,6 +788,14 @@ def plot(
             color=line.get_color(),
             alpha=0.15,
         )
+        seeds = {r["seed"] for r in runs if r["method"] == m}
+        old = [
+            dict(r["curve"])
+            for r in baseline_runs or []
+            if r["method"] == m and r["seed"] in seeds and r["curve"]
+        ]
+        if old:
+            ax.plot(*mean_curve(old), ls="--", color=line.get_color(), label=f"{m}, baseline")
     if raw is not None:
         ax.axhline(raw, color="gray", ls="--", lw=1, label=f"raw pixels ({raw:.1f})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -942,6 +982,9 @@ def markdown(res: dict[str, Any]) -> str:
         per_epoch_table(res),
     ]
     lines += ["", f"Plot: `{Path(res['plot']).name}`."]
+    if "same_seed" in res:
+        name = Path(res["same_seed"]["baseline"]).name
+        lines += ["", same_seed_markdown(res["same_seed"], name)]
     return "\n".join(lines)
 
 
@@ -974,9 +1017,11 @@ def report(
     wall: float,
     stem: str,
     done: bool,
+    baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``<stem>.{json,md,png}`` for the runs so far (``done`` false: partial results,
-    rewritten after every run so that a run cut short still leaves what it measured)."""
+    rewritten after every run so that a run cut short still leaves what it measured); with
+    ``baseline`` (``--baseline``'s results) the same-seed comparison too."""
     inits = [r["knn_acc1_at_init"] for r in runs if r.get("knn_acc1_at_init") is not None]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     png = args.out_dir / f"{stem}.png"
@@ -996,6 +1041,9 @@ def report(
         "plot": str(png),
         "repo": str(REPO),
     }
+    if baseline is not None:
+        res["same_seed"] = compare(res, baseline)
+        res["same_seed"]["baseline"] = str(args.baseline)
     title = DATASET_TITLES.get(prof.dataset, prof.dataset)
     plot(
         runs,
@@ -1003,13 +1051,41 @@ def report(
         raw,
         png,
         f"{title} k-NN, {prof.epochs} epochs, {the_plan['train_subset'] or 'all'} images",
+        baseline_runs=baseline["runs"] if baseline is not None else None,
     )
     write_results(stem, res, markdown(res), args.out_dir)
     return res
 
 
+def winning_settings(path: Path) -> tuple[str, ...]:
+    """The ``combined_settings`` of a throughput.py result as overrides (``key=value``, values
+    in YAML: ``true``, ``fused``); an error line naming the file if it has none."""
+    try:
+        settings = json.loads(path.read_text())["combined_settings"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(
+            f"error: --settings-from {path}: not a throughput.py result ({err!r})"
+        ) from None
+    return tuple(
+        f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+        for key, value in settings.items()
+    )
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    """``--baseline``'s results, checked before any training: an error line naming the file."""
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: --baseline {path}: {err}") from None
+    if not isinstance(res, dict) or not isinstance(res.get("runs"), list) or "profile" not in res:
+        raise SystemExit(f"error: --baseline {path} is not an accuracy.py result (.json)")
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     torch.set_num_threads(args.threads)
     prof = resolve_profile(args)
     prof = replace(prof, data=data_overrides(prof, args.data))
@@ -1069,12 +1145,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     time.perf_counter() - start,
                     stem,
                     done=False,
+                    baseline=baseline,
                 )
                 if stopped is not None:
                     print(f"error: {stopped}", file=sys.stderr)
                     raise SystemExit(stopped.exit_status)
         wall = time.perf_counter() - start
-    res = report(args, prof, the_plan, runs, errors, raw, wall, stem, done=True)
+    res = report(args, prof, the_plan, runs, errors, raw, wall, stem, True, baseline)
     print(markdown(res))
     print(f"\nwrote {args.out_dir / stem}.{{json,md,png}}")
     return res

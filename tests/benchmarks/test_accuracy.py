@@ -220,3 +220,90 @@ def test_explicit_epochs_turn_off_the_budget_planning():
     )
     assert (fixed.epochs, fixed.epochs_from_budget, fixed.budget_minutes) == (30, False, None)
     assert accuracy.plan(fixed, None)["epochs"] == 30
+
+
+@needs_fmnist
+def test_same_seed_again_matches_its_baseline_exactly(result):
+    # the same settings and seed on the CPU train bit for bit alike: every difference is 0
+    run_script(
+        "accuracy.py",
+        "--smoke",
+        "--no-linear",
+        "--tag",
+        "again",
+        "--baseline",
+        str(result / "accuracy_smoke.json"),
+        "--out-dir",
+        str(result),
+    )
+    res = load(result / "accuracy_smoke_again.json")
+    same = res["same_seed"]
+    assert same["differences"] == [] and same["unpaired"] == []  # --no-linear: not training
+    assert [(p["method"], p["seed"]) for p in same["pairs"]] == [("mocov2plus", 1), ("mixmask", 1)]
+    for pair in same["pairs"]:
+        assert [e for e, *_ in pair["knn"]] == [0, 1]
+        assert all(d == 0.0 for *_, d in pair["knn"])
+        metrics = pair["last_epoch_metrics"]
+        assert {"train_nce_loss", "train_embedding_std"} <= set(metrics)
+        assert all(a == b for a, b in metrics.values())
+    assert same["largest_knn_difference"] == 0.0
+    md = (result / "accuracy_smoke_again.md").read_text()
+    assert "## Same seed against `accuracy_smoke.json`" in md
+    assert "Differs from the baseline in: nothing." in md
+
+
+def test_a_baseline_that_is_not_an_accuracy_result_is_refused_before_training(tmp_path):
+    bad = tmp_path / "other.json"
+    bad.write_text('{"levers": {}}')
+    import subprocess
+    import sys
+
+    from tests.benchmarks.helpers import REPO
+
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/accuracy.py", "--smoke", "--baseline", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert f"error: --baseline {bad} is not an accuracy.py result (.json)" in proc.stderr
+    assert "plan:" not in proc.stderr  # nothing was planned or trained
+
+
+def test_settings_from_a_throughput_result_become_overrides_the_config_accepts(tmp_path):
+    import json
+    import sys
+
+    from tests.benchmarks.helpers import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+
+    result = tmp_path / "throughput_h200.json"
+    result.write_text(
+        json.dumps(
+            {
+                "combined_settings": {
+                    "performance.compile": True,
+                    "performance.optimizer_impl": "fused",
+                    "performance.channels_last": False,
+                }
+            }
+        )
+    )
+    args = accuracy.parse_args(["--smoke", "--settings-from", str(result), "--extra", "seed=3"])
+    prof = accuracy.resolve_profile(args)
+    assert prof.extra[-4:] == (
+        "seed=3",
+        "performance.compile=true",
+        "performance.optimizer_impl=fused",
+        "performance.channels_last=false",
+    )
+    cfg = accuracy.run_cfg(prof, "mixmask", 1, None)
+    assert cfg.performance.compile is True and cfg.performance.channels_last is False
+    assert cfg.performance.optimizer_impl == "fused"
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(SystemExit, match="--settings-from .*other.json: not a throughput.py"):
+        accuracy.winning_settings(tmp_path / "other.json")

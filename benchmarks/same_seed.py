@@ -1,0 +1,178 @@
+"""Same seed, two settings: does a speed change leave training where it was? (issue 19)
+
+A performance setting (compile, fused optimiser, layout...) must not change what is learned: the
+same seed should give the same k-NN curve within noise and the same loss curves. This compares
+the runs of two ``accuracy.py`` result files that share (method, seed): the k-NN per evaluated
+epoch, the epoch-mean training losses and ``embedding_std`` per epoch, and images/s, and lists
+every profile field in which the two invocations differ (so that a comparison across recipes is
+visible as one). ``accuracy.py --baseline FILE`` adds the section to its report and draws the
+baseline's curves dashed in its plot.
+
+    python benchmarks/same_seed.py benchmarks/results/accuracy_cifar_gpu_fixed_h200.json \
+        benchmarks/results/accuracy_cifar_gpu_winners.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import table  # noqa: E402
+
+#: Fields of an accuracy.py profile that only name the invocation, not the training.
+NOT_TRAINING = {"budget_minutes", "epochs_from_budget", "linear_preset", "linear_overrides"}
+
+
+def epoch_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{name: [(epochs trained, value), ...]}`` of the epoch means a run logged in
+    ``logs/metrics.csv``: every ``train_*_loss_epoch`` and ``train_embedding_std`` (logged per
+    epoch only), named without the ``_epoch`` suffix."""
+    metrics = run_dir / "logs" / "metrics.csv"
+    curves: dict[str, dict[int, float]] = {}
+    if not metrics.exists():
+        return {}
+    with metrics.open() as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                name = key.removesuffix("_epoch")  # a metric logged per step and per epoch
+                wanted = name.endswith("loss") or name == "train_embedding_std"
+                if name.startswith("train_") and wanted and value not in (None, ""):
+                    curves.setdefault(name, {})[int(float(row["epoch"])) + 1] = float(value)
+    return {name: sorted(points.items()) for name, points in sorted(curves.items())}
+
+
+def profile_differences(profile: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """``"field: baseline -> this"`` for every training-relevant profile field that differs."""
+    out = []
+    for key in sorted(set(profile) | set(baseline)):
+        if key in NOT_TRAINING:
+            continue
+        a, b = baseline.get(key), profile.get(key)
+        if json.dumps(a) != json.dumps(b):
+            out.append(f"{key}: {a} -> {b}")
+    return out
+
+
+def compare(res: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """The runs of ``res`` and ``baseline`` (accuracy.py results) that share (method, seed):
+    k-NN per epoch of both and their difference (points), each logged curve's last epoch, and
+    images/s with their ratio (this / baseline). Unpaired runs are named, not compared."""
+    theirs = {(r["method"], r["seed"]): r for r in baseline["runs"]}
+    pairs, unpaired = [], []
+    for run in res["runs"]:
+        old = theirs.get((run["method"], run["seed"]))
+        if old is None:
+            unpaired.append(f"{run['method']} seed {run['seed']}")
+            continue
+        now_knn, old_knn = dict(run["curve"]), dict(old["curve"])
+        epochs = sorted(set(now_knn) & set(old_knn))
+        now_m, old_m = run.get("epoch_metrics") or {}, old.get("epoch_metrics") or {}
+        last = {}  # each curve logged by both, at this run's last epoch
+        for name in sorted(set(now_m) & set(old_m)):
+            epoch = max(dict(now_m[name]))
+            last[name] = (dict(old_m[name]).get(epoch), dict(now_m[name]).get(epoch))
+        ips = (old.get("images_per_sec"), run.get("images_per_sec"))
+        pairs.append(
+            {
+                "method": run["method"],
+                "seed": run["seed"],
+                "knn": [(e, old_knn[e], now_knn[e], now_knn[e] - old_knn[e]) for e in epochs],
+                "last_epoch_metrics": last,
+                "images_per_s": ips,
+                "speed_ratio": ips[1] / ips[0] if all(ips) else None,
+            }
+        )
+    trained = [(e, d) for p in pairs for e, _, _, d in p["knn"] if e > 0]
+    return {
+        "baseline_command": baseline.get("command"),
+        "differences": profile_differences(res["profile"], baseline["profile"]),
+        "pairs": pairs,
+        "unpaired": unpaired,
+        "largest_knn_difference": max((abs(d) for _, d in trained), default=None),
+        "baseline_seed_spread": seed_spread(baseline),
+    }
+
+
+def seed_spread(res: dict[str, Any]) -> dict[str, float]:
+    """Per method, the standard deviation over seeds of the final k-NN (points); only methods
+    with two seeds or more: the yardstick of "within noise" when the baseline has one."""
+    out = {}
+    for method in {r["method"] for r in res["runs"]}:
+        finals = [r["knn_acc1"] for r in res["runs"] if r["method"] == method and r["knn_acc1"]]
+        if len(finals) > 1:
+            out[method] = statistics.stdev(finals)
+    return out
+
+
+def markdown(cmp: dict[str, Any], baseline_name: str) -> str:
+    """The comparison as a markdown section."""
+    lines = [
+        f"## Same seed against `{baseline_name}`",
+        "",
+        f"Baseline command: `{cmp['baseline_command']}`.",
+        "",
+        "Differs from the baseline in: "
+        + ("; ".join(cmp["differences"]) if cmp["differences"] else "nothing")
+        + ".",
+    ]
+    if cmp["unpaired"]:
+        lines += ["", "Not in the baseline: " + ", ".join(cmp["unpaired"]) + "."]
+    if not cmp["pairs"]:
+        return "\n".join([*lines, "", "No (method, seed) run is in both."])
+    rows = [
+        [p["method"], p["seed"], e, f"{old:.2f}", f"{now:.2f}", f"{d:+.2f}"]
+        for p in cmp["pairs"]
+        for e, old, now, d in p["knn"]
+    ]
+    lines += ["", table(["method", "seed", "epoch", "baseline", "this", "difference"], rows)]
+    rows = []
+    for p in cmp["pairs"]:
+        old_ips, now_ips = p["images_per_s"]
+        metrics = ", ".join(
+            f"{name[len('train_') :]} {a:.4f} -> {b:.4f}"
+            for name, (a, b) in p["last_epoch_metrics"].items()
+            if a is not None and b is not None
+        )
+        ratio = f"{p['speed_ratio']:.2f}x" if p["speed_ratio"] else "-"
+        rows.append([p["method"], p["seed"], old_ips, now_ips, ratio, metrics or "-"])
+    lines += [
+        "",
+        table(["method", "seed", "img/s baseline", "img/s this", "ratio", "last epoch"], rows),
+    ]
+    spread = cmp["baseline_seed_spread"]
+    yardstick = (
+        "seed-to-seed std of the baseline's final k-NN: "
+        + ", ".join(f"{m} {s:.2f}" for m, s in sorted(spread.items()))
+        if spread
+        else "the baseline has one seed per method, so no seed-to-seed spread is measured "
+        "to judge it by"
+    )
+    biggest = cmp["largest_knn_difference"]
+    lines += [
+        "",
+        f"Largest k-NN difference after training: {biggest:.2f} points ({yardstick})."
+        if biggest is not None
+        else f"No trained epoch evaluated in both ({yardstick}).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("baseline", type=Path, help="accuracy.py results (.json) to compare against")
+    p.add_argument("results", type=Path, help="accuracy.py results (.json) of the new setting")
+    args = p.parse_args(argv)
+    res, base = (json.loads(path.read_text()) for path in (args.results, args.baseline))
+    print(markdown(compare(res, base), args.baseline.name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

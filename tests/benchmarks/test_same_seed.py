@@ -1,0 +1,85 @@
+"""benchmarks/same_seed.py: two accuracy.py results compared run by run, hand-made cases."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.benchmarks.helpers import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import same_seed  # noqa: E402
+
+
+def _run(method, seed, curve, ips, loss):
+    return {
+        "method": method,
+        "seed": seed,
+        "curve": curve,
+        "knn_acc1": curve[-1][1],
+        "images_per_sec": ips,
+        "epoch_metrics": {"train_nce_loss": [[1, loss + 1.0], [2, loss]]},
+    }
+
+
+def _result(runs, **profile):
+    return {"command": "accuracy.py ...", "runs": runs, "profile": {"epochs": 2, **profile}}
+
+
+def test_pairs_by_method_and_seed_with_differences_and_speed():
+    baseline = _result(
+        [
+            _run("mocov2plus", 1, [[0, 30.0], [1, 40.0], [2, 50.0]], 1000.0, 3.0),
+            _run("mocov2plus", 2, [[0, 31.0], [2, 52.0]], 1000.0, 3.1),
+        ],
+        extra=[],
+        budget_minutes=9.0,
+    )
+    new = _result(
+        [
+            _run("mocov2plus", 1, [[0, 30.0], [2, 49.25]], 2500.0, 2.5),
+            _run("mixmask", 1, [[0, 30.0], [2, 55.0]], 1400.0, 2.0),
+        ],
+        extra=["performance.compile=true"],
+        budget_minutes=5.0,  # how long it may take is not a training difference
+    )
+    cmp = same_seed.compare(new, baseline)
+    assert cmp["differences"] == ["extra: [] -> ['performance.compile=true']"]
+    assert cmp["unpaired"] == ["mixmask seed 1"]
+    (pair,) = cmp["pairs"]
+    assert pair["knn"] == [(0, 30.0, 30.0, 0.0), (2, 50.0, 49.25, -0.75)]  # epochs in both
+    assert pair["last_epoch_metrics"] == {"train_nce_loss": (3.0, 2.5)}
+    assert pair["speed_ratio"] == pytest.approx(2.5)
+    assert cmp["largest_knn_difference"] == pytest.approx(0.75)  # trained epochs only
+    assert cmp["baseline_seed_spread"]["mocov2plus"] == pytest.approx(1.4142, abs=1e-4)
+    md = same_seed.markdown(cmp, "base.json")
+    assert "| mocov2plus | 1 | 2 | 50.00 | 49.25 | -0.75 |" in md
+    assert "| mocov2plus | 1 | 1000.0 | 2500.0 | 2.50x | nce_loss 3.0000 -> 2.5000 |" in md
+    assert "Largest k-NN difference after training: 0.75 points (seed-to-seed std" in md
+    assert "Not in the baseline: mixmask seed 1." in md
+
+
+def test_one_seed_baseline_says_it_has_no_spread_to_judge_by():
+    runs = [_run("mixmask", 3, [[0, 30.0], [1, 40.0]], 10.0, 1.0)]
+    cmp = same_seed.compare(_result(runs), _result(runs))
+    assert cmp["differences"] == [] and cmp["largest_knn_difference"] == 0.0
+    assert "no seed-to-seed spread is measured" in same_seed.markdown(cmp, "b.json")
+
+
+def test_epoch_metrics_reads_the_epoch_means_of_metrics_csv(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "metrics.csv").write_text(
+        "epoch,step,train_nce_loss_step,train_nce_loss_epoch,train_embedding_std,val_knn_acc1\n"
+        "0,3,6.9,,,\n"
+        "0,3,,6.8,0.05,\n"
+        "0,3,,,,41.0\n"
+        "1,7,,6.1,0.07,\n"
+    )
+    assert same_seed.epoch_metrics(tmp_path) == {
+        "train_embedding_std": [(1, 0.05), (2, 0.07)],
+        "train_nce_loss": [(1, 6.8), (2, 6.1)],
+    }
+    assert same_seed.epoch_metrics(tmp_path / "missing") == {}
