@@ -70,7 +70,7 @@ from common import (  # noqa: E402
     write_results,
 )
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from same_seed import compare, epoch_metrics  # noqa: E402
+from same_seed import compare, epoch_metrics, load_result  # noqa: E402
 from same_seed import markdown as same_seed_markdown  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
@@ -1072,20 +1072,10 @@ def winning_settings(path: Path) -> tuple[str, ...]:
     )
 
 
-def load_baseline(path: Path) -> dict[str, Any]:
-    """``--baseline``'s results, checked before any training: an error line naming the file."""
-    try:
-        res = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"error: --baseline {path}: {err}") from None
-    if not isinstance(res, dict) or not isinstance(res.get("runs"), list) or "profile" not in res:
-        raise SystemExit(f"error: --baseline {path} is not an accuracy.py result (.json)")
-    return res
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    baseline = load_baseline(args.baseline) if args.baseline else None
+    # checked before any training: an error line naming the file
+    baseline = load_result(args.baseline, "--baseline") if args.baseline else None
     torch.set_num_threads(args.threads)
     prof = resolve_profile(args)
     prof = replace(prof, data=data_overrides(prof, args.data))

@@ -164,12 +164,24 @@ def markdown(cmp: dict[str, Any], baseline_name: str) -> str:
     return "\n".join(lines)
 
 
+def load_result(path: Path, label: str) -> dict[str, Any]:
+    """An accuracy.py result (.json); ``SystemExit`` with an error line naming ``label`` (the
+    option or argument that gave it) and the file when it cannot be read or is not one."""
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {label} {path}: {err}") from None
+    if not isinstance(res, dict) or not isinstance(res.get("runs"), list) or "profile" not in res:
+        raise SystemExit(f"error: {label} {path} is not an accuracy.py result (.json)")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("baseline", type=Path, help="accuracy.py results (.json) to compare against")
     p.add_argument("results", type=Path, help="accuracy.py results (.json) of the new setting")
     args = p.parse_args(argv)
-    res, base = (json.loads(path.read_text()) for path in (args.results, args.baseline))
+    base, res = load_result(args.baseline, "baseline"), load_result(args.results, "results")
     print(markdown(compare(res, base), args.baseline.name))
     return 0
 

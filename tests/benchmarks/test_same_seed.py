@@ -83,3 +83,13 @@ def test_epoch_metrics_reads_the_epoch_means_of_metrics_csv(tmp_path):
         "train_nce_loss": [(1, 6.8), (2, 6.1)],
     }
     assert same_seed.epoch_metrics(tmp_path / "missing") == {}
+
+
+def test_a_file_that_is_not_an_accuracy_result_is_an_error_line(tmp_path):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text('{"runs": [], "profile": {}}')
+    bad.write_text('{"levers": {}}')
+    with pytest.raises(SystemExit, match=f"error: results {bad} is not an accuracy.py result"):
+        same_seed.main([str(good), str(bad)])
+    with pytest.raises(SystemExit, match="error: baseline .*missing.json: .*No such file"):
+        same_seed.main([str(tmp_path / "missing.json"), str(good)])
