@@ -41,7 +41,6 @@ result, epoch by epoch (:mod:`same_seed`).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
@@ -75,7 +74,7 @@ from same_seed import markdown as same_seed_markdown  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
 from solo_mixmask.errors import RunStopped  # noqa: E402
-from solo_mixmask.eval.compare import embedding_std_cell  # noqa: E402
+from solo_mixmask.eval.compare import embedding_std_cell, epoch_curves  # noqa: E402
 
 FMNIST_TRAIN_IMAGES = 60_000
 CIFAR10_TRAIN_IMAGES = 50_000
@@ -543,27 +542,8 @@ def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def knn_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """(epochs trained, val_knn_acc1) from ``logs/metrics.csv``, plus (0, at init). The
-    validation before training (logged at step 0) is the init figure, not epoch 1's."""
-    curve: list[tuple[int, float]] = []
-    init = run_dir / "init_metrics.json"
-    if init.exists():
-        value = json.loads(init.read_text()).get("knn_acc1_at_init")
-        if value is not None:
-            curve.append((0, float(value)))
-    metrics = run_dir / "logs" / "metrics.csv"
-    if metrics.exists():
-        with metrics.open() as f:
-            for row in csv.DictReader(f):
-                if row.get("val_knn_acc1") not in (None, "") and not before_training(row):
-                    curve.append((int(float(row["epoch"])) + 1, float(row["val_knn_acc1"])))
-    return sorted(dict(curve).items())
-
-
-def before_training(row: dict[str, str]) -> bool:
-    """Whether a metrics.csv row was logged before the first optimiser step (the k-NN and
-    linear figures at initialisation, which ``init_metrics.json`` holds as epoch 0)."""
-    return row.get("step") not in (None, "") and int(float(row["step"])) == 0
+    """(epochs trained, online k-NN top-1 %) of a run; epoch 0 is the untrained model."""
+    return sorted(epoch_curves(run_dir).get("val_knn_acc1", {}).items())
 
 
 def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:

@@ -17,7 +17,6 @@ Results: ``cifar_grid[_tiny].{json,md,png}`` in ``--out-dir`` (rewritten as work
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import subprocess
@@ -35,13 +34,13 @@ from accuracy import (  # noqa: E402
     TINY,
     UNMIX_CIFAR_BASE,
     Profile,
-    before_training,
     data_overrides,
     one_run,
 )
 from common import RESULTS, command_line, machine, table, write_results  # noqa: E402
 
 from solo_mixmask.errors import RunStopped  # noqa: E402
+from solo_mixmask.eval.compare import epoch_curves  # noqa: E402
 
 #: The recipe of the collapsed comparison (main e3fee5b): Un-Mix's CIFAR recipe, no warm-up,
 #: one BatchNorm over the device batch. Each condition below is applied on top of it.
@@ -108,19 +107,14 @@ def with_overrides(base: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, 
 
 
 def series(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch values (epochs trained, value) of :data:`SERIES` from ``logs/metrics.csv``."""
-    out: dict[str, dict[int, float]] = {name: {} for name in SERIES}
-    metrics = run_dir / "logs" / "metrics.csv"
-    if metrics.exists():
-        with metrics.open() as f:
-            for row in csv.DictReader(f):
-                if before_training(row):
-                    continue
-                for name, keys in SERIES.items():
-                    for key in keys:
-                        if row.get(key) not in (None, ""):
-                            out[name][int(float(row["epoch"])) + 1] = float(row[key])
-    return {name: sorted(values.items()) for name, values in out.items()}
+    """Per-epoch values (epochs trained >= 1, value) of :data:`SERIES` (read by
+    :func:`~solo_mixmask.eval.compare.epoch_curves`; the untrained model's k-NN is left out)."""
+    curves = epoch_curves(run_dir)
+    out = {}
+    for name, keys in SERIES.items():
+        curve = next((curves[key] for key in keys if key in curves), {})
+        out[name] = sorted((e, v) for e, v in curve.items() if e > 0)
+    return out
 
 
 def work(args: argparse.Namespace, conditions: list[str], runs_dir: Path) -> list[dict[str, Any]]:

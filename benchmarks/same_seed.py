@@ -15,7 +15,6 @@ baseline's curves dashed in its plot.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -26,26 +25,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import table  # noqa: E402
 
+from solo_mixmask.eval.compare import epoch_curves  # noqa: E402
+
 #: Fields of an accuracy.py profile that only name the invocation, not the training.
 NOT_TRAINING = {"budget_minutes", "epochs_from_budget", "linear_preset", "linear_overrides"}
 
 
 def epoch_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """``{name: [(epochs trained, value), ...]}`` of the epoch means a run logged in
-    ``logs/metrics.csv``: every ``train_*_loss_epoch`` and ``train_embedding_std`` (logged per
-    epoch only), named without the ``_epoch`` suffix."""
-    metrics = run_dir / "logs" / "metrics.csv"
-    curves: dict[str, dict[int, float]] = {}
-    if not metrics.exists():
-        return {}
-    with metrics.open() as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                name = key.removesuffix("_epoch")  # a metric logged per step and per epoch
-                wanted = name.endswith("loss") or name == "train_embedding_std"
-                if name.startswith("train_") and wanted and value not in (None, ""):
-                    curves.setdefault(name, {})[int(float(row["epoch"])) + 1] = float(value)
-    return {name: sorted(points.items()) for name, points in sorted(curves.items())}
+    """``{name: [(epochs trained, value), ...]}`` of the epoch means a run logged (read by
+    :func:`~solo_mixmask.eval.compare.epoch_curves`): every ``train_*_loss_epoch`` and
+    ``train_embedding_std`` (logged per epoch only), named without the ``_epoch`` suffix."""
+    out = {}
+    for key, points in epoch_curves(run_dir).items():
+        name = key.removesuffix("_epoch")  # a metric logged per step and per epoch
+        if name.startswith("train_") and (name.endswith("loss") or name == "train_embedding_std"):
+            out[name] = sorted(points.items())
+    return dict(sorted(out.items()))
 
 
 def profile_differences(profile: dict[str, Any], baseline: dict[str, Any]) -> list[str]:

@@ -61,42 +61,56 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-def read_metrics(path: Path, knn_at_init: bool) -> tuple[dict, dict, dict]:
-    """(k-NN, contrastive loss, total SSL loss) curves, ``{epochs completed: value}``.
+def epoch_curves(run_dir: str | Path) -> dict[str, dict[int, float]]:
+    """Every value a run logged in ``logs/metrics.csv`` with an epoch, as
+    ``{column: {epochs trained: value}}`` (losses, accuracies, ``embedding_std``; per-step
+    learning-rate rows carry no epoch and are left out).
 
-    Validation rows are logged with the epoch they ran in; the one after epoch e (0-based)
-    counts as e + 1 epochs completed. With ``knn_at_init`` the first k-NN row is the
-    measurement before training and counts as epoch 0.
+    A row logged in epoch e (0-based) counts as e + 1 epochs trained. When the run measured its
+    untrained model (``init_metrics.json`` holds ``knn_acc1_at_init``), the first row with a
+    ``val_*`` value is that measurement and counts as epoch 0. (Its step is 0, but so is the
+    step of epoch 1's validation when an epoch is one optimiser step: the step cannot tell them
+    apart.) A column logged twice for one epoch keeps the later value. No file: ``{}``.
     """
-    knn: dict[int, float] = {}
-    contrastive: dict[int, float] = {}
-    total: dict[int, float] = {}
+    run_dir = Path(run_dir)
+    path = run_dir / LOGS / METRICS_CSV
     if not path.is_file():
-        return knn, contrastive, total
+        return {}
+    init_file = run_dir / INIT_METRICS
+    init = json.loads(init_file.read_text()) if init_file.is_file() else {}
+    init_pending = init.get("knn_acc1_at_init") is not None
+    curves: dict[str, dict[int, float]] = {}
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    first_knn = knn_at_init
-    for row in rows:
-        epoch = _float(row.get("epoch"))
-        if epoch is None:
-            continue
-        value = _float(row.get("val_knn_acc1"))
-        if value is not None:
-            knn[0 if first_knn else int(epoch) + 1] = value
-            first_knn = False
-        parsed = {
-            k: _float(v)
-            for k, v in row.items()
-            if k.startswith("train_") and k.endswith("_loss_epoch") and k != CLASSIFIER_LOSS
-        }
-        losses = {k: float(v) for k, v in parsed.items() if v is not None}
-        if losses:
+        for row in csv.DictReader(f):
+            epoch = _float(row.get("epoch"))
+            if epoch is None:
+                continue
+            values = {
+                k: v
+                for k, v in ((k, _float(v)) for k, v in row.items() if k not in ("epoch", "step"))
+                if v is not None
+            }
             done = int(epoch) + 1
-            total[done] = sum(losses.values())
-            for key in CONTRASTIVE_LOSSES:
-                if key in losses:
-                    contrastive[done] = losses[key]
-    return knn, contrastive, total
+            if init_pending and any(k.startswith("val_") for k in values):
+                done, init_pending = 0, False
+            for key, value in values.items():
+                curves.setdefault(key, {})[done] = value
+    return curves
+
+
+def ssl_loss_curves(curves: dict[str, dict[int, float]]) -> tuple[dict, dict]:
+    """(contrastive loss, total self-supervised loss) ``{epochs trained: value}`` of
+    :func:`epoch_curves`: the first of ``CONTRASTIVE_LOSSES`` logged, and the sum of every
+    ``train_*_loss_epoch`` but the online classifier's."""
+    contrastive: dict[int, float] = {}
+    for key in CONTRASTIVE_LOSSES:
+        contrastive = {**curves.get(key, {}), **contrastive}
+    total: dict[int, float] = {}
+    for key, curve in curves.items():
+        if key.startswith("train_") and key.endswith("_loss_epoch") and key != CLASSIFIER_LOSS:
+            for done, value in curve.items():
+                total[done] = total.get(done, 0.0) + value
+    return contrastive, total
 
 
 def load_run(run_dir: str | Path) -> RunRecord:
@@ -106,13 +120,10 @@ def load_run(run_dir: str | Path) -> RunRecord:
     if not summary_file.is_file():
         raise DataError(f"{str(run_dir)!r} is not a finished run folder: {summary_file} is missing")
     summary: dict[str, Any] = json.loads(summary_file.read_text())
-    init_file = run_dir / INIT_METRICS
-    init = json.loads(init_file.read_text()) if init_file.is_file() else {}
     linear_file = run_dir / "linear.json"
     offline = json.loads(linear_file.read_text()).get("acc1") if linear_file.is_file() else None
-    knn, contrastive, total = read_metrics(
-        run_dir / LOGS / METRICS_CSV, init.get("knn_acc1_at_init") is not None
-    )
+    curves = epoch_curves(run_dir)
+    contrastive, total = ssl_loss_curves(curves)
     return RunRecord(
         name=run_dir.name,
         method=str(summary.get("method", "?")),
@@ -125,7 +136,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         embedding_std=summary.get("embedding_std"),
         embedding_std_spread=summary.get("embedding_std_spread"),
         collapsed=summary.get("collapsed"),
-        knn_curve=knn,
+        knn_curve=curves.get("val_knn_acc1", {}),
         contrastive_curve=contrastive,
         total_loss_curve=total,
     )

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.benchmarks.helpers import REPO
+from tests.eval.helpers import write_one_step_epoch_logs
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -93,3 +94,14 @@ def test_a_file_that_is_not_an_accuracy_result_is_an_error_line(tmp_path):
         same_seed.main([str(good), str(bad)])
     with pytest.raises(SystemExit, match="error: baseline .*missing.json: .*No such file"):
         same_seed.main([str(tmp_path / "missing.json"), str(good)])
+
+
+def test_the_benchmarks_keep_epoch_1_of_a_run_whose_epochs_are_one_step(tmp_path):
+    import accuracy
+    import cifar_grid
+
+    write_one_step_epoch_logs(tmp_path)
+    assert accuracy.knn_curve(tmp_path) == [(0, 28.0), (1, 21.0), (2, 37.0)]
+    assert cifar_grid.series(tmp_path)["knn_acc1"] == [(1, 21.0), (2, 37.0)]
+    assert cifar_grid.series(tmp_path)["mixed_loss"] == [(1, 1.6), (2, 3.0)]
+    assert same_seed.epoch_metrics(tmp_path)["train_embedding_std"] == [(1, 0.07), (2, 0.06)]

@@ -101,3 +101,22 @@ def class_folder_tree(root: Path, counts: dict[str, int], size: int = 20, seed: 
             pixels = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
             Image.fromarray(pixels, mode="RGB").save(root / name / f"{i}.png")
     return root
+
+
+def write_one_step_epoch_logs(run_dir: Path) -> None:
+    """``logs/metrics.csv`` and ``init_metrics.json`` laid out as a real run of one optimiser
+    step per epoch writes them (MixMask, 16 images at batch 16, 2 epochs, k-NN every epoch):
+    the k-NN before training and the one after epoch 1 are both logged at epoch 0, step 0."""
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "logs" / "metrics.csv").write_text(
+        "epoch,lr-SGD/backbone,step,train_class_loss_epoch,train_embedding_std,"
+        "train_mask_loss_epoch,train_nce_loss_epoch,val_acc1,val_knn_acc1\n"
+        "0,,0,,,,,9.0,28.0\n"
+        ",0.006,0,,,,,,\n"
+        "0,,0,,,,,8.0,21.0\n"
+        "0,,0,2.3,0.07,1.6,1.5,,\n"
+        ",0.003,1,,,,,,\n"
+        "1,,1,,,,,6.0,37.0\n"
+        "1,,1,2.4,0.06,3.0,2.9,,\n"
+    )
+    (run_dir / "init_metrics.json").write_text('{"knn_acc1_at_init": 28.0}')

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 from solo_mixmask.cli import main
-from solo_mixmask.eval.compare import compare_runs, load_run
+from solo_mixmask.eval.compare import compare_runs, epoch_curves, load_run, ssl_loss_curves
+from tests.eval.helpers import write_one_step_epoch_logs
 
 
 def test_compare_two_real_runs(tiny_runs, tmp_path, capsys):
@@ -46,3 +48,19 @@ def test_compare_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "summary.json is missing" in err
+
+
+def test_epoch_curves_tell_the_untrained_k_nn_from_epoch_1_when_an_epoch_is_one_step(tmp_path):
+    write_one_step_epoch_logs(tmp_path)
+    curves = epoch_curves(tmp_path)
+    assert curves["val_knn_acc1"] == {0: 28.0, 1: 21.0, 2: 37.0}
+    assert curves["val_acc1"] == {0: 9.0, 1: 8.0, 2: 6.0}
+    assert curves["train_nce_loss_epoch"] == {1: 1.5, 2: 2.9}
+    assert not any(key.startswith("lr-") for key in curves)  # per-step rows carry no epoch
+    contrastive, total = ssl_loss_curves(curves)
+    assert contrastive == {1: 1.5, 2: 2.9}
+    assert total == pytest.approx({1: 3.1, 2: 5.9})  # nce + mask, not the classifier's loss
+
+    (tmp_path / "init_metrics.json").write_text("{}")  # not measured before training
+    assert epoch_curves(tmp_path)["val_knn_acc1"] == {1: 21.0, 2: 37.0}  # the row at 0 is e1
+    assert epoch_curves(tmp_path / "missing") == {}
