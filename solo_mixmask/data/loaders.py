@@ -163,6 +163,26 @@ def _needs_labels(spec: DataSpec, what: str) -> None:
         )
 
 
+def _eval_split_loader(
+    spec: DataSpec, split: str, size: int | None, key: str, clamp: bool, rank: int, world_size: int
+) -> DataLoader:
+    """``size`` images of ``split`` (all when null; a size above the split is an error naming
+    ``key`` unless ``clamp``) with the eval transform, in a fixed order, batch size
+    optimizer.batch_size. With ``data.format: memory`` an in-memory loader giving ``rank`` of
+    ``world_size`` its share; DALI data is read by plain loaders here."""
+    if spec.format == "memory":
+        from solo_mixmask.data.memory import build_memory_eval_loader
+
+        return build_memory_eval_loader(  # type: ignore[return-value]
+            spec, split, lambda n: subset_for(size, key, n, clamp, spec.seed), rank, world_size
+        )
+    if spec.format == "dali":
+        spec = image_folder_spec(spec)
+    images = build_dataset(spec, split, build_eval_transform(spec.crops[0]))
+    images = _subset(images, size, key, clamp, spec.seed)
+    return _eval_loader(images, spec.batch_size, spec.num_workers)
+
+
 def build_knn_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DataLoader:
     """The k-NN monitor's memory: ``data.knn_train_subset`` (default 10,000) clean images of the
     labelled training split (all when null or larger than the split), yielding ``(x (B, 3,
@@ -170,45 +190,25 @@ def build_knn_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -
     optimizer.batch_size. ConfigError naming ``data.no_labels`` for unlabelled data. With
     ``data.format: memory`` an in-memory loader giving ``rank`` of ``world_size`` its share."""
     _needs_labels(spec, "the k-NN monitor")
-    size = spec.knn_train_subset
-    if spec.format == "memory":
-        from solo_mixmask.data.memory import build_memory_eval_loader
-
-        return build_memory_eval_loader(  # type: ignore[return-value]
-            spec,
-            "train_labeled",
-            lambda n: subset_for(size, "data.knn_train_subset", n, True, spec.seed),
-            rank,
-            world_size,
-        )
-    if spec.format == "dali":  # k-NN images: plain loaders
-        spec = image_folder_spec(spec)
-    train = build_dataset(spec, "train_labeled", build_eval_transform(spec.crops[0]))
-    train = _subset(train, size, "data.knn_train_subset", True, spec.seed)
-    return _eval_loader(train, spec.batch_size, spec.num_workers)
+    return _eval_split_loader(
+        spec,
+        "train_labeled",
+        spec.knn_train_subset,
+        "data.knn_train_subset",
+        True,
+        rank,
+        world_size,
+    )
 
 
 def build_val_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """``data.val_subset`` images of the val split (all when null), as
-    :func:`build_knn_train_loader` yields them (the k-NN queries and the online linear
-    accuracy)."""
+    """``data.val_subset`` images of the val split (all when null; more than the split is a
+    ConfigError), as :func:`build_knn_train_loader` yields them (the k-NN queries and the online
+    linear accuracy)."""
     _needs_labels(spec, "validation")
-    size = spec.val_subset
-    if spec.format == "memory":
-        from solo_mixmask.data.memory import build_memory_eval_loader
-
-        return build_memory_eval_loader(  # type: ignore[return-value]
-            spec,
-            "val",
-            lambda n: subset_for(size, "data.val_subset", n, False, spec.seed),
-            rank,
-            world_size,
-        )
-    if spec.format == "dali":
-        spec = image_folder_spec(spec)
-    val = build_dataset(spec, "val", build_eval_transform(spec.crops[0]))
-    val = _subset(val, size, "data.val_subset", False, spec.seed)
-    return _eval_loader(val, spec.batch_size, spec.num_workers)
+    return _eval_split_loader(
+        spec, "val", spec.val_subset, "data.val_subset", False, rank, world_size
+    )
 
 
 def build_knn_loaders(
