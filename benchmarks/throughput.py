@@ -14,7 +14,8 @@ process:
 2. each lever alone (:data:`LEVERS`), as a ratio to the current path in the same interleaved
    rounds (medians); the k-NN monitor's similarity product + top-k in bfloat16 against float32
    on a CIFAR-sized bank (50,000 features of the backbone's width, 10,000 queries); the host
-   synchronisations in one step of every variant (CUDA only); ``nchw_layout``
+   synchronisations in one step of every variant (CUDA only) and the aten ops one step of
+   every eager variant dispatches (a step bound by dispatch scales with them); ``nchw_layout``
    (``channels_last=false``) as a lever, ``no_split_bn`` as a reference that prices the
    recipe's split BatchNorm and shuffled keys (:data:`REFERENCE`: never a winner);
 3. the winners (ratio > :data:`WIN`, geometric mean over the methods; one per group of
@@ -392,6 +393,8 @@ def measure(
                 if compiled:  # steps inductor left out of CUDA graphs (mutations, CPU tensors)
                     res["cudagraph_skips"] = cudagraph_skips() - skips
                 res["host_syncs"] = host_syncs(bench, step, batch)
+                if not compiled:  # a dispatch mode and dynamo do not mix
+                    res["dispatched_ops"] = sum(count_ops(lambda s=step: s(batch))[0].values())
             except Exception as err:  # a finding (e.g. CUDA graphs refusing the step): go on
                 if STOP["requested"]:  # (torch.compile wraps the Stopped in its own error)
                     res.update(status="n/a", reason="budget: stopped by SIGTERM in its warm-up")
@@ -505,20 +508,33 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     header = ["variant", "settings"]
     for m in METHODS:
-        header += [f"{m} img/s", f"{m} ratio"]
+        header += [f"{m} img/s", f"{m} ratio", f"{m} aten ops/step"]
     rows = []
 
     def cells(per_method: dict[str, Any]) -> list[str]:
         out = []
         for m in METHODS:
             r = per_method[m]
+            ops = str(r.get("dispatched_ops", "-"))  # none for compiled steps
             if r.get("status") == "ok":
-                out += [f"{r['images_per_s']:.0f}", f"{r['ratio']:.3f}"]
+                out += [f"{r['images_per_s']:.0f}", f"{r['ratio']:.3f}", ops]
             else:
-                out += [f"{r.get('status')}: {r.get('reason') or r.get('error', '')}"[:90], "-"]
+                out += [
+                    f"{r.get('status')}: {r.get('reason') or r.get('error', '')}"[:90],
+                    "-",
+                    ops,
+                ]
         return out
 
-    cur = {m: {"status": "ok", **res["methods"][m]["current"], "ratio": 1.0} for m in METHODS}
+    cur = {
+        m: {
+            "status": "ok",
+            **res["methods"][m]["current"],
+            "ratio": 1.0,
+            "dispatched_ops": res["methods"][m]["profile"].get("dispatched_ops", "-"),
+        }
+        for m in METHODS
+    }
     rows.append(["current path", "config defaults", *cells(cur)])
     for name, per_method in res["levers"].items():
         settings = ", ".join(f"{k}={v}" for k, v in LEVERS[name][0].items())

@@ -72,6 +72,12 @@ def test_throughput_tiny_measures_every_lever_on_cpu(tmp_path):
         assert prof["top"] and all(t["ms"] > 0 and t["calls"] > 0 for t in prof["top"])
         assert r["best"]["variant"] not in throughput.REFERENCES
     assert not set(res["winners"]) & throughput.REFERENCES  # recipe changes never win
+    assert "mixmask aten ops/step" in md
+    for m in throughput.METHODS:  # ops per step (a GPU step bound by dispatch scales with them)
+        ops = res["methods"][m]["profile"]["dispatched_ops"]
+        assert res["levers"]["no_split_bn"][m]["dispatched_ops"] < 0.6 * ops  # split BN doubles
+        assert res["levers"]["ema_two_foreach"][m]["dispatched_ops"] > ops  # mul_ + add_ > lerp_
+        assert "dispatched_ops" not in res["levers"]["compile"][m]  # not countable compiled
     assert (
         res["methods"]["mixmask"]["flops_per_step"] > res["methods"]["mocov2plus"]["flops_per_step"]
     )
