@@ -21,7 +21,8 @@ process:
 3. the winners (ratio > :data:`WIN`, geometric mean over the methods; one per group of
    exclusive settings) combined, against the current path in new interleaved rounds;
 4. where a current-path step's time goes (:func:`step_profile`): device busy time against the
-   step's time, kernel launches, dispatched aten ops, syncing ops and the top ops;
+   step's time, kernel launches, dispatched aten ops, syncing ops and the top ops; and the
+   host floor (:func:`host_floor`): the same ops with next to no arithmetic;
 5. FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``), the achieved TFLOP/s and
    their fraction of the peak measured here by one large matrix product (bf16 8192^3 on a GPU,
    float32 on a CPU);
@@ -103,6 +104,10 @@ REFERENCES = {name for name, (_, group) in LEVERS.items() if group == REFERENCE}
 #: A lever wins when the geometric mean over the methods of its ratio to the current path is
 #: above this.
 WIN = 1.02
+#: The host floor's profile changes: the current path's layers, settings and op sequence with 2
+#: channels per stage, :data:`FLOOR_CROP`-px images and 16 per batch (next to no arithmetic).
+FLOOR = {"channels": (2, 2, 2, 2), "stem_width": 2, "batch_size": 16}
+FLOOR_CROP = 8  # the smallest crop MixMask's 8 x 8 mask grid allows
 SEED = 1
 
 
@@ -294,6 +299,29 @@ def step_profile(bench: Bench, step: EngineStep, batch: list[Any], steps: int = 
         for e in sorted(top, key=lambda e: getattr(e, key), reverse=True)[:8]
     ]
     out["clock"] = "device" if bench.cuda else "host (CPU)"
+    return out
+
+
+def host_floor(bench: Bench, rounds: int = 5, steps: int = 10) -> dict[str, Any]:
+    """ms per step of each method's current path built with :data:`FLOOR` (median of
+    ``rounds`` timings of ``steps`` steps): the host's dispatch work of the same ops (on a GPU,
+    with their launches) while the device has next to nothing to do. A full step near this floor
+    is bound by the host; one far above it, by the device."""
+    prof = replace(bench.prof, **FLOOR)
+    batch = synthetic_batch(FLOOR["batch_size"], FLOOR_CROP, device=bench.device)
+    out: dict[str, Any] = {}
+    for m in METHODS:
+        step = EngineStep(bench.cfg(m, {}, prof=prof), bench.device, bench.autocast)
+        warm_up(step, batch, 3)
+        times = []
+        for _ in range(rounds):
+            cuda_sync()
+            begin = time.perf_counter()
+            for _ in range(steps):
+                step(batch)
+            cuda_sync()
+            times.append((time.perf_counter() - begin) / steps)
+        out[m] = {"step_ms": 1000 * statistics.median(times)}
     return out
 
 
@@ -580,6 +608,7 @@ def markdown(res: dict[str, Any]) -> str:
     rows = []
     for m in METHODS:
         prof, step_ms = res["methods"][m]["profile"], res["methods"][m]["current"]["step_ms"]
+        floor = res["methods"][m]["host_floor"]
         busy = prof.get("device_busy_ms")
         top = ", ".join(f"{t['name'][:40]} {t['ms']:.2f}" for t in prof["top"][:4])
         rows.append(
@@ -590,12 +619,14 @@ def markdown(res: dict[str, Any]) -> str:
                 if busy is None
                 else f"{busy:.2f} ({100 * prof['device_busy_share']:.0f}%)",
                 f"{prof['kernel_launches']:.0f}" if "kernel_launches" in prof else "n/a (CPU)",
+                f"{floor['step_ms']:.2f} (step = {floor['step_over_floor']:.1f}x)",
                 str(prof.get("dispatched_ops", "n/a")),
                 str(prof.get("syncing_ops", "n/a")),
                 f"{prof['clock']}: {top}",
             ]
         )
-    head = ["method", "step ms", "device busy ms (share)", "kernel launches", "aten ops"]
+    head = ["method", "step ms", "device busy ms (share)", "kernel launches", "host floor ms"]
+    head.append("aten ops")
     lines.append(table([*head, "syncing ops", "top ops, ms"], rows))
     e2e = res.get("end_to_end")
     if e2e:
@@ -650,6 +681,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "steps_per_job": bench.steps_per_job[m],
             "profile": step_profile(bench, step, bench.batch),
         }
+    print("host floor", file=sys.stderr, flush=True)
+    for m, floor in host_floor(bench).items():
+        methods[m]["host_floor"] = floor
     peak = matmul_peak(bench)
     knn = knn_timing(bench, current[METHODS[0]].model.features_dim)
     levers = measure(bench, {n: s for n, (s, _) in LEVERS.items()}, current, "levers")
@@ -674,6 +708,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for m in METHODS:
         ips = bench.phase_current["levers"][m]
         methods[m]["current"].update(images_per_s=ips, step_ms=1000 * bench.prof.batch_size / ips)
+        floor = methods[m]["host_floor"]
+        floor["step_over_floor"] = methods[m]["current"]["step_ms"] / floor["step_ms"]
         busy = methods[m]["profile"].get("device_busy_ms")
         if busy is not None:  # of the unprofiled step's time, from the timed rounds
             methods[m]["profile"]["device_busy_share"] = busy / methods[m]["current"]["step_ms"]

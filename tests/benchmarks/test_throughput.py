@@ -71,8 +71,11 @@ def test_throughput_tiny_measures_every_lever_on_cpu(tmp_path):
         assert prof["dispatched_ops"] > 100 and prof["syncing_ops"] == []
         assert prof["top"] and all(t["ms"] > 0 and t["calls"] > 0 for t in prof["top"])
         assert r["best"]["variant"] not in throughput.REFERENCES
+        floor = r["host_floor"]  # the same ops with next to no arithmetic: cheaper than the step
+        assert 0 < floor["step_ms"] < r["current"]["step_ms"]
+        assert floor["step_over_floor"] == pytest.approx(r["current"]["step_ms"] / floor["step_ms"])
     assert not set(res["winners"]) & throughput.REFERENCES  # recipe changes never win
-    assert "mixmask aten ops/step" in md
+    assert "mixmask aten ops/step" in md and "host floor ms" in md
     for m in throughput.METHODS:  # ops per step (a GPU step bound by dispatch scales with them)
         ops = res["methods"][m]["profile"]["dispatched_ops"]
         assert res["levers"]["no_split_bn"][m]["dispatched_ops"] < 0.6 * ops  # split BN doubles
