@@ -311,16 +311,23 @@ def host_floor(bench: Bench, rounds: int = 5, steps: int = 10) -> dict[str, Any]
     batch = synthetic_batch(FLOOR["batch_size"], FLOOR_CROP, device=bench.device)
     out: dict[str, Any] = {}
     for m in METHODS:
-        step = EngineStep(bench.cfg(m, {}, prof=prof), bench.device, bench.autocast)
-        warm_up(step, batch, 3)
-        times = []
-        for _ in range(rounds):
-            cuda_sync()
-            begin = time.perf_counter()
-            for _ in range(steps):
-                step(batch)
-            cuda_sync()
-            times.append((time.perf_counter() - begin) / steps)
+        try:
+            step = EngineStep(bench.cfg(m, {}, prof=prof), bench.device, bench.autocast)
+            warm_up(step, batch, 3)
+            times = []
+            for _ in range(rounds):
+                cuda_sync()
+                begin = time.perf_counter()
+                for _ in range(steps):
+                    step(batch)
+                cuda_sync()
+                times.append((time.perf_counter() - begin) / steps)
+        except Stopped:
+            raise
+        except Exception as err:  # a finding, not a reason to lose the levers' run
+            out[m] = {"error": f"{type(err).__name__}: {err}"[:2000]}
+            traceback.print_exc()
+            continue
         out[m] = {"step_ms": 1000 * statistics.median(times)}
     return out
 
@@ -619,7 +626,9 @@ def markdown(res: dict[str, Any]) -> str:
                 if busy is None
                 else f"{busy:.2f} ({100 * prof['device_busy_share']:.0f}%)",
                 f"{prof['kernel_launches']:.0f}" if "kernel_launches" in prof else "n/a (CPU)",
-                f"{floor['step_ms']:.2f} (step = {floor['step_over_floor']:.1f}x)",
+                f"{floor['step_ms']:.2f} (step = {floor['step_over_floor']:.1f}x)"
+                if "step_ms" in floor
+                else f"failed: {floor['error'][:60]}",
                 str(prof.get("dispatched_ops", "n/a")),
                 str(prof.get("syncing_ops", "n/a")),
                 f"{prof['clock']}: {top}",
@@ -709,7 +718,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ips = bench.phase_current["levers"][m]
         methods[m]["current"].update(images_per_s=ips, step_ms=1000 * bench.prof.batch_size / ips)
         floor = methods[m]["host_floor"]
-        floor["step_over_floor"] = methods[m]["current"]["step_ms"] / floor["step_ms"]
+        if "step_ms" in floor:
+            floor["step_over_floor"] = methods[m]["current"]["step_ms"] / floor["step_ms"]
         busy = methods[m]["profile"].get("device_busy_ms")
         if busy is not None:  # of the unprofiled step's time, from the timed rounds
             methods[m]["profile"]["device_busy_share"] = busy / methods[m]["current"]["step_ms"]
@@ -730,6 +740,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if r.get("status") == "failed"
     ]
     errors += [f"combined/{m}: {r['error']}" for m, r in combined.items() if "error" in r]
+    errors += [
+        f"host floor/{m}: {r['host_floor']['error']}"
+        for m, r in methods.items()
+        if "error" in r["host_floor"]
+    ]
     res: dict[str, Any] = {
         "command": command_line(),
         "device": device_label(),

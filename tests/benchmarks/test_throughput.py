@@ -122,7 +122,9 @@ def test_markdown_renders_gpu_shaped_results(tmp_path):
         "current/mixmask": {"skipped": "budget: 10 s left, ~80 s needed"},
     }
     res["errors"] = ["reduce_overhead/mixmask: RuntimeError: x"]
+    res["methods"]["mixmask"]["host_floor"] = {"error": "RuntimeError: cuDNN refused 2 channels"}
     md = throughput.markdown(res)
+    assert "failed: RuntimeError: cuDNN refused 2 channels" in md  # a failed floor, not a crash
     assert "{'current': 0, 'combined': 2}" in md
     assert "failed: RuntimeError: x" in md and "RuntimeError: no memory" in md
     assert "budget: 10 s left" in md and "Errors: reduce_overhead/mixmask" in md
