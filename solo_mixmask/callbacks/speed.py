@@ -10,7 +10,9 @@ from lightning.pytorch.callbacks import Callback
 
 
 class TrainSpeed(Callback):
-    """Images per second over training batches only (validation and checkpointing excluded).
+    """Images per second over training batches only (validation and checkpointing excluded):
+    ``images_per_sec`` over the whole run (the summary's figure), ``epoch_images_per_sec`` over
+    the epoch under way or just ended (the epoch lines).
 
     Not Lightning's ``ThroughputMonitor``: that one is not in Lightning 2.1, logs windowed rates
     to the loggers instead of keeping the run's average, and counts the time between batches
@@ -20,7 +22,20 @@ class TrainSpeed(Callback):
     def __init__(self) -> None:
         self.seconds = 0.0
         self.images = 0
+        self.epoch_seconds = 0.0
+        self.epoch_images = 0
         self._start = 0.0
+
+    def _new_epoch(self) -> None:
+        self.epoch_seconds, self.epoch_images = 0.0, 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        # a resumed epoch starts here: Lightning does not call on_train_epoch_start for an epoch
+        # it continues from a mid-epoch checkpoint
+        self._new_epoch()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._new_epoch()
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int
@@ -30,9 +45,17 @@ class TrainSpeed(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.seconds += time.perf_counter() - self._start
-        self.images += int(batch[0].shape[0]) * trainer.world_size
+        seconds = time.perf_counter() - self._start
+        images = int(batch[0].shape[0]) * trainer.world_size
+        self.seconds += seconds
+        self.images += images
+        self.epoch_seconds += seconds
+        self.epoch_images += images
 
     @property
     def images_per_sec(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def epoch_images_per_sec(self) -> float:
+        return self.epoch_images / self.epoch_seconds if self.epoch_seconds else 0.0

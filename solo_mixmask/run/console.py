@@ -61,7 +61,8 @@ class ModelLine(Callback):
 class EpochLine(Callback):
     """Without a progress bar (CI logs, ``nohup``), one line per epoch on rank 0:
     ``epoch 3/10: nce_loss 5.1230, embedding_std 0.0612 (spread 0.0884), k-NN top-1 45.30%,
-    120 img/s, 12.3 s``; the k-NN figure only on epochs that measured it."""
+    120 img/s, 12.3 s``: the epoch's training img/s (``TrainSpeed``) and wall seconds; the k-NN
+    figure only on epochs that measured it."""
 
     def __init__(self) -> None:
         self._start = time.perf_counter()
@@ -100,9 +101,9 @@ class EpochLine(Callback):
             parts.append(f"k-NN top-1 {float(metrics['val_knn_acc1']):.2f}%")
         # Lightning's callback connector sets Trainer.callbacks; the class does not declare it
         callbacks = trainer.callbacks  # type: ignore[attr-defined]
-        speed = next((c for c in callbacks if hasattr(c, "images_per_sec")), None)
-        if speed is not None and speed.images_per_sec:
-            parts.append(f"{speed.images_per_sec:.0f} img/s")
+        speed = next((c for c in callbacks if hasattr(c, "epoch_images_per_sec")), None)
+        if speed is not None and speed.epoch_images_per_sec:  # this epoch's, not the run's
+            parts.append(f"{speed.epoch_images_per_sec:.0f} img/s")
         parts.append(f"{time.perf_counter() - self._start:.1f} s")
         epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
         print(f"{epoch}: {', '.join(parts)}", file=sys.stdout, flush=True)

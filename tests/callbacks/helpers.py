@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 
@@ -40,6 +41,8 @@ def fit_tiny(
         max_epochs=epochs,
         accumulate_grad_batches=accumulate,
         callbacks=callbacks,
+        # no checkpoints/ in the working folder unless a test brings its own checkpointing
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
