@@ -304,31 +304,26 @@ def step_profile(bench: Bench, step: EngineStep, batch: list[Any], steps: int = 
 
 def host_floor(bench: Bench, rounds: int = 5, steps: int = 10) -> dict[str, Any]:
     """ms per step of each method's current path built with :data:`FLOOR` (median of
-    ``rounds`` timings of ``steps`` steps): the host's dispatch work of the same ops (on a GPU,
-    with their launches) while the device has next to nothing to do. A full step near this floor
-    is bound by the host; one far above it, by the device."""
+    ``rounds`` interleaved timings of ``steps`` steps): the host's dispatch work of the same ops
+    (on a GPU, with their launches) while the device has next to nothing to do. A full step near
+    this floor is bound by the host; one far above it, by the device."""
     prof = replace(bench.prof, **FLOOR)
     batch = synthetic_batch(FLOOR["batch_size"], FLOOR_CROP, device=bench.device)
     out: dict[str, Any] = {}
+    jobs = {}
     for m in METHODS:
         try:
             step = EngineStep(bench.cfg(m, {}, prof=prof), bench.device, bench.autocast)
             warm_up(step, batch, 3)
-            times = []
-            for _ in range(rounds):
-                cuda_sync()
-                begin = time.perf_counter()
-                for _ in range(steps):
-                    step(batch)
-                cuda_sync()
-                times.append((time.perf_counter() - begin) / steps)
         except Stopped:
             raise
         except Exception as err:  # a finding, not a reason to lose the levers' run
             out[m] = {"error": f"{type(err).__name__}: {err}"[:2000]}
             traceback.print_exc()
             continue
-        out[m] = {"step_ms": 1000 * statistics.median(times)}
+        jobs[m] = lambda s=step: [s(batch) for _ in range(steps)]
+    for m, times in interleaved(jobs, rounds, 0, sync=cuda_sync, progress=False).items():
+        out[m] = {"step_ms": 1000 * statistics.median(times) / steps}
     return out
 
 
@@ -635,8 +630,7 @@ def markdown(res: dict[str, Any]) -> str:
             ]
         )
     head = ["method", "step ms", "device busy ms (share)", "kernel launches", "host floor ms"]
-    head.append("aten ops")
-    lines.append(table([*head, "syncing ops", "top ops, ms"], rows))
+    lines.append(table([*head, "aten ops", "syncing ops", "top ops, ms"], rows))
     e2e = res.get("end_to_end")
     if e2e:
         lines += ["", "## End to end (Lightning, data.format=memory)", ""]

@@ -85,11 +85,8 @@ def epoch_curves(run_dir: str | Path) -> dict[str, dict[int, float]]:
             epoch = _float(row.get("epoch"))
             if epoch is None:
                 continue
-            values = {
-                k: v
-                for k, v in ((k, _float(v)) for k, v in row.items() if k not in ("epoch", "step"))
-                if v is not None
-            }
+            parsed = {k: _float(v) for k, v in row.items() if k not in ("epoch", "step")}
+            values = {k: v for k, v in parsed.items() if v is not None}
             done = int(epoch) + 1
             if init_pending and any(k.startswith("val_") for k in values):
                 done, init_pending = 0, False
@@ -102,9 +99,7 @@ def ssl_loss_curves(curves: dict[str, dict[int, float]]) -> tuple[dict, dict]:
     """(contrastive loss, total self-supervised loss) ``{epochs trained: value}`` of
     :func:`epoch_curves`: the first of ``CONTRASTIVE_LOSSES`` logged, and the sum of every
     ``train_*_loss_epoch`` but the online classifier's."""
-    contrastive: dict[int, float] = {}
-    for key in CONTRASTIVE_LOSSES:
-        contrastive = {**curves.get(key, {}), **contrastive}
+    contrastive = next((curves[key] for key in CONTRASTIVE_LOSSES if key in curves), {})
     total: dict[int, float] = {}
     for key, curve in curves.items():
         if key.startswith("train_") and key.endswith("_loss_epoch") and key != CLASSIFIER_LOSS:
