@@ -96,6 +96,9 @@ LEVERS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     # split BatchNorm reshapes every activation across channels: a copy both ways in NHWC
     "nchw_layout": ({"performance.channels_last": False}, "layout"),
+    # MixMask's view and mixed view through the online backbone in one call (same numbers):
+    # half its online ops; MoCo v2 (one online input) is unchanged
+    "batch_online_forwards": ({"performance.batch_online_forwards": True}, "forwards"),
     "no_split_bn": ({"method_kwargs.bn_splits": 1, "method_kwargs.shuffle_bn": False}, "reference"),
 }
 #: The group of variants that change the recipe: timed to price a part of it, never winners.

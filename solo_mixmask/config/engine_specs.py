@@ -123,7 +123,8 @@ class PerformanceSpec:
     """``performance.*``: ``channels_last`` (NHWC backbones and inputs), ``compile``
     (torch.compile the backbones), ``compile_backend`` (its backend, checked when the method
     is built) and ``compile_mode``; ``optimizer_impl`` (torch's foreach / fused kernels),
-    ``ema_foreach_lerp`` (the EMA as one foreach lerp) and ``knn_dtype`` (the k-NN matmul)."""
+    ``ema_foreach_lerp`` (the EMA as one foreach lerp), ``knn_dtype`` (the k-NN matmul) and
+    ``batch_online_forwards`` (a step's online inputs through the backbone in one call)."""
 
     channels_last: bool
     compile: bool
@@ -132,6 +133,7 @@ class PerformanceSpec:
     optimizer_impl: str
     ema_foreach_lerp: bool
     knn_dtype: str
+    batch_online_forwards: bool
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,7 @@ def engine_spec(cfg: DictConfig) -> EngineSpec:
             optimizer_impl=str(value_of(cfg, "performance.optimizer_impl")),
             ema_foreach_lerp=bool(value_of(cfg, "performance.ema_foreach_lerp")),
             knn_dtype=str(value_of(cfg, "performance.knn_dtype")),
+            batch_online_forwards=bool(value_of(cfg, "performance.batch_online_forwards")),
         ),
         num_classes=_num_classes(cfg),
     )

@@ -85,6 +85,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "optimizer_impl": "auto",  # solo_mixmask.utils.optim.OPTIMIZER_IMPLS
         "ema_foreach_lerp": True,  # one torch._foreach_lerp_ over all momentum pairs
         "knn_dtype": "float32",  # the k-NN monitor's similarity matmul (auto: bf16 on CUDA)
+        "batch_online_forwards": False,  # a step's online inputs through the backbone at once
     },
     "progress_bar": True,
     "max_epochs": 100,
@@ -598,6 +599,13 @@ def check_performance(cfg: DictConfig) -> None:
 
     check_choice(cfg, "performance.compile_mode", COMPILE_MODES)
     check_choice(cfg, "performance.knn_dtype", KNN_DTYPES)
+    if OmegaConf.select(cfg, "performance.batch_online_forwards") is True and syncs_batch_norm(cfg):
+        raise ConfigError(
+            "performance.batch_online_forwards",
+            True,
+            "false with sync_batchnorm=true (SyncBatchNorm would normalise the inputs of one "
+            "call together)",
+        )
     impl = OmegaConf.select(cfg, "performance.optimizer_impl")
     check_optimizer_impl(impl, str(OmegaConf.select(cfg, "optimizer.name")))
 

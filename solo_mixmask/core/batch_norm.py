@@ -13,21 +13,32 @@ GPUs; on one device the same is had by
 - :func:`shuffled_forward`: the key images go through the momentum network in a random order
   (across every process's batch under DDP), so that a query and its key fall into different
   groups, and the outputs are put back in the original order.
+
+:func:`interleaved_forward` sends several inputs (the two views, a mixed view) through a network
+in one call while each is normalised as in a call of its own: fewer, larger kernels, the same
+numbers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from solo_mixmask.core.mixing import inverse_permutation
 
-__all__ = ["SplitBatchNorm2d", "shuffled_forward", "split_batch_norms"]
+__all__ = [
+    "SplitBatchNorm2d",
+    "interleaved_forward",
+    "shuffled_forward",
+    "split_batch_norms",
+    "unsplit_batch_norms",
+]
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
@@ -41,6 +52,11 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     and unbiased variance move towards the groups' averages with ``momentum``, as one
     ``BatchNorm2d`` call per group followed by averaging would. Eval mode (or
     ``num_splits == 1``) is ``BatchNorm2d``. The output keeps the input's memory format.
+
+    ``views`` (set by :func:`interleaved_forward`, else 1): the batch is V = ``views`` inputs
+    interleaved (row ``b * V + v`` is image b of input v); each input gets its own s groups
+    (group ``V * j + v`` is input v's group j), and the running statistics move as by V calls,
+    one per input in order.
     """
 
     def __init__(self, num_features: int, num_splits: int, **kwargs: Any):
@@ -48,6 +64,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if not isinstance(num_splits, int) or num_splits < 1:
             raise ValueError(f"num_splits={num_splits!r} is not allowed: expected an int >= 1")
         self.num_splits = num_splits
+        self.views = 1
 
     @classmethod
     def from_batch_norm(cls, bn: nn.BatchNorm2d, num_splits: int) -> SplitBatchNorm2d:
@@ -69,27 +86,29 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, num_splits={self.num_splits}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.num_splits == 1:
+        views = self.views
+        if not self.training or self.num_splits * views == 1:
             return super().forward(x)
         if x.dim() != 4:
             raise ValueError(f"input shape {tuple(x.shape)} is not allowed: expected (B, C, H, W)")
         n, c = x.shape[0], x.shape[1]
+        if n % views:
+            raise ValueError(f"a batch of {n} images is not {views} interleaved inputs")
         # a batch that lost unreadable images may not divide: gcd(B, num_splits) groups then
-        s = math.gcd(n, self.num_splits)
+        s = views * math.gcd(n // views, self.num_splits)
         if s == 1:
             return super().forward(x)
         running_mean, running_var = self.running_mean, self.running_var
         mean = var = None
-        factor = 0.0
+        factors = [0.0]  # of each input's update of the running statistics
         if self.track_running_stats and running_mean is not None and running_var is not None:
             assert self.num_batches_tracked is not None
-            self.num_batches_tracked.add_(1)
-            # momentum None: cumulative moving average, as BatchNorm2d
-            factor = (
-                1.0 / float(self.num_batches_tracked)
-                if self.momentum is None
-                else float(self.momentum)
-            )
+            if self.momentum is None:  # cumulative moving average, as BatchNorm2d
+                calls = float(self.num_batches_tracked)
+                factors = [1.0 / (calls + v + 1) for v in range(views)]
+            else:
+                factors = [float(self.momentum)] * views
+            self.num_batches_tracked.add_(views)
             mean, var = running_mean.repeat(s), running_var.repeat(s)
         y = F.batch_norm(
             x.reshape(n // s, s * c, *x.shape[2:]),
@@ -98,24 +117,45 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             self.weight.repeat(s) if self.affine else None,
             self.bias.repeat(s) if self.affine else None,
             True,
-            factor,
+            factors[0],
             self.eps,
         ).reshape(x.shape)
         if running_mean is not None and running_var is not None and mean is not None:
+            assert var is not None
+            start_weight, weights = _in_order_weights(factors)
             with torch.no_grad():
-                running_mean.copy_(mean.view(s, c).mean(dim=0))
-                running_var.copy_(var.view(s, c).mean(dim=0))  # type: ignore[union-attr]
+                for running, moved in ((running_mean, mean), (running_var, var)):
+                    # (views, C): each input's groups averaged, (1 - f0) r + f0 * its statistic
+                    per_input = moved.view(s // views, views, c).mean(dim=0)
+                    if views == 1:
+                        running.copy_(per_input[0])
+                        continue
+                    running.mul_(start_weight)
+                    for updated, weight in zip(per_input, weights):
+                        running.add_(updated, alpha=weight)
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             y = y.contiguous(memory_format=torch.channels_last)
         return y
 
 
+def _in_order_weights(factors: list[float]) -> tuple[float, list[float]]:
+    """``(a, [w_v])`` such that ``a * r + sum_v w_v * u_v`` is a running statistic r after one
+    update per input in order (input v moves it by ``factors[v]`` towards its statistic x_v),
+    where ``u_v = (1 - f0) * r + f0 * x_v`` is input v's update alone with the first factor."""
+    first = factors[0]
+    start, weights = 1.0, list[float]()
+    for f in factors:  # r <- (1 - f) r + (f / f0) (u_v - (1 - f0) r), in closed form
+        scale = f / first if f != first else 1.0  # (f0 > 0 whenever the factors differ)
+        start = (1 - f) * start - scale * (1 - first)
+        weights = [(1 - f) * w for w in weights] + [scale]
+    return start, weights
+
+
 def split_batch_norms(module: nn.Module, num_splits: int) -> int:
     """Replace every ``nn.BatchNorm2d`` inside ``module`` by a :class:`SplitBatchNorm2d` that
     shares its tensors (so an optimiser or EMA built before still sees them); returns how many
-    were replaced. ``num_splits == 1`` changes nothing."""
-    if num_splits == 1:
-        return 0
+    were replaced. With ``num_splits == 1`` the layers compute what ``BatchNorm2d`` does, and
+    can take one group per input in :func:`interleaved_forward`."""
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
@@ -123,6 +163,52 @@ def split_batch_norms(module: nn.Module, num_splits: int) -> int:
                 setattr(parent, name, SplitBatchNorm2d.from_batch_norm(child, num_splits))
                 replaced += 1
     return replaced
+
+
+def unsplit_batch_norms(network: nn.Module) -> list[str]:
+    """Class names of the BatchNorm layers of ``network`` that are not :class:`SplitBatchNorm2d`
+    (they normalise a batch as one, so :func:`interleaved_forward` cannot keep inputs apart)."""
+    return [
+        type(m).__name__
+        for m in network.modules()
+        if isinstance(m, _BatchNorm) and not isinstance(m, SplitBatchNorm2d)
+    ]
+
+
+def interleaved_forward(
+    forward: Callable[[torch.Tensor], torch.Tensor], network: nn.Module, xs: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``[forward(x) for x in xs]`` from one call of ``forward`` on the inputs interleaved.
+
+    ``xs``: V tensors of one shape (B, ...); ``forward`` runs ``network`` on (N, ...) and returns
+    (N, ...). The call sees (V*B, ...) whose row ``b * V + v`` is ``xs[v][b]``; meanwhile every
+    :class:`SplitBatchNorm2d` of ``network`` takes its groups per input (``views = V``), so each
+    input is normalised with the statistics of its own call and the running statistics move as
+    by V calls in order. Returns V tensors (B, ...): strided views of the one output. Raises
+    ValueError when the shapes differ or ``network`` holds another BatchNorm (which would
+    normalise the inputs together).
+    """
+    if len({tuple(x.shape) for x in xs}) != 1:
+        shapes = [tuple(x.shape) for x in xs]
+        raise ValueError(f"input shapes {shapes} are not allowed: expected one shape")
+    views = len(xs)
+    if views == 1:
+        return [forward(xs[0])]
+    mixing = unsplit_batch_norms(network)
+    if mixing:
+        raise ValueError(
+            f"the network's {mixing[0]} layers would normalise the {views} inputs together: "
+            "interleaved_forward needs its BatchNorm layers to be SplitBatchNorm2d"
+        )
+    norms = [m for m in network.modules() if isinstance(m, SplitBatchNorm2d)]
+    for norm in norms:
+        norm.views = views
+    try:
+        y = forward(torch.stack(list(xs), dim=1).flatten(0, 1))
+    finally:
+        for norm in norms:
+            norm.views = 1
+    return list(y.unflatten(0, (-1, views)).unbind(1))
 
 
 def shuffled_forward(

@@ -31,6 +31,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from solo_mixmask.backbones import build_backbone, momentum_copy
 from solo_mixmask.config.engine_specs import EngineSpec, PerformanceSpec, SchedulerSpec, engine_spec
 from solo_mixmask.config.schema import BASE_DEFAULTS, fill_defaults, to_container, validate_base
+from solo_mixmask.core.batch_norm import interleaved_forward, unsplit_batch_norms
 from solo_mixmask.core.knn import knn_accuracy, knn_k_used, knn_matmul_dtype
 from solo_mixmask.errors import ConfigError, ConfigWarning
 from solo_mixmask.utils.momentum import cosine_tau, ema_update_pairs
@@ -184,6 +185,9 @@ class BaseMethod(L.LightningModule):
         self.knn_k: int | None = None
         # Which views of a training batch go through the online network (None = all).
         self.online_views: list[int] | None = None
+        self.batch_online_forwards = spec.performance.batch_online_forwards
+        # (input, its online backbone features) computed ahead in one call for this step
+        self._online_features: list[tuple[torch.Tensor, torch.Tensor]] = []
         # Validation metrics (torchmetrics: summed / gathered over processes, reset every epoch;
         # their states are not in the state_dict, so checkpoints keep the same keys).
         self.val_top1 = _top_k_accuracy(self.num_classes, 1)
@@ -217,6 +221,13 @@ class BaseMethod(L.LightningModule):
 
     # ----------------------------------------------------------------- forward
     def backbone_features(self, backbone: nn.Module, X: torch.Tensor) -> torch.Tensor:
+        """``X`` (B,3,H,W) -> (B, D); the features of an input of this step's one online call
+        (:meth:`extra_online_inputs`) are taken from that call."""
+        if backbone is self.backbone:
+            for i, (x, feats) in enumerate(self._online_features):
+                if x is X:
+                    del self._online_features[i]
+                    return feats
         if self.channels_last:
             X = X.contiguous(memory_format=torch.channels_last)
         return self._backbone_callable(backbone)(X)
@@ -232,6 +243,37 @@ class BaseMethod(L.LightningModule):
                 backbone, backend=self.compile_backend, mode=None if mode == "default" else mode
             )
         return self._compiled[key]
+
+    def extra_online_inputs(self, batch: list[Any]) -> list[torch.Tensor]:
+        """Images (B,3,H,W) that the method sends through ``forward`` in this training step
+        besides the views (none here; mixed views in :class:`~solo_mixmask.methods.mixed_branch.
+        MixedBranchLogic`). Called once, before the views' forwards, so that
+        ``performance.batch_online_forwards`` can compute all of them in one backbone call."""
+        return []
+
+    def _forward_online_together(self, xs: list[torch.Tensor]) -> None:
+        """With ``performance.batch_online_forwards``: the online backbone features of ``xs``
+        from one call per shape (:func:`~solo_mixmask.core.batch_norm.interleaved_forward`,
+        each input normalised as in its own call), kept for ``backbone_features``."""
+        self._online_features = []
+        if not self.batch_online_forwards or len(xs) < 2:
+            return
+        unsplit = unsplit_batch_norms(self.backbone)
+        if unsplit:
+            raise ConfigError(
+                "performance.batch_online_forwards",
+                True,
+                f"false for this backbone: its {unsplit[0]} layers would normalise the inputs "
+                "of one call together",
+            )
+        by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for x in xs:
+            by_shape.setdefault(tuple(x.shape), []).append(x)
+        for same in by_shape.values():
+            feats = interleaved_forward(
+                lambda x: self.backbone_features(self.backbone, x), self.backbone, same
+            )
+            self._online_features += zip(same, feats)
 
     def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
         """``X`` (B,3,H,W) -> ``{"feats": (B,D), "logits": (B,classes)}`` (classifier on detached feats)."""
@@ -258,7 +300,9 @@ class BaseMethod(L.LightningModule):
             torch.compiler.cudagraph_mark_step_begin()
         _, views, targets = batch
         chosen = self.online_views if self.online_views is not None else range(len(views))
-        outs = [self.forward(views[i]) for i in chosen]
+        online = [views[i] for i in chosen]
+        self._forward_online_together(online + self.extra_online_inputs(batch))
+        outs = [self.forward(x) for x in online]
         out: dict[str, Any] = {key: [o[key] for o in outs] for key in outs[0]}
         stats = [self._classification(o["logits"], targets) for o in outs]
         for key in ("loss", "acc1", "acc5"):

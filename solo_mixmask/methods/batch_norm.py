@@ -12,7 +12,9 @@ devices).
 
 The layers are swapped inside the method, after the host (ours or solo-learn's) built its
 backbones, so both engines get it; the swapped layers keep BatchNorm's ``state_dict`` keys, so
-checkpoints load either way and exports hold ordinary BatchNorm.
+checkpoints load either way and exports hold ordinary BatchNorm. With ``bn_splits: 1`` they are
+swapped too: one group computes what ``BatchNorm2d`` does, and the layers can keep the inputs of
+one interleaved call apart (``performance.batch_online_forwards`` of our engine).
 """
 
 from __future__ import annotations

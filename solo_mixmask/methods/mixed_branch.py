@@ -4,7 +4,7 @@ Engine-free: a mixin of the hosts on our engine and on solo-learn's."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from omegaconf import DictConfig
@@ -17,6 +17,16 @@ from solo_mixmask.utils.generators import SeededGenerators
 
 #: One mixed view of a method: its mixer's class and how its partners are drawn.
 MixerRow = tuple[type[Mixer], PartnerRule]
+
+
+class Mix(NamedTuple):
+    """One mixer's mixed view of a batch: ``images`` (B,3,H,W), ``lam`` float32 (B,) (the share
+    of each image's own pixels), ``partner`` long (B,) (whose pixels fill the rest)."""
+
+    name: str
+    images: torch.Tensor
+    lam: torch.Tensor
+    partner: torch.Tensor
 
 
 class MixedBranchLogic(LogicBase):
@@ -39,6 +49,8 @@ class MixedBranchLogic(LogicBase):
         for mixer, _ in self.mixers:
             for name, stream in mixer.saved_streams().items():
                 self.generators.attach(name, stream)
+        # (first-view images, their mixes) drawn by extra_online_inputs for this step
+        self._drawn: tuple[torch.Tensor, list[Mix]] | None = None
 
     @classmethod
     def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:
@@ -49,21 +61,39 @@ class MixedBranchLogic(LogicBase):
             mixer.check(cfg.method_kwargs, smallest_crop_size(cfg))
         return cfg
 
-    def mixed_losses(
-        self, x: torch.Tensor, target: torch.Tensor, pair_loss: PairLoss
-    ) -> dict[str, torch.Tensor]:
-        """``{"train_<mixer>_loss": float32 scalar}`` for the first view's images x (B,3,H,W)
-        against ``target`` (B, d), the unmixed images' stop-gradient targets; logs each term
-        and each mixer's mean lambda. Cost: one online forward + backward of B images each."""
-        losses, lambdas = {}, {}
+    def draw_mixes(self, x: torch.Tensor) -> list[Mix]:
+        """One :class:`Mix` per mixer of the images x (B,3,H,W), drawn from the method's streams."""
+        mixes = []
         for mixer, rule in self.mixers:
             device_generator = self.ranked_generators().device(x.device)
             partner = draw_partner(rule, x.shape[0], device_generator)
             generator = device_generator if mixer.draws_on == "device" else self.generators.host()
             x_mix, lam = mixer.mix(x, partner, generator)
-            pred = self.forward(x_mix)[self.mixed_output]
-            losses[f"train_{mixer.name}_loss"] = mixed_loss(pair_loss, pred, target, lam, partner)
-            lambdas[f"train_{mixer.name}_lambda"] = lam.mean()
+            mixes.append(Mix(mixer.name, x_mix, lam, partner))
+        return mixes
+
+    def extra_online_inputs(self, batch: list[Any]) -> list[torch.Tensor]:
+        """The engine's hook: this step's mixed images of the first view, drawn now (the
+        engine may then compute their features with the views'); ``mixed_losses`` scores them."""
+        x = batch[1][0]
+        self._drawn = (x, self.draw_mixes(x))
+        return [mix.images for mix in self._drawn[1]]
+
+    def mixed_losses(
+        self, x: torch.Tensor, target: torch.Tensor, pair_loss: PairLoss
+    ) -> dict[str, torch.Tensor]:
+        """``{"train_<mixer>_loss": float32 scalar}`` for the first view's images x (B,3,H,W)
+        against ``target`` (B, d), the unmixed images' stop-gradient targets; logs each term
+        and each mixer's mean lambda. Cost: one online forward + backward of B images each.
+        The mixes are those drawn for x by ``extra_online_inputs`` in this step, else new."""
+        drawn, self._drawn = self._drawn, None
+        mixes = drawn[1] if drawn is not None and drawn[0] is x else self.draw_mixes(x)
+        losses, lambdas = {}, {}
+        for mix in mixes:
+            name, lam, partner = mix.name, mix.lam, mix.partner
+            pred = self.forward(mix.images)[self.mixed_output]
+            losses[f"train_{name}_loss"] = mixed_loss(pair_loss, pred, target, lam, partner)
+            lambdas[f"train_{name}_lambda"] = lam.mean()
         if losses:
             logged = {name: loss.detach() for name, loss in losses.items()}
             self.log_dict({**logged, **lambdas}, on_epoch=True, sync_dist=True)

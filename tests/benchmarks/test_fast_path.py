@@ -46,12 +46,19 @@ def test_compile_backend_is_checked():
         )
 
 
-def test_compiled_mixmask_trains_and_keeps_state_dict_keys():
-    """aot_eager traces forward and backward like inductor does, without the C++ build."""
+@pytest.mark.parametrize("batched", [False, True])
+def test_compiled_mixmask_trains_and_keeps_state_dict_keys(batched):
+    """aot_eager traces forward and backward like inductor does, without the C++ build; with
+    ``batch_online_forwards`` the online backbone traces the interleaved call."""
     torch.manual_seed(0)
     plain = METHODS["mixmask"](tiny_cfg("mixmask"))
     compiled = METHODS["mixmask"](
-        tiny_cfg("mixmask", performance__compile=True, performance__compile_backend="aot_eager")
+        tiny_cfg(
+            "mixmask",
+            performance__compile=True,
+            performance__compile_backend="aot_eager",
+            performance__batch_online_forwards=batched,
+        )
     )
     assert compiled.state_dict().keys() == plain.state_dict().keys()
     compiled.load_state_dict(plain.state_dict())

@@ -81,6 +81,12 @@ def test_throughput_tiny_measures_every_lever_on_cpu(tmp_path):
         assert res["levers"]["no_split_bn"][m]["dispatched_ops"] < 0.6 * ops  # split BN doubles
         assert res["levers"]["ema_two_foreach"][m]["dispatched_ops"] > ops  # mul_ + add_ > lerp_
         assert "dispatched_ops" not in res["levers"]["compile"][m]  # not countable compiled
+    # one online backbone call for MixMask's two online inputs; MoCo v2 has one input
+    batched = {
+        m: res["levers"]["batch_online_forwards"][m]["dispatched_ops"] for m in throughput.METHODS
+    }
+    assert batched["mixmask"] < 0.8 * res["methods"]["mixmask"]["profile"]["dispatched_ops"]
+    assert batched["mocov2plus"] == res["methods"]["mocov2plus"]["profile"]["dispatched_ops"]
     assert (
         res["methods"]["mixmask"]["flops_per_step"] > res["methods"]["mocov2plus"]["flops_per_step"]
     )

@@ -48,7 +48,14 @@ def test_defaults_are_base_defaults():
     assert spec.performance.channels_last == perf["channels_last"]
     assert spec.performance.compile == perf["compile"]
     assert spec.performance.compile_backend == perf["compile_backend"]
-    for key in ("compile_mode", "optimizer_impl", "ema_foreach_lerp", "knn_dtype"):
+    keys = (
+        "compile_mode",
+        "optimizer_impl",
+        "ema_foreach_lerp",
+        "knn_dtype",
+        "batch_online_forwards",
+    )
+    for key in keys:
         assert getattr(spec.performance, key) == perf[key], key
     assert spec.num_classes == 10  # fashion_mnist
 
@@ -71,6 +78,7 @@ def test_parsed_spec_has_the_configs_values():
         performance__channels_last=False,
         performance__compile=True,
         performance__compile_backend="eager",
+        performance__batch_online_forwards=True,
     )
     spec = engine_spec(cfg)
     assert spec.backbone.name == "resnet18"
@@ -88,7 +96,7 @@ def test_parsed_spec_has_the_configs_values():
     assert (spec.momentum.base_tau, spec.momentum.final_tau) == (0.9, 0.95)
     assert (spec.knn.enabled, spec.knn.k, spec.knn.T, spec.knn.memory) == (True, 5, 0.2, None)
     assert spec.performance == type(spec.performance)(
-        False, True, "eager", "default", "auto", True, "float32"
+        False, True, "eager", "default", "auto", True, "float32", True
     )
     assert spec.num_classes == 10
 

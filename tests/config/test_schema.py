@@ -178,6 +178,7 @@ BOOL_KEYS = [
     "performance.channels_last",
     "performance.compile",
     "performance.ema_foreach_lerp",
+    "performance.batch_online_forwards",
     "wandb.enabled",
     "wandb.offline",
     "logging.csv",
@@ -490,6 +491,15 @@ def test_performance_levers_are_checked_at_start_up(key, value, allowed):
         validate_base(_base(**{key.replace(".", "__"): value}))
     assert (info.value.key, info.value.value) == (key, value)
     assert allowed in str(info.value) and "\n" not in str(info.value)
+
+
+def test_batched_online_forwards_refused_with_sync_batchnorm():
+    cfg = _base(performance__batch_online_forwards=True, sync_batchnorm=True)
+    with pytest.raises(ConfigError) as info:
+        validate_base(cfg)
+    assert (info.value.key, info.value.value) == ("performance.batch_online_forwards", True)
+    assert "sync_batchnorm=true" in str(info.value)
+    validate_base(_base(performance__batch_online_forwards=True))
 
 
 def test_fused_optimizer_refused_for_lars():

@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from solo_mixmask.core.batch_norm import SplitBatchNorm2d, shuffled_forward, split_batch_norms
+from solo_mixmask.core.batch_norm import (
+    SplitBatchNorm2d,
+    interleaved_forward,
+    shuffled_forward,
+    split_batch_norms,
+)
 
 
 def _groups(x: torch.Tensor, s: int) -> list[torch.Tensor]:
@@ -82,12 +87,79 @@ def test_split_bn_in_eval_mode_and_state_dict_are_batch_norms():
 def test_split_batch_norms_swaps_in_place_sharing_tensors():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
     weight = net[1].weight
-    assert split_batch_norms(net, 1) == 0 and type(net[1]) is nn.BatchNorm2d
     keys = net.state_dict().keys()
     assert split_batch_norms(net, 2) == 2
     assert isinstance(net[1], SplitBatchNorm2d) and isinstance(net[2][0], SplitBatchNorm2d)
     assert net[1].weight is weight and net.state_dict().keys() == keys
     assert split_batch_norms(net, 2) == 0  # already split
+
+
+def test_one_split_is_batch_norm():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.BatchNorm2d(3))
+    reference = nn.BatchNorm2d(3)
+    assert split_batch_norms(net, 1) == 1 and net[0].num_splits == 1
+    x = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(net(x), reference(x))
+    torch.testing.assert_close(net[0].running_var, reference.running_var)
+
+
+def _network(num_splits: int, momentum: float | None) -> nn.Module:
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4, momentum=momentum),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3, stride=2),
+        nn.BatchNorm2d(5, momentum=momentum),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    split_batch_norms(net, num_splits)
+    return net
+
+
+@pytest.mark.parametrize(
+    "views, num_splits, momentum, channels_last",
+    [(2, 1, 0.1, False), (2, 2, 0.1, True), (3, 2, None, False), (3, 4, 0.3, True)],
+)
+def test_interleaved_forward_is_one_call_per_input(views, num_splits, momentum, channels_last):
+    torch.manual_seed(4)
+    together, apart = _network(num_splits, momentum), _network(num_splits, momentum)
+    apart.load_state_dict(together.state_dict())
+    if momentum is None:  # the cumulative average after 5 earlier calls
+        for net in (together, apart):
+            for bn in (net[1], net[4]):
+                bn.num_batches_tracked.fill_(5)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    # each input with its own offset: normalising them together would not remove it
+    xs = [(torch.randn(8, 3, 6, 6) + 3 * v).contiguous(memory_format=layout) for v in range(views)]
+    out = interleaved_forward(together, together, xs)
+    ref = [apart(x) for x in xs]
+    for y, r in zip(out, ref):
+        torch.testing.assert_close(y, r, atol=1e-5, rtol=1e-5)
+    sum((y * torch.arange(5.0)).sum() * (v + 1) for v, y in enumerate(out)).backward()
+    sum((r * torch.arange(5.0)).sum() * (v + 1) for v, r in enumerate(ref)).backward()
+    for (name, p), q in zip(together.named_parameters(), apart.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=name)
+    for (name, b), c in zip(together.named_buffers(), apart.buffers()):
+        torch.testing.assert_close(b, c, atol=1e-6, rtol=1e-5, msg=name)
+    assert int(together[1].num_batches_tracked) == (5 if momentum is None else 0) + views
+    assert together[1].views == 1  # reset after the call
+
+
+def test_interleaved_forward_refuses_what_it_cannot_keep_apart():
+    plain = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    xs = [torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)]
+    with pytest.raises(ValueError, match="BatchNorm2d layers would normalise the 2 inputs"):
+        interleaved_forward(plain, plain, xs)
+    split = _network(2, 0.1)
+    with pytest.raises(ValueError, match="expected one shape"):
+        interleaved_forward(split, split, [xs[0], torch.randn(2, 3, 2, 2)])
+    with pytest.raises(ValueError, match="not 2 interleaved inputs"):
+        interleaved_forward(lambda x: split(x[:-1]), split, xs)
+    assert split[1].views == 1  # reset when the call fails
+    # one input: the plain call, whatever the network holds
+    torch.testing.assert_close(interleaved_forward(plain, plain, xs[:1])[0], plain(xs[0]))
 
 
 def test_shuffled_forward_returns_outputs_in_input_order():

@@ -6,9 +6,11 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from solo_mixmask.core.knn import knn_accuracy
+from solo_mixmask.errors import ConfigError
 from solo_mixmask.methods import METHODS
 from solo_mixmask.methods.base import (
     LabelledFeatures,
@@ -16,7 +18,7 @@ from solo_mixmask.methods.base import (
     _top_k_accuracy,
     _updated,
 )
-from tests.conftest import tiny_cfg
+from tests.conftest import synthetic_batch, tiny_cfg
 
 
 def ranked_logits(targets: list[int], ranks: list[int], classes: int) -> torch.Tensor:
@@ -157,3 +159,52 @@ def test_validation_logs_hand_checked_accuracies_and_resets_every_epoch():
         assert metrics["val_knn_acc5"] == pytest.approx(knn5, rel=1e-6)
     assert model.knn_k == 5
     assert not _updated(model.knn_memory) and not _updated(model.val_top1)
+
+
+@pytest.mark.parametrize(
+    "method, overrides",
+    [
+        ("mixmask", {}),  # asymmetric MoCo v2 + MixMask: view 1 and the mixed view
+        ("mixmask", {"method_kwargs.symmetric": True, "method_kwargs.bn_splits": 4}),
+        ("unmix_mixmask", {"method_kwargs.bn_splits": 2, "method_kwargs.shuffle_bn": True}),
+        ("byol_mixmask", {}),  # BYOL's projector and predictor hold BatchNorm1d: per input
+    ],
+)
+def test_batched_online_forwards_compute_the_same_step(method, overrides):
+    """``performance.batch_online_forwards``: one online backbone call for the views and mixed
+    views, and the same loss, gradients and BatchNorm statistics as one call per input."""
+    models = []
+    for batched in (False, True):
+        cfg = tiny_cfg(method, performance__batch_online_forwards=batched)
+        for key, value in overrides.items():
+            OmegaConf.update(cfg, key, value)
+        models.append(METHODS[method](cfg).train())
+    apart, together = models
+    together.load_state_dict(apart.state_dict())
+    calls = []
+    for model in models:
+        model.backbone.register_forward_hook(lambda m, i, o, model=model: calls.append(model))
+    losses = []
+    for model in models:
+        out = model.training_step(synthetic_batch(), 0)
+        loss = out["loss"] if isinstance(out, dict) else out
+        loss.backward()
+        losses.append(loss)
+    online = 1 + len(apart.mixers) if apart.online_views else 2 + len(apart.mixers)
+    assert calls.count(apart) == online and calls.count(together) == 1
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    for (name, p), q in zip(together.named_parameters(), apart.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+    for (name, b), c in zip(together.named_buffers(), apart.buffers()):
+        torch.testing.assert_close(b, c, atol=1e-6, rtol=1e-5, msg=name)
+    assert not together._online_features  # every input's features were used
+
+
+def test_batched_online_forwards_refuse_a_backbone_whose_batch_norm_is_not_split():
+    model = METHODS["mixmask"](tiny_cfg("mixmask", performance__batch_online_forwards=True))
+    model.backbone.add_module("extra_norm", torch.nn.SyncBatchNorm(3))
+    with pytest.raises(ConfigError) as info:
+        model.training_step(synthetic_batch(), 0)
+    assert info.value.key == "performance.batch_online_forwards"
+    assert "SyncBatchNorm" in str(info.value)

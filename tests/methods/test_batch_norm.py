@@ -29,7 +29,10 @@ def test_every_momentum_method_splits_both_backbones(method):
     for backbone in (split.backbone, split.momentum_backbone):
         norms = _batch_norms(backbone)
         assert norms and all(type(m) is SplitBatchNorm2d and m.num_splits == 4 for m in norms)
-    assert all(type(m) is nn.BatchNorm2d for m in _batch_norms(plain.backbone))
+    # one group: BatchNorm2d's computation, and one group per input of an interleaved call
+    assert all(
+        type(m) is SplitBatchNorm2d and m.num_splits == 1 for m in _batch_norms(plain.backbone)
+    )
     # same state_dict keys and shapes: checkpoints load either way
     assert {k: v.shape for k, v in split.state_dict().items()} == {
         k: v.shape for k, v in plain.state_dict().items()

@@ -23,9 +23,11 @@ HOST_DRAW = "_local_scalar_dense at solo_mixmask/core/unmix.py:"
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("bn", ["one", "split_shuffled"])
+@pytest.mark.parametrize("bn", ["one", "split_shuffled", "split_batched"])
 def test_a_training_step_reads_nothing_back(method, bn):
     kw = {"method_kwargs__bn_splits": 2, "method_kwargs__shuffle_bn": True} if bn != "one" else {}
+    if bn == "split_batched":  # the views and mixed views in one online backbone call
+        kw["performance__batch_online_forwards"] = True
     step = EngineStep(tiny_cfg(method, **kw))  # training_step, backward, optimiser, EMA
     batch = synthetic_batch()
     step(batch)  # first step: lazily made generators, mask banks, optimiser state
