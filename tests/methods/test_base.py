@@ -164,8 +164,9 @@ def test_validation_logs_hand_checked_accuracies_and_resets_every_epoch():
 @pytest.mark.parametrize(
     "method, overrides",
     [
-        ("mixmask", {}),  # asymmetric MoCo v2 + MixMask: view 1 and the mixed view
-        ("mixmask", {"method_kwargs.symmetric": True, "method_kwargs.bn_splits": 4}),
+        # asymmetric MoCo v2 + MixMask (the CIFAR recipe): view 1 and the mixed view
+        ("mixmask", {"method_kwargs.symmetric": False, "method_kwargs.bn_splits": 4}),
+        ("mixmask", {}),  # MoCo V2+: both views and the mixed view, one BatchNorm group each
         ("unmix_mixmask", {"method_kwargs.bn_splits": 2, "method_kwargs.shuffle_bn": True}),
         ("byol_mixmask", {}),  # BYOL's projector and predictor hold BatchNorm1d: per input
     ],
