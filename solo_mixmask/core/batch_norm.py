@@ -34,10 +34,10 @@ from solo_mixmask.core.mixing import inverse_permutation
 
 __all__ = [
     "SplitBatchNorm2d",
+    "UnsplitBatchNormError",
     "interleaved_forward",
     "shuffled_forward",
     "split_batch_norms",
-    "unsplit_batch_norms",
 ]
 
 
@@ -122,17 +122,18 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         ).reshape(x.shape)
         if running_mean is not None and running_var is not None and mean is not None:
             assert var is not None
-            start_weight, weights = _in_order_weights(factors)
             with torch.no_grad():
-                for running, moved in ((running_mean, mean), (running_var, var)):
-                    # (views, C): each input's groups averaged, (1 - f0) r + f0 * its statistic
-                    per_input = moved.view(s // views, views, c).mean(dim=0)
-                    if views == 1:
-                        running.copy_(per_input[0])
-                        continue
-                    running.mul_(start_weight)
-                    for updated, weight in zip(per_input, weights):
-                        running.add_(updated, alpha=weight)
+                if views == 1:
+                    running_mean.copy_(mean.view(s, c).mean(dim=0))
+                    running_var.copy_(var.view(s, c).mean(dim=0))
+                else:
+                    start_weight, weights = _in_order_weights(factors)
+                    for running, moved in ((running_mean, mean), (running_var, var)):
+                        # (views, C): each input's groups averaged, (1 - f0) r + f0 * its stat
+                        per_input = moved.view(s // views, views, c).mean(dim=0)
+                        running.mul_(start_weight)
+                        for updated, weight in zip(per_input, weights):
+                            running.add_(updated, alpha=weight)
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             y = y.contiguous(memory_format=torch.channels_last)
         return y
@@ -165,14 +166,9 @@ def split_batch_norms(module: nn.Module, num_splits: int) -> int:
     return replaced
 
 
-def unsplit_batch_norms(network: nn.Module) -> list[str]:
-    """Class names of the BatchNorm layers of ``network`` that are not :class:`SplitBatchNorm2d`
-    (they normalise a batch as one, so :func:`interleaved_forward` cannot keep inputs apart)."""
-    return [
-        type(m).__name__
-        for m in network.modules()
-        if isinstance(m, _BatchNorm) and not isinstance(m, SplitBatchNorm2d)
-    ]
+class UnsplitBatchNormError(ValueError):
+    """:func:`interleaved_forward`'s network holds a BatchNorm layer that is not a
+    :class:`SplitBatchNorm2d`: it would normalise the inputs of the one call together."""
 
 
 def interleaved_forward(
@@ -185,8 +181,8 @@ def interleaved_forward(
     :class:`SplitBatchNorm2d` of ``network`` takes its groups per input (``views = V``), so each
     input is normalised with the statistics of its own call and the running statistics move as
     by V calls in order. Returns V tensors (B, ...): strided views of the one output. Raises
-    ValueError when the shapes differ or ``network`` holds another BatchNorm (which would
-    normalise the inputs together).
+    ValueError when the shapes differ, :class:`UnsplitBatchNormError` when ``network`` holds
+    another BatchNorm (which would normalise the inputs together).
     """
     if len({tuple(x.shape) for x in xs}) != 1:
         shapes = [tuple(x.shape) for x in xs]
@@ -194,19 +190,20 @@ def interleaved_forward(
     views = len(xs)
     if views == 1:
         return [forward(xs[0])]
-    mixing = unsplit_batch_norms(network)
+    norms = [m for m in network.modules() if isinstance(m, _BatchNorm)]
+    mixing = [type(m).__name__ for m in norms if not isinstance(m, SplitBatchNorm2d)]
     if mixing:
-        raise ValueError(
+        raise UnsplitBatchNormError(
             f"the network's {mixing[0]} layers would normalise the {views} inputs together: "
             "interleaved_forward needs its BatchNorm layers to be SplitBatchNorm2d"
         )
-    norms = [m for m in network.modules() if isinstance(m, SplitBatchNorm2d)]
-    for norm in norms:
+    splits = [m for m in norms if isinstance(m, SplitBatchNorm2d)]  # all of them (checked)
+    for norm in splits:
         norm.views = views
     try:
         y = forward(torch.stack(list(xs), dim=1).flatten(0, 1))
     finally:
-        for norm in norms:
+        for norm in splits:
             norm.views = 1
     return list(y.unflatten(0, (-1, views)).unbind(1))
 

@@ -31,7 +31,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from solo_mixmask.backbones import build_backbone, momentum_copy
 from solo_mixmask.config.engine_specs import EngineSpec, PerformanceSpec, SchedulerSpec, engine_spec
 from solo_mixmask.config.schema import BASE_DEFAULTS, fill_defaults, to_container, validate_base
-from solo_mixmask.core.batch_norm import interleaved_forward, unsplit_batch_norms
+from solo_mixmask.core.batch_norm import UnsplitBatchNormError, interleaved_forward
 from solo_mixmask.core.knn import knn_accuracy, knn_k_used, knn_matmul_dtype
 from solo_mixmask.errors import ConfigError, ConfigWarning
 from solo_mixmask.utils.momentum import cosine_tau, ema_update_pairs
@@ -258,21 +258,18 @@ class BaseMethod(L.LightningModule):
         self._online_features = []
         if not self.batch_online_forwards or len(xs) < 2:
             return
-        unsplit = unsplit_batch_norms(self.backbone)
-        if unsplit:
-            raise ConfigError(
-                "performance.batch_online_forwards",
-                True,
-                f"false for this backbone: its {unsplit[0]} layers would normalise the inputs "
-                "of one call together",
-            )
         by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
         for x in xs:
             by_shape.setdefault(tuple(x.shape), []).append(x)
         for same in by_shape.values():
-            feats = interleaved_forward(
-                lambda x: self.backbone_features(self.backbone, x), self.backbone, same
-            )
+            try:
+                feats = interleaved_forward(
+                    lambda x: self.backbone_features(self.backbone, x), self.backbone, same
+                )
+            except UnsplitBatchNormError as error:
+                raise ConfigError(
+                    "performance.batch_online_forwards", True, f"false for this backbone: {error}"
+                ) from error
             self._online_features += zip(same, feats)
 
     def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
