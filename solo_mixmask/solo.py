@@ -191,7 +191,9 @@ def __getattr__(name: str) -> type:
     """Built classes are module attributes (``solo_mixmask.solo.MixMask``) so that they pickle."""
     if name in _BUILT:
         return _BUILT[name]
-    if name in {entry.class_name for entry in solo_methods().values()}:
+    # the import system's probes (``__path__`` on ``from solo_mixmask.solo import x``) and other
+    # private names are never methods: answering them must not import the methods (and torch)
+    if not name.startswith("_") and name in {entry.class_name for entry in solo_methods().values()}:
         register()
         return _BUILT[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

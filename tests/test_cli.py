@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,22 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert stop.value.code == 0
     assert capsys.readouterr().out.strip() == f"solo-mixmask {__version__}"
+
+
+def test_version_and_help_import_neither_torch_nor_lightning() -> None:
+    """``--version`` and ``--help`` answer in a fraction of a second: building the parser (its
+    ``solo-*`` sub-commands included) must not import the methods, hence torch and Lightning."""
+    probe = (
+        "import sys\n"
+        "from solo_mixmask.cli import build_parser\n"
+        "build_parser()\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'solo_mixmask.methods') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_pretrain_help_lists_the_configs_and_their_groups(
