@@ -368,22 +368,23 @@ def eval_view(
 
     As :func:`~solo_mixmask.data.augmentations.build_eval_transform`: short side resized to
     round(crop / 0.875) for crop >= 64, else to crop (bilinear, antialiased), then centre crop.
-    Images already crop x crop are only normalised.
+    Images whose short side is already that size are not resampled (crop x crop images for
+    crop < 64); a 96 x 96 image with crop 96 is resized to 110 x 110 and centre-cropped, as the
+    PIL path does.
     """
     x = _to_float(images)
     height, width = x.shape[-2:]
-    if (height, width) != (crop_size, crop_size):
-        short = round(crop_size / 0.875) if crop_size >= 64 else crop_size
-        if height <= width:
-            new_h, new_w = short, int(short * width / height)
-        else:
-            new_h, new_w = int(short * height / width), short
-        if (new_h, new_w) != (height, width):
-            x = F.interpolate(
-                x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
-            )
-        top = int(round((new_h - crop_size) / 2.0))
-        left = int(round((new_w - crop_size) / 2.0))
-        x = x[..., top : top + crop_size, left : left + crop_size]
+    short = round(crop_size / 0.875) if crop_size >= 64 else crop_size
+    if height <= width:
+        new_h, new_w = short, int(short * width / height)
+    else:
+        new_h, new_w = int(short * height / width), short
+    if (new_h, new_w) != (height, width):
+        x = F.interpolate(
+            x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+        )
+    top = int(round((new_h - crop_size) / 2.0))
+    left = int(round((new_w - crop_size) / 2.0))
+    x = x[..., top : top + crop_size, left : left + crop_size]
     x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
     return _normalise(x, mean, std)

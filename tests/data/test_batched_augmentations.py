@@ -483,3 +483,17 @@ def test_eval_view():
     pil = Image.fromarray(img[0, 0].numpy()).convert("RGB")
     pil_ref = T.Compose([T.Resize(73), T.CenterCrop(64), T.ToTensor(), T.Normalize(mean, std)])
     assert ((out[0] - pil_ref(pil)) * s).abs().max() < 3 / 255
+    # a square image of the crop's size, crop >= 64 (STL-10's 96 px): 96 -> 110, centre 96,
+    # as the PIL path; not the image unchanged
+    ramp = torch.arange(96, dtype=torch.float32) * (255 / 95)
+    img = torch.stack(
+        [ramp.expand(96, 96), ramp.view(96, 1).expand(96, 96), ramp.flip(0).expand(96, 96)]
+    )
+    img = img.round().to(torch.uint8).unsqueeze(0)
+    out = B.eval_view(img, 96, mean, std)
+    ref = TF.center_crop(TF.resize(img.float() / 255, [110], antialias=True), [96, 96])
+    assert torch.allclose(out, (ref - m) / s, atol=1e-5)
+    pil = Image.fromarray(img[0].permute(1, 2, 0).numpy())
+    pil_ref = T.Compose([T.Resize(110), T.CenterCrop(96), T.ToTensor(), T.Normalize(mean, std)])
+    assert ((out[0] - pil_ref(pil)) * s).abs().max() < 3 / 255
+    assert ((out[0] - (img[0].float() / 255 - m) / s) * s).abs().max() > 5 / 255  # it zoomed
