@@ -62,16 +62,29 @@ _MASK63 = (1 << 63) - 1
 @dataclass
 class MemoryImages:
     """A split held in memory: ``images`` uint8 (N, C, H, W), ``targets`` int64 (N,) (-1 when
-    unlabelled), ``bad_files`` the undecodable files left out, ``source`` what was read."""
+    unlabelled), ``bad_files`` the undecodable files left out, ``source`` what was read.
+
+    ``positions`` int64 (N,): where each image sits in the split as the PIL path numbers it (its
+    file list, with the files that fail to decode), of length ``split_length``; None when image
+    i is item i (nothing was left out while decoding). Subsets are drawn over those positions,
+    so that both paths pick the same files.
+    """
 
     images: torch.Tensor
     targets: torch.Tensor
     bad_files: list[str] = field(default_factory=list)
     source: str = ""
+    positions: torch.Tensor | None = None
+    split_length: int | None = None
     _on_device: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def items(self) -> int:
+        """The split's length as the PIL path counts it (undecodable files included)."""
+        return len(self) if self.split_length is None else self.split_length
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, targets) on ``device``, copied there once and kept."""
@@ -82,10 +95,16 @@ class MemoryImages:
         return self._on_device[key], self._on_device[key + ":targets"]
 
     def select(self, indices: Sequence[int] | None) -> MemoryImages:
-        """The images at ``indices`` (all when None), in that order."""
+        """The images of the split's items ``indices`` (positions in ``range(self.items)``; all
+        when None), in that order; items whose file did not decode are left out."""
         if indices is None:
             return self
         index = torch.as_tensor(list(indices), dtype=torch.long)
+        if self.positions is not None:  # item -> row, -1 for the files left out
+            row = torch.full((self.items,), -1, dtype=torch.long)
+            row[self.positions] = torch.arange(len(self))
+            index = row[index]
+            index = index[index >= 0]
         return MemoryImages(
             self.images[index], self.targets[index], list(self.bad_files), self.source
         )
@@ -120,33 +139,42 @@ def _decode_image_folder(dataset: ImageFolderDataset, workers: int) -> MemoryIma
     loader = DataLoader(_Decoder(dataset), batch_size=256, num_workers=workers, collate_fn=list)
     images: list[np.ndarray] = []
     targets: list[int] = []
+    positions: list[int] = []  # of the decoded files in the dataset's list
     bad = list(dataset.bad_files)  # left out by data.scan_images already
     first: tuple[str, tuple[int, ...]] | None = None
-    for chunk in loader:
-        for img, target, path in chunk:
-            if img is None:
-                warnings.warn(
-                    f"skipping unreadable image {path!r}; set data.strict=true to stop instead",
-                    BadImageWarning,
-                    stacklevel=2,
-                )
-                bad.append(path)
-                continue
-            if first is None:
-                first = (path, img.shape[:2])
-            elif img.shape[:2] != first[1]:
-                raise DataError(
-                    f"data.format=memory holds images of one size: {path!r} is "
-                    f"{img.shape[1]}x{img.shape[0]} px but {first[0]!r} is "
-                    f"{first[1][1]}x{first[1][0]} px; resize the images to one size or use "
-                    "data.format=image_folder"
-                )
-            images.append(img)
-            targets.append(target)
+    for position, (img, target, path) in enumerate(item for chunk in loader for item in chunk):
+        if img is None:
+            warnings.warn(
+                f"skipping unreadable image {path!r}; set data.strict=true to stop instead",
+                BadImageWarning,
+                stacklevel=2,
+            )
+            bad.append(path)
+            continue
+        if first is None:
+            first = (path, img.shape[:2])
+        elif img.shape[:2] != first[1]:
+            raise DataError(
+                f"data.format=memory holds images of one size: {path!r} is "
+                f"{img.shape[1]}x{img.shape[0]} px but {first[0]!r} is "
+                f"{first[1][1]}x{first[1][0]} px; resize the images to one size or use "
+                "data.format=image_folder"
+            )
+        images.append(img)
+        targets.append(target)
+        positions.append(position)
     if not images:
         raise DataError(f"none of the image files under {dataset.root!r} can be decoded")
     stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return MemoryImages(stacked, torch.tensor(targets, dtype=torch.long), bad, dataset.root)
+    left_out = len(positions) < len(dataset)
+    return MemoryImages(
+        stacked,
+        torch.tensor(targets, dtype=torch.long),
+        bad,
+        dataset.root,
+        torch.tensor(positions, dtype=torch.long) if left_out else None,
+        len(dataset) if left_out else None,
+    )
 
 
 def _from_dataset(dataset: Dataset, workers: int) -> MemoryImages:
@@ -354,7 +382,7 @@ def build_memory_train_loader(
     """The training loader of ``data.format: memory`` (batches of ``spec.batch_size``);
     ``train_subset`` maps the split's length to the chosen indices (None = all)."""
     memory = decode_split(spec, "train")
-    memory = memory.select(train_subset(len(memory)))
+    memory = memory.select(train_subset(memory.items))
     _check_size(memory, spec.batch_size, world_size)
     return MemoryTrainLoader(
         memory, spec.crops, spec.batch_size, spec.seed, rank=rank, world_size=world_size
@@ -367,7 +395,7 @@ def build_memory_eval_loader(
     """A k-NN loader of ``split`` (batches of ``spec.batch_size``, the first pipeline's eval
     view); ``indices`` maps the split's length to the chosen indices."""
     memory = decode_split(spec, split)
-    memory = memory.select(indices(len(memory)))
+    memory = memory.select(indices(memory.items))
     return MemoryEvalLoader(memory, spec.crops[0], spec.batch_size, rank, world_size)
 
 

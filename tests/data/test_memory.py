@@ -154,6 +154,31 @@ def test_subsets_pick_the_pil_paths_images(folder):
     assert val.memory.targets.tolist() == [int(t) for _, t in pil_val.dataset]
 
 
+def test_subsets_pick_the_pil_paths_files_when_some_do_not_decode(tmp_path):
+    # an unreadable file first in the list: subsets are drawn over the PIL path's items (bad
+    # files included), so the following files keep their positions and both paths pick the
+    # same files; the memory path leaves out the bad ones the PIL path would skip
+    root = _folder(tmp_path / "imgs")
+    (root / "ant" / "000_broken.png").write_bytes(b"not an image")
+    sizes = {"train_subset": 9, "val_subset": 8, "knn_train_subset": 7}
+    with pytest.warns(BadImageWarning):
+        knn, val = build_knn_loaders(_spec(root, **sizes))
+        train = build_train_loader(_spec(root, **sizes)).memory
+    pil_spec = _spec(root, **sizes, format="image_folder")
+    pil_loaders = [*build_knn_loaders(pil_spec), build_train_loader(pil_spec)]
+    for memory, pil in zip((knn.memory, val.memory, train), pil_loaders):
+        subset = pil.dataset
+        subset = subset.dataset if not hasattr(subset, "indices") else subset  # IndexedDataset
+        files = [subset.dataset.samples[i] for i in subset.indices]
+        readable = [(path, target) for path, target in files if "broken" not in path]
+        assert len(readable) < len(files) or memory is train  # the bad file was drawn
+        assert memory.targets.tolist() == [target for _, target in readable]
+        for image, (path, _) in zip(memory.images, readable):
+            assert np.array_equal(
+                image.numpy(), np.asarray(load_image_rgb(path)).transpose(2, 0, 1)
+            )
+
+
 def test_unreadable_images_are_left_out_and_counted_or_stop_the_run(tmp_path):
     root = _folder(tmp_path / "imgs", per_class=3)
     (root / "bee" / "broken.png").write_bytes(b"not an image")
