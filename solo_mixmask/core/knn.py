@@ -64,12 +64,15 @@ def weighted_knn_scores(
 def topk_accuracy(
     scores: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1, 5)
 ) -> list[float]:
-    """Top-k accuracies in percent of ``scores`` (M, C) against ``targets`` (M,)."""
+    """Top-k accuracies in percent of k-NN vote sums ``scores`` (M, C), >= 0, against
+    ``targets`` (M,). A class without votes (score 0) is never a hit: where fewer than k classes
+    got votes, the others tie at 0 and ``topk`` fills the places in an arbitrary order, which
+    would count the true class or not by its index."""
     # Kept rather than torchmetrics': core is pure torch, and k-NN scores tie often (classes
     # without votes) where torchmetrics' top-1 (argmax) and top-k (topk) break ties apart.
     k_max = min(max(topk), scores.shape[1])
-    pred = scores.topk(k_max, dim=1).indices
-    hit = pred == targets.unsqueeze(1)
+    top, pred = scores.topk(k_max, dim=1)
+    hit = (pred == targets.unsqueeze(1)) & (top > 0)
     return [100.0 * hit[:, : min(k, k_max)].any(dim=1).float().mean().item() for k in topk]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from solo_mixmask.core.knn import knn_matmul_dtype, topk_accuracy, weighted_knn_scores
@@ -21,6 +22,19 @@ def test_weighted_votes_by_hand():
     assert torch.allclose(scores[2], torch.tensor([[e(2.0), e(0.0)]]) / top)  # sims 1 and 0
     assert torch.allclose(scores[3], torch.tensor([[e(2.0), e(0.0) + e(-2.0)]]) / top)
     assert topk_accuracy(scores[3], torch.tensor([1]), (1, 2)) == [0.0, 100.0]
+
+
+def test_classes_without_votes_are_never_top_k_hits():
+    # k = 1: one class gets the vote; the other 9 tie at 0. Whatever the true class's index,
+    # a query whose class got no vote is a miss at top-5 too (topk's order of the tied zeros
+    # used to count it as a hit for some indices and not for others)
+    scores = torch.zeros(10, 10)
+    scores[:, 9] = 1.0  # every query's one neighbour is of class 9
+    targets = torch.arange(10)
+    assert topk_accuracy(scores, targets, (1, 5)) == pytest.approx([10.0, 10.0])
+    # with votes for 2 classes, both count at top-5 and nothing else does
+    scores[:, 3] = 0.5
+    assert topk_accuracy(scores, targets, (1, 2, 5)) == pytest.approx([10.0, 20.0, 20.0])
 
 
 def test_small_temperatures_do_not_overflow_into_wrong_answers():
