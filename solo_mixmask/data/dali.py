@@ -26,6 +26,10 @@ config's, see :class:`~solo_mixmask.data.augmentations.CropSpec`):
 - horizontal flip with probability p and normalisation (mean/std x 255) in
   ``fn.crop_mirror_normalize``, which also lays the view out as CHW float32.
 
+Decoding differs from the PIL path for images with transparency: DALI's RGB decode drops the
+alpha channel (the hidden colour of transparent pixels shows), where the PIL path paints them on
+white; palette, CMYK, grayscale and 16-bit images decode alike.
+
 DALI is an optional dependency (``pip install solo-mixmask[dali]``): it is imported only when
 ``data.format`` is ``dali``. Undecodable files stop the pipeline with DALI's own error; DALI
 has no skip-and-warn mode (check the tree with ``data.scan_images: true`` first).
