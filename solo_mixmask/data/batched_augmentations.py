@@ -235,39 +235,60 @@ def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return (value.unsqueeze(1) - chroma.unsqueeze(1) * ramp).clamp_(0.0, 1.0)
 
 
+def _blend(x: torch.Tensor, slot: torch.Tensor, p: AugmentParams, spec: CropSpec) -> torch.Tensor:
+    """One jitter position on the whole batch: each sample blended by the op code in ``slot``
+    (N,), ``clamp(f * x + (1 - f) * target, 0, 1)`` with target 0 (brightness), the mean luma
+    of the image (contrast) or its luma image (saturation) as torchvision's tensor ops; factor
+    1, an exact identity, where ``slot`` is -1, hue, or an op whose amount is 0."""
+    amounts = (spec.brightness, spec.contrast, spec.saturation)
+    factors = (p.brightness, p.contrast, p.saturation)
+    factor = torch.ones_like(p.brightness)
+    for op in (BRIGHTNESS, CONTRAST, SATURATION):
+        if amounts[op] > 0:
+            factor = torch.where(slot == op, factors[op], factor)
+    target: torch.Tensor | float = 0.0
+    if amounts[CONTRAST] > 0 or amounts[SATURATION] > 0:
+        gray = _gray(x)
+        if amounts[CONTRAST] > 0:
+            mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+            target = torch.where(_per_sample(slot == CONTRAST), mean, 0.0)
+        if amounts[SATURATION] > 0:
+            target = torch.where(_per_sample(slot == SATURATION), gray, target)
+    f = _per_sample(factor)
+    return (f * x + (1.0 - f) * target).clamp_(0.0, 1.0)
+
+
 def _color_jitter(x: torch.Tensor, p: AugmentParams, spec: CropSpec) -> torch.Tensor:
     """ColorJitter with a per-sample op order; samples without jitter pass unchanged.
 
-    Brightness, contrast and saturation are all ``clamp(f * x + (1 - f) * target, 0, 1)``
-    with target 0, the mean luma of the image, or its luma image (torchvision's tensor ops).
-    At each of the 4 positions one such blend runs on the whole batch, each sample with the
-    factor and target of its op at that position, or factor 1 (an exact identity) when that
-    op is hue, disabled (amount 0), or jitter does not apply to the sample. Hue then runs on
-    the whole batch and is kept only where it is the sample's op at that position.
+    Without hue: 4 positions, each one :func:`_blend` of the whole batch. With hue, which every
+    jittered sample takes exactly once (at its own position k), the HSV round trip runs once on
+    the whole batch: 3 blend positions before it (sample i's j-th op where j < k_i, else an
+    identity), hue (kept where jitter applies: the round trip is not an exact identity), then 3
+    after it (op k_i + 1 + j where that is <= 3). Each sample sees its ops in its order, as in
+    torchvision; every op is per sample, so the images are those of running the 4 positions
+    with a hue round trip at each (what this did before: 4x the hue work and kernels).
     """
     amounts = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
     if spec.color_jitter_prob <= 0 or not any(a > 0 for a in amounts):
         return x
-    factors = {BRIGHTNESS: p.brightness, CONTRAST: p.contrast, SATURATION: p.saturation}
-    blends = [op for op in factors if amounts[op] > 0]
-    for position in range(4):
-        slot = torch.where(p.jitter, p.jitter_order[:, position], -1)  # -1: no jitter
-        if blends:
-            factor = torch.ones_like(p.brightness)
-            for op in blends:
-                factor = torch.where(slot == op, factors[op], factor)
-            target: torch.Tensor | float = 0.0
-            if amounts[CONTRAST] > 0 or amounts[SATURATION] > 0:
-                gray = _gray(x)
-                if amounts[CONTRAST] > 0:
-                    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-                    target = torch.where(_per_sample(slot == CONTRAST), mean, 0.0)
-                if amounts[SATURATION] > 0:
-                    target = torch.where(_per_sample(slot == SATURATION), gray, target)
-            f = _per_sample(factor)
-            x = (f * x + (1.0 - f) * target).clamp_(0.0, 1.0)
-        if amounts[HUE] > 0:  # the HSV round trip is not an exact identity: select instead
-            x = torch.where(_per_sample(slot == HUE), _adjust_hue(x, p.hue), x)
+    blends = any(a > 0 for a in amounts[:HUE])
+    order = p.jitter_order
+    no_op = torch.full_like(order[:, 0], -1)
+    if amounts[HUE] <= 0:  # hue is an identity slot like any disabled op
+        for position in range(4):
+            x = _blend(x, torch.where(p.jitter, order[:, position], no_op), p, spec)
+        return x
+    hue_at = (order == HUE).long().argmax(dim=1)  # (N,) k: where each sample's hue runs
+    if blends:
+        for j in range(3):  # the ops before hue
+            x = _blend(x, torch.where(p.jitter & (j < hue_at), order[:, j], no_op), p, spec)
+    x = torch.where(_per_sample(p.jitter), _adjust_hue(x, p.hue), x)
+    if blends:
+        for j in range(3):  # the ops after hue
+            position = hue_at + 1 + j
+            op = order.gather(1, position.clamp(max=3).unsqueeze(1)).squeeze(1)
+            x = _blend(x, torch.where(p.jitter & (position <= 3), op, no_op), p, spec)
     return x
 
 
