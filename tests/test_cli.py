@@ -67,6 +67,22 @@ def test_cfg_job_checks_the_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert "method_kwargs.mask_ratio=1.5" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.train_subset=0",  # the data settings' checks (data_spec)
+        "data.dali_device=tpu",
+        "backbone.name=resnet19",  # the backbone's name and kwargs (built on the meta device)
+        "backbone.kwargs.channels=[8,16]",
+    ],
+)
+def test_cfg_job_runs_the_checks_the_run_makes_before_training(
+    override: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["pretrain", "--cfg", "job", override]) == 2
+    assert override.split("=")[0] in capsys.readouterr().err
+
+
 def test_multirun_leaves_one_run_folder_per_job(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     args = ["pretrain", "-m", "--config-name", "fashion_mnist/mocov2plus", *TINY]
@@ -93,4 +109,9 @@ def test_multirun_checks_every_job_before_training_any(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert error_lines(result.stderr) and "mask_ratio=1.5" in error_lines(result.stderr)[0]
+    assert not runs.exists()
+    # a data setting of the second job too (its check used to come after job 1 had trained)
+    result = run(["pretrain", "-m", *TINY, "data.val_subset=32,0", f"checkpoint.dir={runs}"])
+    assert result.returncode == 2
+    assert "data.val_subset=0" in error_lines(result.stderr)[0]
     assert not runs.exists()

@@ -165,13 +165,22 @@ def _has_key(cfg: DictConfig, path: str) -> bool:
     return isinstance(node, DictConfig) and leaf in node.keys()
 
 
+#: Sections whose explicit null means "none" (solo-learn reads ``optimizer.kwargs: null`` as no
+#: keyword arguments), not "the defaults".
+NULL_MEANS_NONE = ("optimizer.kwargs",)
+
+
 def fill_defaults(cfg: DictConfig, defaults: dict[str, Any], prefix: str = "") -> DictConfig:
-    """Add every key of ``defaults`` that ``cfg`` lacks (recursively), in place; returns ``cfg``."""
+    """Add every key of ``defaults`` that ``cfg`` lacks (recursively), in place; returns ``cfg``.
+    A section set to null gets its defaults, except those of :data:`NULL_MEANS_NONE`."""
     with open_dict(cfg):
         for key, value in defaults.items():
             path = f"{prefix}{key}"
             if isinstance(value, dict) and value:
-                if OmegaConf.select(cfg, path) is None:
+                missing = OmegaConf.select(cfg, path) is None
+                if missing and path in NULL_MEANS_NONE and _has_key(cfg, path):
+                    continue  # an explicit null: none
+                if missing:
                     OmegaConf.update(cfg, path, {}, force_add=True)
                 fill_defaults(cfg, value, prefix=f"{path}.")
             elif not _has_key(cfg, path):  # a mandatory '???' counts as present
@@ -547,7 +556,7 @@ def warn_knn_k(cfg: DictConfig) -> None:
     k, memory = OmegaConf.select(cfg, "knn_eval.k"), OmegaConf.select(cfg, "data.knn_train_subset")
     if not OmegaConf.select(cfg, "knn_eval.enabled") or isinstance(memory, bool):
         return
-    if isinstance(memory, int) and k > memory:
+    if isinstance(memory, int) and memory >= 1 and k > memory:  # (< 1: an error of data_spec)
         config_warning(
             "knn_eval.k",
             k,
@@ -584,6 +593,23 @@ def check_section_keys(cfg: DictConfig) -> None:
             if isinstance(OmegaConf.select(cfg, section), DictConfig):
                 allowed = set(defaults) | set(SECTION_EXTRA_KEYS.get(section, ()))
                 check_known_keys(cfg, section, allowed)
+
+
+def check_scheduler_numbers(cfg: DictConfig) -> None:
+    """The learning rates the schedule starts and ends at (>= 0), and the step schedule's
+    ``gamma`` (a decay: in (0, 1]) and ``lr_decay_steps`` (epochs: integers >= 1), when given."""
+    check_number(cfg, "scheduler.warmup_start_lr", low=0)
+    check_number(cfg, "scheduler.min_lr", low=0)
+    if OmegaConf.select(cfg, "scheduler.gamma") is not None:
+        check_number(cfg, "scheduler.gamma", low=0, high=1, low_open=True)
+    steps = OmegaConf.select(cfg, "scheduler.lr_decay_steps")
+    if steps is not None:
+        if not isinstance(steps, ListConfig | list) or not steps:
+            raise ConfigError(
+                "scheduler.lr_decay_steps", steps, "a non-empty list of epochs (integers >= 1)"
+            )
+        for i, step in enumerate(steps):
+            check_number_value(f"scheduler.lr_decay_steps[{i}]", step, low=1, integer=True)
 
 
 #: ``performance.compile_mode``: torch.compile's modes ("reduce-overhead" adds CUDA graphs).
@@ -627,6 +653,7 @@ def validate_base(cfg: DictConfig) -> None:
     check_batch_size(cfg)
     check_checkpoint(cfg)
     check_number(cfg, "optimizer.lr", low=0, low_open=True)
+    check_number(cfg, "optimizer.classifier_lr", low=0)
     check_number(cfg, "optimizer.weight_decay", low=0)
     check_choice(cfg, "optimizer.name", OPTIMIZERS)
     check_optimizer_kwargs(cfg)
@@ -636,10 +663,18 @@ def validate_base(cfg: DictConfig) -> None:
     check_number(cfg, "max_epochs", low=1, integer=True)
     check_number(cfg, "momentum.base_tau", low=0, high=1)
     check_number(cfg, "momentum.final_tau", low=0, high=1)
+    if OmegaConf.select(cfg, "momentum.classifier") is True:
+        raise ConfigError(
+            "momentum.classifier",
+            True,
+            "false (this engine trains no momentum classifier; solo-learn's host does: "
+            "solo-mixmask solo-pretrain)",
+        )
     check_number(cfg, "knn_eval.k", low=1, integer=True)
     check_number(cfg, "knn_eval.T", low=0, low_open=True)
     check_number(cfg, "data.num_workers", low=0, integer=True)
     check_number(cfg, "scheduler.warmup_epochs", low=0)
+    check_scheduler_numbers(cfg)
     check_labels(cfg)
     parse_augmentations(cfg)  # every pipeline, crop sizes included, before the method's checks
     warn_knn_k(cfg)

@@ -93,10 +93,23 @@ def method_class(cfg: DictConfig) -> type[BaseMethod]:
 
 
 def prepare_config(cfg: DictConfig) -> tuple[type[BaseMethod], DictConfig]:
-    """Check the whole config before anything is built; returns (method class, filled cfg)."""
+    """Check the whole config before anything is built or read (keys and values, the run's and
+    the data's settings, the backbone's name and kwargs); returns (method class, filled cfg).
+    ``--cfg job`` and the ``-m`` pre-check run exactly these checks."""
+    import torch
+
+    from solo_mixmask.backbones import build_backbone
+    from solo_mixmask.config.data_specs import data_spec
+    from solo_mixmask.config.engine_specs import backbone_spec
+
     check_mandatory_values(cfg)  # before defaults are filled in (they would hide '???')
     cls = method_class(cfg)
     cfg = cls.add_and_assert_specific_cfg(cfg)
+    run_spec(cfg)
+    data_spec(cfg)
+    backbone = backbone_spec(cfg)
+    with torch.device("meta"):  # timm builds it without allocating weights
+        build_backbone(backbone.name, backbone.kwargs, backbone.cifar_stem)
     return cls, cfg
 
 

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from solo_mixmask import cli
 from solo_mixmask.config.compose import compose_config, configs_root
+from solo_mixmask.config.engine_specs import engine_spec
 from solo_mixmask.config.schema import (
     BASE_DEFAULTS,
     check_mandatory_values,
@@ -151,6 +152,58 @@ def test_every_n_steps(value, ok):
     else:
         with pytest.raises(ConfigError, match=r"checkpoint\.every_n_steps="):
             validate_base(cfg)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("optimizer.classifier_lr", True, r"a number in \[0, inf\)"),
+        ("optimizer.classifier_lr", -5, r"a number in \[0, inf\)"),
+        ("optimizer.classifier_lr", None, r"a number in \[0, inf\)"),
+        ("scheduler.min_lr", True, r"a number in \[0, inf\)"),
+        ("scheduler.warmup_start_lr", -1, r"a number in \[0, inf\)"),
+        ("scheduler.gamma", 10, r"a number in \(0, 1\]"),
+        ("scheduler.gamma", 0, r"a number in \(0, 1\]"),
+        ("scheduler.lr_decay_steps", [1.9, 2.99], r"an integer in \[1, inf\)"),
+        ("scheduler.lr_decay_steps", 30, "a non-empty list of epochs"),
+        ("momentum.classifier", True, "no momentum classifier"),
+    ],
+)
+def test_learning_rates_and_schedule_numbers_are_checked(key, value, allowed):
+    # each was read as given: classifier_lr=true trained the classifier at lr 1.0 x scale,
+    # min_lr=true ended the cosine at 1.0, lr_decay_steps [1.9, 2.99] decayed at epochs 1, 2,
+    # momentum.classifier=true was accepted and no momentum classifier was trained
+    overrides = {key.replace(".", "__"): value}
+    if key.startswith("scheduler.gamma") or key.startswith("scheduler.lr_decay"):
+        overrides["scheduler__name"] = "step"
+    cfg = fill_defaults(tiny_cfg("mixmask", **overrides), BASE_DEFAULTS)
+    with pytest.raises(ConfigError, match=allowed) as info:
+        validate_base(cfg)
+    assert info.value.key.startswith(key)
+
+
+def test_step_schedule_numbers_and_zero_classifier_lr_pass():
+    cfg = tiny_cfg(
+        "mixmask",
+        scheduler__name="step",
+        scheduler__lr_decay_steps=[2, 3],
+        scheduler__gamma=0.5,
+        optimizer__classifier_lr=0.0,
+    )
+    validate_base(fill_defaults(cfg, BASE_DEFAULTS))
+
+
+def test_null_optimizer_kwargs_mean_none_not_the_defaults():
+    # solo-learn reads optimizer.kwargs: null as no keyword arguments; the defaults' filling
+    # used to turn it into {momentum: 0.9}
+    cfg = METHODS["mixmask"].add_and_assert_specific_cfg(
+        tiny_cfg("mixmask", optimizer__kwargs=None)
+    )
+    assert cfg.optimizer.kwargs is None
+    assert engine_spec(cfg).optimizer.kwargs == {}
+    given = tiny_cfg("mixmask", optimizer__kwargs={"nesterov": True})  # a dict is still filled
+    filled = METHODS["mixmask"].add_and_assert_specific_cfg(given)
+    assert dict(filled.optimizer.kwargs) == {"nesterov": True, "momentum": 0.9}
 
 
 def test_worker_error_is_reduced_to_its_own_message():
