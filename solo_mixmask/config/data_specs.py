@@ -1,7 +1,7 @@
 """What the data layer needs from a config, read and checked once: :func:`data_spec`.
 
 :func:`data_spec` is the one reader of the ``data.*`` keys the loaders use (and of ``seed``,
-``optimizer.batch_size``, ``devices`` and ``num_nodes`` for them), and turns
+``optimizer.batch_size`` for them), and turns
 ``augmentations`` into :class:`~solo_mixmask.config.augmentation_specs.CropSpec` s. The data layer
 (:mod:`solo_mixmask.data`) receives the frozen :class:`DataSpec` and never reads a config.
 Every check raises :class:`~solo_mixmask.errors.ConfigError` naming the key, the value given and
@@ -44,14 +44,12 @@ DALI_DEVICES = ("auto", "gpu", "cpu")
 class DaliSpec:
     """Settings of the DALI loader (``data.format: dali``).
 
-    ``device``: one of :data:`DALI_DEVICES`; ``devices_per_node``: processes per machine
-    (``devices`` when a positive int, else 1); ``num_nodes``: machines (``num_nodes`` when a
-    positive int, else 1). The last two give each process its shard of the files.
+    ``device``: one of :data:`DALI_DEVICES`. Each process's shard of the files follows the
+    Trainer's rank and world size, as for the other loaders (Lightning reads ``devices`` and
+    ``num_nodes`` in all their forms: ``"2"``, ``[0, 1]``, ``-1``, ``auto``).
     """
 
     device: str = "auto"
-    devices_per_node: int = 1
-    num_nodes: int = 1
 
 
 @dataclass(frozen=True)
@@ -120,10 +118,6 @@ def image_count(cfg: DictConfig, key: str, default: int | None = None) -> int | 
     return _int_at_least(key, size, 1, "null or an int >= 1 (a number of images)")
 
 
-def _positive_or_one(value: Any) -> int:
-    return int(value) if isinstance(value, int) and value > 0 else 1
-
-
 def data_spec(cfg: DictConfig) -> DataSpec:
     """The :class:`DataSpec` of ``cfg`` (ConfigError naming the first bad key).
 
@@ -164,7 +158,5 @@ def data_spec(cfg: DictConfig) -> DataSpec:
             device=_choice(
                 "data.dali_device", select(cfg, "data.dali_device", "auto"), DALI_DEVICES
             ),
-            devices_per_node=_positive_or_one(select(cfg, "devices", 1)),
-            num_nodes=_positive_or_one(select(cfg, "num_nodes", 1)),
         ),
     )

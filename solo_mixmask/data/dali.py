@@ -375,16 +375,9 @@ def _files_and_targets(dataset: Dataset) -> tuple[list[str], list[int]]:
     return [p for p, _ in chosen], [int(t) for _, t in chosen]
 
 
-def _rank_and_world(spec: DataSpec) -> tuple[int, int, int]:
-    """(shard_id, num_shards, local device id) from the launcher's environment and the spec."""
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    per_node, nodes = spec.dali.devices_per_node, spec.dali.num_nodes
-    rank = int(os.environ.get("NODE_RANK", 0)) * per_node + local
-    return rank, per_node * nodes, local
-
-
-def build_dali_train_loader(spec: DataSpec) -> DaliTrainLoader:
-    """The DALI training loader for ``spec`` (``data.format: dali``).
+def build_dali_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DaliTrainLoader:
+    """The DALI training loader for ``spec`` (``data.format: dali``), shard ``rank`` of
+    ``world_size`` (the Trainer's); its GPU is the launcher's ``LOCAL_RANK``.
 
     Reads ``data.train_path`` like the ImageFolder loader (class sub-folders, or any images
     with ``data.no_labels``; ``data.train_subset`` as there), decodes and augments with DALI on
@@ -412,7 +405,7 @@ def build_dali_train_loader(spec: DataSpec) -> DaliTrainLoader:
         indices = subset_indices(len(dataset), size, seed)
         dataset = dataset if indices is None else Subset(dataset, indices)
     files, targets = _files_and_targets(dataset)
-    shard, shards, local = _rank_and_world(spec)
+    shard, shards, local = rank, world_size, int(os.environ.get("LOCAL_RANK", 0))
     if len(files) // shards < batch:
         raise DataError(
             f"the training set has {len(files)} images ({len(files) // shards} per device), "

@@ -160,6 +160,19 @@ def test_dali_moco_v2_recipe_gives_two_different_views(tmp_path):
 
 
 @needs_dali
+def test_dali_shards_follow_the_trainers_rank_and_world_size(tmp_path):
+    # the shard comes from the Trainer (which reads devices="2", [0, 1], -1 ...), not from the
+    # config's devices, which a string or a list used to turn into one shard per process
+    spec = data_spec(_cfg(_tree(tmp_path), PLAIN, batch_size=2))
+    epochs = []
+    for rank in (0, 1):
+        loader = build_train_loader(spec, rank, 2)
+        assert len(loader) == 2  # 5 of the 10 images per process, batches of 2
+        epochs.append({i for ids, _, _ in loader for i in ids.tolist()})
+    assert len(epochs[0]) == len(epochs[1]) == 4 and not epochs[0] & epochs[1]
+
+
+@needs_dali
 def test_dali_subset_and_knn_loaders(tmp_path):
     cfg = _cfg(_tree(tmp_path), PLAIN, train_subset=8, knn_train_subset=6)
     loader = build_train_loader(data_spec(cfg))
