@@ -286,9 +286,9 @@ def _color_jitter(x: torch.Tensor, p: AugmentParams, spec: CropSpec) -> torch.Te
     x = torch.where(_per_sample(p.jitter), _adjust_hue(x, p.hue), x)
     if blends:
         for j in range(3):  # the ops after hue
-            position = hue_at + 1 + j
-            op = order.gather(1, position.clamp(max=3).unsqueeze(1)).squeeze(1)
-            x = _blend(x, torch.where(p.jitter & (position <= 3), op, no_op), p, spec)
+            after = hue_at + 1 + j  # (N,) the position of the sample's j-th op after hue
+            op = order.gather(1, after.clamp(max=3).unsqueeze(1)).squeeze(1)
+            x = _blend(x, torch.where(p.jitter & (after <= 3), op, no_op), p, spec)
     return x
 
 
