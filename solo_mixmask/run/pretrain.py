@@ -23,6 +23,7 @@ the loader's position and the RNG states (:class:`~solo_mixmask.callbacks.resume
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -65,6 +67,8 @@ from solo_mixmask.run.bad_files import BAD_FILES, count_bad_files, watch_bad_fil
 from solo_mixmask.run.folder import (
     CONFIG,
     INIT_METRICS,
+    LOGS,
+    METRICS_CSV,
     RUN_DIR_ENV,
     SUMMARY,
     RunLock,
@@ -96,8 +100,6 @@ def prepare_config(cfg: DictConfig) -> tuple[type[BaseMethod], DictConfig]:
     """Check the whole config before anything is built or read (keys and values, the run's and
     the data's settings, the backbone's name and kwargs); returns (method class, filled cfg).
     ``--cfg job`` and the ``-m`` pre-check run exactly these checks."""
-    import torch
-
     from solo_mixmask.backbones import build_backbone
     from solo_mixmask.config.data_specs import data_spec
     from solo_mixmask.config.engine_specs import backbone_spec
@@ -314,8 +316,12 @@ def _train_in(
         stop.check()  # a stop asked during the last batch of the k-NN pass
         if finished is not None and resume_from:
             model.load_state_dict(safe_load_checkpoint(resume_from)["state_dict"])
-            if val_loaders:
-                trainer.validate(model, dataloaders=val_loaders, verbose=False)
+            if val_loaders:  # not logged: metrics.csv would read it as an epoch-0 row
+                loggers, trainer.loggers = trainer.loggers, []
+                try:
+                    trainer.validate(model, dataloaders=val_loaders, verbose=False)
+                finally:
+                    trainer.loggers = loggers
         else:
             trainer.fit(
                 model,
@@ -348,9 +354,10 @@ def _train_in(
     last = Path(writer.dirpath) / LAST if writer is not None and writer.dirpath else None
     checkpoint = str(last) if last is not None and last.exists() else None
     bad = count_bad_files(watched, report)
-    collapse = collapse_report(
-        _metric(metrics, EMBEDDING_STD), getattr(model, "embedding_dim", None)
-    )
+    std = _metric(metrics, EMBEDDING_STD)
+    if finished is not None:  # nothing trained now: the last epoch's figure, as logged then
+        std = _last_logged(run_dir / LOGS / METRICS_CSV, EMBEDDING_STD)
+    collapse = collapse_report(std, _embedding_dim(model))
     summary = {
         "method": run.method,
         "backbone": run.backbone,
@@ -364,8 +371,12 @@ def _train_in(
         "knn_k": model.knn_k,  # knn_eval.k, clamped to the k-NN memory
         **collapse,
         **init,
-        "images_per_sec": round(speed.images_per_sec, 2),
-        "wall_seconds": round(wall + float(previous.get("wall_seconds", 0.0)), 1),
+        # a run finished from its checkpoint trained nothing here: its speed and time are
+        # unknown (its summary.json, which held them, was never written)
+        "images_per_sec": None if finished else round(speed.images_per_sec, 2),
+        "wall_seconds": None
+        if finished
+        else round(wall + float(previous.get("wall_seconds", 0.0)), 1),
         "train_images": len(train_loader.dataset),
         "bad_images": len(bad),
         "bad_image_files": bad[:20],
@@ -380,15 +391,38 @@ def _train_in(
     return summary
 
 
+def _embedding_dim(model: Any) -> int | None:
+    """The projector's output width d: set by the first training step, else (a run finished
+    from its checkpoint trains none) the out_features of the projector's last linear layer."""
+    dim = getattr(model, "embedding_dim", None)
+    if dim is None and isinstance(getattr(model, "projector", None), torch.nn.Module):
+        linears = [m for m in model.projector.modules() if isinstance(m, torch.nn.Linear)]
+        dim = linears[-1].out_features if linears else None
+    return dim
+
+
+def _last_logged(path: Path, column: str) -> float | None:
+    """The last value of ``column`` in a CSV log (None when the file or the value is absent)."""
+    if not path.is_file():
+        return None
+    value = None
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get(column):
+                value = round(float(row[column]), 4)
+    return value
+
+
 def collapse_report(std: float | None, dim: int | None) -> dict[str, Any]:
     """The summary's collapse fields: ``embedding_std`` (the last epoch's mean, None when no
     epoch measured it), ``embedding_std_spread`` (1/sqrt(d)) and ``collapsed``
-    (:func:`~solo_mixmask.core.collapse.is_collapsed`)."""
+    (:func:`~solo_mixmask.core.collapse.is_collapsed`; None, unknown, without a measure)."""
     spread = spread_std(dim) if dim else None
+    known = std is not None and bool(dim)
     return {
         "embedding_std": None if std is None else round(std, 6),
         "embedding_std_spread": None if spread is None else round(spread, 6),
-        "collapsed": bool(std is not None and dim and is_collapsed(std, dim)),
+        "collapsed": bool(is_collapsed(std, dim)) if known else None,  # type: ignore[arg-type]
     }
 
 

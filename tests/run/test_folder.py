@@ -401,6 +401,24 @@ def test_a_full_disk_keeps_the_previous_checkpoint(runs, tmp_path, capsys, monke
     assert not (run / LOCK).exists()
 
 
+def test_a_finished_run_without_summary_keeps_its_collapse_verdict(runs, tmp_path, capsys):
+    """A run that trained all its epochs but has no summary.json is finished by resume from its
+    checkpoint: the collapse verdict is the last epoch's, read from metrics.csv (it was null and
+    "collapsed": false whatever the run did), and the evaluation adds no row to metrics.csv."""
+    run = tmp_path / "no_summary"
+    shutil.copytree(runs / "mixmask", run)
+    original = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()
+    logged = (run / "logs" / "metrics.csv").read_text()
+    code, _, err = _main(capsys, ["resume", run])
+    assert code == 0, err[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert original["embedding_std"] is not None
+    for key in ("knn_acc1", "linear_acc1", "embedding_std", "embedding_std_spread", "collapsed"):
+        assert summary[key] == original[key], key
+    assert (run / "logs" / "metrics.csv").read_text() == logged
+
+
 def test_a_run_whose_final_save_found_the_disk_full_is_finished_by_resume(
     runs, tmp_path, capsys, monkeypatch
 ):
@@ -430,6 +448,7 @@ def test_a_run_whose_final_save_found_the_disk_full_is_finished_by_resume(
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch000.ckpt"]
     assert not (run / "summary.json").exists()
 
+    logged = (run / "logs" / "metrics.csv").read_text()
     code, out, err = _main(capsys, ["resume", run])
     assert code == 0, err[-3000:]
     said = [line for line in _warnings(err) if "has no summary.json" in line]
@@ -438,6 +457,15 @@ def test_a_run_whose_final_save_found_the_disk_full_is_finished_by_resume(
     original = json.loads((runs / "mixmask" / "summary.json").read_text())
     for key in ("steps", "epochs", "linear_acc1", "linear_acc5", "knn_acc1"):
         assert summary[key] == original[key], key
+    # the failed save also lost the epoch's training row of metrics.csv: the collapse verdict,
+    # the speed and the time are unknown, and said so (they were "collapsed": false, 0.0 img/s
+    # and the evaluation's 0.1 s)
+    assert "train_embedding_std" not in logged
+    assert summary["embedding_std"] is None and summary["collapsed"] is None
+    assert summary["images_per_sec"] is None and summary["wall_seconds"] is None
+    # the evaluation is not a row of metrics.csv (it was logged as epoch 0, step 0, which
+    # compare read as epoch 1's accuracy)
+    assert (run / "logs" / "metrics.csv").read_text() == logged
     assert summary["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 8
