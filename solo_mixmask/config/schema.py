@@ -294,16 +294,17 @@ def check_trainer_flags(cfg: DictConfig) -> None:
 
     strategies = ["auto", *StrategyRegistry.available_strategies()]
     value = OmegaConf.select(cfg, "strategy")
-    if not isinstance(value, str) or value.lower() not in strategies:
+    if not isinstance(value, str) or value.lower() not in strategies:  # Lightning lower-cases
         shown = ", ".join(strategies)
         raise ConfigError("strategy", value, f"one of {shown}{suggest(str(value), strategies)}")
 
+    # accelerators as Lightning's registry spells them: it does not lower-case them ("CPU" was
+    # accepted here, then failed in Lightning with a traceback)
     names = sorted(AcceleratorRegistry.available_accelerators())
     value = OmegaConf.select(cfg, "accelerator")
-    if not isinstance(value, str) or value.lower() not in ["auto", "gpu", *names]:
-        shown = f"one of auto, gpu, {', '.join(names)}{suggest(str(value), names)}"
+    if not isinstance(value, str) or value not in ["auto", "gpu", *names]:
+        shown = f"one of auto, gpu, {', '.join(names)}{_lower_hint(value, ['auto', 'gpu', *names])}"
         raise ConfigError("accelerator", value, shown)
-    value = value.lower()
     wanted = {"auto": [], "gpu": ["cuda", "mps"]}.get(value, [value])
     present = [n for n in names if AcceleratorRegistry[n]["accelerator"].is_available()]
     if wanted and not set(wanted) & set(present):
@@ -312,6 +313,13 @@ def check_trainer_flags(cfg: DictConfig) -> None:
             value,
             f"one available on this machine: auto, {', '.join(present)} (no {value} device found)",
         )
+
+
+def _lower_hint(value: Any, allowed: list[str]) -> str:
+    """`` (did you mean 'cpu'?)`` for ``CPU``, else :func:`suggest`'s hint."""
+    if isinstance(value, str) and value.lower() in allowed:
+        return f" (did you mean {value.lower()!r}?)"
+    return suggest(str(value), allowed)
 
 
 def check_logger_packages(cfg: DictConfig) -> None:

@@ -308,6 +308,7 @@ def test_method_booleans_take_only_true_or_false(method, key, value):
         ("precision", "bogus", "bf16-mixed"),
         ("strategy", "bogus", "ddp"),
         ("accelerator", "tpu2", "cpu"),
+        ("accelerator", "CPU", "did you mean 'cpu'?"),  # Lightning refused it with a traceback
         ("seed", "abc", "an integer in [0, 4294967295]"),
         ("seed", -1, "an integer in [0, 4294967295]"),
     ],
