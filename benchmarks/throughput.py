@@ -389,6 +389,62 @@ def knn_timing(bench: Bench, dim: int) -> dict[str, Any]:
     return out
 
 
+#: The data path's lever: the in-memory path's pixel ops through torch.compile.
+DATA_LEVER = {"performance.compile_augmentations": True}
+
+
+def data_path_timing(bench: Bench) -> dict[str, Any]:
+    """Images/s of the in-memory data path (a batch's views cut from a uint8 tensor on the device
+    and augmented there, the CIFAR recipe's pipelines), eager against
+    ``performance.compile_augmentations``, interleaved; aten ops of an eager batch. Synthetic
+    images: no data needed. The compiled variant waits for ``--compile-reserve-s`` of budget."""
+    from solo_mixmask.config.data_specs import data_spec
+    from solo_mixmask.data.memory import MemoryImages, MemoryTrainLoader
+
+    spec = data_spec(bench.cfg(METHODS[0], {}))
+    batch, crop = bench.prof.batch_size, spec.crops[0].crop_size
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8 * batch, 3, crop, crop), generator=g, dtype=torch.uint8)
+    memory = MemoryImages(images, torch.zeros(len(images), dtype=torch.long))
+    indexes = [torch.randperm(len(images), generator=g)[:batch] for _ in range(4)]
+    out: dict[str, Any] = {"images": list(images.shape), "batch": batch}
+    jobs: dict[str, Any] = {}
+    for name, backend in (("eager", None), ("compiled", bench.args.compile_backend)):
+        res: dict[str, Any] = {"settings": DATA_LEVER if backend else {}}
+        out[name] = res
+        if backend and (STOP["requested"] or bench.left() < bench.args.compile_reserve_s):
+            res.update(status="n/a", reason=f"budget: {bench.left():.0f} s left at its turn")
+            continue
+        loader = MemoryTrainLoader(memory, spec.crops, batch, SEED, compile_backend=backend)
+        loader.to_device(torch.device(bench.device))
+
+        def make(loader: MemoryTrainLoader = loader) -> None:
+            for i, index in enumerate(indexes):
+                loader.make_batch(index, i)
+
+        try:
+            cuda_sync()
+            begin = time.perf_counter()
+            make()  # the compiled variant compiles here
+            cuda_sync()
+            res["first_s"] = time.perf_counter() - begin
+            if not backend:
+                res["aten_ops_per_batch"] = sum(count_ops(make)[0].values()) // len(indexes)
+        except Exception as err:  # a finding (e.g. inductor refusing an op): go on
+            res.update(status="failed", error=f"{type(err).__name__}: {err}"[:2000])
+            traceback.print_exc()
+            continue
+        jobs[name] = make
+    deadline = time.perf_counter() + min(30.0, 0.1 * bench.args.budget_s)
+    for name, t in timed_rounds(jobs, bench, deadline).items():
+        ips = batch * len(indexes) / statistics.median(t)
+        out[name].update(status="ok", images_per_s=ips, n=len(t))
+    if out["compiled"].get("status") == "ok":
+        ratio = out["compiled"]["images_per_s"] / out["eager"]["images_per_s"]
+        out["compiled"].update(ratio=ratio, wins=ratio > WIN)
+    return out
+
+
 def measure(
     bench: Bench, variants: dict[str, dict[str, Any]], current: dict[str, EngineStep], phase: str
 ) -> dict[str, dict[str, Any]]:
@@ -584,6 +640,23 @@ def markdown(res: dict[str, Any]) -> str:
         f"{k['bfloat16']['images_per_s']:.0f} queries/s, ratio {k['bfloat16']['ratio']:.3f}"
         f"{' (wins)' if k['bfloat16']['wins'] else ''}."
     )
+    d = res["data_path"]
+    parts = []
+    for name in ("eager", "compiled"):
+        r = d[name]
+        if r.get("status") == "ok":
+            extra = f", {r['aten_ops_per_batch']} aten ops per batch" if name == "eager" else ""
+            if name == "compiled":
+                extra = f", first 4 batches {r['first_s']:.1f} s, ratio {r['ratio']:.3f}"
+                extra += " (wins)" if r["wins"] else ""
+            parts.append(f"{name} {r['images_per_s']:.0f} img/s{extra}")
+        else:
+            parts.append(f"{name} {r.get('status')}: {r.get('reason') or r.get('error', '')}"[:120])
+    lines += [
+        "",
+        f"In-memory data path (synthetic {d['images'][0]} images, batch {d['batch']}, the "
+        f"recipe's pipelines; compiled = performance.compile_augmentations): {'; '.join(parts)}.",
+    ]
     p = res["peak"]
     lines += ["", f"Peak: {p['tflops']:.2f} TFLOP/s ({p['note']}, {p['size']}^3).", ""]
     rows = []
@@ -692,8 +765,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         methods[m]["host_floor"] = floor
     peak = matmul_peak(bench)
     knn = knn_timing(bench, current[METHODS[0]].model.features_dim)
+    print("data path", file=sys.stderr, flush=True)
+    data_path = data_path_timing(bench)
     levers = measure(bench, {n: s for n, (s, _) in LEVERS.items()}, current, "levers")
     settings, won = winners(levers)
+    # the data path's lever joins the winners for the end-to-end runs (the bare steps take
+    # synthetic batches: it cannot change them)
+    data_settings = DATA_LEVER if data_path["compiled"].get("wins") else {}
+    both = {**settings, **data_settings}  # what accuracy.py --settings-from applies
     gc.collect()  # the levers' models, compiled graphs and CUDA graph pools
     if bench.cuda:
         torch.cuda.empty_cache()
@@ -738,6 +817,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     errors += [f"combined/{m}: {r['error']}" for m, r in combined.items() if "error" in r]
     errors += [
+        f"data path/{n}: {data_path[n]['error']}"
+        for n in ("eager", "compiled")
+        if "error" in data_path[n]
+    ]
+    errors += [
         f"host floor/{m}: {r['host_floor']['error']}"
         for m, r in methods.items()
         if "error" in r["host_floor"]
@@ -761,14 +845,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "methods": methods,
         "levers": levers,
         "winners": won,
-        "combined_settings": settings,
+        "combined_settings": both,
         "combined": combined,
         "knn": knn,
+        "data_path": data_path,
         "peak": peak,
         "errors": errors,
     }
     if args.end_to_end:
-        runs = {"current": {}, **({"combined": settings} if settings else {})}
+        runs = {"current": {}, **({"combined": both} if both else {})}
         ips = {m: methods[m]["current"]["images_per_s"] for m in METHODS}
         res["end_to_end"] = end_to_end(bench, runs, ips)
         res["errors"] += [

@@ -66,7 +66,10 @@ class DataSpec:
       (>= 0); ``seed``: picks subsets, shuffles and augmentation draws;
     - ``train_subset`` / ``val_subset`` / ``knn_train_subset``: numbers of images (>= 1), None
       for all of the split;
-    - ``dali``: :class:`DaliSpec`.
+    - ``dali``: :class:`DaliSpec`;
+    - ``compile_augmentations``: the ``torch.compile`` backend of the in-memory path's batched
+      augmentations (``performance.compile_backend`` when ``performance.compile_augmentations``
+      is true), None to run them eagerly.
     """
 
     dataset: str
@@ -86,6 +89,7 @@ class DataSpec:
     val_subset: int | None
     knn_train_subset: int | None
     dali: DaliSpec
+    compile_augmentations: str | None = None
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -159,4 +163,9 @@ def data_spec(cfg: DictConfig) -> DataSpec:
                 "data.dali_device", select(cfg, "data.dali_device", "auto"), DALI_DEVICES
             ),
         ),
+        # (checked by config.validate_base: a boolean, only with data.format=memory, a backend
+        # torch.compile has)
+        compile_augmentations=str(select(cfg, "performance.compile_backend", "inductor"))
+        if select(cfg, "performance.compile_augmentations", False) is True
+        else None,
     )

@@ -86,6 +86,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "ema_foreach_lerp": True,  # one torch._foreach_lerp_ over all momentum pairs
         "knn_dtype": "float32",  # the k-NN monitor's similarity matmul (auto: bf16 on CUDA)
         "batch_online_forwards": False,  # a step's online inputs through the backbone at once
+        "compile_augmentations": False,  # data.format=memory: the batched augmentations compiled
     },
     "progress_bar": True,
     "max_epochs": 100,
@@ -640,6 +641,18 @@ def check_performance(cfg: DictConfig) -> None:
             "false with sync_batchnorm=true (SyncBatchNorm would normalise the inputs of one "
             "call together)",
         )
+    fmt = OmegaConf.select(cfg, "data.format")
+    if OmegaConf.select(cfg, "performance.compile_augmentations") is True and fmt != "memory":
+        raise ConfigError(
+            "performance.compile_augmentations",
+            True,
+            f"false with data.format={fmt} (only data.format=memory augments batches with torch)",
+        )
+    compiles = ("performance.compile", "performance.compile_augmentations")
+    if any(OmegaConf.select(cfg, key) is True for key in compiles):
+        from solo_mixmask.utils.compiling import check_compile_backend
+
+        check_compile_backend(OmegaConf.select(cfg, "performance.compile_backend"))
     impl = OmegaConf.select(cfg, "performance.optimizer_impl")
     check_optimizer_impl(impl, str(OmegaConf.select(cfg, "optimizer.name")))
 

@@ -341,6 +341,12 @@ def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> 
 def apply_params(images: torch.Tensor, params: AugmentParams, spec: CropSpec) -> torch.Tensor:
     """Augment uint8 images (N, C, H, W), C in {1, 3}, with ``params`` (drawn for N views)
     -> float32 (N, 3, S, S) normalised with spec.mean / spec.std, S = spec.crop_size."""
+    return _normalise(_augment_pixels(images, params, spec), spec.mean, spec.std)
+
+
+def _augment_pixels(images: torch.Tensor, params: AugmentParams, spec: CropSpec) -> torch.Tensor:
+    """:func:`apply_params` before the normalisation: float32 (N, 3, S, S) in [0, 1] (what
+    ``performance.compile_augmentations`` compiles)."""
     x = _crop_resize_flip(_to_float(images), params, spec.crop_size)
     x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
     x = _color_jitter(x, params, spec)
@@ -352,7 +358,7 @@ def apply_params(images: torch.Tensor, params: AugmentParams, spec: CropSpec) ->
     if spec.solarization_prob > 0:
         solarized = torch.where(x >= _SOLARIZE_CUT, 1.0 - x, x)
         x = torch.where(_per_sample(params.solarize), solarized, x)
-    return _normalise(x, spec.mean, spec.std)
+    return x
 
 
 class BatchAugment:
@@ -360,10 +366,15 @@ class BatchAugment:
     its own random parameters from the given generator.
 
     Raises ConfigError (key ``{where}.equalization.prob``) when the spec asks for
-    equalization, which has no batched implementation.
+    equalization, which has no batched implementation. ``compile_backend``: run the pixel ops
+    (not the draws, whose generators dynamo does not trace, nor the normalisation) through
+    ``torch.compile`` with that backend (fused kernels, one compilation per batch shape; no
+    CUDA graphs, whose outputs the next batch would overwrite), None to run them eagerly.
     """
 
-    def __init__(self, spec: CropSpec, where: str = "augmentations[0]"):
+    def __init__(
+        self, spec: CropSpec, where: str = "augmentations[0]", compile_backend: str | None = None
+    ):
         if spec.equalization_prob > 0:
             raise ConfigError(
                 f"{where}.equalization.prob",
@@ -372,11 +383,16 @@ class BatchAugment:
             )
         self.spec = spec
         self.where = where
+        self.pixels = (
+            _augment_pixels
+            if compile_backend is None
+            else torch.compile(_augment_pixels, backend=compile_backend, dynamic=False)
+        )
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, height, width = images.shape
         params = draw_params(n, self.spec, height, width, generator)
-        return apply_params(images, params, self.spec)
+        return _normalise(self.pixels(images, params, self.spec), self.spec.mean, self.spec.std)
 
     def __repr__(self) -> str:
         return f"BatchAugment({self.spec})"

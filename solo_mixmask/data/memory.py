@@ -274,6 +274,7 @@ class MemoryTrainLoader(ResumableLoader):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        compile_backend: str | None = None,
     ):
         super().__init__(
             _BatchKeys(memory),
@@ -286,7 +287,8 @@ class MemoryTrainLoader(ResumableLoader):
         )
         self.memory = memory
         self.pipelines = [
-            (BatchAugment(s, f"augmentations[{i}]"), s.num_crops) for i, s in enumerate(specs)
+            (BatchAugment(s, f"augmentations[{i}]", compile_backend), s.num_crops)
+            for i, s in enumerate(specs)
         ]
         self.device = torch.device("cpu")
         self._generator: torch.Generator | None = None
@@ -385,7 +387,13 @@ def build_memory_train_loader(
     memory = memory.select(train_subset(memory.items))
     _check_size(memory, spec.batch_size, world_size)
     return MemoryTrainLoader(
-        memory, spec.crops, spec.batch_size, spec.seed, rank=rank, world_size=world_size
+        memory,
+        spec.crops,
+        spec.batch_size,
+        spec.seed,
+        rank=rank,
+        world_size=world_size,
+        compile_backend=spec.compile_augmentations,
     )
 
 

@@ -34,6 +34,7 @@ from solo_mixmask.config.schema import BASE_DEFAULTS, fill_defaults, to_containe
 from solo_mixmask.core.batch_norm import UnsplitBatchNormError, interleaved_forward
 from solo_mixmask.core.knn import knn_accuracy, knn_k_used, knn_matmul_dtype
 from solo_mixmask.errors import ConfigError, ConfigWarning
+from solo_mixmask.utils.compiling import check_compile_backend
 from solo_mixmask.utils.momentum import cosine_tau, ema_update_pairs
 from solo_mixmask.utils.optim import optimizer_impl_kwargs
 
@@ -43,13 +44,7 @@ def _compile_backend(performance: PerformanceSpec) -> str | None:
     is true (default "inductor"; "eager" / "aot_eager" compile nothing, for tests), else None."""
     if not performance.compile:
         return None
-    backend = performance.compile_backend
-    import torch._dynamo
-
-    allowed = sorted(set(torch._dynamo.list_backends(exclude_tags=())) | {"inductor"})
-    if backend not in allowed:
-        raise ConfigError("performance.compile_backend", backend, f"one of {', '.join(allowed)}")
-    return str(backend)
+    return check_compile_backend(performance.compile_backend)
 
 
 def _masked_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:

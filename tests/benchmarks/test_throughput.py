@@ -75,6 +75,15 @@ def test_throughput_tiny_measures_every_lever_on_cpu(tmp_path):
         assert 0 < floor["step_ms"] < r["current"]["step_ms"]
         assert floor["step_over_floor"] == pytest.approx(r["current"]["step_ms"] / floor["step_ms"])
     assert not set(res["winners"]) & throughput.REFERENCES  # recipe changes never win
+    data = res["data_path"]  # the in-memory data path, eager and compiled (aot_eager here)
+    assert data["eager"]["status"] == data["compiled"]["status"] == "ok"
+    assert data["eager"]["aten_ops_per_batch"] > 50 and positive(data["eager"]["images_per_s"])
+    ratio = data["compiled"]["images_per_s"] / data["eager"]["images_per_s"]
+    assert data["compiled"]["ratio"] == pytest.approx(ratio)
+    wins = data["compiled"]["wins"]
+    assert wins == (ratio > throughput.WIN)
+    assert (res["combined_settings"].get("performance.compile_augmentations") is True) == wins
+    assert "In-memory data path" in md
     assert "mixmask aten ops/step" in md and "host floor ms" in md
     for m in throughput.METHODS:  # ops per step (a GPU step bound by dispatch scales with them)
         ops = res["methods"][m]["profile"]["dispatched_ops"]

@@ -91,8 +91,16 @@ def test_defaults_of_absent_keys():
     assert (spec.num_classes, spec.batch_size, spec.num_workers, spec.seed) == (None, 8, 2, 5)
     assert (spec.train_subset, spec.val_subset, spec.knn_train_subset) == (None, None, 10_000)
     assert spec.dali == DaliSpec("auto")
+    assert spec.compile_augmentations is None  # eager augmentations
     assert [(c.crop_size, c.num_crops) for c in spec.crops] == [(32, 2)]
     assert spec.crops[0].mean == (0.4914, 0.4822, 0.4465)  # CIFAR-10's, from dataset_facts
+
+
+def test_compiled_augmentations_carry_the_compile_backend():
+    given = {"performance": {"compile_augmentations": True}}
+    assert data_spec(_cfg(**given)).compile_augmentations == "inductor"
+    given["performance"]["compile_backend"] = "aot_eager"
+    assert data_spec(_cfg(**given)).compile_augmentations == "aot_eager"
 
 
 def test_base_defaults_give_the_same_spec_as_absent_keys():

@@ -232,6 +232,7 @@ BOOL_KEYS = [
     "performance.compile",
     "performance.ema_foreach_lerp",
     "performance.batch_online_forwards",
+    "performance.compile_augmentations",
     "wandb.enabled",
     "wandb.offline",
     "logging.csv",
@@ -554,6 +555,23 @@ def test_batched_online_forwards_refused_with_sync_batchnorm():
     assert (info.value.key, info.value.value) == ("performance.batch_online_forwards", True)
     assert "sync_batchnorm=true" in str(info.value)
     validate_base(_base(performance__batch_online_forwards=True))
+
+
+def test_compiled_augmentations_only_with_the_memory_path_and_a_known_backend():
+    # only data.format=memory augments batches with torch: elsewhere the setting would do nothing
+    cfg = _base(performance__compile_augmentations=True)
+    with pytest.raises(ConfigError) as info:
+        validate_base(cfg)
+    assert (info.value.key, info.value.value) == ("performance.compile_augmentations", True)
+    assert "data.format=memory" in str(info.value)
+    validate_base(_base(performance__compile_augmentations=True, data__format="memory"))
+    cfg = _base(
+        performance__compile_augmentations=True,
+        data__format="memory",
+        performance__compile_backend="nope",
+    )
+    with pytest.raises(ConfigError, match="performance.compile_backend='nope'"):
+        validate_base(cfg)
 
 
 def test_fused_optimizer_refused_for_lars():

@@ -462,6 +462,17 @@ def test_one_channel_input():
         B.BatchAugment(_spec())(img.float(), _gen(13))
 
 
+def test_compiled_pixel_ops_give_the_eager_images():
+    # performance.compile_augmentations: the pixel ops through torch.compile (aot_eager traces
+    # them as inductor would, without generating kernels), the draws eager: the same images
+    spec = _spec(crop_size=16, solarization_prob=0.2)
+    img = _images(24, 20, seed=21)
+    compiled = B.BatchAugment(spec, compile_backend="aot_eager")
+    for seed in (0, 1):  # the second call reuses the compiled graph
+        out = compiled(img, _gen(seed))
+        assert torch.equal(out, B.BatchAugment(spec)(img, _gen(seed)))
+
+
 def test_eval_view():
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
     m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)

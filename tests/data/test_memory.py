@@ -3,6 +3,7 @@ shards, subsets, the k-NN loaders, bad inputs, and a killed-and-resumed run thro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from solo_mixmask.config.schema import BASE_DEFAULTS, fill_defaults, validate_base
+from solo_mixmask.data import batched_augmentations as B
 from solo_mixmask.data.augmentations import build_eval_transform
 from solo_mixmask.data.datasets import BadImageWarning, build_dataset, load_image_rgb
 from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
@@ -91,6 +93,15 @@ def _same(a, b):
         torch.equal(x[0], y[0]) and all(torch.equal(u, v) for u, v in zip(x[1], y[1]))
         for x, y in zip(a, b)
     )
+
+
+def test_compiled_augmentations_give_the_same_batches(folder):
+    # performance.compile_augmentations reaches the loader's pipelines and changes no image
+    spec = _spec(folder, augmentations=[{"crop_size": 32}, {"crop_size": 24, "num_crops": 1}])
+    compiled = dataclasses.replace(spec, compile_augmentations="aot_eager")
+    loader = build_train_loader(compiled)
+    assert all(augment.pixels is not B._augment_pixels for augment, _ in loader.pipelines)
+    assert _same(_epoch(loader), _epoch(build_train_loader(spec)))
 
 
 def test_same_seed_same_batches_other_seed_other_batches(folder):
