@@ -263,7 +263,8 @@ class MemoryTrainLoader(ResumableLoader):
     """Training batches cut from one uint8 tensor and augmented on its device.
 
     ``specs`` are the crop pipelines (``num_crops`` views each, in order); a pipeline's views are
-    augmented together in one batched call. Yields ``[indexes, views, targets]`` on the device.
+    augmented together in one batched call (its pixel ops through ``torch.compile`` with
+    ``compile_backend``, else eagerly). Yields ``[indexes, views, targets]`` on the device.
     """
 
     def __init__(

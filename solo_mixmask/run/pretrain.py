@@ -418,11 +418,10 @@ def collapse_report(std: float | None, dim: int | None) -> dict[str, Any]:
     epoch measured it), ``embedding_std_spread`` (1/sqrt(d)) and ``collapsed``
     (:func:`~solo_mixmask.core.collapse.is_collapsed`; None, unknown, without a measure)."""
     spread = spread_std(dim) if dim else None
-    known = std is not None and bool(dim)
     return {
         "embedding_std": None if std is None else round(std, 6),
         "embedding_std_spread": None if spread is None else round(spread, 6),
-        "collapsed": bool(is_collapsed(std, dim)) if known else None,  # type: ignore[arg-type]
+        "collapsed": None if std is None or not dim else bool(is_collapsed(std, dim)),
     }
 
 
