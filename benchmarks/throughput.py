@@ -18,15 +18,18 @@ process:
    every eager variant dispatches (a step bound by dispatch scales with them); ``nchw_layout``
    (``channels_last=false``) as a lever, ``no_split_bn`` as a reference that prices the
    recipe's split BatchNorm and shuffled keys (:data:`REFERENCE`: never a winner);
-3. the winners (ratio > :data:`WIN`, geometric mean over the methods; one per group of
+3. the in-memory data path (:func:`data_path_timing`: a batch's views cut and augmented on the
+   device) eager against ``performance.compile_augmentations``, with its aten ops per batch;
+   a winner joins the end-to-end runs' settings;
+4. the winners (ratio > :data:`WIN`, geometric mean over the methods; one per group of
    exclusive settings) combined, against the current path in new interleaved rounds;
-4. where a current-path step's time goes (:func:`step_profile`): device busy time against the
+5. where a current-path step's time goes (:func:`step_profile`): device busy time against the
    step's time, kernel launches, dispatched aten ops, syncing ops and the top ops; and the
    host floor (:func:`host_floor`): the same ops with next to no arithmetic;
-5. FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``), the achieved TFLOP/s and
+6. FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``), the achieved TFLOP/s and
    their fraction of the peak measured here by one large matrix product (bf16 8192^3 on a GPU,
    float32 on a CPU);
-6. with ``--end-to-end``: a few epochs of Lightning training (``data.format=memory``, the
+7. with ``--end-to-end``: a few epochs of Lightning training (``data.format=memory``, the
    CIFAR-10 JPEG tars) per method, current path and winners, as long as the budget allows.
 
 ``--budget-s`` (default 480) is held by sizing the rounds: compiled levers are skipped when less
@@ -435,7 +438,7 @@ def data_path_timing(bench: Bench) -> dict[str, Any]:
             traceback.print_exc()
             continue
         jobs[name] = make
-    deadline = time.perf_counter() + min(30.0, 0.1 * bench.args.budget_s)
+    deadline = min(time.perf_counter() + min(30.0, 0.1 * bench.args.budget_s), bench.bare_deadline)
     for name, t in timed_rounds(jobs, bench, deadline).items():
         ips = batch * len(indexes) / statistics.median(t)
         out[name].update(status="ok", images_per_s=ips, n=len(t))
@@ -765,9 +768,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         methods[m]["host_floor"] = floor
     peak = matmul_peak(bench)
     knn = knn_timing(bench, current[METHODS[0]].model.features_dim)
-    print("data path", file=sys.stderr, flush=True)
-    data_path = data_path_timing(bench)
     levers = measure(bench, {n: s for n, (s, _) in LEVERS.items()}, current, "levers")
+    print("data path", file=sys.stderr, flush=True)  # after the step's levers: they come first
+    data_path = data_path_timing(bench)
     settings, won = winners(levers)
     # the data path's lever joins the winners for the end-to-end runs (the bare steps take
     # synthetic batches: it cannot change them)
