@@ -57,10 +57,11 @@ def online_knn(checkpoint: str | Path) -> dict[str, Any] | None:
 def monitor_images(spec: DataSpec) -> dict[str, Any]:
     """What decides the images of a k-NN measurement and how they look, by config key: the
     dataset and its folders, the seed that picks the subsets, the subset sizes, the evaluation
-    crop and normalisation."""
+    crop and normalisation, and the data path that resizes them (PIL or torch)."""
     crop = spec.crops[0]
     return {
         "data.dataset": spec.dataset,
+        "data.format": spec.format,
         "data.train_path": spec.train_path,
         "data.val_path": spec.val_path,
         "seed": spec.seed,

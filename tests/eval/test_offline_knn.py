@@ -38,6 +38,8 @@ def test_bad_k_and_temperature(tiny_runs):
     [
         (["knn_eval.T=0.5"], "temperature 0.5 offline, 0.1 online"),
         (["data.val_subset=16"], "data.val_subset 16 offline, 32 online"),
+        # the in-memory path resizes the eval views with torch, the PIL path with PIL
+        (["data.format=memory"], "data.format 'memory' offline, 'image_folder' online"),
     ],
 )
 def test_online_figure_keeps_its_own_settings_and_is_compared_only_alike(
