@@ -255,6 +255,10 @@ def test_unlabelled_images_pretrain_without_the_knn_monitor(results):
     summary = json.loads((results["base"] / "run_unlabelled" / "summary.json").read_text())
     assert summary["train_images"] == 26 and summary["steps"] == 3, summary
     assert summary["knn_acc1"] is None and summary["linear_acc1"] is None, summary
+    # no training accuracy either: its 0% (and the 0 class loss) measured nothing
+    header = (results["base"] / "run_unlabelled" / "logs" / "metrics.csv").read_text().split()[0]
+    assert "train_acc1" not in header and "train_class_loss" not in header
+    assert "train_nce_loss_epoch" in header
 
 
 def test_strict_mode_stops_naming_the_file(results):

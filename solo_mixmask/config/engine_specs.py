@@ -140,7 +140,7 @@ class PerformanceSpec:
 class EngineSpec:
     """Everything :class:`~solo_mixmask.methods.base.BaseMethod` reads from its config;
     ``num_classes``: classes of the online classifier (``data.num_classes``, else the
-    dataset's)."""
+    dataset's); ``no_labels``: ``data.no_labels`` (no training accuracy to log)."""
 
     backbone: BackboneSpec
     optimizer: OptimizerSpec
@@ -149,6 +149,7 @@ class EngineSpec:
     knn: KnnSpec
     performance: PerformanceSpec
     num_classes: int
+    no_labels: bool = False
 
 
 def _num_classes(cfg: DictConfig) -> int:
@@ -227,4 +228,5 @@ def engine_spec(cfg: DictConfig) -> EngineSpec:
             batch_online_forwards=bool(value_of(cfg, "performance.batch_online_forwards")),
         ),
         num_classes=_num_classes(cfg),
+        no_labels=bool(select(cfg, "data.no_labels", False)),
     )

@@ -299,11 +299,16 @@ class BaseMethod(L.LightningModule):
         stats = [self._classification(o["logits"], targets) for o in outs]
         for key in ("loss", "acc1", "acc5"):
             out[key] = torch.stack([s[key] for s in stats]).mean()
-        self.log_dict(
-            {"train_class_loss": out["loss"], "train_acc1": out["acc1"], "train_acc5": out["acc5"]},
-            on_epoch=True,
-            sync_dist=True,
-        )
+        if not self.engine.no_labels:  # (unlabelled images: 0 loss and 0% measure nothing)
+            self.log_dict(
+                {
+                    "train_class_loss": out["loss"],
+                    "train_acc1": out["acc1"],
+                    "train_acc5": out["acc5"],
+                },
+                on_epoch=True,
+                sync_dist=True,
+            )
         return out
 
     # -------------------------------------------------------------- validation
