@@ -123,6 +123,21 @@ def test_mask_ratio_is_an_open_interval(value, ok):
             METHODS["mixmask"].add_and_assert_specific_cfg(cfg)
 
 
+@pytest.mark.parametrize("method", ["mocov2plus", "mixmask", "unmix_mixmask", "byol_mixmask"])
+@pytest.mark.parametrize("crops", [[1], [2, 1], [3]])
+def test_two_views_in_all(method, crops):
+    # a third view was forwarded by both networks, left out of the loss, and the mixed branch
+    # scored against its keys instead of the second view's; one view was an IndexError
+    pipelines = [{"crop_size": 16, "num_crops": n} for n in crops]
+    cfg = tiny_cfg(method, augmentations=pipelines)
+    with pytest.raises(ConfigError) as info:
+        METHODS[method].add_and_assert_specific_cfg(cfg)
+    assert (info.value.key, info.value.value) == ("augmentations[*].num_crops", crops)
+    assert "2 views per image" in str(info.value)
+    two = [{"crop_size": 16, "num_crops": 1}, {"crop_size": 16, "num_crops": 1}]
+    METHODS[method].add_and_assert_specific_cfg(tiny_cfg(method, augmentations=two))
+
+
 @pytest.mark.parametrize(("grid", "ok"), [(0, False), (1, True), (16, True), (17, False)])
 def test_grid_size_between_1_and_the_crop(grid, ok):
     cfg = tiny_cfg("mixmask", method_kwargs__grid_size=grid)  # 16-pixel crops
