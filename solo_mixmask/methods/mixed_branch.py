@@ -10,8 +10,8 @@ import torch
 from omegaconf import DictConfig
 
 from solo_mixmask.config.schema import fill_defaults, seed_of, smallest_crop_size
-from solo_mixmask.errors import ConfigError
 from solo_mixmask.core.mixing import Mixer, PartnerRule, draw_partner
+from solo_mixmask.errors import ConfigError
 from solo_mixmask.losses.mixed import PairLoss, mixed_loss
 from solo_mixmask.methods.contract import LogicBase
 from solo_mixmask.utils.generators import SeededGenerators
