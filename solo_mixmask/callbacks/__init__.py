@@ -8,13 +8,16 @@
   weights or a checkpoint;
 - :mod:`~solo_mixmask.callbacks.speed`: images per second for the summary;
 - :mod:`~solo_mixmask.callbacks.data_on_device`: the device for loaders that keep their images
-  there.
+  there;
+- :mod:`~solo_mixmask.callbacks.last_validation`: the last epoch is validated whatever
+  ``check_val_every_n_epoch`` says.
 
 The checkpoint callbacks are :mod:`solo_mixmask.checkpoints.callbacks`. Which callbacks a run
 uses is :func:`solo_mixmask.run.trainer.build_callbacks`.
 """
 
 from solo_mixmask.callbacks.data_on_device import DataOnDevice
+from solo_mixmask.callbacks.last_validation import ValidateLastEpoch
 from solo_mixmask.callbacks.nonfinite import NonFiniteLossGuard
 from solo_mixmask.callbacks.resume_state import (
     ResumeState,
@@ -32,6 +35,7 @@ __all__ = [
     "ResumeState",
     "StopCheckpoint",
     "TrainSpeed",
+    "ValidateLastEpoch",
     "capture_rng_state",
     "mark_batch_completed",
     "restore_rng_state",

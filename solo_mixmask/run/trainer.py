@@ -18,6 +18,7 @@ from solo_mixmask.callbacks import (
     ResumeState,
     StopCheckpoint,
     TrainSpeed,
+    ValidateLastEpoch,
 )
 from solo_mixmask.checkpoints.callbacks import LastCheckpoint, StepCheckpoint, epoch_checkpoint
 from solo_mixmask.checkpoints.io import SafeAtomicCheckpointIO
@@ -57,6 +58,7 @@ def build_callbacks(spec: TrainerSpec, run_dir: Path) -> list[Callback]:
         ResumeState(None),  # the training loader is attached once it exists
         DataOnDevice(),  # likewise, the loaders that hold their images on the device
         GracefulStop(),  # SIGTERM / Ctrl-C: stop after the step, with a checkpoint
+        ValidateLastEpoch(),  # the summary's accuracies are the last epoch's
     ]
     if spec.progress_bar:
         callbacks.append(RichProgressBar())
