@@ -546,6 +546,18 @@ def knn_curve(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(epoch_curves(run_dir).get("val_knn_acc1", {}).items())
 
 
+def planned(prof: Profile, the_plan: dict[str, Any]) -> Profile:
+    """``prof`` as it runs under ``the_plan``: its epochs, evaluation interval and training
+    subset (the results' profile records them: same_seed.py compares profiles, and a
+    budget-planned subset of another size is a difference, never "nothing")."""
+    return replace(
+        prof,
+        epochs=the_plan["epochs"],
+        eval_every=the_plan["eval_every"],
+        train_subset=the_plan["train_subset"],
+    )
+
+
 def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:
     """k-NN top-1 (%) of mean-centred raw pixels on the same k-NN images as the runs."""
     from solo_mixmask.config.data_specs import data_spec
@@ -1062,7 +1074,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     needs_budget = prof.budget_minutes and (prof.train_subset is None or prof.epochs_from_budget)
     cal = calibrate(prof) if (needs_budget or args.plan) else None
     the_plan = plan(prof, cal)
-    prof = replace(prof, epochs=the_plan["epochs"], eval_every=the_plan["eval_every"])
+    prof = planned(prof, the_plan)
     est = the_plan.get("estimated_s")
     print(
         f"plan: {len(prof.methods)} methods x {len(prof.seeds)} seeds, {prof.epochs} epochs "

@@ -27,6 +27,8 @@ def test_smoke_runs_both_methods(result):
         assert epochs == [0, 1]  # k-NN at initialisation, then after the epoch
         assert run["curve"][-1][1] == pytest.approx(run["knn_acc1"], abs=1e-3)
     assert 0 < res["raw_pixel_knn"] <= 100
+    # the profile records the subset that ran (same_seed.py compares profiles)
+    assert res["profile"]["train_subset"] == res["plan"]["train_subset"] == 64
     for run in res["runs"]:  # the offline probe of the final checkpoint, smoke settings
         lin = run["offline_linear"]
         assert 0 <= lin["acc1"] <= 100 and lin["train_images"] == 64 and lin["val_images"] == 32
@@ -127,6 +129,10 @@ def test_quick_plan_fits_the_budget():
     assert p["steps_per_epoch"] == 54 and p["train_subset"] == 54 * 128
     assert p["estimated_s"] == pytest.approx(384 + 3 * 54 * 1.25 * 3 * 4 * 0.5)
     assert p["estimated_s"] <= 0.9 * 30 * 60
+    # the results' profile is the planned one: its subset, not "all" (None)
+    ran = accuracy.planned(prof, p)
+    assert prof.train_subset is None and ran.train_subset == p["train_subset"]
+    assert (ran.epochs, ran.eval_every) == (p["epochs"], p["eval_every"])
 
 
 def test_byol_variants_are_paired_with_byol():
