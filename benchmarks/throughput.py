@@ -802,12 +802,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         busy = methods[m]["profile"].get("device_busy_ms")
         if busy is not None:  # of the unprofiled step's time, from the timed rounds
             methods[m]["profile"]["device_busy_share"] = busy / methods[m]["current"]["step_ms"]
-        variants = {"current": ips, "combined": combined[m].get("images_per_s", 0.0)}
-        variants.update(
-            {n: r[m].get("images_per_s", 0.0) for n, r in levers.items() if n not in REFERENCES}
-        )
-        best = max(variants, key=lambda n: variants[n])
-        for key, ips_v, name in (("current", ips, "current"), ("best", variants[best], best)):
+        # the best by its ratio to the current path of its own rounds (phases run at other
+        # speeds), as img/s of the levers phase's current path
+        ratios = {"current": 1.0, "combined": combined[m].get("ratio", 0.0)}
+        ratios.update({n: r[m].get("ratio", 0.0) for n, r in levers.items() if n not in REFERENCES})
+        best = max(ratios, key=lambda n: ratios[n])
+        for key, ips_v, name in (("current", ips, "current"), ("best", ratios[best] * ips, best)):
             tflops = methods[m]["flops_per_image"] * ips_v / 1e12
             methods[m].setdefault(key, {}).update(
                 tflops=tflops, peak_fraction=tflops / peak["tflops"], variant=name

@@ -71,6 +71,17 @@ def test_throughput_tiny_measures_every_lever_on_cpu(tmp_path):
         assert prof["dispatched_ops"] > 100 and prof["syncing_ops"] == []
         assert prof["top"] and all(t["ms"] > 0 and t["calls"] > 0 for t in prof["top"])
         assert r["best"]["variant"] not in throughput.REFERENCES
+        # the best by its ratio in its own rounds (the phases' current paths run at other
+        # speeds), scaled to the levers phase's current img/s
+        best, ips = r["best"]["variant"], r["current"]["images_per_s"]
+        variants = {"combined": res["combined"][m], **{n: v[m] for n, v in res["levers"].items()}}
+        ratios = {
+            n: v.get("ratio", 0.0) for n, v in variants.items() if n not in throughput.REFERENCES
+        }
+        assert r["best"]["tflops"] == pytest.approx(
+            r["flops_per_image"] * max(1.0, *ratios.values()) * ips / 1e12
+        )
+        assert best == "current" or ratios[best] == max(ratios.values())
         floor = r["host_floor"]  # the same ops with next to no arithmetic: cheaper than the step
         assert 0 < floor["step_ms"] < r["current"]["step_ms"]
         assert floor["step_over_floor"] == pytest.approx(r["current"]["step_ms"] / floor["step_ms"])
