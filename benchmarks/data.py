@@ -293,13 +293,18 @@ def markdown(res: dict[str, Any]) -> str:
             "process, an upper bound).",
         ]
     g = res["goals"]
+    configured = g.get("configured_default_workers", g["default_workers"])
+    workers = (
+        f"the default {g['default_workers']} workers"
+        if configured == g["default_workers"]
+        else f"{g['default_workers']} workers (the default, {configured}, was not measured)"
+    )
     lines += [
         "",
         "## Goals",
         "",
-        f"- Fashion-MNIST loader >= 2x training images/s with the default "
-        f"{g['default_workers']} workers: {'met' if g['loader_2x_training'] else 'NOT met'}"
-        f" ({g['loader_over_training']:.1f}x)",
+        f"- Fashion-MNIST loader >= 2x training images/s with {workers}: "
+        f"{'met' if g['loader_2x_training'] else 'NOT met'} ({g['loader_over_training']:.1f}x)",
     ]
     if "peak_under_4gb" in g:
         lines.append(
@@ -344,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     goals: dict[str, Any] = {
         "default_workers": default["workers"],
+        "configured_default_workers": default_workers,  # measured when equal to the above
         "loader_over_training": default["images_per_s"] / synthetic,
         "loader_2x_training": default["images_per_s"] >= GOAL_LOADER_FACTOR * synthetic,
     }

@@ -40,6 +40,10 @@ def test_training_speed_and_goals(result):
     )
     assert g["loader_2x_training"] == (g["loader_over_training"] >= 2)
     assert "## Goals" in md and "| jpeg_folder | 1 |" in md
+    # --smoke measures 0 and 1 workers: the goal line says the configured default (2) was not
+    # measured instead of calling 1 worker "the default"
+    assert g["configured_default_workers"] == 2 and g["default_workers"] == 1
+    assert "with 1 workers (the default, 2, was not measured)" in md
 
 
 @needs_fmnist
