@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +241,18 @@ def plot_loss(records: Sequence[RunRecord], path: Path) -> Path:
     return path
 
 
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """Each folder's name, or the shortest tail of its path that no other folder shares
+    (``runs_a/mixmask-s1`` and ``runs_b/mixmask-s1``), so that rows and legends tell them
+    apart."""
+    depth = 1
+    while True:
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names) or depth >= max(len(p.parts) for p in paths):
+            return names
+        depth += 1
+
+
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Write report.md, knn.png and loss.png for ``run_dirs`` into ``out_dir``.
 
@@ -249,7 +261,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     if not run_dirs:
         raise ValueError("run_dirs=[] is not allowed: expected one or more run folders")
     check_output_dir("--out", out_dir)  # before the runs are read
-    records = [load_run(d) for d in run_dirs]
+    names = unique_names([Path(d).resolve() for d in run_dirs])
+    records = [replace(load_run(d), name=n) for d, n in zip(run_dirs, names)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(records)

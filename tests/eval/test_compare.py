@@ -8,7 +8,13 @@ import pytest
 from PIL import Image
 
 from solo_mixmask.cli import main
-from solo_mixmask.eval.compare import compare_runs, epoch_curves, load_run, ssl_loss_curves
+from solo_mixmask.eval.compare import (
+    compare_runs,
+    epoch_curves,
+    load_run,
+    ssl_loss_curves,
+    unique_names,
+)
 from tests.eval.helpers import write_one_step_epoch_logs
 
 
@@ -42,6 +48,19 @@ def test_compare_two_real_runs(tiny_runs, tmp_path, capsys):
     assert main(["compare", str(moco), str(mix), "--out", str(tmp_path / "cli")]) == 0
     printed = capsys.readouterr().out
     assert "| mocov2plus | mocov2plus | 1 |" in printed and (tmp_path / "cli" / "knn.png").is_file()
+
+
+def test_runs_of_one_name_in_two_folders_are_told_apart(tiny_runs, tmp_path):
+    # the README's per-seed folders: runs_a/mixmask-s1 and runs_b/mixmask-s1 were two rows
+    # (and two legends) both named mixmask-s1
+    import shutil
+
+    for parent, run in (("runs_a", "mocov2plus"), ("runs_b", "mixmask")):
+        shutil.copytree(tiny_runs[run], tmp_path / parent / "same-name")
+    pair = [tmp_path / "runs_a" / "same-name", tmp_path / "runs_b" / "same-name"]
+    table = compare_runs(pair, tmp_path / "out")["table"]
+    assert "| runs_a/same-name |" in table and "| runs_b/same-name |" in table
+    assert unique_names([tmp_path / "a" / "x", tmp_path / "b" / "y"]) == ["x", "y"]
 
 
 def test_compare_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
