@@ -705,7 +705,10 @@ def aggregate(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str,
         }
         if offline:
             row["offline_linear_acc1"] = _stats(list(offline.values()))
-        row["wall_seconds"] = _stats([r["wall_seconds"] for r in seeds.values()])
+        # a run finished by resume from its checkpoint has no speed or time (null): left out
+        for key in ("wall_seconds", "images_per_sec"):
+            known = [r[key] for r in seeds.values() if r.get(key) is not None]
+            row[key] = _stats(known) if known else None
         stds = [r["embedding_std"] for r in seeds.values() if r.get("embedding_std") is not None]
         if stds:
             row["embedding_std"] = _stats(stds)
@@ -713,7 +716,6 @@ def aggregate(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str,
                 r["embedding_std_spread"] for r in seeds.values() if r.get("embedding_std_spread")
             )
         row["collapsed_runs"] = sum(bool(r.get("collapsed")) for r in seeds.values())
-        row["images_per_sec"] = _stats([r["images_per_sec"] for r in seeds.values()])
         base = by.get(BASELINE, {})
         paired = [seeds[s]["knn_acc1"] - base[s]["knn_acc1"] for s in seeds if s in base]
         if paired and m != BASELINE:
@@ -863,7 +865,7 @@ def markdown(res: dict[str, Any]) -> str:
                     False,
                 )
                 + (f", **{row['collapsed_runs']} collapsed**" if row.get("collapsed_runs") else ""),
-                f"{row['images_per_sec']['mean']:.0f}",
+                f"{row['images_per_sec']['mean']:.0f}" if row["images_per_sec"] else "-",
             ]
         )
     lines.append(

@@ -52,6 +52,32 @@ def test_aggregate_and_paired_difference(result):
     )
 
 
+def test_aggregate_leaves_out_unknown_speeds_and_times():
+    # a run finished by resume from its checkpoint has images_per_sec / wall_seconds null
+    import sys
+
+    from tests.benchmarks.helpers import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+
+    def run(method, seed, ips):
+        return {
+            "method": method,
+            "seed": seed,
+            "knn_acc1": 50.0 + seed,
+            "images_per_sec": ips,
+            "wall_seconds": None if ips is None else 10.0,
+        }
+
+    runs = [run("mocov2plus", 1, 100.0), run("mocov2plus", 2, None), run("mixmask", 1, None)]
+    agg = accuracy.aggregate(runs, ("mocov2plus", "mixmask"))
+    assert agg["mocov2plus"]["images_per_sec"]["n"] == 1
+    assert agg["mocov2plus"]["images_per_sec"]["mean"] == 100.0
+    assert agg["mixmask"]["images_per_sec"] is None and agg["mixmask"]["wall_seconds"] is None
+    assert agg["mocov2plus"]["knn_acc1"]["n"] == 2  # the accuracies are kept
+
+
 def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
     import sys
 
