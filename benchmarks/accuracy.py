@@ -773,7 +773,9 @@ def plot(
         if not curves:
             continue
         epochs, mean = mean_curve(curves)
-        std = [statistics.pstdev([c[e] for c in curves if e in c]) for e in epochs]
+        # the sample std of the seeds, as the table's +- (0 where one seed measured the epoch)
+        at = [[c[e] for c in curves if e in c] for e in epochs]
+        std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in at]
         (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=f"{m} (n={len(curves)})")
         ax.fill_between(
             epochs,

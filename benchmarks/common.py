@@ -471,8 +471,11 @@ def cifar10_folder(
     ``given`` (or ``$SOLO_MIXMASK_CIFAR10``, else ``../shared/data/cifar10``) is used as it is
     when it holds the two trees. Tars are unpacked into ``dest`` (default
     ``$TMPDIR/solo_mixmask_cifar10[_<per_class>]``) once; ``per_class`` keeps only the first
-    that many images of each class of each split (tiny runs and tests).
+    that many images of each class of each split (tiny runs and tests). The unpacked folder
+    names its source (``.complete``): another source is unpacked afresh, never the old copy
+    reused.
     """
+    import shutil
     import tarfile
     import tempfile
 
@@ -482,8 +485,10 @@ def cifar10_folder(
     suffix = f"_{per_class}" if per_class is not None else ""
     dest = dest or Path(tempfile.gettempdir()) / f"solo_mixmask_cifar10{suffix}"
     done = dest / ".complete"
-    if done.exists():
+    if done.exists() and done.read_text() == str(source.resolve()):
         return dest
+    if done.exists():  # our copy of another source (a partial one is overwritten file by file)
+        shutil.rmtree(dest)
     for split in ("train", "test"):
         kept: dict[str, int] = {}
         if (source / split).is_dir():  # a sample of an unpacked tree
@@ -504,5 +509,5 @@ def cifar10_folder(
                 out = dest.joinpath(*parts)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
-    done.write_text("")
+    done.write_text(str(source.resolve()))
     return dest

@@ -38,9 +38,11 @@ cifar10_dir() {
   fi
   if [ "${1:-}" != "--tiny" ] && [ -f "$data/train.tar.gz" ]; then
     local unpacked="${TMPDIR:-/tmp}/solo_mixmask_cifar10"
-    if [ ! -f "$unpacked/.complete" ]; then
-      mkdir -p "$unpacked" && tar -xzf "$data/train.tar.gz" -C "$unpacked" \
-        && tar -xzf "$data/test.tar.gz" -C "$unpacked" && touch "$unpacked/.complete" || return 4
+    # .complete names the tars' folder: another source is unpacked afresh, not the old copy used
+    if [ "$(cat "$unpacked/.complete" 2>/dev/null)" != "$data" ]; then
+      rm -rf "$unpacked" && mkdir -p "$unpacked" && tar -xzf "$data/train.tar.gz" -C "$unpacked" \
+        && tar -xzf "$data/test.tar.gz" -C "$unpacked" && printf '%s' "$data" > "$unpacked/.complete" \
+        || return 4
     fi
     data="$unpacked"
   fi

@@ -138,3 +138,28 @@ def test_grid_conditions_replace_the_base_recipe_keys():
         keys = [o.split("=", 1)[0] for o in recipe]
         assert len(keys) == len(set(keys)), name  # hydra refuses a key given twice
     assert "scheduler.warmup_epochs=0" in cifar_grid.CONDITIONS["collapsed_recipe"]
+
+
+def test_unpacked_copies_belong_to_their_source(tmp_path):
+    # the unpacked folder was found by its name alone: a second source got the first one's images
+    import tarfile
+
+    from common import cifar10_folder
+
+    def tars(name: str, payload: bytes):
+        source = tmp_path / name
+        source.mkdir()
+        for split in ("train", "test"):
+            image = tmp_path / f"{name}-{split}.jpg"
+            image.write_bytes(payload)
+            with tarfile.open(source / f"{split}.tar.gz", "w:gz") as tar:
+                tar.add(image, arcname=f"{split}/cat/0.jpg")
+        return source
+
+    dest = tmp_path / "unpacked"
+    first = cifar10_folder(tars("a", b"first"), 1, dest)
+    assert (first / "train" / "cat" / "0.jpg").read_bytes() == b"first"
+    again = cifar10_folder(tmp_path / "a", 1, dest)  # the same source: the copy is reused
+    assert again == first
+    second = cifar10_folder(tars("b", b"second"), 1, dest)
+    assert (second / "train" / "cat" / "0.jpg").read_bytes() == b"second"
