@@ -631,6 +631,7 @@ def one_run(
         "knn_acc5",
         "linear_acc1",
         "knn_acc1_at_init",
+        "knn_k",
         "images_per_sec",
         "wall_seconds",
         "steps",
@@ -814,6 +815,9 @@ def _pm(s: dict[str, float] | None, signed: bool = False) -> str:
 def markdown(res: dict[str, Any]) -> str:
     prof, agg = res["profile"], res["aggregate"]
     p = res["plan"]
+    # the k the runs used (knn_eval.k clamped to the k-NN memory), as their summaries say
+    knn_k = ", ".join(str(k) for k in sorted({r["knn_k"] for r in res["runs"] if r.get("knn_k")}))
+    knn_k = knn_k or "200"
     lines = [
         f"# Fixed-budget k-NN accuracy on "
         f"{DATASET_TITLES.get(prof['dataset'], prof['dataset'])} ({res['profile_name']} profile)",
@@ -823,9 +827,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"Backbone ResNet-18 channels={prof['channels']} stem={prof['stem_width']} (CIFAR "
         f"stem), batch {prof['batch_size']}, {prof['epochs']} epochs on "
         f"{p['train_subset'] or 'all'} training images, aug-plus for every method, seeds "
-        f"{list(prof['seeds'])}; k-NN (k=200, T=0.1) of {p['eval_images']} images "
-        f"(k-NN memory {prof['knn_train_subset'] or 'all'}, validation "
-        f"{prof['val_subset'] or 'all'}). Extra overrides: {list(prof['extra']) or 'none'}"
+        f"{list(prof['seeds'])}; k-NN (k={knn_k}, T=0.1): {prof['val_subset'] or 'all'} "
+        f"validation images against a memory of {prof['knn_train_subset'] or 'all'} training "
+        f"images. Extra overrides: {list(prof['extra']) or 'none'}"
         + (
             f" (for {', '.join(prof['extra_methods'])} only)"
             if prof["extra"] and prof.get("extra_methods")

@@ -130,6 +130,8 @@ def test_table_and_plot_written(result):
     md = (result / "accuracy_smoke.md").read_text()
     assert "| mocov2plus | 1 |" in md and "| mixmask | 1 |" in md
     assert "one seed only" in md and "Raw pixels" in md
+    # the k the runs used: knn_eval.k (200) clamped to the 64-image memory, not "k=200"
+    assert "k-NN (k=64, T=0.1): 32 validation images against a memory of 64" in md
     png = result / "accuracy_smoke.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
