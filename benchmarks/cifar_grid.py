@@ -179,9 +179,14 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Command: `{res['command']}`",
         "",
-        f"{res['epochs']} epochs, seed {res['seed']}, cifar_gpu profile (ResNet-18 CIFAR stem, "
-        f"batch 512, all 50,000 images, bf16, k-NN k=200 T=0.1 of the 10,000 test images every "
-        f"{res['eval_every']} epochs). Base recipe for both methods: {list(COLLAPSED_RECIPE)}; "
+        f"{res['epochs']} epochs, seed {res['seed']}, "
+        + (
+            "the cifar_gpu profile's tiny form (a tiny network, 8 images per class, on the CPU"
+            if res.get("tiny")
+            else "cifar_gpu profile (ResNet-18 CIFAR stem, batch 512, all 50,000 images, bf16, "
+            "k-NN k=200 T=0.1 of the 10,000 test images"
+        )
+        + f", k-NN every {res['eval_every']} epochs and after the last). Base recipe for both methods: {list(COLLAPSED_RECIPE)}; "
         f"each condition adds its overrides to both. Runs in {res['parallel']} processes on one "
         f"device, wall time {res['wall_seconds'] / 60:.1f} min. Machine: {res['machine']}.",
         "",
@@ -328,6 +333,7 @@ def report(
         "eval_every": max(1, min(args.eval_every, args.epochs)),
         "seed": args.seed,
         "parallel": args.parallel,
+        "tiny": args.tiny,
         "conditions": conditions,
         "base_recipe": list(COLLAPSED_RECIPE),
         "machine": machine(),
