@@ -558,7 +558,9 @@ def test_register_puts_byol_variants_on_solo_learns_own_byol():
     for name in BYOL_SOLO_METHODS:
         cls = METHODS[name]
         assert cls is added[name] and issubclass(cls, BYOL) and BYOLLogic not in cls.__mro__
-        assert cls.forward is BYOL.forward  # solo-learn's projector and predictor
+        # solo-learn's projector and predictor, under our recording of the online projections
+        owners = [k for k in cls.__mro__ if "forward" in vars(k)]
+        assert owners[:2] == [BYOLOnSoloLogic, BYOL]
         assert pickle.loads(pickle.dumps(cls)) is cls
 
 
@@ -612,9 +614,13 @@ def byol_probe_class(base: type) -> type:
             nets = copy.deepcopy(
                 torch.nn.Sequential(self.momentum_backbone, self.momentum_projector)
             )
+            online = copy.deepcopy(torch.nn.Sequential(self.backbone, self.projector))
             with torch.no_grad():
                 expected = nets(batch[1][1].to(memory_format=torch.channels_last))
-            self.records.append({"x1": batch[1][0], "expected_target": expected})
+                expected_online = online(batch[1][0].to(memory_format=torch.channels_last))
+            self.records.append(
+                {"x1": batch[1][0], "expected_target": expected, "expected_online": expected_online}
+            )
             return super().training_step(batch, batch_idx)
 
         def mixed_losses(self, x, target, pair_loss):
@@ -652,6 +658,16 @@ def test_byol_variants_train_inside_solo_learn_main_pretrain(
     plugin.register()
     probe = byol_probe_class(METHODS[method])
     monkeypatch.setitem(METHODS, f"{method}_probe", probe)
+    from solo_mixmask.methods import byol as byol_module
+
+    measured: list[torch.Tensor] = []  # what the collapse measure was taken of, per step
+    log_std = byol_module.log_embedding_std
+
+    def recording(method, z):
+        measured.append(z.detach().clone())
+        log_std(method, z)
+
+    monkeypatch.setattr(byol_module, "log_embedding_std", recording)
     monkeypatch.chdir(tmp_path)
     overrides = [o for o in cpu_overrides(image_folder) if "queue_size" not in o] + [
         f"method={method}_probe",
@@ -669,6 +685,11 @@ def test_byol_variants_train_inside_solo_learn_main_pretrain(
     (model,) = probe.instances
     assert len(model.records) == 3  # 30 training images, batch 10, drop_last
     branches = ["unmix", "mask"] if "unmix" in method else ["mask"]
+    # the collapse measure is of the first view's online projections (it was of the momentum
+    # network's, which lag a collapse by the EMA)
+    assert len(measured) == 3
+    for z, r in zip(measured, model.records):
+        torch.testing.assert_close(z, r["expected_online"], atol=1e-5, rtol=1e-4)
     for r in model.records:
         assert torch.equal(r["x"], r["x1"])
         assert r["target"].shape == (BATCH, 256)

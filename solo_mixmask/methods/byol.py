@@ -97,7 +97,9 @@ class BYOLOnSoloLogic(MixedBranchLogic, SplitBNLogic):
     solo-learn's BYOL step is unchanged (its predictor, symmetric loss and tau schedule); its
     loss gets the mixed terms of the first view's images x1 (B,3,H,W) against z2 (B, d), the
     momentum projections of the second view, recorded from its own ``momentum_forward`` calls
-    (its ``training_step`` returns only the loss), so no extra momentum pass is made.
+    (its ``training_step`` returns only the loss), so no extra momentum pass is made. The
+    collapse measure is taken, as on our engine, from the first view's online projections,
+    recorded from its ``forward`` calls.
     """
 
     mixed_output = "p"
@@ -106,12 +108,19 @@ class BYOLOnSoloLogic(MixedBranchLogic, SplitBNLogic):
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
         self._momentum_z: list[torch.Tensor] | None = None  # recorded during training_step
+        self._online_z: list[torch.Tensor] | None = None  # likewise
 
     @classmethod
     def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:
         cfg = super().add_and_assert_specific_cfg(cfg)  # defaults filled by MixedBranchLogic
         check_byol_config(cfg, cls.method_defaults)
         return cfg
+
+    def forward(self, X: torch.Tensor) -> dict[str, Any]:
+        out = super().forward(X)
+        if self._online_z is not None:
+            self._online_z.append(out["z"])
+        return out
 
     @torch.no_grad()
     def momentum_forward(self, X: torch.Tensor) -> dict[str, Any]:
@@ -122,13 +131,15 @@ class BYOLOnSoloLogic(MixedBranchLogic, SplitBNLogic):
 
     def training_step(self, batch: list[Any], batch_idx: int) -> Any:
         """The host BYOL's loss tensor plus the mixed-view terms (typed as the contract's)."""
-        self._momentum_z = []
+        self._momentum_z, self._online_z = [], []
         try:
             loss = super().training_step(batch, batch_idx)
-            momentum_z = self._momentum_z
+            momentum_z, online_z = self._momentum_z, self._online_z
         finally:
-            self._momentum_z = None
-        log_embedding_std(self, momentum_z[-1])  # solo-learn's BYOL keeps its online z inside
+            self._momentum_z = self._online_z = None
+        # the first view's online projections (B, d), as every method on our engine logs them
+        # (the momentum network's would lag a collapse by the EMA)
+        log_embedding_std(self, online_z[0])
         # the second view's momentum projections (B, d), as BYOL's own p1 -> z2 term uses them
         mixed = self.mixed_losses(batch[1][0], momentum_z[-1], partial(byol_loss, reduction="none"))
         return loss + sum(mixed.values())
