@@ -30,9 +30,12 @@ def fit_tiny(
     epochs: int = 2,
     accumulate: int = 1,
     ckpt_path: str | None = None,
+    model: L.LightningModule | None = None,
+    val_every: int | None = None,
 ) -> L.Trainer:
     """``epochs`` epochs of ``batches`` batches (2 samples each) with ``callbacks``, resumed
-    from ``ckpt_path`` when given."""
+    from ``ckpt_path`` when given; ``model`` (default :class:`TinyModule`) is validated on the
+    same batches every ``val_every`` epochs when that is given."""
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(2 * batches, 4)), batch_size=2)
     trainer = L.Trainer(
@@ -46,6 +49,9 @@ def fit_tiny(
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        check_val_every_n_epoch=val_every or 1,
+        num_sanity_val_steps=0,
     )
-    trainer.fit(TinyModule(), train_dataloaders=data, ckpt_path=ckpt_path)
+    val = data if val_every else None
+    trainer.fit(model or TinyModule(), data, val, ckpt_path=ckpt_path)
     return trainer

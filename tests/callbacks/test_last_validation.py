@@ -4,49 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import pytest
-import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from solo_mixmask.callbacks import ValidateLastEpoch
+from tests.callbacks.helpers import TinyModule, fit_tiny
 
 
-class Validated(L.LightningModule):
-    """A linear model that records the epochs at which it was validated."""
+class Validated(TinyModule):
+    """The tiny model, recording the epochs after which it was validated."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
         self.validated: list[int] = []
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self.layer(batch[0]).pow(2).mean()
-
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if batch_idx == 0 and not self.trainer.sanity_checking:
+        if batch_idx == 0:
             self.validated.append(self.current_epoch + 1)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 def _validated_epochs(epochs: int, every: int, callbacks: list[Any]) -> list[int]:
-    data = DataLoader(TensorDataset(torch.randn(4, 4)), batch_size=2)
     model = Validated()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        check_val_every_n_epoch=every,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, data, data)
+    fit_tiny(callbacks, batches=2, epochs=epochs, model=model, val_every=every)
     return model.validated
 
 
