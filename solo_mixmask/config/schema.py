@@ -355,6 +355,17 @@ def smallest_crop_size(cfg: DictConfig) -> int:
     return min(int(a.get("crop_size", 32)) for a in cfg.augmentations)
 
 
+def check_view_count(cfg: DictConfig, views: int, why: str) -> None:
+    """ConfigError (key ``augmentations[*].num_crops``) unless the pipelines' ``num_crops``
+    (2 where a pipeline leaves it out) add up to ``views`` views per image; ``why`` says who
+    needs that many."""
+    crops = [int(a.get("num_crops", 2)) for a in cfg.augmentations]
+    if sum(crops) != views:
+        raise ConfigError(
+            "augmentations[*].num_crops", crops, f"{views} views per image in all: {why}"
+        )
+
+
 def check_mandatory_values(cfg: DictConfig) -> None:
     """Fail on values a config leaves mandatory (``???``), naming the first one (sorted)."""
     missing = sorted(OmegaConf.missing_keys(cfg))

@@ -9,9 +9,13 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from omegaconf import DictConfig
 
-from solo_mixmask.config.schema import fill_defaults, seed_of, smallest_crop_size
+from solo_mixmask.config.schema import (
+    check_view_count,
+    fill_defaults,
+    seed_of,
+    smallest_crop_size,
+)
 from solo_mixmask.core.mixing import Mixer, PartnerRule, draw_partner
-from solo_mixmask.errors import ConfigError
 from solo_mixmask.losses.mixed import PairLoss, mixed_loss
 from solo_mixmask.methods.contract import LogicBase
 from solo_mixmask.utils.generators import SeededGenerators
@@ -58,15 +62,14 @@ class MixedBranchLogic(LogicBase):
         # defaults first: solo-learn's BYOL only asserts that its keys are set
         fill_defaults(cfg, {"method_kwargs": cls.method_defaults})
         cfg = super().add_and_assert_specific_cfg(cfg)
-        crops = [int(a.get("num_crops", 2)) for a in cfg.augmentations]
-        if sum(crops) != 2:  # a third view was forwarded, left out of the loss, and the
-            # mixed branch scored against its keys instead of the second view's
-            raise ConfigError(
-                "augmentations[*].num_crops",
-                crops,
-                "2 views per image in all: MoCo V2+, BYOL and their mixed variants compare two "
-                "views (multi-crop is not implemented)",
-            )
+        # (a third view was forwarded, left out of the loss, and the mixed branch scored
+        # against its keys instead of the second view's)
+        check_view_count(
+            cfg,
+            2,
+            "MoCo V2+, BYOL and their mixed variants compare two views (multi-crop is not "
+            "implemented)",
+        )
         for mixer, _ in cls.mixer_rows:
             mixer.check(cfg.method_kwargs, smallest_crop_size(cfg))
         return cfg
