@@ -442,7 +442,7 @@ def data_path_timing(bench: Bench) -> dict[str, Any]:
     for name, t in timed_rounds(jobs, bench, deadline).items():
         ips = batch * len(indexes) / statistics.median(t)
         out[name].update(status="ok", images_per_s=ips, n=len(t))
-    if out["compiled"].get("status") == "ok":
+    if out["compiled"].get("status") == out["eager"].get("status") == "ok":
         ratio = out["compiled"]["images_per_s"] / out["eager"]["images_per_s"]
         out["compiled"].update(ratio=ratio, wins=ratio > WIN)
     return out
