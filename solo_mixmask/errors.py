@@ -25,8 +25,11 @@ class ConfigError(ValueError):
 
 
 def suggest(value: object, allowed: Iterable[str]) -> str:
-    """' (did you mean X?)' for a close match among ``allowed``, else ''."""
-    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    """' (did you mean X?)' for a close match among ``allowed`` (first: one that differs from
+    ``value`` in case alone, ``CPU`` -> ``cpu``), else ''."""
+    allowed = list(allowed)
+    same = [a for a in allowed if a.lower() == str(value).lower()]
+    close = same or difflib.get_close_matches(str(value), allowed, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from solo_mixmask.config.augmentation_specs import CropSpec, dataset_of, parse_augmentations
 from solo_mixmask.config.schema import (
+    BASE_DEFAULTS,
     DATA_FORMATS,
     MAX_SEED,
     batch_size_of,
@@ -141,6 +142,12 @@ def data_spec(cfg: DictConfig) -> DataSpec:
             check_number(cfg, key, low=low, high=high, integer=True)
     if select(cfg, "data.format") is not None:
         check_choice(cfg, "data.format", DATA_FORMATS)
+    # (checked by config.validate_base: a boolean, only with data.format=memory, a backend
+    # torch.compile has)
+    compile_backend = None
+    if select(cfg, "performance.compile_augmentations", False) is True:
+        default = BASE_DEFAULTS["performance"]["compile_backend"]
+        compile_backend = str(select(cfg, "performance.compile_backend", default))
     return DataSpec(
         dataset=dataset,
         format=select(cfg, "data.format", "image_folder"),
@@ -163,9 +170,5 @@ def data_spec(cfg: DictConfig) -> DataSpec:
                 "data.dali_device", select(cfg, "data.dali_device", "auto"), DALI_DEVICES
             ),
         ),
-        # (checked by config.validate_base: a boolean, only with data.format=memory, a backend
-        # torch.compile has)
-        compile_augmentations=str(select(cfg, "performance.compile_backend", "inductor"))
-        if select(cfg, "performance.compile_augmentations", False) is True
-        else None,
+        compile_augmentations=compile_backend,
     )

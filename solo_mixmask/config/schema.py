@@ -304,7 +304,9 @@ def check_trainer_flags(cfg: DictConfig) -> None:
     names = sorted(AcceleratorRegistry.available_accelerators())
     value = OmegaConf.select(cfg, "accelerator")
     if not isinstance(value, str) or value not in ["auto", "gpu", *names]:
-        shown = f"one of auto, gpu, {', '.join(names)}{_lower_hint(value, ['auto', 'gpu', *names])}"
+        shown = (
+            f"one of auto, gpu, {', '.join(names)}{suggest(str(value), ['auto', 'gpu', *names])}"
+        )
         raise ConfigError("accelerator", value, shown)
     wanted = {"auto": [], "gpu": ["cuda", "mps"]}.get(value, [value])
     present = [n for n in names if AcceleratorRegistry[n]["accelerator"].is_available()]
@@ -314,13 +316,6 @@ def check_trainer_flags(cfg: DictConfig) -> None:
             value,
             f"one available on this machine: auto, {', '.join(present)} (no {value} device found)",
         )
-
-
-def _lower_hint(value: Any, allowed: list[str]) -> str:
-    """`` (did you mean 'cpu'?)`` for ``CPU``, else :func:`suggest`'s hint."""
-    if isinstance(value, str) and value.lower() in allowed:
-        return f" (did you mean {value.lower()!r}?)"
-    return suggest(str(value), allowed)
 
 
 def check_logger_packages(cfg: DictConfig) -> None:
@@ -352,14 +347,18 @@ def crop_size(cfg: DictConfig) -> int:
 
 def smallest_crop_size(cfg: DictConfig) -> int:
     """The smallest crop size (pixels) among the augmentation pipelines."""
-    return min(int(a.get("crop_size", 32)) for a in cfg.augmentations)
+    from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE
+
+    return min(int(a.get("crop_size", DEFAULT_PIPELINE["crop_size"])) for a in cfg.augmentations)
 
 
 def check_view_count(cfg: DictConfig, views: int, why: str) -> None:
     """ConfigError (key ``augmentations[*].num_crops``) unless the pipelines' ``num_crops``
-    (2 where a pipeline leaves it out) add up to ``views`` views per image; ``why`` says who
+    (the default pipeline's where one leaves it out) add up to ``views`` views per image; ``why`` says who
     needs that many."""
-    crops = [int(a.get("num_crops", 2)) for a in cfg.augmentations]
+    from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE
+
+    crops = [int(a.get("num_crops", DEFAULT_PIPELINE["num_crops"])) for a in cfg.augmentations]
     if sum(crops) != views:
         raise ConfigError(
             "augmentations[*].num_crops", crops, f"{views} views per image in all: {why}"
