@@ -76,7 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tiny", action="store_true", help="CPU, tiny network, 8 images per class")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
-    p.add_argument("--runs-dir", type=Path, default=None)
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="keep each run's folder here (default: a temporary folder, removed at the end)",
+    )
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -348,11 +353,20 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     conditions = args.conditions or list(CONDITIONS)
-    runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="cifar_grid_"))
     if args.worker is not None:  # one share of the grid, in this process
-        records = work(args, conditions, runs_dir)
+        records = work(args, conditions, args.runs_dir)
         args.worker.write_text(json.dumps(records))
         return 0
+    if args.runs_dir is not None:
+        return grid(args, argv, conditions, args.runs_dir)
+    with tempfile.TemporaryDirectory(prefix="cifar_grid_") as tmp:  # checkpoints: MBs per run
+        return grid(args, argv, conditions, Path(tmp))
+
+
+def grid(
+    args: argparse.Namespace, argv: list[str] | None, conditions: list[str], runs_dir: Path
+) -> int:
+    """Share ``conditions`` among ``--parallel`` worker processes; report what they return."""
     start = time.perf_counter()
     shares = [conditions[i :: args.parallel] for i in range(min(args.parallel, len(conditions)))]
     procs = []

@@ -66,7 +66,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import PROFILES, TINY, data_overrides, run_cfg  # noqa: E402
+from accuracy import PROFILES, TINY, Profile, data_overrides, run_cfg  # noqa: E402
 from common import (  # noqa: E402
     RESULTS,
     EngineStep,
@@ -540,16 +540,27 @@ def winners(levers: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str
 
 def end_to_end(bench: Bench, runs: dict[str, dict[str, Any]], step_ips: dict[str, float]) -> Any:
     """Lightning pretraining runs of ``--epochs`` epochs, ``data.format=memory``."""
-    from solo_mixmask.run.pretrain import run_pretrain  # the one import of the run package
-
     try:
         data = data_overrides(bench.prof, bench.args.data)
     except SystemExit as err:  # no CIFAR-10 here
         print(f"end to end skipped: {err}", file=sys.stderr)
         return {"skipped": str(err)}
     prof = replace(bench.prof, epochs=bench.args.epochs, data=data)
+    with tempfile.TemporaryDirectory(prefix="throughput_e2e_") as tmp:  # checkpoints
+        return _end_to_end_runs(bench, runs, step_ips, prof, Path(tmp))
+
+
+def _end_to_end_runs(
+    bench: Bench,
+    runs: dict[str, dict[str, Any]],
+    step_ips: dict[str, float],
+    prof: Profile,
+    root: Path,
+) -> dict[str, Any]:
+    """One run per settings label and method, each in its own folder under ``root``."""
+    from solo_mixmask.run.pretrain import run_pretrain  # the one import of the run package
+
     out: dict[str, Any] = {}
-    root = Path(tempfile.mkdtemp(prefix="throughput_e2e_"))
     for label, settings in runs.items():
         for method in METHODS:
             key = f"{label}/{method}"
