@@ -24,8 +24,15 @@ def is_timm_resnet(name: str) -> bool:
     return model_entrypoint(name).__module__ == "timm.models.resnet"
 
 
+#: Padding (pixels) of the 3x3 CIFAR-stem conv in this package's backbones.
+CIFAR_STEM_PADDING = 1
+
+
 def build_backbone(
-    name: str, kwargs: dict[str, Any] | None = None, cifar_stem: bool = False
+    name: str,
+    kwargs: dict[str, Any] | None = None,
+    cifar_stem: bool = False,
+    stem_padding: int = CIFAR_STEM_PADDING,
 ) -> tuple[nn.Module, int]:
     """A feature extractor with its classifier removed, and its feature width.
 
@@ -34,7 +41,10 @@ def build_backbone(
         kwargs: extra constructor arguments, e.g. ``{"channels": [32, 64, 128, 256]}`` for a
             half-width ResNet-18 (timm's ResNet takes ``channels``; its plain 7x7 stem stays 64 wide).
         cifar_stem: replace the 7x7 stride-2 conv + max-pool stem by a 3x3 stride-1 conv and no
-            pool, as solo-learn does for 32-pixel images.
+            pool, for 32-pixel images.
+        stem_padding: zero padding of that 3x3 conv in pixels: 1 (this package's runs, the
+            usual CIFAR ResNet), or 2 to rebuild a backbone trained by solo-learn, whose CIFAR stem
+            pads by 2 (32 -> 34 px feature maps).
 
     Returns:
         ``(module, features_dim)``: ``module(x)`` maps ``(B, 3, H, W)`` to ``(B, features_dim)``.
@@ -73,7 +83,9 @@ def build_backbone(
             raise ConfigError(
                 "backbone.cifar_stem", True, f"false for {name} (no plain conv1 stem to replace)"
             )
-        model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=False)
+        model.conv1 = nn.Conv2d(
+            conv1.in_channels, conv1.out_channels, 3, 1, stem_padding, bias=False
+        )
         if hasattr(model, "maxpool"):
             model.maxpool = nn.Identity()
     empty = next((n for n, p in model.named_parameters() if p.numel() == 0), None)

@@ -42,6 +42,10 @@ RESNET_DEPTHS: dict[tuple[bool, tuple[int, ...]], str] = {
 }
 DEFAULT_RESNET_CHANNELS = (64, 128, 256, 512)
 
+#: Padding of solo-learn's CIFAR stem (``nn.Conv2d(3, 64, 3, 1, 2)`` in its BaseMethod; ours
+#: pads by 1): the weights have the same shape, so only the checkpoint's source tells them apart.
+SOLO_LEARN_STEM_PADDING = 2
+
 _AUTHOR_PREFIXES = ("module.encoder_q.", "encoder_q.")
 
 
@@ -56,6 +60,8 @@ class LoadedBackbone:
             ResNet names).
         kwargs: extra timm constructor arguments (e.g. ``channels``) or ``{}``.
         cifar_stem: the 7x7 stride-2 stem + max-pool were replaced by a 3x3 stride-1 conv.
+        stem_padding: that conv's padding in pixels: solo-learn's 2 for its checkpoints, None
+            (build_backbone's 1) for the others; the weights do not record it.
         source: ``'solo-mixmask'``, ``'solo-learn'``, ``'mixmask-authors'`` or ``'torchvision'``.
         cfg: the run's config as a plain dict when the checkpoint (or ``args.json`` beside it)
             holds one, else None.
@@ -69,11 +75,17 @@ class LoadedBackbone:
     source: str = "torchvision"
     cfg: dict[str, Any] | None = None
     path: Path | None = None
+    stem_padding: int | None = None
 
     @property
     def is_resnet(self) -> bool:
         """True when the state dict has torchvision's ResNet layout (conv1, layer1..layer4)."""
         return resnet_layout(self.state_dict) is not None
+
+    @property
+    def stem(self) -> dict[str, int]:
+        """``build_backbone``'s stem arguments beyond its defaults (``{}`` or padding)."""
+        return {} if self.stem_padding is None else {"stem_padding": self.stem_padding}
 
     def build(self) -> nn.Module:
         """The backbone (timm model, classifier removed) with these weights loaded strictly.
@@ -84,7 +96,7 @@ class LoadedBackbone:
         from solo_mixmask.errors import ConfigError
 
         try:
-            model, _ = build_backbone(self.arch, self.kwargs, self.cifar_stem)
+            model, _ = build_backbone(self.arch, self.kwargs, self.cifar_stem, **self.stem)
         except ConfigError as err:
             raise CheckpointError(f"{self.path}: cannot rebuild its backbone: {err}") from err
         try:
@@ -235,7 +247,8 @@ def extract_backbone(obj: Any, path: Path | None = None) -> LoadedBackbone:
             arch, kwargs, cifar = _cfg_backbone(recorded, backbone)
         else:
             arch, kwargs, cifar = infer_resnet(backbone, where)
-        return LoadedBackbone(backbone, arch, kwargs, cifar, source, recorded, path)
+        padding = SOLO_LEARN_STEM_PADDING if source == "solo-learn" else None
+        return LoadedBackbone(backbone, arch, kwargs, cifar, source, recorded, path, padding)
 
     # The authors' release (MoCo layout): module.encoder_q.*
     for prefix in _AUTHOR_PREFIXES:

@@ -3,8 +3,10 @@
 - ``torchvision``: a plain state dict with torchvision's ResNet names and no ``fc``; load it with
   ``model = torchvision.models.resnet50(); model.fc = torch.nn.Identity();
   model.load_state_dict(sd, strict=True)`` (for a CIFAR-stem ResNet also replace ``conv1`` by a
-  3x3 stride-1 conv and ``maxpool`` by ``Identity`` first). Only torchvision's depths (18, 34,
-  50, 101, 152) and stage widths (64, 128, 256, 512) are accepted.
+  3x3 stride-1 conv, padding 1, or 2 for solo-learn's checkpoints, as the summary's
+  ``stem_conv1`` says, and ``maxpool`` by ``Identity`` first). Only torchvision's plain ResNets
+  (18, 34, 50, 101, 152; widths 64, 128, 256, 512; no ``backbone.kwargs`` beyond those widths)
+  are accepted.
 - ``timm``: the same tensors, for ``timm.create_model(arch, num_classes=0, **kwargs)`` (works
   for any timm backbone, not only ResNets).
 - ``detectron2``: a pickle ``{"model": {name: numpy array}, "__author__": "solo-mixmask",
@@ -27,8 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from solo_mixmask.backbones import CIFAR_STEM_PADDING
 from solo_mixmask.checkpoints.backbone import (
     DEFAULT_RESNET_CHANNELS,
+    RESNET_DEPTHS,
     LoadedBackbone,
     infer_resnet,
     load_backbone,
@@ -70,12 +74,29 @@ def detectron2_name(key: str) -> str | None:
 
 
 def _require_resnet(lb: LoadedBackbone, fmt: str) -> None:
+    """CheckpointError unless ``lb`` is one of torchvision's plain ResNets: its layout, and
+    trained as that architecture (a timm variant such as ``resnetaa50``, or ``backbone.kwargs``
+    such as ``act_layer``, has the same tensors but computes other features)."""
     if not lb.state_dict:
         raise CheckpointError(f"{lb.path}: the query backbone is empty; nothing to convert")
     if not lb.is_resnet:
         raise CheckpointError(
             f"--format {fmt} needs a ResNet backbone with torchvision's layout (conv1, layer1.."
             f"layer4), but {lb.path} holds a {lb.arch!r}; use --format timm for other backbones"
+        )
+    plain = set(RESNET_DEPTHS.values())
+    if lb.arch not in plain:
+        raise CheckpointError(
+            f"{lb.path}: the backbone was trained as timm's {lb.arch!r}, whose tensors fit a "
+            f"torchvision ResNet but whose layers compute differently; --format {fmt} takes "
+            f"{', '.join(sorted(plain))}. Use --format timm"
+        )
+    other = sorted(k for k in lb.kwargs if k != "channels")
+    if other:
+        raise CheckpointError(
+            f"{lb.path}: the {lb.arch} was built with backbone.kwargs {other} "
+            f"({ {k: lb.kwargs[k] for k in other} }), which torchvision's {lb.arch} does not "
+            f"have; use --format timm (timm.create_model({lb.arch!r}, num_classes=0, **kwargs))"
         )
 
 
@@ -157,13 +178,19 @@ def check_not_a_run_checkpoint(out: Path, checkpoint: str | Path) -> None:
         )
 
 
+def _stem_recipe(lb: LoadedBackbone) -> str:
+    """The CIFAR stem's conv1, to set on the torchvision / timm model before loading."""
+    padding = lb.stem_padding if lb.stem_padding is not None else CIFAR_STEM_PADDING
+    return f"nn.Conv2d(3, 64, 3, 1, {padding}, bias=False), and maxpool = nn.Identity()"
+
+
 def convert_checkpoint(
     checkpoint: str | Path, out: str | Path, fmt: str, force: bool = False
 ) -> dict[str, Any]:
     """Convert ``checkpoint`` to ``out`` in format ``fmt`` (one of :data:`FORMATS`).
 
-    Creates ``out``'s folder. Returns a summary dict (source, arch, kwargs, cifar_stem, format,
-    tensors, out). Raises ValueError for an unknown format, ConfigError (naming ``out``) before
+    Creates ``out``'s folder. Returns a summary dict (source, arch, kwargs, cifar_stem and the
+    CIFAR stem's conv1 with its padding, format, tensors, out). Raises ValueError for an unknown format, ConfigError (naming ``out``) before
     reading the checkpoint when ``out`` is a folder, cannot be written, exists (unless
     ``force``) or is a training checkpoint (:func:`check_not_a_run_checkpoint`, whatever
     ``force`` says), CheckpointError when the checkpoint has no usable query backbone or
@@ -192,6 +219,7 @@ def convert_checkpoint(
         "arch": lb.arch,
         "kwargs": lb.kwargs,
         "cifar_stem": lb.cifar_stem,
+        "stem_conv1": _stem_recipe(lb) if lb.cifar_stem else None,
         "blocks_per_stage": list(layout[1]) if (layout := resnet_layout(lb.state_dict)) else None,
         "tensors": count,
         "out": str(out),

@@ -118,7 +118,7 @@ def build_model(lb: LoadedBackbone, random_init: bool, seed: int) -> nn.Module:
     from solo_mixmask.backbones import build_backbone
 
     torch.manual_seed(seed)
-    model, _ = build_backbone(lb.arch, lb.kwargs, lb.cifar_stem)
+    model, _ = build_backbone(lb.arch, lb.kwargs, lb.cifar_stem, **lb.stem)
     return model
 
 

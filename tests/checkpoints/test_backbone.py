@@ -90,7 +90,7 @@ def test_solo_learn_checkpoint_reads_args_json(tmp_path):
     import torchvision
 
     net = torchvision.models.resnet18()
-    net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # solo-learn's CIFAR stem
+    net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 2, bias=False)  # solo-learn's CIFAR stem
     sd = {f"backbone.{k}": v for k, v in net.state_dict().items() if not k.startswith("fc.")}
     sd["projector.0.weight"] = torch.randn(4, 512)
     torch.save({"state_dict": sd, "epoch": 999}, tmp_path / "byol-abc-ep=999.ckpt")
@@ -105,6 +105,7 @@ def test_solo_learn_checkpoint_reads_args_json(tmp_path):
     )
     lb = load_backbone(tmp_path / "byol-abc-ep=999.ckpt")
     assert (lb.source, lb.arch, lb.cifar_stem) == ("solo-learn", "resnet18", True)
+    assert lb.build().conv1.padding == (2, 2)  # solo-learn pads its CIFAR stem by 2
     assert lb.cfg["data"]["dataset"] == "cifar100"
     assert lb.cfg["augmentations"] == [{"crop_size": 32}]
     assert not any(k.startswith("projector") for k in lb.state_dict)
@@ -170,5 +171,6 @@ def test_narrow_resnet_without_config_is_inferred(tmp_path):
         True,
         None,
     )
+    model.backbone.conv1.padding = (2, 2)  # what solo-learn's CIFAR stem, which made it, pads
     x = torch.randn(2, 3, 16, 16)
     assert torch.allclose(lb.build().eval()(x), model.backbone.eval()(x), atol=1e-6)

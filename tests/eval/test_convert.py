@@ -147,6 +147,67 @@ def test_non_resnet_backbone(tmp_path):
     )
 
 
+def test_solo_learn_cifar_checkpoint_keeps_its_padding_2_stem(tmp_path):
+    """solo-learn's CIFAR stem is Conv2d(3, 64, 3, 1, 2): same weights as ours (padding 1), other
+    features. The export says which conv to set, and the rebuilt backbone computes the same."""
+    import json
+
+    from solo_mixmask.checkpoints.backbone import load_backbone
+
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 2, bias=False)  # solo-learn's base.py
+    net.maxpool, net.fc = torch.nn.Identity(), torch.nn.Identity()
+    sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": sd}, tmp_path / "mixmask-ep=0.ckpt")
+    (tmp_path / "args.json").write_text(json.dumps({"backbone": {"name": "resnet18"}}))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = net.eval()(x)
+        assert torch.allclose(
+            load_backbone(tmp_path / "mixmask-ep=0.ckpt").build().eval()(x), expected, atol=1e-5
+        )
+    info = convert_checkpoint(tmp_path / "mixmask-ep=0.ckpt", tmp_path / "tv.pth", "torchvision")
+    assert info["source"] == "solo-learn"
+    assert info["stem_conv1"].startswith("nn.Conv2d(3, 64, 3, 1, 2, bias=False)")
+    model = torchvision.models.resnet18()
+    model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 2, bias=False)  # as stem_conv1 says
+    model.maxpool, model.fc = torch.nn.Identity(), torch.nn.Identity()
+    model.load_state_dict(torch.load(tmp_path / "tv.pth", weights_only=True), strict=True)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), expected, atol=1e-5)
+
+
+def test_our_cifar_checkpoint_names_padding_1(tmp_path):
+    path, _ = method_checkpoint(tmp_path / "last.ckpt", "resnet18", cifar_stem=True)
+    info = convert_checkpoint(path, tmp_path / "r18.pth", "torchvision")
+    assert info["stem_conv1"].startswith("nn.Conv2d(3, 64, 3, 1, 1, bias=False)")
+    path, _ = method_checkpoint(tmp_path / "std.ckpt", "resnet18")
+    assert convert_checkpoint(path, tmp_path / "std.pth", "torchvision")["stem_conv1"] is None
+
+
+@pytest.mark.parametrize(
+    ("backbone", "kwargs", "message"),
+    [
+        ("resnetblur18", {}, "trained as timm's 'resnetblur18'"),
+        ("resnet18", {"act_layer": "silu"}, r"backbone.kwargs \['act_layer'\]"),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["torchvision", "detectron2"])
+def test_torchvision_layout_but_other_layers_is_refused(tmp_path, backbone, kwargs, message, fmt):
+    """Same tensor names and shapes as torchvision's resnet18, other forward pass: refused for
+    torchvision and Detectron2 (nothing written), fine for timm."""
+    path, method = method_checkpoint(tmp_path / "last.ckpt", backbone, kwargs)
+    with pytest.raises(CheckpointError, match=message + ".*--format timm"):
+        convert_checkpoint(path, tmp_path / "out", fmt)
+    assert not (tmp_path / "out").exists()
+    convert_checkpoint(path, tmp_path / "t.pth", "timm")
+    model = timm.create_model(backbone, num_classes=0, **kwargs)
+    model.load_state_dict(torch.load(tmp_path / "t.pth", weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), method.backbone.eval()(x), atol=1e-5)
+
+
 def test_checkpoint_without_query_backbone_writes_nothing(tmp_path):
     torch.save(
         {"state_dict": {"momentum_backbone.conv1.weight": torch.zeros(8, 3, 7, 7)}},
