@@ -16,6 +16,7 @@ batches ``(x, y)``. With ``knn_eval.enabled`` validation takes two loaders: clea
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import Any
 
@@ -119,36 +120,53 @@ class LabelledFeatures(Metric):
 
 
 def lr_scheduler(
-    optimizer: torch.optim.Optimizer, sch: SchedulerSpec, total_steps: int, epochs: int
+    optimizer: torch.optim.Optimizer, sch: SchedulerSpec, total_steps: int, steps_per_epoch: int
 ) -> Any:
     """The timm scheduler of ``sch`` (``scheduler.*``) for a run of ``total_steps`` optimiser
-    steps over ``epochs`` epochs, stepped once per optimiser step (``step_update``,
-    ``t_in_epochs=False``); None for ``scheduler.name=none``. Warm-up and decay milestones are
-    given in epochs."""
+    steps of which ``steps_per_epoch`` make an epoch, stepped once per optimiser step
+    (``step_update(t)`` with t steps done, ``t_in_epochs=False``); None for
+    ``scheduler.name=none``. Warm-up and decay milestones are given in epochs: the step
+    schedule's first step at the lower rate is the first step of epoch m (as torch's MultiStepLR
+    stepped per epoch), the cosine's warm-up ends after ``warmup_epochs`` epochs of steps, also
+    when ``max_steps`` ends the run early. Groups marked ``static_lr`` (the online classifier)
+    keep their rate from the first step on."""
     from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 
     total = max(total_steps, 1)
-    per_epoch = max(total // max(epochs, 1), 1)
+    per_epoch = max(steps_per_epoch, 1)
+    scheduler: Any
     if sch.name == "none":
         return None
     if sch.name == "step":
-        milestones = [int(m) * per_epoch for m in sch.lr_decay_steps]
-        return MultiStepLRScheduler(
+        # timm lowers the rate for step t once t + 1 reaches a milestone: + 1 makes step
+        # m * per_epoch (0-based, the first of epoch m) the first one at the lower rate
+        milestones = [int(m) * per_epoch + 1 for m in sch.lr_decay_steps]
+        scheduler = MultiStepLRScheduler(
             optimizer,
             decay_t=milestones,
             decay_rate=sch.gamma,
             t_in_epochs=False,
         )
-    warmup = int(sch.warmup_epochs * per_epoch) if sch.name == "warmup_cosine" else 0
-    return CosineLRScheduler(
-        optimizer,
-        t_initial=max(total - warmup, 1),
-        lr_min=sch.min_lr,
-        warmup_t=warmup,
-        warmup_lr_init=sch.warmup_start_lr,
-        warmup_prefix=True,
-        t_in_epochs=False,
-    )
+    else:
+        warmup = int(sch.warmup_epochs * per_epoch) if sch.name == "warmup_cosine" else 0
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=max(total - warmup, 1),
+            lr_min=sch.min_lr,
+            warmup_t=warmup,
+            warmup_lr_init=sch.warmup_start_lr,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
+    keep_static_rates(optimizer)  # timm's constructor set every group to its warm-up start
+    return scheduler
+
+
+def keep_static_rates(optimizer: torch.optim.Optimizer) -> None:
+    """Put the groups marked ``static_lr`` back at their own rate (``initial_lr``)."""
+    for group in optimizer.param_groups:
+        if group.get("static_lr"):
+            group["lr"] = group["initial_lr"]
 
 
 class BaseMethod(L.LightningModule):
@@ -439,17 +457,20 @@ class BaseMethod(L.LightningModule):
         return optimizer
 
     def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        """:func:`lr_scheduler` over the trainer's optimiser steps and epochs."""
-        total = int(self.trainer.estimated_stepping_batches)
-        return lr_scheduler(
-            optimizer, self.engine.scheduler, total, int(self.trainer.max_epochs or 1)
-        )
+        """:func:`lr_scheduler` over the trainer's optimiser steps: all of them, and one epoch's
+        (from the batches per epoch, so that ``max_steps`` does not shorten the epochs)."""
+        trainer = self.trainer
+        total = int(trainer.estimated_stepping_batches)  # also sets num_training_batches up
+        batches = trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:
+            per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+        else:  # a loader without a length
+            per_epoch = total // max(int(trainer.max_epochs or 1), 1)
+        return lr_scheduler(optimizer, self.engine.scheduler, total, per_epoch)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
         scheduler.step_update(num_updates=self.global_step)
-        for group in scheduler.optimizer.param_groups:
-            if group.get("static_lr"):
-                group["lr"] = group["initial_lr"]
+        keep_static_rates(scheduler.optimizer)
 
 
 class BaseMomentumMethod(BaseMethod):

@@ -95,7 +95,7 @@ def _spread_after_steps(recipe: tuple[str, ...], method: str, images: torch.Tens
     model = METHODS[method](cfg).train()
     optimizer = model.build_optimizer()
     total = GPU_EPOCHS * GPU_STEPS_PER_EPOCH
-    scheduler = lr_scheduler(optimizer, model.engine.scheduler, total, GPU_EPOCHS)
+    scheduler = lr_scheduler(optimizer, model.engine.scheduler, total, GPU_STEPS_PER_EPOCH)
     gen = torch.Generator().manual_seed(0)
     order = torch.randperm(images.shape[0], generator=gen)
     held_out = augment(images[order[-BATCH:]], gen)
