@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from solo_mixmask.config.dataset_facts import num_classes_of
-from solo_mixmask.config.schema import BASE_DEFAULTS, crop_size, select
+from solo_mixmask.config.schema import BASE_DEFAULTS, SOLO_LEARN_LARS_KWARGS, crop_size, select
 from solo_mixmask.errors import ConfigError
 
 #: ``scheduler.lr_decay_steps`` (epochs) and ``scheduler.gamma`` of ``scheduler.name=step``
@@ -73,7 +73,9 @@ class OptimizerSpec:
     """``optimizer.*``: ``name`` (sgd, lars or adamw); ``batch_size``: images per device per
     step; ``lr`` and ``classifier_lr``: learning rates before linear scaling (per 256 images);
     ``weight_decay``: L2 factor of the backbone and heads (the classifier has none); ``kwargs``:
-    further optimiser arguments, plain python."""
+    further arguments of the optimiser, plain python, under its own names (solo-learn's LARS
+    names translated); ``exclude_bias_n_norm``: LARS leaves 1-D tensors (biases, norm layers)
+    without weight decay and trust ratio, as solo-learn's LARS does."""
 
     name: str
     batch_size: int
@@ -81,6 +83,7 @@ class OptimizerSpec:
     classifier_lr: float
     weight_decay: float
     kwargs: dict[str, Any]
+    exclude_bias_n_norm: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,13 +180,17 @@ def backbone_spec(cfg: DictConfig) -> BackboneSpec:
 
 def optimizer_spec(cfg: DictConfig) -> OptimizerSpec:
     """The :class:`OptimizerSpec` of ``cfg``."""
+    kwargs = dict(plain(nullable_of(cfg, "optimizer.kwargs")) or {})  # null: none
+    exclude = bool(kwargs.pop("exclude_bias_n_norm", False))
+    kwargs = {SOLO_LEARN_LARS_KWARGS.get(k, k): v for k, v in kwargs.items()}
     return OptimizerSpec(
         name=value_of(cfg, "optimizer.name"),
         batch_size=value_of(cfg, "optimizer.batch_size"),
         lr=value_of(cfg, "optimizer.lr"),
         classifier_lr=value_of(cfg, "optimizer.classifier_lr"),
         weight_decay=value_of(cfg, "optimizer.weight_decay"),
-        kwargs=dict(plain(nullable_of(cfg, "optimizer.kwargs")) or {}),  # null: none
+        kwargs=kwargs,
+        exclude_bias_n_norm=exclude,
     )
 
 

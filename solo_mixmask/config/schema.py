@@ -438,10 +438,17 @@ OPTIMIZER_KWARG_CHECKS: dict[str, Any] = {
     "eps": lambda cfg, key: check_number(cfg, key, low=0, low_open=True),
     "trust_clip": check_bool,
     "always_adapt": check_bool,
+    "eta": lambda cfg, key: check_number(cfg, key, low=0, low_open=True),
+    "clip_lr": check_bool,
+    "exclude_bias_n_norm": check_bool,
     "betas": _check_betas,
     "amsgrad": check_bool,
 }
-#: ``optimizer.kwargs`` each ``optimizer.name`` takes: torch.optim.SGD, timm's Lars,
+#: solo-learn's names of LARS arguments -> timm's (``Lars``): the same numbers run in both.
+SOLO_LEARN_LARS_KWARGS = {"eta": "trust_coeff", "clip_lr": "trust_clip"}
+#: ``optimizer.kwargs`` each ``optimizer.name`` takes: torch.optim.SGD, timm's Lars (also under
+#: solo-learn's names, :data:`SOLO_LEARN_LARS_KWARGS`, and solo-learn's ``exclude_bias_n_norm``:
+#: 1-D tensors, biases and norm layers, get neither weight decay nor the trust ratio),
 #: torch.optim.AdamW (``momentum``, an engine default, is dropped for AdamW: its momentum is
 #: ``betas``).
 OPTIMIZER_KWARGS: dict[str, tuple[str, ...]] = {
@@ -454,6 +461,9 @@ OPTIMIZER_KWARGS: dict[str, tuple[str, ...]] = {
         "eps",
         "trust_clip",
         "always_adapt",
+        "eta",
+        "clip_lr",
+        "exclude_bias_n_norm",
     ),
     "adamw": ("betas", "eps", "amsgrad", "momentum"),
 }
@@ -482,6 +492,14 @@ def check_optimizer_kwargs(cfg: DictConfig) -> None:
             "false unless optimizer.kwargs.momentum > 0 and optimizer.kwargs.dampening = 0 "
             "(Nesterov momentum needs a momentum and no dampening)",
         )
+    for solo_name, timm_name in SOLO_LEARN_LARS_KWARGS.items():
+        if solo_name in kwargs and timm_name in kwargs:
+            raise ConfigError(
+                f"optimizer.kwargs.{solo_name}",
+                kwargs[solo_name],
+                f"absent when optimizer.kwargs.{timm_name} is given (solo-learn's and timm's "
+                "names of one LARS argument): keep one",
+            )
     momentum = kwargs.get("momentum")
     default = BASE_DEFAULTS["optimizer"]["kwargs"]["momentum"]
     if name == "adamw" and momentum is not None and momentum != default:

@@ -169,6 +169,24 @@ def keep_static_rates(optimizer: torch.optim.Optimizer) -> None:
             group["lr"] = group["initial_lr"]
 
 
+def _without_bias_n_norm(group: dict[str, Any]) -> list[dict[str, Any]]:
+    """``group`` split for LARS with solo-learn's ``exclude_bias_n_norm``: its matrices and
+    kernels as they are, its 1-D tensors (biases, norm layers) in a copy with weight decay 0 and
+    no trust ratio (timm's Lars adapts a group only when its weight decay is non-zero or it
+    says ``always_adapt``). Groups left empty are dropped."""
+    params = list(group["params"])
+    kept = {**group, "params": [p for p in params if p.ndim > 1]}
+    flat = {
+        **group,
+        "params": [p for p in params if p.ndim <= 1],
+        "weight_decay": 0.0,
+        "always_adapt": False,
+    }
+    if "name" in group:
+        flat["name"] = f"{group['name']}_bias_n_norm"
+    return [g for g in (kept, flat) if g["params"]]
+
+
 class BaseMethod(L.LightningModule):
     """Backbone + online linear classifier + k-NN monitor + optimiser/schedule from the config."""
 
@@ -434,7 +452,10 @@ class BaseMethod(L.LightningModule):
         for group in self.learnable_params:
             group = dict(group)
             group["lr"] = self.scaled_lr(group.get("lr", opt_cfg.lr))
-            groups.append(group)
+            if opt_cfg.name == "lars" and opt_cfg.exclude_bias_n_norm:
+                groups += _without_bias_n_norm(group)
+            else:
+                groups.append(group)
         kwargs = dict(opt_cfg.kwargs)
         name = opt_cfg.name
         kwargs.update(optimizer_impl_kwargs(self.engine.performance.optimizer_impl, name))

@@ -1,9 +1,9 @@
 """How the optimiser updates its parameters: ``performance.optimizer_impl``.
 
-torch's SGD and AdamW update a list of tensors either one tensor at a time ("for_loop"), with
-multi-tensor kernels over all of them ("foreach": a few launches per step instead of a few per
-parameter), or with one fused kernel per dtype/device group ("fused"). They compute the same
-update; "fused" may round differently in the last bit. timm's LARS has only its own loop.
+torch's SGD and AdamW, and timm's LARS, update a list of tensors either one tensor at a time
+("for_loop") or with multi-tensor kernels over all of them ("foreach": a few launches per step
+instead of a few per parameter); torch's two also have one fused kernel per dtype/device group
+("fused"). They compute the same update; "fused" may round differently in the last bit.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from typing import Any
 
 from solo_mixmask.errors import ConfigError
 
-#: ``performance.optimizer_impl`` values. "auto": "foreach" where the optimiser has it (sgd,
-#: adamw), the optimiser's own loop otherwise (lars); "default": whatever torch picks (foreach
-#: when every parameter is on a GPU, the loop on the CPU).
+#: ``performance.optimizer_impl`` values. "auto": "foreach"; "default": whatever the optimiser
+#: picks (torch: foreach when every parameter is on a GPU, the loop on the CPU; timm's LARS:
+#: foreach).
 OPTIMIZER_IMPLS = ("auto", "default", "for_loop", "foreach", "fused")
-#: Optimisers (``optimizer.name``) that take torch's ``foreach`` / ``fused`` arguments.
-MULTI_TENSOR_OPTIMIZERS = ("sgd", "adamw")
+#: Optimisers (``optimizer.name``) that take a ``foreach`` argument.
+FOREACH_OPTIMIZERS = ("sgd", "adamw", "lars")
+#: Optimisers that take torch's ``fused`` argument.
+FUSED_OPTIMIZERS = ("sgd", "adamw")
 
 
 def check_optimizer_impl(impl: Any, optimizer: str) -> None:
@@ -26,20 +28,20 @@ def check_optimizer_impl(impl: Any, optimizer: str) -> None:
         raise ConfigError(
             "performance.optimizer_impl", impl, f"one of {', '.join(OPTIMIZER_IMPLS)}"
         )
-    if impl in ("foreach", "fused") and optimizer not in MULTI_TENSOR_OPTIMIZERS:
+    if impl == "fused" and optimizer not in FUSED_OPTIMIZERS:
         raise ConfigError(
             "performance.optimizer_impl",
             impl,
-            f"auto, default or for_loop with optimizer.name={optimizer} "
-            f"(foreach and fused exist for {' and '.join(MULTI_TENSOR_OPTIMIZERS)})",
+            f"auto, default, for_loop or foreach with optimizer.name={optimizer} "
+            f"(fused exists for {' and '.join(FUSED_OPTIMIZERS)})",
         )
 
 
 def optimizer_impl_kwargs(impl: str, optimizer: str) -> dict[str, bool]:
-    """The ``foreach`` / ``fused`` arguments of torch's ``optimizer`` for ``impl`` ({} for
-    "default" and for optimisers without them)."""
+    """The ``foreach`` / ``fused`` arguments of ``optimizer`` for ``impl`` ({} for
+    "default")."""
     check_optimizer_impl(impl, optimizer)
-    if optimizer not in MULTI_TENSOR_OPTIMIZERS or impl == "default":
+    if impl == "default" or optimizer not in FOREACH_OPTIMIZERS:
         return {}
     if impl == "fused":
         return {"fused": True}

@@ -421,8 +421,16 @@ def _installed(name: str) -> bool:
             ["optimizer.kwargs.nesterov=True", "momentum > 0"],
         ),
         (
-            ["optimizer.name=lars", "+optimizer.kwargs.eta=0.02"],  # solo-learn's LARS, not timm's
-            ["optimizer.kwargs.eta=0.02", "no such key", "trust_coeff"],
+            ["optimizer.name=lars", "+optimizer.kwargs.etaa=0.02"],
+            ["optimizer.kwargs.etaa=0.02", "no such key", "did you mean 'eta'"],
+        ),
+        (  # solo-learn's and timm's name of one argument
+            [
+                "optimizer.name=lars",
+                "+optimizer.kwargs.eta=0.02",
+                "+optimizer.kwargs.trust_coeff=0.1",
+            ],
+            ["optimizer.kwargs.eta=0.02", "trust_coeff", "keep one"],
         ),
         (
             ["optimizer.name=adamw", "+optimizer.kwargs.betas=[0.9,1.5]"],

@@ -67,10 +67,11 @@ def test_ema_foreach_lerp_moves_every_pair_and_no_buffer():
     [
         ("auto", "sgd", {"foreach": True}),
         ("auto", "adamw", {"foreach": True}),
-        ("auto", "lars", {}),
+        ("auto", "lars", {"foreach": True}),
         ("default", "sgd", {}),
+        ("default", "lars", {}),
         ("for_loop", "sgd", {"foreach": False}),
-        ("for_loop", "lars", {}),
+        ("for_loop", "lars", {"foreach": False}),  # timm's default would be foreach
         ("foreach", "adamw", {"foreach": True}),
         ("fused", "sgd", {"fused": True}),
     ],
@@ -79,9 +80,7 @@ def test_optimizer_impl_arguments(impl, name, expected):
     assert optimizer_impl_kwargs(impl, name) == expected
 
 
-@pytest.mark.parametrize(
-    ("impl", "name"), [("fused", "lars"), ("foreach", "lars"), ("fast", "sgd")]
-)
+@pytest.mark.parametrize(("impl", "name"), [("fused", "lars"), ("fast", "sgd")])
 def test_optimizer_impl_refused_where_it_does_not_exist(impl, name):
     with pytest.raises(ConfigError) as info:
         optimizer_impl_kwargs(impl, name)
