@@ -14,7 +14,14 @@ from lightning.pytorch.callbacks import Callback
 
 
 class ValidateLastEpoch(Callback):
-    """At the start of the last epoch (``max_epochs``), validate after every epoch from then on."""
+    """At the start of the last epoch (``max_epochs``), validate after every epoch from then on.
+
+    Also at the start of training: a run resumed inside its last epoch continues that epoch
+    without an ``on_train_epoch_start``, and its summary had no k-NN or linear figure.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         every = trainer.check_val_every_n_epoch

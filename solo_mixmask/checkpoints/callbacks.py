@@ -10,6 +10,10 @@ the newest), not Lightning's ``save_last``, whose meaning changed after 2.1: new
 write ``last.ckpt`` only at a step where the same callback wrote another file, so with
 ``checkpoint.frequency > 1`` not at every epoch end, and once more when training ends.
 
+Epoch files are written at the end of every training epoch, which Lightning runs after that
+epoch's validation: by default ``ModelCheckpoint`` saves at validation ends only when
+``check_val_every_n_epoch`` is not 1, and epochs without validation got no file at all.
+
 A mid-epoch ``last.ckpt`` is consistent because everything a step changes is changed by the
 time Lightning calls the batch's end hooks: the momentum networks move in the method's
 ``optimizer_step`` and the loader position is recorded by
@@ -47,6 +51,7 @@ def epoch_checkpoint(dirpath: str | Path, every_n_epochs: int) -> ModelCheckpoin
         auto_insert_metric_name=False,
         every_n_epochs=int(every_n_epochs),
         save_top_k=-1,
+        save_on_train_epoch_end=True,  # see the module docstring
     )
 
 
@@ -64,6 +69,7 @@ class LastCheckpoint(ModelCheckpoint):
             every_n_train_steps=every_n_train_steps,
             # shared by LastCheckpoint and StepCheckpoint: never last-v1.ckpt
             enable_version_counter=False,
+            save_on_train_epoch_end=True,  # see the module docstring
         )
 
     def state_dict(self) -> dict[str, Any]:

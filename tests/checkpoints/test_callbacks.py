@@ -9,7 +9,12 @@ from lightning.pytorch.callbacks import Callback
 
 from solo_mixmask.checkpoints.callbacks import LastCheckpoint, StepCheckpoint, epoch_checkpoint
 from solo_mixmask.checkpoints.io import safe_load_checkpoint
-from tests.callbacks.helpers import fit_tiny
+from tests.callbacks.helpers import TinyModule, fit_tiny
+
+
+class Validated(TinyModule):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.layer(batch[0]).pow(2).mean())
 
 
 def test_last_ckpt_follows_every_epoch_whatever_the_frequency(tmp_path):
@@ -36,6 +41,51 @@ def test_last_ckpt_follows_every_epoch_whatever_the_frequency(tmp_path):
     ]
     assert safe_load_checkpoint(tmp_path / "last.ckpt")["global_step"] == 32
     assert safe_load_checkpoint(tmp_path / "epoch001.ckpt")["global_step"] == 16
+
+
+def test_epochs_without_validation_still_write_their_checkpoints(tmp_path):
+    """check_val_every_n_epoch=2 (Lightning's ModelCheckpoint then saves at validation ends
+    only): epoch000.ckpt and epoch 0's last.ckpt were never written. Every epoch's files come,
+    and after the epoch's validation where it has one."""
+    events = []
+
+    class Peek(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            last = tmp_path / "last.ckpt"
+            events.append(
+                ("start", safe_load_checkpoint(last)["global_step"] if last.exists() else None)
+            )
+
+        def on_validation_end(self, trainer, pl_module):
+            events.append(("validated", trainer.current_epoch))
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            events.append(("saved", trainer.current_epoch))
+
+    fit_tiny(
+        [epoch_checkpoint(tmp_path, 1), LastCheckpoint(tmp_path), Peek()],
+        epochs=3,
+        model=Validated(),
+        val_every=2,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch000.ckpt",
+        "epoch001.ckpt",
+        "epoch002.ckpt",
+        "last.ckpt",
+    ]
+    assert events == [
+        ("start", None),
+        ("saved", 0),
+        ("saved", 0),
+        ("start", 8),
+        ("validated", 1),
+        ("saved", 1),
+        ("saved", 1),
+        ("start", 16),
+        ("saved", 2),
+        ("saved", 2),
+    ]
 
 
 def test_a_copied_run_folder_leaves_the_original_last_ckpt_alone(tmp_path):

@@ -35,7 +35,9 @@ from tests.cli_helpers import (
 )
 
 STALL_STEP = 11  # killed here: epoch 1, after its 3rd batch; last checkpoint at step 9
-RUN = [*TINY, "max_epochs=2", "checkpoint.every_n_steps=3"]
+# validation after epoch 3 only: the last epoch (1, where the kill falls) is validated because
+# it is the last (ValidateLastEpoch), also in the resumed process
+RUN = [*TINY, "max_epochs=2", "checkpoint.every_n_steps=3", "check_val_every_n_epoch=3"]
 
 # Started as `python stall.py pretrain ...`: the real CLI, with the process parked (sleeping) right
 # after optimiser step STALL_STEP so that the test can SIGKILL it at a known point.
@@ -145,9 +147,10 @@ def test_resume_ends_with_the_uninterrupted_state(runs):
     )
     _, resumed_summary = final_state(runs["base"] / "killed")
     assert resumed_summary["resumed_from"].endswith("killed/checkpoints/last.ckpt")
-    # metrics.csv continues: the k-NN of both epochs, the one before the kill included
+    # the last epoch, resumed in its middle, is validated as in the uninterrupted run
     assert _knn_by_epoch(runs["base"] / "killed") == _knn_by_epoch(runs["base"] / "full")
-    assert sorted(_knn_by_epoch(runs["base"] / "full")) == ["0", "1"]
+    assert sorted(_knn_by_epoch(runs["base"] / "full")) == ["0", "1"]  # 0: before training
+    assert resumed_summary["knn_acc1"] is not None
 
 
 def test_the_resumed_epoch_line_times_the_resumed_part(runs):
