@@ -14,6 +14,10 @@ class TrainSpeed(Callback):
     ``images_per_sec`` over the whole run (the summary's figure), ``epoch_images_per_sec`` over
     the epoch under way or just ended (the epoch lines).
 
+    The run's totals travel in its checkpoints, with :attr:`wall_seconds_before` (the wall time
+    of the processes that trained it before, up to their last checkpoint), so that a resumed
+    run's summary covers the whole run and not only its last process.
+
     Not Lightning's ``ThroughputMonitor``: that one is not in Lightning 2.1, logs windowed rates
     to the loggers instead of keeping the run's average, and counts the time between batches
     (data loading, checkpoint writes) as training time.
@@ -25,6 +29,22 @@ class TrainSpeed(Callback):
         self.epoch_seconds = 0.0
         self.epoch_images = 0
         self._start = 0.0
+        #: Wall seconds of earlier processes of this run (None: not restored from a checkpoint).
+        self.wall_seconds_before: float | None = None
+        self._fit_start = time.perf_counter()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._fit_start = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's totals up to this checkpoint: training seconds and images, wall seconds."""
+        wall = (self.wall_seconds_before or 0.0) + time.perf_counter() - self._fit_start
+        return {"seconds": self.seconds, "images": self.images, "wall_seconds": wall}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seconds = float(state_dict["seconds"])
+        self.images = int(state_dict["images"])
+        self.wall_seconds_before = float(state_dict["wall_seconds"])
 
     def _new_epoch(self) -> None:
         self.epoch_seconds, self.epoch_images = 0.0, 0

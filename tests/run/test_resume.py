@@ -111,6 +111,9 @@ def test_killed_mid_epoch(runs):
     assert at_kill["global_step"] == 9
     assert at_kill["callbacks"]["ResumeState"]["loader"]["epoch"] == 1
     assert at_kill["callbacks"]["ResumeState"]["loader"]["batches_done"] == 1
+    # the run's training totals so far travel with it: 9 steps of 8 images
+    speed = at_kill["callbacks"]["TrainSpeed"]
+    assert speed["images"] == 9 * 8 and 0 < speed["seconds"] < speed["wall_seconds"]
     leftovers = list((runs["base"] / "killed" / "checkpoints").glob(".*tmp*"))
     assert leftovers == []
 
@@ -147,6 +150,15 @@ def test_resume_ends_with_the_uninterrupted_state(runs):
     )
     _, resumed_summary = final_state(runs["base"] / "killed")
     assert resumed_summary["resumed_from"].endswith("killed/checkpoints/last.ckpt")
+    # speed and time of the whole run, the killed process's share up to its checkpoint included
+    speed = resumed["callbacks"]["TrainSpeed"]
+    assert speed["images"] == full["callbacks"]["TrainSpeed"]["images"] == 16 * 8
+    assert resumed_summary["images_per_sec"] == round(speed["images"] / speed["seconds"], 2)
+    before = runs["at_kill"]["callbacks"]["TrainSpeed"]["wall_seconds"]
+    assert (
+        resumed_summary["wall_seconds"]
+        > before + speed["seconds"] - runs["at_kill"]["callbacks"]["TrainSpeed"]["seconds"]
+    )
     # the last epoch, resumed in its middle, is validated as in the uninterrupted run
     assert _knn_by_epoch(runs["base"] / "killed") == _knn_by_epoch(runs["base"] / "full")
     assert sorted(_knn_by_epoch(runs["base"] / "full")) == ["0", "1"]  # 0: before training
