@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from solo_mixmask.errors import DataError
+from solo_mixmask.checkpoints.io import LAST
+from solo_mixmask.errors import ConfigWarning, DataError
 from solo_mixmask.paths import check_output_dir
-from solo_mixmask.run.folder import INIT_METRICS, LOGS, METRICS_CSV, SUMMARY
+from solo_mixmask.run.folder import CHECKPOINTS, INIT_METRICS, LOGS, METRICS_CSV, SUMMARY
 
 CLASSIFIER_LOSS = "train_class_loss_epoch"
 CONTRASTIVE_LOSSES = ("train_nce_loss_epoch", "train_byol_loss_epoch")
@@ -108,6 +110,32 @@ def ssl_loss_curves(curves: dict[str, dict[int, float]]) -> tuple[dict, dict]:
     return contrastive, total
 
 
+def offline_linear_acc1(run_dir: Path, summary: dict[str, Any]) -> float | None:
+    """Top-1 of ``run_dir/linear.json`` when it measured the run's final weights: the
+    checkpoint it names is ``checkpoints/last.ckpt`` and it is newer than that file (a probe of
+    ``epoch000.ckpt``, or one made before a ``resume`` trained further, is not this row's);
+    else None, with a :class:`~solo_mixmask.errors.ConfigWarning` (a ``warning:`` line)."""
+    linear_file = run_dir / "linear.json"
+    if not linear_file.is_file():
+        return None
+    linear = json.loads(linear_file.read_text())
+    probed = Path(str(linear.get("checkpoint", "")))
+    last = run_dir / CHECKPOINTS / LAST
+    if (probed.parent.name, probed.name) != (CHECKPOINTS, LAST):
+        why = f"it probed {probed}, not the run's final {CHECKPOINTS}/{LAST}"
+    elif last.exists() and linear_file.stat().st_mtime < last.stat().st_mtime:
+        why = f"{last} was written after it (the run trained on)"
+    else:
+        return linear.get("acc1")
+    warnings.warn(
+        f"{linear_file}: offline linear not shown for {summary.get('epochs')} epochs: {why}; "
+        f"run solo-mixmask linear {last}",
+        ConfigWarning,
+        stacklevel=2,
+    )
+    return None
+
+
 def load_run(run_dir: str | Path) -> RunRecord:
     """Read one run folder (DataError when it has no ``summary.json``)."""
     run_dir = Path(run_dir)
@@ -115,8 +143,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
     if not summary_file.is_file():
         raise DataError(f"{str(run_dir)!r} is not a finished run folder: {summary_file} is missing")
     summary: dict[str, Any] = json.loads(summary_file.read_text())
-    linear_file = run_dir / "linear.json"
-    offline = json.loads(linear_file.read_text()).get("acc1") if linear_file.is_file() else None
+    offline = offline_linear_acc1(run_dir, summary)
     curves = epoch_curves(run_dir)
     contrastive, total = ssl_loss_curves(curves)
     return RunRecord(

@@ -20,7 +20,8 @@ from tests.eval.helpers import write_one_step_epoch_logs
 
 def test_compare_two_real_runs(tiny_runs, tmp_path, capsys):
     moco, mix = tiny_runs["mocov2plus"], tiny_runs["mixmask"]
-    (mix / "linear.json").write_text(json.dumps({"acc1": 12.345}))
+    last = mix / "checkpoints" / "last.ckpt"
+    (mix / "linear.json").write_text(json.dumps({"checkpoint": str(last), "acc1": 12.345}))
     (moco / "linear.json").unlink(missing_ok=True)
     out = tmp_path / "report"
     result = compare_runs([moco, mix], out)
@@ -48,6 +49,30 @@ def test_compare_two_real_runs(tiny_runs, tmp_path, capsys):
     assert main(["compare", str(moco), str(mix), "--out", str(tmp_path / "cli")]) == 0
     printed = capsys.readouterr().out
     assert "| mocov2plus | mocov2plus | 1 |" in printed and (tmp_path / "cli" / "knn.png").is_file()
+
+
+def test_offline_linear_of_other_weights_is_not_shown(tiny_runs, tmp_path):
+    """linear.json of epoch000.ckpt, or of last.ckpt before a resume trained on, is not the
+    row's: '-' and a warning naming why, never the other weights' accuracy."""
+    import os
+
+    from solo_mixmask.errors import ConfigWarning
+
+    run = tiny_runs["mocov2plus"]
+    last = run / "checkpoints" / "last.ckpt"
+    linear = run / "linear.json"
+    try:
+        linear.write_text(json.dumps({"checkpoint": "x/checkpoints/epoch000.ckpt", "acc1": 15.6}))
+        with pytest.warns(ConfigWarning, match="probed x/checkpoints/epoch000.ckpt"):
+            assert load_run(run).offline_linear_acc1 is None
+        linear.write_text(json.dumps({"checkpoint": str(last), "acc1": 10.9}))
+        os.utime(linear, (last.stat().st_mtime - 60, last.stat().st_mtime - 60))
+        with pytest.warns(ConfigWarning, match="written after it"):
+            assert load_run(run).offline_linear_acc1 is None
+        os.utime(linear)  # probed after the last save: this row's
+        assert load_run(run).offline_linear_acc1 == 10.9
+    finally:
+        linear.unlink(missing_ok=True)
 
 
 def test_runs_of_one_name_in_two_folders_are_told_apart(tiny_runs, tmp_path):
