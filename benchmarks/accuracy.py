@@ -677,10 +677,11 @@ def offline_linear(prof: Profile, run_dir: Path, reuse: bool) -> dict[str, Any]:
     return keep
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def _stats(values: list[float]) -> dict[str, Any]:
+    """mean, sample std (n - 1; None for one value: no spread measured), min, max, n."""
     return {
         "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
         "min": min(values),
         "max": max(values),
         "n": len(values),
@@ -806,10 +807,19 @@ def plot(
     plt.close(fig)
 
 
-def _pm(s: dict[str, float] | None, signed: bool = False) -> str:
+def _pm(s: dict[str, Any] | None, signed: bool = False) -> str:
+    """``mean ± std``, or ``mean (n=1)`` where one value gave no spread; ``-`` for none."""
     if not s:
         return "-"
-    return f"{s['mean']:{'+' if signed else ''}.2f} ± {s['std']:.2f}"
+    mean = f"{s['mean']:{'+' if signed else ''}.2f}"
+    return f"{mean} (n=1)" if s["std"] is None else f"{mean} ± {s['std']:.2f}"
+
+
+def _spread(s: dict[str, Any], over: str) -> str:
+    """``std 1.23 over 3 <over>``, or ``1 <over> only, no std``."""
+    if s["std"] is None:
+        return f"{s['n']} {over} only, no std"
+    return f"std {s['std']:.2f} over {s['n']} {over}"
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -836,7 +846,8 @@ def markdown(res: dict[str, Any]) -> str:
             else ""
         )
         + f". Wall time of this invocation {res['wall_seconds'] / 60:.1f} min. "
-        f"Machine: {res['machine']}.",
+        f"Machine: {res['machine']}. ± is the sample standard deviation over seeds (n - 1); "
+        "(n=1): one seed, no spread measured.",
         "",
     ]
     if prof.get("recipe") or prof.get("data_format"):
@@ -940,8 +951,8 @@ def markdown(res: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            f"MixMask - MoCo v2: {diff['mean']:+.2f} points (std {diff['std']:.2f} "
-            f"over {diff['n']} paired seeds): {verdict} at this budget. The paper's "
+            f"MixMask - MoCo v2: {diff['mean']:+.2f} points ({_spread(diff, 'paired seeds')}"
+            f"): {verdict} at this budget. The paper's "
             "ImageNet claim (+1.5 linear top-1 after 200 epochs) is about a far larger "
             "budget.",
         ]
@@ -962,7 +973,7 @@ def markdown(res: dict[str, Any]) -> str:
             lines += [
                 "",
                 f"{m} - {own} (same budget, paired seeds): k-NN {diff['mean']:+.2f} points "
-                f"(std {diff['std']:.2f} over {diff['n']} seeds)"
+                f"({_spread(diff, 'seeds')})"
                 + (f", offline linear {_pm(lin, signed=True)}" if lin else "")
                 + f": {verdict} on k-NN at this budget.",
             ]

@@ -42,7 +42,9 @@ def test_aggregate_and_paired_difference(result):
         next(r for r in res["runs"] if r["method"] == m) for m in ("mocov2plus", "mixmask")
     )
     assert agg["mixmask"]["knn_acc1"]["mean"] == pytest.approx(mix["knn_acc1"])
-    assert agg["mixmask"]["knn_acc1"]["std"] == 0.0  # one seed
+    assert agg["mixmask"]["knn_acc1"]["std"] is None  # one seed: no spread, not 0
+    md = (result / "accuracy_smoke.md").read_text()
+    assert f"{mix['knn_acc1']:.2f} (n=1)" in md and "± 0.00" not in md
     diff = agg["mixmask"]["diff_to_mocov2plus"]
     assert diff["mean"] == pytest.approx(mix["knn_acc1"] - moco["knn_acc1"])
     assert "diff_to_mocov2plus" not in agg["mocov2plus"]
