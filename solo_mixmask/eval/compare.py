@@ -207,10 +207,10 @@ def markdown_table(records: Sequence[RunRecord]) -> str:
 
 
 def embedding_std_cell(std: float | None, spread: float | None, collapsed: bool | None) -> str:
-    """``0.0612 (69%)``, with ``**collapsed**`` after a collapsed run's; ``-`` if unmeasured."""
+    """``0.0612 (69.2%)``, with ``**collapsed**`` after a collapsed run's; ``-`` if unmeasured."""
     if std is None:
         return "-"
-    cell = f"{std:.4f}" + (f" ({std / spread:.0%})" if spread else "")
+    cell = f"{std:.4f}" + (f" ({std / spread:.1%})" if spread else "")
     return cell + (" **collapsed**" if collapsed else "")
 
 

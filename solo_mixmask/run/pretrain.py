@@ -352,7 +352,9 @@ def _train_in(
     last = Path(writer.dirpath) / LAST if writer is not None and writer.dirpath else None
     checkpoint = str(last) if last is not None and last.exists() else None
     bad = count_bad_files(watched, report)
-    std = _metric(metrics, EMBEDDING_STD)
+    # judged unrounded (collapse_report rounds what it reports): a value just under the cut
+    # must not read as "not collapsed" in the summary when the epoch line said collapsed
+    std = None if metrics.get(EMBEDDING_STD) is None else float(metrics[EMBEDDING_STD])
     if finished is not None:  # nothing trained now: the last epoch's figure, as logged then
         std = _last_logged(run_dir / LOGS / METRICS_CSV, EMBEDDING_STD)
     collapse = collapse_report(std, _embedding_dim(model))
@@ -405,7 +407,7 @@ def _last_logged(path: Path, column: str) -> float | None:
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if row.get(column):
-                value = round(float(row[column]), 4)
+                value = float(row[column])
     return value
 
 
