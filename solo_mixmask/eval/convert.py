@@ -181,7 +181,8 @@ def check_not_a_run_checkpoint(out: Path, checkpoint: str | Path) -> None:
 def _stem_recipe(lb: LoadedBackbone) -> str:
     """The CIFAR stem's conv1, to set on the torchvision / timm model before loading."""
     padding = lb.stem_padding if lb.stem_padding is not None else CIFAR_STEM_PADDING
-    return f"nn.Conv2d(3, 64, 3, 1, {padding}, bias=False), and maxpool = nn.Identity()"
+    out, inputs = lb.state_dict["conv1.weight"].shape[:2]
+    return f"nn.Conv2d({inputs}, {out}, 3, 1, {padding}, bias=False), and maxpool = nn.Identity()"
 
 
 def convert_checkpoint(
