@@ -311,10 +311,12 @@ class BaseMethod(L.LightningModule):
     def _classification(
         self, logits: torch.Tensor, targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:
+        """Online classifier's loss and top-1/top-5 accuracy in percent (as solo-learn's step
+        returns them, and as val_acc1 is logged)."""
         return {
             "loss": _masked_cross_entropy(logits, targets),
-            "acc1": _masked_accuracy(logits, targets, 1),
-            "acc5": _masked_accuracy(logits, targets, 5),
+            "acc1": 100 * _masked_accuracy(logits, targets, 1),
+            "acc5": 100 * _masked_accuracy(logits, targets, 5),
         }
 
     def training_step(self, batch: list[Any], batch_idx: int) -> Any:

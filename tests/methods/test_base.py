@@ -56,6 +56,18 @@ def test_top_k_accuracy_counts_labelled_images_by_hand(k):
     assert not _updated(metric)
 
 
+def test_training_step_accuracy_is_in_percent_as_validation_and_solo_learn():
+    """train_acc1 was a fraction (0.2) beside val_acc1 and solo-learn's train_acc1 in percent."""
+    from solo_mixmask.methods import METHODS
+    from tests.conftest import tiny_cfg
+
+    model = METHODS["mocov2plus"](tiny_cfg("mocov2plus"))
+    logits, targets = ranked_logits(TARGETS, RANKS, 6), torch.tensor(TARGETS)
+    stats = model._classification(logits, targets)
+    assert stats["acc1"].item() == pytest.approx(100 * HAND[1])
+    assert stats["acc5"].item() == pytest.approx(100 * HAND[5])
+
+
 def test_top_k_accuracy_edge_cases():
     unlabelled = _top_k_accuracy(6, 1)
     unlabelled.update(torch.randn(3, 6), torch.full((3,), -1))
