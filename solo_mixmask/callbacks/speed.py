@@ -29,16 +29,18 @@ class TrainSpeed(Callback):
         self.epoch_seconds = 0.0
         self.epoch_images = 0
         self._start = 0.0
-        #: Wall seconds of earlier processes of this run (None: not restored from a checkpoint).
+        #: Wall seconds of earlier processes of this run (None: a new run).
         self.wall_seconds_before: float | None = None
-        self._fit_start = time.perf_counter()
+        self._clock_start = time.perf_counter()
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        self._fit_start = time.perf_counter()
+    def start_clock(self, at: float, before: float | None = None) -> None:
+        """This process's wall time counts from ``at`` (``time.perf_counter()``), after
+        ``before`` seconds of earlier processes (a checkpoint's state replaces it)."""
+        self._clock_start, self.wall_seconds_before = at, before
 
     def state_dict(self) -> dict[str, Any]:
         """The run's totals up to this checkpoint: training seconds and images, wall seconds."""
-        wall = (self.wall_seconds_before or 0.0) + time.perf_counter() - self._fit_start
+        wall = (self.wall_seconds_before or 0.0) + time.perf_counter() - self._clock_start
         return {"seconds": self.seconds, "images": self.images, "wall_seconds": wall}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

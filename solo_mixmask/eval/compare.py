@@ -121,7 +121,8 @@ def offline_linear_acc1(run_dir: Path, summary: dict[str, Any]) -> float | None:
     linear = json.loads(linear_file.read_text())
     probed = Path(str(linear.get("checkpoint", "")))
     last = run_dir / CHECKPOINTS / LAST
-    if (probed.parent.name, probed.name) != (CHECKPOINTS, LAST):
+    # the path as typed: relative to where the probe ran (bare "last.ckpt" in checkpoints/)
+    if probed.name != LAST or probed.parent.name not in (CHECKPOINTS, ""):
         why = f"it probed {probed}, not the run's final {CHECKPOINTS}/{LAST}"
     elif last.exists() and linear_file.stat().st_mtime < last.stat().st_mtime:
         why = f"{last} was written after it (the run trained on)"

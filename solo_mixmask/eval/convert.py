@@ -85,7 +85,7 @@ def _require_resnet(lb: LoadedBackbone, fmt: str) -> None:
             f"layer4), but {lb.path} holds a {lb.arch!r}; use --format timm for other backbones"
         )
     plain = set(RESNET_DEPTHS.values())
-    if lb.arch not in plain:
+    if lb.arch.split(".")[0] not in plain:  # a pretrained tag (resnet18.tv_in1k) is the same net
         raise CheckpointError(
             f"{lb.path}: the backbone was trained as timm's {lb.arch!r}, whose tensors fit a "
             f"torchvision ResNet but whose layers compute differently; --format {fmt} takes "

@@ -307,6 +307,13 @@ def _train_in(
         os.environ[RUN_DIR_ENV] = str(run_dir)
 
     start = time.perf_counter()
+    speed = next(cb for cb in callbacks if isinstance(cb, TrainSpeed))
+    # the run's earlier wall time: the checkpoint's (TrainSpeed state, restored by fit); for a
+    # checkpoint written before it carried one, the summary of the run it continues
+    earlier = None
+    if resume_from and (run_dir / SUMMARY).exists():
+        earlier = json.loads((run_dir / SUMMARY).read_text()).get("wall_seconds")
+    speed.start_clock(start, None if earlier is None else float(earlier))
     stop = next(cb for cb in callbacks if isinstance(cb, GracefulStop))
     stop.install()
     try:
@@ -344,10 +351,6 @@ def _train_in(
     wall = time.perf_counter() - start
 
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
-    speed = next(cb for cb in callbacks if isinstance(cb, TrainSpeed))
-    before = speed.wall_seconds_before  # from the checkpoint; older ones: from summary.json
-    if before is None and resume_from and (run_dir / SUMMARY).exists():
-        before = float(json.loads((run_dir / SUMMARY).read_text()).get("wall_seconds") or 0.0)
     writer = next((c for c in callbacks if type(c) is LastCheckpoint), None)
     last = Path(writer.dirpath) / LAST if writer is not None and writer.dirpath else None
     checkpoint = str(last) if last is not None and last.exists() else None
@@ -374,7 +377,7 @@ def _train_in(
         # a run finished from its checkpoint trained nothing here: its speed and time are
         # unknown (its summary.json, which held them, was never written)
         "images_per_sec": None if finished else round(speed.images_per_sec, 2),
-        "wall_seconds": None if finished else round(wall + (before or 0.0), 1),
+        "wall_seconds": None if finished else round(wall + (speed.wall_seconds_before or 0.0), 1),
         "train_images": len(train_loader.dataset),
         "bad_images": len(bad),
         "bad_image_files": bad[:20],

@@ -39,3 +39,20 @@ def test_each_epoch_line_shows_that_epochs_speed_not_the_runs_average(capsys):
     assert speed.images == 32 and speed.epoch_images == 16
     printed = re.findall(r"^epoch (\d)/2: .*?(\d+) img/s", capsys.readouterr().out, re.M)
     assert printed == [("1", f"{fast_epoch:.0f}"), ("2", f"{slow_epoch:.0f}")]
+
+
+def test_checkpointed_wall_time_counts_from_the_runs_clock_and_the_earlier_processes():
+    """The wall time a checkpoint carries starts where the run's clock does (before the k-NN
+    pass at initialisation, not at fit start) and adds the earlier processes' time; a
+    checkpoint's state replaces what the run folder's summary said."""
+    import time
+
+    speed = TrainSpeed()
+    speed.start_clock(time.perf_counter() - 5.0, before=10.0)
+    state = speed.state_dict()
+    assert 15.0 <= state["wall_seconds"] < 16.0
+    later = TrainSpeed()
+    later.start_clock(time.perf_counter(), before=999.0)  # summary.json of an older layout
+    later.load_state_dict(state)
+    assert later.wall_seconds_before == state["wall_seconds"]
+    assert (later.seconds, later.images) == (state["seconds"], state["images"])

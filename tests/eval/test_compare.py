@@ -71,6 +71,9 @@ def test_offline_linear_of_other_weights_is_not_shown(tiny_runs, tmp_path):
             assert load_run(run).offline_linear_acc1 is None
         os.utime(linear)  # probed after the last save: this row's
         assert load_run(run).offline_linear_acc1 == 10.9
+        # typed inside checkpoints/ (cd RUN/checkpoints && solo-mixmask linear last.ckpt)
+        linear.write_text(json.dumps({"checkpoint": "last.ckpt", "acc1": 11.5}))
+        assert load_run(run).offline_linear_acc1 == 11.5
     finally:
         linear.unlink(missing_ok=True)
 

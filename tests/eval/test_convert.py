@@ -177,6 +177,16 @@ def test_solo_learn_cifar_checkpoint_keeps_its_padding_2_stem(tmp_path):
         assert torch.allclose(model.eval()(x), expected, atol=1e-5)
 
 
+def test_a_pretrained_tag_of_torchvisions_resnet_exports(tmp_path):
+    path, method = method_checkpoint(tmp_path / "last.ckpt", "resnet18.tv_in1k")
+    convert_checkpoint(path, tmp_path / "r18.pth", "torchvision")
+    model = _torchvision_model("resnet18")
+    model.load_state_dict(torch.load(tmp_path / "r18.pth", weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), method.backbone.eval()(x), atol=1e-5)
+
+
 def test_our_cifar_checkpoint_names_padding_1(tmp_path):
     path, _ = method_checkpoint(tmp_path / "last.ckpt", "resnet18", cifar_stem=True)
     info = convert_checkpoint(path, tmp_path / "r18.pth", "torchvision")

@@ -510,3 +510,30 @@ def test_two_runs_of_one_config_agree_bit_for_bit(tmp_path):
         assert torch.equal(b["state_dict"][key], value), key
     for key in SUMMARY_KEYS:
         assert a_summary[key] == b_summary[key], key
+
+
+def test_wall_time_of_a_run_resumed_from_a_checkpoint_without_speed_state(tmp_path):
+    """A checkpoint written before TrainSpeed kept the run's wall time: the run's summary.json
+    holds it. Resumed twice, the second resume still counts it (its checkpoint now carries it)."""
+    import json
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from tests.cli_helpers import ROOT
+
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    shutil.copy(ROOT / "tests" / "fixtures" / "legacy" / "byol_unmix_mixmask.ckpt", last)
+    saved = safe_load_checkpoint(last)
+    assert "TrainSpeed" not in saved.get("callbacks", {})
+    cfg = OmegaConf.create(saved["hyper_parameters"]["cfg"])
+    cfg.checkpoint.run_dir = str(tmp_path)
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    (tmp_path / "summary.json").write_text(json.dumps({"wall_seconds": 100.0}))
+    walls = []
+    for epochs in (2, 3):
+        done = run(["resume", str(tmp_path), f"max_epochs={epochs}"])
+        assert done.returncode == 0, done.stderr[-3000:]
+        walls.append(json.loads((tmp_path / "summary.json").read_text())["wall_seconds"])
+    assert 100 < walls[0] < walls[1] < 200, walls

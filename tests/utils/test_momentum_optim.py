@@ -88,6 +88,20 @@ def test_optimizer_impl_refused_where_it_does_not_exist(impl, name):
     assert "performance.optimizer_impl" in message and impl in message and "\n" not in message
 
 
+def test_lars_on_a_timm_without_its_foreach_option(monkeypatch):
+    """timm < 1.0.31's Lars has no foreach argument: auto passes none, explicit loop/foreach are
+    refused with the reason (they crashed in configure_optimizers with a TypeError)."""
+    from solo_mixmask.utils import optim
+
+    assert optim.lars_takes_foreach()  # the timm this project installs
+    monkeypatch.setattr(optim, "lars_takes_foreach", lambda: False)
+    assert optimizer_impl_kwargs("auto", "lars") == {}
+    assert optimizer_impl_kwargs("auto", "sgd") == {"foreach": True}
+    for impl in ("for_loop", "foreach"):
+        with pytest.raises(ConfigError, match="Lars has no foreach option"):
+            optimizer_impl_kwargs(impl, "lars")
+
+
 @pytest.mark.parametrize("impl", ["foreach", "for_loop", "fused"])
 def test_engine_optimizer_impl_gives_the_same_step(impl):
     # one SGD step of a method built from the config: foreach / fused against the for-loop
