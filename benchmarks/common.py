@@ -463,6 +463,22 @@ def cifar10_source(given: str | Path | None) -> Path:
     )
 
 
+@contextlib.contextmanager
+def _exclusive(lock_file: Path):
+    """Holds an exclusive lock on ``lock_file`` (POSIX; no lock where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process at a time is the user's to keep
+        yield
+        return
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cifar10_folder(
     given: str | Path | None = None, per_class: int | None = None, dest: Path | None = None
 ) -> Path:
@@ -470,44 +486,58 @@ def cifar10_folder(
 
     ``given`` (or ``$SOLO_MIXMASK_CIFAR10``, else ``../shared/data/cifar10``) is used as it is
     when it holds the two trees. Tars are unpacked into ``dest`` (default
-    ``$TMPDIR/solo_mixmask_cifar10[_<per_class>]``) once; ``per_class`` keeps only the first
-    that many images of each class of each split (tiny runs and tests). The unpacked folder
-    names its source (``.complete``): another source is unpacked afresh, never the old copy
-    reused.
+    ``$TMPDIR/solo_mixmask_cifar10[_<per_class>]_<hash of the source path>``) once;
+    ``per_class`` keeps only the first that many images of each class of each split (tiny runs
+    and tests). The unpacked folder names its source (``.complete``): another source is
+    unpacked afresh, never the old copy reused. Processes unpacking the same ``dest`` at once
+    (pytest-xdist workers) take turns under a file lock: one unpacks, the others reuse it.
     """
+    import hashlib
     import shutil
-    import tarfile
     import tempfile
 
     source = cifar10_source(given)
     if (source / "train").is_dir() and per_class is None:
         return source
-    suffix = f"_{per_class}" if per_class is not None else ""
-    dest = dest or Path(tempfile.gettempdir()) / f"solo_mixmask_cifar10{suffix}"
+    resolved = str(source.resolve())
+    if dest is None:
+        suffix = f"_{per_class}" if per_class is not None else ""
+        key = hashlib.sha1(resolved.encode()).hexdigest()[:8]
+        dest = Path(tempfile.gettempdir()) / f"solo_mixmask_cifar10{suffix}_{key}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
     done = dest / ".complete"
-    if done.exists() and done.read_text() == str(source.resolve()):
-        return dest
-    if done.exists():  # our copy of another source (a partial one is overwritten file by file)
-        shutil.rmtree(dest)
-    for split in ("train", "test"):
-        kept: dict[str, int] = {}
-        if (source / split).is_dir():  # a sample of an unpacked tree
-            for folder in sorted(p for p in (source / split).iterdir() if p.is_dir()):
-                for path in sorted(folder.iterdir())[:per_class]:
-                    out = dest / split / folder.name / path.name
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_bytes(path.read_bytes())
-            continue
-        with tarfile.open(source / f"{split}.tar.gz") as tar:
-            for member in tar:
-                parts = Path(member.name).parts
-                if not member.isfile() or len(parts) != 3 or parts[0] != split:
-                    continue
-                if per_class is not None and kept.get(parts[1], 0) >= per_class:
-                    continue
-                kept[parts[1]] = kept.get(parts[1], 0) + 1
-                out = dest.joinpath(*parts)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
-    done.write_text(str(source.resolve()))
+    with _exclusive(dest.parent / f".{dest.name}.lock"):
+        if done.exists() and done.read_text() == resolved:
+            return dest
+        if dest.exists():  # a copy of another source, or one cut short
+            shutil.rmtree(dest)
+        for split in ("train", "test"):
+            _unpack_split(source, split, per_class, dest)
+        done.write_text(resolved)
     return dest
+
+
+def _unpack_split(source: Path, split: str, per_class: int | None, dest: Path) -> None:
+    """Copies ``source``'s ``split`` (a tree or ``<split>.tar.gz``) into ``dest/<split>``,
+    the first ``per_class`` images of each class (all when None)."""
+    import tarfile
+
+    if (source / split).is_dir():  # a sample of an unpacked tree
+        for folder in sorted(p for p in (source / split).iterdir() if p.is_dir()):
+            for path in sorted(folder.iterdir())[:per_class]:
+                out = dest / split / folder.name / path.name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(path.read_bytes())
+        return
+    kept: dict[str, int] = {}
+    with tarfile.open(source / f"{split}.tar.gz") as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) != 3 or parts[0] != split:
+                continue
+            if per_class is not None and kept.get(parts[1], 0) >= per_class:
+                continue
+            kept[parts[1]] = kept.get(parts[1], 0) + 1
+            out = dest.joinpath(*parts)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]

@@ -37,8 +37,10 @@ cifar10_dir() {
     if [ -f .cifar10/train.tar.gz ]; then data="$PWD/.cifar10"; else data="$PWD/../shared/data/cifar10"; fi
   fi
   if [ "${1:-}" != "--tiny" ] && [ -f "$data/train.tar.gz" ]; then
-    local unpacked="${TMPDIR:-/tmp}/solo_mixmask_cifar10"
-    # .complete names the tars' folder: another source is unpacked afresh, not the old copy used
+    # one copy per source folder (named by its checksum), so two clones never replace each
+    # other's; .complete names the tars' folder: a copy cut short is unpacked afresh
+    local unpacked
+    unpacked="${TMPDIR:-/tmp}/solo_mixmask_cifar10_$(printf '%s' "$data" | cksum | cut -d' ' -f1)"
     if [ "$(cat "$unpacked/.complete" 2>/dev/null)" != "$data" ]; then
       rm -rf "$unpacked" && mkdir -p "$unpacked" && tar -xzf "$data/train.tar.gz" -C "$unpacked" \
         && tar -xzf "$data/test.tar.gz" -C "$unpacked" && printf '%s' "$data" > "$unpacked/.complete" \

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,39 @@ def test_unpacked_copies_belong_to_their_source(tmp_path):
     assert again == first
     second = cifar10_folder(tars("b", b"second"), 1, dest)
     assert (second / "train" / "cat" / "0.jpg").read_bytes() == b"second"
+
+
+def _unpack_in_a_process(args: tuple[str, str]) -> list[bytes]:
+    from common import cifar10_folder
+
+    source, dest = args
+    root = cifar10_folder(source, 40, Path(dest))
+    return [p.read_bytes() for p in sorted((root / "train").glob("*/*.jpg"))]
+
+
+def test_processes_unpacking_at_once_take_turns(tmp_path):
+    # pytest-xdist workers unpacked the same copy at once: one deleted the files another was
+    # deleting (FileNotFoundError), or read a file another was still writing
+    import multiprocessing
+    import tarfile
+
+    source = tmp_path / "tars"
+    source.mkdir()
+    for split in ("train", "test"):
+        with tarfile.open(source / f"{split}.tar.gz", "w:gz") as tar:
+            for c in range(10):
+                for i in range(60):
+                    image = tmp_path / "image.jpg"
+                    image.write_bytes(bytes([c, i]) * 2000)
+                    tar.add(image, arcname=f"{split}/class{c}/{i:04d}.jpg")
+    dest = tmp_path / "unpacked"
+    for c in range(10):  # a copy of another source, to be replaced
+        (dest / "train" / f"class{c}").mkdir(parents=True)
+        for i in range(60):
+            (dest / "train" / f"class{c}" / f"{i:04d}.jpg").write_bytes(b"old")
+    (dest / ".complete").write_text("/another/source")
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        results = pool.map(_unpack_in_a_process, [(str(source), str(dest))] * 4)
+    expected = [bytes([c, i]) * 2000 for c in range(10) for i in range(40)]
+    assert all(files == expected for files in results)
