@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+_TINY = torch.finfo(torch.float32).tiny
+
 
 @torch.no_grad()
 def weighted_knn_scores(
@@ -23,7 +25,8 @@ def weighted_knn_scores(
 
     Each neighbour votes for its class with weight ``exp(similarity / temperature)``, computed
     as ``exp((similarity - best) / temperature)`` with ``best`` the row's top similarity: the
-    same ranking (a per-row factor), without overflowing float32 for small temperatures.
+    same ranking (a per-row factor), without overflowing float32 for small temperatures. A
+    vote too weak for float32 (``exp`` below 1.2e-38) counts as 1.2e-38, never as no vote.
 
     Args:
         train_features: (N, D) float. train_targets: (N,) long in [0, num_classes); negative
@@ -54,7 +57,9 @@ def weighted_knn_scores(
             top_sim = torch.einsum("md,mkd->mk", query, train[top_idx])
             top_sim, order = top_sim.sort(dim=1, descending=True)
             top_idx = top_idx.gather(1, order)
-        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
+        # at least float32's smallest normal: a vote far below the best (past ~103 T) would
+        # round to 0 and count as no vote, a miss in top-5 (T below ~0.01)
+        weights = ((top_sim - top_sim[:, :1]) / temperature).exp().clamp_min(_TINY)
         votes = F.one_hot(targets[top_idx], num_classes).float() * weights.unsqueeze(-1)
         for k in ks:
             out[k].append(votes[:, : min(k, k_max)].sum(dim=1))

@@ -43,7 +43,10 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
 
 
 def online_knn(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The run's last online k-NN (``summary.json``), or None outside a run folder."""
+    """The run's last online k-NN (``summary.json``) as ``{"acc1", "acc5", "weights"}``, or None
+    outside a run folder. ``weights`` is None when the figure was measured on ``checkpoint``'s
+    weights, else why not: summary.json holds the final epoch's figure, which is not that of
+    ``epoch000.ckpt``, nor of a ``last.ckpt`` written after it (a resume trained on)."""
     run = run_dir_of(checkpoint)
     summary = run / SUMMARY if run else None
     if summary is None or not summary.is_file():
@@ -51,7 +54,14 @@ def online_knn(checkpoint: str | Path) -> dict[str, Any] | None:
     data = json.loads(summary.read_text())
     if data.get("knn_acc1") is None:
         return None
-    return {"acc1": data["knn_acc1"], "acc5": data.get("knn_acc5")}
+    path = Path(checkpoint)
+    measured = Path(str(data.get("checkpoint") or ""))
+    weights = None
+    if measured.name != path.name:
+        weights = f"the online figure is of {measured.name or 'the final weights'}, not {path.name}"
+    elif path.stat().st_mtime > summary.stat().st_mtime:
+        weights = f"{path.name} was written after {SUMMARY} (the run trained on)"
+    return {"acc1": data["knn_acc1"], "acc5": data.get("knn_acc5"), "weights": weights}
 
 
 def monitor_images(spec: DataSpec) -> dict[str, Any]:
@@ -108,8 +118,8 @@ def run_knn(
     training images, the neighbours that voted), and when the checkpoint is a run's, the run's
     last online k-NN labelled with the k and T the monitor measured it with (the run's config,
     never the overrides), and the offline-minus-online difference only when the offline k-NN
-    was measured alike (same T, k and images, :func:`not_like_online`; else ``not_compared``
-    says what differs).
+    was measured alike (the weights the online figure measured, same T, k and images,
+    :func:`not_like_online`; else ``not_compared`` says what differs).
     """
     from solo_mixmask.data.loaders import build_knn_loaders, num_classes
 
@@ -150,8 +160,10 @@ def run_knn(
     }
     online = online_knn(checkpoint)
     if online is not None:
+        other_weights = online.pop("weights")
         fields["online"] = {"k": online_k, "temperature": online_t, **online}
-        reasons = not_like_online(
+        reasons = [other_weights] if other_weights else []
+        reasons += not_like_online(
             {"temperature": temperature, "images": monitor_images(spec.data)},
             {"k": online_k, "temperature": online_t, "images": monitor_images(run_spec.data)},
             ks,

@@ -49,6 +49,16 @@ def test_small_temperatures_do_not_overflow_into_wrong_answers():
     assert topk_accuracy(scores[10], labels, (1,)) == [100.0]
 
 
+def test_a_vote_too_weak_for_float32_still_counts():
+    # at T 0.005 the third neighbour's vote exp((0 - 1) / 0.005) = exp(-200) rounded to 0, and
+    # its class, which had a vote, counted as a top-3 miss
+    train = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])  # similarities 1, 0.8, 0
+    scores = weighted_knn_scores(train, torch.arange(3), train[:1], 4, ks=(3,), temperature=0.005)
+    assert (scores[3][0, :3] > 0).all() and scores[3][0, 3] == 0  # class 3 had no neighbour
+    assert topk_accuracy(scores[3], torch.tensor([2]), (1, 3)) == [0.0, 100.0]
+    assert topk_accuracy(scores[3], torch.tensor([3]), (1, 3)) == [0.0, 0.0]
+
+
 def test_bfloat16_similarities_pick_the_same_neighbours_on_a_clear_case():
     # 5 well-separated classes in 64 dimensions: the bf16 product chooses the neighbours, their
     # vote weights are recomputed in float32, so the scores match the float32 path closely

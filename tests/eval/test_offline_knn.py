@@ -58,3 +58,25 @@ def test_online_figure_keeps_its_own_settings_and_is_compared_only_alike(
     assert (online["k"], online["temperature"], online["acc1"]) == (5, 0.1, summary["knn_acc1"])
     assert "offline_minus_online_acc1" not in online
     assert online["not_compared"] == reason
+
+
+def test_online_figure_is_compared_only_on_the_weights_it_measured(tiny_runs, tmp_path):
+    # once: knn of epoch000.ckpt (or of a last.ckpt a resume wrote after summary.json) reported
+    # offline_minus_online_acc1 against the final weights' online k-NN
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["mixmask"], run)  # copy2: the files keep their times
+    last = run / "checkpoints" / "last.ckpt"
+    shutil.copy2(last, run / "checkpoints" / "epoch000.ckpt")
+    online = run_knn(run / "checkpoints" / "epoch000.ckpt", ks=[5], device="cpu")["online"]
+    assert "offline_minus_online_acc1" not in online
+    assert online["not_compared"] == "the online figure is of last.ckpt, not epoch000.ckpt"
+
+    assert "offline_minus_online_acc1" in run_knn(last, ks=[5], device="cpu")["online"]
+    later = (run / "summary.json").stat().st_mtime + 60
+    os.utime(last, (later, later))
+    online = run_knn(last, ks=[5], device="cpu")["online"]
+    assert "offline_minus_online_acc1" not in online
+    assert online["not_compared"] == "last.ckpt was written after summary.json (the run trained on)"
