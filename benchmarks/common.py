@@ -300,9 +300,14 @@ def interleaved(
 
 
 def summary(times: Sequence[float]) -> dict[str, float]:
-    """Median, quartiles, min and count of a list of seconds."""
+    """Median, quartiles, min and count of a list of seconds (quartiles between the smallest
+    and largest time: ``statistics.quantiles``' default extrapolates past them for few times)."""
     ordered = sorted(times)
-    q = statistics.quantiles(ordered, n=4) if len(ordered) >= 2 else [ordered[0]] * 3
+    q = (
+        statistics.quantiles(ordered, n=4, method="inclusive")
+        if len(ordered) >= 2
+        else [ordered[0]] * 3
+    )
     return {
         "median_s": statistics.median(ordered),
         "q1_s": q[0],

@@ -110,9 +110,11 @@ REFERENCES = {name for name, (_, group) in LEVERS.items() if group == REFERENCE}
 #: A lever wins when the geometric mean over the methods of its ratio to the current path is
 #: above this.
 WIN = 1.02
-#: The host floor's profile changes: the current path's layers, settings and op sequence with 2
+#: The host floor's profile changes: the current path's layers, settings and op sequence with 8
 #: channels per stage, :data:`FLOOR_CROP`-px images and 16 per batch (next to no arithmetic).
-FLOOR = {"channels": (2, 2, 2, 2), "stem_width": 2, "batch_size": 16}
+#: Not fewer channels: a narrower shortcut convolution meets oneDNN's channels_last bug on the
+#: CPU (``solo_mixmask.backbones.CPU_CHANNELS_LAST_MIN_CHANNELS``; the process aborted).
+FLOOR = {"channels": (8, 8, 8, 8), "stem_width": 8, "batch_size": 16}
 FLOOR_CROP = 8  # the smallest crop MixMask's 8 x 8 mask grid allows
 SEED = 1
 
@@ -583,15 +585,18 @@ def _end_to_end_runs(
                 traceback.print_exc()
                 out[key] = {"settings": settings, "error": f"{type(err).__name__}: {err}"[:2000]}
                 continue
-            ep, n, wall = summary["epochs"], summary["train_images"], summary["wall_seconds"]
+            wall = summary["wall_seconds"]
+            # the images trained: the loader drops the last partial batch of each epoch
+            trained = summary["steps"] * prof.batch_size
             out[key] = {
                 "settings": settings,
-                "epochs": ep,
-                "train_images": n,
+                "epochs": summary["epochs"],
+                "train_images": summary["train_images"],
+                "images_trained": trained,
                 "wall_seconds": wall,
                 "process_seconds": time.perf_counter() - begin,  # + compose, data, start-up
                 "images_per_s_training_batches": summary["images_per_sec"],
-                "images_per_s_whole_run": ep * n / wall,
+                "images_per_s_whole_run": trained / wall,
                 "knn_acc1": summary.get("knn_acc1"),
             }
     return out

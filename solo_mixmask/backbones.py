@@ -100,6 +100,32 @@ def build_backbone(
     return model, features
 
 
+#: A 1x1, stride > 1 convolution with fewer input channels than this is trained wrongly in
+#: channels_last by oneDNN's AVX2 kernel on the CPU: its weight gradient writes past its
+#: workspace (uxlfoundation/oneDNN#6035; with torch 2.14.1 here: heap corruption, the process
+#: aborts; elsewhere a hang or wrong weight gradients). 8 channels and more train correctly.
+CPU_CHANNELS_LAST_MIN_CHANNELS = 8
+
+
+def cpu_channels_last_hazard(model: nn.Module, device: torch.device | str) -> str | None:
+    """Why ``model`` must not be trained in channels_last on ``device``: its first trained 1x1,
+    stride > 1 ``Conv2d`` with fewer than :data:`CPU_CHANNELS_LAST_MIN_CHANNELS` input channels
+    (a narrow ResNet's downsampling shortcut) when ``device`` is the CPU; None otherwise."""
+    if torch.device(device).type != "cpu":
+        return None
+    for name, m in model.named_modules():
+        narrow = isinstance(m, nn.Conv2d) and m.in_channels < CPU_CHANNELS_LAST_MIN_CHANNELS
+        if narrow and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.weight.requires_grad:
+            return (
+                "performance.channels_last=true is not used to train on the CPU: "
+                f"{name} is a 1x1, stride-{max(m.stride)} convolution of {m.in_channels} input "
+                f"channels (fewer than {CPU_CHANNELS_LAST_MIN_CHANNELS}), whose weight gradient "
+                "oneDNN computes wrongly in channels_last (memory corruption, a hang or wrong "
+                "gradients: uxlfoundation/oneDNN#6035); training in NCHW, with the same results"
+            )
+    return None
+
+
 @torch.no_grad()
 def momentum_copy(online: nn.Module, momentum: nn.Module) -> None:
     """Initialise ``momentum`` as a copy of ``online`` and freeze it (no gradients)."""

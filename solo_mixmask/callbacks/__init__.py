@@ -9,8 +9,8 @@
 - :mod:`~solo_mixmask.callbacks.speed`: images per second for the summary;
 - :mod:`~solo_mixmask.callbacks.data_on_device`: the device for loaders that keep their images
   there;
-- :mod:`~solo_mixmask.callbacks.last_validation`: the last epoch is validated whatever
-  ``check_val_every_n_epoch`` says.
+- :mod:`~solo_mixmask.callbacks.last_validation`: the last epoch (or the step that reaches
+  ``max_steps``) is validated whatever ``check_val_every_n_epoch`` says.
 
 The checkpoint callbacks are :mod:`solo_mixmask.checkpoints.callbacks`. Which callbacks a run
 uses is :func:`solo_mixmask.run.trainer.build_callbacks`.

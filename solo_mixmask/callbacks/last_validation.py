@@ -1,8 +1,10 @@
-"""The last epoch is always validated: the summary's k-NN and linear figures are the run's.
+"""The run's last step is always validated: the summary's k-NN and linear figures are the run's.
 
 With ``check_val_every_n_epoch=10`` and ``max_epochs=25`` Lightning validates after epochs 10
-and 20 only, and ``summary.json`` reported epoch 20's k-NN as the run's. This callback makes
-the last epoch a validation epoch too.
+and 20 only, and ``summary.json`` reported epoch 20's k-NN as the run's. With ``max_steps``
+reached inside an epoch, Lightning ends the run without validating, and the summary reported
+the k-NN of the last epoch validated before. This callback validates the end of the run in
+both cases.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from lightning.pytorch.callbacks import Callback
 
 
 class ValidateLastEpoch(Callback):
-    """At the start of the last epoch (``max_epochs``), validate after every epoch from then on.
+    """At the start of the last epoch (``max_epochs``), validate after every epoch from then on;
+    at the step that reaches ``max_steps``, validate there (mid-epoch if need be) and stop.
 
     Also at the start of training: a run resumed inside its last epoch continues that epoch
     without an ``on_train_epoch_start``, and its summary had no k-NN or linear figure.
@@ -24,7 +27,21 @@ class ValidateLastEpoch(Callback):
         self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        every = trainer.check_val_every_n_epoch
         last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        if last and every is not None and every > 1:
-            trainer.check_val_every_n_epoch = 1
+        if last:
+            _validate_every_epoch(trainer)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            # Lightning validates after a batch that asks to stop, not after the one that
+            # reaches max_steps: asking makes this batch end the run with a validation
+            _validate_every_epoch(trainer)
+            trainer.should_stop = True
+
+
+def _validate_every_epoch(trainer: L.Trainer) -> None:
+    every = trainer.check_val_every_n_epoch
+    if every is not None and every > 1:
+        trainer.check_val_every_n_epoch = 1

@@ -129,12 +129,13 @@ def folder_spec(cfg: DictConfig) -> FolderSpec:
 @dataclass(frozen=True)
 class ResumeFacts:
     """What ``resume`` compares between a run's saved config and the one it resumes with, read
-    as given (bad values are reported by the start-up checks afterwards): ``method`` and
-    ``max_epochs`` (None when absent), ``scheduler`` (its name) and ``min_lr`` (learning rate
-    at the end of a cosine schedule)."""
+    as given (bad values are reported by the start-up checks afterwards): ``method``,
+    ``max_epochs`` and ``max_steps`` (None when absent), ``scheduler`` (its name) and ``min_lr``
+    (learning rate at the end of a cosine schedule)."""
 
     method: Any
     max_epochs: Any
+    max_steps: Any
     scheduler: Any
     min_lr: Any
 
@@ -144,6 +145,7 @@ def resume_facts(cfg: DictConfig) -> ResumeFacts:
     return ResumeFacts(
         method=OmegaConf.select(cfg, "method"),
         max_epochs=OmegaConf.select(cfg, "max_epochs"),
+        max_steps=OmegaConf.select(cfg, "max_steps"),
         scheduler=value_of(cfg, "scheduler.name"),
         min_lr=value_of(cfg, "scheduler.min_lr"),
     )

@@ -39,7 +39,7 @@ class RunRecord:
 
     name: str
     method: str
-    epochs: int | None
+    epochs: int | float | None  # fractional when max_steps ended the run inside an epoch
     knn_acc1: float | None
     linear_acc1: float | None
     offline_linear_acc1: float | None

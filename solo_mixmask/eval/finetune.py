@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -29,10 +30,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from solo_mixmask.backbones import cpu_channels_last_hazard
 from solo_mixmask.checkpoints.backbone import LoadedBackbone
 from solo_mixmask.config.eval_specs import FinetuneSettings
 from solo_mixmask.config.schema import warn_one_class
-from solo_mixmask.errors import ConfigError, DataError
+from solo_mixmask.errors import ConfigError, ConfigWarning, DataError
 from solo_mixmask.eval.features import (
     checkpoint_spec,
     eval_device,
@@ -225,6 +227,10 @@ def run_finetune(
     val = seeded_subset(val_all, s.val_subset, seed)
 
     backbone = build_model(lb, random_init, seed).to(dev)
+    why = cpu_channels_last_hazard(backbone, dev) if channels_last else None
+    if why is not None:
+        warnings.warn(why, ConfigWarning, stacklevel=2)
+        channels_last = False
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     torch.manual_seed(seed)

@@ -29,7 +29,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.utilities.data import dim_zero_cat
 
-from solo_mixmask.backbones import build_backbone, momentum_copy
+from solo_mixmask.backbones import build_backbone, cpu_channels_last_hazard, momentum_copy
 from solo_mixmask.config.engine_specs import EngineSpec, PerformanceSpec, SchedulerSpec, engine_spec
 from solo_mixmask.config.schema import BASE_DEFAULTS, fill_defaults, to_container, validate_base
 from solo_mixmask.core.batch_norm import UnsplitBatchNormError, interleaved_forward
@@ -249,6 +249,20 @@ class BaseMethod(L.LightningModule):
                 "static_lr": True,
             },
         ]
+
+    def on_fit_start(self) -> None:
+        """Train in NCHW on the CPU where channels_last meets oneDNN's narrow 1x1 convolution
+        bug (:func:`~solo_mixmask.backbones.cpu_channels_last_hazard`), with one warning."""
+        why = cpu_channels_last_hazard(self.backbone, self.device) if self.channels_last else None
+        if why is None:
+            return
+        if self.trainer.is_global_zero:
+            warnings.warn(why, ConfigWarning, stacklevel=2)
+        self.channels_last = False
+        for name in ("backbone", "momentum_backbone"):
+            module = getattr(self, name, None)
+            if isinstance(module, nn.Module):
+                module.to(memory_format=torch.contiguous_format)
 
     # ----------------------------------------------------------------- forward
     def backbone_features(self, backbone: nn.Module, X: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import math
 import os
 import time
 import warnings
@@ -210,7 +211,7 @@ def run_pretrain(
     resume_from: str | None = None,
     run_dir: str | Path | None = None,
     saved_model: SavedModel | None = None,
-    finished: dict[str, int] | None = None,
+    finished: dict[str, int | float] | None = None,
 ) -> dict[str, Any]:
     """Pretrain as ``cfg`` says; returns (and writes) the run's summary dict.
 
@@ -281,7 +282,7 @@ def _train_in(
     resume_from: str | None,
     saved_model: SavedModel | None,
     progress: dict[str, int],
-    finished: dict[str, int] | None = None,
+    finished: dict[str, int | float] | None = None,
 ) -> dict[str, Any]:
     """The run itself, in ``run_dir`` (made and locked): build, fit (or, ``finished``, evaluate
     the checkpoint that ends the run), write summary.json. ``progress["steps"]`` holds the
@@ -365,7 +366,7 @@ def _train_in(
         "method": run.method,
         "backbone": run.backbone,
         "dataset": data.dataset,
-        "epochs": int(finished["epochs"] if finished else trainer.current_epoch),
+        "epochs": finished["epochs"] if finished else _epochs_fit(trainer),
         "steps": int(finished["steps"] if finished else trainer.global_step),
         "knn_acc1": _metric(metrics, "val_knn_acc1"),
         "knn_acc5": _metric(metrics, "val_knn_acc5"),
@@ -390,6 +391,18 @@ def _train_in(
         if collapse["collapsed"]:
             warnings.warn(collapse_message(collapse), CollapseWarning, stacklevel=2)
     return summary
+
+
+def _epochs_fit(trainer: L.Trainer) -> int | float:
+    """The epochs ``fit`` trained: whole epochs (int), or, when ``max_steps`` ended the run
+    inside an epoch, with the fraction of that epoch's batches trained (2.5: 2 epochs and half
+    of the third; Lightning counts that epoch as whole)."""
+    epochs = int(trainer.current_epoch)
+    batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready  # of the last epoch
+    total = trainer.num_training_batches
+    if epochs > 0 and math.isfinite(total) and 0 < batches < total:
+        return round(epochs - 1 + batches / total, 2)
+    return epochs
 
 
 def _embedding_dim(model: Any) -> int | None:

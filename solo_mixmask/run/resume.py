@@ -68,6 +68,16 @@ def check_resume_overrides(overrides: list[str]) -> None:
             )
 
 
+def _loader_position(checkpoint: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(epoch, batches done, batches per epoch; 0 when unknown) of the checkpoint's training
+    loader, None when it holds no loader position (a non-resumable loader)."""
+    loader = (checkpoint.get("callbacks") or {}).get("ResumeState", {}).get("loader")
+    if not isinstance(loader, dict) or "epoch" not in loader:
+        return None
+    done, total = int(loader.get("batches_done", 0)), int(loader.get("num_batches", 0) or 0)
+    return int(loader["epoch"]), done, total
+
+
 def epochs_trained(checkpoint: dict[str, Any]) -> int | None:
     """Whole epochs (training and end-of-epoch evaluation) behind ``checkpoint``, or None when
     it holds no loader position (a non-resumable loader).
@@ -75,11 +85,38 @@ def epochs_trained(checkpoint: dict[str, Any]) -> int | None:
     An epoch-end checkpoint is written after the epoch's evaluation, with all its batches done;
     a mid-epoch one never has all batches done.
     """
-    loader = (checkpoint.get("callbacks") or {}).get("ResumeState", {}).get("loader")
-    if not isinstance(loader, dict) or "epoch" not in loader:
+    position = _loader_position(checkpoint)
+    if position is None:
         return None
-    done, total = int(loader.get("batches_done", 0)), int(loader.get("num_batches", 0) or 0)
-    return int(loader["epoch"]) + (1 if total and done >= total else 0)
+    epoch, done, total = position
+    return epoch + (1 if total and done >= total else 0)
+
+
+def epochs_begun(checkpoint: dict[str, Any]) -> int | float | None:
+    """Like :func:`epochs_trained`, with the fraction of batches done of an epoch in progress
+    (2.5: two epochs and half of the third), as ``max_steps`` can end a run; None likewise."""
+    position = _loader_position(checkpoint)
+    if position is None:
+        return None
+    epoch, done, total = position
+    if not total or done <= 0 or done >= total:
+        return epochs_trained(checkpoint)
+    return round(epoch + done / total, 2)
+
+
+def _reached_max_steps(run_dir: Path, cfg: DictConfig, steps: int) -> bool:
+    """Whether the run has trained its ``max_steps`` (config key; not one resume may change)
+    and needs only its summary, see :func:`resume_run`. NothingToResume when it has one."""
+    max_steps = resume_facts(cfg).max_steps
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or not 0 < max_steps <= steps:
+        return False
+    if (run_dir / SUMMARY).exists():
+        raise NothingToResume(
+            f"{run_dir} is finished ({steps} steps trained, its max_steps={max_steps}); nothing "
+            "was changed. resume cannot change max_steps: start a new run (solo-mixmask "
+            "pretrain) to train longer"
+        )
+    return True
 
 
 def _check_max_epochs(
@@ -255,12 +292,15 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
     _check_same_method(last, saved_model, cfg)
     done = epochs_trained(checkpoint)
     steps = int(checkpoint.get("global_step", 0))
+    epochs = epochs_begun(checkpoint)
     del checkpoint
     given = any(o.key_or_group == "max_epochs" for o in parse_overrides(overrides or []))
-    if _check_max_epochs(run_dir, saved, cfg, done, given):
-        # every epoch trained, but no summary.json: the final save failed (a full disk)
+    by_steps = _reached_max_steps(run_dir, cfg, steps)
+    if by_steps or _check_max_epochs(run_dir, saved, cfg, done, given):
+        # all trained, but no summary.json: the final save failed (a full disk)
+        trained = f"{steps} steps (max_steps)" if by_steps else f"{done} epochs"
         _warn(
-            f"{run_dir} has trained its {done} epochs but has no {SUMMARY} (its final save "
+            f"{run_dir} has trained its {trained} but has no {SUMMARY} (its final save "
             f"failed): finishing it from {last.name}, evaluated again, nothing trained"
         )
         if last != folder / LAST:
@@ -270,7 +310,7 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
             cfg,
             resume_from=str(last),
             saved_model=saved_model,
-            finished={"steps": steps, "epochs": int(done or 0)},
+            finished={"steps": steps, "epochs": (epochs if by_steps else done) or 0},
         )
     if last != folder / LAST:
         _warn(

@@ -32,16 +32,19 @@ def fit_tiny(
     ckpt_path: str | None = None,
     model: L.LightningModule | None = None,
     val_every: int | None = None,
+    max_steps: int = -1,
 ) -> L.Trainer:
     """``epochs`` epochs of ``batches`` batches (2 samples each) with ``callbacks``, resumed
     from ``ckpt_path`` when given; ``model`` (default :class:`TinyModule`) is validated on the
-    same batches every ``val_every`` epochs when that is given."""
+    same batches every ``val_every`` epochs when that is given. ``max_steps`` (optimiser steps,
+    -1: none) ends the fit earlier when reached."""
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(2 * batches, 4)), batch_size=2)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=epochs,
+        max_steps=max_steps,
         accumulate_grad_batches=accumulate,
         callbacks=callbacks,
         # no checkpoints/ in the working folder unless a test brings its own checkpointing

@@ -87,12 +87,17 @@ def test_resume_facts_are_read_as_given():
     from solo_mixmask.config.run_specs import ResumeFacts, resume_facts
 
     assert resume_facts(OmegaConf.create({})) == ResumeFacts(
-        None, None, BASE_DEFAULTS["scheduler"]["name"], BASE_DEFAULTS["scheduler"]["min_lr"]
+        None, None, None, BASE_DEFAULTS["scheduler"]["name"], BASE_DEFAULTS["scheduler"]["min_lr"]
     )
     cfg = OmegaConf.create(
-        {"method": "byol", "max_epochs": "x", "scheduler": {"name": "step", "min_lr": 0.1}}
+        {
+            "method": "byol",
+            "max_epochs": "x",
+            "max_steps": True,
+            "scheduler": {"name": "step", "min_lr": 0.1},
+        }
     )
-    assert resume_facts(cfg) == ResumeFacts("byol", "x", "step", 0.1)
+    assert resume_facts(cfg) == ResumeFacts("byol", "x", True, "step", 0.1)
 
 
 def test_run_spec_defaults_and_values():

@@ -152,3 +152,24 @@ def test_missing_checkpoint_gives_one_error_line(tmp_path, capsys):
     assert main(["finetune", str(missing), "--label-fraction", "0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(missing) in err[0]
+
+
+def test_a_narrow_backbone_is_finetuned_in_nchw_on_the_cpu(tmp_path, capsys):
+    """A 4-channel ResNet's shortcut meets oneDNN's channels_last weight-gradient bug on the CPU
+    (the process aborted here): finetune trains it in NCHW, says so once, and gets the figures
+    of performance.channels_last=false."""
+    train = class_folder_tree(tmp_path / "train", {"a": 6, "b": 6})
+    narrow = {"channels": [4, 4, 4, 4], "stem_width": 4}
+    ckpt, _ = method_checkpoint(tmp_path / "narrow.ckpt", kwargs=narrow, cifar_stem=True)
+    argv = ["finetune", str(ckpt), "--preset", "small", "data.dataset=custom"]
+    argv += [f"data.train_path={train}", f"data.val_path={train}", "data.num_workers=0"]
+    argv += ["finetune.epochs=1", "finetune.batch_size=4"]
+    results = []
+    for layout in ("true", "false"):
+        out = tmp_path / layout
+        assert main([*argv, f"performance.channels_last={layout}", "--out", str(out)]) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "oneDNN" in line]
+        assert len(said) == (1 if layout == "true" else 0), said
+        results.append(json.loads((out / "finetune.json").read_text()))
+    assert results[0]["history"] == results[1]["history"]
+    assert results[0]["acc1"] == results[1]["acc1"]

@@ -11,6 +11,7 @@ starts two real processes.
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import json
@@ -475,3 +476,36 @@ def test_a_run_whose_final_save_found_the_disk_full_is_finished_by_resume(
     assert code == 0 and "is finished (1 of 1 epochs trained)" in out, err[-3000:]
     code, _, err = _main(capsys, ["compare", run, runs / "mixmask", "--out", tmp_path / "cmp"])
     assert code == 0, err[-3000:]
+
+
+def test_max_steps_inside_an_epoch_is_validated_counted_and_finished(tmp_path, capsys):
+    """max_steps=12 ends a 2-epoch run of 8 steps per epoch halfway through epoch 2. The summary
+    had epoch 1's k-NN (Lightning does not validate a part-epoch) and "epochs": 2; resume of the
+    finished run trained nothing and rewrote summary.json with null accuracies and 1.5 epochs."""
+    run = tmp_path / "steps"
+    args = ["pretrain", "--config-name", "mixmask", *TINY, "max_epochs=2", "+max_steps=12"]
+    code, _, err = _main(capsys, [*args, f"checkpoint.run_dir={run}"])
+    assert code == 0, err[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["epochs"] == 1.5
+    with (run / "logs" / "metrics.csv").open() as f:
+        knn_rows = [r for r in csv.DictReader(f) if r.get("val_knn_acc1")]
+    # at initialisation (step 0), after epoch 1 (step index 7) and at the last step (index 11)
+    assert [int(r["step"]) for r in knn_rows] == [0, 7, 11]
+    assert summary["knn_acc1"] == pytest.approx(float(knn_rows[-1]["val_knn_acc1"]))
+
+    before = _digest(run)
+    code, out, err = _main(capsys, ["resume", run])
+    assert code == 0, err[-3000:]
+    assert f"{run} is finished (12 steps trained, its max_steps=12)" in out, out
+    assert _digest(run) == before
+
+    # the final save failed (no summary.json): resume evaluates the run's end and writes it
+    (run / "summary.json").unlink()
+    code, out, err = _main(capsys, ["resume", run])
+    assert code == 0, err[-3000:]
+    said = [line for line in _warnings(err) if "has no summary.json" in line]
+    assert len(said) == 1 and "has trained its 12 steps (max_steps)" in said[0], err[-3000:]
+    again = json.loads((run / "summary.json").read_text())
+    for key in ("steps", "epochs", "knn_acc1", "linear_acc1"):
+        assert again[key] == summary[key], key
