@@ -99,9 +99,9 @@ def epochs_begun(checkpoint: dict[str, Any]) -> int | float | None:
     if position is None:
         return None
     epoch, done, total = position
-    if not total or done <= 0 or done >= total:
-        return epochs_trained(checkpoint)
-    return round(epoch + done / total, 2)
+    if 0 < done < total:
+        return round(epoch + done / total, 2)
+    return epochs_trained(checkpoint)
 
 
 def _reached_max_steps(run_dir: Path, cfg: DictConfig, steps: int) -> bool:
