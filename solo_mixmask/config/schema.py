@@ -278,6 +278,20 @@ def check_trainer_keys_set_here(cfg: DictConfig) -> None:
             )
 
 
+def check_max_steps(cfg: DictConfig) -> None:
+    """``max_steps`` (a Trainer argument, absent by default), when given: a positive number of
+    optimiser steps or -1 (no limit). Lightning trained ``true`` as 1 step, ``2.5`` as 3 and
+    ``0`` as none (a summary with no accuracy), each with exit 0; a string was a traceback."""
+    if "max_steps" not in cfg:
+        return
+    value = cfg.max_steps
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value == -1 or value >= 1)
+    if not ok:
+        raise ConfigError(
+            "max_steps", value, "a positive integer (optimiser steps) or -1 (no limit)"
+        )
+
+
 def check_trainer_flags(cfg: DictConfig) -> None:
     """``precision``, ``strategy`` and ``accelerator`` as Lightning accepts them, and an
     accelerator that exists on this machine: checked before the Trainer is built."""
@@ -710,6 +724,7 @@ def validate_base(cfg: DictConfig) -> None:
     check_choice(cfg, "data.format", DATA_FORMATS)
     check_performance(cfg)
     check_number(cfg, "max_epochs", low=1, integer=True)
+    check_max_steps(cfg)
     check_number(cfg, "momentum.base_tau", low=0, high=1)
     check_number(cfg, "momentum.final_tau", low=0, high=1)
     if OmegaConf.select(cfg, "momentum.classifier") is True:

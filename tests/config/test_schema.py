@@ -439,6 +439,12 @@ def _installed(name: str) -> bool:
         # issue 18: once IndexError / AttributeError (layer3) tracebacks from timm
         (["backbone.kwargs.channels=[]"], ["backbone.kwargs.channels=[]", "4 positive integers"]),
         (["backbone.kwargs.channels=[8,16]"], ["channels=[8, 16]", "4 positive integers"]),
+        # max_steps=true trained 1 step, 2.5 trained 3, 0 none (no accuracy), each with exit 0;
+        # a string was a traceback
+        *(
+            ([f"+max_steps={v}"], [f"max_steps={shown}", "positive integer", "-1 (no limit)"])
+            for v, shown in [("true", "True"), ("2.5", "2.5"), ("0", "0"), ("abc", "'abc'")]
+        ),
         # issue 18: once a RuntimeError from the allocation of a 512 TB queue
         (
             ["method_kwargs.queue_size=1000000000000"],
