@@ -278,18 +278,105 @@ def check_trainer_keys_set_here(cfg: DictConfig) -> None:
             )
 
 
-def check_max_steps(cfg: DictConfig) -> None:
-    """``max_steps`` (a Trainer argument, absent by default), when given: a positive number of
-    optimiser steps or -1 (no limit). Lightning trained ``true`` as 1 step, ``2.5`` as 3 and
-    ``0`` as none (a summary with no accuracy), each with exit 0; a string was a traceback."""
-    if "max_steps" not in cfg:
+#: Trainer arguments whose other values would make summary.json report something other than
+#: what it says, or postpone a stop: the values allowed, type included (``limit_val_batches: 1``
+#: is one batch, ``1.0`` all of them), and why.
+_EARLY_STOP = "null (solo-mixmask never stops early: it would only postpone a SIGTERM/Ctrl-C stop)"
+TRAINER_ARGS_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "fast_dev_run": (
+        (False, 0),
+        "false (it trains and validates one batch, and those accuracies would be reported as the "
+        "run's; for a short run use max_steps=N)",
+    ),
+    "overfit_batches": (
+        (0, 0.0),
+        "0 (it would report the accuracies of a run on a few repeated batches; use "
+        "data.train_subset=N)",
+    ),
+    "barebones": ((False,), "false (it turns off the logging that summary.json is made from)"),
+    "limit_val_batches": (
+        (None, 1.0),
+        "1.0 or null (the k-NN and linear accuracies would be measured on part of the validation "
+        "images and reported as the run's; use data.val_subset=N)",
+    ),
+    "min_epochs": ((None,), _EARLY_STOP),
+    "min_steps": ((None,), _EARLY_STOP),
+}
+#: Numeric Trainer arguments: whether null is allowed, and check_number_value's interval.
+TRAINER_ARG_NUMBERS: dict[str, tuple[bool, dict[str, Any]]] = {
+    "accumulate_grad_batches": (False, {"low": 1, "integer": True}),
+    "check_val_every_n_epoch": (True, {"low": 1, "integer": True}),
+    "log_every_n_steps": (True, {"low": 1, "integer": True}),
+    "num_sanity_val_steps": (True, {"low": -1, "integer": True}),
+    "reload_dataloaders_every_n_epochs": (False, {"low": 0, "integer": True}),
+    "gradient_clip_val": (True, {"low": 0}),
+}
+
+
+def _same_value(value: Any, allowed: Any) -> bool:
+    """``value == allowed`` of the same type (True is not 1, 1 is not 1.0)."""
+    return type(value) is type(allowed) and value == allowed
+
+
+def _check_batch_count(key: str, value: Any, time_allowed: bool = False) -> None:
+    """null, a number of batches (an integer >= 1) or a fraction of an epoch's (a float in
+    (0, 1]); with ``time_allowed`` a duration string too, which Lightning parses."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok = value is None or (is_int and value >= 1) or (type(value) is float and 0 < value <= 1)
+    if ok or (time_allowed and isinstance(value, str)):
         return
-    value = cfg.max_steps
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value == -1 or value >= 1)
-    if not ok:
-        raise ConfigError(
-            "max_steps", value, "a positive integer (optimiser steps) or -1 (no limit)"
-        )
+    allowed = "null, a number of batches (an integer >= 1)"
+    fraction = "a fraction of an epoch's batches (a float in (0, 1])"
+    if time_allowed:
+        allowed = f"{allowed}, {fraction} or a duration 'DD:HH:MM:SS'"
+    else:
+        allowed = f"{allowed} or {fraction}"
+    raise ConfigError(key, value, allowed)
+
+
+def _accepts_str(name: str) -> bool:
+    """Whether ``lightning.Trainer``'s argument ``name`` is typed to accept a string."""
+    import lightning
+
+    annotation = inspect.signature(lightning.Trainer.__init__).parameters[name].annotation
+    return annotation is str or str in typing.get_args(annotation)
+
+
+def check_trainer_arguments(cfg: DictConfig) -> None:
+    """The Lightning Trainer arguments a config may pass through (absent by default), before
+    the Trainer is built. Without it, ``max_steps=true`` trained 1 step and ``2.5`` 3 steps,
+    ``limit_train_batches=0`` trained nothing, ``limit_val_batches=2`` reported the k-NN of two
+    validation batches, ``fast_dev_run`` that of one, ``min_epochs=abc`` was ignored, all with
+    exit 0; ``accumulate_grad_batches=0``, ``check_val_every_n_epoch=0``, ``val_check_interval=0``
+    and ``gradient_clip_val=abc`` were tracebacks. (``precision``, ``strategy``, ``accelerator``:
+    :func:`check_trainer_flags`; booleans: :func:`check_booleans`.)"""
+    if "max_steps" in cfg:
+        value = cfg.max_steps
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if not (is_int and (value == -1 or value >= 1)):
+            raise ConfigError(
+                "max_steps", value, "a positive integer (optimiser steps) or -1 (no limit)"
+            )
+    for key, (allowed, why) in TRAINER_ARGS_FIXED.items():
+        if key in cfg and not any(_same_value(cfg[key], a) for a in allowed):
+            raise ConfigError(key, cfg[key], why)
+    for key, (nullable, interval) in TRAINER_ARG_NUMBERS.items():
+        if key not in cfg or (nullable and cfg[key] is None):
+            continue
+        try:
+            check_number_value(key, cfg[key], **interval)
+        except ConfigError as err:
+            expected = f"{err.allowed}{' or null' if nullable else ''}"
+            raise ConfigError(key, cfg[key], expected) from None
+    if "limit_train_batches" in cfg:
+        _check_batch_count("limit_train_batches", cfg.limit_train_batches)
+    if "val_check_interval" in cfg:
+        time_allowed = _accepts_str("val_check_interval")
+        _check_batch_count("val_check_interval", cfg.val_check_interval, time_allowed)
+    if "deterministic" in cfg:
+        value = cfg.deterministic
+        if not (value is None or isinstance(value, bool) or value == "warn"):
+            raise ConfigError("deterministic", value, "true, false, 'warn' or null")
 
 
 def check_trainer_flags(cfg: DictConfig) -> None:
@@ -724,7 +811,7 @@ def validate_base(cfg: DictConfig) -> None:
     check_choice(cfg, "data.format", DATA_FORMATS)
     check_performance(cfg)
     check_number(cfg, "max_epochs", low=1, integer=True)
-    check_max_steps(cfg)
+    check_trainer_arguments(cfg)
     check_number(cfg, "momentum.base_tau", low=0, high=1)
     check_number(cfg, "momentum.final_tau", low=0, high=1)
     if OmegaConf.select(cfg, "momentum.classifier") is True:

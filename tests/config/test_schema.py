@@ -445,6 +445,9 @@ def _installed(name: str) -> bool:
             ([f"+max_steps={v}"], [f"max_steps={shown}", "positive integer", "-1 (no limit)"])
             for v, shown in [("true", "True"), ("2.5", "2.5"), ("0", "0"), ("abc", "'abc'")]
         ),
+        # ran with exit 0 and reported the k-NN of one / two validation batches
+        (["+fast_dev_run=true"], ["fast_dev_run=True", "max_steps=N"]),
+        (["+limit_val_batches=2"], ["limit_val_batches=2", "data.val_subset"]),
         # issue 18: once a RuntimeError from the allocation of a 512 TB queue
         (
             ["method_kwargs.queue_size=1000000000000"],
@@ -469,6 +472,97 @@ def test_start_up_refusals_through_the_cli(capsys, tmp_path, overrides, fragment
     line = _cli_error(capsys, tmp_path, ["pretrain", *TINY, *overrides])
     for fragment in fragments:
         assert fragment in line, line
+
+
+# Lightning Trainer arguments passed through from the config. Each refused value below either
+# ran with exit 0 and a summary that reported something else than it says (limit_val_batches=2:
+# the k-NN of two validation batches; fast_dev_run: of one; limit_train_batches=0: no training,
+# no accuracy; min_epochs=abc: ignored) or ended in a traceback (accumulate_grad_batches=0,
+# check_val_every_n_epoch=0, val_check_interval=0: ZeroDivisionError; gradient_clip_val=abc).
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("fast_dev_run", True, "one batch"),
+        ("fast_dev_run", 3, "max_steps=N"),
+        ("overfit_batches", 2, "data.train_subset"),
+        ("overfit_batches", 0.5, "data.train_subset"),
+        ("barebones", True, "summary.json"),
+        ("limit_val_batches", 2, "data.val_subset"),
+        ("limit_val_batches", 1, "data.val_subset"),  # an int: one batch
+        ("limit_val_batches", 0.5, "data.val_subset"),
+        ("limit_val_batches", 0, "data.val_subset"),
+        ("limit_val_batches", True, "data.val_subset"),
+        ("min_epochs", 1, "SIGTERM"),
+        ("min_epochs", "abc", "SIGTERM"),
+        ("min_steps", 10, "SIGTERM"),
+        ("accumulate_grad_batches", 0, "an integer in [1, inf)"),
+        ("accumulate_grad_batches", 1.5, "an integer in [1, inf)"),
+        ("accumulate_grad_batches", None, "an integer in [1, inf)"),
+        ("check_val_every_n_epoch", 0, "an integer in [1, inf) or null"),
+        ("log_every_n_steps", 0, "an integer in [1, inf) or null"),
+        ("num_sanity_val_steps", -2, "an integer in [-1, inf) or null"),
+        ("reload_dataloaders_every_n_epochs", -1, "an integer in [0, inf)"),
+        ("gradient_clip_val", "abc", "a number in [0, inf) or null"),
+        ("gradient_clip_val", -1.0, "a number in [0, inf) or null"),
+        ("limit_train_batches", 0, "a fraction of an epoch's batches"),
+        ("limit_train_batches", 1.5, "a fraction of an epoch's batches"),
+        ("limit_train_batches", "abc", "a number of batches"),
+        ("limit_train_batches", True, "a number of batches"),
+        ("val_check_interval", 0, "a fraction of an epoch's batches"),
+        ("val_check_interval", 0.0, "a fraction of an epoch's batches"),
+        ("deterministic", "abc", "'warn'"),
+        ("max_steps", 0, "-1 (no limit)"),
+    ],
+)
+def test_passed_through_trainer_arguments_are_checked(key, value, fragment):
+    with pytest.raises(ConfigError) as err:
+        validate_base(_base(**{key: value}))
+    assert err.value.key == key
+    assert fragment in err.value.allowed, err.value.allowed
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("fast_dev_run", False),
+        ("fast_dev_run", 0),
+        ("overfit_batches", 0.0),
+        ("barebones", False),
+        ("limit_val_batches", 1.0),
+        ("limit_val_batches", None),
+        ("min_epochs", None),
+        ("accumulate_grad_batches", 2),
+        ("check_val_every_n_epoch", None),
+        ("check_val_every_n_epoch", 5),
+        ("num_sanity_val_steps", -1),
+        ("gradient_clip_val", 0.5),
+        ("limit_train_batches", 0.5),
+        ("limit_train_batches", 1.0),
+        ("limit_train_batches", 3),  # batches per epoch
+        ("val_check_interval", 0.25),
+        ("val_check_interval", 100),
+        ("deterministic", "warn"),
+        ("max_steps", -1),
+    ],
+)
+def test_passed_through_trainer_arguments_that_are_accepted(key, value):
+    validate_base(_base(**{key: value}))
+
+
+def test_val_check_interval_duration_only_where_lightning_parses_one():
+    """Lightning 2.6 reads "DD:HH:MM:SS"; 2.1.2 took the string for a number (a TypeError)."""
+    import inspect
+    import typing
+
+    import lightning
+
+    annotation = inspect.signature(lightning.Trainer).parameters["val_check_interval"].annotation
+    cfg = _base(val_check_interval="00:00:10:00")
+    if str in typing.get_args(annotation):
+        validate_base(cfg)
+    else:
+        with pytest.raises(ConfigError, match="a fraction of an epoch's batches"):
+            validate_base(cfg)
 
 
 def test_unavailable_accelerator_names_the_key(capsys, tmp_path):
