@@ -401,8 +401,14 @@ def _epochs_fit(trainer: L.Trainer) -> int | float:
     batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready  # of the last epoch
     total = trainer.num_training_batches
     if epochs > 0 and math.isfinite(total) and 0 < batches < total:
-        return round(epochs - 1 + batches / total, 2)
+        return fractional_epochs(epochs - 1, batches, int(total))
     return epochs
+
+
+def fractional_epochs(whole: int, batches: int, total: int) -> float:
+    """``whole`` epochs and ``batches`` of the ``total`` of the next, to two decimals rounded
+    down, so that an epoch in progress never shows as done (999 of 1000 batches: 0.99)."""
+    return round(whole + math.floor(100 * batches / total) / 100, 2)
 
 
 def _embedding_dim(model: Any) -> int | None:

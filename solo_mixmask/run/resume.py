@@ -31,7 +31,7 @@ from solo_mixmask.run.folder import (
     RunLock,
     is_rank_zero_process,
 )
-from solo_mixmask.run.pretrain import run_pretrain
+from solo_mixmask.run.pretrain import fractional_epochs, run_pretrain
 
 
 class NothingToResume(Exception):
@@ -100,7 +100,7 @@ def epochs_begun(checkpoint: dict[str, Any]) -> int | float | None:
         return None
     epoch, done, total = position
     if 0 < done < total:
-        return round(epoch + done / total, 2)
+        return fractional_epochs(epoch, done, total)
     return epochs_trained(checkpoint)
 
 
