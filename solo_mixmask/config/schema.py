@@ -125,20 +125,25 @@ LOGGER_PACKAGES = {
 MAX_SEED = 2**32 - 1
 
 
-def trainer_arg_names() -> set[str]:
-    """Names of ``lightning.Trainer.__init__`` arguments (passed through from the config)."""
+def trainer_parameters() -> dict[str, inspect.Parameter]:
+    """``lightning.Trainer.__init__``'s arguments by name (without ``self``), from its signature."""
     import lightning
 
-    return set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+    parameters = dict(inspect.signature(lightning.Trainer.__init__).parameters)
+    parameters.pop("self", None)
+    return parameters
+
+
+def trainer_arg_names() -> set[str]:
+    """Names of ``lightning.Trainer.__init__`` arguments (passed through from the config)."""
+    return set(trainer_parameters())
 
 
 def trainer_bool_args() -> dict[str, bool]:
     """``lightning.Trainer`` arguments typed ``bool`` (False) or ``Optional[bool]`` (True: null
     allowed), from its signature."""
-    import lightning
-
     found = {}
-    for name, param in inspect.signature(lightning.Trainer.__init__).parameters.items():
+    for name, param in trainer_parameters().items():
         if param.annotation in (bool, "bool"):
             found[name] = False
         elif param.annotation in (bool | None, "Optional[bool]", "bool | None"):
@@ -336,9 +341,7 @@ def _check_batch_count(key: str, value: Any, time_allowed: bool = False) -> None
 
 def _accepts_str(name: str) -> bool:
     """Whether ``lightning.Trainer``'s argument ``name`` is typed to accept a string."""
-    import lightning
-
-    annotation = inspect.signature(lightning.Trainer.__init__).parameters[name].annotation
+    annotation = trainer_parameters()[name].annotation
     return annotation is str or str in typing.get_args(annotation)
 
 
@@ -382,11 +385,10 @@ def check_trainer_arguments(cfg: DictConfig) -> None:
 def check_trainer_flags(cfg: DictConfig) -> None:
     """``precision``, ``strategy`` and ``accelerator`` as Lightning accepts them, and an
     accelerator that exists on this machine: checked before the Trainer is built."""
-    import lightning
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry
 
-    annotation = inspect.signature(lightning.Trainer.__init__).parameters["precision"].annotation
+    annotation = trainer_parameters()["precision"].annotation
     precisions = _literal_values(annotation)
     if precisions:  # else an unknown Lightning: it checks the value itself
         allowed = ["auto", *(str(p) for p in precisions if isinstance(p, str))]
