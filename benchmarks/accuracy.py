@@ -21,10 +21,12 @@ Profiles:
 - ``cifar_cpu``: CIFAR-10 from the JPEG ImageFolder tars (``--data``), in-memory data path,
   asymmetric MoCo v2 recipe of Un-Mix's CIFAR code (:data:`CIFAR_RECIPE`) for mocov2plus and
   mixmask, quarter-width ResNet-18, 10,000 training images, k-NN memory 10,000 / validation
-  2,000 after every epoch: what a 2-core CPU shows in about half an hour.
+  2,000 after every epoch, a checkpoint after every epoch (for ``fresh_queue_loss.py``): what
+  a 2-core CPU shows in about half an hour.
 - ``cifar_gpu``: the same recipe at full size on one GPU (ResNet-18, batch 512, all 50,000
   images, bf16, k-NN of the 10,000 test images against the 50,000 training images every
-  ``eval_every`` epochs); the number of epochs (at most 100) is planned from step times
+  ``eval_every`` epochs, a checkpoint as often); the number of epochs (at most 100) is planned
+  from step times
   measured at start-up so that both methods fit ``--budget-minutes`` (default 9).
   ``benchmarks/cifar_gpu.sh`` runs it.
 
@@ -135,6 +137,9 @@ class Profile:
     data_format: str | None = None  # data.format (None: the config's)
     recipe: tuple[str, ...] = field(default_factory=tuple)  # overrides for every method
     eval_every: int = 1  # k-NN monitor every this many epochs (and after the last)
+    # a checkpoint every this many epochs (and after the last; None: the last only), what
+    # fresh_queue_loss.py scores
+    checkpoint_every: int | None = None
     epochs_from_budget: bool = False  # budget_minutes plans the epochs (else the images)
     per_class: int | None = None  # CIFAR: first images per class of each split (None: all)
     data: tuple[str, ...] = field(default_factory=tuple)  # where the images are (data_overrides)
@@ -182,6 +187,7 @@ PROFILES: dict[str, Profile] = {
         train_images=CIFAR10_TRAIN_IMAGES,
         data_format="memory",
         recipe=CIFAR_RECIPE,
+        checkpoint_every=1,
     ),
     "cifar_gpu": Profile(
         methods=("mocov2plus", "mixmask"),
@@ -201,6 +207,7 @@ PROFILES: dict[str, Profile] = {
         data_format="memory",
         recipe=CIFAR_RECIPE,
         eval_every=10,
+        checkpoint_every=10,
         epochs_from_budget=True,
         extra=("benchmark=true",),
     ),
@@ -372,7 +379,7 @@ def overrides(
         f"data.num_workers={prof.workers}",
         f"precision={prof.precision}",
         "progress_bar=false",
-        f"checkpoint.frequency={epochs}",
+        f"checkpoint.frequency={min(prof.checkpoint_every or epochs, epochs)}",
         f"name={method}-s{seed}",
     ]
     if prof.data_format is not None:
@@ -587,7 +594,7 @@ def config_differences(cfg: DictConfig, saved: Path) -> list[str]:
         return [f"{saved} is missing"]
     want = _leaves(OmegaConf.to_container(cfg, resolve=True))
     have = _leaves(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
-    ignored = {"checkpoint.run_dir", "checkpoint.dir"}
+    ignored = {"checkpoint.run_dir", "checkpoint.dir", "checkpoint.frequency"}  # not training
     return [
         f"{k}: {have.get(k, '<absent>')!r} != {v!r}"
         for k, v in want.items()

@@ -4,7 +4,8 @@
 # MixMask with the same recipe and seed (accuracy.py's cifar_gpu profile), as many epochs (at most
 # 100) as the step times measured at start-up allow inside the budget; k-NN (k=200, T=0.1) of the
 # 10,000 test images against the 50,000 training images every 10 epochs, online linear too.
-# Before it, memory_path.py measures the data path alone against the training step.
+# Before it, memory_path.py measures the data path alone against the training step; after it,
+# fresh_queue_loss.py scores both runs' checkpoints (every 10 epochs) against a fresh queue.
 #
 #   bash benchmarks/cifar_gpu.sh                 # results in $OUT (if set) or benchmarks/results/
 #   bash benchmarks/cifar_gpu.sh --tiny          # CPU, tiny network, 8 images per class: runs?
@@ -22,6 +23,8 @@ TINY=()
 [ "${1:-}" = "--tiny" ] && TINY=(--tiny) && shift
 DATA="$(cifar10_dir "${TINY[@]}")" || exit 4
 PROFILE=(--profile cifar_gpu --data "$DATA" --out-dir "$RESULT_DIR" "${TINY[@]}")
+RUNS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cifar_gpu_runs.XXXXXX")"  # checkpoints: not in $OUT
+trap 'rm -rf "$RUNS_DIR"' EXIT
 start=$(date +%s)
 # 1. The data path alone against the training step (about half a minute on a GPU).
 timeout 120 "$PY" benchmarks/memory_path.py "${PROFILE[@]}" --tag gpu 2>&1 \
@@ -30,8 +33,18 @@ timeout 120 "$PY" benchmarks/memory_path.py "${PROFILE[@]}" --tag gpu 2>&1 \
 BUDGET=(--budget-minutes "${BUDGET_MINUTES:-7.5}")
 [ ${#TINY[@]} -gt 0 ] && BUDGET=()  # tiny: the profile's 2 epochs, nothing planned
 timeout "${ACCURACY_TIMEOUT_S:-500}" "$PY" benchmarks/accuracy.py "${PROFILE[@]}" \
-  "${BUDGET[@]}" "$@" 2>&1 | grep -v "^[│┃┏┗┡└]" \
+  --runs-dir "$RUNS_DIR" "${BUDGET[@]}" "$@" 2>&1 | grep -v "^[│┃┏┗┡└]" \
   | tee "$RESULT_DIR/accuracy_cifar_gpu.log"
 status=${PIPESTATUS[0]}
+# 3. The saved epochs of both runs against a fresh queue (benchmarks/README.md: a logged MoCo
+# loss is scored against stale keys). Last, so that a slot cut short loses only this.
+SCORED=(--batches 16)
+[ ${#TINY[@]} -gt 0 ] && SCORED=(--batches 1)  # tiny: 5 batches per epoch, 4 fill the queue
+RUNS=("$RUNS_DIR"/*/checkpoints)
+if [ -e "${RUNS[0]}" ]; then
+  timeout "${FRESH_TIMEOUT_S:-90}" "$PY" benchmarks/fresh_queue_loss.py "${RUNS[@]%/checkpoints}" \
+    "${SCORED[@]}" --tag "cifar_gpu${TINY:+_tiny}" --out-dir "$RESULT_DIR" 2>&1 \
+    | tee "$RESULT_DIR/fresh_queue_loss_cifar_gpu.log"
+fi
 echo "cifar_gpu.sh: $(( $(date +%s) - start )) s, accuracy.py exit status $status"
 exit "$status"

@@ -28,7 +28,13 @@ from common import table  # noqa: E402
 from solo_mixmask.eval.compare import epoch_curves  # noqa: E402
 
 #: Fields of an accuracy.py profile that only name the invocation, not the training.
-NOT_TRAINING = {"budget_minutes", "epochs_from_budget", "linear_preset", "linear_overrides"}
+NOT_TRAINING = {
+    "budget_minutes",
+    "epochs_from_budget",
+    "linear_preset",
+    "linear_overrides",
+    "checkpoint_every",
+}
 
 
 def epoch_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

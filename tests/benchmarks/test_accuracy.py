@@ -105,6 +105,15 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
         tmp_path,
     )
     assert accuracy.config_differences(other, saved) == ["method_kwargs.mask_ratio: 0.5 != 0.75"]
+    # checkpoints every epoch (what fresh_queue_loss.py scores) change no training setting
+    three = accuracy.replace(prof, epochs=3)
+    last_only = accuracy.run_cfg(three, "mixmask", 1, 64, tmp_path)
+    every = accuracy.run_cfg(
+        accuracy.replace(three, checkpoint_every=1), "mixmask", 1, 64, tmp_path
+    )
+    assert (last_only.checkpoint.frequency, every.checkpoint.frequency) == (3, 1)
+    OmegaConf.save(last_only, saved)
+    assert accuracy.config_differences(every, saved) == []
     baseline = accuracy.run_cfg(
         accuracy.replace(
             prof, extra=("method_kwargs.temperature=0.1",), extra_methods=("mixmask",)

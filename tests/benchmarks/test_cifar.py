@@ -55,6 +55,9 @@ def test_cifar_gpu_script_tiny_runs_on_cpu(tmp_path):
         "accuracy_cifar_gpu_tiny.json",
         "accuracy_cifar_gpu_tiny.md",
         "accuracy_cifar_gpu_tiny.png",
+        "fresh_queue_loss_cifar_gpu.log",
+        "fresh_queue_loss_cifar_gpu_tiny.json",
+        "fresh_queue_loss_cifar_gpu_tiny.md",
         "memory_path_gpu.json",
         "memory_path_gpu.log",
         "memory_path_gpu.md",
@@ -62,6 +65,14 @@ def test_cifar_gpu_script_tiny_runs_on_cpu(tmp_path):
     acc = load(tmp_path / "accuracy_cifar_gpu_tiny.json")
     assert acc["complete"] and [r["method"] for r in acc["runs"]] == ["mocov2plus", "mixmask"]
     assert acc["profile"]["precision"] == "32-true"  # tiny: CPU
+    fresh = load(tmp_path / "fresh_queue_loss_cifar_gpu_tiny.json")
+    # both runs scored at initialisation and at their checkpoint (2 tiny epochs, one saved)
+    runs = {r["method"]: r["epochs"] for r in fresh["runs"]}
+    assert sorted(runs) == ["mixmask", "mocov2plus"]
+    assert (
+        [e["epoch"] for e in runs["mocov2plus"]] == [0, 2] == [e["epoch"] for e in runs["mixmask"]]
+    )
+    assert "mask_loss" in runs["mixmask"][1] and "mask_loss" not in runs["mocov2plus"][1]
     mem = load(tmp_path / "memory_path_gpu.json")
     assert mem["settings"]["device"] == "cpu"
     assert positive(mem["memory"]["images_per_s"]) and positive(mem["steps"]["mixmask"])
