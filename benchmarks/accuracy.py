@@ -26,8 +26,8 @@ Profiles:
 - ``cifar_gpu``: the same recipe at full size on one GPU (ResNet-18, batch 512, all 50,000
   images, bf16, k-NN of the 10,000 test images against the 50,000 training images every
   ``eval_every`` epochs, a checkpoint as often); the number of epochs (at most 100) is planned
-  from step times
-  measured at start-up so that both methods fit ``--budget-minutes`` (default 9).
+  from step times measured at start-up so that both methods fit ``--budget-minutes`` (default
+  9).
   ``benchmarks/cifar_gpu.sh`` runs it.
 
 ``--tiny`` shrinks any profile to a check that it runs (tiny network, 8 images per class).
