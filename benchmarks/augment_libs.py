@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, command_line, machine, table, write_results  # noqa: E402
+from common import RESULTS, command_line, machine, publish, table  # noqa: E402
 
 from solo_mixmask.config.augmentation_specs import parse_pipeline  # noqa: E402
 from solo_mixmask.data.batched_augmentations import BatchAugment  # noqa: E402
@@ -130,10 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": results,
         "kornia_installed": k is not None,
     }
-    stem = "augment_libs" + (f"_{args.tag}" if args.tag else "")
-    text = "\n".join(lines)
-    write_results(stem, res, text, args.out_dir)
-    print(text)
+    publish("augment_libs", args.tag, res, "\n".join(lines), args.out_dir)
     return res
 
 

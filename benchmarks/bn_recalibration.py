@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, command_line, machine, table, write_results  # noqa: E402
+from common import RESULTS, command_line, machine, publish, table  # noqa: E402
 
 from solo_mixmask.checkpoints.backbone import load_backbone  # noqa: E402
 from solo_mixmask.config.data_specs import data_spec  # noqa: E402
@@ -143,10 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
     ]
     res = {"command": command_line(), "machine": machine(), "runs": rows}
-    stem = "bn_recalibration" + (f"_{args.tag}" if args.tag else "")
-    text = "\n".join(lines)
-    write_results(stem, res, text, args.out_dir)
-    print(text)
+    publish("bn_recalibration", args.tag, res, "\n".join(lines), args.out_dir)
     return res
 
 

@@ -414,6 +414,13 @@ def write_results(stem: str, data: dict[str, Any], markdown: str, out_dir: Path)
     return [js, md]
 
 
+def publish(name: str, tag: str, data: dict[str, Any], markdown: str, out_dir: Path) -> list[Path]:
+    """:func:`write_results` as ``<name>[_<tag>]``, then the Markdown printed; returns the paths."""
+    paths = write_results(name + (f"_{tag}" if tag else ""), data, markdown, out_dir)
+    print(markdown)
+    return paths
+
+
 def machine() -> dict[str, Any]:
     """What ran the benchmark (CPU count, threads, torch version, GPU name if any)."""
     info = {

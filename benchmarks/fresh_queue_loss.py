@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, command_line, machine, table, write_results  # noqa: E402
+from common import RESULTS, command_line, machine, publish, table  # noqa: E402
 
 from solo_mixmask.checkpoints.io import safe_load_checkpoint  # noqa: E402
 from solo_mixmask.config.data_specs import data_spec  # noqa: E402
@@ -234,10 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_table(run),
         ]
     res = {"command": command_line(), "machine": machine(), "runs": runs}
-    stem = "fresh_queue_loss" + (f"_{args.tag}" if args.tag else "")
-    text = "\n".join(lines)
-    write_results(stem, res, text, args.out_dir)
-    print(text)
+    publish("fresh_queue_loss", args.tag, res, "\n".join(lines), args.out_dir)
     return res
 
 

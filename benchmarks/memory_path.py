@@ -38,10 +38,10 @@ from common import (  # noqa: E402
     command_line,
     count_host_syncs,
     machine,
+    publish,
     synthetic_batch,
     table,
     timed_loader,
-    write_results,
 )
 from data import loader_speed  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
@@ -277,10 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "end_to_end": end_to_end,
         "goals": goals,
     }
-    stem = "memory_path" + (f"_{args.tag}" if args.tag else "")
-    text = markdown(res)
-    paths = write_results(stem, res, text, args.out_dir)
-    print(text)
+    paths = publish("memory_path", args.tag, res, markdown(res), args.out_dir)
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     return res
 
