@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` without installing
     sys.path.insert(0, str(REPO))
 
+from solo_mixmask.callbacks.nonfinite import LossCheck  # noqa: E402
+from solo_mixmask.config.run_specs import trainer_spec  # noqa: E402
 from solo_mixmask.core.masks import MaskBank, draw_cells  # noqa: E402
 from solo_mixmask.core.mixing import mix_with_masks  # noqa: E402
 from solo_mixmask.methods import METHODS  # noqa: E402
@@ -139,7 +141,8 @@ class BareTrainer:
 
 class EngineStep:
     """One training step as the engine's Lightning loop takes it: ``training_step`` (under
-    ``autocast``, as "bf16-mixed" precision does), backward, the model's own optimiser
+    ``autocast``, as "bf16-mixed" precision does), the NaN/inf guard's read of the loss
+    (``LossCheck`` with ``performance.loss_check_lag``), backward, the model's own optimiser
     (``build_optimizer``: ``optimizer.*`` and ``performance.optimizer_impl``) and the EMA of
     every momentum pair (``performance.ema_foreach_lerp``) at ``momentum.base_tau``. The model
     is built from ``cfg`` through the ``METHODS`` registry, on ``device``."""
@@ -150,6 +153,8 @@ class EngineStep:
         self.optimizer = self.model.build_optimizer()
         self.tau = float(self.model.engine.momentum.base_tau)
         self.lerp = bool(self.model.engine.performance.ema_foreach_lerp)
+        self.loss_check = LossCheck(trainer_spec(cfg).loss_check_lag)
+        self.steps = 0
         self.autocast = autocast
         self.device_type = torch.device(device).type
 
@@ -165,6 +170,10 @@ class EngineStep:
 
     def __call__(self, batch: list[Any]) -> None:
         loss = self.loss(batch)
+        bad = self.loss_check.push(loss, self.steps, 0)
+        if bad is not None:
+            raise FloatingPointError(f"the loss of step {bad.step} is {bad.local}")
+        self.steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -8,8 +8,9 @@ The models are the ``cifar_gpu`` profile of ``accuracy.py`` (``configs/pretrain/
 on CUDA, channels_last, cuDNN benchmark), composed and built as the engine builds them. In one
 process:
 
-1. the bare training step (synthetic batches already on the device; ``training_step``,
-   backward, the model's optimiser, the EMA; :class:`common.EngineStep`) of ``mocov2plus`` and
+1. the bare training step (synthetic batches already on the device; ``training_step``, the
+   NaN/inf guard's read of the loss, backward, the model's optimiser, the EMA;
+   :class:`common.EngineStep`) of ``mocov2plus`` and
    ``mixmask`` with the current defaults ("current path"), in images/s;
 2. each lever alone (:data:`LEVERS`), as a ratio to the current path in the same interleaved
    rounds (medians); the k-NN monitor's similarity product + top-k in bfloat16 against float32
@@ -102,6 +103,8 @@ LEVERS: dict[str, tuple[dict[str, Any], str]] = {
     # MixMask's view and mixed view through the online backbone in one call (same numbers):
     # half its online ops; MoCo v2 (one online input) is unchanged
     "batch_online_forwards": ({"performance.batch_online_forwards": True}, "forwards"),
+    # the NaN/inf guard reads each loss 2 steps later from a host copy: no host sync per step
+    "lagged_loss_check": ({"performance.loss_check_lag": 2}, "loss_check"),
     "no_split_bn": ({"method_kwargs.bn_splits": 1, "method_kwargs.shuffle_bn": False}, "reference"),
 }
 #: The group of variants that change the recipe: timed to price a part of it, never winners.
@@ -488,7 +491,8 @@ def measure(
                     res["cudagraph_skips"] = cudagraph_skips() - skips
                 res["host_syncs"] = host_syncs(bench, step, batch)
                 if not compiled:  # a dispatch mode and dynamo do not mix
-                    res["dispatched_ops"] = sum(count_ops(lambda s=step: s(batch))[0].values())
+                    ops, reads = count_ops(lambda s=step: s(batch))
+                    res["dispatched_ops"], res["syncing_ops"] = sum(ops.values()), reads
             except Exception as err:  # a finding (e.g. CUDA graphs refusing the step): go on
                 if STOP["requested"]:  # (torch.compile wraps the Stopped in its own error)
                     res.update(status="n/a", reason="budget: stopped by SIGTERM in its warm-up")

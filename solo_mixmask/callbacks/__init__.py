@@ -4,8 +4,9 @@
   training loader's position, so a resumed run sees exactly the batches it would have seen;
 - :mod:`~solo_mixmask.callbacks.stop`: SIGTERM / Ctrl-C finish the step under way, write
   ``last.ckpt`` and end the run;
-- :mod:`~solo_mixmask.callbacks.nonfinite`: a NaN/inf loss stops the run before it reaches the
-  weights or a checkpoint;
+- :mod:`~solo_mixmask.callbacks.nonfinite`: a NaN/inf loss stops the run, naming its step,
+  before it reaches the weights (or ``performance.loss_check_lag`` steps later) and never
+  reaches a checkpoint;
 - :mod:`~solo_mixmask.callbacks.speed`: images per second for the summary;
 - :mod:`~solo_mixmask.callbacks.data_on_device`: the device for loaders that keep their images
   there;

@@ -70,7 +70,9 @@ class TrainerSpec:
     """What :mod:`solo_mixmask.run.trainer` reads: ``checkpoint``
     (:class:`CheckpointSpec`), ``progress_bar`` (a live bar, else one line per epoch),
     ``model_summary`` (Lightning's table, ``enable_model_summary``) and ``data_on_device``
-    (``data.format=memory``: images decoded once and augmented on the device)."""
+    (``data.format=memory``: images decoded once and augmented on the device);
+    ``loss_check_lag``: steps after which the NaN/inf guard reads a step's loss
+    (``performance.loss_check_lag``; 0: before its backward, one host sync per step)."""
 
     checkpoint: CheckpointSpec
     progress_bar: bool
@@ -78,6 +80,7 @@ class TrainerSpec:
     data_on_device: bool
     #: the top-level keys that are ``lightning.Trainer`` arguments, passed as solo-learn does
     arguments: dict[str, Any] = field(default_factory=dict)
+    loss_check_lag: int = 0
 
 
 def trainer_spec(cfg: DictConfig) -> TrainerSpec:
@@ -94,6 +97,7 @@ def trainer_spec(cfg: DictConfig) -> TrainerSpec:
         model_summary=bool(value_of(cfg, "enable_model_summary")),
         data_on_device=value_of(cfg, "data.format") == "memory",
         arguments=trainer_arguments(cfg),
+        loss_check_lag=int(value_of(cfg, "performance.loss_check_lag")),
     )
 
 

@@ -87,6 +87,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "knn_dtype": "float32",  # the k-NN monitor's similarity matmul (auto: bf16 on CUDA)
         "batch_online_forwards": False,  # a step's online inputs through the backbone at once
         "compile_augmentations": False,  # data.format=memory: the batched augmentations compiled
+        "loss_check_lag": 0,  # steps before the NaN/inf guard reads a loss (0: a sync per step)
     },
     "progress_bar": True,
     "max_epochs": 100,
@@ -765,6 +766,7 @@ def check_performance(cfg: DictConfig) -> None:
 
     check_choice(cfg, "performance.compile_mode", COMPILE_MODES)
     check_choice(cfg, "performance.knn_dtype", KNN_DTYPES)
+    check_number(cfg, "performance.loss_check_lag", low=0, integer=True)
     if OmegaConf.select(cfg, "performance.batch_online_forwards") is True and syncs_batch_norm(cfg):
         raise ConfigError(
             "performance.batch_online_forwards",

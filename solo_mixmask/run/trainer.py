@@ -54,7 +54,7 @@ def build_callbacks(spec: TrainerSpec, run_dir: Path) -> list[Callback]:
     callbacks: list[Callback] = [
         TrainSpeed(),
         LearningRateMonitor(logging_interval="epoch"),
-        NonFiniteLossGuard(ckpt_dir if enabled else None),
+        NonFiniteLossGuard(ckpt_dir if enabled else None, spec.loss_check_lag),
         ResumeState(None),  # the training loader is attached once it exists
         DataOnDevice(),  # likewise, the loaders that hold their images on the device
         GracefulStop(),  # SIGTERM / Ctrl-C: stop after the step, with a checkpoint

@@ -44,6 +44,7 @@ def test_trainer_spec_defaults_are_base_defaults():
         progress_bar=BASE_DEFAULTS["progress_bar"],
         model_summary=False,
         data_on_device=BASE_DEFAULTS["data"]["format"] == "memory",
+        loss_check_lag=BASE_DEFAULTS["performance"]["loss_check_lag"],
     )
 
 
@@ -56,11 +57,12 @@ def test_trainer_spec_has_the_configs_values():
             "progress_bar": False,
             "enable_model_summary": True,
             "data": {"format": "memory"},
+            "performance": {"loss_check_lag": 2},
         }
     )
     arguments = {"enable_model_summary": True}  # a Trainer argument, passed through
     assert trainer_spec(cfg) == TrainerSpec(
-        CheckpointSpec(False, 3, 7), False, True, True, arguments
+        CheckpointSpec(False, 3, 7), False, True, True, arguments, loss_check_lag=2
     )
 
 

@@ -662,6 +662,9 @@ def test_momentum_given_to_adamw_warns_that_it_is_not_used():
         ("performance.compile_mode", "fast", "reduce-overhead"),
         ("performance.knn_dtype", "half", "bfloat16"),
         ("performance.optimizer_impl", "fast", "foreach"),
+        ("performance.loss_check_lag", -1, "an integer in [0, inf)"),
+        ("performance.loss_check_lag", 1.5, "an integer in [0, inf)"),
+        ("performance.loss_check_lag", True, "an integer in [0, inf)"),
     ],
 )
 def test_performance_levers_are_checked_at_start_up(key, value, allowed):

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.cli_helpers import TINY, run
+from tests.cli_helpers import TINY, error_lines, run
 
 BATCH, QUEUE = 8, 40  # per-rank batch; 2 x 8 = 16 keys a step do not divide the 40-key queue
 
@@ -292,3 +292,47 @@ def test_keys_of_batches_of_different_sizes_are_gathered_whole(tmp_path):
     expected = torch.cat((torch.zeros(2, 3, 4), torch.ones(2, 4, 4)), dim=1)
     for rank in (0, 1):
         assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt"), expected)
+
+
+NAN_HARNESS = """
+import os, sys
+from solo_mixmask.methods import METHODS
+
+method = METHODS["mixmask"]
+training_step = method.training_step
+def nan_on_rank_1(self, batch, batch_idx):
+    out = training_step(self, batch, batch_idx)
+    if self.trainer.global_rank == 1 and self.trainer.global_step == int(os.environ["NAN_AT"]):
+        out = out * float("nan")  # the step's loss
+    return out
+method.training_step = nan_on_rank_1
+from solo_mixmask.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("lag", [0, 2])
+def test_a_bad_loss_on_one_rank_stops_every_rank_at_its_step(tmp_path, lag):
+    """Rank 1's loss is NaN at step 1 of 8: both ranks stop, naming step 1, whether the guard
+    reads each loss before its backward or 2 steps later (``performance.loss_check_lag``); a
+    rank that went on would wait for ever in the next gradient all-reduce."""
+    harness = tmp_path / "nan_harness.py"
+    harness.write_text(NAN_HARNESS)
+    args = [
+        "pretrain",
+        *TINY,
+        "accelerator=cpu",
+        "devices=2",
+        "strategy=ddp",
+        "max_epochs=2",
+        f"optimizer.batch_size={BATCH}",
+        f"performance.loss_check_lag={lag}",
+        f"checkpoint.dir={tmp_path / 'runs'}",
+    ]
+    result = run(args, prefix=[sys.executable, str(harness)], env={"NAN_AT": "1"}, timeout=400)
+    assert result.returncode == 3, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    lines = error_lines(result.stderr)
+    assert lines and all(" at step 1 (epoch 0); training stopped" in line for line in lines), lines
+    assert any(line.startswith("error: the training loss is nan at step 1") for line in lines)
+    assert any("not finite on another rank at step 1" in line for line in lines)  # rank 0

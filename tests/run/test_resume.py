@@ -58,6 +58,14 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+#: Runs whose loss becomes NaN (optimizer.lr=1e30), by name: their extra overrides.
+NAN_RUNS = {
+    "nan": ["checkpoint.every_n_steps=1"],
+    "nan_lag2_step_checkpoints": ["checkpoint.every_n_steps=1", "performance.loss_check_lag=2"],
+    "nan_lag2": ["performance.loss_check_lag=2"],
+}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("resume")
@@ -65,15 +73,19 @@ def runs(tmp_path_factory):
     harness.write_text(STALL_HARNESS)
     mark = base / "stalled"
     full = start(["pretrain", *RUN, f"checkpoint.run_dir={base / 'full'}"])
-    nan = start(
-        [
-            "pretrain",
-            *TINY,
-            "optimizer.lr=1e30",
-            "checkpoint.every_n_steps=1",
-            f"checkpoint.run_dir={base / 'nan'}",
-        ]
-    )
+    nan = {  # the loss read before each backward, or 2 steps later (with and without a
+        # checkpoint after every step, which reads the pending losses first)
+        name: start(
+            [
+                "pretrain",
+                *TINY,
+                "optimizer.lr=1e30",
+                *extra,
+                f"checkpoint.run_dir={base / name}",
+            ]
+        )
+        for name, extra in NAN_RUNS.items()
+    }
     # One DataLoader worker in the killed run: augmentations must not depend on workers.
     killed = start(
         ["pretrain", *RUN, "data.num_workers=1", f"checkpoint.run_dir={base / 'killed'}"],
@@ -96,7 +108,7 @@ def runs(tmp_path_factory):
     return {
         "base": base,
         "full": finish(full, timeout=400),
-        "nan": finish(nan, timeout=400),
+        **{name: finish(proc, timeout=400) for name, proc in nan.items()},
         "killed": killed_result,
         "at_kill": at_kill,
         "resumed": resumed,
@@ -182,22 +194,38 @@ def _knn_by_epoch(run_dir):
         return {r["epoch"]: r["val_knn_acc1"] for r in csv.DictReader(f) if r.get("val_knn_acc1")}
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(runs):
-    result = runs["nan"]
+def _bad_step(result) -> int:
+    """The step a stopped run's one error line names."""
     assert result.returncode == 3, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     lines = error_lines(result.stderr)
     assert len(lines) == 1
     found = re.search(r"the training loss is (nan|inf|-inf) at step (\d+) \(epoch 0\)", lines[0])
     assert found, lines[0]
-    assert "nothing non-finite was saved" in lines[0] and "last.ckpt" in lines[0]
-    ckpt = safe_load_checkpoint(runs["base"] / "nan" / "checkpoints" / "last.ckpt")
-    assert ckpt["global_step"] == int(found.group(2))  # written right before the bad step
+    assert "nothing non-finite was saved" in lines[0]
+    return int(found.group(2))
+
+
+@pytest.mark.parametrize("name", ["nan", "nan_lag2_step_checkpoints"])
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(runs, name):
+    step = _bad_step(runs[name])
+    assert "last.ckpt" in error_lines(runs[name].stderr)[0]
+    ckpt = safe_load_checkpoint(runs["base"] / name / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == step  # written right before the bad step
     for key, value in ckpt["state_dict"].items():
         if value.is_floating_point():
             assert torch.isfinite(value).all(), key
-    assert not (runs["base"] / "nan" / "summary.json").exists()
-    assert not (runs["base"] / "nan" / "run.lock").exists()  # released on exit 3 too
+    assert not (runs["base"] / name / "summary.json").exists()
+    assert not (runs["base"] / name / "run.lock").exists()  # released on exit 3 too
+
+
+def test_a_lagged_loss_check_names_the_same_bad_step(runs):
+    # performance.loss_check_lag=2 trains 2 more steps before it reads the bad loss, and names
+    # the step the loss went bad, as the check before each backward does
+    step = _bad_step(runs["nan"])
+    assert _bad_step(runs["nan_lag2"]) == step
+    assert "no checkpoint had been written yet" in error_lines(runs["nan_lag2"].stderr)[0]
+    assert not (runs["base"] / "nan_lag2" / "checkpoints" / "last.ckpt").exists()
 
 
 # --------------------------------------------------------------------------- in-process units
