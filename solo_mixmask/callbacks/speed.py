@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 
@@ -13,6 +15,15 @@ class TrainSpeed(Callback):
     """Images per second over training batches only (validation and checkpointing excluded):
     ``images_per_sec`` over the whole run (the summary's figure), ``epoch_images_per_sec`` over
     the epoch under way or just ended (the epoch lines).
+
+    A batch's time runs from its ``on_train_batch_start`` to its ``on_train_batch_end``: on the
+    host's clock on a CPU; on CUDA on the device's, between two CUDA events recorded at those
+    hooks. The host leaves a step before the device has run it (the backward, the optimiser and
+    the EMA are queued), so on the host's clock the device's work that overlaps the time between
+    batches (the next batch's loading, Lightning's loop) would count for nothing; more so when no
+    host sync holds the step back (``performance.loss_check_lag``). The events are read once
+    they have run (``query``: no wait), and all of them before a figure is read (one wait per
+    epoch).
 
     The run's totals travel in its checkpoints, with :attr:`wall_seconds_before` (the wall time
     of the processes that trained it before, up to their last checkpoint), so that a resumed
@@ -29,6 +40,9 @@ class TrainSpeed(Callback):
         self.epoch_seconds = 0.0
         self.epoch_images = 0
         self._start = 0.0
+        self._start_event: torch.cuda.Event | None = None
+        #: (start, end) CUDA events of batches whose time is not yet added
+        self._batch_events: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()
         #: Wall seconds of earlier processes of this run (None: a new run).
         self.wall_seconds_before: float | None = None
         self._clock_start = time.perf_counter()
@@ -40,6 +54,7 @@ class TrainSpeed(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The run's totals up to this checkpoint: training seconds and images, wall seconds."""
+        self._settle(wait=True)
         wall = (self.wall_seconds_before or 0.0) + time.perf_counter() - self._clock_start
         return {"seconds": self.seconds, "images": self.images, "wall_seconds": wall}
 
@@ -49,6 +64,7 @@ class TrainSpeed(Callback):
         self.wall_seconds_before = float(state_dict["wall_seconds"])
 
     def _new_epoch(self) -> None:
+        self._settle(wait=True)  # the last epoch's batches count in that epoch
         self.epoch_seconds, self.epoch_images = 0.0, 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
@@ -62,6 +78,10 @@ class TrainSpeed(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
+        self._start_event = None
+        if pl_module.device.type == "cuda":
+            self._start_event = torch.cuda.Event(enable_timing=True)
+            self._start_event.record()
         self._start = time.perf_counter()
 
     def on_train_batch_end(
@@ -69,15 +89,38 @@ class TrainSpeed(Callback):
     ) -> None:
         seconds = time.perf_counter() - self._start
         images = int(batch[0].shape[0]) * trainer.world_size
-        self.seconds += seconds
         self.images += images
-        self.epoch_seconds += seconds
         self.epoch_images += images
+        if self._start_event is None:
+            self._add(seconds)
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self._batch_events.append((self._start_event, end))
+        self._settle(wait=False)
+
+    def _add(self, seconds: float) -> None:
+        self.seconds += seconds
+        self.epoch_seconds += seconds
+
+    def _settle(self, wait: bool) -> None:
+        """Add the device time of the batches whose end event has run; with ``wait``, of every
+        batch (waiting for the device)."""
+        while self._batch_events:
+            start, end = self._batch_events[0]
+            if wait:
+                end.synchronize()
+            elif not end.query():
+                return
+            self._add(start.elapsed_time(end) / 1000)  # ms
+            self._batch_events.popleft()
 
     @property
     def images_per_sec(self) -> float:
+        self._settle(wait=True)
         return self.images / self.seconds if self.seconds else 0.0
 
     @property
     def epoch_images_per_sec(self) -> float:
+        self._settle(wait=True)
         return self.epoch_images / self.epoch_seconds if self.epoch_seconds else 0.0

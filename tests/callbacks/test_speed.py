@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
 from lightning.pytorch.callbacks import Callback
 
 from solo_mixmask.callbacks import TrainSpeed
@@ -56,3 +57,71 @@ def test_checkpointed_wall_time_counts_from_the_runs_clock_and_the_earlier_proce
     later.load_state_dict(state)
     assert later.wall_seconds_before == state["wall_seconds"]
     assert (later.seconds, later.images) == (state["seconds"], state["images"])
+
+
+class FakeDeviceEvent:
+    """A CUDA event on a simulated device that runs each batch for ``BATCH_S`` after the host
+    has queued it: ``record`` stamps the device's time, ``query`` says whether the device has
+    reached it (``done``), ``synchronize`` waits for it."""
+
+    BATCH_S = 0.25
+    device_clock = 0.0
+    recorded: list[FakeDeviceEvent] = []
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        assert enable_timing
+        self.at, self.done = None, False
+
+    def record(self) -> None:
+        cls = FakeDeviceEvent
+        self.at = cls.device_clock
+        cls.device_clock += cls.BATCH_S if len(cls.recorded) % 2 == 0 else 0.01  # start: batch
+        cls.recorded.append(self)
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.done = True
+
+    def elapsed_time(self, end: FakeDeviceEvent) -> float:
+        return 1000 * (end.at - self.at)  # ms
+
+
+def test_on_cuda_a_batch_counts_the_device_time_between_its_events(monkeypatch):
+    # the host leaves each batch at once (no sync): its own clock would give ~0 s and a huge
+    # img/s; the events give the device's 0.25 s per batch
+    from types import SimpleNamespace
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeDeviceEvent)
+    monkeypatch.setattr(FakeDeviceEvent, "recorded", [])
+    speed = TrainSpeed()
+    trainer = SimpleNamespace(world_size=2)
+    module = SimpleNamespace(device=torch.device("cuda", 0))
+    batch = [torch.zeros(8, 1)]
+    speed.on_train_epoch_start(trainer, module)
+    for i in range(3):
+        speed.on_train_batch_start(trainer, module, batch, i)
+        speed.on_train_batch_end(trainer, module, None, batch, i)
+    assert speed.images == 48 and speed.seconds == 0.0  # no event has run: nothing added yet
+    FakeDeviceEvent.recorded[1].done = True  # the first batch's end event has run
+    speed.on_train_batch_start(trainer, module, batch, 3)
+    speed.on_train_batch_end(trainer, module, None, batch, 3)
+    assert speed.seconds == pytest.approx(0.25)  # read without waiting
+    assert speed.epoch_images_per_sec == pytest.approx(64 / 1.0)  # waits for the other three
+    assert speed.images_per_sec == pytest.approx(64 / 1.0)
+    assert speed.state_dict()["seconds"] == pytest.approx(1.0)
+
+
+def test_on_a_cpu_no_device_event_is_made(monkeypatch):
+    import torch
+
+    def no_events(*args, **kwargs):
+        raise AssertionError("a CUDA event on the CPU")
+
+    monkeypatch.setattr(torch.cuda, "Event", no_events)
+    speed = TrainSpeed()
+    fit_tiny([speed], batches=4, epochs=1)
+    assert speed.images == 8 and speed.seconds > 0
