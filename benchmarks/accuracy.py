@@ -640,6 +640,7 @@ def one_run(
         "knn_acc1_at_init",
         "knn_k",
         "images_per_sec",
+        "images_per_sec_clock",
         "wall_seconds",
         "steps",
         "epochs",

@@ -80,6 +80,11 @@ def compare(res: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
             epoch = max(dict(now_m[name]))
             last[name] = (dict(old_m[name]).get(epoch), dict(now_m[name]).get(epoch))
         ips = (old.get("images_per_sec"), run.get("images_per_sec"))
+        clocks = (clock_of(old), clock_of(run))
+        wall = (
+            wall_images_per_s(old, baseline["profile"]),
+            wall_images_per_s(run, res["profile"]),
+        )
         pairs.append(
             {
                 "method": run["method"],
@@ -87,7 +92,11 @@ def compare(res: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
                 "knn": [(e, old_knn[e], now_knn[e], now_knn[e] - old_knn[e]) for e in epochs],
                 "last_epoch_metrics": last,
                 "images_per_s": ips,
-                "speed_ratio": ips[1] / ips[0] if all(ips) else None,
+                "clocks": clocks,
+                # batches timed by different clocks are not compared
+                "speed_ratio": ips[1] / ips[0] if all(ips) and clocks[0] == clocks[1] else None,
+                "wall_images_per_s": wall,
+                "wall_ratio": wall[1] / wall[0] if all(wall) else None,
             }
         )
     trained = [(e, d) for p in pairs for e, _, _, d in p["knn"] if e > 0]
@@ -99,6 +108,21 @@ def compare(res: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
         "largest_knn_difference": max((abs(d) for _, d in trained), default=None),
         "baseline_seed_spread": seed_spread(baseline),
     }
+
+
+def clock_of(run: dict[str, Any]) -> str | None:
+    """The clock that timed a run's training batches (``images_per_sec_clock``); results from
+    before it was recorded (2026-12-07) were all timed on the host."""
+    if run.get("images_per_sec") is None:
+        return None
+    return run.get("images_per_sec_clock", "host")
+
+
+def wall_images_per_s(run: dict[str, Any], profile: dict[str, Any]) -> float | None:
+    """Images trained over the run's wall time (k-NN passes and start-up included): comparable
+    whatever clock timed the batches, between runs of one schedule."""
+    steps, wall, batch = run.get("steps"), run.get("wall_seconds"), profile.get("batch_size")
+    return steps * batch / wall if steps and wall and batch else None
 
 
 def seed_spread(res: dict[str, Any]) -> dict[str, float]:
@@ -141,11 +165,26 @@ def markdown(cmp: dict[str, Any], baseline_name: str) -> str:
             for name, (a, b) in p["last_epoch_metrics"].items()
             if a is not None and b is not None
         )
-        ratio = f"{p['speed_ratio']:.2f}x" if p["speed_ratio"] else "-"
-        rows.append([p["method"], p["seed"], old_ips, now_ips, ratio, metrics or "-"])
+        if p["speed_ratio"]:
+            ratio = f"{p['speed_ratio']:.2f}x"
+        elif all(p["images_per_s"]):
+            ratio = "not comparable: clocks {} -> {}".format(*p["clocks"])
+        else:
+            ratio = "-"
+        walls = [f"{w:.0f}" if w else "-" for w in p["wall_images_per_s"]]
+        wall_ratio = f"{p['wall_ratio']:.2f}x" if p["wall_ratio"] else "-"
+        rows.append(
+            [p["method"], p["seed"], old_ips, now_ips, ratio, *walls, wall_ratio, metrics or "-"]
+        )
+    head = ["method", "seed", "img/s baseline", "img/s this", "ratio"]
+    head += ["wall img/s baseline", "wall img/s this", "wall ratio", "last epoch"]
     lines += [
         "",
-        table(["method", "seed", "img/s baseline", "img/s this", "ratio", "last epoch"], rows),
+        table(head, rows),
+        "",
+        "img/s: training batches only, timed by `images_per_sec_clock` (results without it were "
+        "timed on the host); wall img/s: images trained over the run's wall seconds, k-NN "
+        "passes included.",
     ]
     spread = cmp["baseline_seed_spread"]
     yardstick = (

@@ -23,7 +23,8 @@ class TrainSpeed(Callback):
     batches (the next batch's loading, Lightning's loop) would count for nothing; more so when no
     host sync holds the step back (``performance.loss_check_lag``). The events are read once
     they have run (``query``: no wait), and all of them before a figure is read (one wait per
-    epoch).
+    epoch). :attr:`clock` says which clock timed the run's batches: ``"host"``, ``"cuda events"``,
+    ``"mixed"`` (a resumed run whose processes used different ones) or None (no batch yet).
 
     The run's totals travel in its checkpoints, with :attr:`wall_seconds_before` (the wall time
     of the processes that trained it before, up to their last checkpoint), so that a resumed
@@ -43,6 +44,7 @@ class TrainSpeed(Callback):
         self._start_event: torch.cuda.Event | None = None
         #: (start, end) CUDA events of batches whose time is not yet added
         self._batch_events: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()
+        self.clock: str | None = None
         #: Wall seconds of earlier processes of this run (None: a new run).
         self.wall_seconds_before: float | None = None
         self._clock_start = time.perf_counter()
@@ -56,12 +58,22 @@ class TrainSpeed(Callback):
         """The run's totals up to this checkpoint: training seconds and images, wall seconds."""
         self._settle(wait=True)
         wall = (self.wall_seconds_before or 0.0) + time.perf_counter() - self._clock_start
-        return {"seconds": self.seconds, "images": self.images, "wall_seconds": wall}
+        return {
+            "seconds": self.seconds,
+            "images": self.images,
+            "wall_seconds": wall,
+            "clock": self.clock,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seconds = float(state_dict["seconds"])
         self.images = int(state_dict["images"])
         self.wall_seconds_before = float(state_dict["wall_seconds"])
+        # checkpoints written before the clock was kept were all timed on the host
+        self.clock = state_dict.get("clock", "host" if self.images else None)
+
+    def _timed_by(self, clock: str) -> None:
+        self.clock = clock if self.clock in (None, clock) else "mixed"
 
     def _new_epoch(self) -> None:
         self._settle(wait=True)  # the last epoch's batches count in that epoch
@@ -92,8 +104,10 @@ class TrainSpeed(Callback):
         self.images += images
         self.epoch_images += images
         if self._start_event is None:
+            self._timed_by("host")
             self._add(seconds)
             return
+        self._timed_by("cuda events")
         end = torch.cuda.Event(enable_timing=True)
         end.record()
         self._batch_events.append((self._start_event, end))

@@ -378,6 +378,7 @@ def _train_in(
         # a run finished from its checkpoint trained nothing here: its speed and time are
         # unknown (its summary.json, which held them, was never written)
         "images_per_sec": None if finished else round(speed.images_per_sec, 2),
+        "images_per_sec_clock": None if finished else speed.clock,  # host or cuda events
         "wall_seconds": None if finished else round(wall + (speed.wall_seconds_before or 0.0), 1),
         "train_images": len(train_loader.dataset),
         "bad_images": len(bad),

@@ -57,7 +57,9 @@ def test_pairs_by_method_and_seed_with_differences_and_speed():
     assert cmp["baseline_seed_spread"]["mocov2plus"] == pytest.approx(1.4142, abs=1e-4)
     md = same_seed.markdown(cmp, "base.json")
     assert "| mocov2plus | 1 | 2 | 50.00 | 49.25 | -0.75 |" in md
-    assert "| mocov2plus | 1 | 1000.0 | 2500.0 | 2.50x | nce_loss 3.0000 -> 2.5000 |" in md
+    assert (
+        "| mocov2plus | 1 | 1000.0 | 2500.0 | 2.50x | - | - | - | nce_loss 3.0000 -> 2.5000 |" in md
+    )
     assert "Largest k-NN difference after training: 0.75 points (seed-to-seed std" in md
     assert "Not in the baseline: mixmask seed 1." in md
 
@@ -105,3 +107,24 @@ def test_the_benchmarks_keep_epoch_1_of_a_run_whose_epochs_are_one_step(tmp_path
     assert cifar_grid.series(tmp_path)["knn_acc1"] == [(1, 21.0), (2, 37.0)]
     assert cifar_grid.series(tmp_path)["mixed_loss"] == [(1, 1.6), (2, 3.0)]
     assert same_seed.epoch_metrics(tmp_path)["train_embedding_std"] == [(1, 0.07), (2, 0.06)]
+
+
+def test_batches_timed_by_different_clocks_are_compared_by_wall_time_only():
+    # the baseline predates images_per_sec_clock (timed on the host); the new run's batches
+    # were timed by CUDA events: their img/s are different measures, the wall's are not
+    old = {**_run("mixmask", 1, [[0, 30.0], [2, 50.0]], 9000.0, 3.0), "steps": 200}
+    old["wall_seconds"] = 20.0
+    new = {**_run("mixmask", 1, [[0, 30.0], [2, 50.5]], 7000.0, 3.0), "steps": 200}
+    new.update(wall_seconds=16.0, images_per_sec_clock="cuda events")
+    cmp = same_seed.compare(_result([new], batch_size=512), _result([old], batch_size=512))
+    (pair,) = cmp["pairs"]
+    assert pair["clocks"] == ("host", "cuda events") and pair["speed_ratio"] is None
+    assert pair["wall_images_per_s"] == (pytest.approx(5120.0), pytest.approx(6400.0))
+    assert pair["wall_ratio"] == pytest.approx(1.25)
+    md = same_seed.markdown(cmp, "b.json")
+    assert "| not comparable: clocks host -> cuda events | 5120 | 6400 | 1.25x |" in md
+    same = {**new, "images_per_sec": 8400.0}  # same clock: compared
+    (pair,) = same_seed.compare(_result([same], batch_size=512), _result([new], batch_size=512))[
+        "pairs"
+    ]
+    assert pair["speed_ratio"] == pytest.approx(1.2) and pair["wall_ratio"] == pytest.approx(1.0)

@@ -131,6 +131,7 @@ def test_throughput_tiny_measures_every_lever_on_cpu(tmp_path):
             run = e2e[f"current/{m}"]
             assert run["epochs"] == 1 and run["train_images"] == 80
             assert positive(run["images_per_s_whole_run"])
+            assert run["training_batches_clock"] == "host"  # CUDA: "cuda events"
             # the images trained (whole batches), not epochs x dataset
             assert 0 < run["images_trained"] <= run["epochs"] * run["train_images"]
             assert run["images_per_s_whole_run"] == pytest.approx(

@@ -113,6 +113,7 @@ def test_on_cuda_a_batch_counts_the_device_time_between_its_events(monkeypatch):
     assert speed.epoch_images_per_sec == pytest.approx(64 / 1.0)  # waits for the other three
     assert speed.images_per_sec == pytest.approx(64 / 1.0)
     assert speed.state_dict()["seconds"] == pytest.approx(1.0)
+    assert speed.clock == speed.state_dict()["clock"] == "cuda events"
 
 
 def test_on_a_cpu_no_device_event_is_made(monkeypatch):
@@ -124,4 +125,14 @@ def test_on_a_cpu_no_device_event_is_made(monkeypatch):
     monkeypatch.setattr(torch.cuda, "Event", no_events)
     speed = TrainSpeed()
     fit_tiny([speed], batches=4, epochs=1)
-    assert speed.images == 8 and speed.seconds > 0
+    assert speed.images == 8 and speed.seconds > 0 and speed.clock == "host"
+
+
+def test_the_clock_travels_in_checkpoints_and_a_resume_on_another_is_mixed():
+    speed = TrainSpeed()
+    assert speed.clock is None  # no batch timed yet
+    speed.load_state_dict({"seconds": 2.0, "images": 64, "wall_seconds": 3.0})  # before clocks
+    assert speed.clock == "host"
+    speed.load_state_dict({"seconds": 2.0, "images": 64, "wall_seconds": 3.0, "clock": "host"})
+    speed._timed_by("cuda events")  # a GPU process resumed a run a CPU process began
+    assert speed.clock == "mixed"
