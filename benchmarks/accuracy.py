@@ -71,7 +71,7 @@ from common import (  # noqa: E402
     write_results,
 )
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from same_seed import compare, epoch_metrics, load_result  # noqa: E402
+from same_seed import clock_of, compare, epoch_metrics, load_result  # noqa: E402
 from same_seed import markdown as same_seed_markdown  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
@@ -918,6 +918,12 @@ def markdown(res: dict[str, Any]) -> str:
             + (f", overrides {list(prof['linear_overrides'])}" if prof["linear_overrides"] else "")
             + ").",
         ]
+    clocks = sorted({c for c in map(clock_of, res["runs"]) if c})
+    lines += [
+        "",
+        "Train img/s: training batches only (not data loading, k-NN passes or checkpoints), "
+        f"timed by: {', '.join(clocks) or '-'} (summary.json `images_per_sec_clock`).",
+    ]
     reused = sum(bool(r.get("reused")) for r in res["runs"])
     if reused:
         lines += [

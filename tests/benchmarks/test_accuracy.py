@@ -45,6 +45,8 @@ def test_aggregate_and_paired_difference(result):
     assert agg["mixmask"]["knn_acc1"]["std"] is None  # one seed: no spread, not 0
     md = (result / "accuracy_smoke.md").read_text()
     assert f"{mix['knn_acc1']:.2f} (n=1)" in md and "± 0.00" not in md
+    assert mix["images_per_sec_clock"] == moco["images_per_sec_clock"] == "host"
+    assert "timed by: host (summary.json `images_per_sec_clock`)" in md
     diff = agg["mixmask"]["diff_to_mocov2plus"]
     assert diff["mean"] == pytest.approx(mix["knn_acc1"] - moco["knn_acc1"])
     assert "diff_to_mocov2plus" not in agg["mocov2plus"]
