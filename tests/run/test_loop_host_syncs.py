@@ -1,7 +1,8 @@
-"""The host syncs of a whole training step in Lightning's loop (the step, every callback's batch
-hooks, the in-memory loader's batches), counted on the CPU as the aten ops that read a value
-back (``benchmarks/common.py`` ``SYNCING_OPS``; on a GPU each one makes the host wait for the
-device): with ``performance.loss_check_lag=2`` none, without it the NaN/inf guard's one."""
+"""The host syncs of a whole training step in Lightning's loop (the step and the run's callbacks'
+batch hooks; the checkpoint callbacks, which Lightning runs after all others, write at epoch
+ends here) and of the in-memory loader's batches, counted on the CPU as the aten ops that read a
+value back (``benchmarks/common.py`` ``SYNCING_OPS``; on a GPU each one makes the host wait for
+the device): with ``performance.loss_check_lag=2`` none, without it the NaN/inf guard's one."""
 
 from __future__ import annotations
 
