@@ -67,10 +67,9 @@ class LossCheck:
             all_reduce(reduced)
             values = torch.cat([values, reduced])
         if self.lag == 0:  # read now: the host waits for the device
-            local, anywhere = (float(values),) * 2 if values.numel() == 1 else values.tolist()
-            return self._bad(step, epoch, local, anywhere)
+            return self._bad(step, epoch, [float(values)] if len(values) == 1 else values.tolist())
         cuda = values.is_cuda
-        if self._ring is None or self._ring.shape[1] != values.numel():
+        if self._ring is None:  # as wide as every push's values: one process count per run
             self._ring = torch.empty((self.lag + 1, values.numel()), pin_memory=cuda)
             self._events = [torch.cuda.Event() for _ in range(self.lag + 1)] if cuda else []
         slot = self._slot
@@ -91,15 +90,16 @@ class LossCheck:
             step, epoch, slot = self._pending.popleft()
             if self._events:  # this step's copy only, not the work queued after it
                 self._events[slot].synchronize()
-            local, *rest = self._ring[slot].tolist()  # type: ignore[index]
-            bad = self._bad(step, epoch, local, rest[0] if rest else local)
+            bad = self._bad(step, epoch, self._ring[slot].tolist())  # type: ignore[index]
             if bad is not None:
                 self._pending.clear()
                 return bad
         return None
 
     @staticmethod
-    def _bad(step: int, epoch: int, local: float, anywhere: float) -> BadLoss | None:
+    def _bad(step: int, epoch: int, values: list[float]) -> BadLoss | None:
+        """``values``: [this process's loss] or [it, the sum over processes]."""
+        local, anywhere = values[0], values[-1]
         if math.isfinite(local) and math.isfinite(anywhere):
             return None
         return BadLoss(step, epoch, local, anywhere)
