@@ -123,9 +123,9 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if running_mean is not None and running_var is not None and mean is not None:
             assert var is not None
             with torch.no_grad():
-                if views == 1:
-                    running_mean.copy_(mean.view(s, c).mean(dim=0))
-                    running_var.copy_(var.view(s, c).mean(dim=0))
+                if views == 1:  # the groups' average, written in place (one op each)
+                    torch.mean(mean.view(s, c), dim=0, out=running_mean)
+                    torch.mean(var.view(s, c), dim=0, out=running_var)
                 else:
                     start_weight, weights = _in_order_weights(factors)
                     for running, moved in ((running_mean, mean), (running_var, var)):
