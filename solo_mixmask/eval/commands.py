@@ -45,8 +45,9 @@ class KsAction(argparse.Action):
                 parser.error(f"argument --k: invalid int value: {value!r}")
         if not ks:
             parser.error("argument --k: expected at least one integer")
-        setattr(namespace, self.dest, ks)
-        namespace.k_overrides = extra
+        setattr(namespace, self.dest, ks)  # a later --k replaces the ks, as argparse does
+        # but not the overrides caught after an earlier one
+        namespace.k_overrides = [*(getattr(namespace, "k_overrides", None) or []), *extra]
 
 
 def _steps(section: dict) -> str:

@@ -113,17 +113,24 @@ def ssl_loss_curves(curves: dict[str, dict[int, float]]) -> tuple[dict, dict]:
 def offline_linear_acc1(run_dir: Path, summary: dict[str, Any]) -> float | None:
     """Top-1 of ``run_dir/linear.json`` when it measured the run's final weights: the
     checkpoint it names is ``checkpoints/last.ckpt`` and it is newer than that file (a probe of
-    ``epoch000.ckpt``, or one made before a ``resume`` trained further, is not this row's);
-    else None, with a :class:`~solo_mixmask.errors.ConfigWarning` (a ``warning:`` line)."""
+    ``epoch000.ckpt``, or one made before a ``resume`` trained further, is not this row's), and
+    not another run's that still exists (a ``linear.json`` written with ``--out`` into this
+    folder, or copied with it); else None, with a
+    :class:`~solo_mixmask.errors.ConfigWarning` (a ``warning:`` line)."""
     linear_file = run_dir / "linear.json"
     if not linear_file.is_file():
         return None
     linear = json.loads(linear_file.read_text())
     probed = Path(str(linear.get("checkpoint", "")))
+    # absolute path of what was probed (results before 2026-12-07: the path, if typed whole)
+    where = Path(str(linear.get("checkpoint_resolved") or probed))
     last = run_dir / CHECKPOINTS / LAST
     # the path as typed: relative to where the probe ran (bare "last.ckpt" in checkpoints/)
     if probed.name != LAST or probed.parent.name not in (CHECKPOINTS, ""):
         why = f"it probed {probed}, not the run's final {CHECKPOINTS}/{LAST}"
+    elif where.is_absolute() and where.exists() and not _same_file(where, last):
+        # a moved run's old path no longer exists: then the name is all there is to go by
+        why = f"it probed {where}, another run's {CHECKPOINTS}/{LAST}"
     elif last.exists() and linear_file.stat().st_mtime < last.stat().st_mtime:
         why = f"{last} was written after it (the run trained on)"
     else:
@@ -135,6 +142,13 @@ def offline_linear_acc1(run_dir: Path, summary: dict[str, Any]) -> float | None:
         stacklevel=2,
     )
     return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # b is missing
+        return False
 
 
 def load_run(run_dir: str | Path) -> RunRecord:

@@ -204,10 +204,12 @@ def write_result(
     path: Path, checkpoint: str | Path, lb: LoadedBackbone, spec: EvalSpec, fields: dict[str, Any]
 ) -> dict[str, Any]:
     """Write an evaluation result as JSON to ``path`` (its folder made when missing): the
-    header every command's result starts with (``checkpoint``, ``source``, ``arch``,
-    ``dataset``), then ``fields``. Returns what was written plus ``json``: the file's path."""
+    header every command's result starts with (``checkpoint`` as given, ``checkpoint_resolved``:
+    its absolute path, ``source``, ``arch``, ``dataset``), then ``fields``. Returns what was
+    written plus ``json``: the file's path."""
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
+        "checkpoint_resolved": str(Path(checkpoint).resolve()),
         "source": lb.source,
         "arch": lb.arch,
         "dataset": spec.data.dataset,

@@ -36,6 +36,9 @@ def test_options_and_overrides_in_any_order():
     )
     args = parser.parse_args(["knn", "C", "x=1", "--k", "10", "20", "y=2"])
     assert (args.k, args.overrides, args.k_overrides) == ([10, 20], ["x=1"], ["y=2"])
+    # a second --k replaces the ks; the overrides caught after the first are kept
+    args = parser.parse_args(["knn", "C", "--k", "5", "y=2", "--k", "10", "z=3"])
+    assert (args.k, args.k_overrides) == ([10], ["y=2", "z=3"])
     args = parser.parse_args(["linear", "--no-cached-features", "C"])
     assert args.cached_features is False
 

@@ -78,6 +78,36 @@ def test_offline_linear_of_other_weights_is_not_shown(tiny_runs, tmp_path):
         linear.unlink(missing_ok=True)
 
 
+def test_offline_linear_of_another_run_is_not_shown(tiny_runs, tmp_path, monkeypatch):
+    """A linear.json that probed another run's last.ckpt (``linear B/checkpoints/last.ckpt
+    --out A/linear.json``, or copied along with a run folder) is not A's row: '-' and a warning
+    naming the other checkpoint; the real CLI's result is checked, path typed relative."""
+    from solo_mixmask.errors import ConfigWarning
+
+    moco, mix = tiny_runs["mocov2plus"], tiny_runs["mixmask"]
+    linear = mix / "linear.json"
+    monkeypatch.chdir(moco.parent)
+    typed = f"{moco.name}/checkpoints/last.ckpt"  # passes the name check alone
+    overrides = ["linear.epochs=1", "linear.train_subset=32", "linear.val_subset=16"]
+    try:
+        assert main(["linear", typed, "--out", str(linear), *overrides]) == 0
+        result = json.loads(linear.read_text())
+        assert result["checkpoint"] == typed
+        assert result["checkpoint_resolved"] == str((moco / "checkpoints" / "last.ckpt").resolve())
+        with pytest.warns(ConfigWarning, match="another run's checkpoints/last.ckpt"):
+            assert load_run(mix).offline_linear_acc1 is None
+        # the run's own, named by its absolute path: shown
+        own = mix / "checkpoints" / "last.ckpt"
+        linear.write_text(json.dumps({**result, "checkpoint_resolved": str(own.resolve())}))
+        assert load_run(mix).offline_linear_acc1 == result["acc1"]
+        # the probed path no longer exists (the run was moved since): the name check decides
+        gone = tmp_path / "moved" / "checkpoints" / "last.ckpt"
+        linear.write_text(json.dumps({**result, "checkpoint_resolved": str(gone)}))
+        assert load_run(mix).offline_linear_acc1 == result["acc1"]
+    finally:
+        linear.unlink(missing_ok=True)
+
+
 def test_runs_of_one_name_in_two_folders_are_told_apart(tiny_runs, tmp_path):
     # the README's per-seed folders: runs_a/mixmask-s1 and runs_b/mixmask-s1 were two rows
     # (and two legends) both named mixmask-s1
