@@ -30,12 +30,13 @@ from solo_mixmask.config.data_specs import DataSpec, data_spec, image_count
 from solo_mixmask.config.dataset_facts import eval_crop_of
 from solo_mixmask.config.schema import (
     BASE_DEFAULTS,
+    KNN_DTYPES,
     check_booleans,
     check_known_keys,
     check_number,
     read_bool,
 )
-from solo_mixmask.errors import ConfigError
+from solo_mixmask.errors import ConfigError, check_choice_value
 
 # --- the evaluation config ---------------------------------------------------------------------
 
@@ -171,10 +172,13 @@ class FinetuneSettings(TrainSettings):
 
 @dataclass(frozen=True)
 class KnnSettings:
-    """``knn_eval``: neighbours ``k`` (>= 1) and the vote temperature (> 0)."""
+    """``knn_eval``: neighbours ``k`` (>= 1) and the vote temperature (> 0); ``matmul_dtype``:
+    ``performance.knn_dtype``, the online monitor's similarity dtype (float32, bfloat16, or auto:
+    bfloat16 on CUDA)."""
 
     k: int
     temperature: float
+    matmul_dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -267,10 +271,15 @@ def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
 
 
 def knn_settings(cfg: DictConfig) -> KnnSettings:
-    """``knn_eval.k`` and ``knn_eval.T`` (an evaluation config holds them: BASE_DEFAULTS)."""
+    """``knn_eval.k``, ``knn_eval.T`` (an evaluation config holds them: BASE_DEFAULTS) and
+    ``performance.knn_dtype`` (its default when absent)."""
+    key = "performance.knn_dtype"
+    dtype = OmegaConf.select(cfg, key, default=BASE_DEFAULTS["performance"]["knn_dtype"])
+    check_choice_value(key, dtype, KNN_DTYPES)
     return KnnSettings(
         k=_integer(cfg, "knn_eval.k", low=1),
         temperature=_number(cfg, "knn_eval.T", low=0, low_open=True),
+        matmul_dtype=str(dtype),
     )
 
 

@@ -18,7 +18,12 @@ from typing import Any
 
 from solo_mixmask.config.data_specs import DataSpec
 from solo_mixmask.config.schema import warn_one_class
-from solo_mixmask.core.knn import knn_k_used, topk_accuracy, weighted_knn_scores
+from solo_mixmask.core.knn import (
+    knn_k_used,
+    knn_matmul_dtype,
+    topk_accuracy,
+    weighted_knn_scores,
+)
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.features import (
     checkpoint_spec,
@@ -87,9 +92,20 @@ def not_like_online(
     offline: dict[str, Any], online: dict[str, Any], ks: Sequence[int]
 ) -> list[str]:
     """Why an offline k-NN with settings ``offline`` cannot be compared with the online one
-    measured with ``online`` (both ``{"k", "temperature", "images": monitor_images(...)}``),
-    one phrase per difference; empty when they are measured alike."""
+    measured with ``online`` (both ``{"k", "temperature", "matmul_dtype", "images":
+    monitor_images(...)}``; ``matmul_dtype``: offline the similarity dtype it used, online
+    ``performance.knn_dtype`` as the run set it), one phrase per difference; empty when they are
+    measured alike. Neighbours picked from bfloat16 similarities can differ from float32's at
+    near-ties; ``auto`` (bfloat16 on CUDA) does not say which the run used."""
     reasons = []
+    used, setting = offline["matmul_dtype"], online["matmul_dtype"]
+    if setting == "auto":
+        reasons.append(
+            f"similarities in {used} offline, performance.knn_dtype=auto online (bfloat16 if "
+            "the run trained on CUDA, else float32)"
+        )
+    elif used != setting:
+        reasons.append(f"similarities in {used} offline, {setting} online")
     if offline["temperature"] != online["temperature"]:
         reasons.append(
             f"temperature {offline['temperature']} offline, {online['temperature']} online"
@@ -140,7 +156,12 @@ def run_knn(
     val_f, val_y = extract_features(model, val_loader, dev, spec.channels_last)
     classes = num_classes(spec.data)
     warn_one_class(classes, spec.data.no_labels)
-    scores = weighted_knn_scores(train_f, train_y, val_f, classes, ks, temperature)
+    # performance.knn_dtype as the online monitor reads it (the run's, unless overridden)
+    dtype = knn_matmul_dtype(spec.knn.matmul_dtype, train_f.device)
+    scores = weighted_knn_scores(
+        train_f, train_y, val_f, classes, ks, temperature, matmul_dtype=dtype
+    )
+    similarities = str(dtype).removeprefix("torch.")
     per_k = {}
     for k in ks:
         # core's top-k, not torchmetrics': the online monitor's, so offline_minus_online
@@ -153,6 +174,7 @@ def run_knn(
         }
     fields: dict[str, Any] = {
         "temperature": temperature,
+        "matmul_dtype": similarities,  # of the similarity product that picks the neighbours
         "train_images": int(train_f.shape[0]),
         "val_images": int(val_f.shape[0]),
         "features_dim": int(train_f.shape[1]),
@@ -164,8 +186,17 @@ def run_knn(
         fields["online"] = {"k": online_k, "temperature": online_t, **online}
         reasons = [other_weights] if other_weights else []
         reasons += not_like_online(
-            {"temperature": temperature, "images": monitor_images(spec.data)},
-            {"k": online_k, "temperature": online_t, "images": monitor_images(run_spec.data)},
+            {
+                "temperature": temperature,
+                "matmul_dtype": similarities,
+                "images": monitor_images(spec.data),
+            },
+            {
+                "k": online_k,
+                "temperature": online_t,
+                "matmul_dtype": run_spec.knn.matmul_dtype,  # the setting: auto is not resolved
+                "images": monitor_images(run_spec.data),
+            },
             ks,
         )
         if reasons:

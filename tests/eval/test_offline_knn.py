@@ -40,6 +40,8 @@ def test_bad_k_and_temperature(tiny_runs):
         (["data.val_subset=16"], "data.val_subset 16 offline, 32 online"),
         # the in-memory path resizes the eval views with torch, the PIL path with PIL
         (["data.format=memory"], "data.format 'memory' offline, 'image_folder' online"),
+        # the offline k-NN scores with performance.knn_dtype, as the monitor does
+        (["performance.knn_dtype=bfloat16"], "similarities in bfloat16 offline, float32 online"),
     ],
 )
 def test_online_figure_keeps_its_own_settings_and_is_compared_only_alike(
@@ -80,3 +82,31 @@ def test_online_figure_is_compared_only_on_the_weights_it_measured(tiny_runs, tm
     online = run_knn(last, ks=[5], device="cpu")["online"]
     assert "offline_minus_online_acc1" not in online
     assert online["not_compared"] == "last.ckpt was written after summary.json (the run trained on)"
+
+
+def test_online_figure_of_bf16_or_auto_similarities(tiny_runs, tmp_path):
+    """A run whose monitor scored in bfloat16 (performance.knn_dtype=bfloat16, or auto on
+    CUDA) is compared only with an offline k-NN that scored alike; auto does not say which the
+    run used, so it is never compared."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["mixmask"], run)  # copy2: the files keep their times
+    last = run / "checkpoints" / "last.ckpt"
+    for setting, offline, reason in [
+        ("bfloat16", [], None),  # the run's own setting, offline too
+        ("bfloat16", ["performance.knn_dtype=float32"], "float32 offline, bfloat16 online"),
+        ("auto", [], "float32 offline, performance.knn_dtype=auto online"),
+    ]:
+        cfg = OmegaConf.load(run / "config.yaml")
+        OmegaConf.update(cfg, "performance.knn_dtype", setting)
+        OmegaConf.save(cfg, run / "config.yaml")
+        result = run_knn(last, ks=[5], overrides=offline, device="cpu")
+        online = result["online"]
+        if reason is None:
+            assert result["matmul_dtype"] == "bfloat16" and "offline_minus_online_acc1" in online
+        else:
+            assert "offline_minus_online_acc1" not in online
+            assert reason in online["not_compared"], online["not_compared"]
