@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from solo_mixmask.checkpoints.io import safe_load
-from solo_mixmask.errors import CheckpointError, first_lines, short_list
+from solo_mixmask.config.engine_specs import backbone_spec
+from solo_mixmask.errors import CheckpointError, ConfigError, first_lines, short_list
 
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
@@ -164,10 +166,18 @@ def _is_cifar_stem(sd: StateDict) -> bool:
 
 
 def _cfg_backbone(recorded: dict[str, Any], sd: StateDict) -> tuple[str, dict[str, Any], bool]:
-    """(arch, kwargs, cifar_stem) from a run config that names ``backbone.name``, the stem
-    checked against the weights."""
+    """(arch, kwargs, cifar_stem) from a run config that names ``backbone.name``. The stem is
+    the one the run built when its config records ``backbone.cifar_stem`` (null: decided from
+    the crop size, as the engine does), else read off the weights (a 3x3 ``conv1``): some timm
+    models (HRNet, ...) have a native 3x3 ``conv1`` that is not the CIFAR stem."""
     backbone = recorded["backbone"]
-    return str(backbone["name"]), dict(backbone.get("kwargs") or {}), _is_cifar_stem(sd)
+    cifar = _is_cifar_stem(sd)
+    if "cifar_stem" in backbone:
+        try:
+            cifar = backbone_spec(OmegaConf.create(recorded)).cifar_stem
+        except (ConfigError, ValueError, TypeError, KeyError, IndexError):
+            pass  # a config too partial to decide: the weights say
+    return str(backbone["name"]), dict(backbone.get("kwargs") or {}), cifar
 
 
 # --------------------------------------------------------------------------- formats

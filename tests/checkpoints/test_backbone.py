@@ -72,6 +72,20 @@ def test_our_lightning_checkpoint(tmp_path):
     assert run_dir_of(path) is None  # not inside <run>/checkpoints/
 
 
+def test_native_3x3_conv1_is_not_taken_for_the_cifar_stem(tmp_path):
+    """timm's HRNet has a 3x3 stride-2 conv1 of its own: trained with cifar_stem=false it is
+    rebuilt as trained (once: read off the weights as the CIFAR stem, stride 1, and every
+    evaluation and export ran another network with exit 0)."""
+    path, model = method_checkpoint(tmp_path / "last.ckpt", "hrnet_w18_small", cifar_stem=False)
+    lb = load_backbone(path)
+    assert (lb.arch, lb.cifar_stem) == ("hrnet_w18_small", False)
+    built = lb.build().eval()
+    assert built.conv1.stride == (2, 2)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(built(x), model.backbone.eval()(x), atol=1e-5)
+
+
 def test_authors_release_layout(tmp_path):
     path, backbone = authors_checkpoint(tmp_path / "mixmask_200ep.pth.tar")
     lb = load_backbone(path)
