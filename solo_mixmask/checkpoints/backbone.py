@@ -175,7 +175,7 @@ def _cfg_backbone(recorded: dict[str, Any], sd: StateDict) -> tuple[str, dict[st
     if "cifar_stem" in backbone:
         try:
             cifar = backbone_spec(OmegaConf.create(recorded)).cifar_stem
-        except (ConfigError, ValueError, TypeError, KeyError, IndexError):
+        except (ConfigError, AttributeError, IndexError, KeyError, TypeError, ValueError):
             pass  # a config too partial to decide: the weights say
     return str(backbone["name"]), dict(backbone.get("kwargs") or {}), cifar
 
