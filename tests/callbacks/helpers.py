@@ -33,11 +33,13 @@ def fit_tiny(
     model: L.LightningModule | None = None,
     val_every: int | None = None,
     max_steps: int = -1,
+    max_time: dict[str, int] | None = None,
 ) -> L.Trainer:
     """``epochs`` epochs of ``batches`` batches (2 samples each) with ``callbacks``, resumed
     from ``ckpt_path`` when given; ``model`` (default :class:`TinyModule`) is validated on the
     same batches every ``val_every`` epochs when that is given. ``max_steps`` (optimiser steps,
-    -1: none) ends the fit earlier when reached."""
+    -1: none) and ``max_time`` (Lightning's, e.g. ``{"seconds": 0}``) end the fit earlier when
+    reached."""
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(2 * batches, 4)), batch_size=2)
     trainer = L.Trainer(
@@ -45,6 +47,7 @@ def fit_tiny(
         devices=1,
         max_epochs=epochs,
         max_steps=max_steps,
+        max_time=max_time,
         accumulate_grad_batches=accumulate,
         callbacks=callbacks,
         # no checkpoints/ in the working folder unless a test brings its own checkpointing

@@ -1,8 +1,9 @@
 """ValidateLastEpoch: the run's last step is validated whatever check_val_every_n_epoch says,
-also when max_steps ends the run inside an epoch."""
+also when max_steps or max_time ends the run inside an epoch."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -56,3 +57,28 @@ def test_max_steps_inside_an_epoch_validates_the_last_step(max_steps, every, exp
     alone = [s for s in expected if s % (4 * every) == 0]
     assert _validated_steps(max_steps, every, []) == alone
     assert _validated_steps(max_steps, every, [ValidateLastEpoch()]) == expected
+
+
+class SlowValidated(Validated):
+    """:class:`Validated` whose training steps take at least 0.25 s each."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        time.sleep(0.25)
+        return super().training_step(batch, batch_idx)
+
+
+def test_max_time_inside_an_unvalidated_epoch_validates_the_last_step():
+    # max_time of 1 s stops the run after step 4 at the latest (0.25 s per step), before the
+    # first validation (every 2 epochs of 4 steps). Alone, Lightning stops there without
+    # validating, and summary.json had no k-NN, or, later in a run, that of older weights
+    def fit(callbacks: list[Any]) -> tuple[int, list[int]]:
+        model = SlowValidated()
+        trainer = fit_tiny(
+            callbacks, batches=4, epochs=5, model=model, val_every=2, max_time={"seconds": 1}
+        )
+        return trainer.global_step, model.validated_steps
+
+    steps, validated = fit([])
+    assert 0 < steps < 8 and validated == []
+    steps, validated = fit([ValidateLastEpoch()])
+    assert 0 < steps < 8 and validated == [steps]
