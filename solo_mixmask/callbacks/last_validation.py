@@ -50,7 +50,8 @@ def _time_is_up(trainer: L.Trainer) -> bool:
     after this callback, and it decides on rank 0's clock: so does this, the same way (it asks
     ``time_remaining`` first; the Timer, a moment later, finds it up too), so that every rank
     validates or none does."""
-    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by the connector
+    timer = next((cb for cb in callbacks if isinstance(cb, Timer)), None)
     if timer is None:
         return False
     remaining = timer.time_remaining()
