@@ -707,7 +707,8 @@ def warn_knn_k(cfg: DictConfig) -> None:
 
 
 def warn_warmup(cfg: DictConfig) -> None:
-    """A warm-up longer than training never reaches ``optimizer.lr``."""
+    """A warm-up longer than training never reaches ``optimizer.lr`` (``max_steps``, known in
+    steps only once the data is built, is checked by the method's scheduler)."""
     warmup, epochs = cfg.scheduler.warmup_epochs, cfg.max_epochs
     if cfg.scheduler.name == "warmup_cosine" and warmup > epochs:
         config_warning(
@@ -716,6 +717,33 @@ def warn_warmup(cfg: DictConfig) -> None:
             f"is longer than max_epochs={epochs}: the learning rate is still warming up "
             "(below optimizer.lr) when training ends",
         )
+
+
+#: ``scheduler.*`` settings by the schedules that read them (``scheduler.name``), with the
+#: value that changes nothing (a key at that value, or absent, is never warned about).
+SCHEDULER_SETTINGS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "warmup_epochs": (("warmup_cosine",), 0),
+    "warmup_start_lr": (("warmup_cosine",), 0),
+    "min_lr": (("warmup_cosine", "cosine"), 0),
+    "lr_decay_steps": (("step",), None),
+    "gamma": (("step",), None),
+}
+
+
+def warn_unused_scheduler_settings(cfg: DictConfig) -> None:
+    """A ``scheduler.*`` setting that ``scheduler.name``'s schedule does not read (a warm-up
+    with ``cosine``: solo-learn's ``cosine`` has none either) runs without it: a warning, never
+    a setting silently dropped."""
+    name = cfg.scheduler.name
+    for key, (readers, inert) in SCHEDULER_SETTINGS.items():
+        value = OmegaConf.select(cfg, f"scheduler.{key}")
+        if name not in readers and value is not None and value != inert:
+            shown = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+            config_warning(
+                f"scheduler.{key}",
+                shown,
+                f"has no effect with scheduler.name={name} (read by {' and '.join(readers)} only)",
+            )
 
 
 #: Keys the engine reads inside a section that have no default in :data:`BASE_DEFAULTS`.
@@ -834,6 +862,7 @@ def validate_base(cfg: DictConfig) -> None:
     parse_augmentations(cfg)  # every pipeline, crop sizes included, before the method's checks
     warn_knn_k(cfg)
     warn_warmup(cfg)
+    warn_unused_scheduler_settings(cfg)
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -34,7 +34,7 @@ from solo_mixmask.config.engine_specs import EngineSpec, PerformanceSpec, Schedu
 from solo_mixmask.config.schema import BASE_DEFAULTS, fill_defaults, to_container, validate_base
 from solo_mixmask.core.batch_norm import UnsplitBatchNormError, interleaved_forward
 from solo_mixmask.core.knn import knn_accuracy, knn_k_used, knn_matmul_dtype
-from solo_mixmask.errors import ConfigError, ConfigWarning
+from solo_mixmask.errors import ConfigError, ConfigWarning, config_warning
 from solo_mixmask.utils.compiling import check_compile_backend
 from solo_mixmask.utils.momentum import cosine_tau, ema_update_pairs
 from solo_mixmask.utils.optim import optimizer_impl_kwargs
@@ -503,7 +503,22 @@ class BaseMethod(L.LightningModule):
             per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
         else:  # a loader without a length
             per_epoch = total // max(int(trainer.max_epochs or 1), 1)
-        return lr_scheduler(optimizer, self.engine.scheduler, total, per_epoch)
+        sch = self.engine.scheduler
+        warmup = int(sch.warmup_epochs * per_epoch)
+        # (longer than max_epochs: warned at start-up already)
+        if (
+            sch.name == "warmup_cosine"
+            and warmup > total
+            and sch.warmup_epochs <= (trainer.max_epochs or 0)
+        ):
+            config_warning(
+                "scheduler.warmup_epochs",
+                sch.warmup_epochs,
+                f"({warmup} steps) is longer than the {total} steps this run trains "
+                f"(max_steps={trainer.max_steps}): the learning rate is still warming up "
+                "(below optimizer.lr) when training ends",
+            )
+        return lr_scheduler(optimizer, sch, total, per_epoch)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
         scheduler.step_update(num_updates=self.global_step)

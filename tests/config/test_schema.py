@@ -619,6 +619,36 @@ def test_warmup_longer_than_training_warns():
         validate_base(_base(scheduler__warmup_epochs=3))
 
 
+@pytest.mark.parametrize(
+    ("name", "settings", "expected"),
+    [
+        # a warm-up with cosine ran from the full rate at step 0, with no word
+        (
+            "cosine",
+            {"warmup_epochs": 2},
+            "scheduler.warmup_epochs=2 has no effect with "
+            "scheduler.name=cosine (read by warmup_cosine only)",
+        ),
+        ("step", {"lr_decay_steps": [2], "warmup_start_lr": 0.001}, "scheduler.warmup_start_lr"),
+        ("step", {"lr_decay_steps": [2], "min_lr": 0.001}, "scheduler.min_lr=0.001"),
+        ("warmup_cosine", {"lr_decay_steps": [2], "gamma": 0.5}, "scheduler.lr_decay_steps=[2]"),
+        ("warmup_cosine", {"gamma": 0.5}, "scheduler.gamma=0.5 has no effect"),
+        ("none", {"min_lr": 0.001}, "read by warmup_cosine and cosine only"),
+    ],
+)
+def test_scheduler_settings_the_schedule_does_not_read_warn(name, settings, expected):
+    overrides = {f"scheduler__{key}": value for key, value in settings.items()}
+    with pytest.warns(UserWarning, match=re.escape(expected)):
+        validate_base(_base(scheduler__name=name, **overrides))
+
+
+def test_scheduler_settings_at_their_inert_values_do_not_warn(recwarn):
+    for name in ("warmup_cosine", "cosine", "step", "none"):
+        extra = {"scheduler__lr_decay_steps": [2]} if name == "step" else {}
+        validate_base(_base(scheduler__name=name, **extra))
+    assert not [m for m in _config_warnings(recwarn) if "scheduler." in m]
+
+
 def test_knn_k_above_the_memory_warns():
     with pytest.warns(UserWarning, match=r"knn_eval\.k=100 .*data\.knn_train_subset=64"):
         validate_base(_base(knn_eval__k=100, data__knn_train_subset=64))

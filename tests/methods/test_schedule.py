@@ -81,6 +81,16 @@ def test_warm_up_epochs_count_whole_epochs_when_max_steps_ends_the_run_early():
     assert backbone[8] > backbone[9] > backbone[11] > 0
 
 
+def test_warm_up_longer_than_max_steps_warns():
+    """max_steps=5 inside a warm-up of 8 steps: the run never reaches optimizer.lr (once with
+    no warning; the start-up check only compares warmup_epochs with max_epochs)."""
+    from solo_mixmask.errors import ConfigWarning
+
+    with pytest.warns(ConfigWarning, match=r"warmup_epochs=1 \(8 steps\) .* 5 steps .*max_steps=5"):
+        lr = rates(max_steps=5, scheduler__name="warmup_cosine", scheduler__warmup_epochs=1)
+    assert max(lr[step]["backbone"] for step in range(5)) < LR * SCALE
+
+
 def test_classifier_keeps_its_own_rate_in_step_0_of_a_warm_up():
     lr = rates(
         scheduler__name="warmup_cosine",
