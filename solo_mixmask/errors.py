@@ -113,17 +113,24 @@ class CollapseWarning(ConfigWarning):
 class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss (or a weight about to be saved) became NaN or inf."""
 
-    def __init__(self, what: str, step: int, epoch: int, checkpoint: str | None):
+    def __init__(
+        self, what: str, step: int, epoch: int, checkpoint: str | None, precision: str | None = None
+    ):
+        """``precision``: the run's (Lightning's name); full precision is not advised to a run
+        that has it."""
         self.what, self.step, self.epoch, self.checkpoint = what, step, epoch, checkpoint
         kept = (
             f"the last checkpoint, {checkpoint}, written before this happened, is kept"
             if checkpoint
             else "no checkpoint had been written yet"
         )
+        advice = ["lower optimizer.lr", "add warm-up (scheduler.warmup_epochs)"]
+        if precision not in ("32-true", "64-true", "32", "64"):
+            advice.append("use precision=32-true")
         super().__init__(
             f"{what} at step {step} (epoch {epoch}); training stopped and nothing non-finite "
-            f"was saved; {kept}; lower optimizer.lr, add warm-up (scheduler.warmup_epochs) or "
-            "use precision=32-true, then start again or resume"
+            f"was saved; {kept}; {', '.join(advice[:-1])} or {advice[-1]}, then start again "
+            "or resume"
         )
 
 

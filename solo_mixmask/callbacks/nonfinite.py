@@ -134,34 +134,34 @@ class NonFiniteLossGuard(Callback):
         last = self.checkpoint_dir / LAST if self.checkpoint_dir else None
         return str(last) if last is not None and last.exists() else None
 
-    def _stop(self, bad: BadLoss | None) -> None:
+    def _stop(self, bad: BadLoss | None, trainer: L.Trainer) -> None:
         if bad is None:
             return
         if not math.isfinite(bad.local):
             what = f"the training loss is {bad.local}"
         else:
             what = "the training loss is not finite on another rank"
-        raise NonFiniteLossError(what, bad.step, bad.epoch, self._last())
+        raise NonFiniteLossError(what, bad.step, bad.epoch, self._last(), _precision(trainer))
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: Any, loss: torch.Tensor) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
-        self._stop(self.check.push(loss, step, epoch, _sum_over_processes(trainer)))
+        self._stop(self.check.push(loss, step, epoch, _sum_over_processes(trainer)), trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        self._stop(self.check.drain())  # no k-NN of weights a bad loss has reached
+        self._stop(self.check.drain(), trainer)  # no k-NN of weights a bad loss has reached
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        self._stop(self.check.drain())
+        self._stop(self.check.drain(), trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        self._stop(self.check.drain())
+        self._stop(self.check.drain(), trainer)
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]
     ) -> None:
         """Refuse to write a checkpoint after a non-finite loss or whose weights hold NaN/inf
         (the old file stays)."""
-        self._stop(self.check.drain())
+        self._stop(self.check.drain(), trainer)
         bad = first_non_finite(checkpoint.get("state_dict", {}))
         if bad is not None:
             raise NonFiniteLossError(
@@ -169,7 +169,14 @@ class NonFiniteLossGuard(Callback):
                 trainer.global_step,
                 trainer.current_epoch,
                 self._last(),
+                _precision(trainer),
             )
+
+
+def _precision(trainer: L.Trainer) -> str | None:
+    """The run's precision as Lightning names it (``32-true``, ``bf16-mixed``), if known."""
+    precision = getattr(trainer, "precision", None)
+    return None if precision is None else str(precision)
 
 
 def first_non_finite(tensors: dict[str, Any]) -> str | None:

@@ -158,6 +158,18 @@ def test_a_checkpoint_after_a_pending_bad_loss_names_the_loss_not_a_weight():
         NonFiniteLossGuard(None).on_save_checkpoint(_trainer(6), None, state)
 
 
+@pytest.mark.parametrize(
+    ("precision", "advised"), [("bf16-mixed", True), ("16-mixed", True), ("32-true", False)]
+)
+def test_full_precision_is_advised_only_to_a_run_without_it(precision, advised):
+    trainer = SimpleNamespace(global_step=3, current_epoch=0, world_size=1, precision=precision)
+    with pytest.raises(NonFiniteLossError) as caught:
+        NonFiniteLossGuard(None).on_before_backward(trainer, None, torch.tensor(math.nan))
+    message = str(caught.value)
+    assert "lower optimizer.lr" in message and "scheduler.warmup_epochs" in message
+    assert ("precision=32-true" in message) is advised
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_a_lagged_check_reads_pinned_copies_without_a_sync():
     from common import count_host_syncs
