@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from solo_mixmask.config.schema import suggest
+from solo_mixmask.config.schema import config_warning, suggest
 from solo_mixmask.errors import ConfigError
 
 #: Stages of timm's ResNet family (resnet*, resnext*, wide_resnet*, seresnet* ...): one width
@@ -22,6 +22,43 @@ def is_timm_resnet(name: str) -> bool:
     from timm.models import model_entrypoint
 
     return model_entrypoint(name).__module__ == "timm.models.resnet"
+
+
+#: timm's name, and torchvision's, for "each residual block's last BatchNorm starts at weight 0"
+#: (the block starts as its shortcut). timm's ResNets default to true, torchvision's to false.
+ZERO_INIT_KEYS = ("zero_init_last", "zero_init_residual")
+
+
+def residual_init_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for timm's ``name`` with the residual blocks initialised as torchvision does.
+
+    solo-learn trains torchvision's ResNets, whose last BatchNorm of each block starts at weight
+    1 (``zero_init_residual=False``); timm's start at 0 (``zero_init_last=True``). A timm ResNet
+    is built here with ``zero_init_last=False`` unless ``kwargs`` sets it, under timm's name or
+    under torchvision's ``zero_init_residual`` (the key a solo-learn config passes), so a config
+    trains the same network here and inside solo-learn. Another model is built as timm builds
+    it, without torchvision's ResNet key (which :func:`build_backbone` warns about).
+
+    Raises:
+        ConfigError: a value that is not a boolean, or the two names set to different values.
+    """
+    timm_key, tv_key = ZERO_INIT_KEYS
+    if not is_timm_resnet(name):
+        return {k: v for k, v in kwargs.items() if k != tv_key}
+    kwargs = dict(kwargs)
+    given = {k: kwargs.pop(k) for k in ZERO_INIT_KEYS if kwargs.get(k) is not None}
+    for key, value in given.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"backbone.kwargs.{key}", value, "true or false")
+    if len(set(given.values())) > 1:
+        raise ConfigError(
+            f"backbone.kwargs.{tv_key}",
+            given[tv_key],
+            f"{str(given[timm_key]).lower()} (the value of backbone.kwargs.{timm_key}: the two "
+            "keys name one setting), or one of the two keys only",
+        )
+    kwargs[timm_key] = next(iter(given.values()), False)
+    return kwargs
 
 
 #: Padding (pixels) of the 3x3 CIFAR-stem conv in this package's backbones.
@@ -40,6 +77,8 @@ def build_backbone(
         name: a timm model name (``resnet18``, ``resnet50``, ``resnet18d`` ...).
         kwargs: extra constructor arguments, e.g. ``{"channels": [32, 64, 128, 256]}`` for a
             half-width ResNet-18 (timm's ResNet takes ``channels``; its plain 7x7 stem stays 64 wide).
+            A ResNet's blocks start as torchvision's unless ``zero_init_last`` (or torchvision's
+            ``zero_init_residual``) is true: :func:`residual_init_kwargs`.
         cifar_stem: replace the 7x7 stride-2 conv + max-pool stem by a 3x3 stride-1 conv and no
             pool, for 32-pixel images.
         stem_padding: zero padding of that 3x3 conv in pixels: 1 (this package's runs, the
@@ -71,6 +110,14 @@ def build_backbone(
                     f"backbone.kwargs.{key}", list(value) if listed else value, allowed
                 )
             kwargs[key] = tuple(value)
+    tv_key = ZERO_INIT_KEYS[1]
+    if kwargs.get(tv_key) is not None and not is_timm_resnet(name):  # e.g. a CIFAR config's
+        config_warning(
+            f"backbone.kwargs.{tv_key}",
+            kwargs[tv_key],
+            f"is a ResNet setting: {name} is built without it",
+        )
+    kwargs = residual_init_kwargs(name, kwargs)
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     except TypeError as err:

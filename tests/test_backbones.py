@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from solo_mixmask.backbones import build_backbone, cpu_channels_last_hazard
+from solo_mixmask.errors import ConfigError, ConfigWarning
 from tests.cli_helpers import TINY, run_many
 
 NARROW = {"channels": [4, 4, 4, 4], "stem_width": 4}
@@ -66,3 +67,93 @@ def test_a_narrow_backbone_trains_in_nchw_with_the_results_of_channels_last_fals
     ]
     for key, value in weights[0].items():
         assert torch.allclose(value.float(), weights[1][key].float(), atol=1e-6), key
+
+
+def _last_bn_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weight of each residual block's last BatchNorm (bn2 of a basic block, bn3 of a
+    bottleneck), in block order."""
+    blocks = [
+        b for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for b in stage
+    ]
+    return [getattr(b, "bn3", b.bn2).weight for b in blocks]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_blocks_start_as_torchvisions_which_solo_learn_trains(name):
+    """solo-learn builds torchvision's ResNets (zero_init_residual=False: every BatchNorm weight
+    starts at 1); timm's own default zeroes each block's last one. Ours start as torchvision's."""
+    import torchvision
+
+    ours, _ = build_backbone(name)
+    theirs = getattr(torchvision.models, name)()
+    ours_bn = {k: v for k, v in ours.state_dict().items() if ".bn" in k or "downsample.1" in k}
+    theirs_bn = {k: v for k, v in theirs.state_dict().items() if k in ours_bn}
+    assert ours_bn.keys() == theirs_bn.keys() and len(ours_bn) > 0
+    for key, value in ours_bn.items():
+        assert torch.equal(value, theirs_bn[key]), key
+    assert all(bool((w == 1).all()) for w in _last_bn_weights(ours))
+
+
+@pytest.mark.parametrize("key", ["zero_init_last", "zero_init_residual"])
+def test_zero_init_is_asked_for_under_timms_or_torchvisions_name(key):
+    """timm's key and torchvision's (what a solo-learn config passes) both zero the last
+    BatchNorm of every block; false under either name keeps torchvision's start."""
+    zeroed, _ = build_backbone("resnet18", {key: True}, cifar_stem=True)
+    assert all(bool((w == 0).all()) for w in _last_bn_weights(zeroed))
+    kept, _ = build_backbone("resnet18", {key: False})
+    assert all(bool((w == 1).all()) for w in _last_bn_weights(kept))
+    both, _ = build_backbone("resnet18", {"zero_init_last": True, "zero_init_residual": True})
+    assert all(bool((w == 0).all()) for w in _last_bn_weights(both))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"zero_init_last": "false"}, "backbone.kwargs.zero_init_last='false' .* true or false"),
+        ({"zero_init_residual": 1}, "backbone.kwargs.zero_init_residual=1 .* true or false"),
+        (
+            {"zero_init_last": True, "zero_init_residual": False},
+            r"backbone.kwargs.zero_init_residual=False .* true \(the value of "
+            "backbone.kwargs.zero_init_last",
+        ),
+    ],
+)
+def test_residual_init_errors_name_the_key_and_value(kwargs, message):
+    """A string "false" would be truthy inside timm (zero init after all): refused, as is a
+    disagreement between the two names."""
+    with pytest.raises(ConfigError, match=message):
+        build_backbone("resnet18", kwargs)
+
+
+def test_other_backbones_are_left_as_timm_builds_them():
+    """The residual init is a ResNet setting: another model is given no key it does not take.
+    torchvision's key (which the shipped ResNet configs set) is left out with a warning, so a
+    config's backbone can be swapped; timm's key goes to timm, which refuses it or not."""
+    model, width = build_backbone("mobilenetv3_small_050")
+    assert width == model.num_features
+    with pytest.warns(ConfigWarning, match="zero_init_residual=True is a ResNet setting"):
+        build_backbone("mobilenetv3_small_050", {"zero_init_residual": True})
+    with pytest.raises(ConfigError, match="backbone.kwargs"):
+        build_backbone("mobilenetv3_small_050", {"zero_init_last": True})
+    regnet, _ = build_backbone("regnetx_002", {"zero_init_last": True})  # timm takes it here
+    assert bool((regnet.s1.b1.conv3.bn.weight == 0).all())
+
+
+def test_shipped_configs_build_the_residual_init_their_results_were_measured_with():
+    """The CIFAR-10 and Fashion-MNIST recipes were measured from timm's zero init (the engine's
+    silent default before 2026-12-07) and keep it, under the key solo-learn passes to
+    torchvision; the ImageNet configs start as the seed's torchvision ResNet-50."""
+    from omegaconf import OmegaConf
+
+    from solo_mixmask.backbones import residual_init_kwargs
+    from solo_mixmask.config.compose import compose_config, configs_root
+
+    root = configs_root() / "pretrain"
+    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml"))
+    assert len(names) >= 17
+    for name in names:
+        cfg = compose_config(None, name, [])
+        kwargs = OmegaConf.select(cfg, "backbone.kwargs")  # absent: none
+        kwargs = OmegaConf.to_container(kwargs) if kwargs is not None else {}
+        built = residual_init_kwargs(cfg.backbone.name, kwargs)
+        assert built["zero_init_last"] is (not name.startswith("imagenet/")), name

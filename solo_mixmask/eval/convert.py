@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from solo_mixmask.backbones import CIFAR_STEM_PADDING
+from solo_mixmask.backbones import CIFAR_STEM_PADDING, ZERO_INIT_KEYS
 from solo_mixmask.checkpoints.backbone import (
     DEFAULT_RESNET_CHANNELS,
     RESNET_DEPTHS,
@@ -91,7 +91,8 @@ def _require_resnet(lb: LoadedBackbone, fmt: str) -> None:
             f"torchvision ResNet but whose layers compute differently; --format {fmt} takes "
             f"{', '.join(sorted(plain))}. Use --format timm"
         )
-    other = sorted(k for k in lb.kwargs if k != "channels")
+    # the widths are checked from the tensors; the residual init sets starting values only
+    other = sorted(k for k in lb.kwargs if k not in ("channels", *ZERO_INIT_KEYS))
     if other:
         raise CheckpointError(
             f"{lb.path}: the {lb.arch} was built with backbone.kwargs {other} "
@@ -218,7 +219,9 @@ def convert_checkpoint(
         "source": lb.source,
         "format": fmt,
         "arch": lb.arch,
-        "kwargs": lb.kwargs,
+        # what timm.create_model needs to take the weights: the residual init only sets
+        # starting values, and torchvision's name for it is not an argument of timm's
+        "kwargs": {k: v for k, v in lb.kwargs.items() if k not in ZERO_INIT_KEYS},
         "cifar_stem": lb.cifar_stem,
         "stem_conv1": _stem_recipe(lb) if lb.cifar_stem else None,
         "blocks_per_stage": list(layout[1]) if (layout := resnet_layout(lb.state_dict)) else None,

@@ -41,6 +41,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from solo_mixmask.backbones import residual_init_kwargs
 from solo_mixmask.callbacks import (
     DataOnDevice,
     GracefulStop,
@@ -365,6 +366,8 @@ def _train_in(
     summary = {
         "method": run.method,
         "backbone": run.backbone,
+        # the constructor arguments as built, defaults included (a ResNet's residual init)
+        "backbone_kwargs": residual_init_kwargs(run.backbone, model.engine.backbone.kwargs),
         "dataset": data.dataset,
         "epochs": finished["epochs"] if finished else _epochs_fit(trainer),
         "steps": int(finished["steps"] if finished else trainer.global_step),

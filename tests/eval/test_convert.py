@@ -218,6 +218,25 @@ def test_torchvision_layout_but_other_layers_is_refused(tmp_path, backbone, kwar
         assert torch.allclose(model.eval()(x), method.backbone.eval()(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("key", ["zero_init_last", "zero_init_residual"])
+def test_a_resnet_trained_from_zero_init_exports_to_torchvision(tmp_path, key):
+    """The residual init sets starting values only: a ResNet-18 trained with it is torchvision's
+    resnet18, and the export is not refused for the key; the timm export's kwargs (for
+    timm.create_model) leave it out, torchvision's name being no argument of timm's."""
+    path, method = method_checkpoint(tmp_path / "last.ckpt", "resnet18", {key: True})
+    convert_checkpoint(path, tmp_path / "r18.pth", "torchvision")
+    model = _torchvision_model("resnet18")
+    model.load_state_dict(torch.load(tmp_path / "r18.pth", weights_only=True), strict=True)
+    info = convert_checkpoint(path, tmp_path / "t.pth", "timm")
+    assert info["kwargs"] == {}
+    again = timm.create_model("resnet18", num_classes=0, **info["kwargs"])
+    again.load_state_dict(torch.load(tmp_path / "t.pth", weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), method.backbone.eval()(x), atol=1e-5)
+        assert torch.allclose(again.eval()(x), method.backbone.eval()(x), atol=1e-5)
+
+
 def test_checkpoint_without_query_backbone_writes_nothing(tmp_path):
     torch.save(
         {"state_dict": {"momentum_backbone.conv1.weight": torch.zeros(8, 3, 7, 7)}},
