@@ -71,7 +71,13 @@ from common import (  # noqa: E402
     write_results,
 )
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from same_seed import clock_of, compare, epoch_metrics, load_result  # noqa: E402
+from same_seed import (  # noqa: E402
+    clock_of,
+    compare,
+    epoch_metrics,
+    load_result,
+    zero_init_of,
+)
 from same_seed import markdown as same_seed_markdown  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
@@ -602,6 +608,19 @@ def config_differences(cfg: DictConfig, saved: Path) -> list[str]:
     ]
 
 
+def built_differences(cfg: DictConfig, summary: dict[str, Any]) -> list[str]:
+    """Where the run's summary says its backbone was built otherwise than this code builds it
+    from ``cfg``: a ResNet's residual init, a code default that no config held before
+    2026-12-07 (:func:`same_seed.zero_init_of`)."""
+    from solo_mixmask.backbones import residual_init_kwargs
+
+    kwargs = OmegaConf.to_container(cfg.backbone.kwargs, resolve=True)
+    assert isinstance(kwargs, dict)
+    want = zero_init_of({"backbone_kwargs": residual_init_kwargs(str(cfg.backbone.name), kwargs)})
+    have = zero_init_of(summary)
+    return [] if have == want else [f"zero_init_last: {have} != {want} (backbone_kwargs)"]
+
+
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         return {
@@ -620,6 +639,8 @@ def one_run(
     differs = config_differences(cfg, run_dir / "config.yaml") if reuse else []
     if reuse and summary_file.exists() and not differs:
         summary = json.loads(summary_file.read_text())
+        differs = built_differences(cfg, summary)
+    if reuse and summary_file.exists() and not differs:
         reused = True
     else:
         if reuse and summary_file.exists():
@@ -634,6 +655,7 @@ def one_run(
             shutil.rmtree(run_dir)
         summary, reused = run_pretrain(cfg), False
     keep = (
+        "backbone_kwargs",
         "knn_acc1",
         "knn_acc5",
         "linear_acc1",

@@ -66,12 +66,13 @@ def compare(res: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     k-NN per epoch of both and their difference (points), each logged curve's last epoch, and
     images/s with their ratio (this / baseline). Unpaired runs are named, not compared."""
     theirs = {(r["method"], r["seed"]): r for r in baseline["runs"]}
-    pairs, unpaired = [], []
+    pairs, unpaired, matched = [], [], []
     for run in res["runs"]:
         old = theirs.get((run["method"], run["seed"]))
         if old is None:
             unpaired.append(f"{run['method']} seed {run['seed']}")
             continue
+        matched.append((old, run))
         now_knn, old_knn = dict(run["curve"]), dict(old["curve"])
         epochs = sorted(set(now_knn) & set(old_knn))
         now_m, old_m = run.get("epoch_metrics") or {}, old.get("epoch_metrics") or {}
@@ -102,12 +103,32 @@ def compare(res: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     trained = [(e, d) for p in pairs for e, _, _, d in p["knn"] if e > 0]
     return {
         "baseline_command": baseline.get("command"),
-        "differences": profile_differences(res["profile"], baseline["profile"]),
+        "differences": profile_differences(res["profile"], baseline["profile"])
+        + init_differences(matched),
         "pairs": pairs,
         "unpaired": unpaired,
         "largest_knn_difference": max((abs(d) for _, d in trained), default=None),
         "baseline_seed_spread": seed_spread(baseline),
     }
+
+
+def zero_init_of(record: dict[str, Any]) -> bool | None:
+    """Whether a ResNet run's blocks started with their last BatchNorm at weight 0, from its
+    ``backbone_kwargs`` (a summary or an accuracy.py run; None for a backbone without the
+    setting). Records from before it was kept (2026-12-07) were all built with timm's default,
+    true. The other constructor arguments come from the config, which the profile holds."""
+    return record.get("backbone_kwargs", {"zero_init_last": True}).get("zero_init_last")
+
+
+def init_differences(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """``"METHOD seed S zero_init_last: baseline -> this"`` for each (baseline, this) run pair
+    whose residual blocks started otherwise (a code default, which no profile shows)."""
+    return [
+        f"{run['method']} seed {run['seed']} zero_init_last: {zero_init_of(old)} -> "
+        f"{zero_init_of(run)}"
+        for old, run in pairs
+        if zero_init_of(old) != zero_init_of(run)
+    ]
 
 
 def clock_of(run: dict[str, Any]) -> str | None:

@@ -26,6 +26,12 @@ def test_smoke_runs_both_methods(result):
         epochs = [e for e, _ in run["curve"]]
         assert epochs == [0, 1]  # k-NN at initialisation, then after the epoch
         assert run["curve"][-1][1] == pytest.approx(run["knn_acc1"], abs=1e-3)
+        # the network as built (summary.json): the config's zero init under timm's name
+        assert run["backbone_kwargs"] == {
+            "channels": [8, 16, 32, 64],
+            "stem_width": 8,
+            "zero_init_last": True,
+        }
     assert 0 < res["raw_pixel_knn"] <= 100
     # the profile records the subset that ran (same_seed.py compares profiles)
     assert res["profile"]["train_subset"] == res["plan"]["train_subset"] == 64
@@ -116,6 +122,28 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
     assert (last_only.checkpoint.frequency, every.checkpoint.frequency) == (3, 1)
     OmegaConf.save(last_only, saved)
     assert accuracy.config_differences(every, saved) == []
+    # a run whose residual blocks started otherwise is rerun, though its config agrees: a
+    # summary without backbone_kwargs is from before 2026-12-07, built with timm's zero init,
+    # which the shipped configs keep (zero_init_residual: true)
+    built = {"channels": [8, 16, 32, 64], "stem_width": 8}
+    assert accuracy.built_differences(cfg, {}) == []
+    assert (
+        accuracy.built_differences(cfg, {"backbone_kwargs": {**built, "zero_init_last": True}})
+        == []
+    )
+    assert accuracy.built_differences(cfg, {"backbone_kwargs": built}) == [
+        "zero_init_last: None != True (backbone_kwargs)"  # another model, without the setting
+    ]
+    torchvision_init = accuracy.run_cfg(
+        accuracy.replace(prof, extra=(*prof.extra, "backbone.kwargs.zero_init_residual=false")),
+        "mixmask",
+        1,
+        64,
+        tmp_path,
+    )
+    assert accuracy.built_differences(torchvision_init, {}) == [
+        "zero_init_last: True != False (backbone_kwargs)"
+    ]
     baseline = accuracy.run_cfg(
         accuracy.replace(
             prof, extra=("method_kwargs.temperature=0.1",), extra_methods=("mixmask",)

@@ -128,3 +128,19 @@ def test_batches_timed_by_different_clocks_are_compared_by_wall_time_only():
         "pairs"
     ]
     assert pair["speed_ratio"] == pytest.approx(1.2) and pair["wall_ratio"] == pytest.approx(1.0)
+
+
+def test_runs_built_with_another_residual_init_are_named_as_a_difference():
+    """A code default (the ResNet's residual init) is in no profile: the runs' recorded
+    backbone_kwargs show it, and a baseline from before they were recorded reads as timm's
+    zero init."""
+    old = _run("mocov2plus", 1, [[0, 30.0], [2, 50.0]], 1000.0, 3.0)
+    kept = {"channels": [16, 32, 64, 128], "zero_init_last": False}
+    now = {**_run("mocov2plus", 1, [[0, 28.0], [2, 52.0]], 1000.0, 2.9), "backbone_kwargs": kept}
+    cmp = same_seed.compare(_result([now]), _result([old]))
+    assert cmp["differences"] == ["mocov2plus seed 1 zero_init_last: True -> False"]
+    assert "mocov2plus seed 1 zero_init_last: True -> False" in same_seed.markdown(cmp, "b.json")
+    zeroed = {**now, "backbone_kwargs": {**kept, "zero_init_last": True}}
+    assert same_seed.compare(_result([zeroed]), _result([old]))["differences"] == []
+    same = same_seed.compare(_result([now]), _result([{**old, "backbone_kwargs": dict(kept)}]))
+    assert same["differences"] == []
