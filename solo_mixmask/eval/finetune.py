@@ -113,8 +113,9 @@ def read_subset(path: str | Path) -> list[tuple[int, int, str]]:
 
 
 def build_model(lb: LoadedBackbone, random_init: bool, seed: int) -> nn.Module:
-    """The checkpoint's backbone, or with ``random_init`` the same architecture (timm's
-    initialisation, seeded by ``seed``); maps (B, 3, H, W) to (B, features_dim)."""
+    """The checkpoint's backbone, or with ``random_init`` the same architecture initialised as
+    its run built it (the recorded ``backbone.kwargs``: a ResNet's residual init included),
+    seeded by ``seed``; maps (B, 3, H, W) to (B, features_dim)."""
     if not random_init:
         return lb.build()
     from solo_mixmask.backbones import build_backbone
