@@ -637,13 +637,14 @@ def one_run(
     summary_file = run_dir / "summary.json"
     cfg = run_cfg(prof, method, seed, train_subset, run_dir)
     differs = config_differences(cfg, run_dir / "config.yaml") if reuse else []
-    if reuse and summary_file.exists() and not differs:
-        summary = json.loads(summary_file.read_text())
-        differs = built_differences(cfg, summary)
-    if reuse and summary_file.exists() and not differs:
-        reused = True
+    saved = json.loads(summary_file.read_text()) if reuse and summary_file.exists() else None
+    if saved is not None and not differs:
+        differs = built_differences(cfg, saved)
+    reused = saved is not None and not differs
+    if reused:
+        summary = saved
     else:
-        if reuse and summary_file.exists():
+        if saved is not None:
             print(
                 f"  {run_dir.name}: rerun, its config differs: {'; '.join(differs[:5])}",
                 file=sys.stderr,

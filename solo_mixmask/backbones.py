@@ -37,13 +37,19 @@ def residual_init_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     is built here with ``zero_init_last=False`` unless ``kwargs`` sets it, under timm's name or
     under torchvision's ``zero_init_residual`` (the key a solo-learn config passes), so a config
     trains the same network here and inside solo-learn. Another model is built as timm builds
-    it, without torchvision's ResNet key (which :func:`build_backbone` warns about).
+    it, without torchvision's ResNet key (a warning line, once per process).
 
     Raises:
         ConfigError: a value that is not a boolean, or the two names set to different values.
     """
     timm_key, tv_key = ZERO_INIT_KEYS
     if not is_timm_resnet(name):
+        if kwargs.get(tv_key) is not None:  # e.g. a CIFAR config's, with another backbone
+            config_warning(
+                f"backbone.kwargs.{tv_key}",
+                kwargs[tv_key],
+                f"is a ResNet setting: {name} is built without it",
+            )
         return {k: v for k, v in kwargs.items() if k != tv_key}
     kwargs = dict(kwargs)
     given = {k: kwargs.pop(k) for k in ZERO_INIT_KEYS if kwargs.get(k) is not None}
@@ -110,13 +116,6 @@ def build_backbone(
                     f"backbone.kwargs.{key}", list(value) if listed else value, allowed
                 )
             kwargs[key] = tuple(value)
-    tv_key = ZERO_INIT_KEYS[1]
-    if kwargs.get(tv_key) is not None and not is_timm_resnet(name):  # e.g. a CIFAR config's
-        config_warning(
-            f"backbone.kwargs.{tv_key}",
-            kwargs[tv_key],
-            f"is a ResNet setting: {name} is built without it",
-        )
     kwargs = residual_init_kwargs(name, kwargs)
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
