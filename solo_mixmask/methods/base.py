@@ -172,8 +172,8 @@ def keep_static_rates(optimizer: torch.optim.Optimizer) -> None:
 def _without_bias_n_norm(group: dict[str, Any]) -> list[dict[str, Any]]:
     """``group`` split for LARS with solo-learn's ``exclude_bias_n_norm``: its matrices and
     kernels as they are, its 1-D tensors (biases, norm layers) in a copy with weight decay 0 and
-    no trust ratio (timm's Lars adapts a group only when its weight decay is non-zero or it
-    says ``always_adapt``). Groups left empty are dropped."""
+    no trust ratio (``always_adapt`` false: timm's Lars then leaves a group without weight
+    decay unadapted). Groups left empty are dropped."""
     params = list(group["params"])
     kept = {**group, "params": [p for p in params if p.ndim > 1]}
     flat = {
@@ -483,6 +483,9 @@ class BaseMethod(L.LightningModule):
         elif name == "lars":
             from timm.optim import Lars
 
+            # solo-learn's LARS adapts every tensor it does not exclude, whatever its weight
+            # decay; timm's only those whose group decays or says always_adapt
+            kwargs.setdefault("always_adapt", True)
             optimizer = Lars(
                 groups, lr=self.scaled_lr(opt_cfg.lr), weight_decay=opt_cfg.weight_decay, **kwargs
             )

@@ -13,14 +13,14 @@ LR, WD, ETA = 1.0, 1e-5, 0.02
 SCALE = 8 / 256  # batch 8
 
 
-def one_step(**kwargs):
+def one_step(weight_decay: float = WD, **kwargs):
     """(parameters before, gradients, parameters after, optimiser) of one BYOL step."""
     torch.manual_seed(0)
     cfg = tiny_cfg(
         "byol",
         optimizer__name="lars",
         optimizer__lr=LR,
-        optimizer__weight_decay=WD,
+        optimizer__weight_decay=weight_decay,
         optimizer__kwargs={"momentum": 0.9, **kwargs},
     )
     model = METHODS["byol"](cfg)
@@ -34,13 +34,15 @@ def one_step(**kwargs):
     return before, grads, after, opt
 
 
-def expected_update(w: torch.Tensor, g: torch.Tensor, lr: float, adapt: bool) -> torch.Tensor:
+def expected_update(
+    w: torch.Tensor, g: torch.Tensor, lr: float, adapt: bool, wd: float = WD
+) -> torch.Tensor:
     """The first LARS step (momentum buffer = the step itself): w - lr * d, with
     d = (g + wd w) * min(eta |w| / (|g| + wd |w|) / lr, 1) when adapted, else d = g."""
     if not adapt:
         return w - lr * g
-    ratio = ETA * w.norm() / (g.norm() + WD * w.norm() + 1e-8)
-    return w - lr * (g + WD * w) * torch.clamp(ratio / lr, max=1.0)
+    ratio = ETA * w.norm() / (g.norm() + wd * w.norm() + 1e-8)
+    return w - lr * (g + wd * w) * torch.clamp(ratio / lr, max=1.0)
 
 
 def test_solo_learn_names_run_solo_learns_rule():
@@ -66,6 +68,33 @@ def test_without_exclusion_biases_are_adapted_and_decayed():
     w, g = before["backbone.bn1.weight"], grads["backbone.bn1.weight"]
     expected = expected_update(w, g, LR * SCALE, adapt=True)
     torch.testing.assert_close(after["backbone.bn1.weight"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_groups_without_weight_decay_are_adapted_as_in_solo_learn():
+    """solo-learn's LARS adapts every tensor it does not exclude, weight decay or not: with
+    ``optimizer.weight_decay: 0`` and for the online classifier (weight decay 0 in every
+    config). timm's Lars alone would take plain SGD steps there."""
+    before, grads, after, opt = one_step(
+        weight_decay=0.0, eta=ETA, clip_lr=True, exclude_bias_n_norm=True
+    )
+    for name in ("backbone.conv1.weight", "classifier.weight", "backbone.bn1.weight"):
+        w, g = before[name], grads[name]
+        prefix = name.split(".")[0]
+        lr = next(g["lr"] for g in opt.param_groups if g["name"] == prefix)
+        expected = expected_update(w, g, lr, adapt=w.ndim > 1, wd=0.0)
+        torch.testing.assert_close(after[name], expected, rtol=1e-5, atol=1e-7)
+    # conv1's ratio is below the clip: not the plain SGD step timm's rule alone takes
+    w, g = before["backbone.conv1.weight"], grads["backbone.conv1.weight"]
+    assert not torch.allclose(after["backbone.conv1.weight"], w - LR * SCALE * g)
+    flat = [g for g in opt.param_groups if g["name"].endswith("_bias_n_norm")]
+    assert all(g["always_adapt"] is (g not in flat) for g in opt.param_groups)
+
+
+def test_always_adapt_false_keeps_timms_rule():
+    before, grads, after, _ = one_step(weight_decay=0.0, eta=ETA, always_adapt=False)
+    w, g = before["backbone.conv1.weight"], grads["backbone.conv1.weight"]
+    expected = expected_update(w, g, LR * SCALE, adapt=False)
+    torch.testing.assert_close(after["backbone.conv1.weight"], expected, rtol=1e-5, atol=1e-7)
 
 
 def test_timm_names_give_the_same_step():
