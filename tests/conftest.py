@@ -25,6 +25,7 @@ def tiny_cfg(method: str = "mixmask", **overrides):
             "data": {"dataset": "fashion_mnist", "num_classes": 10, "num_workers": 0},
             "augmentations": [{"crop_size": 16, "num_crops": 2}],
             "optimizer": {"batch_size": 8, "lr": 0.1},
+            "scheduler": {"warmup_epochs": 0},  # (the default, 10 epochs, outlasts the tests)
             "knn_eval": {"enabled": True, "k": 5},
             "max_epochs": 1,
             "accelerator": "cpu",

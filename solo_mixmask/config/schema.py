@@ -61,10 +61,10 @@ BASE_DEFAULTS: dict[str, Any] = {
         "weight_decay": 1e-4,
         "kwargs": {"momentum": 0.9},
     },
-    "scheduler": {
+    "scheduler": {  # solo-learn's defaults (BaseMethod.add_and_assert_specific_cfg)
         "name": "warmup_cosine",
-        "warmup_epochs": 0,
-        "warmup_start_lr": 0.0,
+        "warmup_epochs": 10,
+        "warmup_start_lr": 3e-5,
         "min_lr": 0.0,
     },
     "knn_eval": {"enabled": True, "k": 200, "T": 0.1},
@@ -720,13 +720,15 @@ def warn_warmup(cfg: DictConfig) -> None:
 
 
 #: ``scheduler.*`` settings by the schedules that read them (``scheduler.name``), with the
-#: value that changes nothing (a key at that value, or absent, is never warned about).
-SCHEDULER_SETTINGS: dict[str, tuple[tuple[str, ...], Any]] = {
-    "warmup_epochs": (("warmup_cosine",), 0),
-    "warmup_start_lr": (("warmup_cosine",), 0),
-    "min_lr": (("warmup_cosine", "cosine"), 0),
-    "lr_decay_steps": (("step",), None),
-    "gamma": (("step",), None),
+#: values that say nothing (a key at one of them, or absent, is never warned about): none, and
+#: the engine's default, which every config holds once filled (solo-learn's ``cosine`` too
+#: carries the 10-epoch warm-up default it does not read).
+SCHEDULER_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {
+    "warmup_epochs": (("warmup_cosine",), (0, BASE_DEFAULTS["scheduler"]["warmup_epochs"])),
+    "warmup_start_lr": (("warmup_cosine",), (0, BASE_DEFAULTS["scheduler"]["warmup_start_lr"])),
+    "min_lr": (("warmup_cosine", "cosine"), (0,)),
+    "lr_decay_steps": (("step",), (None,)),
+    "gamma": (("step",), (None,)),
 }
 
 
@@ -737,7 +739,7 @@ def warn_unused_scheduler_settings(cfg: DictConfig) -> None:
     name = cfg.scheduler.name
     for key, (readers, inert) in SCHEDULER_SETTINGS.items():
         value = OmegaConf.select(cfg, f"scheduler.{key}")
-        if name not in readers and value is not None and value != inert:
+        if name not in readers and value is not None and value not in inert:
             shown = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
             config_warning(
                 f"scheduler.{key}",

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from solo_mixmask import cli
 from solo_mixmask.config.compose import compose_config, configs_root
-from solo_mixmask.config.engine_specs import engine_spec
+from solo_mixmask.config.engine_specs import engine_spec, scheduler_spec
 from solo_mixmask.config.schema import (
     BASE_DEFAULTS,
     check_mandatory_values,
@@ -646,6 +646,21 @@ def test_scheduler_settings_at_their_inert_values_do_not_warn(recwarn):
     for name in ("warmup_cosine", "cosine", "step", "none"):
         extra = {"scheduler__lr_decay_steps": [2]} if name == "step" else {}
         validate_base(_base(scheduler__name=name, **extra))
+    assert not [m for m in _config_warnings(recwarn) if "scheduler." in m]
+
+
+def test_scheduler_defaults_are_solo_learns(recwarn):
+    """A solo-learn config that names only ``scheduler.name: warmup_cosine`` (its CIFAR
+    mocov2plus.yaml, our configs/solo/) warms up for 10 epochs from 3e-5, as in solo-learn."""
+    cfg = _base()
+    del cfg.scheduler
+    cfg.scheduler = {"name": "warmup_cosine"}
+    cfg.max_epochs = 100
+    spec = scheduler_spec(fill_defaults(cfg, BASE_DEFAULTS))
+    assert (spec.warmup_epochs, spec.warmup_start_lr, spec.min_lr) == (10, 3e-5, 0.0)
+    for name in ("cosine", "step", "none"):  # the warm-up default is not theirs to warn about
+        cfg.scheduler.name = name
+        validate_base(cfg)
     assert not [m for m in _config_warnings(recwarn) if "scheduler." in m]
 
 
