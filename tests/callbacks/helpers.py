@@ -34,12 +34,16 @@ def fit_tiny(
     val_every: int | None = None,
     max_steps: int = -1,
     max_time: dict[str, int] | None = None,
+    val_interval: int | float | None = None,
+    val_over_run: bool = False,
 ) -> L.Trainer:
     """``epochs`` epochs of ``batches`` batches (2 samples each) with ``callbacks``, resumed
     from ``ckpt_path`` when given; ``model`` (default :class:`TinyModule`) is validated on the
-    same batches every ``val_every`` epochs when that is given. ``max_steps`` (optimiser steps,
-    -1: none) and ``max_time`` (Lightning's, e.g. ``{"seconds": 0}``) end the fit earlier when
-    reached."""
+    same batches every ``val_every`` epochs when that is given, and within them at Lightning's
+    ``val_check_interval`` ``val_interval``; with ``val_over_run`` instead every ``val_interval``
+    training batches counted over the whole run (``check_val_every_n_epoch=None``).
+    ``max_steps`` (optimiser steps, -1: none) and ``max_time`` (Lightning's, e.g.
+    ``{"seconds": 0}``) end the fit earlier when reached."""
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(2 * batches, 4)), batch_size=2)
     trainer = L.Trainer(
@@ -55,9 +59,10 @@ def fit_tiny(
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        check_val_every_n_epoch=val_every or 1,
+        check_val_every_n_epoch=None if val_over_run else val_every or 1,
+        val_check_interval=val_interval,
         num_sanity_val_steps=0,
     )
-    val = data if val_every else None
+    val = data if val_every or val_over_run else None
     trainer.fit(model or TinyModule(), data, val, ckpt_path=ckpt_path)
     return trainer

@@ -82,3 +82,71 @@ def test_max_time_inside_an_unvalidated_epoch_validates_the_last_step():
     assert 0 < steps < 8 and validated == []
     steps, validated = fit([ValidateLastEpoch()])
     assert 0 < steps < 8 and validated == [steps]
+
+
+def _validated_by_batches(
+    batches: int, epochs: int, interval: int | float, over_run: bool, callbacks: list[Any]
+) -> tuple[list[int], bool]:
+    """(steps validated, ``trainer.should_stop`` at the end) of a fit of ``epochs`` epochs of
+    ``batches`` steps, validated every ``interval`` batches: counted over the whole run with
+    ``over_run`` (``check_val_every_n_epoch=None``), else within each epoch (every epoch)."""
+    model = Validated()
+    trainer = fit_tiny(
+        callbacks,
+        batches=batches,
+        epochs=epochs,
+        model=model,
+        val_every=None if over_run else 1,
+        val_interval=interval,
+        val_over_run=over_run,
+    )
+    return model.validated_steps, trainer.should_stop
+
+
+@pytest.mark.parametrize(
+    ("batches", "epochs", "interval", "expected"),
+    [(8, 1, 5, [5, 8]), (8, 1, 3, [3, 6, 8]), (4, 3, 5, [5, 10, 12]), (4, 2, 3, [3, 6, 8])],
+)
+def test_a_batch_interval_over_the_run_validates_the_last_step(batches, epochs, interval, expected):
+    # check_val_every_n_epoch=None: Lightning validates every `interval` batches of the run, so
+    # the last step only when the interval divides the run's steps; summary.json reported the
+    # k-NN of step 5 of 8 (`+check_val_every_n_epoch=null +val_check_interval=5`)
+    alone, _ = _validated_by_batches(batches, epochs, interval, True, [])
+    assert alone == [s for s in expected if s % interval == 0]
+    validated, _ = _validated_by_batches(batches, epochs, interval, True, [ValidateLastEpoch()])
+    assert validated == expected
+
+
+@pytest.mark.parametrize(
+    ("batches", "epochs", "interval", "expected"),
+    [(8, 2, 3, [3, 6, 11, 14, 16]), (10, 1, 0.3, [3, 6, 9, 10])],
+)
+def test_a_batch_interval_inside_epochs_validates_the_last_step(
+    batches, epochs, interval, expected
+):
+    # every epoch, every `interval` batches (or that fraction of them) counted in the epoch:
+    # the last batch is validated only when the interval divides the epoch
+    alone, _ = _validated_by_batches(batches, epochs, interval, False, [])
+    assert alone == expected[:-1]
+    validated, _ = _validated_by_batches(batches, epochs, interval, False, [ValidateLastEpoch()])
+    assert validated == expected
+
+
+@pytest.mark.parametrize(
+    ("batches", "epochs", "interval", "over_run", "expected"),
+    [
+        (8, 1, 4, True, [4, 8]),  # the last step on the interval: validated once
+        (4, 2, 2, True, [2, 4, 6, 8]),
+        (8, 2, 1.0, False, [8, 16]),  # Lightning's defaults
+        (8, 2, 0.5, False, [4, 8, 12, 16]),
+        (8, 2, 4, False, [4, 8, 12, 16]),
+    ],
+)
+def test_a_last_step_that_lightning_validates_is_left_to_it(
+    batches, epochs, interval, over_run, expected
+):
+    # the callback does not step in (no stop asked: no extra log row at the last step), and the
+    # last step is validated once
+    for callbacks in ([], [ValidateLastEpoch()]):
+        validated, stopped = _validated_by_batches(batches, epochs, interval, over_run, callbacks)
+        assert validated == expected and not stopped
