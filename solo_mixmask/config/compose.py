@@ -2,7 +2,10 @@
 
 One override grammar serves every command: hydra's (``key=value``, ``+key=value``, ``~key``,
 ``group=option``, and with ``-m`` the sweeps ``key=a,b``). Values are read as hydra reads them,
-so ``data.download=no`` stays the string ``"no"`` and the boolean check refuses it.
+so ``data.download=no`` stays the string ``"no"`` and the boolean check refuses it. ``~key``
+deletes the key, as hydra does, before the engine's defaults are filled in
+(:func:`~solo_mixmask.config.schema.fill_defaults`, when the config is checked): the key then
+takes its default, as if the config had never set it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from solo_mixmask.errors import ConfigError
 
@@ -74,21 +77,67 @@ def parse_overrides(overrides: Sequence[str]) -> list[Any]:
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """A copy of ``cfg`` with plain-key ``overrides`` set (keys not in ``cfg`` are added, so keys
-    with engine defaults need no ``+``); ``~key`` sets ``null``. Sweeps are refused."""
+    """A copy of ``cfg`` with plain-key ``overrides`` applied in order. ``key=value`` sets the key
+    (keys not in ``cfg`` are added, so keys with engine defaults need no ``+``). ``~key`` deletes
+    it, as hydra does: the engine's defaults are filled in later, so the key takes its default
+    (null is a value: for ``data.knn_train_subset`` every image, where the default is 10,000);
+    ``~key=value`` deletes it only when it holds ``value``. A deletion hydra would refuse (a key
+    ``cfg`` lacks, another value) is a ConfigError naming the override, and so is a list item.
+    Sweeps are refused."""
     parsed = parse_overrides(overrides)
     refuse_sweeps(parsed)
     cfg = cfg.copy()
     with open_dict(cfg):
         for o in parsed:
             try:
-                value = None if o.is_delete() else o.value()
-                OmegaConf.update(cfg, o.key_or_group, value, force_add=True)
+                if o.is_delete():
+                    _delete(cfg, o)
+                else:
+                    OmegaConf.update(cfg, o.key_or_group, o.value(), force_add=True)
             except _hydra_errors() as err:
+                if isinstance(err, ConfigError):
+                    raise
                 raise ConfigError(
                     o.key_or_group, o.input_line, f"a settable config key ({err})"
                 ) from err
     return cfg
+
+
+def _delete(cfg: DictConfig, override: Any) -> None:
+    """hydra's ``~key`` and ``~key=value`` (``override``) on ``cfg``, in place. Unlike hydra, a key
+    holding null is deleted too (hydra reads null as absent and refuses it), so that
+    ``~data.knn_train_subset`` also restores the default of a config that sets it to null."""
+    key, line = override.key_or_group, override.input_line
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, throw_on_missing=False) if parent_key else cfg
+    if isinstance(parent, ListConfig):
+        raise ConfigError(
+            key,
+            line,
+            f"a key of a mapping to delete: {parent_key} is a list, whose items are not "
+            f"deleted one by one (set the whole list: {parent_key}=[...])",
+        )
+    if not isinstance(parent, DictConfig) or leaf not in parent.keys():
+        raise ConfigError(
+            key,
+            line,
+            f"a key of the config to delete: {key} is not in it (a key the config lacks "
+            "takes the engine's default already)",
+        )
+    wanted = override.value()
+    if wanted is not None:
+        held = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if held != wanted:
+            shown = (
+                OmegaConf.to_container(held) if isinstance(held, DictConfig | ListConfig) else held
+            )
+            raise ConfigError(
+                key,
+                line,
+                f"~{key} or ~{key}=VALUE with the value it holds: {key} is {shown!r}, not "
+                f"{wanted!r} (as in hydra, ~KEY=VALUE deletes KEY only when it holds VALUE)",
+            )
+    del parent[leaf]
 
 
 def refuse_sweeps(parsed: Sequence[Any]) -> None:
@@ -164,7 +213,8 @@ def compose_config(
 ) -> DictConfig:
     """Compose a hydra config: ``config_name`` may be ``NAME`` or ``DATASET/NAME`` under
     configs/pretrain. Group overrides (``augmentations=asymmetric``) select configs; other keys
-    are set directly (see :func:`apply_overrides`)."""
+    are set or deleted (``~key``) directly, before any engine default is filled in (see
+    :func:`apply_overrides`)."""
     import yaml
     from hydra import compose, initialize_config_dir
 

@@ -35,11 +35,54 @@ def test_a_sweep_without_multirun_is_refused_naming_the_key() -> None:
 def test_apply_overrides_reads_values_as_hydra_does() -> None:
     cfg = OmegaConf.create({"a": {"b": 1}, "flag": True})
     out = compose.apply_overrides(cfg, ["a.b=2", "+a.c=[1,2]", "flag=no", "~a.b", "d.e=x"])
-    assert out.a.b is None  # ~key: null
+    assert "b" not in out.a  # ~key deletes the key, as hydra does
     assert list(out.a.c) == [1, 2]
     assert out.flag == "no"  # a string: the boolean check refuses it, it is never True
     assert out.d.e == "x"
     assert cfg.a.b == 1  # the input is not changed
+
+
+def test_a_deleted_key_takes_the_engine_default() -> None:
+    """``~key`` deletes the key (hydra's grammar): the engine's default applies. It set null,
+    which for these keys means every image: all validation images and the whole 60,000-image
+    training set as k-NN memory instead of the default 10,000."""
+    from solo_mixmask.config.schema import BASE_DEFAULTS
+    from solo_mixmask.run.pretrain import prepare_config
+
+    cfg = compose.compose_config(None, "mixmask", ["~data.val_subset", "~data.knn_train_subset"])
+    assert "val_subset" not in cfg.data and "knn_train_subset" not in cfg.data
+    assert cfg.data.dataset == "fashion_mnist"  # the rest of the section stays
+    _, filled = prepare_config(cfg)
+    assert filled.data.knn_train_subset == BASE_DEFAULTS["data"]["knn_train_subset"] == 10000
+    assert filled.data.val_subset == BASE_DEFAULTS["data"]["val_subset"]
+
+
+def test_deletion_follows_hydra() -> None:
+    cfg = OmegaConf.create({"a": {"b": 1, "n": None, "l": [1, 2], "d": {"x": 1}}, "c": 3})
+    assert "b" not in compose.apply_overrides(cfg, ["~a.b=1"]).a  # the value it holds: deleted
+    assert "d" not in compose.apply_overrides(cfg, ["~a.d={x:1}"]).a
+    assert "c" not in compose.apply_overrides(cfg, ["~c=null"])  # null: whatever the value
+    assert "n" not in compose.apply_overrides(cfg, ["~a.n"]).a  # a null key is in the config
+    # overrides apply in order
+    assert "b" not in compose.apply_overrides(cfg, ["a.b=5", "~a.b"]).a
+    assert compose.apply_overrides(cfg, ["~a.b", "a.b=7"]).a.b == 7
+    assert cfg.a.b == 1 and "c" in cfg  # the input is not changed
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("~a.b=2", r"^a\.b='~a\.b=2' is not allowed: expected .*a\.b is 1, not 2"),
+        ("~a.zz", r"^a\.zz='~a\.zz' is not allowed: expected a key of the config to delete"),
+        ("~zz.b", r"^zz\.b='~zz\.b' is not allowed: expected a key of the config to delete"),
+        ("~a.l.0", r"^a\.l\.0='~a\.l\.0' is not allowed: .*list"),
+    ],
+)
+def test_a_deletion_hydra_refuses_is_a_config_error_naming_the_override(override, message):
+    cfg = OmegaConf.create({"a": {"b": 1, "l": [1, 2]}})
+    with pytest.raises(ConfigError, match=message) as err:
+        compose.apply_overrides(cfg, [override])
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
