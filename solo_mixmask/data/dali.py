@@ -30,6 +30,14 @@ Decoding differs from the PIL path for images with transparency: DALI's RGB deco
 alpha channel (the hidden colour of transparent pixels shows), where the PIL path paints them on
 white; palette, CMYK, grayscale and 16-bit images decode alike.
 
+Order, randomness and resume: the training loader is a
+:class:`~solo_mixmask.utils.resumable.ResumableLoader`. Epoch ``e``'s file order is the PIL
+path's permutation drawn from ``(seed, e)``, each rank reading its disjoint slice; each epoch is
+read by a pipeline of its own seeded with ``(seed, e, rank)`` (:func:`augmentation_seed`), so
+ranks draw different augmentations and an epoch rebuilt on resume draws what it drew the first
+time. A mid-epoch resume replays the epoch's batches already trained (decoded and augmented,
+then dropped) because DALI's random draws cannot be skipped: exact, at the cost of loading them.
+
 DALI is an optional dependency (``pip install solo-mixmask[dali]``): it is imported only when
 ``data.format`` is ``dali``. Undecodable files stop the pipeline with DALI's own error; DALI
 has no skip-and-warn mode (check the tree with ``data.scan_images: true`` first).
@@ -38,7 +46,7 @@ has no skip-and-warn mode (check the tree with ``data.scan_images: true`` first)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Generator, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -55,11 +63,13 @@ from solo_mixmask.data.datasets import (
     subset_indices,
 )
 from solo_mixmask.errors import ConfigError, DataError
+from solo_mixmask.utils.resumable import ResumableLoader, mix_seed
 
 __all__ = [
     "DEVICES",
     "INSTALL_HINT",
     "DaliTrainLoader",
+    "augmentation_seed",
     "build_dali_train_loader",
     "build_pretrain_pipeline",
     "dali_available",
@@ -237,6 +247,7 @@ def build_pretrain_pipeline(
     num_shards: int = 1,
     ids: Sequence[int] | None = None,
     reader_name: str = "Reader",
+    shuffle: bool = True,
 ) -> Any:
     """A built DALI pipeline whose outputs are ``(view_1, ..., view_V, sample_id)``.
 
@@ -244,8 +255,10 @@ def build_pretrain_pipeline(
     ``ids[i]`` of file ``files[i]`` (the reader's "label"; default ``i``). V = sum of
     ``num_crops`` over ``specs``.
     ``device``: "gpu" (decoding on "mixed", augmentations on the GPU ``device_id``) or "cpu".
-    The files are read in a seeded random order, reshuffled after every epoch; with
-    ``num_shards`` > 1 each shard reads its own slice.
+    ``seed`` seeds every random draw of the pipeline (augmentations, and the order).
+    With ``shuffle`` the files are read in a seeded random order, reshuffled after every epoch,
+    and with ``num_shards`` > 1 each shard reads its own slice; without, ``files`` are read in
+    the order given, from the first, epoch after epoch.
     """
     import_dali()
     import nvidia.dali.fn as fn
@@ -273,7 +286,7 @@ def build_pretrain_pipeline(
         encoded, sample_ids = fn.readers.file(
             files=list(files),
             labels=ids,
-            shuffle_after_epoch=True,
+            shuffle_after_epoch=bool(shuffle),
             shard_id=int(shard_id),
             num_shards=int(num_shards),
             seed=int(seed),
@@ -289,18 +302,42 @@ def build_pretrain_pipeline(
     return pipe
 
 
+def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
+    """The DALI pipeline seed of ``epoch`` on ``rank``: every rank draws its own augmentations,
+    and an epoch's draws depend on ``(seed, epoch, rank)`` alone (31 bits, as DALI takes)."""
+    return mix_seed(seed, epoch, rank) % (1 << 31)
+
+
 # --------------------------------------------------------------------------- the loader
 
 
-class DaliTrainLoader:
-    """Iterable over pretraining batches from a DALI pipeline; one pass = one epoch.
+def _keep(batch: Any) -> Any:
+    return batch
+
+
+class DaliTrainLoader(ResumableLoader):
+    """Pretraining batches from a DALI pipeline; one pass = one epoch, resumable.
 
     ``files[i]`` has target ``targets[i]``; batches are
     ``[indexes (B,) int64, [V views (B, 3, crop, crop) float32], targets (B,) int64]`` with
     indexes into ``files`` (views on the pipeline's device, indexes and targets on the same
-    device). The files are read in an order drawn from ``seed`` and reshuffled every epoch; the
-    last incomplete batch of an epoch is dropped. ``len()`` is the number of batches per epoch.
-    ``dataset`` is the file-level dataset (``len`` = images).
+    device). ``len()`` is the number of batches per epoch; ``dataset`` is the file-level dataset
+    (``len`` = images).
+
+    Order and position are the PIL path's (:class:`~solo_mixmask.utils.resumable.ResumableLoader`):
+    epoch ``e``'s order is drawn from ``(seed, e)``, rank ``shard_id`` of ``num_shards`` reads
+    its slice of it (the ranks' slices are disjoint), the last incomplete batch is dropped, and
+    checkpoints store ``{epoch, batches_done}``. Every epoch gets a pipeline of its own, built
+    when the pass starts, that reads this rank's files of the epoch in that order, seeded with
+    :func:`augmentation_seed` ``(seed, e, rank)``: ranks draw different augmentations, and a
+    rebuilt epoch draws exactly what it drew the first time. A resume inside epoch ``e`` runs
+    that epoch's pipeline over the batches already trained and drops them (DALI's draws cannot
+    be skipped): the resumed batches are the uninterrupted run's, at the cost of loading the
+    skipped ones again.
+
+    The epoch is the sampler's (``sampler.set_epoch``, which Lightning calls at every epoch
+    start, or :meth:`load_state_dict`); iterated by hand, a pass that ran to its end moves the
+    next pass to the next epoch.
     """
 
     def __init__(
@@ -318,40 +355,63 @@ class DaliTrainLoader:
         shard_id: int = 0,
         num_shards: int = 1,
     ):
+        import_dali()
+        if len(files) != len(targets):
+            raise ValueError(f"{len(files)} files but {len(targets)} targets: expected as many")
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            seed=seed,
+            rank=shard_id,
+            world_size=num_shards,
+            num_workers=0,
+            collate_fn=_keep,
+        )
+        self.device = device
+        self.rank = int(shard_id)
+        self.num_views = sum(s.num_crops for s in specs)
+        self._files = list(files)
+        self._targets = torch.as_tensor(list(targets), dtype=torch.int64)
+        self._specs = list(specs)
+        self._num_threads = num_threads
+        self._device_id = device_id
+        self._names = [f"view{i}" for i in range(self.num_views)] + ["ids"]
+        self._finished: int | None = None  # the epoch of the last pass that ran to its end
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained in it)
+        self._pass: Generator[list[Any], None, None] | None = None  # the pass under way
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Start the next pass where the checkpoint's run was (see ``ResumableLoader``)."""
+        super().load_state_dict(state)  # sets the sampler's epoch and ``batches_done``
+        self._resume_at = (int(self.resumable_sampler.epoch), int(self.batches_done))
+        self._finished = None
+
+    def _epoch_iterator(self, epoch: int) -> Any:
+        """A DALI iterator over this rank's batches of ``epoch``, from its first."""
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        if len(files) != len(targets):
-            raise ValueError(f"{len(files)} files but {len(targets)} targets: expected as many")
-        self.dataset = dataset
-        self.device = device
-        self.num_views = sum(s.num_crops for s in specs)
-        self._targets = torch.as_tensor(list(targets), dtype=torch.int64)
-        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
-        self._pipe = build_pretrain_pipeline(
-            [files[i] for i in order],
-            specs,
-            batch_size,
-            device=device,
-            seed=seed,
-            num_threads=num_threads,
-            device_id=device_id,
-            shard_id=shard_id,
-            num_shards=num_shards,
+        batch = int(self.batch_size or 1)
+        order = self.resumable_sampler.indices(epoch)
+        order = order[: len(order) // batch * batch]
+        pipe = build_pretrain_pipeline(
+            [self._files[i] for i in order],
+            self._specs,
+            batch,
+            device=self.device,
+            seed=augmentation_seed(self.seed, epoch, self.rank),
+            num_threads=self._num_threads,
+            device_id=self._device_id,
             ids=order,
+            shuffle=False,
         )
-        names = [f"view{i}" for i in range(self.num_views)] + ["ids"]
-        self._iterator = DALIGenericIterator(
-            [self._pipe],
-            names,
+        return DALIGenericIterator(
+            [pipe],
+            self._names,
             reader_name="Reader",
             last_batch_policy=LastBatchPolicy.DROP,
-            auto_reset=True,
+            auto_reset=False,
         )
-        self._names = names
-
-    def __len__(self) -> int:
-        return len(self._iterator)
 
     def _batch(self, out: dict[str, torch.Tensor]) -> list[Any]:
         views = [out[name] for name in self._names[:-1]]
@@ -360,9 +420,28 @@ class DaliTrainLoader:
         where = views[0].device
         return [ids.to(where), views, targets.to(where)]
 
-    def __iter__(self) -> Iterator[list[Any]]:
-        for outputs in self._iterator:
-            yield self._batch(outputs[0])
+    def __iter__(self) -> Iterator[list[Any]]:  # type: ignore[override]
+        sampler = self.resumable_sampler
+        if self._finished is not None and sampler.epoch == self._finished:
+            sampler.set_epoch(self._finished + 1)  # iterated by hand: the next epoch
+        epoch, skip = int(sampler.epoch), 0
+        if self._resume_at is not None and self._resume_at[0] == epoch:
+            skip = self._resume_at[1]
+        self._resume_at = None
+        if self._pass is not None:  # a pass left unfinished: its pipeline goes first
+            self._pass.close()
+        self._pass = self._epoch(epoch, skip)
+        return self._pass
+
+    def _epoch(self, epoch: int, skip: int) -> Generator[list[Any], None, None]:
+        """This rank's batches of ``epoch`` after its first ``skip`` (which are made, then
+        dropped, so that the pipeline's random draws stay those of the whole epoch)."""
+        iterator, last = self._epoch_iterator(epoch), len(self) - 1
+        for i, outputs in enumerate(iterator):
+            if i == last:  # handed out: a new pass is the next epoch, also if this one is left
+                self._finished = epoch
+            if i >= skip:
+                yield self._batch(outputs[0])
 
 
 def _files_and_targets(dataset: Dataset) -> tuple[list[str], list[int]]:

@@ -108,7 +108,7 @@ def build_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> Da
     if spec.format == "dali":
         from solo_mixmask.data.dali import build_dali_train_loader
 
-        return build_dali_train_loader(spec, rank, world_size)  # type: ignore[return-value]
+        return build_dali_train_loader(spec, rank, world_size)
     if spec.format == "memory":
         from solo_mixmask.data.memory import build_memory_train_loader
 

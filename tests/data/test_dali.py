@@ -6,7 +6,9 @@ skip with that reason otherwise; the error-message tests run everywhere.
 
 from __future__ import annotations
 
+import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +210,127 @@ def test_dali_pretrain_run_on_cpu(tmp_path):
     summary = run_pretrain(cfg)
     assert summary["steps"] == 2 and summary["train_images"] == 16  # 16 images, batch 8
     assert summary["knn_acc1"] is not None
+
+
+def _textured(root: Path, count: int, same: bool = False, name: str = "c", seed: int = 0) -> Path:
+    """``count`` textured PNGs in the class folder ``name`` (one picture ``count`` times with
+    ``same``)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    picture = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    for i in range(count):
+        pixels = picture if same else rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+MOCO = {"crop_size": 16, "num_crops": 2}  # the MoCo v2 recipe: every random augmentation on
+
+
+def _epoch(loader) -> list:
+    return [(ids.clone(), [v.clone() for v in views]) for ids, views, _ in loader]
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(x[0], y[0]) and all(torch.equal(u, v) for u, v in zip(x[1], y[1], strict=True))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+@needs_dali
+def test_dali_ranks_draw_their_own_augmentations(tmp_path):
+    # 16 copies of one picture: with the same seed on every rank, rank 0's and rank 1's views
+    # were equal position by position, although the ranks read different files
+    spec = data_spec(_cfg(_textured(tmp_path, 16, same=True), MOCO, batch_size=4))
+    ranks = [build_train_loader(spec, rank, 2) for rank in (0, 1)]
+    firsts = [next(iter(loader)) for loader in ranks]
+    for v in range(2):
+        for j in range(4):  # every position of the batch: its own crop, flip, jitter...
+            assert not torch.equal(firsts[0][1][v][j], firsts[1][1][v][j]), (v, j)
+    # the shards are still disjoint slices of one permutation: the epoch reads each file once
+    for epoch in range(2):
+        seen = []
+        for loader in ranks:
+            loader.sampler.set_epoch(epoch)
+            seen += [i for ids, _, _ in loader for i in ids.tolist()]
+        assert sorted(seen) == list(range(16)), epoch
+
+
+@needs_dali
+def test_dali_loader_resumes_the_saved_epoch_and_position(tmp_path):
+    from solo_mixmask.utils.resumable import ResumableLoader
+
+    spec = data_spec(_cfg(_textured(tmp_path, 20), MOCO, batch_size=4))
+    full = build_train_loader(spec)
+    assert isinstance(full, ResumableLoader)  # the engine hands it to ResumeState
+    epochs = [_epoch(full), _epoch(full), _epoch(full)]  # a new epoch every pass by itself
+    assert len(epochs[0]) == 5
+    assert not torch.equal(epochs[0][0][0], epochs[1][0][0])  # reshuffled
+    # a pass that handed out its last batch moves the next pass on, also if left unexhausted
+    fresh = build_train_loader(spec)
+    first_pass = iter(fresh)
+    for _ in range(len(fresh)):
+        next(first_pass)
+    assert _same(_epoch(fresh), epochs[1])
+    # a loader built for epoch 1 (as Lightning does: set_epoch) gives epoch 1's batches
+    rebuilt = build_train_loader(spec)
+    rebuilt.sampler.set_epoch(1)
+    assert _same(_epoch(rebuilt), epochs[1])
+    # a resume from an epoch-end checkpoint of epoch 0 starts at epoch 1 ...
+    full.sampler.set_epoch(0)
+    full.batches_done = len(full)
+    resumed = build_train_loader(spec)
+    resumed.load_state_dict(full.state_dict())
+    assert _same(_epoch(resumed), epochs[1])
+    # ... and one from the middle of epoch 2 skips the batches already trained, exactly
+    resumed = build_train_loader(spec)
+    resumed.load_state_dict(dict(full.state_dict(), epoch=2, batches_done=2))
+    assert _same(_epoch(resumed), epochs[2][2:])
+    later = build_train_loader(spec)
+    later.sampler.set_epoch(3)
+    assert _same(_epoch(resumed), _epoch(later))  # and then goes on with epoch 3
+
+
+@needs_dali
+def test_dali_run_killed_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path):
+    # 2 epochs of 8 steps, a checkpoint every 3: killed after step 11 (epoch 1, batch 3), it
+    # resumes from step 9 (epoch 1 after 1 batch); a DALI run used to restart at epoch 0's
+    # order and draws
+    from tests.cli_helpers import TINY, assert_same_end_state, custom_data, finish, run, start
+    from tests.run.test_resume import STALL_HARNESS, STALL_STEP
+
+    root = tmp_path / "data"
+    for seed, name in enumerate(COLOURS):
+        _textured(root, 32, name=name, seed=seed)
+    args = [
+        *TINY,
+        *custom_data(root),
+        "data.format=dali",
+        "data.dali_device=cpu",
+        "augmentations.0.gaussian_prob=0.0",
+        "max_epochs=2",
+        "checkpoint.every_n_steps=3",
+        "check_val_every_n_epoch=3",
+    ]
+    harness = tmp_path / "stall.py"
+    harness.write_text(STALL_HARNESS)
+    mark = tmp_path / "stalled"
+    full = start(["pretrain", *args, f"checkpoint.run_dir={tmp_path / 'full'}"])
+    killed = start(
+        ["pretrain", *args, f"checkpoint.run_dir={tmp_path / 'killed'}"],
+        prefix=[sys.executable, str(harness)],
+        env={"STALL_AT_STEP": str(STALL_STEP), "STALL_MARK": str(mark)},
+    )
+    deadline = time.monotonic() + 300
+    while not mark.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert mark.exists(), finish(killed, timeout=60).stderr[-3000:]
+    killed.send_signal(signal.SIGKILL)
+    finish(killed, timeout=60)
+    resumed = run(["resume", str(tmp_path / "killed")])
+    done = finish(full, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_end_state(tmp_path / "full", tmp_path / "killed", 16)
