@@ -91,6 +91,29 @@ def test_bad_settings_name_the_key(overrides, key):
     assert str(err.value).startswith(f"{key} is not allowed: expected")
 
 
+@pytest.mark.parametrize(
+    ("overrides", "warns"),
+    [
+        ({}, True),  # devices 1
+        ({"devices": [0]}, True),
+        ({"devices": "0,"}, True),
+        ({"devices": 2}, False),  # DDP: the keys are shuffled across devices
+        ({"devices": "auto"}, False),  # decided at run time
+        ({"num_nodes": 2}, False),
+        ({"method_kwargs__bn_splits": 2}, False),  # groups: the order matters
+    ],
+)
+def test_shuffled_keys_with_one_batch_norm_on_one_device_warn(overrides, warns, recwarn):
+    """Shuffling the keys changes nothing when one BatchNorm sees the whole batch: a warning,
+    never a setting that silently does nothing."""
+    cfg = tiny_cfg("mocov2plus", method_kwargs__shuffle_bn=True, **overrides)
+    METHODS["mocov2plus"].add_and_assert_specific_cfg(cfg)
+    said = [str(w.message) for w in recwarn if "method_kwargs.shuffle_bn" in str(w.message)]
+    assert bool(said) is warns, said
+    if warns:
+        assert "has no effect with method_kwargs.bn_splits=1 on one device" in said[0]
+
+
 def test_split_model_exports_ordinary_batch_norm(tmp_path):
     """A checkpoint trained with split BatchNorm converts to a torchvision ResNet that loads
     strictly and computes what the backbone computes in eval mode."""
