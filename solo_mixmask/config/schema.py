@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import re
 import typing
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
@@ -381,6 +383,42 @@ def check_trainer_arguments(cfg: DictConfig) -> None:
         value = cfg.deterministic
         if not (value is None or isinstance(value, bool) or value == "warn"):
             raise ConfigError("deterministic", value, "true, false, 'warn' or null")
+    if "max_time" in cfg:
+        check_max_time(cfg.max_time)
+
+
+def max_time_seconds(value: Any) -> float | None:
+    """A ``max_time`` as Lightning reads it (``"DD:HH:MM:SS"`` or a mapping of ``timedelta``
+    arguments), in seconds; None when it is not one of these."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"(\d+):(\d\d):(\d\d):(\d\d)", value.strip())
+        if not match:
+            return None
+        days, hours, minutes, seconds = (int(g) for g in match.groups())
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
+    if isinstance(value, DictConfig | dict):
+        try:
+            return timedelta(**{str(k): v for k, v in dict(value).items()}).total_seconds()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return None
+
+
+def check_max_time(value: Any) -> None:
+    """``max_time``: null, ``"DD:HH:MM:SS"`` or a mapping of ``timedelta`` arguments. Lightning
+    fails on anything else with a traceback after the data is built; YAML reads an unquoted
+    ``1:00:00:00`` as the base-60 number 216000, which the message points out."""
+    if value is None or max_time_seconds(value) is not None:
+        return
+    hint = ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        hint = " (YAML reads an unquoted 1:00:00:00 as a base-60 number: quote it)"
+    shown = OmegaConf.to_container(value) if isinstance(value, Container) else value
+    raise ConfigError(
+        "max_time",
+        shown,
+        "'DD:HH:MM:SS' (e.g. '00:12:00:00') or a mapping such as {hours: 12}" + hint,
+    )
 
 
 def check_trainer_flags(cfg: DictConfig) -> None:

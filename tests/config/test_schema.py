@@ -752,3 +752,31 @@ def test_fused_optimizer_refused_for_lars():
     assert info.value.key == "performance.optimizer_impl" and "optimizer.name=lars" in str(
         info.value
     )
+
+
+@pytest.mark.parametrize("value", ["00:00:01:00", " 1:02:03:04 ", {"hours": 1}, None])
+def test_max_time_as_lightning_reads_it_is_accepted(value):
+    validate_base(_base(max_time=value))
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        (216000, "base-60"),  # YAML's reading of an unquoted 1:00:00:00
+        ("1h", "'DD:HH:MM:SS'"),
+        ("00:1:00:00", "'DD:HH:MM:SS'"),
+        ({"hourz": 1}, "{hours: 12}"),
+    ],
+)
+def test_max_time_lightning_cannot_read_names_the_key(value, hint):
+    """Lightning's Timer failed on these with a traceback after the data was built."""
+    with pytest.raises(ConfigError) as info:
+        validate_base(_base(max_time=value))
+    assert info.value.key == "max_time" and hint in str(info.value)
+
+
+def test_an_unquoted_yaml_max_time_is_refused_with_the_reason(tmp_path):
+    (tmp_path / "run.yaml").write_text("max_time: 1:00:00:00\n")
+    value = OmegaConf.load(tmp_path / "run.yaml").max_time
+    with pytest.raises(ConfigError, match="quote it"):
+        validate_base(_base(max_time=value))
