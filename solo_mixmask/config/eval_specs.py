@@ -19,7 +19,7 @@ is allowed. No torch, no files read.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
@@ -83,12 +83,56 @@ def _given_tree(parsed: Sequence[tuple[str, Any]]) -> DictConfig:
     return tree
 
 
+def _dotted(tree: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"data": {"val_subset": 5}}`` -> ``[("data.val_subset", 5)]`` (leaves and lists)."""
+    items: list[tuple[str, Any]] = []
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping) and value:
+            items += _dotted(value, f"{key}.")
+        else:
+            items.append((key, value))
+    return items
+
+
+def check_not_read(
+    given: Sequence[tuple[str, Any]], not_read: Mapping[str, str], command: str, where: str = ""
+) -> None:
+    """ConfigError for the first ``(key, value)`` of ``given`` (overrides, or a preset's
+    leaves) that ``command`` does not read although the config knows it (``data.val_subset``
+    picks the k-NN's validation images, not ``linear``'s): ``not_read`` maps such a key to what
+    to use instead, a template with ``{value}``, e.g. ``linear.val_subset={value}``. Never a
+    setting silently dropped."""
+    for key, value in given:
+        if key in not_read:
+            instead = not_read[key].format(value=value)
+            raise ConfigError(key, value, f"{instead} ({command} does not read {key}){where}")
+
+
+def refuse_not_read(
+    overrides: Sequence[str],
+    preset: Mapping[str, Any] | None,
+    preset_name: str | None,
+    not_read: Mapping[str, str] | None,
+    command: str,
+) -> None:
+    """:func:`check_not_read` of the preset's keys, then of the overrides'."""
+    if not not_read:
+        return
+    if preset:
+        where = f" (in --preset {preset_name})" if preset_name else ""
+        check_not_read(_dotted(preset), not_read, command, where)
+    check_not_read(parse_overrides(overrides), not_read, command)
+
+
 def compose_eval_config(
     from_run: dict[str, Any] | None,
     overrides: Sequence[str] = (),
     preset: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
     preset_name: str | None = None,
+    not_read: Mapping[str, str] | None = None,
+    command: str = "this command",
 ) -> DictConfig:
     """The evaluation config, in this order (later wins): BASE_DEFAULTS and
     :data:`EVAL_EXTRA_KEYS`; ``defaults``, the command's own section (e.g. ``{"linear": {...}}``,
@@ -96,7 +140,10 @@ def compose_eval_config(
     ``preset``, the chosen preset (``preset_name`` for messages); the ``overrides``. The keys of
     the preset and of the overrides are checked against what the config knows before anything is
     set. Changing ``data.dataset`` by override also forgets the run's ``data.num_classes``;
-    without a run config the crop size follows the dataset (unless an override sets one)."""
+    without a run config the crop size follows the dataset (unless an override sets one).
+    A key of the preset or of the overrides that ``command`` does not read (``not_read``, see
+    :func:`check_not_read`) is a ConfigError naming the key to use instead."""
+    refuse_not_read(overrides, preset, preset_name, not_read, command)
     cfg = OmegaConf.create(copy.deepcopy(BASE_DEFAULTS))
     for layer in (copy.deepcopy(EVAL_EXTRA_KEYS), defaults, from_run):
         if layer:

@@ -98,7 +98,15 @@ def _knn(args: argparse.Namespace) -> None:
     from solo_mixmask.eval.offline_knn import run_knn
 
     overrides = [*args.overrides, *getattr(args, "k_overrides", [])]
-    result = run_knn(args.checkpoint, args.k, args.temperature, overrides, args.out, args.device)
+    result = run_knn(
+        args.checkpoint,
+        args.k,
+        args.temperature,
+        overrides,
+        args.out,
+        args.device,
+        args.precision,
+    )
     _print_json(result)
 
 
@@ -152,7 +160,10 @@ def _compare(args: argparse.Namespace) -> None:
 
     result = compare_runs(args.run_dirs, args.out)
     print(result["table"])
-    print(f"\nwrote {result['report']}, {result['knn_plot']}, {result['loss_plot']}")
+    if result["notes"]:
+        print(f"\n{result['notes']}")
+    written = (result["report"], result["json"], result["knn_plot"], result["loss_plot"])
+    print(f"\nwrote {', '.join(written)}")
 
 
 def _common_eval_args(p: argparse.ArgumentParser, out_help: str | None = None) -> None:
@@ -207,6 +218,13 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="vote temperature (default: the run's knn_eval.T, 0.1)",
+    )
+    p.add_argument(
+        "--precision",
+        default="32-true",
+        help="what the features are extracted in: 32-true (float32), bf16-mixed or 16-mixed "
+        "(autocast, as Lightning validates), or run: the run's own, so that the online k-NN "
+        "is compared (default: 32-true)",
     )
     p.set_defaults(func=_knn)
 

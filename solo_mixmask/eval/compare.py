@@ -4,7 +4,11 @@ Reads each run folder's ``summary.json``, ``logs/metrics.csv``, ``init_metrics.j
 present, ``linear.json`` (written by ``solo-mixmask linear``). Writes into the output folder:
 
 - ``report.md``: a table (run, method, epochs, k-NN top-1, online linear top-1, offline linear
-  top-1, images/s, wall time) followed by the two plots;
+  top-1, images/s, wall time) followed by the two plots. A k-NN or offline linear figure
+  measured with other settings than another row's (k, T, images, precision; the probe's preset,
+  epochs, learning rate, image counts ...) is marked ``†``, named in a ``warning:`` line and
+  under the table: such figures do not rank the methods alone;
+- ``compare.json``: each row's figures and the settings they were measured with;
 - ``knn.png``: online k-NN top-1 against epoch (epoch 0 = before training, when the run
   measured it);
 - ``loss.png``: two panels against epoch. Left: the contrastive term L(q, k) that every
@@ -27,7 +31,14 @@ from typing import Any
 from solo_mixmask.checkpoints.io import LAST
 from solo_mixmask.errors import ConfigWarning, DataError
 from solo_mixmask.paths import check_output_dir
-from solo_mixmask.run.folder import CHECKPOINTS, INIT_METRICS, LOGS, METRICS_CSV, SUMMARY
+from solo_mixmask.run.folder import (
+    CHECKPOINTS,
+    CONFIG,
+    INIT_METRICS,
+    LOGS,
+    METRICS_CSV,
+    SUMMARY,
+)
 
 CLASSIFIER_LOSS = "train_class_loss_epoch"
 CONTRASTIVE_LOSSES = ("train_nce_loss_epoch", "train_byol_loss_epoch")
@@ -49,6 +60,13 @@ class RunRecord:
     embedding_std: float | None = None
     embedding_std_spread: float | None = None
     collapsed: bool | None = None
+    #: How the figures of the k-NN and offline linear columns were measured, by setting
+    #: (:func:`knn_recipe`, :func:`probe_recipe`); None where the row shows no figure.
+    knn_settings: dict[str, Any] | None = None
+    offline_linear_settings: dict[str, Any] | None = None
+    #: Per column, the settings in which this row's figure differs from another row's
+    #: (filled by :func:`mark_differences`); its cell carries :data:`DIFFERS`.
+    differs: dict[str, list[str]] = field(default_factory=dict)
     knn_curve: dict[int, float] = field(default_factory=dict)
     contrastive_curve: dict[int, float] = field(default_factory=dict)
     total_loss_curve: dict[int, float] = field(default_factory=dict)
@@ -110,9 +128,9 @@ def ssl_loss_curves(curves: dict[str, dict[int, float]]) -> tuple[dict, dict]:
     return contrastive, total
 
 
-def offline_linear_acc1(run_dir: Path, summary: dict[str, Any]) -> float | None:
-    """Top-1 of ``run_dir/linear.json`` when it measured the run's final weights: the
-    checkpoint it names is ``checkpoints/last.ckpt`` and it is newer than that file (a probe of
+def offline_linear_result(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """``run_dir/linear.json`` when it measured the run's final weights: the checkpoint it
+    names is ``checkpoints/last.ckpt`` and it is newer than that file (a probe of
     ``epoch000.ckpt``, or one made before a ``resume`` trained further, is not this row's), and
     not another run's that still exists (a ``linear.json`` written with ``--out`` into this
     folder, or copied with it); else None, with a
@@ -134,7 +152,7 @@ def offline_linear_acc1(run_dir: Path, summary: dict[str, Any]) -> float | None:
     elif last.exists() and linear_file.stat().st_mtime < last.stat().st_mtime:
         why = f"{last} was written after it (the run trained on)"
     else:
-        return linear.get("acc1")
+        return linear
     warnings.warn(
         f"{linear_file}: offline linear not shown for {summary.get('epochs')} epochs: {why}; "
         f"run solo-mixmask linear {last}",
@@ -142,6 +160,107 @@ def offline_linear_acc1(run_dir: Path, summary: dict[str, Any]) -> float | None:
         stacklevel=2,
     )
     return None
+
+
+def offline_linear_acc1(run_dir: Path, summary: dict[str, Any]) -> float | None:
+    """Top-1 of :func:`offline_linear_result` (None, with a warning, when not this row's)."""
+    linear = offline_linear_result(run_dir, summary)
+    return None if linear is None else linear.get("acc1")
+
+
+def probe_recipe(linear: dict[str, Any]) -> dict[str, Any]:
+    """What decides a ``linear.json``'s figure besides the weights, by name: the preset, every
+    ``linear.*`` setting, cached features or augmented crops, the dataset and the image counts;
+    with subsets, the seed that picked them. A setting the file does not record (results of
+    older versions) is None."""
+    settings = linear.get("settings") or {}
+    recipe: dict[str, Any] = {
+        "dataset": linear.get("dataset"),
+        "preset": linear.get("preset"),
+        "cached_features": linear.get("cached_features"),
+        "train_images": linear.get("train_images"),
+        "val_images": linear.get("val_images"),
+    }
+    recipe.update({f"linear.{key}": value for key, value in sorted(settings.items())})
+    subsets = settings.get("train_subset") is not None or settings.get("val_subset") is not None
+    if subsets and linear.get("seed") is not None:
+        recipe["seed"] = linear["seed"]  # picks the subsets' images
+    return recipe
+
+
+def knn_recipe(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """What decides a run's online k-NN figure besides the weights: the k it voted with
+    (``knn_k``, clamped to its memory), ``knn_eval.T``, the images (``data.knn_train_subset``
+    memory, ``data.val_subset`` queries, the dataset), the similarity dtype and the precision
+    its features were extracted in (resolved as the run did; None when not recorded)."""
+    from solo_mixmask.eval.offline_knn import run_precision
+
+    config = run_dir / CONFIG
+    cfg: dict[str, Any] = {}
+    if config.is_file():
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=True)  # type: ignore[assignment]
+
+    def get(key: str) -> Any:
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    return {
+        "dataset": summary.get("dataset"),
+        "knn_k": summary.get("knn_k"),
+        "knn_eval.T": get("knn_eval.T"),
+        "data.knn_train_subset": get("data.knn_train_subset"),
+        "data.val_subset": get("data.val_subset"),
+        "performance.knn_dtype": get("performance.knn_dtype"),
+        "precision": run_precision(cfg or None, summary, run_dir / CHECKPOINTS / LAST),
+    }
+
+
+#: The marker of a cell whose figure was measured with other settings than another row's.
+DIFFERS = "†"
+#: Columns whose figures :func:`mark_differences` checks: column -> (figure, settings).
+CHECKED_COLUMNS = {
+    "k-NN top-1": ("knn_acc1", "knn_settings"),
+    "offline linear top-1": ("offline_linear_acc1", "offline_linear_settings"),
+}
+
+
+def _shown(value: Any) -> str:
+    return "not recorded" if value is None else str(value)
+
+
+def mark_differences(records: Sequence[RunRecord]) -> list[str]:
+    """For each of :data:`CHECKED_COLUMNS`, the settings in which the rows that show a figure
+    differ (a setting one row does not record counts as different when another does): set
+    in each such record's ``differs``, and one ``warning:`` line per column naming them with
+    every row's value. Returns the lines."""
+    lines = []
+    for column, (figure, settings) in CHECKED_COLUMNS.items():
+        shown = [r for r in records if getattr(r, figure) is not None and getattr(r, settings)]
+        if len(shown) < 2:
+            continue
+        keys = dict.fromkeys(k for r in shown for k in getattr(r, settings))
+        differing = [
+            k for k in keys if len({json.dumps(getattr(r, settings).get(k)) for r in shown}) > 1
+        ]
+        if not differing:
+            continue
+        for r in shown:
+            r.differs[column] = differing
+        per_key = "; ".join(
+            f"{k} " + ", ".join(f"{_shown(getattr(r, settings).get(k))} ({r.name})" for r in shown)
+            for k in differing
+        )
+        line = (
+            f"{column} ({DIFFERS}) of {', '.join(r.name for r in shown)} measured with "
+            f"different settings: {per_key}; these figures do not rank the methods alone"
+        )
+        warnings.warn(line, ConfigWarning, stacklevel=2)
+        lines.append(line)
+    return lines
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -158,7 +277,8 @@ def load_run(run_dir: str | Path) -> RunRecord:
     if not summary_file.is_file():
         raise DataError(f"{str(run_dir)!r} is not a finished run folder: {summary_file} is missing")
     summary: dict[str, Any] = json.loads(summary_file.read_text())
-    offline = offline_linear_acc1(run_dir, summary)
+    linear = offline_linear_result(run_dir, summary)
+    offline = None if linear is None else linear.get("acc1")
     curves = epoch_curves(run_dir)
     contrastive, total = ssl_loss_curves(curves)
     return RunRecord(
@@ -173,14 +293,16 @@ def load_run(run_dir: str | Path) -> RunRecord:
         embedding_std=summary.get("embedding_std"),
         embedding_std_spread=summary.get("embedding_std_spread"),
         collapsed=summary.get("collapsed"),
+        knn_settings=knn_recipe(run_dir, summary) if summary.get("knn_acc1") is not None else None,
+        offline_linear_settings=None if offline is None else probe_recipe(linear or {}),
         knn_curve=curves.get("val_knn_acc1", {}),
         contrastive_curve=contrastive,
         total_loss_curve=total,
     )
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _pct(value: float | None, differs: bool = False) -> str:
+    return "-" if value is None else f"{value:.2f}" + (f" {DIFFERS}" if differs else "")
 
 
 def _duration(seconds: float | None) -> str:
@@ -192,7 +314,9 @@ def _duration(seconds: float | None) -> str:
 
 
 def markdown_table(records: Sequence[RunRecord]) -> str:
-    """One header row, one separator and one row per run (accuracies in %)."""
+    """One header row, one separator and one row per run (accuracies in %; a figure measured
+    with other settings than another row's is marked :data:`DIFFERS`, see
+    :func:`mark_differences`)."""
     header = (
         "run",
         "method",
@@ -210,9 +334,9 @@ def markdown_table(records: Sequence[RunRecord]) -> str:
             r.name,
             r.method,
             "-" if r.epochs is None else str(r.epochs),
-            _pct(r.knn_acc1),
+            _pct(r.knn_acc1, "k-NN top-1" in r.differs),
             _pct(r.linear_acc1),
-            _pct(r.offline_linear_acc1),
+            _pct(r.offline_linear_acc1, "offline linear top-1" in r.differs),
             embedding_std_cell(r.embedding_std, r.embedding_std_spread, r.collapsed),
             "-" if r.images_per_sec is None else f"{r.images_per_sec:.1f}",
             _duration(r.wall_seconds),
@@ -307,22 +431,73 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     records = [replace(load_run(d), name=n) for d, n in zip(run_dirs, names)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    differences = mark_differences(records)
     table = markdown_table(records)
+    notes = footnotes(records)
     knn_png = plot_knn(records, out / "knn.png")
     loss_png = plot_loss(records, out / "loss.png")
     report = out / "report.md"
     report.write_text(
-        "# Run comparison\n\n" + table + "\n\n"
-        "Accuracies in %: k-NN and online linear are the runs' last online values "
+        "# Run comparison\n\n"
+        + table
+        + "\n\n"
+        + (notes + "\n\n" if notes else "")
+        + "Accuracies in %: k-NN and online linear are the runs' last online values "
         "(summary.json); offline linear comes from linear.json when `solo-mixmask linear` "
-        "was run. images/s counts training batches only.\n\n"
+        "was run. images/s counts training batches only. How each figure was measured, per "
+        "row: compare.json.\n\n"
         "![k-NN accuracy](knn.png)\n\n![loss](loss.png)\n\n"
         "Left loss panel: the contrastive term L(q, k) (train_nce_loss / train_byol_loss), "
         "comparable across methods. Right: the sum of all self-supervised loss terms.\n"
     )
+    rows = out / "compare.json"
+    rows.write_text(json.dumps(compare_rows(records, differences), indent=2))
     return {
         "table": table,
+        "notes": notes,
         "report": str(report),
+        "json": str(rows),
         "knn_plot": str(knn_png),
         "loss_plot": str(loss_png),
+    }
+
+
+def footnotes(records: Sequence[RunRecord]) -> str:
+    """The report's lines under the table for each column with :data:`DIFFERS` cells: every
+    marked row's values of the settings that differ. Empty when none differ."""
+    lines = []
+    for column, (_, settings) in CHECKED_COLUMNS.items():
+        marked = [r for r in records if column in r.differs]
+        if not marked:
+            continue
+        lines.append(f"{DIFFERS} {column} measured with different settings:")
+        for r in marked:
+            values = getattr(r, settings) or {}
+            words = ", ".join(f"{k} {_shown(values.get(k))}" for k in r.differs[column])
+            lines.append(f"- {r.name}: {words}")
+    return "\n".join(lines)
+
+
+def compare_rows(records: Sequence[RunRecord], differences: Sequence[str]) -> dict[str, Any]:
+    """``compare.json``: each row's figures and how they were measured (``knn_settings``,
+    ``offline_linear_settings``; ``differs``: per column, the settings in which the row's
+    figure differs from another row's), and the ``warnings`` about them."""
+    return {
+        "rows": [
+            {
+                "run": r.name,
+                "method": r.method,
+                "epochs": r.epochs,
+                "knn_acc1": r.knn_acc1,
+                "linear_acc1": r.linear_acc1,
+                "offline_linear_acc1": r.offline_linear_acc1,
+                "knn_settings": r.knn_settings,
+                "offline_linear_settings": r.offline_linear_settings,
+                "differs": r.differs,
+                "images_per_sec": r.images_per_sec,
+                "wall_seconds": r.wall_seconds,
+            }
+            for r in records
+        ],
+        "warnings": list(differences),
     }

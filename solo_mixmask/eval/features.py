@@ -27,10 +27,11 @@ epoch loop that trains a classifier on images (:func:`train_epochs`); their pres
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from solo_mixmask.checkpoints.backbone import LoadedBackbone, load_backbone
 from solo_mixmask.config.augmentation_specs import CropSpec
-from solo_mixmask.config.eval_specs import EvalSpec, compose_eval_config, eval_spec
+from solo_mixmask.config.eval_specs import (
+    EvalSpec,
+    compose_eval_config,
+    eval_spec,
+    refuse_not_read,
+)
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.presets import load_preset, preset_defaults
 from solo_mixmask.run.folder import CONFIG, run_dir_of
@@ -63,13 +69,18 @@ def eval_config(
     preset: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
     preset_name: str | None = None,
+    not_read: Mapping[str, str] | None = None,
+    command: str = "this command",
 ) -> DictConfig:
     """The evaluation config of ``checkpoint`` (see the module docstring and
     :func:`~solo_mixmask.config.eval_specs.compose_eval_config`): ``defaults`` are the command's own
     section (e.g. ``{"linear": {...}}``, its ``paper`` preset), ``preset`` the chosen preset
-    (``preset_name`` for messages)."""
+    (``preset_name`` for messages); ``not_read``: keys ``command`` refuses, with what to use
+    instead (:func:`~solo_mixmask.config.eval_specs.check_not_read`)."""
     from_run = run_config(lb, checkpoint)
-    return compose_eval_config(from_run, overrides, preset, defaults, preset_name)
+    return compose_eval_config(
+        from_run, overrides, preset, defaults, preset_name, not_read, command
+    )
 
 
 def checkpoint_spec(
@@ -78,12 +89,17 @@ def checkpoint_spec(
     device: torch.device,
     preset: str | None = None,
     folder: Path | None = None,
+    not_read: Mapping[str, str] | None = None,
+    command: str = "this command",
 ) -> tuple[LoadedBackbone, EvalSpec]:
     """The backbone of ``checkpoint`` and its :func:`spec_of` (the preset, when named, read
-    before the checkpoint)."""
+    before the checkpoint; keys ``command`` does not read, ``not_read``, refused before it)."""
     preset_cfg = load_preset(preset, folder) if preset is not None and folder is not None else None
+    if not_read:  # a typo'd command line fails before a large checkpoint is read
+        refuse_not_read(overrides, preset_cfg, preset, not_read, command)
     lb = load_backbone(checkpoint)
-    return lb, spec_of(lb, checkpoint, overrides, device, preset, folder, preset_cfg)
+    spec = spec_of(lb, checkpoint, overrides, device, preset, folder, preset_cfg, not_read, command)
+    return lb, spec
 
 
 def spec_of(
@@ -94,6 +110,8 @@ def spec_of(
     preset: str | None = None,
     folder: Path | None = None,
     preset_cfg: dict[str, Any] | None = None,
+    not_read: Mapping[str, str] | None = None,
+    command: str = "this command",
 ) -> EvalSpec:
     """The :class:`~solo_mixmask.config.eval_specs.EvalSpec` of ``checkpoint``'s :func:`eval_config`
     for a command on ``device``; with ``preset`` (a name in ``folder``, e.g.
@@ -108,6 +126,8 @@ def spec_of(
         preset=preset_cfg,
         defaults=preset_defaults(folder) if folder is not None else None,
         preset_name=preset,
+        not_read=not_read,
+        command=command,
     )
     return eval_spec(cfg, str(device))
 
@@ -147,6 +167,27 @@ def prepare_backbone(lb: LoadedBackbone, device: torch.device, channels_last: bo
     return model
 
 
+#: Lightning's precisions that feature extraction can run in: full float32, or float32 weights
+#: under ``torch.autocast`` to bfloat16 / float16, as a Lightning run validates in them.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "32-true": None,
+    "bf16-mixed": torch.bfloat16,
+    "16-mixed": torch.float16,
+}
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context a forward pass runs in for Lightning's ``precision`` on ``device``: nothing
+    for ``32-true``, ``torch.autocast(device.type, dtype)`` for ``bf16-mixed`` / ``16-mixed``
+    (what Lightning's mixed-precision plugin wraps a validation step in)."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ConfigError("--precision", precision, f"one of {', '.join(AUTOCAST_DTYPES)}")
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
@@ -154,8 +195,10 @@ def extract_features(
     device: torch.device,
     channels_last: bool = False,
     log_every: float = 30.0,
+    precision: str = "32-true",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` over ``loader`` of ``(x (B,3,H,W), y (B,))``.
+    """Run ``model`` over ``loader`` of ``(x (B,3,H,W), y (B,))``, in float32 or, with
+    ``precision`` ``bf16-mixed`` / ``16-mixed``, under autocast (:func:`precision_context`).
 
     Returns ``(features (N, D) float32 on the CPU, targets (N,) int64)`` in loader order.
     Prints a progress line every ``log_every`` seconds.
@@ -167,7 +210,9 @@ def extract_features(
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        feats.append(model(x).float().cpu())
+        with precision_context(precision, device):
+            out = model(x)
+        feats.append(out.float().cpu())
         targets.append(torch.as_tensor(y, dtype=torch.long))
         done += len(y)
         if time.perf_counter() - last > log_every:

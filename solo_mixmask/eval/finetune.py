@@ -53,6 +53,13 @@ from solo_mixmask.paths import check_output_dir
 PRESETS_DIR = presets_dir("finetune")
 SUBSET_FILE = "label_subset.csv"
 RESULT_FILE = "finetune.json"
+#: Keys the config knows (``knn`` and pretraining read them) that ``finetune`` does not, with
+#: what to use instead: refused, never dropped (:func:`~solo_mixmask.config.eval_specs.check_not_read`).
+NOT_READ = {
+    "data.val_subset": "finetune.val_subset={value}",
+    "data.train_subset": "--label-fraction (a share of the labelled training images)",
+    "data.knn_train_subset": "--label-fraction (a share of the labelled training images)",
+}
 
 
 def check_fraction(fraction: Any) -> float:
@@ -204,7 +211,9 @@ def run_finetune(
     start = time.perf_counter()
     fraction = check_fraction(fraction)
     dev = eval_device(device)
-    lb, spec = checkpoint_spec(checkpoint, overrides, dev, preset, PRESETS_DIR)
+    lb, spec = checkpoint_spec(
+        checkpoint, overrides, dev, preset, PRESETS_DIR, not_read=NOT_READ, command="finetune"
+    )
     s = spec.finetune
     assert s is not None  # the finetune presets give the config a finetune section
     seed, workers, channels_last = spec.seed, spec.num_workers, spec.channels_last

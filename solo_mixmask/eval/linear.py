@@ -52,6 +52,13 @@ from solo_mixmask.eval.presets import presets_dir
 from solo_mixmask.paths import check_output_file
 
 PRESETS_DIR = presets_dir("linear")
+#: Keys the config knows (``knn`` and pretraining read them) that ``linear`` does not, with the
+#: key to use instead: refused, never dropped (:func:`~solo_mixmask.config.eval_specs.check_not_read`).
+NOT_READ = {
+    "data.val_subset": "linear.val_subset={value}",
+    "data.train_subset": "linear.train_subset={value}",
+    "data.knn_train_subset": "linear.train_subset={value}",
+}
 
 
 def load_preset(preset: str) -> dict[str, Any]:
@@ -201,7 +208,9 @@ def run_linear(
     dev = eval_device(device)  # a GPU this machine lacks, before anything is read
     path = output_path(checkpoint, "linear", out)
     check_output_file("--out", path)  # before the features
-    lb, spec = checkpoint_spec(checkpoint, overrides, dev, preset, PRESETS_DIR)
+    lb, spec = checkpoint_spec(
+        checkpoint, overrides, dev, preset, PRESETS_DIR, not_read=NOT_READ, command="linear"
+    )
     s = spec.linear
     assert s is not None  # the linear presets give the config a linear section
     seed, workers, channels_last = spec.seed, spec.num_workers, spec.channels_last
@@ -247,6 +256,7 @@ def run_linear(
     top1, top5 = evaluate_head(head, val_f, val_y)
     fields = {
         "preset": preset,
+        "seed": seed,  # picks the train_subset / val_subset images
         "cached_features": cached,
         "train_augmentation": "none (centre crop, cached)"
         if cached

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from omegaconf import OmegaConf
+
 from solo_mixmask.config.data_specs import DataSpec
 from solo_mixmask.config.schema import warn_one_class
 from solo_mixmask.core.knn import (
@@ -26,18 +29,23 @@ from solo_mixmask.core.knn import (
 )
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.features import (
+    AUTOCAST_DTYPES,
     checkpoint_spec,
     eval_device,
     extract_features,
     output_path,
     prepare_backbone,
+    run_config,
     spec_of,
     write_result,
 )
 from solo_mixmask.paths import check_output_file
-from solo_mixmask.run.folder import SUMMARY, run_dir_of
+from solo_mixmask.run.folder import CONFIG, SUMMARY, run_dir_of
 
 DEFAULT_KS = (10, 20, 100, 200)
+#: Overrides that ``knn`` does not read, and what to use instead: the run's ``precision`` is
+#: the online monitor's; the offline features' is ``--precision``.
+NOT_READ = {"precision": "--precision (32-true, bf16-mixed, 16-mixed or run)"}
 
 
 def _check_ks(ks: Sequence[int]) -> list[int]:
@@ -48,13 +56,15 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
 
 
 def online_knn(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The run's last online k-NN (``summary.json``) as ``{"acc1", "acc5", "weights"}``, or None
-    outside a run folder. ``weights`` is None when the figure was measured on ``checkpoint``'s
-    weights, else why not: summary.json holds the final epoch's figure, which is not that of
-    ``epoch000.ckpt``, nor of a ``last.ckpt`` written after it (a resume trained on)."""
+    """The run's last online k-NN (``summary.json``) as ``{"acc1", "acc5", "weights",
+    "precision"}``, or None outside a run folder. ``weights`` is None when the figure was
+    measured on ``checkpoint``'s weights, else why not: summary.json holds the final epoch's
+    figure, which is not that of ``epoch000.ckpt``, nor of a ``last.ckpt`` written after it (a
+    resume trained on). ``precision``: the one the monitor extracted its features in
+    (:func:`run_precision`; None when the run does not record it)."""
     run = run_dir_of(checkpoint)
     summary = run / SUMMARY if run else None
-    if summary is None or not summary.is_file():
+    if run is None or summary is None or not summary.is_file():
         return None
     data = json.loads(summary.read_text())
     if data.get("knn_acc1") is None:
@@ -66,7 +76,63 @@ def online_knn(checkpoint: str | Path) -> dict[str, Any] | None:
         weights = f"the online figure is of {measured.name or 'the final weights'}, not {path.name}"
     elif path.stat().st_mtime > summary.stat().st_mtime:
         weights = f"{path.name} was written after {SUMMARY} (the run trained on)"
-    return {"acc1": data["knn_acc1"], "acc5": data.get("knn_acc5"), "weights": weights}
+    cfg = OmegaConf.to_container(OmegaConf.load(run / CONFIG)) if (run / CONFIG).is_file() else None
+    return {
+        "acc1": data["knn_acc1"],
+        "acc5": data.get("knn_acc5"),
+        "weights": weights,
+        "precision": run_precision(cfg, data, path),  # type: ignore[arg-type]
+    }
+
+
+#: Lightning's short names of its precisions, by the names it prints (``precision=16`` is
+#: ``16-mixed``).
+PRECISION_NAMES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
+
+
+def lightning_precision(setting: Any) -> str:
+    """``precision`` as Lightning names it once it has read it (``16`` -> ``16-mixed``)."""
+    return PRECISION_NAMES.get(str(setting), str(setting))
+
+
+def run_precision(
+    cfg: dict[str, Any] | None, summary: dict[str, Any], checkpoint: str | Path | None = None
+) -> str | None:
+    """The precision (Lightning's name) that a run validated in, so that its online k-NN
+    features were extracted in, or None when the run does not record it.
+
+    ``summary.json``'s ``precision`` when it holds one; else the config's ``precision`` unless
+    ``auto``; ``auto`` is resolved as the run resolved it
+    (:func:`~solo_mixmask.run.trainer.trainer_kwargs`): ``32-true`` unless it trained on CUDA,
+    where it is ``bf16-mixed``, or ``16-mixed`` on a GPU without bfloat16. Where it trained: an
+    ``accelerator`` that is not ``auto`` / ``gpu`` / ``cuda`` is never CUDA, ``gpu`` / ``cuda``
+    always is; ``auto`` is told by the clock that timed its batches (summary.json's
+    ``images_per_sec_clock``: ``host`` off CUDA, ``cuda events`` on it; absent in runs older
+    than it, None in a run finished from its checkpoint, ``mixed`` in one resumed elsewhere:
+    not recorded). On CUDA, a ``checkpoint`` that holds Lightning's GradScaler state
+    (``MixedPrecision``) trained in ``16-mixed``, one without it in ``bf16-mixed``."""
+    if summary.get("precision") is not None:
+        return lightning_precision(summary["precision"])
+    if cfg is None:
+        return None
+    setting = cfg.get("precision", "auto")
+    if setting not in (None, "auto"):
+        return lightning_precision(setting)
+    accelerator = str(cfg.get("accelerator") or "auto")
+    clock = summary.get("images_per_sec_clock")
+    if accelerator not in ("auto", "gpu", "cuda") or (accelerator == "auto" and clock == "host"):
+        return "32-true"
+    on_cuda = accelerator in ("gpu", "cuda") or clock == "cuda events"
+    if not on_cuda or checkpoint is None:
+        return None
+    try:  # mmap: the keys, not the tensors
+        saved = torch.load(checkpoint, weights_only=True, map_location="cpu", mmap=True)
+    except Exception:  # unreadable here: then the precision is not known
+        return None
+    scaler = isinstance(saved, dict) and any(
+        key in saved for key in ("MixedPrecision", "native_amp_scaling_state")
+    )
+    return "16-mixed" if scaler else "bf16-mixed"
 
 
 def monitor_images(spec: DataSpec) -> dict[str, Any]:
@@ -88,16 +154,32 @@ def monitor_images(spec: DataSpec) -> dict[str, Any]:
     }
 
 
+def precision_words(precision: str) -> str:
+    """``float32`` for ``32-true``, else Lightning's name (``bf16-mixed``: autocast)."""
+    return "float32" if precision == "32-true" else precision
+
+
 def not_like_online(
     offline: dict[str, Any], online: dict[str, Any], ks: Sequence[int]
 ) -> list[str]:
     """Why an offline k-NN with settings ``offline`` cannot be compared with the online one
-    measured with ``online`` (both ``{"k", "temperature", "matmul_dtype", "images":
+    measured with ``online`` (both ``{"k", "temperature", "matmul_dtype", "precision", "images":
     monitor_images(...)}``; ``matmul_dtype``: offline the similarity dtype it used, online
-    ``performance.knn_dtype`` as the run set it), one phrase per difference; empty when they are
-    measured alike. Neighbours picked from bfloat16 similarities can differ from float32's at
-    near-ties; ``auto`` (bfloat16 on CUDA) does not say which the run used."""
+    ``performance.knn_dtype`` as the run set it; ``precision``: what the features were extracted
+    in, Lightning's name, online None when the run does not record it), one phrase per
+    difference; empty when they are measured alike. Neighbours picked from bfloat16
+    similarities can differ from float32's at near-ties; ``auto`` (bfloat16 on CUDA) does not
+    say which the run used. Features extracted under bf16 autocast differ from float32's in
+    about the third significant digit, enough to move a neighbour at a near-tie."""
     reasons = []
+    if online["precision"] is None:
+        reasons.append("the run's precision is not recorded")
+    elif offline["precision"] != online["precision"]:
+        reasons.append(
+            f"features in {precision_words(offline['precision'])} offline, "
+            f"{precision_words(online['precision'])} online (--precision run extracts them "
+            "as the run did)"
+        )
     used, setting = offline["matmul_dtype"], online["matmul_dtype"]
     if setting == "auto":
         reasons.append(
@@ -118,6 +200,39 @@ def not_like_online(
     return reasons
 
 
+#: ``knn --precision``: what the offline features are extracted in (``run``: as the run did).
+PRECISION_CHOICES = (*AUTOCAST_DTYPES, "run")
+
+
+def offline_precision(
+    precision: str, lb: Any, checkpoint: str | Path, online: dict[str, Any] | None
+) -> str:
+    """``--precision`` resolved: ``run`` is the run's own (:func:`run_precision`; ConfigError
+    when it is not recorded or cannot be reproduced offline), else as given."""
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError("--precision", precision, f"one of {', '.join(PRECISION_CHOICES)}")
+    if precision != "run":
+        return precision
+    if online is not None:
+        resolved = online["precision"]
+    else:  # no run folder: the config a checkpoint holds, if any
+        resolved = run_precision(run_config(lb, checkpoint), {}, checkpoint)
+    if resolved is None:
+        raise ConfigError(
+            "--precision",
+            "run",
+            f"one of {', '.join(AUTOCAST_DTYPES)}: the run's precision is not recorded",
+        )
+    if resolved not in AUTOCAST_DTYPES:
+        raise ConfigError(
+            "--precision",
+            "run",
+            f"one of {', '.join(AUTOCAST_DTYPES)}: the run trained in {resolved}, which "
+            "feature extraction does not reproduce",
+        )
+    return resolved
+
+
 def run_knn(
     checkpoint: str | Path,
     ks: Sequence[int] | None = None,
@@ -125,6 +240,7 @@ def run_knn(
     overrides: Sequence[str] = (),
     out: str | Path | None = None,
     device: str | None = None,
+    precision: str = "32-true",
 ) -> dict[str, Any]:
     """Offline weighted k-NN top-1/top-5 (%) for each k; writes and returns the result dict.
 
@@ -135,7 +251,10 @@ def run_knn(
     last online k-NN labelled with the k and T the monitor measured it with (the run's config,
     never the overrides), and the offline-minus-online difference only when the offline k-NN
     was measured alike (the weights the online figure measured, same T, k and images,
-    :func:`not_like_online`; else ``not_compared`` says what differs).
+    :func:`not_like_online`; else ``not_compared`` says what differs). ``precision``: the
+    features' (Lightning's name: ``32-true``, ``bf16-mixed`` or ``16-mixed`` autocast, or ``run``,
+    the run's own as :func:`run_precision` finds it); the online monitor extracted them in the
+    run's, so a float32 figure of a bf16-mixed run is not compared.
     """
     from solo_mixmask.data.loaders import build_knn_loaders, num_classes
 
@@ -143,17 +262,23 @@ def run_knn(
     dev = eval_device(device)  # a GPU this machine lacks, before anything is read
     path = output_path(checkpoint, "knn", out)
     check_output_file("--out", path)  # before the features
-    lb, spec = checkpoint_spec(checkpoint, overrides, dev)
+    if precision not in PRECISION_CHOICES:  # before the checkpoint is read
+        raise ConfigError("--precision", precision, f"one of {', '.join(PRECISION_CHOICES)}")
+    lb, spec = checkpoint_spec(checkpoint, overrides, dev, not_read=NOT_READ, command="knn")
     run_spec = spec_of(lb, checkpoint, (), dev)  # what the online monitor measured with
     online_k, online_t = run_spec.knn.k, run_spec.knn.temperature
     ks = _check_ks(ks if ks else [*DEFAULT_KS, spec.knn.k, online_k])
     temperature = float(spec.knn.temperature if temperature is None else temperature)
     if not 0 < temperature < math.inf:
         raise ConfigError("--temperature", temperature, "a number in (0, inf)")
+    online = online_knn(checkpoint)
+    precision = offline_precision(precision, lb, checkpoint, online)
     model = prepare_backbone(lb, dev, spec.channels_last)
     train_loader, val_loader = build_knn_loaders(spec.data)
-    train_f, train_y = extract_features(model, train_loader, dev, spec.channels_last)
-    val_f, val_y = extract_features(model, val_loader, dev, spec.channels_last)
+    train_f, train_y = extract_features(
+        model, train_loader, dev, spec.channels_last, precision=precision
+    )
+    val_f, val_y = extract_features(model, val_loader, dev, spec.channels_last, precision=precision)
     classes = num_classes(spec.data)
     warn_one_class(classes, spec.data.no_labels)
     # performance.knn_dtype as the online monitor reads it (the run's, unless overridden)
@@ -174,27 +299,35 @@ def run_knn(
         }
     fields: dict[str, Any] = {
         "temperature": temperature,
+        "precision": precision,  # the features' (Lightning's name; 32-true: float32)
         "matmul_dtype": similarities,  # of the similarity product that picks the neighbours
         "train_images": int(train_f.shape[0]),
         "val_images": int(val_f.shape[0]),
         "features_dim": int(train_f.shape[1]),
         "k": per_k,
     }
-    online = online_knn(checkpoint)
     if online is not None:
         other_weights = online.pop("weights")
-        fields["online"] = {"k": online_k, "temperature": online_t, **online}
+        online_precision = online.pop("precision")
+        fields["online"] = {
+            "k": online_k,
+            "temperature": online_t,
+            "precision": online_precision,  # the run's, resolved; None: not recorded
+            **online,
+        }
         reasons = [other_weights] if other_weights else []
         reasons += not_like_online(
             {
                 "temperature": temperature,
                 "matmul_dtype": similarities,
+                "precision": precision,
                 "images": monitor_images(spec.data),
             },
             {
                 "k": online_k,
                 "temperature": online_t,
                 "matmul_dtype": run_spec.knn.matmul_dtype,  # the setting: auto is not resolved
+                "precision": online_precision,
                 "images": monitor_images(run_spec.data),
             },
             ks,

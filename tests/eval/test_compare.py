@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from solo_mixmask.cli import main
+from solo_mixmask.errors import ConfigWarning
 from solo_mixmask.eval.compare import (
     compare_runs,
     epoch_curves,
@@ -141,3 +142,75 @@ def test_epoch_curves_tell_the_untrained_k_nn_from_epoch_1_when_an_epoch_is_one_
     (tmp_path / "init_metrics.json").write_text("{}")  # not measured before training
     assert epoch_curves(tmp_path)["val_knn_acc1"] == {1: 21.0, 2: 37.0}  # the row at 0 is e1
     assert epoch_curves(tmp_path / "missing") == {}
+
+
+def test_figures_measured_with_different_settings_are_marked(tiny_runs, tmp_path, capsys):
+    """Once: two linear probes of different recipes (preset, epochs, images) stood side by
+    side in the offline linear column, unmarked, as if they ranked the methods."""
+    import shutil
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    runs = {}
+    for name, method in (("a", "mocov2plus"), ("b", "mixmask")):
+        runs[name] = tmp_path / name
+        shutil.copytree(tiny_runs[method], runs[name])  # copy2: the files keep their times
+        (runs[name] / "linear.json").unlink(missing_ok=True)
+    probes = {
+        "a": ["--preset", "small", "linear.epochs=1", "linear.train_subset=32"],
+        "b": ["--preset", "paper", "linear.epochs=2", "linear.train_subset=48"],
+    }
+    for name, argv in probes.items():
+        last = runs[name] / "checkpoints" / "last.ckpt"
+        assert main(["linear", str(last), *argv, "linear.val_subset=16"]) == 0
+    capsys.readouterr()
+
+    with pytest.warns(ConfigWarning) as caught:
+        result = compare_runs([runs["a"], runs["b"]], tmp_path / "out")
+    lines = [str(w.message) for w in caught if "different settings" in str(w.message)]
+    assert len(lines) == 1, lines  # the k-NN monitors were alike
+    line = lines[0]
+    assert line.startswith("offline linear top-1 (†) of a, b measured with different settings")
+    for fragment in (
+        "preset small (a), paper (b)",
+        "linear.epochs 1 (a), 2 (b)",
+        "linear.train_subset 32 (a), 48 (b)",
+        "train_images 32 (a), 48 (b)",
+        "linear.lr 1.0 (a), 30.0 (b)",
+    ):
+        assert fragment in line, line
+    assert "val_images" not in line  # 16 each: alike
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in result["table"].splitlines()[2:]]
+    assert all(r[5].endswith(" †") for r in rows) and not any(r[3].endswith("†") for r in rows)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "† offline linear top-1 measured with different settings:" in report
+    assert "- a: preset small, train_images 32, linear.epochs 1, linear.lr 1.0," in report
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    probe_b = saved["rows"][1]["offline_linear_settings"]
+    assert (probe_b["preset"], probe_b["linear.epochs"], probe_b["val_images"]) == ("paper", 2, 16)
+    assert "linear.epochs" in saved["rows"][0]["differs"]["offline linear top-1"]
+    assert saved["warnings"] == [line]
+
+    # the same recipe in both: nothing marked; a k-NN monitor at another T is
+    linear_b = json.loads((runs["b"] / "linear.json").read_text())
+    linear_a = json.loads((runs["a"] / "linear.json").read_text())
+    same = {k: linear_a[k] for k in ("preset", "settings", "train_images", "val_images")}
+    (runs["b"] / "linear.json").write_text(json.dumps({**linear_b, **same}))
+    cfg = OmegaConf.load(runs["b"] / "config.yaml")
+    cfg.knn_eval.T = 0.2
+    OmegaConf.save(cfg, runs["b"] / "config.yaml")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compare_runs([runs["a"], runs["b"]], tmp_path / "out2")
+    lines = [str(w.message) for w in caught if "different settings" in str(w.message)]
+    assert lines == [
+        "k-NN top-1 (†) of a, b measured with different settings: knn_eval.T "
+        "0.1 (a), 0.2 (b); these figures do not rank the methods alone"
+    ], lines
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in result["table"].splitlines()[2:]]
+    assert all(r[3].endswith(" †") for r in rows) and not any(r[5].endswith("†") for r in rows)
+    assert main(["compare", str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "cli")]) == 0
+    captured = capsys.readouterr()
+    assert "- b: knn_eval.T 0.2" in captured.out
+    assert "warning: k-NN top-1 (†) of a, b measured with different settings" in captured.err

@@ -129,6 +129,59 @@ def test_unknown_override_keys_are_refused(checkpoint, tmp_path, capsys, no_data
 
 
 @pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # once: accepted (knn reads data.val_subset) and ignored: every validation image
+        (
+            ["linear", "{ckpt}", "data.val_subset=20"],
+            "data.val_subset=20 is not allowed: expected linear.val_subset=20 (linear does not "
+            "read data.val_subset)",
+        ),
+        (
+            ["linear", "{ckpt}", "--preset", "small", "data.train_subset=200"],
+            "data.train_subset=200 is not allowed: expected linear.train_subset=200 (linear "
+            "does not read data.train_subset)",
+        ),
+        (
+            ["linear", "{ckpt}", "data.knn_train_subset=100"],
+            "expected linear.train_subset=100 (linear does not read data.knn_train_subset)",
+        ),
+        (
+            ["finetune", "{ckpt}", "data.val_subset=20", "--out", "{tmp}/ft"],
+            "data.val_subset=20 is not allowed: expected finetune.val_subset=20 (finetune does "
+            "not read data.val_subset)",
+        ),
+        (
+            ["finetune", "{ckpt}", "data.train_subset=200", "--out", "{tmp}/ft"],
+            "expected --label-fraction (a share of the labelled training images) (finetune "
+            "does not read data.train_subset)",
+        ),
+        (
+            ["knn", "{ckpt}", "precision=bf16-mixed"],
+            "expected --precision (32-true, bf16-mixed, 16-mixed or run) (knn does not read "
+            "precision)",
+        ),
+    ],
+)
+def test_keys_a_command_does_not_read_are_refused(
+    checkpoint, tmp_path, capsys, no_data, argv, expected
+):
+    line = _error_line(capsys, [a.format(ckpt=checkpoint, tmp=tmp_path) for a in argv])
+    assert expected in line, line
+    assert not (tmp_path / "ft").exists()
+
+
+def test_a_preset_that_sets_a_key_the_command_does_not_read_is_refused(
+    checkpoint, tmp_path, capsys, no_data
+):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("linear:\n  epochs: 2\ndata:\n  val_subset: 50\n")
+    line = _error_line(capsys, ["linear", checkpoint, "--preset", preset])
+    assert "data.val_subset=50 is not allowed: expected linear.val_subset=50" in line, line
+    assert f"(in --preset {preset})" in line, line
+
+
+@pytest.mark.parametrize(
     ("command", "text", "fragments"),
     [
         ("linear", "linear:\n  lrr: 0.1\n", ["linear.lrr=0.1", "did you mean 'lr'", "--preset"]),

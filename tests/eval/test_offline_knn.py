@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +112,129 @@ def test_online_figure_of_bf16_or_auto_similarities(tiny_runs, tmp_path):
         else:
             assert "offline_minus_online_acc1" not in online
             assert reason in online["not_compared"], online["not_compared"]
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory):
+    """A tiny MixMask run trained and validated in bf16-mixed on the CPU (as ``auto`` runs on
+    CUDA): its online k-NN features were extracted under bfloat16 autocast."""
+    from tests.conftest import FMNIST_DIR, tiny_cfg
+
+    if not os.path.isdir(FMNIST_DIR):
+        pytest.skip(f"Fashion-MNIST not installed at {FMNIST_DIR}")
+    from solo_mixmask.run.pretrain import run_pretrain
+
+    root = tmp_path_factory.mktemp("bf16")
+    cfg = tiny_cfg(
+        "mixmask",
+        name="bf16",
+        data__train_subset=32,
+        data__knn_train_subset=64,
+        data__val_subset=32,
+        optimizer__batch_size=16,
+        precision="bf16-mixed",
+        checkpoint__dir=str(root),
+        checkpoint__run_dir=str(root / "bf16"),
+    )
+    return Path(run_pretrain(cfg)["run_dir"])
+
+
+def test_online_figure_of_a_bf16_run_is_not_compared_with_float32_features(bf16_run, capsys):
+    """Once: the float32 offline k-NN of a bf16-mixed run (the online monitor extracts its
+    features under autocast) reported offline_minus_online_acc1 as if measured alike."""
+    from solo_mixmask.cli import main
+
+    last = bf16_run / "checkpoints" / "last.ckpt"
+    summary = json.loads((bf16_run / "summary.json").read_text())
+    result = run_knn(last, ks=[5], device="cpu", out=bf16_run / "f32.json")
+    online = result["online"]
+    assert result["precision"] == "32-true" and online["precision"] == "bf16-mixed"
+    assert "offline_minus_online_acc1" not in online
+    assert online["not_compared"] == (
+        "features in float32 offline, bf16-mixed online (--precision run extracts them as the "
+        "run did)"
+    )
+    # asked for, the features are extracted as the monitor did: compared, and equal
+    argv = ["knn", str(last), "--k", "5", "--precision", "run", "--out", str(bf16_run / "r.json")]
+    assert main(argv) == 0, capsys.readouterr().err[-3000:]
+    result = json.loads((bf16_run / "r.json").read_text())
+    assert result["precision"] == "bf16-mixed"
+    assert result["online"]["offline_minus_online_acc1"] == 0.0
+    assert result["k"]["5"]["acc1"] == summary["knn_acc1"]
+    # the run's precision as an override would be the run's, not the features': refused
+    argv = ["knn", str(last), "precision=bf16-mixed", "--out", str(bf16_run / "x.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "precision='bf16-mixed' is not allowed: expected --precision" in err, err
+
+
+@pytest.mark.parametrize(
+    ("config", "clock", "expected"),
+    [
+        ({"precision": "32-true", "accelerator": "gpu"}, "cuda events", "32-true"),
+        ({"precision": 16}, None, "16-mixed"),  # Lightning's short name
+        ({"precision": "auto", "accelerator": "cpu"}, None, "32-true"),
+        ({"precision": "auto", "accelerator": "auto"}, "host", "32-true"),
+        ({"precision": "auto", "accelerator": "auto"}, "cuda events", "bf16-mixed"),
+        ({"accelerator": "gpu"}, None, "bf16-mixed"),  # no GradScaler state: bf16
+        ({"precision": "auto", "accelerator": "auto"}, None, None),  # run older than the clock
+        ({"precision": "auto", "accelerator": "auto"}, "mixed", None),  # resumed elsewhere
+    ],
+)
+def test_the_runs_precision_is_resolved_as_the_run_resolved_it(tiny_runs, config, clock, expected):
+    from solo_mixmask.eval.offline_knn import run_precision
+
+    last = tiny_runs["mixmask"] / "checkpoints" / "last.ckpt"
+    summary = {} if clock is None else {"images_per_sec_clock": clock}
+    assert run_precision(config, summary, last) == expected
+    assert run_precision(config, {**summary, "precision": "bf16-mixed"}, last) == "bf16-mixed"
+
+
+def test_a_run_of_unrecorded_precision_is_not_compared(tiny_runs, tmp_path):
+    """precision auto on accelerator auto, in a summary without the clock that says where it
+    trained (older runs): the precision is not known, so neither is the difference."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from solo_mixmask.errors import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["mixmask"], run)  # copy2: the files keep their times
+    last = run / "checkpoints" / "last.ckpt"
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.precision, cfg.accelerator = "auto", "auto"
+    OmegaConf.save(cfg, run / "config.yaml")
+    summary_file = run / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    for clock, reason in [
+        ("host", None),  # trained off CUDA: 32-true
+        ("cuda events", "features in float32 offline, bf16-mixed online"),
+        (None, "the run's precision is not recorded"),
+    ]:
+        summary.pop("images_per_sec_clock", None)
+        if clock is not None:
+            summary["images_per_sec_clock"] = clock
+        stamp = summary_file.stat().st_mtime
+        summary_file.write_text(json.dumps(summary))
+        os.utime(summary_file, (stamp, stamp))
+        online = run_knn(last, ks=[5], device="cpu", out=tmp_path / "knn.json")["online"]
+        if reason is None:
+            assert "offline_minus_online_acc1" in online, online
+        else:
+            assert "offline_minus_online_acc1" not in online
+            assert reason in online["not_compared"], online["not_compared"]
+    with pytest.raises(ConfigError, match="--precision='run'.*precision is not recorded"):
+        run_knn(last, ks=[5], device="cpu", out=tmp_path / "knn.json", precision="run")
+
+
+def test_a_cuda_run_with_gradscaler_state_trained_in_fp16(tmp_path):
+    import torch
+
+    from solo_mixmask.eval.offline_knn import run_precision
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "MixedPrecision": {"scale": 65536.0}}, ckpt)
+    clock = {"images_per_sec_clock": "cuda events"}
+    assert run_precision({"precision": "auto", "accelerator": "auto"}, clock, ckpt) == "16-mixed"
+    assert run_precision({"accelerator": "cuda"}, {}, tmp_path / "missing.ckpt") is None
