@@ -48,10 +48,44 @@ FREE_KEYS = ("backbone.kwargs",)
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
-    """``['a.b=1', '~c']`` -> ``[('a.b', 1), ('c', None)]`` (hydra's override grammar)."""
+    """``['a.b=1', '~c']`` -> ``[('a.b', 1), ('c', None)]`` (hydra's override grammar; which
+    are deletions: :func:`deleted_keys`)."""
     parsed = compose.parse_overrides(overrides)
     compose.refuse_sweeps(parsed)
     return [(o.key_or_group, None if o.is_delete() else o.value()) for o in parsed]
+
+
+def deleted_keys(overrides: Sequence[str]) -> dict[str, Any]:
+    """The keys that ``overrides`` delete (``~key``, hydra's grammar), with the value a
+    ``~key=value`` names (None for ``~key``)."""
+    return {o.key_or_group: o.value() for o in compose.parse_overrides(overrides) if o.is_delete()}
+
+
+def _restore_default(cfg: DictConfig, defaults: DictConfig, key: str, held: Any) -> None:
+    """``~key`` of an evaluation: ``key`` takes the engine's (or the command's) default again,
+    whatever the run or the preset set; a key without a default is deleted. As in hydra,
+    ``~key=VALUE`` (``held``) deletes only a key holding VALUE, and deleting a key the config
+    lacks is a ConfigError naming the override."""
+    line = f"~{key}" if held is None else f"~{key}={held}"
+    current = OmegaConf.select(cfg, key, default=_ABSENT)
+    if current is _ABSENT:
+        raise ConfigError(key, line, f"a key of the config to delete: {key} is not in it")
+    if held is not None and current != held:
+        raise ConfigError(
+            key, line, f"~{key} or ~{key}=VALUE with the value it holds: {key} is {current!r}"
+        )
+    default = OmegaConf.select(defaults, key, default=_ABSENT)
+    if default is not _ABSENT:
+        OmegaConf.update(cfg, key, default, force_add=True)
+        return
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if not isinstance(parent, DictConfig):
+        raise ConfigError(key, line, "a key of a mapping to delete (not a list item)")
+    del parent[leaf]
+
+
+_ABSENT = object()
 
 
 def check_given_keys(given: DictConfig, known: DictConfig, key: str = "") -> None:
@@ -142,12 +176,16 @@ def compose_eval_config(
     set. Changing ``data.dataset`` by override also forgets the run's ``data.num_classes``;
     without a run config the crop size follows the dataset (unless an override sets one).
     A key of the preset or of the overrides that ``command`` does not read (``not_read``, see
-    :func:`check_not_read`) is a ConfigError naming the key to use instead."""
+    :func:`check_not_read`) is a ConfigError naming the key to use instead. ``~key`` gives the
+    key its default again, as in pretraining (:func:`_restore_default`)."""
     refuse_not_read(overrides, preset, preset_name, not_read, command)
     cfg = OmegaConf.create(copy.deepcopy(BASE_DEFAULTS))
-    for layer in (copy.deepcopy(EVAL_EXTRA_KEYS), defaults, from_run):
+    for layer in (copy.deepcopy(EVAL_EXTRA_KEYS), defaults):
         if layer:
             cfg.merge_with(OmegaConf.create(layer))  # in place: cfg stays a DictConfig
+    engine_defaults = cfg.copy()  # what ~key restores
+    if from_run:
+        cfg.merge_with(OmegaConf.create(from_run))
     if preset:
         try:
             check_given_keys(OmegaConf.create(preset), cfg)
@@ -158,8 +196,12 @@ def compose_eval_config(
     parsed = parse_overrides(overrides)
     check_given_keys(_given_tree(parsed), cfg)
     keys = {k for k, _ in parsed}
+    deleted = deleted_keys(overrides)
     with open_dict(cfg):
         for key, value in parsed:
+            if key in deleted:
+                _restore_default(cfg, engine_defaults, key, deleted[key])
+                continue
             if key == "data.dataset" and "data.num_classes" not in keys:
                 OmegaConf.update(cfg, "data.num_classes", None, force_add=True)
             try:

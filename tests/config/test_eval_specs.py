@@ -71,3 +71,25 @@ def test_mask_picture_spec_defaults_and_checks():
     OmegaConf.update(cfg, "method_kwargs", {"mask_ratio": 1.0}, force_add=True)
     with pytest.raises(ConfigError, match=r"method_kwargs\.mask_ratio"):
         mask_picture_spec(cfg)
+
+
+def test_deleting_a_key_restores_the_engine_default_not_the_runs():
+    """``~key`` as in pretraining: the key takes its default again (it set null, which for
+    ``data.knn_train_subset`` means every image)."""
+    run = {"data": {"knn_train_subset": 64, "val_subset": 32}, "knn_eval": {"k": 5}}
+    cfg = compose_eval_config(run, ["~data.knn_train_subset", "~knn_eval.k"])
+    assert cfg.data.knn_train_subset == 10000 and cfg.knn_eval.k == 200
+    assert cfg.data.val_subset == 32  # not deleted: the run's
+    cfg = compose_eval_config(run, ["~data.val_subset=32"])
+    assert cfg.data.val_subset is None  # the engine's default: every image
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [("~data.val_subset=5", "data.val_subset is 32"), ("~data.nothing", "no such key")],
+)
+def test_a_deletion_hydra_refuses_names_the_override(override, words):
+    run = {"data": {"val_subset": 32}}
+    with pytest.raises(ConfigError) as info:
+        compose_eval_config(run, [override])
+    assert info.value.key == override[1:].split("=")[0] and words in str(info.value)
