@@ -73,13 +73,17 @@ class ResumeState(Callback):
 
     The position is applied as soon as Lightning hands the callback its state (before it builds
     the first training iterator), so the resumed epoch skips exactly the batches already trained.
+    Beside the loader's position it records ``epoch_batches``, the batches an epoch runs
+    (:func:`epoch_batches`; fewer than the loader's with ``limit_train_batches``).
     Under DDP only rank 0 writes the file, so the per-rank streams (global RNGs and the method's
     ``generators``, seeded per rank) of every rank are gathered into ``per_rank`` when saving and
     each rank takes its own back when loading (same world size), overriding the rank-0 copy the
     method restores from ``checkpoint["method_generators"]``.
 
     A checkpoint written in a batch's end hooks (mid-epoch ``last.ckpt``) counts that batch as
-    completed for Lightning 2.1 (:func:`mark_batch_completed`), whoever writes it.
+    completed for Lightning 2.1 (:func:`mark_batch_completed`), whoever writes it; one written
+    at the end of an epoch that ``max_time`` stopped part-way resumes inside that epoch
+    (:func:`reopen_stopped_epoch`).
     """
 
     def __init__(self, loader: ResumableLoader | None):
@@ -112,6 +116,9 @@ class ResumeState(Callback):
         state: dict[str, Any] = {"rng": streams["rng"]}
         if self.loader is not None:
             state["loader"] = self.loader.state_dict()
+            batches = epoch_batches(self._trainer)
+            if batches is not None:
+                state["epoch_batches"] = batches
         world = int(getattr(self._trainer, "world_size", 1) or 1)
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * world
@@ -140,6 +147,38 @@ class ResumeState(Callback):
     ) -> None:
         if not LIGHTNING_COMPLETES_BATCH_ON_RESTART:
             mark_batch_completed(checkpoint)
+        if self.loader is not None:
+            batches = epoch_batches(trainer)
+            if batches is not None and self.loader.batches_done < batches:
+                reopen_stopped_epoch(checkpoint)
+
+
+def epoch_batches(trainer: Any) -> int | None:
+    """The training batches an epoch of ``trainer`` runs (this rank's): the loader's length
+    cut by ``limit_train_batches`` as Lightning computes it; None before the loader is set up
+    or for an endless one. ``resume`` counts an epoch whose batches are all done as trained."""
+    batches = getattr(trainer, "num_training_batches", None)
+    if isinstance(batches, float) and batches.is_integer():
+        batches = int(batches)
+    return batches if isinstance(batches, int) and batches > 0 else None
+
+
+def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> None:
+    """Count an epoch that ``max_time`` (or ``max_steps``) stopped part-way as not processed in
+    ``checkpoint``, so that a resume trains the rest of it.
+
+    Lightning ends a stopped epoch as it ends a whole one and writes the run's last
+    checkpoint in its end hooks, with the epoch counted ``processed``: a resume (with a
+    larger ``max_time``) restarted at the next epoch and never trained the rest of the stopped
+    one. Called only while the loader's epoch has batches left; then a processed but not
+    completed epoch is set back to the shape of a mid-epoch checkpoint."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+    if not progress:
+        return
+    for part in ("total", "current"):
+        counts = progress.get(part)
+        if counts and counts["processed"] == counts["completed"] + 1:
+            counts["processed"] = counts["completed"]
 
 
 def mark_batch_completed(checkpoint: dict[str, Any]) -> None:

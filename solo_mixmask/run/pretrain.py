@@ -60,6 +60,7 @@ from solo_mixmask.errors import (
     CheckpointError,
     CollapseWarning,
     ConfigError,
+    ConfigWarning,
     DataError,
     StopRequested,
 )
@@ -190,6 +191,27 @@ def _initial_metrics(
     return init
 
 
+class FitWork(Callback):
+    """Counts what a fit did since :meth:`reset`: training batches (``trained``) and
+    validation passes (``validated``, the sanity check not included). A fit that did neither
+    (Lightning stopped it at once, as a restored ``Timer`` whose ``max_time`` is used up does)
+    has no figure to report: :func:`_train_in` keeps the run's summary then."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.trained = 0
+        self.validated = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self.trained += 1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self.validated += 1
+
+
 def _launches_children(trainer: L.Trainer) -> bool:
     """Whether Lightning will start the other ranks from this process (plain ``strategy=ddp``)."""
     cluster = getattr(trainer.strategy, "cluster_environment", None)
@@ -287,12 +309,16 @@ def _train_in(
 ) -> dict[str, Any]:
     """The run itself, in ``run_dir`` (made and locked): build, fit (or, ``finished``, evaluate
     the checkpoint that ends the run), write summary.json. ``progress["steps"]`` holds the
-    optimiser steps trained when ``fit`` returns or fails."""
+    optimiser steps trained when ``fit`` returns or fails. A fit that trained no step and
+    validated nothing (:class:`FitWork`) never overwrites an existing summary.json: it is kept
+    and returned, with one warning line."""
     model = method_cls(cfg)  # backbone name/kwargs are checked here, before the data is read
     if resume_from and saved_model is not None:
         check_model_fits(model, saved_model, resume_from)
 
     callbacks = build_callbacks(run.trainer, run_dir)
+    work = FitWork()
+    callbacks.append(work)
     trainer = build_trainer(run.trainer, run.logger, run_dir, callbacks)
     if data is None:
         from solo_mixmask.config.data_specs import data_spec
@@ -332,6 +358,7 @@ def _train_in(
                 finally:
                     trainer.loggers = loggers
         else:
+            work.reset()  # the k-NN pass at initialisation is not the fit's
             trainer.fit(
                 model,
                 train_dataloaders=train_loader,
@@ -351,6 +378,18 @@ def _train_in(
         if launching:
             os.environ.pop(RUN_DIR_ENV, None)
     wall = time.perf_counter() - start
+    previous = run_dir / SUMMARY
+    if finished is None and not work.trained and not work.validated and previous.is_file():
+        # a safety net (resume_run refuses the runs it knows to be finished): every figure of
+        # this fit would be null, so the summary of the training behind it stays
+        if trainer.is_global_zero:
+            warnings.warn(
+                f"the fit trained no step and validated nothing (Lightning stopped it at once): "
+                f"{previous} is kept as it was, not overwritten with empty figures",
+                ConfigWarning,
+                stacklevel=2,
+            )
+        return json.loads(previous.read_text())
 
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
     writer = next((c for c in callbacks if type(c) is LastCheckpoint), None)
@@ -376,6 +415,9 @@ def _train_in(
         "linear_acc1": _metric(metrics, "val_acc1"),
         "linear_acc5": _metric(metrics, "val_acc5"),
         "knn_k": model.knn_k,  # knn_eval.k, clamped to the k-NN memory
+        # what the monitors' features were computed in (precision=auto resolved): offline knn
+        # compares with the online figure only when it extracts alike
+        "precision": str(trainer.precision),
         **collapse,
         **init,
         # a run finished from its checkpoint trained nothing here: its speed and time are

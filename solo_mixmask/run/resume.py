@@ -4,13 +4,19 @@
 names it); the checkpoint must be a training checkpoint of the run's own method whose tensors
 fit the model of the run's config. Only the keys of :data:`RESUME_KEYS` may be overridden (what
 a resumed run really applies; anything else would be recorded in ``config.yaml`` without
-changing the run). ``max_epochs`` can grow; a finished run is left untouched
-(:class:`NothingToResume`); a run that trained all its epochs but whose final save failed (no
-``summary.json``) is finished from its checkpoint: evaluated again, nothing trained.
+changing the run). ``max_epochs`` and ``max_time`` can grow; a finished run (all its epochs,
+its ``max_steps`` or its ``max_time`` trained) is left untouched (:class:`NothingToResume`); a
+run that finished but whose final save failed (no ``summary.json``) is finished from its
+checkpoint: evaluated again, nothing trained.
+
+An epoch counts as trained when all the batches it runs are done: the training loader's, or
+fewer with ``limit_train_batches`` (:func:`batches_per_epoch`). The training time that
+``max_time`` limits is the one Lightning's ``Timer`` stored in the checkpoint.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ from solo_mixmask.checkpoints.io import LAST, atomic_copy, safe_load_checkpoint
 from solo_mixmask.checkpoints.saved_model import SavedModel, saved_model_of
 from solo_mixmask.config.compose import apply_overrides, parse_overrides
 from solo_mixmask.config.run_specs import resume_facts
+from solo_mixmask.config.schema import max_time_seconds
 from solo_mixmask.errors import CheckpointError, ConfigError
 from solo_mixmask.run.folder import (
     CHECKPOINTS,
@@ -35,7 +42,8 @@ from solo_mixmask.run.pretrain import fractional_epochs, run_pretrain
 
 
 class NothingToResume(Exception):
-    """``resume`` of a run that already trained its ``max_epochs``: nothing was changed."""
+    """``resume`` of a run that already trained its ``max_epochs`` (or its ``max_steps``, or
+    used up its ``max_time``): nothing was changed."""
 
 
 #: The keys ``resume RUN key=value`` may change: where and how the rest of the run is carried
@@ -44,6 +52,7 @@ class NothingToResume(Exception):
 #: run folder, so an override of it would be recorded without being applied.
 RESUME_KEYS = (
     "max_epochs",
+    "max_time",
     "checkpoint.every_n_steps",
     "data.num_workers",
     "progress_bar",
@@ -68,40 +77,124 @@ def check_resume_overrides(overrides: list[str]) -> None:
             )
 
 
-def _loader_position(checkpoint: dict[str, Any]) -> tuple[int, int, int] | None:
-    """(epoch, batches done, batches per epoch; 0 when unknown) of the checkpoint's training
-    loader, None when it holds no loader position (a non-resumable loader)."""
-    loader = (checkpoint.get("callbacks") or {}).get("ResumeState", {}).get("loader")
+def batches_per_epoch(loader_batches: int, limit: Any) -> int:
+    """The training batches an epoch runs, as Lightning computes them from the loader's
+    ``loader_batches`` and ``limit_train_batches`` (``limit``; None: absent): an int is a
+    number of batches (at most the loader's), a float a fraction of them, rounded down."""
+    if loader_batches <= 0 or limit is None or isinstance(limit, bool):
+        return loader_batches
+    if isinstance(limit, int):
+        return min(loader_batches, limit)
+    if isinstance(limit, float):
+        return int(loader_batches * limit)
+    return loader_batches  # not a number: the start-up checks refuse it
+
+
+def _loader_position(checkpoint: dict[str, Any], limit: Any) -> tuple[int, int, int] | None:
+    """(epoch, batches done, batches the epoch runs; 0 when unknown) of the checkpoint's
+    training loader, None when it holds no loader position (a non-resumable loader). The
+    batches an epoch runs are those the checkpoint recorded (``epoch_batches``, see
+    :class:`~solo_mixmask.callbacks.resume_state.ResumeState`), else (a checkpoint written
+    before it recorded them) the loader's cut by ``limit`` (``limit_train_batches``)."""
+    state = (checkpoint.get("callbacks") or {}).get("ResumeState", {})
+    loader = state.get("loader")
     if not isinstance(loader, dict) or "epoch" not in loader:
         return None
     done, total = int(loader.get("batches_done", 0)), int(loader.get("num_batches", 0) or 0)
+    recorded = state.get("epoch_batches")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+        total = recorded
+    else:
+        total = batches_per_epoch(total, limit)
     return int(loader["epoch"]), done, total
 
 
-def epochs_trained(checkpoint: dict[str, Any]) -> int | None:
+def epochs_trained(checkpoint: dict[str, Any], limit: Any = None) -> int | None:
     """Whole epochs (training and end-of-epoch evaluation) behind ``checkpoint``, or None when
-    it holds no loader position (a non-resumable loader).
+    it holds no loader position (a non-resumable loader). ``limit``: the run's
+    ``limit_train_batches`` (None: absent), for a checkpoint that did not record the batches
+    an epoch runs.
 
-    An epoch-end checkpoint is written after the epoch's evaluation, with all its batches done;
-    a mid-epoch one never has all batches done.
+    An epoch-end checkpoint is written after the epoch's evaluation, with all the epoch's
+    batches done; a mid-epoch one never has all of them done.
     """
-    position = _loader_position(checkpoint)
+    position = _loader_position(checkpoint, limit)
     if position is None:
         return None
     epoch, done, total = position
     return epoch + (1 if total and done >= total else 0)
 
 
-def epochs_begun(checkpoint: dict[str, Any]) -> int | float | None:
+def epochs_begun(checkpoint: dict[str, Any], limit: Any = None) -> int | float | None:
     """Like :func:`epochs_trained`, with the fraction of batches done of an epoch in progress
-    (2.5: two epochs and half of the third), as ``max_steps`` can end a run; None likewise."""
-    position = _loader_position(checkpoint)
+    (2.5: two epochs and half of the third), as ``max_steps`` or ``max_time`` can end a run;
+    None likewise."""
+    position = _loader_position(checkpoint, limit)
     if position is None:
         return None
     epoch, done, total = position
     if 0 < done < total:
         return fractional_epochs(epoch, done, total)
-    return epochs_trained(checkpoint)
+    return epochs_trained(checkpoint, limit)
+
+
+def training_seconds(checkpoint: dict[str, Any]) -> float | None:
+    """The training time behind ``checkpoint`` that ``max_time`` limits: what Lightning's
+    ``Timer`` stored (None when the run had no ``max_time``, so no Timer)."""
+    timer = (checkpoint.get("callbacks") or {}).get("Timer")
+    if not isinstance(timer, dict):
+        return None
+    elapsed = (timer.get("time_elapsed") or {}).get("train")
+    if not isinstance(elapsed, int | float) or isinstance(elapsed, bool):
+        return None
+    return float(elapsed)
+
+
+def as_duration(seconds: float) -> str:
+    """``seconds`` (rounded down) as a ``max_time`` string, ``DD:HH:MM:SS``."""
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def _used_up_max_time(
+    run_dir: Path, cfg: DictConfig, elapsed: float | None, given: set[str], trained: str
+) -> bool:
+    """Whether the run has used up its ``max_time`` (``elapsed``: the checkpoint's training
+    seconds) and needs only its summary, see :func:`resume_run`. Lightning's restored Timer
+    would stop a fit of it at once: nothing trained or validated. NothingToResume when it has
+    a summary; ConfigError when ``given`` (the keys overridden) holds ``max_time`` (not above
+    the time trained) or ``max_epochs`` (which alone would train nothing). ``trained``: the
+    epochs and steps, for the messages."""
+    value = OmegaConf.select(cfg, "max_time")
+    limit = max_time_seconds(value)
+    if limit is None or elapsed is None or elapsed < limit:
+        return False
+    spent = as_duration(elapsed)
+    more = f"max_time={as_duration(math.floor(elapsed) + 1)} or more, or ~max_time for no limit"
+    if "max_time" in given:
+        raise ConfigError(
+            "max_time",
+            value,
+            f"more than the {spent} of training {run_dir} has had ({trained}): {more}; "
+            "nothing was changed",
+        )
+    if "max_epochs" in given:
+        raise ConfigError(
+            "max_time",
+            value,
+            f"a longer max_time as well: {run_dir} has used up its max_time ({spent} of "
+            f"training, {trained}), so max_epochs alone would train nothing; add {more}; "
+            "nothing was changed",
+        )
+    if not (run_dir / SUMMARY).exists():
+        return True
+    raise NothingToResume(
+        f"{run_dir} is finished (its max_time={value} is used up: {spent} of training, "
+        f"{trained}); nothing was changed. To train it longer: solo-mixmask resume {run_dir} "
+        f"max_time=DD:HH:MM:SS ({more.removeprefix('max_time=')})"
+    )
 
 
 def _reached_max_steps(run_dir: Path, cfg: DictConfig, steps: int) -> bool:
@@ -239,9 +332,13 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
     changes; one that trained them but has no ``summary.json`` (its final save failed) is
     finished: evaluated from its checkpoint, which becomes ``last.ckpt``, and its summary
     written. ``max_epochs=N`` with ``N`` above the epochs trained extends the run; any other
-    ``N`` is a ConfigError. A run stopped before its first checkpoint (and never finished)
-    starts again from step 0 in the same folder. A ``config.yaml`` that cannot be read is a
-    CheckpointError.
+    ``N`` is a ConfigError. Likewise a run that used up its ``max_time`` (the checkpoint's
+    training time, as Lightning's ``Timer`` stored it) is finished, or finished from its
+    checkpoint without a summary; ``max_time`` above that time trains on, any other
+    ``max_time`` (or ``max_epochs`` without a longer ``max_time``) is a ConfigError. An epoch
+    counts as trained when all the batches it runs are done (with ``limit_train_batches``,
+    that many). A run stopped before its first checkpoint (and never finished) starts again
+    from step 0 in the same folder. A ``config.yaml`` that cannot be read is a CheckpointError.
     """
     run_dir = Path(run_dir)
     config_file = run_dir / CONFIG
@@ -290,17 +387,28 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
         last, checkpoint = found
     saved_model = saved_model_of(checkpoint)
     _check_same_method(last, saved_model, cfg)
-    done = epochs_trained(checkpoint)
+    # not a key resume may change: the saved config's, as the run trained with it
+    limit = OmegaConf.select(saved, "limit_train_batches")
+    done = epochs_trained(checkpoint, limit)
     steps = int(checkpoint.get("global_step", 0))
-    epochs = epochs_begun(checkpoint)
+    epochs = epochs_begun(checkpoint, limit)
+    elapsed = training_seconds(checkpoint)
     del checkpoint
-    given = any(o.key_or_group == "max_epochs" for o in parse_overrides(overrides or []))
+    given = {o.key_or_group for o in parse_overrides(overrides or [])}
     by_steps = _reached_max_steps(run_dir, cfg, steps)
-    if by_steps or _check_max_epochs(run_dir, saved, cfg, done, given):
+    by_time = not by_steps and _used_up_max_time(
+        run_dir, cfg, elapsed, given, f"{epochs} epochs, {steps} steps"
+    )
+    if by_steps or by_time or _check_max_epochs(run_dir, saved, cfg, done, "max_epochs" in given):
         # all trained, but no summary.json: the final save failed (a full disk)
-        trained = f"{steps} steps (max_steps)" if by_steps else f"{done} epochs"
+        if by_steps:
+            trained = f"trained its {steps} steps (max_steps)"
+        elif by_time:
+            trained = f"used up its max_time={OmegaConf.select(cfg, 'max_time')}"
+        else:
+            trained = f"trained its {done} epochs"
         _warn(
-            f"{run_dir} has trained its {trained} but has no {SUMMARY} (its final save "
+            f"{run_dir} has {trained} but has no {SUMMARY} (its final save "
             f"failed): finishing it from {last.name}, evaluated again, nothing trained"
         )
         if last != folder / LAST:
@@ -310,7 +418,7 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
             cfg,
             resume_from=str(last),
             saved_model=saved_model,
-            finished={"steps": steps, "epochs": (epochs if by_steps else done) or 0},
+            finished={"steps": steps, "epochs": (epochs if by_steps or by_time else done) or 0},
         )
     if last != folder / LAST:
         _warn(

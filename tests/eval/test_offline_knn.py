@@ -146,6 +146,7 @@ def test_online_figure_of_a_bf16_run_is_not_compared_with_float32_features(bf16_
 
     last = bf16_run / "checkpoints" / "last.ckpt"
     summary = json.loads((bf16_run / "summary.json").read_text())
+    assert summary["precision"] == "bf16-mixed"  # recorded by the run
     result = run_knn(last, ks=[5], device="cpu", out=bf16_run / "f32.json")
     online = result["online"]
     assert result["precision"] == "32-true" and online["precision"] == "bf16-mixed"
@@ -207,6 +208,7 @@ def test_a_run_of_unrecorded_precision_is_not_compared(tiny_runs, tmp_path):
     OmegaConf.save(cfg, run / "config.yaml")
     summary_file = run / "summary.json"
     summary = json.loads(summary_file.read_text())
+    summary.pop("precision")  # a run older than the summary's precision field
     for clock, reason in [
         ("host", None),  # trained off CUDA: 32-true
         ("cuda events", "features in float32 offline, bf16-mixed online"),
