@@ -154,3 +154,34 @@ def assert_same_end_state(full_dir: Path, other_dir: Path, steps: int) -> tuple[
     for key in SUMMARY_KEYS:
         assert other_summary[key] == full_summary[key], key
     return full, other
+
+
+def assert_killed_run_resumes_as_uninterrupted(tmp_path: Path, args: Sequence[str], steps: int):
+    """Train ``pretrain args`` twice at once: uninterrupted in ``tmp_path/full``, and in
+    ``tmp_path/killed`` SIGKILLed at the stall harness's step, then resumed; both must end in
+    the same state after ``steps`` steps (:func:`assert_same_end_state`)."""
+    import signal
+    import time
+
+    from tests.run.test_resume import STALL_HARNESS, STALL_STEP
+
+    harness = tmp_path / "stall.py"
+    harness.write_text(STALL_HARNESS)
+    mark = tmp_path / "stalled"
+    full = start(["pretrain", *args, f"checkpoint.run_dir={tmp_path / 'full'}"])
+    killed = start(
+        ["pretrain", *args, f"checkpoint.run_dir={tmp_path / 'killed'}"],
+        prefix=[sys.executable, str(harness)],
+        env={"STALL_AT_STEP": str(STALL_STEP), "STALL_MARK": str(mark)},
+    )
+    deadline = time.monotonic() + 300
+    while not mark.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert mark.exists(), finish(killed, timeout=60).stderr[-3000:]
+    killed.send_signal(signal.SIGKILL)
+    finish(killed, timeout=60)
+    resumed = run(["resume", str(tmp_path / "killed")])
+    done = finish(full, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_end_state(tmp_path / "full", tmp_path / "killed", steps)

@@ -6,9 +6,7 @@ skip with that reason otherwise; the error-message tests run everywhere.
 
 from __future__ import annotations
 
-import signal
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -298,8 +296,7 @@ def test_dali_run_killed_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path):
     # 2 epochs of 8 steps, a checkpoint every 3: killed after step 11 (epoch 1, batch 3), it
     # resumes from step 9 (epoch 1 after 1 batch); a DALI run used to restart at epoch 0's
     # order and draws
-    from tests.cli_helpers import TINY, assert_same_end_state, custom_data, finish, run, start
-    from tests.run.test_resume import STALL_HARNESS, STALL_STEP
+    from tests.cli_helpers import TINY, assert_killed_run_resumes_as_uninterrupted, custom_data
 
     root = tmp_path / "data"
     for seed, name in enumerate(COLOURS):
@@ -314,23 +311,4 @@ def test_dali_run_killed_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path):
         "checkpoint.every_n_steps=3",
         "check_val_every_n_epoch=3",
     ]
-    harness = tmp_path / "stall.py"
-    harness.write_text(STALL_HARNESS)
-    mark = tmp_path / "stalled"
-    full = start(["pretrain", *args, f"checkpoint.run_dir={tmp_path / 'full'}"])
-    killed = start(
-        ["pretrain", *args, f"checkpoint.run_dir={tmp_path / 'killed'}"],
-        prefix=[sys.executable, str(harness)],
-        env={"STALL_AT_STEP": str(STALL_STEP), "STALL_MARK": str(mark)},
-    )
-    deadline = time.monotonic() + 300
-    while not mark.exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert mark.exists(), finish(killed, timeout=60).stderr[-3000:]
-    killed.send_signal(signal.SIGKILL)
-    finish(killed, timeout=60)
-    resumed = run(["resume", str(tmp_path / "killed")])
-    done = finish(full, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_end_state(tmp_path / "full", tmp_path / "killed", 16)
+    assert_killed_run_resumes_as_uninterrupted(tmp_path, args, 16)

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
-import sys
-import time
 import warnings
 
 import numpy as np
@@ -23,7 +20,7 @@ from solo_mixmask.data.datasets import BadImageWarning, build_dataset, load_imag
 from solo_mixmask.data.loaders import build_knn_loaders, build_train_loader
 from solo_mixmask.data.memory import MemoryEvalLoader, MemoryTrainLoader, decode_split
 from solo_mixmask.errors import ConfigError, DataError
-from tests.cli_helpers import TINY, assert_same_end_state, finish, run, start
+from tests.cli_helpers import TINY, assert_killed_run_resumes_as_uninterrupted
 from tests.data.helpers import make_spec, needs_fmnist
 
 CLASSES = ("ant", "bee", "cat")
@@ -243,28 +240,7 @@ MEMORY_RUN = [*TINY, "data.format=memory", "max_epochs=2", "checkpoint.every_n_s
 
 @needs_fmnist
 def test_memory_run_killed_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path):
-    from tests.run.test_resume import STALL_HARNESS, STALL_STEP
-
-    harness = tmp_path / "stall.py"
-    harness.write_text(STALL_HARNESS)
-    mark = tmp_path / "stalled"
-    full = start(["pretrain", *MEMORY_RUN, f"checkpoint.run_dir={tmp_path / 'full'}"])
-    killed = start(
-        ["pretrain", *MEMORY_RUN, f"checkpoint.run_dir={tmp_path / 'killed'}"],
-        prefix=[sys.executable, str(harness)],
-        env={"STALL_AT_STEP": str(STALL_STEP), "STALL_MARK": str(mark)},
-    )
-    deadline = time.monotonic() + 300
-    while not mark.exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert mark.exists(), finish(killed, timeout=60).stderr[-3000:]
-    killed.send_signal(signal.SIGKILL)
-    finish(killed, timeout=60)
-    resumed = run(["resume", str(tmp_path / "killed")])
-    done = finish(full, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_end_state(tmp_path / "full", tmp_path / "killed", 16)
+    assert_killed_run_resumes_as_uninterrupted(tmp_path, MEMORY_RUN, 16)
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert summary["train_images"] == 64
 
