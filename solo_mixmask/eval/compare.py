@@ -162,12 +162,6 @@ def offline_linear_result(run_dir: Path, summary: dict[str, Any]) -> dict[str, A
     return None
 
 
-def offline_linear_acc1(run_dir: Path, summary: dict[str, Any]) -> float | None:
-    """Top-1 of :func:`offline_linear_result` (None, with a warning, when not this row's)."""
-    linear = offline_linear_result(run_dir, summary)
-    return None if linear is None else linear.get("acc1")
-
-
 def probe_recipe(linear: dict[str, Any]) -> dict[str, Any]:
     """What decides a ``linear.json``'s figure besides the weights, by name: the preset, every
     ``linear.*`` setting, cached features or augmented crops, the dataset and the image counts;
