@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from solo_mixmask.config.engine_specs import nullable_of, value_of
+from solo_mixmask.config.engine_specs import nullable_of, plain, value_of
 from solo_mixmask.config.schema import read_bool, to_container, trainer_arg_names
 
 
@@ -152,6 +152,39 @@ def resume_facts(cfg: DictConfig) -> ResumeFacts:
         max_steps=OmegaConf.select(cfg, "max_steps"),
         scheduler=value_of(cfg, "scheduler.name"),
         min_lr=value_of(cfg, "scheduler.min_lr"),
+    )
+
+
+@dataclass(frozen=True)
+class MonitorFacts:
+    """How a finished run's config says its online monitors measured, read as saved (None
+    where absent): ``precision`` (the setting; ``auto`` unresolved) and ``accelerator``, which
+    decide the features' precision, and ``knn`` (``knn_eval.T``, ``data.knn_train_subset``,
+    ``data.val_subset``, ``performance.knn_dtype`` by key), which decide the k-NN's images and
+    similarities."""
+
+    precision: Any
+    accelerator: Any
+    knn: dict[str, Any]
+
+
+#: The keys of :attr:`MonitorFacts.knn`.
+KNN_MONITOR_KEYS = (
+    "knn_eval.T",
+    "data.knn_train_subset",
+    "data.val_subset",
+    "performance.knn_dtype",
+)
+
+
+def monitor_facts(cfg: DictConfig | dict[str, Any] | None) -> MonitorFacts:
+    """The :class:`MonitorFacts` of a run's saved config (a mapping; None: no config, every
+    fact None)."""
+    node = OmegaConf.create(cfg or {}) if not isinstance(cfg, DictConfig) else cfg
+    return MonitorFacts(
+        precision=OmegaConf.select(node, "precision"),
+        accelerator=OmegaConf.select(node, "accelerator"),
+        knn={key: plain(OmegaConf.select(node, key)) for key in KNN_MONITOR_KEYS},
     )
 
 

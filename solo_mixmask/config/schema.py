@@ -222,6 +222,19 @@ def syncs_batch_norm(cfg: DictConfig) -> bool:
     return select(cfg, "sync_batchnorm", False) is True
 
 
+def trains_on_one_device(cfg: DictConfig) -> bool:
+    """Whether the config trains on exactly one device (``devices`` 1 or one listed, one node);
+    False when that is decided at run time (``auto``, ``-1``)."""
+    devices = OmegaConf.select(cfg, "devices", default=1)
+    if OmegaConf.is_list(devices):
+        one = len(devices) == 1
+    elif isinstance(devices, str) and "," in devices:  # "0,": Lightning's device 0
+        one = len([d for d in devices.split(",") if d.strip()]) == 1
+    else:
+        one = str(devices).strip() == "1"
+    return one and OmegaConf.select(cfg, "num_nodes", default=1) in (1, None)
+
+
 def read_bool(cfg: DictConfig, key: str, default: bool = False) -> bool:
     """``cfg[key]`` as a bool (``default`` when absent or null); ConfigError for anything but
     true/false, so ``data.no_labels=maybe`` never reads as True."""

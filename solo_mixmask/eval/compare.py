@@ -187,29 +187,19 @@ def knn_recipe(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     (``knn_k``, clamped to its memory), ``knn_eval.T``, the images (``data.knn_train_subset``
     memory, ``data.val_subset`` queries, the dataset), the similarity dtype and the precision
     its features were extracted in (resolved as the run did; None when not recorded)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from solo_mixmask.config.run_specs import monitor_facts
     from solo_mixmask.eval.offline_knn import run_precision
 
-    config = run_dir / CONFIG
-    cfg: dict[str, Any] = {}
-    if config.is_file():
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=True)  # type: ignore[assignment]
-
-    def get(key: str) -> Any:
-        node: Any = cfg
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        return node
-
+    config_file = run_dir / CONFIG
+    loaded = OmegaConf.load(config_file) if config_file.is_file() else None
+    saved = loaded if isinstance(loaded, DictConfig) else None
     return {
         "dataset": summary.get("dataset"),
         "knn_k": summary.get("knn_k"),
-        "knn_eval.T": get("knn_eval.T"),
-        "data.knn_train_subset": get("data.knn_train_subset"),
-        "data.val_subset": get("data.val_subset"),
-        "performance.knn_dtype": get("performance.knn_dtype"),
-        "precision": run_precision(cfg or None, summary, run_dir / CHECKPOINTS / LAST),
+        **monitor_facts(saved).knn,
+        "precision": run_precision(saved, summary, run_dir / CHECKPOINTS / LAST),
     }
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from solo_mixmask.config.data_specs import DataSpec
+from solo_mixmask.config.run_specs import monitor_facts
 from solo_mixmask.config.schema import warn_one_class
 from solo_mixmask.core.knn import (
     knn_k_used,
@@ -96,7 +97,9 @@ def lightning_precision(setting: Any) -> str:
 
 
 def run_precision(
-    cfg: dict[str, Any] | None, summary: dict[str, Any], checkpoint: str | Path | None = None
+    cfg: DictConfig | dict[str, Any] | None,
+    summary: dict[str, Any],
+    checkpoint: str | Path | None = None,
 ) -> str | None:
     """The precision (Lightning's name) that a run validated in, so that its online k-NN
     features were extracted in, or None when the run does not record it.
@@ -115,10 +118,10 @@ def run_precision(
         return lightning_precision(summary["precision"])
     if cfg is None:
         return None
-    setting = cfg.get("precision", "auto")
-    if setting not in (None, "auto"):
-        return lightning_precision(setting)
-    accelerator = str(cfg.get("accelerator") or "auto")
+    facts = monitor_facts(cfg)
+    if facts.precision not in (None, "auto"):
+        return lightning_precision(facts.precision)
+    accelerator = str(facts.accelerator or "auto")
     clock = summary.get("images_per_sec_clock")
     if accelerator not in ("auto", "gpu", "cuda") or (accelerator == "auto" and clock == "host"):
         return "32-true"

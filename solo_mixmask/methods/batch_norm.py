@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from solo_mixmask.config.schema import (
     batch_size_of,
@@ -31,6 +31,7 @@ from solo_mixmask.config.schema import (
     fill_defaults,
     seed_of,
     syncs_batch_norm,
+    trains_on_one_device,
 )
 from solo_mixmask.core.batch_norm import shuffled_forward, split_batch_norms
 from solo_mixmask.errors import ConfigError, config_warning
@@ -59,7 +60,7 @@ def check_bn_config(cfg: DictConfig) -> None:
             f"a divisor of optimizer.batch_size={batch} (images per device) that leaves groups "
             "of at least 2 images",
         )
-    if splits == 1 and cfg.method_kwargs.shuffle_bn and _one_device(cfg):
+    if splits == 1 and cfg.method_kwargs.shuffle_bn and trains_on_one_device(cfg):
         config_warning(
             "method_kwargs.shuffle_bn",
             True,
@@ -74,19 +75,6 @@ def check_bn_config(cfg: DictConfig) -> None:
             "1 with sync_batchnorm=true (statistics synchronised across devices cannot also be "
             "split within one)",
         )
-
-
-def _one_device(cfg: DictConfig) -> bool:
-    """Whether the config trains on exactly one device (``devices`` 1 or one listed, one node);
-    False when that is decided at run time (``auto``, ``-1``)."""
-    devices = OmegaConf.select(cfg, "devices", default=1)
-    if OmegaConf.is_list(devices):
-        one = len(devices) == 1
-    elif isinstance(devices, str) and "," in devices:  # "0,": Lightning's device 0
-        one = len([d for d in devices.split(",") if d.strip()]) == 1
-    else:
-        one = str(devices).strip() == "1"
-    return one and OmegaConf.select(cfg, "num_nodes", default=1) in (1, None)
 
 
 class SplitBNLogic(LogicBase):
