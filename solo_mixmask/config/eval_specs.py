@@ -136,11 +136,41 @@ def check_not_read(
     leaves) that ``command`` does not read although the config knows it (``data.val_subset``
     picks the k-NN's validation images, not ``linear``'s): ``not_read`` maps such a key to what
     to use instead, a template with ``{value}``, e.g. ``linear.val_subset={value}``. Never a
-    setting silently dropped."""
+    setting silently dropped. A key of ``not_read`` also stands for the keys below it
+    (``optimizer`` for ``optimizer.lr``)."""
     for key, value in given:
-        if key in not_read:
-            instead = not_read[key].format(value=value)
-            raise ConfigError(key, value, f"{instead} ({command} does not read {key}){where}")
+        section = next((k for k in not_read if key == k or key.startswith(f"{k}.")), None)
+        if section is not None:
+            instead = not_read[section].format(value=value)
+            raise ConfigError(key, value, f"{instead} ({command} does not read {section}){where}")
+
+
+#: Pretraining settings that no evaluation command reads (it trains no SSL model), with what
+#: to use instead: ``{probe}`` is the command's own section (``linear``, ``finetune``).
+#: ``optimizer.batch_size`` is read: the images per batch where no command setting says.
+PRETRAINING_ONLY = {
+    **{
+        f"optimizer.{key}": "{probe}.* (its learning rates, weight_decay, momentum)"
+        for key in BASE_DEFAULTS["optimizer"]
+        if key != "batch_size"
+    },
+    "scheduler": "{probe}.lr_decay_epochs or {probe}.lr_decay_rate",
+    "max_epochs": "{probe}.epochs",
+    "max_steps": "{probe}.epochs",
+    "momentum": "nothing: the momentum network is pretraining's",
+    "method_kwargs": "nothing: the method's settings are pretraining's",
+}
+
+
+def pretraining_only(probe: str | None) -> dict[str, str]:
+    """:data:`PRETRAINING_ONLY` for a command whose own training settings are ``probe.*``
+    (None: a command that trains nothing, such as ``knn``)."""
+    if probe is None:
+        return {
+            key: f"nothing: this command trains nothing ({key} is pretraining's)"
+            for key in PRETRAINING_ONLY
+        }
+    return {key: text.format(probe=probe) for key, text in PRETRAINING_ONLY.items()}
 
 
 def refuse_not_read(

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, Subset
 
 from solo_mixmask.backbones import cpu_channels_last_hazard
 from solo_mixmask.checkpoints.backbone import LoadedBackbone
-from solo_mixmask.config.eval_specs import FinetuneSettings
+from solo_mixmask.config.eval_specs import FinetuneSettings, pretraining_only
 from solo_mixmask.config.schema import warn_one_class
 from solo_mixmask.errors import ConfigError, ConfigWarning, DataError
 from solo_mixmask.eval.features import (
@@ -59,6 +59,7 @@ NOT_READ = {
     "data.val_subset": "finetune.val_subset={value}",
     "data.train_subset": "--label-fraction (a share of the labelled training images)",
     "data.knn_train_subset": "--label-fraction (a share of the labelled training images)",
+    **pretraining_only("finetune"),
 }
 
 

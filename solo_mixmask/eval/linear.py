@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from solo_mixmask.config.eval_specs import LinearSettings
+from solo_mixmask.config.eval_specs import LinearSettings, pretraining_only
 from solo_mixmask.config.schema import warn_one_class
 from solo_mixmask.errors import DataError
 from solo_mixmask.eval.features import (
@@ -58,6 +58,7 @@ NOT_READ = {
     "data.val_subset": "linear.val_subset={value}",
     "data.train_subset": "linear.train_subset={value}",
     "data.knn_train_subset": "linear.train_subset={value}",
+    **pretraining_only("linear"),
 }
 
 

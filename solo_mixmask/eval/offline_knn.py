@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from solo_mixmask.config.data_specs import DataSpec
+from solo_mixmask.config.eval_specs import pretraining_only
 from solo_mixmask.config.run_specs import monitor_facts
 from solo_mixmask.config.schema import warn_one_class
 from solo_mixmask.core.knn import (
@@ -46,7 +47,10 @@ from solo_mixmask.run.folder import CONFIG, SUMMARY, run_dir_of
 DEFAULT_KS = (10, 20, 100, 200)
 #: Overrides that ``knn`` does not read, and what to use instead: the run's ``precision`` is
 #: the online monitor's; the offline features' is ``--precision``.
-NOT_READ = {"precision": "--precision (32-true, bf16-mixed, 16-mixed or run)"}
+NOT_READ = {
+    "precision": "--precision (32-true, bf16-mixed, 16-mixed or run)",
+    **pretraining_only(None),
+}
 
 
 def _check_ks(ks: Sequence[int]) -> list[int]:

@@ -161,6 +161,21 @@ def test_unknown_override_keys_are_refused(checkpoint, tmp_path, capsys, no_data
             "expected --precision (32-true, bf16-mixed, 16-mixed or run) (knn does not read "
             "precision)",
         ),
+        # pretraining's settings, which no evaluation reads (optimizer.lr is not the probe's)
+        (
+            ["linear", "{ckpt}", "optimizer.lr=0.1"],
+            "optimizer.lr=0.1 is not allowed: expected linear.* (its learning rates, "
+            "weight_decay, momentum) (linear does not read optimizer.lr)",
+        ),
+        (
+            ["finetune", "{ckpt}", "max_epochs=5", "--out", "{tmp}/ft"],
+            "expected finetune.epochs (finetune does not read max_epochs)",
+        ),
+        (
+            ["knn", "{ckpt}", "method_kwargs.temperature=0.5"],
+            "expected nothing: this command trains nothing (method_kwargs is pretraining's) "
+            "(knn does not read method_kwargs)",
+        ),
     ],
 )
 def test_keys_a_command_does_not_read_are_refused(
