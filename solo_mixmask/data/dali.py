@@ -63,7 +63,7 @@ from solo_mixmask.data.datasets import (
     subset_indices,
 )
 from solo_mixmask.errors import ConfigError, DataError
-from solo_mixmask.utils.resumable import ResumableLoader, mix_seed
+from solo_mixmask.utils.resumable import ResumableLoader, keep_batch, mix_seed
 
 __all__ = [
     "DEVICES",
@@ -311,10 +311,6 @@ def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
 # --------------------------------------------------------------------------- the loader
 
 
-def _keep(batch: Any) -> Any:
-    return batch
-
-
 class DaliTrainLoader(ResumableLoader):
     """Pretraining batches from a DALI pipeline; one pass = one epoch, resumable.
 
@@ -365,10 +361,9 @@ class DaliTrainLoader(ResumableLoader):
             rank=shard_id,
             world_size=num_shards,
             num_workers=0,
-            collate_fn=_keep,
+            collate_fn=keep_batch,
         )
         self.device = device
-        self.rank = int(shard_id)
         self.num_views = sum(s.num_crops for s in specs)
         self._files = list(files)
         self._targets = torch.as_tensor(list(targets), dtype=torch.int64)
@@ -399,7 +394,7 @@ class DaliTrainLoader(ResumableLoader):
             self._specs,
             batch,
             device=self.device,
-            seed=augmentation_seed(self.seed, epoch, self.rank),
+            seed=augmentation_seed(self.seed, epoch, self.resumable_sampler.rank),
             num_threads=self._num_threads,
             device_id=self._device_id,
             ids=order,

@@ -51,7 +51,7 @@ from solo_mixmask.data.datasets import (
     load_image_rgb,
 )
 from solo_mixmask.errors import DataError
-from solo_mixmask.utils.resumable import ResumableLoader, mix_seed
+from solo_mixmask.utils.resumable import ResumableLoader, keep_batch, mix_seed
 
 _MASK63 = (1 << 63) - 1
 
@@ -255,10 +255,6 @@ class _BatchKeys(Dataset):
         return indexes, batch_seed
 
 
-def _keep(batch: Any) -> Any:
-    return batch
-
-
 class MemoryTrainLoader(ResumableLoader):
     """Training batches cut from one uint8 tensor and augmented on its device.
 
@@ -284,7 +280,7 @@ class MemoryTrainLoader(ResumableLoader):
             rank=rank,
             world_size=world_size,
             num_workers=0,
-            collate_fn=_keep,
+            collate_fn=keep_batch,
         )
         self.memory = memory
         self.pipelines = [

@@ -33,6 +33,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 _MASK64 = (1 << 64) - 1
 
 
+def keep_batch(batch: Any) -> Any:
+    """A collate function that hands the batch on as it is (the in-memory and DALI loaders
+    make whole batches themselves)."""
+    return batch
+
+
 def mix_seed(*parts: int) -> int:
     """Deterministic 63-bit seed from integers (splitmix64 over the parts); platform independent."""
     state = 0x9E3779B97F4A7C15
