@@ -33,11 +33,11 @@ from solo_mixmask.errors import ConfigWarning, DataError
 from solo_mixmask.paths import check_output_dir
 from solo_mixmask.run.folder import (
     CHECKPOINTS,
-    CONFIG,
     INIT_METRICS,
     LOGS,
     METRICS_CSV,
     SUMMARY,
+    saved_config,
 )
 
 CLASSIFIER_LOSS = "train_class_loss_epoch"
@@ -187,14 +187,10 @@ def knn_recipe(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     (``knn_k``, clamped to its memory), ``knn_eval.T``, the images (``data.knn_train_subset``
     memory, ``data.val_subset`` queries, the dataset), the similarity dtype and the precision
     its features were extracted in (resolved as the run did; None when not recorded)."""
-    from omegaconf import DictConfig, OmegaConf
-
     from solo_mixmask.config.run_specs import monitor_facts
     from solo_mixmask.eval.offline_knn import run_precision
 
-    config_file = run_dir / CONFIG
-    loaded = OmegaConf.load(config_file) if config_file.is_file() else None
-    saved = loaded if isinstance(loaded, DictConfig) else None
+    saved = saved_config(run_dir)
     return {
         "dataset": summary.get("dataset"),
         "knn_k": summary.get("knn_k"),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from solo_mixmask.config.data_specs import DataSpec
 from solo_mixmask.config.eval_specs import pretraining_only
@@ -42,7 +42,7 @@ from solo_mixmask.eval.features import (
     write_result,
 )
 from solo_mixmask.paths import check_output_file
-from solo_mixmask.run.folder import CONFIG, SUMMARY, run_dir_of
+from solo_mixmask.run.folder import SUMMARY, run_dir_of, saved_config
 
 DEFAULT_KS = (10, 20, 100, 200)
 #: Overrides that ``knn`` does not read, and what to use instead: the run's ``precision`` is
@@ -81,12 +81,11 @@ def online_knn(checkpoint: str | Path) -> dict[str, Any] | None:
         weights = f"the online figure is of {measured.name or 'the final weights'}, not {path.name}"
     elif path.stat().st_mtime > summary.stat().st_mtime:
         weights = f"{path.name} was written after {SUMMARY} (the run trained on)"
-    cfg = OmegaConf.to_container(OmegaConf.load(run / CONFIG)) if (run / CONFIG).is_file() else None
     return {
         "acc1": data["knn_acc1"],
         "acc5": data.get("knn_acc5"),
         "weights": weights,
-        "precision": run_precision(cfg, data, path),  # type: ignore[arg-type]
+        "precision": run_precision(saved_config(run), data, path),
     }
 
 

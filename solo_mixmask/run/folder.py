@@ -403,3 +403,17 @@ def run_dir_of(checkpoint: str | Path) -> Path | None:
     ``config.yaml``), else None."""
     run = Path(checkpoint).resolve().parent.parent
     return run if (run / CONFIG).is_file() else None
+
+
+def saved_config(run_dir: Path) -> Any:
+    """``run_dir``'s ``config.yaml`` as pretrain saved it (an omegaconf ``DictConfig``), or None
+    when the folder has none, or one that cannot be read as a mapping: the facts it would give
+    are then "not recorded"."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        loaded = OmegaConf.load(run_dir / CONFIG)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, DictConfig) else None

@@ -26,7 +26,14 @@ import pytest
 import torch
 
 from solo_mixmask import cli
-from solo_mixmask.run.folder import LOCK, RunLock, holder_alive, this_process
+from solo_mixmask.run.folder import (
+    CONFIG,
+    LOCK,
+    RunLock,
+    holder_alive,
+    saved_config,
+    this_process,
+)
 from tests.cli_helpers import TINY, custom_data, error_lines, finish, start
 
 
@@ -509,3 +516,22 @@ def test_max_steps_inside_an_epoch_is_validated_counted_and_finished(tmp_path, c
     again = json.loads((run / "summary.json").read_text())
     for key in ("steps", "epochs", "knn_acc1", "linear_acc1"):
         assert again[key] == summary[key], key
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("method: mixmask\nknn_eval: {k: 20}\n", {"method": "mixmask", "knn_eval": {"k": 20}}),
+        ("- a list\n", None),  # not a mapping
+        ("method: [unclosed\n", None),  # not YAML
+        ("!!python/object:os.system {}\n", None),  # a python tag
+        (None, None),  # no config.yaml
+    ],
+)
+def test_saved_config_reads_a_mapping_or_records_nothing(tmp_path, text, expected):
+    """The run facts that compare and knn show come from saved_config: a config.yaml that is
+    missing or unreadable gives None ("not recorded"), never a traceback."""
+    if text is not None:
+        (tmp_path / CONFIG).write_text(text)
+    loaded = saved_config(tmp_path)
+    assert (None if loaded is None else dict(loaded)) == expected
