@@ -21,6 +21,7 @@ from solo_mixmask.data.augmentations import build_eval_transform, build_pretrain
 from solo_mixmask.data.datasets import build_dataset, image_folder_spec, subset_indices
 from solo_mixmask.data.datasets import num_classes as num_classes  # re-exported
 from solo_mixmask.errors import ConfigError, DataError
+from solo_mixmask.utils.distributed import UnpaddedDistributedSampler
 
 
 class IndexedDataset(Dataset):
@@ -140,11 +141,15 @@ def build_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> Da
     )
 
 
-def _eval_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
+def _eval_loader(
+    dataset: Dataset, batch: int, workers: int, rank: int, world_size: int
+) -> DataLoader:
+    """Rank ``rank`` of ``world_size``'s share of ``dataset`` in order, every image once across
+    the ranks (:class:`~solo_mixmask.utils.distributed.UnpaddedDistributedSampler`)."""
     return ReadableLoader(
         dataset,
         batch_size=batch,
-        shuffle=False,
+        sampler=UnpaddedDistributedSampler(dataset, rank, world_size),
         drop_last=False,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
@@ -168,27 +173,40 @@ def _eval_split_loader(
 ) -> DataLoader:
     """``size`` images of ``split`` (all when null; a size above the split is an error naming
     ``key`` unless ``clamp``) with the eval transform, in a fixed order, batch size
-    optimizer.batch_size. With ``data.format: memory`` an in-memory loader giving ``rank`` of
-    ``world_size`` its share; DALI data is read by plain loaders here."""
+    optimizer.batch_size; ``rank`` of ``world_size`` gets its share, every image being in one
+    share (none padded in twice), and each share holding one image at least (else a
+    ConfigError naming ``key``). With ``data.format: memory`` an in-memory loader; DALI data
+    is read by plain loaders here."""
+    loader: Any
     if spec.format == "memory":
         from solo_mixmask.data.memory import build_memory_eval_loader
 
-        return build_memory_eval_loader(  # type: ignore[return-value]
+        loader = build_memory_eval_loader(
             spec, split, lambda n: subset_for(size, key, n, clamp, spec.seed), rank, world_size
         )
-    if spec.format == "dali":
-        spec = image_folder_spec(spec)
-    images = build_dataset(spec, split, build_eval_transform(spec.crops[0]))
-    images = _subset(images, size, key, clamp, spec.seed)
-    return _eval_loader(images, spec.batch_size, spec.num_workers)
+    else:
+        if spec.format == "dali":
+            spec = image_folder_spec(spec)
+        images = build_dataset(spec, split, build_eval_transform(spec.crops[0]))
+        images = _subset(images, size, key, clamp, spec.seed)
+        loader = _eval_loader(images, spec.batch_size, spec.num_workers, rank, world_size)
+    images_in = len(loader.dataset)
+    if images_in < world_size:  # a rank without images would miss the others' collectives
+        raise ConfigError(
+            key,
+            size,
+            f"at least {world_size} images, one for each of the {world_size} processes (the "
+            f"set has {images_in}): choose more images or fewer devices",
+        )
+    return loader
 
 
 def build_knn_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DataLoader:
     """The k-NN monitor's memory: ``data.knn_train_subset`` (default 10,000) clean images of the
     labelled training split (all when null or larger than the split), yielding ``(x (B, 3,
     crop, crop) float32, y (B,) int64)`` with the eval transform, in a fixed order; batch size
-    optimizer.batch_size. ConfigError naming ``data.no_labels`` for unlabelled data. With
-    ``data.format: memory`` an in-memory loader giving ``rank`` of ``world_size`` its share."""
+    optimizer.batch_size; ``rank`` of ``world_size`` gets its share (see
+    :func:`_eval_split_loader`). ConfigError naming ``data.no_labels`` for unlabelled data."""
     _needs_labels(spec, "the k-NN monitor")
     return _eval_split_loader(
         spec,

@@ -21,7 +21,8 @@ The same promises as the PIL path hold:
 - Subsets: ``data.train_subset``, ``data.knn_train_subset`` and ``data.val_subset`` pick the same
   images as the PIL path (same seed, same indices).
 - DDP: the training order is split between ranks by the sampler; the k-NN loaders give rank
-  ``r`` of ``W`` every W-th image, padded to equal lengths as ``DistributedSampler`` does.
+  ``r`` of ``W`` its :func:`~solo_mixmask.utils.distributed.evaluation_share`, every image
+  once across the ranks (not padded: a repeated k-NN memory image would vote twice).
 
 Where the images live: on the device named by :meth:`to_device`, which the engine calls with the
 Trainer's root device before fitting or validating (until then, on the CPU).
@@ -51,6 +52,7 @@ from solo_mixmask.data.datasets import (
     load_image_rgb,
 )
 from solo_mixmask.errors import DataError
+from solo_mixmask.utils.distributed import evaluation_share
 from solo_mixmask.utils.resumable import ResumableLoader, keep_batch, mix_seed
 
 _MASK63 = (1 << 63) - 1
@@ -325,8 +327,8 @@ class MemoryTrainLoader(ResumableLoader):
 class MemoryEvalLoader:
     """Fixed-order ``(x, y)`` batches of eval views (no randomness), this rank's share.
 
-    Rank ``r`` of ``W`` takes images ``r, r + W, ...`` of the list padded to a multiple of W with
-    its first images (as ``DistributedSampler``), so every rank has the same number of batches.
+    Rank ``r`` of ``W`` takes its :func:`~solo_mixmask.utils.distributed.evaluation_share`, a
+    contiguous block: every image is evaluated once, and the ranks' batch counts may differ.
     """
 
     def __init__(
@@ -341,10 +343,8 @@ class MemoryEvalLoader:
         self.dataset = _BatchKeys(memory)  # len() and bad-file bookkeeping, like a DataLoader
         self.spec = spec
         self.batch_size = int(batch_size)
-        n = len(memory)
-        total = math.ceil(n / world_size) * world_size
-        order = list(range(n)) + list(range(total - n))
-        self.indices = torch.tensor(order[rank:total:world_size], dtype=torch.long)
+        share = evaluation_share(len(memory), rank, world_size)
+        self.indices = torch.arange(share.start, share.stop, dtype=torch.long)
         self.device = torch.device("cpu")
 
     def to_device(self, device: torch.device) -> None:

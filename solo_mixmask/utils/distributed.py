@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler
 
 
 def world_size() -> int:
@@ -12,6 +15,34 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def evaluation_share(size: int, rank: int, world_size: int) -> range:
+    """The items of ``range(size)`` that rank ``rank`` of ``world_size`` evaluates: a contiguous
+    block, the blocks of ranks 0, 1, ... following each other, so every item is in exactly one
+    share and the rank-ordered gather of the shares is the one-process order. Shares differ by
+    at most one item; none is empty when ``size >= world_size``."""
+    return range(rank * size // world_size, (rank + 1) * size // world_size)
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """This rank's :func:`evaluation_share` of ``dataset``, in order, not padded.
+
+    ``DistributedSampler`` pads the shares to equal lengths with repeated items, and a repeated
+    k-NN memory image votes twice. Being a ``DistributedSampler``, Lightning (2.1 to 2.6) leaves
+    it in place instead of injecting its padding one into an evaluation loader under DDP; the
+    ranks then run different numbers of batches (at most one apart).
+    """
+
+    def __init__(self, dataset: Dataset, rank: int, world_size: int):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        self.share = evaluation_share(len(dataset), rank, world_size)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.share)
+
+    def __len__(self) -> int:
+        return len(self.share)
 
 
 @torch.no_grad()

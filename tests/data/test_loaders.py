@@ -113,3 +113,25 @@ def test_knn_needs_labels(tmp_path):
     cfg = make_cfg({"dataset": "custom", "train_path": str(tmp_path), "no_labels": True})
     with pytest.raises(ConfigError, match="data.no_labels=True is not allowed.*knn_eval.enabled"):
         L.build_knn_loaders(data_spec(cfg))
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_ddp_evaluation_shares_hold_every_image_once(tmp_path, world):
+    """No image padded in twice (a repeated k-NN memory image votes twice): the ranks' batches,
+    in rank order, are the one-process loader's images."""
+    root = str(_folder(tmp_path, 7))
+    cfg = make_cfg({"dataset": "custom", "train_path": root, "val_path": root}, batch_size=2)
+    spec = data_spec(cfg)
+    for build in (L.build_knn_train_loader, L.build_val_loader):
+        whole = torch.cat([x for x, _ in build(spec)])
+        shares = [build(spec, rank, world) for rank in range(world)]
+        assert all(len(loader.dataset) == 7 for loader in shares)
+        assert torch.equal(torch.cat([x for loader in shares for x, _ in loader]), whole)
+
+
+def test_fewer_evaluation_images_than_processes_is_a_config_error(tmp_path):
+    root = str(_folder(tmp_path, 7))
+    cfg = make_cfg({"dataset": "custom", "train_path": root, "val_path": root, "val_subset": 2})
+    with pytest.raises(ConfigError, match=r"data.val_subset=2 .*at least 3 .*3 processes"):
+        L.build_val_loader(data_spec(cfg), 0, 3)
+    assert len(L.build_val_loader(data_spec(cfg), 1, 2).dataset) == 2

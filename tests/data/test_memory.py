@@ -129,7 +129,7 @@ def test_ranks_split_each_epoch(folder):
     assert _same(shards[1], _epoch(build_train_loader(spec, rank=1, world_size=2)))
 
 
-def test_knn_loaders_give_the_eval_view_and_shard_like_distributed_sampler(folder):
+def test_knn_loaders_give_the_eval_view_and_every_image_once_under_ddp(folder):
     spec = _spec(folder, knn_train_subset=None)
     knn_train, val = build_knn_loaders(spec)
     assert isinstance(knn_train, MemoryEvalLoader) and isinstance(val, MemoryEvalLoader)
@@ -143,9 +143,11 @@ def test_knn_loaders_give_the_eval_view_and_shard_like_distributed_sampler(folde
         assert y[i] == target
     parts = [build_knn_loaders(spec, rank=r, world_size=4)[1] for r in range(4)]
     lengths = [len(p.indices) for p in parts]
-    assert lengths == [5, 5, 5, 5]  # 18 images padded to 20, as DistributedSampler does
+    assert lengths == [4, 5, 4, 5]  # 18 images, none repeated: a repeated memory image votes twice
     covered = torch.cat([p.indices for p in parts])
-    assert sorted(set(covered.tolist())) == list(range(18))
+    assert covered.tolist() == list(range(18))  # each once, in the one-process order
+    whole = torch.cat([x for x, _ in val])
+    assert torch.equal(torch.cat([x for p in parts for x, _ in p]), whole)
 
 
 def test_subsets_pick_the_pil_paths_images(folder):

@@ -6,7 +6,9 @@ gathered keys that went into the queue, and its final parameters and queue. Chec
 share one run folder; every rank's queue holds the keys of both ranks (rank order) and the
 pointer advanced by world_size x batch per step; parameters and queue are identical on both
 ranks; the k-NN monitor saw features gathered from both ranks; the checkpoint (written by rank 0)
-holds every rank's own mask-generator stream for an exact resume.
+holds every rank's own mask-generator stream for an exact resume. The k-NN memory and the
+validation set hold an odd number of images: each is evaluated once (the ranks run unequal
+numbers of validation batches), and the online k-NN and linear accuracies equal one process's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from tests.cli_helpers import TINY, error_lines, run
 
 BATCH, QUEUE = 8, 40  # per-rank batch; 2 x 8 = 16 keys a step do not divide the 40-key queue
+MEMORY, QUERIES = 33, 33  # odd: padded shares would repeat an image (a memory image votes twice)
 
 HARNESS = """
 import os, sys, torch
@@ -45,6 +48,13 @@ base.knn_accuracy = recording_knn
 class Dump(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         seen.setdefault("indexes", []).append((trainer.current_epoch, batch[0].tolist()))
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        seen["val_images"], seen["val_batches"] = [0, 0], [0, 0]
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        seen["val_images"][dataloader_idx] += len(batch[1])
+        seen["val_batches"][dataloader_idx] += 1
 
     def on_train_end(self, trainer, pl_module):
         torch.save({
@@ -76,6 +86,8 @@ def ddp(tmp_path_factory, request):
         "strategy=ddp",
         f"method_kwargs.queue_size={QUEUE}",
         f"optimizer.batch_size={BATCH}",
+        f"data.knn_train_subset={MEMORY}",
+        f"data.val_subset={QUERIES}",
         f"checkpoint.dir={base / 'runs'}",  # no run_dir: the ranks must agree on one folder
         f"data.format={request.param}",
     ]
@@ -131,8 +143,67 @@ def test_ranks_end_with_identical_weights(ddp):
 
 def test_knn_monitor_gathers_features_from_both_ranks(ddp):
     r0, r1 = ddp["dumps"]
-    # 64 k-NN training images and 32 validation images, half per rank, gathered on each rank.
-    assert (r0["knn_train"], r0["knn_val"]) == (r1["knn_train"], r1["knn_val"]) == (64, 32)
+    # 33 k-NN training images and 33 validation images, split between the ranks, each once
+    # (not padded to 34), gathered on each rank.
+    assert (r0["knn_train"], r0["knn_val"]) == (r1["knn_train"], r1["knn_val"]) == (33, 33)
+    assert [a + b for a, b in zip(r0["val_images"], r1["val_images"])] == [MEMORY, QUERIES]
+    assert r0["val_batches"] != r1["val_batches"]  # 16 and 17 images: 2 and 3 batches of 8
+
+
+def _last_validation(run_dir) -> dict[str, float]:
+    import csv
+
+    rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
+    last = [row for row in rows if row.get("val_knn_acc1")][-1]
+    keys = ("val_knn_acc1", "val_knn_acc5", "val_acc1", "val_acc5", "val_loss")
+    return {key: float(last[key]) for key in keys}
+
+
+def _one_process_validation(ddp) -> tuple[dict[str, float], dict[str, float]]:
+    """(the DDP run's last online figures, one process's validation of its last checkpoint)."""
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from solo_mixmask.checkpoints.io import safe_load_checkpoint
+    from solo_mixmask.config.data_specs import data_spec
+    from solo_mixmask.data.loaders import build_knn_loaders
+    from solo_mixmask.run.pretrain import prepare_config
+
+    run_dir = next((ddp["base"] / "runs").iterdir())
+    online = _last_validation(run_dir)
+    cls, cfg = prepare_config(OmegaConf.load(run_dir / "config.yaml"))
+    model = cls(cfg)
+    model.load_state_dict(safe_load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(ddp["base"]),
+    )
+    results = trainer.validate(model, dataloaders=list(build_knn_loaders(data_spec(cfg))))
+    return online, {k: float(v) for r in results for k, v in r.items()}
+
+
+def test_online_accuracies_equal_one_process_validation_of_the_same_weights(ddp):
+    """A padded share would count an image twice (a k-NN memory image votes twice): the DDP
+    run's last k-NN and linear figures are those of one process validating its checkpoint."""
+    online, one = _one_process_validation(ddp)
+    for key in ("val_knn_acc1", "val_knn_acc5", "val_acc1", "val_acc5"):
+        assert online[key] == pytest.approx(one[key], abs=1e-4), key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Lightning (2.1 to 2.6) averages the ranks' int64 image counts of a sync_dist "
+    "epoch mean with truncation (33 images on 2 ranks: 16): val_loss comes out 33/32 too "
+    "large; methods/base.py must sum it exactly (as val_acc1 is, through torchmetrics)",
+)
+def test_online_val_loss_is_the_mean_over_every_image(ddp):
+    online, one = _one_process_validation(ddp)
+    assert online["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
 
 
 def test_checkpoint_keeps_each_ranks_random_streams(ddp):
