@@ -19,7 +19,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from solo_mixmask import __version__
 from solo_mixmask.config.compose import (  # noqa: F401 (compose_config, configs_root re-exported)
@@ -41,6 +41,37 @@ from solo_mixmask.errors import (
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 
+def _say(text: str) -> None:
+    """Print ``text`` from the run's global rank 0 only: every DDP process runs the command."""
+    from solo_mixmask.run.folder import is_rank_zero_process
+
+    if is_rank_zero_process():
+        print(text, flush=True)
+
+
+def check_one_process(cfg: DictConfig) -> None:
+    """ConfigError naming ``devices`` (or ``num_nodes``) unless ``cfg`` trains on one device:
+    ``-m`` runs its jobs one after another in this process, and from the second job on the
+    other processes of a multi-process run no longer find its run folder."""
+    from solo_mixmask.config.run_specs import trainer_arguments
+    from solo_mixmask.config.schema import trains_on_one_device
+
+    if trains_on_one_device(cfg):
+        return
+    arguments = trainer_arguments(cfg)
+    devices, nodes = arguments.get("devices", 1), arguments.get("num_nodes", 1)
+    key, value = ("devices", devices) if nodes in (1, None) else ("num_nodes", nodes)
+    raise ConfigError(
+        key,
+        value,
+        "one device (devices=1 and num_nodes=1; auto and -1 may start several processes) with "
+        "-m/--multirun: its jobs run one after another in this process, and a job on several "
+        f"processes (devices={devices}, num_nodes={nodes}, strategy={arguments.get('strategy')}) "
+        "leaves the next job's other processes without its run folder; run each job as its own "
+        "solo-mixmask pretrain command (one per combination of values); nothing was run",
+    )
+
+
 def _pretrain(args: argparse.Namespace) -> None:
     from solo_mixmask.run.pretrain import prepare_config, run_pretrain
 
@@ -50,26 +81,27 @@ def _pretrain(args: argparse.Namespace) -> None:
         return
     if not args.multirun:
         summary = run_pretrain(compose_config(args.config_path, args.config_name, args.overrides))
-        print(json.dumps(summary, indent=2))
-        print(
+        _say(json.dumps(summary, indent=2))
+        _say(
             f"Run folder: {summary['run_dir']}  (summary.json, config.yaml, checkpoints/, "
             "logs/metrics.csv)"
         )
         return
     # -m: one run per combination of the sweep values, each in its own run folder. Every
-    # job's config is composed and checked before the first one trains.
+    # job's config is composed and checked (one process each) before the first one trains.
     jobs = expand_sweeps(args.overrides)
     for job in jobs:
-        prepare_config(compose_config(args.config_path, args.config_name, job))
+        _, cfg = prepare_config(compose_config(args.config_path, args.config_name, job))
+        check_one_process(cfg)
     runs = []
     for i, job in enumerate(jobs):
-        print(f"[multirun] job {i + 1}/{len(jobs)}: {' '.join(job)}", flush=True)
+        _say(f"[multirun] job {i + 1}/{len(jobs)}: {' '.join(job)}")
         summary = run_pretrain(compose_config(args.config_path, args.config_name, job))
         runs.append(
             {"overrides": job, "run_dir": summary["run_dir"], "knn_acc1": summary.get("knn_acc1")}
         )
-        print(f"[multirun] job {i + 1}/{len(jobs)} done: {summary['run_dir']}", flush=True)
-    print(json.dumps(runs, indent=2))
+        _say(f"[multirun] job {i + 1}/{len(jobs)} done: {summary['run_dir']}")
+    _say(json.dumps(runs, indent=2))
 
 
 def _config_list() -> str:
@@ -95,9 +127,9 @@ def _resume(args: argparse.Namespace) -> None:
     try:
         summary = resume_run(args.run_dir, args.overrides)
     except NothingToResume as done:
-        print(done)
+        _say(str(done))
         return
-    print(json.dumps(summary, indent=2))
+    _say(json.dumps(summary, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -115,3 +115,19 @@ def test_multirun_checks_every_job_before_training_any(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "data.val_subset=0" in error_lines(result.stderr)[0]
     assert not runs.exists()
+
+
+def test_multirun_on_several_processes_is_refused_before_any_job(tmp_path: Path) -> None:
+    """``-m`` with ``devices=2 strategy=ddp``: after job 1, Lightning's teardown removed the
+    environment that tells rank 1 it is a child, so job 2's rank 1 made an empty folder of its
+    own and printed it (exit 0). Now one error line naming the keys, before any job runs."""
+    runs = tmp_path / "runs"
+    args = ["pretrain", "-m", *TINY, "devices=2", "strategy=ddp", "seed=1,2"]
+    result = run([*args, f"checkpoint.dir={runs}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("error: devices=2 is not allowed: expected "), lines
+    assert "num_nodes" in lines[0] and "-m" in lines[0], lines
+    assert "[multirun]" not in result.stdout
+    assert not runs.exists()

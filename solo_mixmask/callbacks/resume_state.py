@@ -74,7 +74,8 @@ class ResumeState(Callback):
     The position is applied as soon as Lightning hands the callback its state (before it builds
     the first training iterator), so the resumed epoch skips exactly the batches already trained.
     Beside the loader's position it records ``epoch_batches``, the batches an epoch runs
-    (:func:`epoch_batches`; fewer than the loader's with ``limit_train_batches``).
+    (:func:`epoch_batches`; fewer than the loader's with ``limit_train_batches``), and
+    ``world_size``, the processes that trained the run (:func:`trained_world_size`).
     Under DDP only rank 0 writes the file, so the per-rank streams (global RNGs and the method's
     ``generators``, seeded per rank) of every rank are gathered into ``per_rank`` when saving and
     each rank takes its own back when loading (same world size), overriding the rank-0 copy the
@@ -113,13 +114,13 @@ class ResumeState(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         streams = self._rank_streams()
-        state: dict[str, Any] = {"rng": streams["rng"]}
+        world = int(getattr(self._trainer, "world_size", 1) or 1)
+        state: dict[str, Any] = {"rng": streams["rng"], "world_size": world}
         if self.loader is not None:
             state["loader"] = self.loader.state_dict()
             batches = epoch_batches(self._trainer)
             if batches is not None:
                 state["epoch_batches"] = batches
-        world = int(getattr(self._trainer, "world_size", 1) or 1)
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * world
             # every rank runs dump_checkpoint for every save, so this collective is matched
@@ -151,6 +152,27 @@ class ResumeState(Callback):
             batches = epoch_batches(trainer)
             if batches is not None and self.loader.batches_done < batches:
                 reopen_stopped_epoch(checkpoint)
+
+
+def trained_world_size(checkpoint: dict[str, Any]) -> int | None:
+    """The number of processes (``devices x num_nodes`` as the Trainer resolved them) that
+    trained ``checkpoint``: what :class:`ResumeState` recorded, else (written before it did)
+    its training loader's ``world_size``, else one per rank in ``per_rank``; None when the
+    checkpoint holds none of them."""
+    state = (checkpoint.get("callbacks") or {}).get("ResumeState")
+    if not isinstance(state, dict):
+        return None
+    loader = state.get("loader")
+    per_rank = state.get("per_rank")
+    recorded = [
+        state.get("world_size"),
+        loader.get("world_size") if isinstance(loader, dict) else None,
+        len(per_rank) if isinstance(per_rank, list) and per_rank else None,
+    ]
+    for value in recorded:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def epoch_batches(trainer: Any) -> int | None:

@@ -53,7 +53,7 @@ from solo_mixmask.callbacks import (
 from solo_mixmask.checkpoints.callbacks import LastCheckpoint
 from solo_mixmask.checkpoints.io import LAST, atomic_write, safe_load_checkpoint
 from solo_mixmask.checkpoints.saved_model import SavedModel, check_model_fits
-from solo_mixmask.config.run_specs import RunSpec, method_of, record, run_spec
+from solo_mixmask.config.run_specs import LoggerSpec, RunSpec, method_of, record, run_spec
 from solo_mixmask.config.schema import check_mandatory_values, suggest, warn_one_class
 from solo_mixmask.core.collapse import COLLAPSE_FRACTION, is_collapsed, spread_std
 from solo_mixmask.errors import (
@@ -83,6 +83,7 @@ from solo_mixmask.run.folder import (
     new_run_dir,
     remove_made,
 )
+from solo_mixmask.run.loggers import build_loggers
 from solo_mixmask.run.trainer import build_callbacks, build_trainer
 from solo_mixmask.utils.resumable import ResumableLoader, resumable_train_loader
 
@@ -235,6 +236,7 @@ def run_pretrain(
     run_dir: str | Path | None = None,
     saved_model: SavedModel | None = None,
     finished: dict[str, int | float] | None = None,
+    trained_world: int | None = None,
 ) -> dict[str, Any]:
     """Pretrain as ``cfg`` says; returns (and writes) the run's summary dict.
 
@@ -244,7 +246,9 @@ def run_pretrain(
     with one line. ``run_dir``: the run folder (default: the checkpoint's, else a new one).
     ``finished`` (``{"steps", "epochs"}`` of ``resume_from``): that checkpoint ends the run,
     whose summary is missing; nothing is trained, its weights are evaluated and the summary
-    written.
+    written. ``trained_world``: the processes that trained ``resume_from`` (None: not
+    recorded); a resume on another number is refused before the run folder changes
+    (:func:`check_same_world_size`).
 
     A new run (neither given) checks where it will write before any work, makes its folder
     atomically (:func:`~solo_mixmask.run.folder.make_run_dir`) and holds the folder's lock
@@ -287,7 +291,16 @@ def run_pretrain(
     try:
         with RunLock(run_dir, command, enabled=rank_zero):
             return _train_in(
-                cfg, run, data, method_cls, run_dir, resume_from, saved_model, progress, finished
+                cfg,
+                run,
+                data,
+                method_cls,
+                run_dir,
+                resume_from,
+                saved_model,
+                progress,
+                finished,
+                trained_world,
             )
     except BaseException as err:
         early = progress["steps"] == 0 and not has_checkpoint(run_dir)
@@ -306,10 +319,13 @@ def _train_in(
     saved_model: SavedModel | None,
     progress: dict[str, int],
     finished: dict[str, int | float] | None = None,
+    trained_world: int | None = None,
 ) -> dict[str, Any]:
     """The run itself, in ``run_dir`` (made and locked): build, fit (or, ``finished``, evaluate
-    the checkpoint that ends the run), write summary.json. ``progress["steps"]`` holds the
-    optimiser steps trained when ``fit`` returns or fails. A fit that trained no step and
+    the checkpoint that ends the run), write summary.json. A resume on another number of
+    processes than ``trained_world`` is refused as soon as the Trainer has resolved its
+    number, before anything is written. ``progress["steps"]`` holds the optimiser steps
+    trained when ``fit`` returns or fails. A fit that trained no step and
     validated nothing (:class:`FitWork`) never overwrites an existing summary.json: it is kept
     and returned, with one warning line."""
     model = method_cls(cfg)  # backbone name/kwargs are checked here, before the data is read
@@ -319,7 +335,17 @@ def _train_in(
     callbacks = build_callbacks(run.trainer, run_dir)
     work = FitWork()
     callbacks.append(work)
-    trainer = build_trainer(run.trainer, run.logger, run_dir, callbacks)
+    # the loggers come after the world-size check: making them rewrites logs/metrics.csv
+    trainer = build_trainer(run.trainer, without_loggers(run.logger), run_dir, callbacks)
+    if resume_from:
+        check_same_world_size(
+            trained_world,
+            trainer.world_size,
+            resume_from,
+            devices=trainer.num_devices,
+            num_nodes=trainer.num_nodes,
+        )
+    trainer.loggers = build_loggers(run.logger, run_dir)
     if data is None:
         from solo_mixmask.config.data_specs import data_spec
 
@@ -437,6 +463,39 @@ def _train_in(
         if collapse["collapsed"]:
             warnings.warn(collapse_message(collapse), CollapseWarning, stacklevel=2)
     return summary
+
+
+def without_loggers(spec: LoggerSpec) -> LoggerSpec:
+    """``spec`` with every logger off: a Trainer built with it gets its loggers later."""
+    return replace(spec, csv=False, tensorboard=False, wandb=replace(spec.wandb, enabled=False))
+
+
+def check_same_world_size(
+    trained: int | None, world: int, checkpoint: str, devices: Any, num_nodes: Any
+) -> None:
+    """CheckpointError when a resume from ``checkpoint``, trained on ``trained`` processes
+    (None: not recorded, not checked), would run on ``world`` (``devices x num_nodes`` as the
+    Trainer resolved them). Which devices they are may change, not how many: the optimiser
+    and its learning-rate schedule come back as the old processes computed them (the rate
+    scaled by their batch, the schedule over their steps) while the momentum schedule is
+    recomputed over the new number's steps."""
+    if trained is None or trained == world:
+        return
+    raise CheckpointError(
+        f"{checkpoint} was trained on {_processes(trained)} and this resume would run on "
+        f"{world} (devices={devices}, num_nodes={num_nodes}): the optimiser and its "
+        f"learning-rate schedule come back as set for {_processes(trained)} (the rate scaled "
+        "by their batch, the schedule over their steps) while the momentum schedule would be "
+        f"recomputed for {_processes(world)}, so the rest of the run would train with "
+        f"mismatched schedules; resume with devices x num_nodes = {trained} (which devices "
+        f"may change, not how many), or start a new run (solo-mixmask pretrain) on {world}; "
+        "nothing was changed"
+    )
+
+
+def _processes(count: int) -> str:
+    """``1 process``, ``2 processes``."""
+    return f"{count} process" if count == 1 else f"{count} processes"
 
 
 def _epochs_fit(trainer: L.Trainer) -> int | float:

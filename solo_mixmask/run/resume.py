@@ -7,7 +7,8 @@ a resumed run really applies; anything else would be recorded in ``config.yaml``
 changing the run). ``max_epochs`` and ``max_time`` can grow; a finished run (all its epochs,
 its ``max_steps`` or its ``max_time`` trained) is left untouched (:class:`NothingToResume`); a
 run that finished but whose final save failed (no ``summary.json``) is finished from its
-checkpoint: evaluated again, nothing trained.
+checkpoint: evaluated again, nothing trained. A resume runs on as many processes as trained
+the checkpoint (``devices x num_nodes``; other devices may be named).
 
 An epoch counts as trained when all the batches it runs are done: the training loader's, or
 fewer with ``limit_train_batches`` (:func:`batches_per_epoch`). The training time that
@@ -23,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from solo_mixmask.callbacks.resume_state import trained_world_size
 from solo_mixmask.checkpoints.io import LAST, atomic_copy, safe_load_checkpoint
 from solo_mixmask.checkpoints.saved_model import SavedModel, saved_model_of
 from solo_mixmask.config.compose import apply_overrides, parse_overrides
@@ -49,7 +51,9 @@ class NothingToResume(Exception):
 #: The keys ``resume RUN key=value`` may change: where and how the rest of the run is carried
 #: out, applied by the resumed process and recorded in ``config.yaml``. Every other key is
 #: fixed by the checkpoint (weights, optimiser and schedule states, data position) or by the
-#: run folder, so an override of it would be recorded without being applied.
+#: run folder, so an override of it would be recorded without being applied. ``devices`` and
+#: ``num_nodes`` may name other devices, not another number of processes than trained the
+#: checkpoint (:func:`~solo_mixmask.run.pretrain.check_same_world_size`).
 RESUME_KEYS = (
     "max_epochs",
     "max_time",
@@ -338,7 +342,11 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
     ``max_time`` (or ``max_epochs`` without a longer ``max_time``) is a ConfigError. An epoch
     counts as trained when all the batches it runs are done (with ``limit_train_batches``,
     that many). A run stopped before its first checkpoint (and never finished) starts again
-    from step 0 in the same folder. A ``config.yaml`` that cannot be read is a CheckpointError.
+    from step 0 in the same folder. A ``config.yaml`` that cannot be read is a CheckpointError,
+    and so is a resume on another number of processes (``devices x num_nodes`` as the Trainer
+    resolves them) than trained the checkpoint, before the run folder changes; a checkpoint
+    that did not record that number is not checked (a warning when ``devices`` or
+    ``num_nodes`` is overridden).
     """
     run_dir = Path(run_dir)
     config_file = run_dir / CONFIG
@@ -393,8 +401,15 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
     steps = int(checkpoint.get("global_step", 0))
     epochs = epochs_begun(checkpoint, limit)
     elapsed = training_seconds(checkpoint)
+    world = trained_world_size(checkpoint)
     del checkpoint
     given = {o.key_or_group for o in parse_overrides(overrides or [])}
+    if world is None and given & {"devices", "num_nodes"}:
+        _warn(
+            f"{last} does not record how many processes trained it, so this resume cannot check "
+            "that devices x num_nodes is still that number: on another number the restored "
+            "learning-rate schedule and the recomputed momentum schedule no longer match"
+        )
     by_steps = _reached_max_steps(run_dir, cfg, steps)
     by_time = not by_steps and _used_up_max_time(
         run_dir, cfg, elapsed, given, f"{epochs} epochs, {steps} steps"
@@ -419,13 +434,14 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
             resume_from=str(last),
             saved_model=saved_model,
             finished={"steps": steps, "epochs": (epochs if by_steps or by_time else done) or 0},
+            trained_world=world,
         )
     if last != folder / LAST:
         _warn(
             f"{run_dir} has no checkpoints/last.ckpt: resuming from {last.name}, its newest "
             "epoch checkpoint (the steps trained after it are trained again)"
         )
-    return run_pretrain(cfg, resume_from=str(last), saved_model=saved_model)
+    return run_pretrain(cfg, resume_from=str(last), saved_model=saved_model, trained_world=world)
 
 
 def _saved_config(config_file: Path) -> DictConfig:

@@ -22,13 +22,14 @@ from how far the loader has pre-fetched.
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from solo_mixmask.errors import CheckpointError
 
 _MASK64 = (1 << 64) - 1
 
@@ -188,28 +189,27 @@ class ResumableLoader(DataLoader):
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Position the sampler after the batches already trained in the saved epoch.
+        """Position the sampler after the batches already trained in the saved epoch (a
+        finished epoch moves to the next one).
 
-        A finished epoch moves to the next one. With another world size or batch size the
-        position is mapped by images seen (``batches * batch * world``): the run goes on, but
-        it is then no longer the same run as an uninterrupted one (a warning says so).
+        CheckpointError when this loader's batch size, world size or seed is not the
+        checkpoint's: its position would not name the same images, and the restored
+        learning-rate schedule counts the checkpoint's steps (``resume`` refuses another world
+        size before the fit; batch size and seed come from the run's ``config.yaml``).
         """
-        epoch, done = int(state["epoch"]), int(state["batches_done"])
-        same = (
-            state.get("batch_size") == self.batch_size
-            and state.get("world_size") == self.world_size
-            and state.get("seed", self.seed) == self.seed
-        )
-        if not same:
-            warnings.warn(
-                f"resuming with batch_size={self.batch_size}, world_size={self.world_size}, "
-                f"seed={self.seed} instead of the checkpoint's {state.get('batch_size')}, "
-                f"{state.get('world_size')}, {state.get('seed')}: the data order after resume is "
-                "not the one of an uninterrupted run",
-                stacklevel=2,
+        ours = (self.batch_size, self.world_size, self.seed)
+        saved = (state.get("batch_size"), state.get("world_size"), state.get("seed", self.seed))
+        if saved != ours:
+            names = ("batch_size", "world_size", "seed")
+            raise CheckpointError(
+                "the checkpoint's training loader ran "
+                + ", ".join(f"{k}={v}" for k, v in zip(names, saved, strict=True))
+                + "; this run's has "
+                + ", ".join(f"{k}={v}" for k, v in zip(names, ours, strict=True))
+                + ": a resume goes on with the batch size, processes and seed the run was "
+                "trained with; resume with those, or start a new run (solo-mixmask pretrain)"
             )
-            seen = done * int(state.get("batch_size") or 0) * int(state.get("world_size") or 1)
-            done = seen // (int(self.batch_size or 1) * self.world_size)
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
         if done >= len(self):
             epoch, done = epoch + 1, 0
         self.batches_done = done

@@ -15,7 +15,6 @@ import re
 import signal
 import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -267,17 +266,6 @@ def test_loader_state_moves_to_the_next_epoch_after_a_finished_one():
         torch.tensor(ResumableSampler(list(range(16)), 4, 1).indices(2)[4 * k : 4 * k + 4]).tolist()
         for k in (1, 2, 3)
     ]
-
-
-def test_loader_state_with_another_world_size_warns_and_maps_by_images():
-    loader = ResumableLoader(list(range(64)), batch_size=4, seed=1, world_size=1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        loader.load_state_dict(
-            {"epoch": 0, "batches_done": 3, "batch_size": 4, "world_size": 2, "seed": 1}
-        )
-    assert any("not the one of an uninterrupted run" in str(w.message) for w in caught)
-    assert loader.batches_done == 6  # 3 batches x 4 images x 2 ranks = 24 images = 6 batches
 
 
 class _Noisy(torch.utils.data.Dataset):
