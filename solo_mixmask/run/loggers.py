@@ -23,13 +23,13 @@ def continue_csv(logger: CSVLogger, path: Path) -> None:
     """
     if not path.is_file():
         return
-    text = path.read_text()
-    header = next(csv.reader([text.split("\n", 1)[0]]), [])
+    saved = path.read_bytes()  # bytes: the csv writer's "\r\n" line ends are kept as they are
+    header = next(csv.reader([saved.split(b"\n", 1)[0].decode().rstrip("\r")]), [])
     keys = getattr(logger.experiment, "metrics_keys", None)  # not a list on ranks > 0
     if not isinstance(keys, list):
         return
     if not path.is_file():
-        path.write_text(text)
+        path.write_bytes(saved)
     keys[:0] = [k for k in header if k and k not in keys]
 
 

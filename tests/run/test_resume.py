@@ -504,6 +504,25 @@ def test_resumed_run_keeps_every_column_of_metrics_csv(tmp_path):
     assert rows[0]["val_knn_acc1"] == "37.5" and rows[1]["train_loss"] == "2.5"
 
 
+def test_resumed_metrics_csv_keeps_one_kind_of_line_end(tmp_path):
+    """The rows before a resume keep the csv writer's "\\r\\n" ends, as the rows appended after
+    it have them: continue_csv puts the file back byte for byte."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from solo_mixmask.run.loggers import continue_csv as _continue_csv
+
+    path = tmp_path / "logs" / "metrics.csv"
+    path.parent.mkdir()
+    path.write_bytes(b"epoch,step,train_loss\r\n0,7,3.0\r\n")
+    logger = CSVLogger(save_dir=str(tmp_path), name="logs", version="")
+    _continue_csv(logger, path)
+    logger.log_metrics({"train_loss": 2.5, "epoch": 1}, step=9)
+    logger.save()
+    data = path.read_bytes()
+    assert data.startswith(b"epoch,step,train_loss\r\n0,7,3.0\r\n")
+    assert data.count(b"\n") == data.count(b"\r\n") == 3
+
+
 def test_two_runs_of_one_config_agree_bit_for_bit(tmp_path):
     """The README's promise (issue 18): a seeded run gives the same figures on every run of one
     version with the same number of torch threads (cli_env sets OMP_NUM_THREADS=1), whatever
