@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.utilities.data import dim_zero_cat
 
@@ -223,6 +223,10 @@ class BaseMethod(L.LightningModule):
         # their states are not in the state_dict, so checkpoints keep the same keys).
         self.val_top1 = _top_k_accuracy(self.num_classes, 1)
         self.val_top5 = _top_k_accuracy(self.num_classes, 5)
+        #: The online classifier's cross-entropy over the labelled validation images of all
+        #: processes, weighted by image (Lightning's epoch mean weights batches, and across
+        #: processes divides by a truncated mean count).
+        self.val_loss_mean = MeanMetric()
         #: k-NN memory (validation dataloader 0: clean training images) and queries (dataloader 1).
         self.knn_memory = LabelledFeatures()
         self.knn_queries = LabelledFeatures()
@@ -368,22 +372,16 @@ class BaseMethod(L.LightningModule):
         x, y = batch
         out = self.forward(x)
         is_val = dataloader_idx == (1 if self.knn_enabled else 0)
-        if is_val:
-            self.log(
-                "val_loss",
-                _masked_cross_entropy(out["logits"], y),
-                on_epoch=True,
-                sync_dist=True,
-                add_dataloader_idx=False,
-            )
-            if len(y):  # torchmetrics cannot reshape an empty batch
-                self.val_top1.update(out["logits"], y)
-                self.val_top5.update(out["logits"], y)
+        if is_val and len(y):  # torchmetrics cannot reshape an empty batch
+            labelled = (y >= 0).sum()
+            self.val_loss_mean.update(_masked_cross_entropy(out["logits"], y), weight=labelled)
+            self.val_top1.update(out["logits"], y)
+            self.val_top5.update(out["logits"], y)
         if self.knn_enabled and len(y):
             (self.knn_memory if dataloader_idx == 0 else self.knn_queries).update(out["feats"], y)
 
     def _validation_metrics(self) -> tuple[Metric, ...]:
-        return (self.val_top1, self.val_top5, self.knn_memory, self.knn_queries)
+        return (self.val_loss_mean, self.val_top1, self.val_top5, self.knn_memory, self.knn_queries)
 
     def on_validation_epoch_start(self) -> None:
         # Fresh states in this loop's grad mode: a reset at the end of trainer.validate() runs
@@ -401,6 +399,10 @@ class BaseMethod(L.LightningModule):
                     {name: 100 * float(m.compute()) for name, m in accuracies.items()},
                     add_dataloader_idx=False,
                 )
+            if _updated(self.val_loss_mean):  # NaN: no labelled validation image
+                val_loss = float(self.val_loss_mean.compute())
+                if not math.isnan(val_loss):
+                    self.log("val_loss", val_loss, add_dataloader_idx=False)
             sanity = self.trainer.sanity_checking
             if self.knn_enabled and not sanity and all(_updated(s) for s in stores):
                 self._log_knn(*self.knn_memory.gathered(), *self.knn_queries.gathered())

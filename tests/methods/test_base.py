@@ -115,7 +115,7 @@ def test_validation_metrics_stay_out_of_checkpoints():
     model.knn_memory.update(torch.randn(2, model.features_dim), torch.tensor([1, 2]))
     model.val_top1.update(torch.randn(2, 10), torch.tensor([1, 2]))
     state = model.state_dict()
-    names = ("val_top1", "val_top5", "knn_memory", "knn_queries")
+    names = ("val_loss_mean", "val_top1", "val_top5", "knn_memory", "knn_queries")
     assert not [key for key in state if key.startswith(names)]  # old checkpoints load strictly
     fresh = METHODS["mocov2plus"](tiny_cfg("mocov2plus"))
     fresh.load_state_dict(state, strict=True)
@@ -142,6 +142,11 @@ def test_validation_logs_hand_checked_accuracies_and_resets_every_epoch():
     val_y = order[torch.arange(12), torch.tensor(ranks)]
     val_y[[1, 5, 6]] = -1
     hand = {1: 100 * 4 / 9, 5: 100 * 6 / 9}
+    # the classifier's loss: the mean over the 9 labelled images (batches of 5, 5 and 2 with
+    # 4, 3 and 2 labelled: a mean of batch means, weighted by batch size, is not it)
+    logits = torch.cat([o["logits"] for o in batches(val_x)])
+    labelled = val_y >= 0
+    hand_loss = torch.nn.functional.cross_entropy(logits[labelled], val_y[labelled]).item()
     loaders = [
         DataLoader(TensorDataset(memory_x, memory_y), batch_size=5),
         DataLoader(TensorDataset(val_x, val_y), batch_size=5),
@@ -167,10 +172,12 @@ def test_validation_logs_hand_checked_accuracies_and_resets_every_epoch():
     for metrics in epochs:  # the same figures every epoch; the metrics are reset after each
         assert metrics["val_acc1"] == pytest.approx(hand[1], rel=1e-6)
         assert metrics["val_acc5"] == pytest.approx(hand[5], rel=1e-6)
+        assert metrics["val_loss"] == pytest.approx(hand_loss, rel=1e-5)
         assert metrics["val_knn_acc1"] == pytest.approx(knn1, rel=1e-6)
         assert metrics["val_knn_acc5"] == pytest.approx(knn5, rel=1e-6)
     assert model.knn_k == 5
     assert not _updated(model.knn_memory) and not _updated(model.val_top1)
+    assert not _updated(model.val_loss_mean)
 
 
 @pytest.mark.parametrize(
@@ -222,3 +229,16 @@ def test_batched_online_forwards_refuse_a_backbone_whose_batch_norm_is_not_split
         model.training_step(synthetic_batch(), 0)
     assert info.value.key == "performance.batch_online_forwards"
     assert "SyncBatchNorm" in str(info.value)
+
+
+def test_the_online_classifier_takes_the_width_the_backbone_outputs():
+    """mobilenetv3_small_050 outputs 1024 features (timm's num_features: 288): the classifier
+    and the projector are built for 1024, and a step trains."""
+    cfg = tiny_cfg("mixmask", performance__channels_last=False)
+    cfg.backbone = OmegaConf.create(
+        {"name": "mobilenetv3_small_050", "kwargs": {}, "cifar_stem": False}
+    )
+    model = METHODS["mixmask"](cfg).train()
+    assert model.features_dim == 1024 and model.classifier.in_features == 1024
+    out = model.training_step(synthetic_batch(), 0)
+    assert torch.isfinite(out["loss"] if isinstance(out, dict) else out)

@@ -195,13 +195,9 @@ def test_online_accuracies_equal_one_process_validation_of_the_same_weights(ddp)
         assert online[key] == pytest.approx(one[key], abs=1e-4), key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Lightning (2.1 to 2.6) averages the ranks' int64 image counts of a sync_dist "
-    "epoch mean with truncation (33 images on 2 ranks: 16): val_loss comes out 33/32 too "
-    "large; methods/base.py must sum it exactly (as val_acc1 is, through torchmetrics)",
-)
 def test_online_val_loss_is_the_mean_over_every_image(ddp):
+    """Lightning's sync_dist epoch mean divides by the ranks' mean image count rounded down
+    (33 images on 2 ranks: 16, a loss 33/32 too large); the engine sums it exactly."""
     online, one = _one_process_validation(ddp)
     assert online["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
 
