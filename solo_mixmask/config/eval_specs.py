@@ -129,6 +129,11 @@ def _dotted(tree: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
+def _under(key: str, sections: Sequence[str]) -> str | None:
+    """The first of ``sections`` that ``key`` is or lies below, else None."""
+    return next((s for s in sections if key == s or key.startswith(f"{s}.")), None)
+
+
 def check_not_read(
     given: Sequence[tuple[str, Any]], not_read: Mapping[str, str], command: str, where: str = ""
 ) -> None:
@@ -139,7 +144,7 @@ def check_not_read(
     setting silently dropped. A key of ``not_read`` also stands for the keys below it
     (``optimizer`` for ``optimizer.lr``)."""
     for key, value in given:
-        section = next((k for k in not_read if key == k or key.startswith(f"{k}.")), None)
+        section = _under(key, list(not_read))
         if section is not None:
             instead = not_read[section].format(value=value)
             raise ConfigError(key, value, f"{instead} ({command} does not read {section}){where}")
@@ -162,15 +167,34 @@ PRETRAINING_ONLY = {
 }
 
 
+#: How a pretraining run was built and launched, which no evaluation command reads: the
+#: backbone is rebuilt from the checkpoint, and an evaluation runs in one process on ``--device``.
+RUN_SETUP_ONLY = {
+    "backbone": "nothing: the backbone is rebuilt from the checkpoint",
+    **{
+        key: "--device (an evaluation runs in one process, on one device)"
+        for key in ("devices", "num_nodes", "strategy", "accelerator")
+    },
+    "sync_batchnorm": "nothing: an evaluation runs in one process",
+}
+
+
 def pretraining_only(probe: str | None) -> dict[str, str]:
-    """:data:`PRETRAINING_ONLY` for a command whose own training settings are ``probe.*``
-    (None: a command that trains nothing, such as ``knn``)."""
+    """:data:`PRETRAINING_ONLY` and :data:`RUN_SETUP_ONLY` for a command whose own training
+    settings are ``probe.*`` (None: a command that trains nothing, such as ``knn``). A command
+    that trains a probe reads neither ``precision`` (it runs in float32) nor the k-NN's
+    ``knn_eval`` and ``performance.knn_dtype``."""
     if probe is None:
-        return {
+        training = {
             key: f"nothing: this command trains nothing ({key} is pretraining's)"
             for key in PRETRAINING_ONLY
         }
-    return {key: text.format(probe=probe) for key, text in PRETRAINING_ONLY.items()}
+    else:
+        training = {key: text.format(probe=probe) for key, text in PRETRAINING_ONLY.items()}
+        training["precision"] = f"nothing: {probe} runs in float32"
+        for key in ("knn_eval", "performance.knn_dtype"):
+            training[key] = f"nothing: {probe} measures no k-NN (knn reads {key})"
+    return {**training, **RUN_SETUP_ONLY}
 
 
 def refuse_not_read(
@@ -428,6 +452,67 @@ class MaskPictureSpec:
     grid_size: int
     mask_ratio: float
     unmix_alpha: float
+
+
+#: The keys ``show-masks`` reads (a key below one of them too): the method and its masks'
+#: settings, the training images and how evaluation crops and normalises them (the first
+#: crop pipeline's ``crop_size``, ``mean``, ``std``).
+MASK_PICTURE_READS = (
+    "method",
+    "method_kwargs.grid_size",
+    "method_kwargs.mask_ratio",
+    "method_kwargs.unmix_alpha",
+    "data.dataset",
+    "data.train_path",
+    "data.format",
+    "data.download",
+    "data.no_labels",
+    "data.strict",
+    "data.scan_images",
+    "data.mean",
+    "data.std",
+    "augmentations.0.crop_size",
+    "augmentations.0.mean",
+    "augmentations.0.std",
+)
+#: Keys ``show-masks`` reads as a whole but not each key below them: a list of crop pipelines
+#: or an ``augmentations=GROUP`` option.
+MASK_PICTURE_READS_WHOLE = ("augmentations",)
+_SUBSETS = "--num-images (show-masks picks its columns from the whole training split)"
+#: What to use instead of a key ``show-masks`` does not read (``{value}``: the value given);
+#: any other such key: :data:`MASK_PICTURE_ONLY`.
+MASK_PICTURE_INSTEAD = {
+    "seed": "--seed {value}",
+    "data.train_subset": _SUBSETS,
+    "data.val_subset": _SUBSETS,
+    "data.knn_train_subset": _SUBSETS,
+    "data.val_path": "data.train_path (show-masks draws training images)",
+    "method_kwargs": (
+        "method_kwargs.grid_size, method_kwargs.mask_ratio or method_kwargs.unmix_alpha "
+        "(show-masks draws both mask kinds, block and discrete)"
+    ),
+    "augmentations": (
+        "augmentations.0.crop_size, augmentations.0.mean or augmentations.0.std (the images "
+        "are centre-cropped as evaluation crops them)"
+    ),
+}
+MASK_PICTURE_ONLY = (
+    "nothing: show-masks reads only the dataset, its first crop pipeline's size and "
+    "normalisation, and method_kwargs.grid_size / mask_ratio / unmix_alpha"
+)
+
+
+def refuse_unread_mask_picture_keys(overrides: Sequence[str]) -> None:
+    """ConfigError for the first override whose key ``show-masks`` does not read (outside
+    :data:`MASK_PICTURE_READS`), naming what to use instead (:data:`MASK_PICTURE_INSTEAD`):
+    ``seed=1`` is ``--seed 1``, never dropped."""
+    for key, value in parse_overrides(overrides):
+        if key not in MASK_PICTURE_READS_WHOLE and _under(key, MASK_PICTURE_READS) is None:
+            section = _under(key, list(MASK_PICTURE_INSTEAD))
+            instead = MASK_PICTURE_INSTEAD[section] if section else MASK_PICTURE_ONLY
+            raise ConfigError(
+                key, value, f"{instead.format(value=value)} (show-masks does not read {key})"
+            )
 
 
 def mask_picture_spec(cfg: DictConfig) -> MaskPictureSpec:

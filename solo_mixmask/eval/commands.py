@@ -142,7 +142,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _show_masks(args: argparse.Namespace) -> None:
     from solo_mixmask.config.compose import compose_config
-    from solo_mixmask.config.eval_specs import mask_picture_spec
+    from solo_mixmask.config.eval_specs import mask_picture_spec, refuse_unread_mask_picture_keys
     from solo_mixmask.errors import ConfigError
     from solo_mixmask.eval.pictures import show_masks
     from solo_mixmask.run.pretrain import prepare_config
@@ -151,6 +151,7 @@ def _show_masks(args: argparse.Namespace) -> None:
         raise ConfigError("--num-images", args.num_images, "an integer >= 2")
     # checked as pretrain checks it: unknown keys (did-you-mean), grid sizes, mask ratios ...
     _, cfg = prepare_config(compose_config(args.config_path, args.config_name, args.overrides))
+    refuse_unread_mask_picture_keys(args.overrides)  # seed=1 is --seed 1, never dropped
     spec = mask_picture_spec(cfg)
     print(f"wrote {show_masks(spec, args.out, args.num_images, args.seed)}")
 
@@ -285,8 +286,9 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--num-images",
         type=int,
-        default=2000,
-        help="validation images drawn, picked with the run's seed; 0 = all (default: 2000)",
+        default=None,
+        help="validation images drawn, picked with the run's seed; 0 = all, at most the "
+        "split's size (default: 2000, or all when the split is smaller)",
     )
     p.set_defaults(func=_embed)
 

@@ -7,10 +7,13 @@ present, ``linear.json`` (written by ``solo-mixmask linear``). Writes into the o
   top-1, images/s, wall time) followed by the two plots. A k-NN or offline linear figure
   measured with other settings than another row's (k, T, images, precision; the probe's preset,
   epochs, learning rate, image counts ...) is marked ``†``, named in a ``warning:`` line and
-  under the table: such figures do not rank the methods alone;
-- ``compare.json``: each row's figures and the settings they were measured with;
+  under the table: such figures do not rank the methods alone. Every accuracy of a collapsed
+  run (summary.json's ``collapsed``) is marked ``(collapsed)`` and the run named in a
+  ``warning:`` line and under the table;
+- ``compare.json``: each row's figures, the settings they were measured with, its collapse
+  measure, and the warnings;
 - ``knn.png``: online k-NN top-1 against epoch (epoch 0 = before training, when the run
-  measured it);
+  measured it; a last epoch the run stopped inside at its fractional epochs, e.g. 1.5);
 - ``loss.png``: two panels against epoch. Left: the contrastive term L(q, k) that every
   MoCo-family method logs as ``train_nce_loss_epoch`` (``train_byol_loss_epoch`` for BYOL), the
   only loss that means the same thing across MoCo v2, MixMask and Un-Mix. Right: the whole
@@ -67,9 +70,9 @@ class RunRecord:
     #: Per column, the settings in which this row's figure differs from another row's
     #: (filled by :func:`mark_differences`); its cell carries :data:`DIFFERS`.
     differs: dict[str, list[str]] = field(default_factory=dict)
-    knn_curve: dict[int, float] = field(default_factory=dict)
-    contrastive_curve: dict[int, float] = field(default_factory=dict)
-    total_loss_curve: dict[int, float] = field(default_factory=dict)
+    knn_curve: dict[float, float] = field(default_factory=dict)
+    contrastive_curve: dict[float, float] = field(default_factory=dict)
+    total_loss_curve: dict[float, float] = field(default_factory=dict)
 
 
 def _float(value: str | None) -> float | None:
@@ -81,12 +84,14 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-def epoch_curves(run_dir: str | Path) -> dict[str, dict[int, float]]:
+def epoch_curves(run_dir: str | Path, epochs: float | None = None) -> dict[str, dict[float, float]]:
     """Every value a run logged in ``logs/metrics.csv`` with an epoch, as
     ``{column: {epochs trained: value}}`` (losses, accuracies, ``embedding_std``; per-step
     learning-rate rows carry no epoch and are left out).
 
-    A row logged in epoch e (0-based) counts as e + 1 epochs trained. When the run measured its
+    A row logged in epoch e (0-based) counts as e + 1 epochs trained, except in the last epoch
+    of a run that stopped inside it (``max_steps``, a stop): there it counts as ``epochs``, the
+    fractional epochs the run trained (summary.json's). When the run measured its
     untrained model (``init_metrics.json`` holds ``knn_acc1_at_init``), the first row with a
     ``val_*`` value is that measurement and counts as epoch 0. (Its step is 0, but so is the
     step of epoch 1's validation when an epoch is one optimiser step: the step cannot tell them
@@ -99,7 +104,8 @@ def epoch_curves(run_dir: str | Path) -> dict[str, dict[int, float]]:
     init_file = run_dir / INIT_METRICS
     init = json.loads(init_file.read_text()) if init_file.is_file() else {}
     init_pending = init.get("knn_acc1_at_init") is not None
-    curves: dict[str, dict[int, float]] = {}
+    partial = epochs if epochs is not None and epochs != int(epochs) else None
+    curves: dict[str, dict[float, float]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             epoch = _float(row.get("epoch"))
@@ -107,7 +113,9 @@ def epoch_curves(run_dir: str | Path) -> dict[str, dict[int, float]]:
                 continue
             parsed = {k: _float(v) for k, v in row.items() if k not in ("epoch", "step")}
             values = {k: v for k, v in parsed.items() if v is not None}
-            done = int(epoch) + 1
+            done: float = int(epoch) + 1
+            if partial is not None and int(epoch) == int(partial):
+                done = partial  # the epoch the run stopped inside
             if init_pending and any(k.startswith("val_") for k in values):
                 done, init_pending = 0, False
             for key, value in values.items():
@@ -115,12 +123,12 @@ def epoch_curves(run_dir: str | Path) -> dict[str, dict[int, float]]:
     return curves
 
 
-def ssl_loss_curves(curves: dict[str, dict[int, float]]) -> tuple[dict, dict]:
+def ssl_loss_curves(curves: dict[str, dict[float, float]]) -> tuple[dict, dict]:
     """(contrastive loss, total self-supervised loss) ``{epochs trained: value}`` of
     :func:`epoch_curves`: the first of ``CONTRASTIVE_LOSSES`` logged, and the sum of every
     ``train_*_loss_epoch`` but the online classifier's."""
     contrastive = next((curves[key] for key in CONTRASTIVE_LOSSES if key in curves), {})
-    total: dict[int, float] = {}
+    total: dict[float, float] = {}
     for key, curve in curves.items():
         if key.startswith("train_") and key.endswith("_loss_epoch") and key != CLASSIFIER_LOSS:
             for done, value in curve.items():
@@ -259,7 +267,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
     summary: dict[str, Any] = json.loads(summary_file.read_text())
     linear = offline_linear_result(run_dir, summary)
     offline = None if linear is None else linear.get("acc1")
-    curves = epoch_curves(run_dir)
+    curves = epoch_curves(run_dir, summary.get("epochs"))
     contrastive, total = ssl_loss_curves(curves)
     return RunRecord(
         name=run_dir.name,
@@ -281,8 +289,16 @@ def load_run(run_dir: str | Path) -> RunRecord:
     )
 
 
-def _pct(value: float | None, differs: bool = False) -> str:
-    return "-" if value is None else f"{value:.2f}" + (f" {DIFFERS}" if differs else "")
+#: The words after each accuracy of a collapsed run (summary.json's ``collapsed``).
+COLLAPSED = "(collapsed)"
+
+
+def _pct(value: float | None, differs: bool = False, collapsed: bool | None = False) -> str:
+    if value is None:
+        return "-"
+    return (
+        f"{value:.2f}" + (f" {DIFFERS}" if differs else "") + (f" {COLLAPSED}" if collapsed else "")
+    )
 
 
 def _duration(seconds: float | None) -> str:
@@ -296,7 +312,7 @@ def _duration(seconds: float | None) -> str:
 def markdown_table(records: Sequence[RunRecord]) -> str:
     """One header row, one separator and one row per run (accuracies in %; a figure measured
     with other settings than another row's is marked :data:`DIFFERS`, see
-    :func:`mark_differences`)."""
+    :func:`mark_differences`; every accuracy of a collapsed run is marked :data:`COLLAPSED`)."""
     header = (
         "run",
         "method",
@@ -314,9 +330,9 @@ def markdown_table(records: Sequence[RunRecord]) -> str:
             r.name,
             r.method,
             "-" if r.epochs is None else str(r.epochs),
-            _pct(r.knn_acc1, "k-NN top-1" in r.differs),
-            _pct(r.linear_acc1),
-            _pct(r.offline_linear_acc1, "offline linear top-1" in r.differs),
+            _pct(r.knn_acc1, "k-NN top-1" in r.differs, r.collapsed),
+            _pct(r.linear_acc1, False, r.collapsed),
+            _pct(r.offline_linear_acc1, "offline linear top-1" in r.differs, r.collapsed),
             embedding_std_cell(r.embedding_std, r.embedding_std_spread, r.collapsed),
             "-" if r.images_per_sec is None else f"{r.images_per_sec:.1f}",
             _duration(r.wall_seconds),
@@ -412,8 +428,9 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     differences = mark_differences(records)
+    collapses = collapse_warnings(records)
     table = markdown_table(records)
-    notes = footnotes(records)
+    notes = "\n\n".join(block for block in (footnotes(records), *collapses) if block)
     knn_png = plot_knn(records, out / "knn.png")
     loss_png = plot_loss(records, out / "loss.png")
     report = out / "report.md"
@@ -431,7 +448,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         "comparable across methods. Right: the sum of all self-supervised loss terms.\n"
     )
     rows = out / "compare.json"
-    rows.write_text(json.dumps(compare_rows(records, differences), indent=2))
+    rows.write_text(json.dumps(compare_rows(records, [*differences, *collapses]), indent=2))
     return {
         "table": table,
         "notes": notes,
@@ -458,10 +475,31 @@ def footnotes(records: Sequence[RunRecord]) -> str:
     return "\n".join(lines)
 
 
-def compare_rows(records: Sequence[RunRecord], differences: Sequence[str]) -> dict[str, Any]:
+def collapse_warnings(records: Sequence[RunRecord]) -> list[str]:
+    """One ``warning:`` line per collapsed run (summary.json's ``collapsed``), naming it and its
+    embedding_std: its accuracies (marked :data:`COLLAPSED`) do not rank the methods. Returns
+    the lines."""
+    lines = []
+    for r in records:
+        if not r.collapsed:
+            continue
+        std = "not recorded" if r.embedding_std is None else f"{r.embedding_std:.4f}"
+        if r.embedding_std is not None and r.embedding_std_spread:
+            std += f", {r.embedding_std / r.embedding_std_spread:.1%} of its spread value"
+        line = (
+            f"{r.name} collapsed (embedding_std {std}): its accuracies, marked {COLLAPSED}, "
+            "do not rank the methods"
+        )
+        warnings.warn(line, ConfigWarning, stacklevel=2)
+        lines.append(line)
+    return lines
+
+
+def compare_rows(records: Sequence[RunRecord], warned: Sequence[str]) -> dict[str, Any]:
     """``compare.json``: each row's figures and how they were measured (``knn_settings``,
     ``offline_linear_settings``; ``differs``: per column, the settings in which the row's
-    figure differs from another row's), and the ``warnings`` about them."""
+    figure differs from another row's), its collapse measure (``embedding_std``,
+    ``embedding_std_spread``, ``collapsed``), and the ``warnings`` about them (``warned``)."""
     return {
         "rows": [
             {
@@ -474,10 +512,13 @@ def compare_rows(records: Sequence[RunRecord], differences: Sequence[str]) -> di
                 "knn_settings": r.knn_settings,
                 "offline_linear_settings": r.offline_linear_settings,
                 "differs": r.differs,
+                "embedding_std": r.embedding_std,
+                "embedding_std_spread": r.embedding_std_spread,
+                "collapsed": r.collapsed,
                 "images_per_sec": r.images_per_sec,
                 "wall_seconds": r.wall_seconds,
             }
             for r in records
         ],
-        "warnings": list(differences),
+        "warnings": list(warned),
     }

@@ -13,7 +13,8 @@
   "matching_heuristics": True}`` with Detectron2's ResNet names (``stem.conv1``,
   ``stem.conv1.norm``, ``res2``..``res5`` blocks ``resN.B.convK`` / ``resN.B.convK.norm``,
   ``resN.B.shortcut`` / ``resN.B.shortcut.norm``); BatchNorm counters
-  (``num_batches_tracked``) are left out. Only standard-stem ResNets convert.
+  (``num_batches_tracked``) are left out. Only standard-stem ResNets of torchvision's depths
+  and widths convert (Detectron2 builds no other).
 
 Projector, predictor, momentum encoder, queue and online classifier are never exported.
 """
@@ -101,24 +102,41 @@ def _require_resnet(lb: LoadedBackbone, fmt: str) -> None:
         )
 
 
-def to_torchvision(lb: LoadedBackbone) -> dict[str, torch.Tensor]:
-    """The ResNet backbone as a torchvision state dict without ``fc`` (tensors cloned).
+#: Why a format takes only the default ResNet depths and stage widths.
+STANDARD_ONLY = {
+    "torchvision": "its weights load into no torchvision model",
+    "detectron2": (
+        "Detectron2's build_resnet_backbone builds only the default widths (it asserts "
+        "RES2_OUT_CHANNELS 64 for R18/R34) and would skip shape-mismatched weights with a "
+        "log warning"
+    ),
+}
 
-    Refuses depths and stage widths that torchvision's ``resnet18/34/50/101/152`` do not have
-    (e.g. the half-width ResNet-18 of the Fashion-MNIST configs): use the timm format for those.
-    """
-    _require_resnet(lb, "torchvision")
+
+def _require_standard_widths(lb: LoadedBackbone, fmt: str) -> None:
+    """CheckpointError for a ResNet's depths and stage widths that torchvision's
+    ``resnet18/34/50/101/152`` do not have (e.g. the half-width ResNet-18 of the Fashion-MNIST
+    configs): ``fmt`` (torchvision, detectron2) takes none of them; timm does."""
     try:
         arch, kwargs, _ = infer_resnet(lb.state_dict, str(lb.path))
     except CheckpointError as err:
-        raise CheckpointError(f"{err}; torchvision has no such ResNet, use --format timm") from err
+        raise CheckpointError(
+            f"{err}; --format {fmt} has no such ResNet, use --format timm"
+        ) from err
     if kwargs.get("channels"):
         raise CheckpointError(
-            f"{lb.path}: the {arch} has stage widths {kwargs['channels']}, torchvision's has "
-            f"{list(DEFAULT_RESNET_CHANNELS)}: its weights load into no torchvision model. "
+            f"{lb.path}: the {arch} has stage widths {kwargs['channels']}, --format {fmt} takes "
+            f"only {list(DEFAULT_RESNET_CHANNELS)}: {STANDARD_ONLY[fmt]}. "
             f"Use --format timm (timm.create_model({arch!r}, num_classes=0, "
             f"channels={tuple(kwargs['channels'])}))"
         )
+
+
+def to_torchvision(lb: LoadedBackbone) -> dict[str, torch.Tensor]:
+    """The ResNet backbone as a torchvision state dict without ``fc`` (tensors cloned); only
+    torchvision's depths and widths (:func:`_require_standard_widths`)."""
+    _require_resnet(lb, "torchvision")
+    _require_standard_widths(lb, "torchvision")
     lb.build()  # strict round trip through the architecture: fails loudly on odd weights
     return {k: v.detach().clone().contiguous() for k, v in lb.state_dict.items()}
 
@@ -132,7 +150,8 @@ def to_timm(lb: LoadedBackbone) -> dict[str, torch.Tensor]:
 
 
 def to_detectron2(lb: LoadedBackbone) -> dict[str, Any]:
-    """``{"model": {d2 name: np.ndarray}, "__author__", "matching_heuristics": True}``."""
+    """``{"model": {d2 name: np.ndarray}, "__author__", "matching_heuristics": True}``; only
+    torchvision's depths and widths (:func:`_require_standard_widths`), standard stem."""
     _require_resnet(lb, "detectron2")
     if lb.cifar_stem:
         raise CheckpointError(
@@ -141,6 +160,7 @@ def to_detectron2(lb: LoadedBackbone) -> dict[str, Any]:
             "weights cannot be transferred. Convert with --format torchvision or timm instead, "
             "or pretrain with backbone.cifar_stem=false"
         )
+    _require_standard_widths(lb, "detectron2")
     model: dict[str, np.ndarray] = {}
     for key, value in lb.state_dict.items():
         name = detectron2_name(key)

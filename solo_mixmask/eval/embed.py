@@ -1,12 +1,14 @@
 """``solo-mixmask embed``: a 2-D picture of the query backbone's features, coloured by class.
 
 Features are the frozen backbone's pooled outputs on centre-cropped validation images (a seeded
-subset of ``--num-images``), L2-normalised (the geometry the k-NN monitor uses). They are laid
-out in 2-D with UMAP (``umap-learn``, cosine metric) when it is installed, else with t-SNE from
-scikit-learn (after PCA to 50 dimensions when the features are wider); the PNG's title says
-which. The output folder gets ``embed.png`` (title also stored in the PNG's ``Title`` text
-chunk), ``embed.csv`` (``index,label,x,y``: one row per image, ``index`` into the validation
-split) and ``embed.json`` (what was drawn and how).
+subset of ``--num-images``, at most the split's size), L2-normalised (the geometry the k-NN monitor
+uses). They are laid out in 2-D with UMAP (``umap-learn``, cosine metric) when it is installed,
+else with t-SNE from scikit-learn (after PCA to 50 dimensions when the features are wider); the
+PNG's title says which. The output folder gets ``embed.png`` (title also stored in the PNG's
+``Title`` text chunk), ``embed.csv`` (``index,label,x,y``: one row per image, ``index`` into the
+validation split; an unreadable image has no row, ``embed.json`` counts it in
+``unreadable_images``) and ``embed.json`` (what was drawn and how). Overrides ``embed`` does not
+read are refused (:data:`NOT_READ`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from solo_mixmask.config.eval_specs import pretraining_only
 from solo_mixmask.errors import ConfigError, DataError
 from solo_mixmask.eval.features import (
     checkpoint_spec,
     eval_device,
-    extract_features,
+    extract_indexed_features,
     make_loader,
     output_dir,
     prepare_backbone,
@@ -49,6 +52,20 @@ FASHION_MNIST_CLASSES = (
     "Ankle boot",
 )
 PCA_DIMS = 50
+#: Validation images embedded when ``--num-images`` is not given (all, when the split is smaller).
+DEFAULT_IMAGES = 2000
+_VAL_ONLY = "--num-images (embed draws validation images only)"
+#: Keys the config knows that ``embed`` does not read, with what to use instead: refused,
+#: never dropped (:func:`~solo_mixmask.config.eval_specs.check_not_read`).
+NOT_READ = {
+    "data.val_subset": "--num-images {value}",
+    "data.train_subset": _VAL_ONLY,
+    "data.knn_train_subset": _VAL_ONLY,
+    "precision": "nothing: embed extracts its features in float32",
+    "knn_eval": "nothing: embed measures no k-NN (knn reads knn_eval)",
+    "performance.knn_dtype": "nothing: embed measures no k-NN (knn reads it)",
+    **pretraining_only(None),
+}
 FIG_INCHES = 6.4
 DPI = 100
 
@@ -162,32 +179,46 @@ def run_embed(
     checkpoint: str | Path,
     out: str | Path | None = None,
     method: str = "auto",
-    num_images: int = 2000,
+    num_images: int | None = None,
     overrides: Sequence[str] = (),
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Embed ``num_images`` validation images (0 = all) of ``checkpoint``'s dataset in 2-D.
+    """Embed ``num_images`` validation images (0 = all; None: :data:`DEFAULT_IMAGES`, or all
+    when the split is smaller) of ``checkpoint``'s dataset in 2-D. A number above the split's
+    size is a ConfigError naming ``--num-images``.
 
     Writes ``embed.png``, ``embed.csv`` and ``embed.json`` into ``out`` (default
     ``<run>/embed/``) and returns the ``embed.json`` content plus its path.
     """
     from solo_mixmask.data.augmentations import build_eval_transform
     from solo_mixmask.data.datasets import build_dataset, num_classes
+    from solo_mixmask.data.loaders import IndexedDataset
 
     start = time.perf_counter()
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
+    if num_images is not None and (
+        isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0
+    ):
         raise ConfigError("--num-images", num_images, "an integer >= 0 (0 = all images)")
     dev = eval_device(device)
-    lb, spec = checkpoint_spec(checkpoint, overrides, dev)
+    lb, spec = checkpoint_spec(checkpoint, overrides, dev, not_read=NOT_READ, command="embed")
     chosen = pick_method(method)  # before the features: a missing package fails at once
     folder = check_output_dir("--out", output_dir(checkpoint, "embed", out))
     seed, channels_last = spec.seed, spec.channels_last
     val_all = build_dataset(spec.data, "val", build_eval_transform(spec.data.crops[0]))
-    val = seeded_subset(val_all, num_images or None, seed)
-    indices = list(getattr(val, "indices", range(len(val))))  # type: ignore[arg-type]
+    split = len(val_all)  # type: ignore[arg-type]
+    if num_images is None:
+        num_images = min(DEFAULT_IMAGES, split)
+    if num_images > split:
+        raise ConfigError(
+            "--num-images",
+            num_images,
+            f"0 (all) or an int in [1, {split}] (the validation split has {split} images)",
+        )
+    # each image carries its index through the loader, which leaves unreadable ones out
+    val = seeded_subset(IndexedDataset(val_all), num_images or None, seed)
     loader = make_loader(val, spec.batch_size, spec.num_workers, False, seed)
     model = prepare_backbone(lb, dev, channels_last)
-    feats, targets = extract_features(model, loader, dev, channels_last)
+    indices, feats, targets = extract_indexed_features(model, loader, dev, channels_last)
     t0 = time.perf_counter()
     coords = project_2d(feats, chosen, seed)
     project_seconds = time.perf_counter() - t0
@@ -204,12 +235,13 @@ def run_embed(
     with table.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "label", "x", "y"])
-        for i, y, (px, py) in zip(indices, labels.tolist(), coords.tolist(), strict=True):
+        for i, y, (px, py) in zip(indices.tolist(), labels.tolist(), coords.tolist(), strict=True):
             writer.writerow([i, y, f"{px:.5f}", f"{py:.5f}"])
     fields = {
         "method": LABELS[chosen],
         "title": title,
         "images": len(labels),
+        "unreadable_images": len(val) - len(labels),  # type: ignore[arg-type]
         "features_dim": int(feats.shape[1]),
         "png": str(png),
         "coordinates": str(table),

@@ -200,13 +200,42 @@ def extract_features(
     """Run ``model`` over ``loader`` of ``(x (B,3,H,W), y (B,))``, in float32 or, with
     ``precision`` ``bf16-mixed`` / ``16-mixed``, under autocast (:func:`precision_context`).
 
-    Returns ``(features (N, D) float32 on the CPU, targets (N,) int64)`` in loader order.
+    Returns ``(features (N, D) float32 on the CPU, targets (N,) int64)`` in loader order (a
+    target comes back with its image, also when the loader left unreadable images out).
     Prints a progress line every ``log_every`` seconds.
     """
-    feats, targets = [], []
+    _, feats, targets = _extract(model, loader, device, channels_last, log_every, precision)
+    return feats, targets
+
+
+@torch.no_grad()
+def extract_indexed_features(
+    model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`extract_features` (float32) of a loader of ``(index (B,), x, y)`` batches (an
+    :class:`~solo_mixmask.data.loaders.IndexedDataset`): ``(indices (N,), features, targets)``,
+    each index the one of its own image, also when unreadable images were left out."""
+    indices, feats, targets = _extract(model, loader, device, channels_last)
+    if indices is None:
+        raise ValueError("extract_indexed_features needs (index, x, y) batches")
+    return indices, feats, targets
+
+
+def _extract(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    channels_last: bool = False,
+    log_every: float = 30.0,
+    precision: str = "32-true",
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The loop of :func:`extract_features`, for batches ``(x, y)`` or ``(index, x, y)``:
+    ``(indices or None, features, targets)``."""
+    feats, targets, indices = [], [], []
     done, total = 0, len(loader.dataset)  # type: ignore[arg-type]
     last = time.perf_counter()
-    for x, y in loader:
+    for batch in loader:
+        *index, x, y = batch
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -214,11 +243,12 @@ def extract_features(
             out = model(x)
         feats.append(out.float().cpu())
         targets.append(torch.as_tensor(y, dtype=torch.long))
+        indices += [torch.as_tensor(i, dtype=torch.long) for i in index]
         done += len(y)
         if time.perf_counter() - last > log_every:
             print(f"  features: {done}/{total} images", flush=True)
             last = time.perf_counter()
-    return torch.cat(feats), torch.cat(targets)
+    return torch.cat(indices) if indices else None, torch.cat(feats), torch.cat(targets)
 
 
 def output_path(checkpoint: str | Path, name: str, out: str | Path | None) -> Path:

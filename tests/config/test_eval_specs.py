@@ -13,6 +13,8 @@ from solo_mixmask.config.eval_specs import (
     compose_eval_config,
     eval_spec,
     mask_picture_spec,
+    pretraining_only,
+    refuse_unread_mask_picture_keys,
 )
 from solo_mixmask.config.schema import BASE_DEFAULTS
 from solo_mixmask.errors import ConfigError
@@ -93,3 +95,27 @@ def test_a_deletion_hydra_refuses_names_the_override(override, words):
     with pytest.raises(ConfigError) as info:
         compose_eval_config(run, [override])
     assert info.value.key == override[1:].split("=")[0] and words in str(info.value)
+
+
+@pytest.mark.parametrize("probe", [None, "linear"])
+def test_no_evaluation_reads_the_backbone_or_the_launch_settings(probe):
+    """Once: knn backbone.cifar_stem=false and knn devices=2 ran unchanged, exit 0."""
+    refused = pretraining_only(probe)
+    assert "rebuilt from the checkpoint" in refused["backbone"]
+    for key in ("devices", "num_nodes", "strategy", "accelerator"):
+        assert refused[key].startswith("--device"), key
+    # a probe trains in float32 and measures no k-NN; knn and embed say their own
+    assert ("precision" in refused, "knn_eval" in refused) == (probe is not None,) * 2
+    with pytest.raises(ConfigError, match="does not read backbone"):
+        compose_eval_config(None, ["backbone.cifar_stem=false"], not_read=refused)
+
+
+def test_show_masks_refuses_what_it_does_not_read():
+    refuse_unread_mask_picture_keys(
+        ["method_kwargs.grid_size=4", "augmentations.0.crop_size=24", "data.dataset=cifar10"]
+    )
+    refuse_unread_mask_picture_keys(["augmentations=asymmetric"])  # a group: a whole list
+    with pytest.raises(ConfigError, match=r"seed=2 is not allowed: expected --seed 2"):
+        refuse_unread_mask_picture_keys(["seed=2"])
+    with pytest.raises(ConfigError, match="does not read augmentations.1.crop_size"):
+        refuse_unread_mask_picture_keys(["augmentations.1.crop_size=24"])

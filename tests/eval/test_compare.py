@@ -214,3 +214,54 @@ def test_figures_measured_with_different_settings_are_marked(tiny_runs, tmp_path
     captured = capsys.readouterr()
     assert "- b: knn_eval.T 0.2" in captured.out
     assert "warning: k-NN top-1 (†) of a, b measured with different settings" in captured.err
+
+
+def _summary_run(root, name: str, **summary) -> object:
+    """A run folder holding only ``summary.json`` (``summary``'s fields)."""
+    run = root / name
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"method": "mixmask", "epochs": 2, **summary}))
+    return run
+
+
+def test_a_collapsed_runs_accuracies_are_marked_and_named(tmp_path, capsys):
+    """Once: a collapsed run's k-NN top-1 60.00 stood unmarked, the best of its column, and
+    compare.json's rows did not say it had collapsed."""
+    spread = {"embedding_std_spread": 0.25, "linear_acc1": 9.38}
+    fine = _summary_run(tmp_path, "fine", knn_acc1=46.88, embedding_std=0.075, **spread)
+    gone = _summary_run(
+        tmp_path, "gone", knn_acc1=60.0, embedding_std=0.01, collapsed=True, **spread
+    )
+    with pytest.warns(ConfigWarning, match="gone collapsed"):
+        result = compare_runs([fine, gone], tmp_path / "out")
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in result["table"].splitlines()[2:]]
+    assert (rows[0][3], rows[0][4]) == ("46.88", "9.38")
+    assert (rows[1][3], rows[1][4]) == ("60.00 (collapsed)", "9.38 (collapsed)")
+    line = "gone collapsed (embedding_std 0.0100, 4.0% of its spread value)"
+    assert line in result["notes"] and line in (tmp_path / "out" / "report.md").read_text()
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert [r["collapsed"] for r in saved["rows"]] == [None, True]
+    assert [r["embedding_std"] for r in saved["rows"]] == [0.075, 0.01]
+    assert [r["embedding_std_spread"] for r in saved["rows"]] == [0.25, 0.25]
+    assert [w for w in saved["warnings"] if line in w] == saved["warnings"]
+    assert main(["compare", str(fine), str(gone), "--out", str(tmp_path / "cli")]) == 0
+    captured = capsys.readouterr()
+    assert line in captured.out and f"warning: {line}" in captured.err
+
+
+def test_a_last_epoch_cut_short_is_plotted_at_its_fraction(tmp_path):
+    """Once: a run of max_steps=12 at 8 steps per epoch (1.5 epochs in summary.json) had its
+    curves' last point at x=2, as if it had trained two whole epochs."""
+    run = _summary_run(tmp_path, "steps", epochs=1.5, knn_acc1=40.6)
+    (run / "logs").mkdir()
+    (run / "logs" / "metrics.csv").write_text(
+        "epoch,step,train_nce_loss_epoch,val_knn_acc1\n"
+        "0,7,,37.5\n"
+        "0,7,2.48,\n"
+        "1,11,,40.6\n"
+        "1,11,2.41,\n"
+    )
+    record = load_run(run)
+    assert record.knn_curve == {1: 37.5, 1.5: 40.6}
+    assert max(record.contrastive_curve) == max(record.total_loss_curve) == 1.5
+    assert epoch_curves(run)["val_knn_acc1"] == {1: 37.5, 2: 40.6}  # epochs not given

@@ -132,6 +132,27 @@ def test_detectron2_refuses_cifar_stem(tmp_path):
     assert not (tmp_path / "x.pkl").exists()
 
 
+@pytest.mark.parametrize(
+    ("backbone", "kwargs", "widths"),
+    [
+        ("resnet18", TINY, r"\[8, 16, 32, 64\]"),
+        ("resnet50", {"channels": [32, 64, 128, 256]}, r"\[32, 64, 128, 256\]"),
+    ],
+)
+def test_detectron2_refuses_widths_it_cannot_build(tmp_path, capsys, backbone, kwargs, widths):
+    """Once: a half-width standard-stem ResNet-18 exported with exit 0, though Detectron2's
+    build_resnet_backbone asserts RES2_OUT_CHANNELS 64 for R18/R34 (and would skip weights of
+    other shapes with a log warning); --format torchvision refused it."""
+    path, _ = method_checkpoint(tmp_path / "last.ckpt", backbone, kwargs)
+    with pytest.raises(CheckpointError, match=rf"stage widths {widths}.*RES2_OUT_CHANNELS"):
+        convert_checkpoint(path, tmp_path / "x.pkl", "detectron2")
+    assert not (tmp_path / "x.pkl").exists()
+    assert main(["convert", str(path), str(tmp_path / "x.pkl"), "--format", "detectron2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--format timm" in err[0], err
+    assert not (tmp_path / "x.pkl").exists()
+
+
 def test_non_resnet_backbone(tmp_path):
     net = timm.create_model("mobilenetv3_small_050", num_classes=0)
     sd = {f"backbone.{k}": v for k, v in net.state_dict().items()}

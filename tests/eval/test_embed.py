@@ -86,3 +86,58 @@ def test_missing_checkpoint_gives_one_error_line(tmp_path, capsys):
     assert main(["embed", str(missing), "--method", "tsne"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(missing) in err[0]
+
+
+def test_an_unreadable_image_leaves_out_its_own_row(tiny_setup, tmp_path, capsys):
+    """Once: a traceback (zip() argument 2 is shorter) after embed.png and a CSV whose rows
+    after the unreadable image paired index i with the label and point of image i + 1."""
+    pytest.importorskip("sklearn")
+    ckpt, overrides = tiny_setup
+    (tmp_path / "val" / "a" / "0.png").write_bytes(b"not an image")  # index 0 of 12
+    out = tmp_path / "emb"
+    assert main(["embed", str(ckpt), "--method", "tsne", "--out", str(out), *overrides]) == 0
+    with (out / "embed.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["index"]) for r in rows) == list(range(1, 12))
+    # the val tree: a (indices 0-4), b (5-8), c (9-11)
+    class_of = [0] * 5 + [1] * 4 + [2] * 3
+    assert all(int(r["label"]) == class_of[int(r["index"])] for r in rows), rows
+    summary = json.loads((out / "embed.json").read_text())
+    assert (summary["images"], summary["unreadable_images"]) == (11, 1)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.val_subset=20", "data.val_subset=20 is not allowed: expected --num-images 20"),
+        ("data.train_subset=20", "expected --num-images (embed draws validation images only)"),
+        ("precision=bf16-mixed", "expected nothing: embed extracts its features in float32"),
+        ("knn_eval.k=5", "(embed does not read knn_eval)"),
+        ("optimizer.lr=0.1", "(embed does not read optimizer.lr)"),
+        ("method_kwargs.temperature=0.5", "(embed does not read method_kwargs)"),
+        ("max_epochs=5", "(embed does not read max_epochs)"),
+        ("backbone.cifar_stem=false", "the backbone is rebuilt from the checkpoint"),
+        ("devices=2", "expected --device"),
+    ],
+)
+def test_keys_embed_does_not_read_are_refused(tiny_setup, tmp_path, capsys, override, expected):
+    """Once: accepted and ignored (data.val_subset=20 embedded every validation image)."""
+    ckpt, overrides = tiny_setup
+    out = tmp_path / "emb"
+    argv = ["embed", str(ckpt), "--method", "tsne", "--out", str(out), *overrides, override]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not out.exists()
+
+
+def test_more_images_than_the_split_holds_are_refused(tiny_setup, tmp_path, capsys):
+    """Once: --num-images 20 on a 12-image split embedded 12, silently."""
+    ckpt, overrides = tiny_setup
+    out = tmp_path / "emb"
+    argv = ["embed", str(ckpt), "--method", "tsne", "--num-images", "20", "--out", str(out)]
+    assert main([*argv, *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --num-images=20 is not allowed"), err
+    assert "(the validation split has 12 images)" in err[0], err
+    assert not out.exists()

@@ -176,6 +176,37 @@ def test_unknown_override_keys_are_refused(checkpoint, tmp_path, capsys, no_data
             "expected nothing: this command trains nothing (method_kwargs is pretraining's) "
             "(knn does not read method_kwargs)",
         ),
+        # once accepted and ignored: the backbone comes from the checkpoint, and every
+        # evaluation runs in one process on --device
+        (
+            ["knn", "{ckpt}", "backbone.cifar_stem=false"],
+            "backbone.cifar_stem=False is not allowed: expected nothing: the backbone is "
+            "rebuilt from the checkpoint (knn does not read backbone)",
+        ),
+        (
+            ["linear", "{ckpt}", "backbone.kwargs.channels=[8,16,32,64]"],
+            "(linear does not read backbone)",
+        ),
+        (
+            ["knn", "{ckpt}", "devices=2"],
+            "devices=2 is not allowed: expected --device (an evaluation runs in one process, "
+            "on one device) (knn does not read devices)",
+        ),
+        (["knn", "{ckpt}", "strategy=ddp"], "(knn does not read strategy)"),
+        (["linear", "{ckpt}", "num_nodes=2"], "(linear does not read num_nodes)"),
+        (
+            ["finetune", "{ckpt}", "devices=2", "--out", "{tmp}/ft"],
+            "(finetune does not read devices)",
+        ),
+        (
+            ["finetune", "{ckpt}", "precision=bf16-mixed", "--out", "{tmp}/ft"],
+            "expected nothing: finetune runs in float32 (finetune does not read precision)",
+        ),
+        (
+            ["linear", "{ckpt}", "knn_eval.k=5"],
+            "expected nothing: linear measures no k-NN (knn reads knn_eval) (linear does not "
+            "read knn_eval)",
+        ),
     ],
 )
 def test_keys_a_command_does_not_read_are_refused(

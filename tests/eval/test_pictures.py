@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -33,7 +34,7 @@ def test_rows_match_the_mixing_rules():
 
 def test_show_masks_png_on_real_images(tmp_path, fmnist_available):
     out = tmp_path / "pics" / "masks.png"
-    assert main(["show-masks", "--out", str(out), "--num-images", "4", "data.num_workers=0"]) == 0
+    assert main(["show-masks", "--out", str(out), "--num-images", "4"]) == 0
     with Image.open(out) as img:
         img.load()
         assert img.format == "PNG"
@@ -45,3 +46,48 @@ def test_show_masks_png_on_real_images(tmp_path, fmnist_available):
 def test_show_masks_rejects_one_column(tmp_path, capsys):
     assert main(["show-masks", "--out", str(tmp_path / "m.png"), "--num-images", "1"]) == 2
     assert "error: --num-images=1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("seed=1", "seed=1 is not allowed: expected --seed 1 (show-masks does not read seed)"),
+        ("data.val_subset=20", "expected --num-images (show-masks picks its columns"),
+        ("data.train_subset=20", "(show-masks does not read data.train_subset)"),
+        ("data.val_path=/x", "expected data.train_path (show-masks draws training images)"),
+        ("optimizer.lr=0.1", "(show-masks does not read optimizer.lr)"),
+        ("max_steps=3", "(show-masks does not read max_steps)"),
+        ("method_kwargs.mask_type=discrete", "draws both mask kinds, block and discrete"),
+        ("augmentations.0.horizontal_flip.prob=0", "expected augmentations.0.crop_size"),
+        ("backbone.cifar_stem=false", "(show-masks does not read backbone.cifar_stem)"),
+    ],
+)
+def test_keys_show_masks_does_not_read_are_refused(
+    tmp_path, capsys, monkeypatch, override, expected
+):
+    """Once: accepted and ignored (seed=1 and seed=2 drew byte-identical PNGs)."""
+    from solo_mixmask.eval import pictures
+
+    monkeypatch.setattr(pictures, "sample_images", lambda *a: pytest.fail("images were read"))
+    out = tmp_path / "m.png"
+    assert main(["show-masks", "--out", str(out), override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not out.exists()
+
+
+def test_show_masks_reads_its_masks_crop_and_images_settings(tmp_path, monkeypatch):
+    from solo_mixmask.eval import pictures
+
+    seen = {}
+
+    def sample(spec, n, seed):
+        seen.update(dataset=spec.dataset, crop=spec.crops[0].crop_size, seed=seed)
+        return torch.rand(n, 3, 24, 24), list(range(n))
+
+    monkeypatch.setattr(pictures, "sample_images", sample)
+    out = tmp_path / "m.png"
+    argv = ["show-masks", "--out", str(out), "--num-images", "2", "--seed", "3"]
+    keys = ["method_kwargs.grid_size=4", "method_kwargs.mask_ratio=0.3", "data.dataset=cifar10"]
+    assert main([*argv, *keys, "augmentations.0.crop_size=24", "data.download=false"]) == 0
+    assert seen == {"dataset": "cifar10", "crop": 24, "seed": 3} and out.is_file()
