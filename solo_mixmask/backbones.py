@@ -1,15 +1,19 @@
-"""Backbones by name, through timm (torchvision's ResNet names are the same as timm's)."""
+"""Backbones by name, through timm (torchvision's ResNet names are the same as timm's), the
+width of what they output, and the split version of timm's BatchNorm + activation layer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import timm
 import torch
+from timm.layers import BatchNormAct2d
 from torch import nn
 
 from solo_mixmask.config.schema import config_warning, suggest
+from solo_mixmask.core.batch_norm import SplitBatchNorm2d
 from solo_mixmask.errors import ConfigError
 
 #: Stages of timm's ResNet family (resnet*, resnext*, wide_resnet*, seresnet* ...): one width
@@ -92,7 +96,8 @@ def build_backbone(
             pads by 2 (32 -> 34 px feature maps).
 
     Returns:
-        ``(module, features_dim)``: ``module(x)`` maps ``(B, 3, H, W)`` to ``(B, features_dim)``.
+        ``(module, features_dim)``: ``module(x)`` maps ``(B, 3, H, W)`` to ``(B, features_dim)``
+        (:func:`output_width`).
     """
     if not timm.is_model(name):
         names = timm.list_models()
@@ -141,9 +146,67 @@ def build_backbone(
             kwargs,
             f"arguments that leave every layer of {name} at least one channel ({empty} is empty)",
         )
-    features = model.num_features  # timm models name their output width
-    assert isinstance(features, int)
-    return model, features
+    return model, output_width(model, name, kwargs)
+
+
+#: Side of the square image :func:`output_width` sends through a model that records no input size.
+DEFAULT_INPUT_SIZE = 224
+
+
+@torch.no_grad()
+def output_width(model: nn.Module, name: str, kwargs: Mapping[str, Any]) -> int:
+    """D of the (B, D) features ``model`` (timm's ``name`` built with ``kwargs``) outputs.
+
+    Measured, not read: timm's ``num_features`` is the width before a head's own layers
+    (mobilenetv3_small_050: 288, its output 1024) or a wider pooling (``catavgmax``: twice it).
+    One image at the model's default input size goes through it in eval mode on the meta device
+    (shapes only: no memory or computation; its weights, device and train mode are untouched).
+
+    Raises:
+        ConfigError: the output is not one vector per image (``global_pool=''``: a feature map).
+    """
+    tensors = {
+        k: torch.empty_like(t, device="meta")
+        for k, t in chain(model.named_parameters(), model.named_buffers())
+    }
+    input_size = getattr(model, "pretrained_cfg", {}).get("input_size")
+    side = input_size[-1] if input_size else DEFAULT_INPUT_SIZE
+    image = torch.empty(1, 3, side, side, device="meta")
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        out = torch.func.functional_call(model, tensors, (image,))
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if out.dim() != 2:
+        key, value = "backbone.name", name
+        if "global_pool" in kwargs:
+            key, value = "backbone.kwargs.global_pool", kwargs["global_pool"]
+        raise ConfigError(
+            key,
+            value,
+            "a model that outputs one feature vector per image (timm's global_pool 'avg', "
+            f"'max', 'avgmax' or 'catavgmax'): {name} maps (1, 3, {side}, {side}) to "
+            f"{tuple(out.shape)}",
+        )
+    return int(out.shape[1])
+
+
+class SplitBatchNormAct2d(SplitBatchNorm2d, BatchNormAct2d):
+    """timm's ``BatchNormAct2d`` (BatchNorm, then its ``drop`` and ``act`` modules: RegNet,
+    EfficientNet, MobileNet ...) with split statistics; still a ``BatchNormAct2d``, with its
+    ``state_dict`` keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+#: The split class of each BatchNorm class that timm's models hold.
+SPLIT_BATCH_NORMS: Mapping[type[nn.BatchNorm2d], type[SplitBatchNorm2d]] = {
+    nn.BatchNorm2d: SplitBatchNorm2d,
+    BatchNormAct2d: SplitBatchNormAct2d,
+}
 
 
 #: A 1x1, stride > 1 convolution with fewer input channels than this is trained wrongly in

@@ -1,5 +1,6 @@
-"""backbones.cpu_channels_last_hazard: where channels_last must not train on the CPU, and the
-runs that meet it train in NCHW (oneDNN's 1x1 stride-2 weight gradient, uxlfoundation/oneDNN#6035)."""
+"""backbones: where channels_last must not train on the CPU (oneDNN's 1x1 stride-2 weight
+gradient, uxlfoundation/oneDNN#6035), the residual init, the width of what a model outputs, and
+timm's BatchNormAct2d split with its activation."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from solo_mixmask.backbones import build_backbone, cpu_channels_last_hazard
+from solo_mixmask.backbones import (
+    SPLIT_BATCH_NORMS,
+    SplitBatchNormAct2d,
+    build_backbone,
+    cpu_channels_last_hazard,
+    output_width,
+)
+from solo_mixmask.core.batch_norm import split_batch_norms, unsplit_batch_norms
 from solo_mixmask.errors import ConfigError, ConfigWarning
 from tests.cli_helpers import TINY, run_many
 
@@ -130,7 +138,7 @@ def test_other_backbones_are_left_as_timm_builds_them():
     torchvision's key (which the shipped ResNet configs set) is left out with a warning, so a
     config's backbone can be swapped; timm's key goes to timm, which refuses it or not."""
     model, width = build_backbone("mobilenetv3_small_050")
-    assert width == model.num_features
+    assert width == model.eval()(torch.randn(1, 3, 32, 32)).shape[1]  # 1024, num_features 288
     with pytest.warns(ConfigWarning, match="zero_init_residual=True is a ResNet setting"):
         build_backbone("mobilenetv3_small_050", {"zero_init_residual": True})
     with pytest.raises(ConfigError, match="backbone.kwargs"):
@@ -157,3 +165,89 @@ def test_shipped_configs_build_the_residual_init_their_results_were_measured_wit
         kwargs = OmegaConf.to_container(kwargs) if kwargs is not None else {}
         built = residual_init_kwargs(cfg.backbone.name, kwargs)
         assert built["zero_init_last"] is (not name.startswith("imagenet/")), name
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "width"),
+    [
+        ("mobilenetv3_small_050", {}, 1024),  # num_features 288, then conv_head to 1024
+        ("resnet18", {"global_pool": "catavgmax"}, 1024),  # num_features 512, avg and max
+        ("resnet18", {"channels": [4, 4, 4, 8]}, 8),
+    ],
+)
+def test_the_width_is_what_the_model_outputs(name, kwargs, width):
+    """timm's num_features is the width before the head's own layers or a wider pooling: the
+    classifier and the probes are built for the pooled output. Also on the meta device
+    (``pretrain --cfg job``'s check), and the weights and train mode are left alone."""
+    model, got = build_backbone(name, kwargs)
+    assert got == width == model.eval()(torch.randn(2, 3, 32, 32)).shape[1]
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert output_width(model, name, kwargs) == width
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with torch.device("meta"):
+        assert build_backbone(name, kwargs)[1] == width
+
+
+def test_a_model_without_global_pooling_is_refused():
+    with pytest.raises(
+        ConfigError,
+        match=r"backbone.kwargs.global_pool='' is not allowed: .*"
+        r"\(1, 512, 7, 7\)",
+    ):
+        build_backbone("resnet18", {"global_pool": ""})
+
+
+def _norm_act(act: nn.Module) -> nn.Module:
+    from timm.layers import BatchNormAct2d
+
+    norm = BatchNormAct2d(3, momentum=0.1)
+    norm.act = act
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        norm.bias.copy_(torch.tensor([0.0, -1.0, 0.3]))
+    return norm
+
+
+def test_timm_batch_norm_act_is_split_and_keeps_its_activation():
+    """Each group of a split BatchNormAct2d is what timm's layer gives it alone (activation
+    included); one group and eval mode are timm's layer; the state_dict keys are timm's."""
+    torch.manual_seed(0)
+    reference = _norm_act(nn.SiLU())
+    net = nn.Sequential(_norm_act(nn.SiLU()))
+    net.load_state_dict(nn.Sequential(reference).state_dict())
+    assert split_batch_norms(net, 4, SPLIT_BATCH_NORMS) == 1
+    split = net[0]
+    assert isinstance(split, SplitBatchNormAct2d) and type(reference).__name__ == "BatchNormAct2d"
+    assert (
+        isinstance(split, type(reference))
+        and split.state_dict().keys() == reference.state_dict().keys()
+    )
+    x = torch.randn(8, 3, 4, 4)
+    x[1::4] += 4.0
+    y = split(x)
+    for j in range(4):
+        one = _norm_act(nn.SiLU())
+        one.load_state_dict(reference.state_dict())
+        torch.testing.assert_close(y[j::4], one(x[j::4]), atol=1e-5, rtol=1e-5)
+    reference.load_state_dict(split.state_dict())  # the running statistics the groups moved
+    torch.testing.assert_close(split.eval()(x), reference.eval()(x))
+    split.train().num_splits = 1
+    torch.testing.assert_close(split(x), reference.train()(x))
+    assert (y < 0).any() and (y >= -0.2785).all()  # SiLU's minimum: the activation ran
+
+
+@pytest.mark.parametrize("name", ["regnetx_002", "mobilenetv3_small_050"])
+def test_every_batch_norm_of_a_timm_model_is_split(name):
+    """regnetx_002 and the MobileNets hold BatchNormAct2d layers only: none is left unsplit,
+    and in eval mode the split model computes what timm's does."""
+    model, _ = build_backbone(name)
+    split, _ = build_backbone(name)
+    split.load_state_dict(model.state_dict())
+    count = split_batch_norms(split, 2, SPLIT_BATCH_NORMS)
+    assert count > 10 and unsplit_batch_norms(split) == []
+    assert split_batch_norms(model, 2) == 0 and len(unsplit_batch_norms(model)) == count
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(split.eval()(x), model.eval()(x))

@@ -222,6 +222,11 @@ def syncs_batch_norm(cfg: DictConfig) -> bool:
     return select(cfg, "sync_batchnorm", False) is True
 
 
+def backbone_name_of(cfg: DictConfig) -> str:
+    """``backbone.name`` (solo-learn's configs and ours both name the backbone there)."""
+    return str(select(cfg, "backbone.name", "the backbone"))
+
+
 def trains_on_one_device(cfg: DictConfig) -> bool:
     """Whether the config trains on exactly one device (``devices`` 1 or one listed, one node);
     False when that is decided at run time (``auto``, ``-1``)."""

@@ -9,7 +9,9 @@ GPUs; on one device the same is had by
 - :class:`SplitBatchNorm2d`: training statistics per group of ``B / num_splits`` images,
   running statistics averaged over the groups; in eval mode an ordinary ``BatchNorm2d``. Its parameters and buffers are those of
   ``nn.BatchNorm2d`` (same ``state_dict`` keys and shapes), so checkpoints and exports see an
-  ordinary BatchNorm;
+  ordinary BatchNorm. A subclass of BatchNorm2d whose forward does more (timm's
+  ``BatchNormAct2d``: an activation after the BatchNorm) is split only by a split class of its
+  own, given to :func:`split_batch_norms`; :func:`unsplit_batch_norms` names what is left;
 - :func:`shuffled_forward`: the key images go through the momentum network in a random order
   (across every process's batch under DDP), so that a query and its key fall into different
   groups, and the outputs are put back in the original order.
@@ -22,7 +24,7 @@ numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,6 +40,7 @@ __all__ = [
     "interleaved_forward",
     "shuffled_forward",
     "split_batch_norms",
+    "unsplit_batch_norms",
 ]
 
 
@@ -57,6 +60,10 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     interleaved (row ``b * V + v`` is image b of input v); each input gets its own s groups
     (group ``V * j + v`` is input v's group j), and the running statistics move as by V calls,
     one per input in order.
+
+    The forward is BatchNorm2d's normalisation alone, whatever class comes after this one in
+    the method resolution order: a split class of a BatchNorm2d subclass (``class
+    SplitX(SplitBatchNorm2d, X)``) calls ``super().forward`` and adds what X does after it.
     """
 
     def __init__(self, num_features: int, num_splits: int, **kwargs: Any):
@@ -68,7 +75,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 
     @classmethod
     def from_batch_norm(cls, bn: nn.BatchNorm2d, num_splits: int) -> SplitBatchNorm2d:
-        """A split copy of ``bn`` with its settings, sharing (not copying) its tensors."""
+        """A split copy of ``bn`` with its settings, sharing (not copying) its tensors and
+        submodules (a ``BatchNormAct2d``'s activation)."""
         split = cls(
             bn.num_features,
             num_splits,
@@ -79,6 +87,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         )
         for name, tensor in [*bn.named_parameters(recurse=False), *bn.named_buffers(recurse=False)]:
             setattr(split, name, tensor)
+        for name, child in bn.named_children():
+            setattr(split, name, child)
         split.train(bn.training)
         return split
 
@@ -88,7 +98,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         views = self.views
         if not self.training or self.num_splits * views == 1:
-            return super().forward(x)
+            return nn.BatchNorm2d.forward(self, x)
         if x.dim() != 4:
             raise ValueError(f"input shape {tuple(x.shape)} is not allowed: expected (B, C, H, W)")
         n, c = x.shape[0], x.shape[1]
@@ -97,7 +107,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         # a batch that lost unreadable images may not divide: gcd(B, num_splits) groups then
         s = views * math.gcd(n // views, self.num_splits)
         if s == 1:
-            return super().forward(x)
+            return nn.BatchNorm2d.forward(self, x)
         running_mean, running_var = self.running_mean, self.running_var
         mean = var = None
         factors = [0.0]  # of each input's update of the running statistics
@@ -152,18 +162,43 @@ def _in_order_weights(factors: list[float]) -> tuple[float, list[float]]:
     return start, weights
 
 
-def split_batch_norms(module: nn.Module, num_splits: int) -> int:
-    """Replace every ``nn.BatchNorm2d`` inside ``module`` by a :class:`SplitBatchNorm2d` that
-    shares its tensors (so an optimiser or EMA built before still sees them); returns how many
-    were replaced. With ``num_splits == 1`` the layers compute what ``BatchNorm2d`` does, and
-    can take one group per input in :func:`interleaved_forward`."""
+#: The split class of each BatchNorm class that :func:`split_batch_norms` replaces by default.
+SPLIT_CLASSES: Mapping[type[nn.BatchNorm2d], type[SplitBatchNorm2d]] = {
+    nn.BatchNorm2d: SplitBatchNorm2d
+}
+
+
+def split_batch_norms(
+    module: nn.Module,
+    num_splits: int,
+    split_classes: Mapping[type[nn.BatchNorm2d], type[SplitBatchNorm2d]] = SPLIT_CLASSES,
+) -> int:
+    """Replace every layer inside ``module`` whose class (exactly) is a key of
+    ``split_classes`` by its split class, built by ``from_batch_norm`` (sharing its tensors, so
+    an optimiser or EMA built before still sees them); returns how many were replaced. Other
+    BatchNorm layers stay: see :func:`unsplit_batch_norms`. With ``num_splits == 1`` the
+    layers compute what the replaced ones do, and can take one group per input in
+    :func:`interleaved_forward`."""
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.BatchNorm2d:
-                setattr(parent, name, SplitBatchNorm2d.from_batch_norm(child, num_splits))
+            if not isinstance(child, nn.BatchNorm2d):
+                continue
+            split_class = split_classes.get(type(child))
+            if split_class is not None:
+                setattr(parent, name, split_class.from_batch_norm(child, num_splits))
                 replaced += 1
     return replaced
+
+
+def unsplit_batch_norms(module: nn.Module) -> list[str]:
+    """``"name (class)"`` of each BatchNorm layer inside ``module`` that is not a
+    :class:`SplitBatchNorm2d`: it normalises the whole batch in training mode."""
+    return [
+        f"{name} ({type(m).__name__})"
+        for name, m in module.named_modules()
+        if isinstance(m, _BatchNorm) and not isinstance(m, SplitBatchNorm2d)
+    ]
 
 
 class UnsplitBatchNormError(ValueError):
@@ -190,14 +225,13 @@ def interleaved_forward(
     views = len(xs)
     if views == 1:
         return [forward(xs[0])]
-    norms = [m for m in network.modules() if isinstance(m, _BatchNorm)]
-    mixing = [type(m).__name__ for m in norms if not isinstance(m, SplitBatchNorm2d)]
+    mixing = unsplit_batch_norms(network)
     if mixing:
         raise UnsplitBatchNormError(
-            f"the network's {mixing[0]} layers would normalise the {views} inputs together: "
-            "interleaved_forward needs its BatchNorm layers to be SplitBatchNorm2d"
+            f"the network's BatchNorm layer {mixing[0]} would normalise the {views} inputs "
+            "together: interleaved_forward needs its BatchNorm layers to be SplitBatchNorm2d"
         )
-    splits = [m for m in norms if isinstance(m, SplitBatchNorm2d)]  # all of them (checked)
+    splits = [m for m in network.modules() if isinstance(m, SplitBatchNorm2d)]
     for norm in splits:
         norm.views = views
     try:

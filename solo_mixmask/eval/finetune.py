@@ -24,13 +24,13 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from solo_mixmask.backbones import cpu_channels_last_hazard
+from solo_mixmask.backbones import cpu_channels_last_hazard, output_width
 from solo_mixmask.checkpoints.backbone import LoadedBackbone
 from solo_mixmask.config.eval_specs import FinetuneSettings, pretraining_only
 from solo_mixmask.config.schema import warn_one_class
@@ -245,7 +245,7 @@ def run_finetune(
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     torch.manual_seed(seed)
-    features_dim = int(cast(Any, backbone).num_features)  # timm models say their width
+    features_dim = output_width(backbone, lb.arch, lb.kwargs)
     head = new_linear_head(features_dim, classes, s.init_std).to(dev)
     t0 = time.perf_counter()
     history = finetune_model(backbone, head, train, s, dev, workers, seed, channels_last)

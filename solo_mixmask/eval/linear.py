@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from solo_mixmask.backbones import output_width
 from solo_mixmask.config.eval_specs import LinearSettings, pretraining_only
 from solo_mixmask.config.schema import warn_one_class
 from solo_mixmask.errors import DataError
@@ -238,9 +239,7 @@ def run_linear(
         train_tf = train_crop_transform(spec.data.crops[0], s.crop_min_scale)
         labelled = build_dataset(spec.data, "train_labeled", train_tf)
         train = seeded_subset(labelled, s.train_subset, seed)
-        features = model.num_features  # timm models name their output width
-        assert isinstance(features, int)
-        features_dim = features
+        features_dim = output_width(model, lb.arch, lb.kwargs)
         head, history = train_on_images(
             model,
             make_loader(train, s.batch_size, workers, True, seed),

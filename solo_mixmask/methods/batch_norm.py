@@ -2,10 +2,14 @@
 
 ``method_kwargs.bn_splits`` (int >= 1, default 1): the online and momentum backbones' BatchNorm
 layers take their training statistics per group of ``batch_size / bn_splits`` images
-(:class:`~solo_mixmask.core.batch_norm.SplitBatchNorm2d`). ``method_kwargs.shuffle_bn`` (bool,
-default false): the momentum network sees the key images in a random order, across all
-processes under DDP, and its outputs are put back in order
-(:func:`~solo_mixmask.core.batch_norm.shuffled_forward`). Together they are what MoCo's
+(:class:`~solo_mixmask.core.batch_norm.SplitBatchNorm2d`; timm's ``BatchNormAct2d`` keeps its
+activation: :data:`~solo_mixmask.backbones.SPLIT_BATCH_NORMS`). A backbone with no BatchNorm
+layer (ConvNeXt) or one that cannot be split is refused with ``bn_splits > 1``.
+``method_kwargs.shuffle_bn`` (bool, default false): the momentum network sees the key images in
+a random order, across all processes under DDP, and its outputs are put back in order
+(:func:`~solo_mixmask.core.batch_norm.shuffled_forward`); refused when the momentum network has
+no BatchNorm layer or with ``sync_batchnorm`` (statistics of the whole batch of every device do
+not depend on its order). Together they are what MoCo's
 multi-GPU training gets from per-GPU BatchNorm; under DDP, ``bn_splits: 1`` with
 ``shuffle_bn: true`` is exactly the authors' setting (per-device BN, keys shuffled across
 devices).
@@ -23,8 +27,12 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from solo_mixmask.backbones import SPLIT_BATCH_NORMS
 from solo_mixmask.config.schema import (
+    backbone_name_of,
     batch_size_of,
     check_bool,
     check_number,
@@ -33,7 +41,11 @@ from solo_mixmask.config.schema import (
     syncs_batch_norm,
     trains_on_one_device,
 )
-from solo_mixmask.core.batch_norm import shuffled_forward, split_batch_norms
+from solo_mixmask.core.batch_norm import (
+    shuffled_forward,
+    split_batch_norms,
+    unsplit_batch_norms,
+)
 from solo_mixmask.errors import ConfigError, config_warning
 from solo_mixmask.methods.contract import LogicBase
 from solo_mixmask.utils.distributed import gather_no_grad
@@ -48,7 +60,7 @@ SHUFFLE_SEED_OFFSET = 104_729
 
 def check_bn_config(cfg: DictConfig) -> None:
     """``method_kwargs.bn_splits`` divides the per-device batch into groups of >= 2 images;
-    ``shuffle_bn`` is a boolean; split BN is not combined with ``sync_batchnorm``."""
+    ``shuffle_bn`` is a boolean; neither is combined with ``sync_batchnorm``."""
     check_number(cfg, "method_kwargs.bn_splits", low=1, integer=True)
     check_bool(cfg, "method_kwargs.shuffle_bn")
     splits = int(cfg.method_kwargs.bn_splits)
@@ -75,6 +87,30 @@ def check_bn_config(cfg: DictConfig) -> None:
             "1 with sync_batchnorm=true (statistics synchronised across devices cannot also be "
             "split within one)",
         )
+    if cfg.method_kwargs.shuffle_bn and syncs_batch_norm(cfg):
+        raise ConfigError(
+            "method_kwargs.shuffle_bn",
+            True,
+            "false with sync_batchnorm=true (statistics of every device's whole batch do not "
+            "depend on the order of the keys)",
+        )
+
+
+def check_split(backbones: list[nn.Module], splits: int, name: str) -> None:
+    """ConfigError unless, with ``bn_splits > 1``, ``backbones`` hold BatchNorm layers and all
+    of them are split (a layer left whole would normalise the whole batch)."""
+    if splits == 1:
+        return
+    norms = [m for b in backbones for m in b.modules() if isinstance(m, _BatchNorm)]
+    unsplit = [u for b in backbones for u in unsplit_batch_norms(b)]
+    if not norms or unsplit:
+        why = (
+            f"its BatchNorm layer {unsplit[0]} has no split version and would normalise the "
+            "whole batch"
+            if unsplit
+            else "its backbone has no BatchNorm layer to split"
+        )
+        raise ConfigError("method_kwargs.bn_splits", splits, f"1 for {name} ({why})")
 
 
 class SplitBNLogic(LogicBase):
@@ -85,8 +121,19 @@ class SplitBNLogic(LogicBase):
         kw = cfg.method_kwargs
         self.bn_splits = int(kw.bn_splits)
         self.shuffle_bn = bool(kw.shuffle_bn)
-        for backbone in (self.backbone, self.momentum_backbone):
-            split_batch_norms(backbone, self.bn_splits)
+        backbones = [self.backbone, self.momentum_backbone]
+        for backbone in backbones:
+            split_batch_norms(backbone, self.bn_splits, SPLIT_BATCH_NORMS)
+        name = backbone_name_of(cfg)
+        check_split(backbones, self.bn_splits, name)
+        momentum = [m for _, net in self.momentum_pairs for m in net.modules()]
+        if self.shuffle_bn and not any(isinstance(m, _BatchNorm) for m in momentum):
+            raise ConfigError(
+                "method_kwargs.shuffle_bn",
+                True,
+                f"false for {name} (no BatchNorm layer in the momentum network: the order of "
+                "the keys changes nothing)",
+            )
         # one stream for every process (no rank in its seed): all draw the same permutation
         self.shuffle_generators = SeededGenerators(seed_of(cfg) + SHUFFLE_SEED_OFFSET)
 

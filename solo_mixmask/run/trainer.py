@@ -26,6 +26,7 @@ from solo_mixmask.config.run_specs import LoggerSpec, TrainerSpec
 from solo_mixmask.run.console import EpochLine, ModelLine, quiet_third_party
 from solo_mixmask.run.folder import CHECKPOINTS
 from solo_mixmask.run.loggers import build_loggers
+from solo_mixmask.utils.sync_batch_norm import TimmSyncBatchNorm
 
 
 def trainer_kwargs(spec: TrainerSpec) -> dict[str, Any]:
@@ -96,6 +97,8 @@ def build_trainer(
         torch.set_float32_matmul_precision("high")
     plugins = kwargs.pop("plugins", None) or []
     plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+    if kwargs.get("sync_batchnorm"):  # Lightning's own conversion drops timm's activations
+        plugins.append(TimmSyncBatchNorm())
     return L.Trainer(
         **kwargs,
         callbacks=callbacks,

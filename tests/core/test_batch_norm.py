@@ -11,6 +11,7 @@ from solo_mixmask.core.batch_norm import (
     interleaved_forward,
     shuffled_forward,
     split_batch_norms,
+    unsplit_batch_norms,
 )
 
 
@@ -94,6 +95,43 @@ def test_split_batch_norms_swaps_in_place_sharing_tensors():
     assert split_batch_norms(net, 2) == 0  # already split
 
 
+class _NormThenAct(nn.BatchNorm2d):
+    """A BatchNorm2d subclass with more to its forward: BatchNorm, then its own activation."""
+
+    def __init__(self, num_features: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.act = nn.Hardtanh(-0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+class _SplitNormThenAct(SplitBatchNorm2d, _NormThenAct):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+def test_a_subclass_is_split_by_the_class_it_is_given_and_keeps_its_modules():
+    """Another BatchNorm2d class is never taken for a BatchNorm2d (its own forward would be
+    lost): it stays, and is named, unless the caller gives its split class."""
+    net = nn.Sequential(nn.BatchNorm2d(3), _NormThenAct(3), nn.Sequential(_NormThenAct(3)))
+    assert split_batch_norms(net, 2) == 1
+    assert unsplit_batch_norms(net) == ["1 (_NormThenAct)", "2.0 (_NormThenAct)"]
+    reference = _NormThenAct(3)
+    act = net[1].act
+    splits = {nn.BatchNorm2d: SplitBatchNorm2d, _NormThenAct: _SplitNormThenAct}
+    assert split_batch_norms(net, 2, splits) == 2 and unsplit_batch_norms(net) == []
+    assert net[1].act is act and isinstance(net[2][0], _NormThenAct)
+    x = torch.randn(4, 3, 2, 2) * 3
+    y = net[1](x)
+    for j in range(2):
+        torch.testing.assert_close(y[j::2], reference(x[j::2]))
+    assert y.abs().max() <= 0.5  # the activation ran after the split normalisation
+    reference.load_state_dict(net[1].state_dict())
+    torch.testing.assert_close(net[1].eval()(x), reference.eval()(x))
+    assert unsplit_batch_norms(nn.Sequential(nn.BatchNorm1d(2))) == ["0 (BatchNorm1d)"]
+
+
 def test_one_split_is_batch_norm():
     torch.manual_seed(3)
     net = nn.Sequential(nn.BatchNorm2d(3))
@@ -150,7 +188,9 @@ def test_interleaved_forward_is_one_call_per_input(views, num_splits, momentum, 
 def test_interleaved_forward_refuses_what_it_cannot_keep_apart():
     plain = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
     xs = [torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)]
-    with pytest.raises(ValueError, match="BatchNorm2d layers would normalise the 2 inputs"):
+    with pytest.raises(
+        ValueError, match=r"BatchNorm layer 1 \(BatchNorm2d\) would normalise the 2 inputs"
+    ):
         interleaved_forward(plain, plain, xs)
     split = _network(2, 0.1)
     with pytest.raises(ValueError, match="expected one shape"):

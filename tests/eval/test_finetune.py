@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from solo_mixmask.backbones import output_width
 from solo_mixmask.checkpoints.backbone import load_backbone
 from solo_mixmask.cli import main
 from solo_mixmask.config.data_specs import data_spec
@@ -86,7 +87,7 @@ def test_whole_network_is_trained(tiny_setup):
         spec, "train_labeled", train_crop_transform(spec.crops[0], s.crop_min_scale)
     )
     backbone = build_model(lb, random_init=False, seed=0)
-    head = new_linear_head(backbone.num_features, 3, s.init_std)
+    head = new_linear_head(output_width(backbone, lb.arch, lb.kwargs), 3, s.init_std)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     head_before = head.weight.clone()
     history = finetune_model(backbone, head, train, s, torch.device("cpu"), seed=0)
@@ -173,3 +174,17 @@ def test_a_narrow_backbone_is_finetuned_in_nchw_on_the_cpu(tmp_path, capsys):
         results.append(json.loads((out / "finetune.json").read_text()))
     assert results[0]["history"] == results[1]["history"]
     assert results[0]["acc1"] == results[1]["acc1"]
+
+
+def test_a_backbone_wider_than_its_num_features_is_finetuned(tmp_path, capsys):
+    """mobilenetv3_small_050 outputs 1024 features (timm's num_features: 288): the head is
+    built for what the backbone outputs, from the checkpoint and from a random init."""
+    train = class_folder_tree(tmp_path / "train", {"a": 4, "b": 4}, size=16)
+    ckpt, _ = method_checkpoint(tmp_path / "mb.ckpt", backbone="mobilenetv3_small_050")
+    argv = ["finetune", str(ckpt), "--preset", "small", "--label-fraction", "1.0"]
+    argv += ["data.dataset=custom", f"data.train_path={train}", f"data.val_path={train}"]
+    argv += ["data.num_workers=0", "finetune.epochs=1", "finetune.batch_size=4"]
+    for extra in ([], ["--random-init"]):
+        out = tmp_path / f"out{len(extra)}"
+        assert main([*argv, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
+        assert json.loads((out / "finetune.json").read_text())["features_dim"] == 1024

@@ -21,7 +21,7 @@ from solo_mixmask.eval.linear import (
     train_on_features,
 )
 from solo_mixmask.eval.offline_knn import run_knn
-from tests.eval.helpers import authors_checkpoint
+from tests.eval.helpers import authors_checkpoint, class_folder_tree, method_checkpoint
 
 
 def _settings(**kw) -> LinearSettings:
@@ -168,3 +168,22 @@ def test_authors_checkpoint_evaluates(tmp_path):
     assert (result["train_images"], result["val_images"]) == (40, 16)
     assert set(result["k"]) == {"5", "20"} and "online" not in result
     assert (tmp_path / "mixmask_200ep.knn.json").is_file()
+
+
+def test_images_train_a_head_as_wide_as_the_pooled_output(tmp_path):
+    """mobilenetv3_small_050 outputs 1024 features, where timm's num_features says 288 (its
+    conv_head widens them after the pooling): the head trained on images takes 1024."""
+    train = class_folder_tree(tmp_path / "train", {"a": 4, "b": 4}, size=16)
+    ckpt, _ = method_checkpoint(tmp_path / "mb.ckpt", backbone="mobilenetv3_small_050")
+    overrides = [
+        "data.dataset=custom",
+        f"data.train_path={train}",
+        f"data.val_path={train}",
+        "data.num_workers=0",
+        "linear.epochs=1",
+        "linear.batch_size=4",
+    ]
+    result = run_linear(
+        ckpt, "small", overrides, cached=False, out=tmp_path / "lin.json", device="cpu"
+    )
+    assert result["features_dim"] == 1024 and result["val_images"] == 8

@@ -8,6 +8,7 @@ import torchvision
 from omegaconf import OmegaConf
 from torch import nn
 
+from solo_mixmask.backbones import build_backbone
 from solo_mixmask.core.batch_norm import SplitBatchNorm2d
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.convert import convert_checkpoint
@@ -83,6 +84,10 @@ def test_split_statistics_differ_from_one_batch_norm():
             {"method_kwargs__bn_splits": 2, "sync_batchnorm": True},
             "method_kwargs.bn_splits=2",
         ),
+        (
+            {"method_kwargs__shuffle_bn": True, "sync_batchnorm": True, "devices": 2},
+            "method_kwargs.shuffle_bn=True",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(overrides, key):
@@ -136,3 +141,68 @@ def test_split_model_exports_ordinary_batch_norm(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), split.backbone.eval()(x), atol=1e-5, rtol=0)
+
+
+def _with_backbone(cfg, name: str):
+    cfg.backbone = OmegaConf.create({"name": name, "kwargs": {}, "cifar_stem": False})
+    cfg.performance = OmegaConf.create({"channels_last": False})
+    return cfg
+
+
+def test_timm_norm_act_layers_of_both_backbones_are_split():
+    """regnetx_002's BatchNorm layers are all timm's BatchNormAct2d: every one is split, in
+    both backbones, its activation kept (eval mode: what the unsplit model computes)."""
+    plain = METHODS["mocov2plus"](_with_backbone(tiny_cfg("mocov2plus"), "regnetx_002"))
+    cfg = _with_backbone(tiny_cfg("mocov2plus", method_kwargs__bn_splits=4), "regnetx_002")
+    split = METHODS["mocov2plus"](cfg)
+    split.load_state_dict(plain.state_dict())
+    for backbone in (split.backbone, split.momentum_backbone):
+        norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert len(norms) == 44 and all(
+            isinstance(m, SplitBatchNorm2d) and m.num_splits == 4 for m in norms
+        )
+    x = synthetic_batch()[1][0]
+    with torch.no_grad():
+        torch.testing.assert_close(split.eval()(x)["feats"], plain.eval()(x)["feats"])
+    loss = split.train().training_step(synthetic_batch(), 0)
+    assert torch.isfinite(loss["loss"] if isinstance(loss, dict) else loss)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"method_kwargs__bn_splits": 2},
+            r"method_kwargs.bn_splits=2 is not allowed: expected 1 for convnext_atto \(its "
+            "backbone has no BatchNorm layer to split",
+        ),
+        (
+            {"method_kwargs__shuffle_bn": True, "devices": 2},
+            r"method_kwargs.shuffle_bn=True is not allowed: expected false for convnext_atto "
+            r"\(no BatchNorm layer",
+        ),
+    ],
+)
+def test_bn_options_are_refused_for_a_backbone_without_batch_norm(overrides, message):
+    """ConvNeXt normalises with LayerNorm: split statistics and shuffled keys change nothing."""
+    cfg = _with_backbone(tiny_cfg("mocov2plus", **overrides), "convnext_atto")
+    with pytest.raises(ConfigError, match=message):
+        METHODS["mocov2plus"](cfg)
+    METHODS["mocov2plus"](_with_backbone(tiny_cfg("mocov2plus"), "convnext_atto"))  # defaults
+
+
+def test_bn_splits_are_refused_when_a_batch_norm_layer_stays_unsplit(monkeypatch):
+    """A BatchNorm layer of a class with no split version would normalise the whole batch."""
+    import solo_mixmask.methods.base as base
+
+    def with_batch_norm_1d(*args, **kwargs):
+        model, width = build_backbone(*args, **kwargs)
+        return nn.Sequential(model, nn.BatchNorm1d(width)), width
+
+    monkeypatch.setattr(base, "build_backbone", with_batch_norm_1d)
+    with pytest.raises(
+        ConfigError,
+        match=r"method_kwargs.bn_splits=2 is not allowed: expected 1 "
+        r"for resnet18 \(its BatchNorm layer 1 \(BatchNorm1d\) has no split",
+    ):
+        METHODS["mocov2plus"](tiny_cfg("mocov2plus", method_kwargs__bn_splits=2))
