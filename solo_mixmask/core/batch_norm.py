@@ -23,7 +23,6 @@ numbers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -105,7 +104,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if n % views:
             raise ValueError(f"a batch of {n} images is not {views} interleaved inputs")
         # a batch that lost unreadable images may not divide: gcd(B, num_splits) groups then
-        s = views * math.gcd(n // views, self.num_splits)
+        s = views * _gcd(n // views, self.num_splits)
         if s == 1:
             return nn.BatchNorm2d.forward(self, x)
         running_mean, running_var = self.running_mean, self.running_var
@@ -149,12 +148,21 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return y
 
 
+def _gcd(a: int, b: int) -> int:
+    """The greatest common divisor of ``a`` and ``b``, written out (Euclid) so that
+    ``torch.compile`` traces it: ``math.gcd`` breaks its graph."""
+    while b:
+        a, b = b, a % b
+    return a
+
+
 def _in_order_weights(factors: list[float]) -> tuple[float, list[float]]:
     """``(a, [w_v])`` such that ``a * r + sum_v w_v * u_v`` is a running statistic r after one
     update per input in order (input v moves it by ``factors[v]`` towards its statistic x_v),
     where ``u_v = (1 - f0) * r + f0 * x_v`` is input v's update alone with the first factor."""
     first = factors[0]
-    start, weights = 1.0, list[float]()
+    start = 1.0
+    weights: list[float] = []
     for f in factors:  # r <- (1 - f) r + (f / f0) (u_v - (1 - f0) r), in closed form
         scale = f / first if f != first else 1.0  # (f0 > 0 whenever the factors differ)
         start = (1 - f) * start - scale * (1 - first)

@@ -249,3 +249,14 @@ def test_shuffled_forward_across_processes_by_hand(sizes):
         torch.testing.assert_close(seen["share"], shares[rank])
         torch.testing.assert_close(out["z"], batches[rank] * 10 + 1)
     assert set(shares[0].flatten().tolist()) != set(batches[0].flatten().tolist())
+
+
+def test_split_batch_norm_of_interleaved_inputs_compiles_without_graph_breaks():
+    """performance.compile with batch_online_forwards: the split forward of V interleaved
+    inputs is one graph (math.gcd and list[float]() each broke it)."""
+    import torch._dynamo
+
+    layer = SplitBatchNorm2d(4, 2)
+    layer.views = 2
+    explained = torch._dynamo.explain(layer.train())(torch.randn(8, 4, 3, 3))
+    assert explained.graph_break_count == 0, explained.break_reasons
