@@ -27,7 +27,8 @@ Profiles:
   images, bf16, k-NN of the 10,000 test images against the 50,000 training images every
   ``eval_every`` epochs, a checkpoint as often); the number of epochs (at most 100) is planned
   from step times measured at start-up so that both methods fit ``--budget-minutes`` (default
-  9).
+  9). An explicit ``--epochs`` is trained exactly as given; with ``--budget-minutes`` the plan
+  only checks it (``over_budget`` and a ``warning:`` line when the estimate passes the budget).
   ``benchmarks/cifar_gpu.sh`` runs it.
 
 ``--tiny`` shrinks any profile to a check that it runs (tiny network, 8 images per class).
@@ -147,6 +148,9 @@ class Profile:
     # fresh_queue_loss.py scores
     checkpoint_every: int | None = None
     epochs_from_budget: bool = False  # budget_minutes plans the epochs (else the images)
+    # --epochs given with a budget: the epochs are trained as given, the budget only checks
+    # them (the plan's over_budget, a warning line)
+    epochs_exact: bool = False
     per_class: int | None = None  # CIFAR: first images per class of each split (None: all)
     data: tuple[str, ...] = field(default_factory=tuple)  # where the images are (data_overrides)
 
@@ -330,9 +334,11 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         changes["methods"] = tuple(args.methods)
     if args.seeds:
         changes["seeds"] = tuple(args.seeds)
-    if args.epochs:
+    if args.epochs:  # trained as given, never planned down (nor up) from a budget
         changes["epochs"] = args.epochs
-        if prof.epochs_from_budget and not args.budget_minutes:  # epochs given: nothing to plan
+        if prof.epochs_from_budget and args.budget_minutes:
+            changes["epochs_exact"] = True  # the budget checks them
+        elif prof.epochs_from_budget:  # nothing to plan or check
             changes.update(epochs_from_budget=False, budget_minutes=None)
     if args.train_subset:
         changes["train_subset"] = args.train_subset
@@ -528,9 +534,11 @@ def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
         steps = (subset or prof.train_images) // prof.batch_size
         per_epoch = steps * per_step + runs * eval_s / every
         fits = math.floor((budget_s - runs * (startup + eval_s + linear_s)) / per_epoch)
-        epochs = max(1, min(prof.epochs, fits))
+        if not prof.epochs_exact:
+            epochs = max(1, min(prof.epochs, fits))
         every = min(every, epochs)
-        epochs = max(every, epochs // every * every)  # the last epoch is always evaluated
+        if not prof.epochs_exact:
+            epochs = max(every, epochs // every * every)  # the last epoch is always evaluated
     elif subset is None and budget_s is not None:
         fixed = runs * (startup + (epochs + 1) * eval_s + linear_s)
         steps = math.floor((budget_s - fixed) / (epochs * per_step))
@@ -538,7 +546,7 @@ def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
         subset = steps * prof.batch_size
     steps = (subset or prof.train_images) // prof.batch_size
     evals = epochs // every + 1
-    return {
+    out = {
         "train_subset": subset,
         "epochs": epochs,
         "eval_every": every,
@@ -549,6 +557,24 @@ def plan(prof: Profile, cal: dict[str, Any] | None) -> dict[str, Any]:
         "estimated_s": runs * (startup + evals * eval_s + linear_s) + epochs * steps * per_step,
         "calibration": cal,
     }
+    if prof.epochs_exact and budget_s is not None:
+        out["over_budget"] = out["estimated_s"] > budget_s
+    return out
+
+
+def warn_over_budget(prof: Profile, the_plan: dict[str, Any]) -> None:
+    """A warning line when ``--epochs`` (trained as given) is estimated past the budget: the
+    slot's time limit may cut the last run (results are rewritten after each run)."""
+    if not the_plan.get("over_budget"):
+        return
+    print(
+        f"warning: --epochs {prof.epochs} is estimated at "
+        f"{the_plan['estimated_s'] / 60:.1f} min, more than the budget's "
+        f"{0.9 * prof.budget_minutes:.1f} (90% of --budget-minutes {prof.budget_minutes}): "
+        "trained as given, the slot's time limit may cut the last run",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # --------------------------------------------------------------------------- runs
@@ -1130,6 +1156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     needs_budget = prof.budget_minutes and (prof.train_subset is None or prof.epochs_from_budget)
     cal = calibrate(prof) if (needs_budget or args.plan) else None
     the_plan = plan(prof, cal)
+    warn_over_budget(prof, the_plan)
     prof = planned(prof, the_plan)
     est = the_plan.get("estimated_s")
     print(

@@ -415,12 +415,19 @@ def count_ops(fn: Callable[[], Any]) -> tuple[collections.Counter[str], list[str
 
 
 def write_results(stem: str, data: dict[str, Any], markdown: str, out_dir: Path) -> list[Path]:
-    """``<out_dir>/<stem>.json`` and ``.md``; returns both paths."""
+    """``<out_dir>/<stem>.json`` and ``.md``, each replaced whole (a process killed while
+    writing leaves the previous file, never half of one); returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    js.write_text(json.dumps(data, indent=2) + "\n")
-    md.write_text(markdown.rstrip() + "\n")
-    return [js, md]
+    paths = []
+    for path, text in (
+        (out_dir / f"{stem}.json", json.dumps(data, indent=2) + "\n"),
+        (out_dir / f"{stem}.md", markdown.rstrip() + "\n"),
+    ):
+        part = path.with_name(path.name + ".part")
+        part.write_text(text)
+        os.replace(part, path)
+        paths.append(path)
+    return paths
 
 
 def publish(name: str, tag: str, data: dict[str, Any], markdown: str, out_dir: Path) -> list[Path]:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Sourced by the prepared GPU scripts (gpu_check.sh, cifar_gpu.sh, cifar_gpu_diagnosis.sh). Sets PY (the interpreter:
-# $PYTHON, else the project's .venv on a machine without nvidia-smi, else python3), puts the
-# clone on PYTHONPATH, and where the modules named in NEEDS (default omegaconf) are missing,
-# installs the wheels found in .whl/ into /tmp/site (the lent GPU machines have no registry).
-# RESULT_DIR is $OUT if set, else benchmarks/results. Prints the GPU and the torch / lightning /
-# python versions.
+# Sourced by the prepared GPU scripts (gpu_check.sh, cifar_gpu.sh, cifar_gpu_diagnosis.sh,
+# throughput.sh). Sets PY (the interpreter: $PYTHON, else the project's .venv on a machine
+# without nvidia-smi, else python3), puts the clone on PYTHONPATH, and where the modules named in
+# NEEDS (default omegaconf) are missing, installs the wheels found in .whl/ into /tmp/site (the
+# lent GPU machines have no registry). RESULT_DIR is $OUT if set, else benchmarks/results.
+# Prints the GPU and the torch / lightning / python versions.
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -30,11 +30,19 @@ command -v nvidia-smi >/dev/null && \
 # cifar10_dir [--tiny]: the CIFAR-10 folder for the CIFAR scripts: $SOLO_MIXMASK_CIFAR10, else
 # .cifar10/ in the clone (tars carried to a lent GPU machine), else ../shared/data/cifar10; tars
 # are unpacked once with tar (faster than Python for 60,000 small files) unless --tiny, whose
-# per-class sample accuracy.py makes itself. Prints the folder; exit status 4 if unpacking fails.
+# per-class sample accuracy.py makes itself. Prints the folder; exit status 4, with an error
+# line, when the folder holds neither train.tar.gz + test.tar.gz nor train/ + test/, or when
+# unpacking fails.
 cifar10_dir() {
   local data="${SOLO_MIXMASK_CIFAR10:-}"
   if [ -z "$data" ]; then
     if [ -f .cifar10/train.tar.gz ]; then data="$PWD/.cifar10"; else data="$PWD/../shared/data/cifar10"; fi
+  fi
+  if ! { [ -f "$data/train.tar.gz" ] && [ -f "$data/test.tar.gz" ]; } \
+    && ! { [ -d "$data/train" ] && [ -d "$data/test" ]; }; then
+    echo "error: no CIFAR-10 under $data: expected train.tar.gz and test.tar.gz or train/ and" \
+      "test/ (set SOLO_MIXMASK_CIFAR10, or copy the tars to .cifar10/ in the clone)" >&2
+    return 4
   fi
   if [ "${1:-}" != "--tiny" ] && [ -f "$data/train.tar.gz" ]; then
     # one copy per source folder (named by its checksum), so two clones never replace each
@@ -44,7 +52,7 @@ cifar10_dir() {
     if [ "$(cat "$unpacked/.complete" 2>/dev/null)" != "$data" ]; then
       rm -rf "$unpacked" && mkdir -p "$unpacked" && tar -xzf "$data/train.tar.gz" -C "$unpacked" \
         && tar -xzf "$data/test.tar.gz" -C "$unpacked" && printf '%s' "$data" > "$unpacked/.complete" \
-        || return 4
+        || { echo "error: unpacking the CIFAR-10 tars of $data into $unpacked failed" >&2; return 4; }
     fi
     data="$unpacked"
   fi

@@ -31,6 +31,7 @@ from solo_mixmask.eval.compare import epoch_curves  # noqa: E402
 NOT_TRAINING = {
     "budget_minutes",
     "epochs_from_budget",
+    "epochs_exact",
     "linear_preset",
     "linear_overrides",
     "checkpoint_every",

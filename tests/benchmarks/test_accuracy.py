@@ -297,6 +297,39 @@ def test_explicit_epochs_turn_off_the_budget_planning():
     assert accuracy.plan(fixed, None)["epochs"] == 30
 
 
+def test_explicit_epochs_with_a_budget_are_honoured_and_checked(capsys):
+    # cifar_gpu.sh always passes a budget: --epochs 30 is then trained exactly (it planned 10
+    # with the H200's fixed-recipe step times), and the budget only says whether it fits
+    import sys
+
+    from tests.benchmarks.helpers import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+
+    args = ["--profile", "cifar_gpu", "--epochs", "30", "--budget-minutes", "7.5"]
+    prof = accuracy.resolve_profile(accuracy.parse_args(args))
+    assert prof.epochs == 30 and prof.budget_minutes == 7.5
+    h200 = {  # calibrate()'s shape; step times of the committed H200 fixed-recipe run
+        "device": "cuda",
+        "forward_img_s": 100_000.0,
+        "step_s": {"mocov2plus": 0.042, "mixmask": 0.066},
+        "data_batch_s": 512 / 60_297,
+    }
+    slow = accuracy.plan(prof, h200)
+    assert slow["epochs"] == 30 and slow["eval_every"] == 10
+    assert slow["estimated_s"] > 0.9 * 60 * 7.5 and slow["over_budget"] is True
+    fast = accuracy.plan(prof, {**h200, "step_s": {"mocov2plus": 0.021, "mixmask": 0.033}})
+    assert fast["epochs"] == 30 and fast["over_budget"] is False
+    # planned from the budget without --epochs, as before
+    auto = accuracy.resolve_profile(accuracy.parse_args(args[:2] + args[4:]))
+    assert accuracy.plan(auto, h200)["epochs"] == 10
+    assert "over_budget" not in accuracy.plan(auto, h200)
+    accuracy.warn_over_budget(prof, slow)
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --epochs 30 ") and "7.5" in err and "\n" == err[-1]
+
+
 @needs_fmnist
 def test_same_seed_again_matches_its_baseline_exactly(result):
     # the same settings and seed on the CPU train bit for bit alike: every difference is 0

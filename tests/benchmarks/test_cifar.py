@@ -4,28 +4,24 @@ profile) and augment_libs.py; the GPU profile's epoch planning, by hand."""
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.benchmarks.helpers import REPO, load, positive, run_gpu_script, run_script
+from tests.benchmarks.helpers import (
+    REPO,
+    load,
+    needs_cifar,
+    positive,
+    run_gpu_script,
+    run_script,
+)
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import accuracy  # noqa: E402
-from common import CIFAR10_ENV, SHARED_CIFAR10  # noqa: E402
-
-_SOURCE = os.environ.get(CIFAR10_ENV) or str(SHARED_CIFAR10)
-needs_cifar = pytest.mark.skipif(
-    not (
-        os.path.isfile(os.path.join(_SOURCE, "train.tar.gz"))
-        or os.path.isdir(os.path.join(_SOURCE, "train"))
-    ),
-    reason=f"CIFAR-10 JPEG tars absent from {_SOURCE} (set ${CIFAR10_ENV})",
-)
 
 
 @needs_cifar
@@ -48,20 +44,22 @@ def test_cifar_cpu_profile_tiny_compares_both_methods_per_epoch(tmp_path):
 
 @needs_cifar
 def test_cifar_gpu_script_tiny_runs_on_cpu(tmp_path):
+    # at most 8 files come back from a lent GPU machine (run_gpu_script checks): one log
     run_gpu_script("cifar_gpu.sh", "--tiny", out=tmp_path, timeout=400)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
-        "accuracy_cifar_gpu.log",
         "accuracy_cifar_gpu_tiny.json",
         "accuracy_cifar_gpu_tiny.md",
         "accuracy_cifar_gpu_tiny.png",
-        "fresh_queue_loss_cifar_gpu.log",
+        "cifar_gpu.log",
         "fresh_queue_loss_cifar_gpu_tiny.json",
         "fresh_queue_loss_cifar_gpu_tiny.md",
         "memory_path_gpu.json",
-        "memory_path_gpu.log",
         "memory_path_gpu.md",
     ]
+    log = (tmp_path / "cifar_gpu.log").read_text()
+    for step in ("memory_path.py", "accuracy.py", "fresh_queue_loss.py"):
+        assert f"cifar_gpu.sh: {step} exit status 0" in log
     acc = load(tmp_path / "accuracy_cifar_gpu_tiny.json")
     assert acc["complete"] and [r["method"] for r in acc["runs"]] == ["mocov2plus", "mixmask"]
     assert acc["profile"]["precision"] == "32-true"  # tiny: CPU
@@ -80,6 +78,57 @@ def test_cifar_gpu_script_tiny_runs_on_cpu(tmp_path):
         mem["memory"]["images_per_s"] / mem["steps"]["mixmask"]
     )
     assert positive(mem["end_to_end"]["memory_over_pil"])
+
+
+#: A stand-in interpreter for cifar_gpu.sh ($PYTHON): answers gpu_env.sh's checks, logs each
+#: benchmark script it is asked to run and exits with $STUB_<SCRIPT> (accuracy.py also makes a
+#: run folder with checkpoints under --runs-dir, so that fresh_queue_loss.py runs).
+STUB_PYTHON = r"""#!/usr/bin/env bash
+[ "$1" = "-c" ] && { echo "torch stub"; exit 0; }
+name=$(basename "$1" .py); echo "$name ${*:2}" >> "$STUB_CALLS"
+if [ "$name" = accuracy ]; then
+  while [ $# -gt 0 ]; do [ "$1" = --runs-dir ] && mkdir -p "$2/run/checkpoints"; shift; done
+fi
+var="STUB_${name^^}"; exit "${!var:-0}"
+"""
+
+
+@pytest.mark.parametrize(
+    "codes, expected, tiny",
+    [
+        ({"MEMORY_PATH": "3", "FRESH_QUEUE_LOSS": "5"}, 3, True),
+        ({"ACCURACY": "7"}, 7, True),
+        ({"FRESH_QUEUE_LOSS": "5"}, 5, True),
+        ({}, 0, False),
+    ],
+)
+def test_cifar_gpu_script_runs_every_step_and_exits_with_the_first_failure(
+    tmp_path, codes, expected, tiny
+):
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    data = tmp_path / "cifar10"
+    for split in ("train", "test"):
+        (data / split).mkdir(parents=True)
+    calls = tmp_path / "calls"
+    env = {
+        "PYTHON": str(stub),
+        "STUB_CALLS": str(calls),
+        "SOLO_MIXMASK_CIFAR10": str(data),
+        **{f"STUB_{k}": v for k, v in codes.items()},
+    }
+    out = tmp_path / "out"
+    args = ["--tiny"] if tiny else ["--epochs", "30"]
+    proc = run_gpu_script("cifar_gpu.sh", *args, out=out, timeout=60, env=env, status=expected)
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    assert [line[0] for line in lines] == ["memory_path", "accuracy", "fresh_queue_loss"]
+    if not tiny:  # the training runs' budget: what is left of SLOT_S (570 s) less 60 s
+        budget = lines[1][lines[1].index("--budget-minutes") + 1]
+        assert 8.0 <= float(budget) <= 8.5 and lines[1][-2:] == ["--epochs", "30"]
+    for script, code in (("memory_path", "MEMORY_PATH"), ("accuracy", "ACCURACY")):
+        assert f"{script}.py exit status {codes.get(code, '0')}" in proc.stdout
+    assert f"exit status {expected}" in proc.stdout.splitlines()[-1]
 
 
 def test_augment_libs_tiny_times_our_batched_pipeline(tmp_path):
