@@ -192,9 +192,17 @@ def pretraining_only(probe: str | None) -> dict[str, str]:
     else:
         training = {key: text.format(probe=probe) for key, text in PRETRAINING_ONLY.items()}
         training["precision"] = f"nothing: {probe} runs in float32"
-        for key in ("knn_eval", "performance.knn_dtype"):
-            training[key] = f"nothing: {probe} measures no k-NN (knn reads {key})"
+        training.update(knn_only(probe))
     return {**training, **RUN_SETUP_ONLY}
+
+
+def knn_only(command: str) -> dict[str, str]:
+    """The k-NN's settings (``knn_eval``, ``performance.knn_dtype``), which ``command`` (one
+    that measures no k-NN: linear, finetune, embed) does not read."""
+    return {
+        key: f"nothing: {command} measures no k-NN (knn reads {key})"
+        for key in ("knn_eval", "performance.knn_dtype")
+    }
 
 
 def refuse_not_read(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from solo_mixmask.config.eval_specs import pretraining_only
+from solo_mixmask.config.eval_specs import knn_only, pretraining_only
 from solo_mixmask.errors import ConfigError, DataError
 from solo_mixmask.eval.features import (
     checkpoint_spec,
@@ -62,8 +62,7 @@ NOT_READ = {
     "data.train_subset": _VAL_ONLY,
     "data.knn_train_subset": _VAL_ONLY,
     "precision": "nothing: embed extracts its features in float32",
-    "knn_eval": "nothing: embed measures no k-NN (knn reads knn_eval)",
-    "performance.knn_dtype": "nothing: embed measures no k-NN (knn reads it)",
+    **knn_only("embed"),
     **pretraining_only(None),
 }
 FIG_INCHES = 6.4
