@@ -510,7 +510,13 @@ def step_profile(bench: Bench, step: EngineStep, batch: list[Any], steps: int = 
             step(batch)
         cuda_sync()
     events = prof.key_averages()
-    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+    # A record_function range (the optimiser's step) is mirrored on the GPU timeline as a user
+    # annotation spanning its kernels: counting it would count those kernels twice.
+    on_device = [
+        e
+        for e in events
+        if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    ]
     if bench.cuda:
         out["device_busy_ms"] = sum(e.self_device_time_total for e in on_device) / 1e3 / steps
         launches = (e.count for e in events if "LaunchKernel" in e.key or "GraphLaunch" in e.key)

@@ -459,3 +459,47 @@ def test_sigterm_writes_the_results_so_far(tmp_path):
     for per in res["levers"].values():
         for r in per.values():
             checked(r)
+
+
+def test_device_time_leaves_out_the_optimisers_range_mirrored_on_the_gpu(monkeypatch):
+    """On CUDA the profiler mirrors ``Optimizer.step``'s record_function range on the GPU
+    timeline; counting it would count the SGD kernels twice and list the range as a kernel."""
+    from torch.autograd import DeviceType
+
+    def event(key, us, annotation=False, device=DeviceType.CUDA):
+        return SimpleNamespace(
+            key=key,
+            device_type=device,
+            self_device_time_total=us,
+            self_cpu_time_total=0.0,
+            count=1,
+            is_user_annotation=annotation,
+        )
+
+    events = [
+        event("conv_kernel", 9600.0),
+        event("multi_tensor_apply_kernel", 400.0),
+        event("Optimizer.step#SGD.step", 420.0, annotation=True),
+        event("cudaLaunchKernel", 0.0, device=DeviceType.CPU),
+    ]
+
+    class FakeProfile:
+        def __init__(self, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def key_averages(self):
+            return events
+
+    monkeypatch.setattr(torch.profiler, "profile", FakeProfile)
+    monkeypatch.setattr(throughput, "cuda_sync", lambda: None)
+    step = SimpleNamespace(model=SimpleNamespace(compile_backend="inductor"))
+    step_call = type("Step", (), {"model": step.model, "__call__": lambda self, batch: None})()
+    out = throughput.step_profile(SimpleNamespace(cuda=True), step_call, None, steps=1)
+    assert out["device_busy_ms"] == pytest.approx(10.0)
+    assert [row["name"] for row in out["top"]] == ["conv_kernel", "multi_tensor_apply_kernel"]
