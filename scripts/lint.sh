@@ -2,8 +2,6 @@
 # Lint and type checks (what .ci/run runs after the tests): ruff's rules and formatting over the
 # whole tree, then mypy over the package. Set-up as for the tests (scripts/setup.sh).
 set -uo pipefail
-# the extras test.sh installs, so that both share one set-up of .venv
-if [ "$(uname -sm)" = "Linux x86_64" ]; then export SOLO_MIXMASK_EXTRAS="${SOLO_MIXMASK_EXTRAS:-test,dali}"; fi
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh" || exit 1
 cd "$ROOT"
 status=0

@@ -12,9 +12,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SOLO_MIXMASK_VENV:-$ROOT/.venv}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
-# Extras of this package to install: test.sh adds dali (NVIDIA DALI, Linux x86-64 only) so its
+# Extras of this package to install, the same for demo.sh, test.sh and lint.sh so that they share
+# one set-up (a different list reinstalls): test, plus dali (NVIDIA DALI, Linux x86-64 only) so its
 # CPU pipeline is tested; where it cannot be installed the DALI tests skip and say why.
-EXTRAS="${SOLO_MIXMASK_EXTRAS:-test}"
+if [ "$(uname -sm)" = "Linux x86_64" ]; then EXTRAS="${SOLO_MIXMASK_EXTRAS:-test,dali}"; else EXTRAS="${SOLO_MIXMASK_EXTRAS:-test}"; fi
 # Extra pip requirements resolved together with the package, e.g. the oldest supported Lightning:
 # SOLO_MIXMASK_PINS="lightning==2.1.2 pytorch-lightning==2.1.2 torchmetrics==0.11.4 setuptools<81"
 PINS="${SOLO_MIXMASK_PINS:-}"

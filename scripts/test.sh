@@ -4,7 +4,6 @@
 # The tests run in one pytest-xdist worker per core (-n auto, work stealing: the long tests do
 # not wait behind each other); `scripts/test.sh -n 0` runs them in this one process.
 set -uo pipefail
-if [ "$(uname -sm)" = "Linux x86_64" ]; then export SOLO_MIXMASK_EXTRAS="${SOLO_MIXMASK_EXTRAS:-test,dali}"; fi
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh" || exit 1
 cd "$ROOT"
 set +e

@@ -124,3 +124,39 @@ def test_installed_wheel_runs_from_another_directory(wheel: Path, tmp_path: Path
     assert job.returncode == 0, job.stderr
     assert "method: mocov2plus" in job.stdout and "max_epochs: 1" in job.stdout
     assert not (work / "runs").exists()
+
+
+def test_the_demo_and_the_tests_share_one_set_up(tmp_path: Path) -> None:
+    """scripts/test.sh then scripts/demo.sh on one venv: the second installs nothing (the
+    README's two commands are idempotent; a different extras list made each reinstall). The
+    venv is a stand-in whose python and solo-mixmask only log their arguments."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    for name in ("python", "solo-mixmask"):
+        tool = venv / "bin" / name
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\nexit 0\n')
+        tool.chmod(0o755)
+    env = {
+        key: value
+        for key, value in cli_env().items()
+        if not key.startswith("SOLO_MIXMASK_") and key != "VIRTUAL_ENV"
+    }
+    env["SOLO_MIXMASK_VENV"] = str(venv)
+
+    def run(script: str) -> str:
+        done = subprocess.run(
+            ["bash", str(ROOT / "scripts" / script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    assert "[setup] installing" in run("test.sh")  # a new venv: the first script installs
+    installs = log.read_text().count("-m pip install -q -e")
+    assert "[setup] installing" not in run("demo.sh")
+    assert log.read_text().count("-m pip install -q -e") == installs
+    assert "solo-mixmask pretrain" in log.read_text()  # the demo did run, on the same venv
