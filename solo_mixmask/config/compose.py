@@ -49,6 +49,18 @@ def yaml_problem(err: Exception) -> str:
     return f"valid YAML ({text})"
 
 
+def _composes(path: Path, name: str) -> bool:
+    """Whether the config ``name`` of folder ``path`` composes without any override."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(path), version_base="1.3"):
+            compose(config_name=name)
+    except _hydra_errors():
+        return False
+    return True
+
+
 def _hydra_errors() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -229,13 +241,21 @@ def compose_config(
                 [],
                 f"one config of the group {o.key_or_group}: {', '.join(groups[o.key_or_group])}",
             )
+    group_overrides = [o.input_line for o in parsed if o.key_or_group in groups]
     try:
-        group_overrides = [o.input_line for o in parsed if o.key_or_group in groups]
         with initialize_config_dir(config_dir=str(path), version_base="1.3"):
             cfg = compose(config_name=name, overrides=group_overrides)
     except yaml.YAMLError as err:  # the config file (or one it includes) is not plain YAML
         raise ConfigError("--config-name", config_name, yaml_problem(err)) from err
     except _hydra_errors() as err:
-        raise ConfigError("overrides", list(overrides), f"valid hydra overrides ({err})") from err
+        problem = str(err).strip().splitlines()[0]  # hydra appends its search path
+        if not group_overrides or not _composes(path, name):  # the config itself is broken
+            where = f"{config_name} in {path}"
+            raise ConfigError(
+                "--config-name", where, f"a config hydra composes ({problem})"
+            ) from err
+        raise ConfigError(
+            "overrides", list(overrides), f"valid hydra overrides ({problem})"
+        ) from err
     plain = [o.input_line for o in parsed if o.key_or_group not in groups]
     return apply_overrides(cfg, plain)

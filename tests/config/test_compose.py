@@ -99,3 +99,20 @@ def test_config_groups_lists_each_group_and_its_options() -> None:
     assert name == "mocov2plus" and folder.name == "cifar"
     groups = compose.config_groups(folder)
     assert groups["augmentations"] == ["asymmetric", "aug_plus"]
+
+
+def test_a_config_whose_defaults_hydra_cannot_find_is_named_not_the_overrides(tmp_path) -> None:
+    folder = tmp_path / "my_configs"
+    (folder / "augmentations").mkdir(parents=True)
+    (folder / "augmentations" / "plain.yaml").write_text("- crop_size: 28\n")
+    (folder / "my_run.yaml").write_text("defaults:\n  - wandb: none\n  - _self_\nmethod: mixmask\n")
+    for overrides in ([], ["augmentations=plain"]):
+        with pytest.raises(ConfigError) as err:
+            compose.compose_config(str(folder), "my_run.yaml", overrides)
+        assert err.value.key == "--config-name", overrides
+        assert "wandb/none" in str(err.value) and "overrides=" not in str(err.value)
+        assert "\n" not in str(err.value)  # one line, without hydra's search path
+    (folder / "ok.yaml").write_text("defaults:\n  - _self_\nmethod: mixmask\n")
+    with pytest.raises(ConfigError) as err:  # the config composes: the override is at fault
+        compose.compose_config(str(folder), "ok.yaml", ["augmentations=nothere"])
+    assert err.value.key == "overrides"
