@@ -25,13 +25,14 @@ import importlib.util
 import os
 import re
 import sys
+import traceback
 import types
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from solo_mixmask.errors import ConfigError
+from solo_mixmask.errors import ConfigError, suggest
 
 MIN_SOLO_VERSION = "1.0.6"
 SOLO_REPO = "https://github.com/vturrisi/solo-learn"
@@ -245,10 +246,23 @@ def _use_checkout(checkout: Path) -> None:
             )
 
 
+def _auto_resume_matches_method_kwargs() -> None:
+    """Make solo-learn's auto-resume compare ``method_kwargs`` too (idempotent).
+
+    Its ``AutoResumer.SHOULD_MATCH`` leaves them out, so a run that changes only, say,
+    ``method_kwargs.mask_ratio`` would resume (or find finished) the previous run's checkpoint.
+    """
+    from solo.utils.auto_resumer import AutoResumer
+
+    if "method_kwargs" not in AutoResumer.SHOULD_MATCH:
+        AutoResumer.SHOULD_MATCH.append("method_kwargs")
+
+
 def run_solo_script(script: str | os.PathLike, hydra_args: Sequence[str]) -> None:
     """Run solo-learn's ``script`` as ``__main__`` with ``sys.argv[1:] = hydra_args``.
 
-    Our methods are registered first. While it runs, ``__main__.__spec__`` names this module and
+    Our methods are registered first, and auto-resume made to match ``method_kwargs``. While it
+    runs, ``__main__.__spec__`` names this module and
     ``$SOLO_MIXMASK_SOLO_SCRIPT`` the script, so DDP child processes (which Lightning starts as
     ``python -m <__main__.__spec__.name> <sys.argv[1:]>``) register the methods too, and
     ``$HYDRA_FULL_ERROR=1`` makes hydra re-raise exceptions instead of exiting, so a
@@ -258,6 +272,7 @@ def run_solo_script(script: str | os.PathLike, hydra_args: Sequence[str]) -> Non
     script = Path(script).resolve()
     _use_checkout(script.parent)
     register()
+    _auto_resume_matches_method_kwargs()
     code = compile(script.read_bytes(), str(script), "exec")
     module = types.ModuleType("__main__")
     module.__file__ = str(script)
@@ -314,14 +329,67 @@ def hydra_args(
     return ["--config-path", str(path), "--config-name", name, *overrides]
 
 
+def _config_check_frame(err: BaseException, script: Path) -> traceback.FrameSummary | None:
+    """The frame that raised ``err`` when it is one of solo-learn's config checks: the body of
+    ``script``'s ``main`` (e.g. its ``assert cfg.method in METHODS``) or a function of the
+    checkout named ``parse_cfg`` / ``add_and_assert_*`` (solo-learn's names for them); else None."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return None
+    last = frames[-1]
+    path = Path(last.filename).resolve()
+    if path == script:
+        return last if last.name == "main" else None
+    checks = last.name == "parse_cfg" or last.name.startswith("add_and_assert")
+    return last if checks and script.parent in path.parents else None
+
+
+def solo_config_error(err: BaseException, script: Path) -> str | None:
+    """One line for ``err`` when it is a config mistake met while solo-learn composes (hydra) or
+    parses (its asserts) the config of ``script``; None for anything else (a bug: keep its
+    traceback). OmegaConf errors are already one line in the CLI."""
+    from hydra.errors import HydraException
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, HydraException):
+        text = str(err).split("\nConfig search path:")[0]  # hydra's search path: noise here
+        first, *rest = text.splitlines() or [type(err).__name__]
+        cause = err.__cause__
+        if isinstance(cause, OmegaConfBaseException):  # e.g. "Key 'x' is not in struct"
+            detail = str(cause).splitlines()[0]
+            if isinstance(cause.parent_node, DictConfig) and cause.key is not None:
+                keys = [str(key) for key in cause.parent_node.keys()]
+                detail += f"{suggest(cause.key, keys)}; keys there: {', '.join(keys)}"
+            first = f"{first.rstrip('.')}: {detail}."
+        return " ".join(" ".join([first, *rest]).split())
+    if isinstance(err, AssertionError):
+        frame = _config_check_frame(err, script)
+        if frame is None:
+            return None
+        where = f"{Path(frame.filename).name}:{frame.lineno}: {frame.line}"
+        text = " ".join(str(err).split())
+        return f"solo-learn refused the config: {text or 'assertion failed'} ({where})"
+    return None
+
+
 def _solo_command(args: argparse.Namespace) -> None:
+    from hydra.errors import HydraException
+
     try:
         script = find_solo_script(args.solo_kind, args.solo_learn_dir)
         argv = hydra_args(args.solo_kind, args.config_path, args.config_name, args.overrides)
         run_solo_script(script, argv)
+        return
     except SoloLearnError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        message = str(err)
+    except (HydraException, AssertionError) as err:  # only the script raises these
+        found = solo_config_error(err, script)
+        if found is None:
+            raise
+        message = found
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def add_solo_commands(sub: argparse._SubParsersAction) -> None:

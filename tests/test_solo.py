@@ -195,6 +195,51 @@ def test_ddp_child_entry_needs_the_script_variable(monkeypatch, capsys):
     assert plugin.SCRIPT_ENV in capsys.readouterr().err
 
 
+def test_only_solo_learns_config_asserts_become_one_line(tmp_path):
+    """An AssertionError of solo-learn's config checks (its script's ``main``, ``parse_cfg``,
+    ``add_and_assert_*``) becomes one line; one from anywhere else is a bug and keeps its
+    traceback (None)."""
+    script = tmp_path.resolve() / "main_pretrain.py"
+    script.write_text(
+        'def main():\n    assert 1 == 2, "Choose from a, b"\n\n\ndef fit():\n    assert 0\n'
+    )
+    args_module = script.parent / "solo" / "args" / "pretrain.py"
+    args_module.parent.mkdir(parents=True)
+    args_module.write_text("def parse_cfg():\n    assert 1 == 2\n")
+
+    def raised(path: Path, function: str) -> AssertionError:
+        namespace: dict = {}
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+        with pytest.raises(AssertionError) as info:
+            namespace[function]()
+        return info.value
+
+    assert plugin.solo_config_error(raised(script, "main"), script) == (
+        "solo-learn refused the config: Choose from a, b "
+        '(main_pretrain.py:2: assert 1 == 2, "Choose from a, b")'
+    )
+    assert plugin.solo_config_error(raised(args_module, "parse_cfg"), script) == (
+        "solo-learn refused the config: assertion failed (pretrain.py:2: assert 1 == 2)"
+    )
+    assert plugin.solo_config_error(raised(script, "fit"), script) is None
+    assert plugin.solo_config_error(RuntimeError("a bug"), script) is None
+
+
+def test_hydra_composition_error_is_one_line_naming_the_keys():
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException) as info:
+        compose("cifar10/mixmask", ["method_kwargs.mask_ratoi=0.3"])
+    message = plugin.solo_config_error(info.value, CONFIGS / "main_pretrain.py")
+    assert message is not None and "\n" not in message
+    assert message.startswith(
+        "Could not override 'method_kwargs.mask_ratoi': Key 'mask_ratoi' is not in struct "
+        "(did you mean 'mask_ratio'?); keys there: "
+    )
+    assert "grid_size, mask_ratio, mask_type" in message
+    assert message.endswith("To append to your config use +method_kwargs.mask_ratoi=0.3")
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_use_solo_learn_schema(name):
     folder, _, method = name.rpartition("/")
@@ -262,6 +307,36 @@ def test_config_error_inside_solo_learn_is_one_error_line(monkeypatch, capsys):
     )
     assert sys.argv == argv and sys.modules["__main__"] is main_module
     assert "HYDRA_FULL_ERROR" not in os.environ and plugin.SCRIPT_ENV not in os.environ
+
+
+@needs_solo
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "method_kwargs.mask_ratoi=0.3",
+            "error: Could not override 'method_kwargs.mask_ratoi': Key 'mask_ratoi' is not in "
+            "struct (did you mean 'mask_ratio'?)",
+        ),
+        ("method=mixmaks", "error: solo-learn refused the config: Choose from dict_keys(["),
+    ],
+)
+def test_hydra_and_solo_learn_config_errors_are_one_error_line(
+    override, expected, monkeypatch, capsys
+):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(
+            ["solo-pretrain", "--config-name", "cifar10/mixmask", override]
+            + ['devices="1"', "accelerator=cpu"]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith(expected)
+    if override.startswith("method="):
+        assert "'mixmask'" in line and "assert cfg.method in METHODS" in line
 
 
 @needs_solo
@@ -504,6 +579,31 @@ def test_ddp_children_reenter_with_our_methods(image_folder, tmp_path):
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     # keys of both ranks were gathered into the queue: 2 x 10 of them
     assert int(state["key_queue.ptr"]) == (2 * BATCH) % QUEUE
+
+
+@needs_solo
+def test_auto_resume_needs_the_same_method_kwargs(image_folder, tmp_path, monkeypatch, capsys):
+    """The shipped configs auto-resume; a run that changes only ``method_kwargs`` (here
+    mask_ratio) must train anew, not resume the other run's checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    ckpt_dir = tmp_path / "ckpt"
+    overrides = [o for o in cpu_overrides(image_folder) if not o.startswith("auto_resume")] + [
+        "auto_resume.enabled=True",
+        "checkpoint.enabled=True",
+        f"checkpoint.dir={ckpt_dir}",
+        "knn_eval.enabled=False",
+        "+limit_train_batches=1",
+        "+limit_val_batches=0",
+        "+num_sanity_val_steps=0",
+    ]
+    for ratio in (0.5, 0.3):
+        code = cli.main(
+            ["solo-pretrain", "--config-name", "cifar10/mixmask", *overrides]
+            + [f"method_kwargs.mask_ratio={ratio}"]
+        )
+        assert code == 0
+        assert "Resuming" not in capsys.readouterr().out, ratio
+    assert len(list((ckpt_dir / "mixmask").glob("*/*.ckpt"))) == 2
 
 
 # ------------------------------------------------------------ BYOL + MixMask on solo-learn's BYOL

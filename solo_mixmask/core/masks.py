@@ -5,10 +5,12 @@ upsampled to the crop; ``ratio`` is the requested share of cells. Drawn with the
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Any
 
 import torch
 
-from solo_mixmask.errors import check_argument, check_int_argument
+from solo_mixmask.errors import ConfigWarning, check_argument, check_int_argument
 from solo_mixmask.utils.generators import resolve_device
 
 __all__ = [
@@ -130,7 +132,11 @@ def upsample_masks(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class MaskBank:
     """Cell masks drawn ``capacity`` at a time (default 4096, at most 4 MiB) and handed out in
     order, as on a GPU one draw costs the same for 1 mask or thousands; when fewer than asked are
-    left they are dropped and a new bank drawn. ``state_dict()`` holds the cells left."""
+    left they are dropped and a new bank drawn. ``state_dict()`` holds the cells left and the
+    settings they were drawn with (:attr:`SETTINGS`)."""
+
+    #: The attributes that decide which masks a draw gives (saved with the cells).
+    SETTINGS = ("grid_size", "ratio", "mask_type")
 
     def __init__(
         self, grid_size: int, ratio: float, mask_type: str = "block", capacity: int | None = None
@@ -182,19 +188,47 @@ class MaskBank:
         masks = upsample_masks(cells, (height, width)).to(dtype)
         return masks if per_sample else masks.expand(n, -1, -1, -1)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {} if self._cells is None else {"cells": self._cells[self._cursor :].cpu()}
+    def settings(self) -> dict[str, Any]:
+        """:attr:`SETTINGS` -> this bank's values."""
+        return {name: getattr(self, name) for name in self.SETTINGS}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore the masks left; they move to the generator's device at the next ``take``."""
-        cells, g = state.get("cells"), self.grid_size
-        if cells is not None and tuple(cells.shape[1:]) != (g, g):
+    def state_dict(self) -> dict[str, Any]:
+        if self._cells is None:
+            return {}
+        return {"cells": self._cells[self._cursor :].cpu(), **self.settings()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the masks left; they move to the generator's device at the next ``take``.
+
+        Masks drawn with other settings (a run resumed with another ``grid_size``, ratio or mask
+        type) are dropped with a warning and the next ``take`` draws with this bank's. A state
+        without settings (written before they were saved) is kept when its grid fits.
+        """
+        cells = state.get("cells")
+        self._cells, self._cursor = None, 0
+        if cells is None:
+            return
+        mine = self.settings()
+        saved = {name: state[name] for name in self.SETTINGS if name in state}
+        if not saved:  # an older state: only its grid can be told
+            saved = {"grid_size": int(cells.shape[-1])}
+        if tuple(cells.shape[1:]) != (saved["grid_size"],) * 2:
             raise ValueError(
-                f"mask bank cells of shape {tuple(cells.shape)} do not fit grid_size={g}: "
-                f"expected (n, {g}, {g})"
+                f"mask bank cells of shape {tuple(cells.shape)} do not match the saved "
+                f"grid_size={saved['grid_size']}: expected (n, G, G)"
             )
-        self._cells = None if cells is None else cells.to(torch.bool)
-        self._cursor = 0
+        changed = {name: value for name, value in saved.items() if value != mine[name]}
+        if changed:
+            was = ", ".join(f"{name}={value!r}" for name, value in changed.items())
+            now = ", ".join(f"{name}={mine[name]!r}" for name in changed)
+            warnings.warn(
+                f"the saved mask bank holds {cells.shape[0]} masks drawn with {was}; they are "
+                f"dropped and new masks drawn with {now}",
+                ConfigWarning,
+                stacklevel=2,
+            )
+            return
+        self._cells = cells.to(torch.bool)
 
 
 def mask_lambdas(masks: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from solo_mixmask.core import (
     upsample_masks,
 )
 from solo_mixmask.core.masks import BLOCK_PROPOSALS, MaskBank
+from solo_mixmask.errors import ConfigWarning
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -230,8 +231,35 @@ def test_mask_bank_state_round_trip_continues_the_sequence():
     other.load_state_dict(state)
     g2.set_state(g_state)
     assert all(torch.equal(e, other.take(2, generator=g2)) for e in expected)
-    with pytest.raises(ValueError, match="grid_size=8"):
-        MaskBank(8, 0.5).load_state_dict(state)
+
+
+def test_mask_bank_state_drawn_with_other_settings_is_dropped():
+    """A resume with another mask_ratio must not hand out the old ratio's leftover masks."""
+    old = MaskBank(8, 0.5, "block")
+    old.take(6, generator=gen(5))
+    state = old.state_dict()
+    assert state["ratio"] == 0.5 and state["grid_size"] == 8 and state["mask_type"] == "block"
+    bank = MaskBank(8, 0.3, "block")
+    with pytest.warns(ConfigWarning, match=r"drawn with ratio=0\.5.*drawn with ratio=0\.3"):
+        bank.load_state_dict(state)
+    lambdas = mask_lambdas(bank.sample(512, (32, 32), per_sample=True, generator=gen(6)))
+    assert lambdas.mean().item() == pytest.approx(0.3, abs=0.02)
+    # another grid or mask type: dropped too, with a warning instead of a ValueError
+    for other in (MaskBank(4, 0.5, "block"), MaskBank(8, 0.5, "discrete")):
+        with pytest.warns(ConfigWarning, match="dropped"):
+            other.load_state_dict(state)
+        assert other.take(3, generator=gen(7)).shape == (3, other.grid_size, other.grid_size)
+
+
+def test_mask_bank_state_without_settings_is_kept_when_its_grid_fits():
+    """States written before the settings were saved: same grid kept (as resumed runs did),
+    another grid dropped with a warning."""
+    cells = block_masks(5, 4, 0.5, generator=gen(8))
+    bank = MaskBank(4, 0.5)
+    bank.load_state_dict({"cells": cells})
+    assert torch.equal(bank.take(5, generator=gen(9)), cells)
+    with pytest.warns(ConfigWarning, match=r"grid_size=4.*grid_size=8"):
+        MaskBank(8, 0.5).load_state_dict({"cells": cells})
 
 
 @pytest.mark.parametrize(
