@@ -3,22 +3,24 @@
 Reads each run folder's ``summary.json``, ``logs/metrics.csv``, ``init_metrics.json`` and, when
 present, ``linear.json`` (written by ``solo-mixmask linear``). Writes into the output folder:
 
-- ``report.md``: a table (run, method, epochs, k-NN top-1, online linear top-1, offline linear
-  top-1, images/s, wall time) followed by the two plots. A k-NN or offline linear figure
-  measured with other settings than another row's (k, T, images, precision; the probe's preset,
-  epochs, learning rate, image counts ...) is marked ``†``, named in a ``warning:`` line and
-  under the table: such figures do not rank the methods alone. Every accuracy of a collapsed
-  run (summary.json's ``collapsed``) is marked ``(collapsed)`` and the run named in a
-  ``warning:`` line and under the table;
-- ``compare.json``: each row's figures, the settings they were measured with, its collapse
-  measure, and the warnings;
+- ``report.md``: a table (run, method, backbone, epochs, k-NN top-1, online linear top-1,
+  offline linear top-1, images/s, wall time) followed by the two plots. An accuracy measured
+  with other settings than another row's (the backbone or its kwargs, for every accuracy; for
+  k-NN: k, T, images, precision; for the offline probe: its preset, epochs, learning rate,
+  image counts ...) is marked ``†``, named in a ``warning:`` line and under the table: such
+  figures do not rank the methods alone. Every accuracy of a collapsed run (summary.json's
+  ``collapsed``) is marked ``(collapsed)`` and the run named in a ``warning:`` line and under
+  the table;
+- ``compare.json``: each row's figures, its backbone, the settings they were measured with,
+  its collapse measure, and the warnings;
 - ``knn.png``: online k-NN top-1 against epoch (epoch 0 = before training, when the run
   measured it; a last epoch the run stopped inside at its fractional epochs, e.g. 1.5);
-- ``loss.png``: two panels against epoch. Left: the contrastive term L(q, k) that every
-  MoCo-family method logs as ``train_nce_loss_epoch`` (``train_byol_loss_epoch`` for BYOL), the
-  only loss that means the same thing across MoCo v2, MixMask and Un-Mix. Right: the whole
-  self-supervised loss, the sum of every ``train_*_loss_epoch`` column except the online
-  classifier's ``train_class_loss_epoch`` (for MixMask: nce + mask term).
+- ``loss.png``: two panels against epoch. Left: the contrastive term, the one loss that means
+  the same thing across MoCo v2, MixMask and Un-Mix: InfoNCE L(q, k) in nats, logged as
+  ``train_nce_loss_epoch``; BYOL-hosted methods log 2 - 2cos(p, z) as ``train_byol_loss_epoch``,
+  which does not compare with it. Right: the whole self-supervised loss, the sum of every
+  ``train_*_loss_epoch`` column except the online classifier's ``train_class_loss_epoch`` (for
+  MixMask: nce + mask term). Runs of both kinds: one row of the two panels per kind.
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ from solo_mixmask.run.folder import (
 )
 
 CLASSIFIER_LOSS = "train_class_loss_epoch"
-CONTRASTIVE_LOSSES = ("train_nce_loss_epoch", "train_byol_loss_epoch")
+#: The contrastive loss column of each kind of method: (kind, what its value is). Curves of
+#: two kinds are never drawn on one axis.
+LOSS_KINDS = {
+    "train_nce_loss_epoch": ("InfoNCE", "L(q, k), nats"),
+    "train_byol_loss_epoch": ("BYOL", "2 - 2cos(p, z), both views"),
+}
 
 
 @dataclass
@@ -53,6 +60,9 @@ class RunRecord:
 
     name: str
     method: str
+    #: summary.json's ``backbone`` and ``backbone_kwargs`` (None: not recorded, older runs).
+    backbone: str | None
+    backbone_kwargs: dict[str, Any] | None
     epochs: int | float | None  # fractional when max_steps ended the run inside an epoch
     knn_acc1: float | None
     linear_acc1: float | None
@@ -71,6 +81,8 @@ class RunRecord:
     #: (filled by :func:`mark_differences`); its cell carries :data:`DIFFERS`.
     differs: dict[str, list[str]] = field(default_factory=dict)
     knn_curve: dict[float, float] = field(default_factory=dict)
+    #: The :data:`LOSS_KINDS` column of ``contrastive_curve`` (None: neither was logged).
+    loss_kind: str | None = None
     contrastive_curve: dict[float, float] = field(default_factory=dict)
     total_loss_curve: dict[float, float] = field(default_factory=dict)
 
@@ -89,13 +101,18 @@ def epoch_curves(run_dir: str | Path, epochs: float | None = None) -> dict[str, 
     ``{column: {epochs trained: value}}`` (losses, accuracies, ``embedding_std``; per-step
     learning-rate rows carry no epoch and are left out).
 
-    A row logged in epoch e (0-based) counts as e + 1 epochs trained, except in the last epoch
-    of a run that stopped inside it (``max_steps``, a stop): there it counts as ``epochs``, the
-    fractional epochs the run trained (summary.json's). When the run measured its
-    untrained model (``init_metrics.json`` holds ``knn_acc1_at_init``), the first row with a
-    ``val_*`` value is that measurement and counts as epoch 0. (Its step is 0, but so is the
-    step of epoch 1's validation when an epoch is one optimiser step: the step cannot tell them
-    apart.) A column logged twice for one epoch keeps the later value. No file: ``{}``.
+    A row logged at step s (0-based: Lightning logs a measurement at the step it followed)
+    counts as (s + 1) / S epochs trained, S the steps of one epoch: a k-NN measured after 5 of 8
+    steps sits at 0.625, and a run that stopped inside its last epoch (``max_steps``, a stop)
+    ends at its fraction. S is read from the last end-of-epoch row (``train_*_epoch``) of a
+    whole epoch: one under ``epochs`` (the epochs the run trained, summary.json's), or, without
+    them, one before the last epoch logged. When no whole epoch was logged, a row of epoch e
+    (0-based) counts as e + 1 epochs, or as ``epochs`` in the epoch the run stopped inside.
+    When the run measured its untrained model (``init_metrics.json`` holds
+    ``knn_acc1_at_init``), the first row with a ``val_*`` value is that measurement and counts
+    as epoch 0. (Its step is 0, but so is the step of epoch 1's validation when an epoch is one
+    optimiser step: the step cannot tell them apart.) A column logged twice at one point keeps
+    the later value. No file: ``{}``.
     """
     run_dir = Path(run_dir)
     path = run_dir / LOGS / METRICS_CSV
@@ -105,7 +122,7 @@ def epoch_curves(run_dir: str | Path, epochs: float | None = None) -> dict[str, 
     init = json.loads(init_file.read_text()) if init_file.is_file() else {}
     init_pending = init.get("knn_acc1_at_init") is not None
     partial = epochs if epochs is not None and epochs != int(epochs) else None
-    curves: dict[str, dict[float, float]] = {}
+    rows = []  # (epoch, step, {column: value})
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             epoch = _float(row.get("epoch"))
@@ -113,21 +130,50 @@ def epoch_curves(run_dir: str | Path, epochs: float | None = None) -> dict[str, 
                 continue
             parsed = {k: _float(v) for k, v in row.items() if k not in ("epoch", "step")}
             values = {k: v for k, v in parsed.items() if v is not None}
-            done: float = int(epoch) + 1
-            if partial is not None and int(epoch) == int(partial):
-                done = partial  # the epoch the run stopped inside
-            if init_pending and any(k.startswith("val_") for k in values):
-                done, init_pending = 0, False
-            for key, value in values.items():
-                curves.setdefault(key, {})[done] = value
+            rows.append((int(epoch), _float(row.get("step")), values))
+    per_epoch = _steps_per_epoch(rows, epochs)
+    curves: dict[str, dict[float, float]] = {}
+    for epoch, step, values in rows:
+        done: float = epoch + 1
+        if per_epoch is not None and step is not None:
+            done = (step + 1) / per_epoch
+        elif partial is not None and epoch == int(partial):
+            done = partial  # the epoch the run stopped inside
+        if init_pending and any(k.startswith("val_") for k in values):
+            done, init_pending = 0, False
+        for key, value in values.items():
+            curves.setdefault(key, {})[done] = value
     return curves
+
+
+def _steps_per_epoch(
+    rows: Sequence[tuple[int, float | None, dict[str, float]]], epochs: float | None
+) -> float | None:
+    """The optimiser steps of one epoch, from the last end-of-epoch row of a whole epoch in
+    ``rows`` (see :func:`epoch_curves`; the last: an epoch that ``max_time`` stopped part-way
+    logs an end too, and a resume ends it again); None when no whole epoch's end was logged."""
+    if not rows:
+        return None
+    whole = int(epochs) if epochs is not None else max(epoch for epoch, _, _ in rows)
+    per_epoch = None
+    for epoch, step, values in rows:
+        ends_epoch = any(k.startswith("train_") and k.endswith("_epoch") for k in values)
+        if ends_epoch and epoch < whole and step is not None:
+            per_epoch = (step + 1) / (epoch + 1)
+    return per_epoch
+
+
+def loss_kind(curves: dict[str, dict[float, float]]) -> str | None:
+    """The first of :data:`LOSS_KINDS` that :func:`epoch_curves` holds, else None."""
+    return next((key for key in LOSS_KINDS if key in curves), None)
 
 
 def ssl_loss_curves(curves: dict[str, dict[float, float]]) -> tuple[dict, dict]:
     """(contrastive loss, total self-supervised loss) ``{epochs trained: value}`` of
-    :func:`epoch_curves`: the first of ``CONTRASTIVE_LOSSES`` logged, and the sum of every
+    :func:`epoch_curves`: the :func:`loss_kind` column, and the sum of every
     ``train_*_loss_epoch`` but the online classifier's."""
-    contrastive = next((curves[key] for key in CONTRASTIVE_LOSSES if key in curves), {})
+    kind = loss_kind(curves)
+    contrastive = {} if kind is None else curves[kind]
     total: dict[float, float] = {}
     for key, curve in curves.items():
         if key.startswith("train_") and key.endswith("_loss_epoch") and key != CLASSIFIER_LOSS:
@@ -209,37 +255,66 @@ def knn_recipe(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
 
 #: The marker of a cell whose figure was measured with other settings than another row's.
 DIFFERS = "†"
-#: Columns whose figures :func:`mark_differences` checks: column -> (figure, settings).
+#: Columns whose figures :func:`mark_differences` checks: column -> (figure, the record's
+#: settings of that figure besides the backbone, None: the backbone alone).
 CHECKED_COLUMNS = {
     "k-NN top-1": ("knn_acc1", "knn_settings"),
+    "online linear top-1": ("linear_acc1", None),
     "offline linear top-1": ("offline_linear_acc1", "offline_linear_settings"),
 }
+#: The prefix of a backbone kwarg's setting (the config's key).
+BACKBONE_KWARG = "backbone.kwargs."
 
 
-def _shown(value: Any) -> str:
+def backbone_settings(record: RunRecord) -> dict[str, Any]:
+    """``backbone`` (the name) and ``backbone.kwargs.<name>`` for each kwarg of ``record``; a
+    run that records no kwargs (older versions) has ``backbone_kwargs: None`` instead."""
+    if record.backbone_kwargs is None:
+        return {"backbone": record.backbone, "backbone_kwargs": None}
+    kwargs = sorted(record.backbone_kwargs.items())
+    return {"backbone": record.backbone, **{BACKBONE_KWARG + k: v for k, v in kwargs}}
+
+
+def figure_settings(record: RunRecord, column: str) -> dict[str, Any]:
+    """The settings ``record``'s figure in ``column`` (of :data:`CHECKED_COLUMNS`) was measured
+    with: its :func:`backbone_settings`, then the column's own."""
+    attribute = CHECKED_COLUMNS[column][1]
+    own = (getattr(record, attribute) if attribute else None) or {}
+    return {**backbone_settings(record), **own}
+
+
+def _shown(settings: dict[str, Any], key: str) -> str:
+    """``settings[key]`` in words: ``default`` for a backbone kwarg a run that records its
+    kwargs did not set, ``not recorded`` for a setting it does not record."""
+    if key not in settings and key.startswith(BACKBONE_KWARG) and "backbone_kwargs" not in settings:
+        return "default"
+    value = settings.get(key)
     return "not recorded" if value is None else str(value)
 
 
 def mark_differences(records: Sequence[RunRecord]) -> list[str]:
-    """For each of :data:`CHECKED_COLUMNS`, the settings in which the rows that show a figure
-    differ (a setting one row does not record counts as different when another does): set
-    in each such record's ``differs``, and one ``warning:`` line per column naming them with
-    every row's value. Returns the lines."""
+    """For each of :data:`CHECKED_COLUMNS`, the settings (:func:`figure_settings`) in which the
+    rows that show a figure differ (a setting one row does not record counts as different when
+    another does): set in each such record's ``differs``, and one ``warning:`` line per column
+    naming them with every row's value. Returns the lines."""
     lines = []
-    for column, (figure, settings) in CHECKED_COLUMNS.items():
-        shown = [r for r in records if getattr(r, figure) is not None and getattr(r, settings)]
+    for column, (figure, _) in CHECKED_COLUMNS.items():
+        shown = [r for r in records if getattr(r, figure) is not None]
         if len(shown) < 2:
             continue
-        keys = dict.fromkeys(k for r in shown for k in getattr(r, settings))
+        settings = [figure_settings(r, column) for r in shown]
+        keys = dict.fromkeys(k for values in settings for k in values)
         differing = [
-            k for k in keys if len({json.dumps(getattr(r, settings).get(k)) for r in shown}) > 1
+            k
+            for k in keys
+            if len({json.dumps(values.get(k), sort_keys=True) for values in settings}) > 1
         ]
         if not differing:
             continue
         for r in shown:
             r.differs[column] = differing
         per_key = "; ".join(
-            f"{k} " + ", ".join(f"{_shown(getattr(r, settings).get(k))} ({r.name})" for r in shown)
+            f"{k} " + ", ".join(f"{_shown(v, k)} ({r.name})" for r, v in zip(shown, settings))
             for k in differing
         )
         line = (
@@ -272,6 +347,8 @@ def load_run(run_dir: str | Path) -> RunRecord:
     return RunRecord(
         name=run_dir.name,
         method=str(summary.get("method", "?")),
+        backbone=summary.get("backbone"),
+        backbone_kwargs=summary.get("backbone_kwargs"),
         epochs=summary.get("epochs"),
         knn_acc1=summary.get("knn_acc1"),
         linear_acc1=summary.get("linear_acc1"),
@@ -284,6 +361,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         knn_settings=knn_recipe(run_dir, summary) if summary.get("knn_acc1") is not None else None,
         offline_linear_settings=None if offline is None else probe_recipe(linear or {}),
         knn_curve=curves.get("val_knn_acc1", {}),
+        loss_kind=loss_kind(curves),
         contrastive_curve=contrastive,
         total_loss_curve=total,
     )
@@ -310,12 +388,14 @@ def _duration(seconds: float | None) -> str:
 
 
 def markdown_table(records: Sequence[RunRecord]) -> str:
-    """One header row, one separator and one row per run (accuracies in %; a figure measured
-    with other settings than another row's is marked :data:`DIFFERS`, see
-    :func:`mark_differences`; every accuracy of a collapsed run is marked :data:`COLLAPSED`)."""
+    """One header row, one separator and one row per run (the backbone as
+    :func:`backbone_cells`; accuracies in %; a figure measured with other settings than
+    another row's is marked :data:`DIFFERS`, see :func:`mark_differences`; every accuracy of a
+    collapsed run is marked :data:`COLLAPSED`)."""
     header = (
         "run",
         "method",
+        "backbone",
         "epochs",
         "k-NN top-1",
         "online linear top-1",
@@ -325,13 +405,14 @@ def markdown_table(records: Sequence[RunRecord]) -> str:
         "wall time",
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for r in records:
+    for r, backbone in zip(records, backbone_cells(records)):
         cells = (
             r.name,
             r.method,
+            backbone,
             "-" if r.epochs is None else str(r.epochs),
             _pct(r.knn_acc1, "k-NN top-1" in r.differs, r.collapsed),
-            _pct(r.linear_acc1, False, r.collapsed),
+            _pct(r.linear_acc1, "online linear top-1" in r.differs, r.collapsed),
             _pct(r.offline_linear_acc1, "offline linear top-1" in r.differs, r.collapsed),
             embedding_std_cell(r.embedding_std, r.embedding_std_spread, r.collapsed),
             "-" if r.images_per_sec is None else f"{r.images_per_sec:.1f}",
@@ -339,6 +420,24 @@ def markdown_table(records: Sequence[RunRecord]) -> str:
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def backbone_cells(records: Sequence[RunRecord]) -> list[str]:
+    """Each run's backbone name and the kwargs in which the runs' backbones differ, e.g.
+    ``resnet18 channels=[8, 16, 32, 64]`` (a kwarg a run did not set is left out); ``?`` for a
+    run whose summary.json does not record its backbone (older versions)."""
+    recorded = [r.backbone_kwargs or {} for r in records]
+    names = sorted({k for kwargs in recorded for k in kwargs})
+    differing = [
+        k for k in names if len({json.dumps(kw.get(k), sort_keys=True) for kw in recorded}) > 1
+    ]
+    cells = []
+    for r, kwargs in zip(records, recorded):
+        words = [f"{k}={kwargs[k]}" for k in differing if k in kwargs]
+        cells.append(
+            "?" if r.backbone is None else " ".join([r.backbone, ", ".join(words)]).strip()
+        )
+    return cells
 
 
 def embedding_std_cell(std: float | None, spread: float | None, collapsed: bool | None) -> str:
@@ -385,18 +484,32 @@ def plot_knn(records: Sequence[RunRecord], path: Path) -> Path:
     return path
 
 
+def loss_rows(records: Sequence[RunRecord]) -> list[tuple[str | None, list[RunRecord]]]:
+    """loss.png's rows of panels, as (:data:`LOSS_KINDS` column, its runs): one row of every
+    run when they logged one kind of contrastive loss (or none), else one row per kind, so
+    that InfoNCE and BYOL's 2 - 2cos never share an axis."""
+    kinds = [kind for kind in LOSS_KINDS if any(r.loss_kind == kind for r in records)]
+    if len(kinds) < 2:
+        return [(kinds[0] if kinds else None, list(records))]
+    return [(kind, [r for r in records if r.loss_kind == kind]) for kind in kinds]
+
+
 def plot_loss(records: Sequence[RunRecord], path: Path) -> Path:
-    """Contrastive loss L(q, k) and total SSL loss against epoch, as a two-panel PNG."""
+    """Contrastive loss and total SSL loss against epoch, as a PNG of two panels, one row of
+    them per kind of contrastive loss (:func:`loss_rows`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    _plot_curves(left, records, "contrastive_curve", "L(q, k) (train_nce / byol loss)")
-    left.set_title("contrastive loss")
-    _plot_curves(right, records, "total_loss_curve", "sum of train_*_loss (no classifier)")
-    right.set_title("total self-supervised loss")
+    rows = loss_rows(records)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 4 * len(rows)), dpi=100, squeeze=False)
+    for (kind, runs), (left, right) in zip(rows, axes):
+        name, unit = LOSS_KINDS[kind] if kind else ("contrastive", "train_nce / byol loss")
+        _plot_curves(left, runs, "contrastive_curve", f"{unit} ({kind or 'not logged'})")
+        left.set_title(f"contrastive loss: {name}")
+        _plot_curves(right, runs, "total_loss_curve", "sum of train_*_loss (no classifier)")
+        right.set_title("total self-supervised loss" + (f": {name} runs" if len(rows) > 1 else ""))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -444,8 +557,10 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         "was run. images/s counts training batches only. How each figure was measured, per "
         "row: compare.json.\n\n"
         "![k-NN accuracy](knn.png)\n\n![loss](loss.png)\n\n"
-        "Left loss panel: the contrastive term L(q, k) (train_nce_loss / train_byol_loss), "
-        "comparable across methods. Right: the sum of all self-supervised loss terms.\n"
+        "Left loss panel: the contrastive term, InfoNCE L(q, k) in nats (train_nce_loss: MoCo "
+        "v2, MixMask, Un-Mix) or BYOL's 2 - 2cos(p, z) (train_byol_loss), comparable between "
+        "runs of one kind only: runs of both kinds get a row of panels per kind. Right: the sum "
+        "of all self-supervised loss terms.\n"
     )
     rows = out / "compare.json"
     rows.write_text(json.dumps(compare_rows(records, [*differences, *collapses]), indent=2))
@@ -463,14 +578,14 @@ def footnotes(records: Sequence[RunRecord]) -> str:
     """The report's lines under the table for each column with :data:`DIFFERS` cells: every
     marked row's values of the settings that differ. Empty when none differ."""
     lines = []
-    for column, (_, settings) in CHECKED_COLUMNS.items():
+    for column in CHECKED_COLUMNS:
         marked = [r for r in records if column in r.differs]
         if not marked:
             continue
         lines.append(f"{DIFFERS} {column} measured with different settings:")
         for r in marked:
-            values = getattr(r, settings) or {}
-            words = ", ".join(f"{k} {_shown(values.get(k))}" for k in r.differs[column])
+            values = figure_settings(r, column)
+            words = ", ".join(f"{k} {_shown(values, k)}" for k in r.differs[column])
             lines.append(f"- {r.name}: {words}")
     return "\n".join(lines)
 
@@ -496,15 +611,18 @@ def collapse_warnings(records: Sequence[RunRecord]) -> list[str]:
 
 
 def compare_rows(records: Sequence[RunRecord], warned: Sequence[str]) -> dict[str, Any]:
-    """``compare.json``: each row's figures and how they were measured (``knn_settings``,
-    ``offline_linear_settings``; ``differs``: per column, the settings in which the row's
-    figure differs from another row's), its collapse measure (``embedding_std``,
-    ``embedding_std_spread``, ``collapsed``), and the ``warnings`` about them (``warned``)."""
+    """``compare.json``: each row's figures and how they were measured (``backbone``,
+    ``backbone_kwargs``, ``knn_settings``, ``offline_linear_settings``; ``differs``: per
+    column, the settings in which the row's figure differs from another row's), its collapse
+    measure (``embedding_std``, ``embedding_std_spread``, ``collapsed``), and the ``warnings``
+    about them (``warned``)."""
     return {
         "rows": [
             {
                 "run": r.name,
                 "method": r.method,
+                "backbone": r.backbone,
+                "backbone_kwargs": r.backbone_kwargs,
                 "epochs": r.epochs,
                 "knn_acc1": r.knn_acc1,
                 "linear_acc1": r.linear_acc1,

@@ -31,10 +31,11 @@ def test_compare_two_real_runs(tiny_runs, tmp_path, capsys):
     assert len(table) == 4  # header, separator, 2 runs
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
     assert [r[1] for r in rows] == ["mocov2plus", "mixmask"]
-    assert [r[2] for r in rows] == ["1", "1"]
+    assert [r[2] for r in rows] == ["resnet18", "resnet18"]  # alike: no kwargs shown
+    assert [r[3] for r in rows] == ["1", "1"]
     summary = json.loads((mix / "summary.json").read_text())
-    assert rows[1][3] == f"{summary['knn_acc1']:.2f}"
-    assert (rows[0][5], rows[1][5]) == ("-", "12.35")  # offline linear only where present
+    assert rows[1][4] == f"{summary['knn_acc1']:.2f}"
+    assert (rows[0][6], rows[1][6]) == ("-", "12.35")  # offline linear only where present
     assert result["table"] in (out / "report.md").read_text()
     for name, size in (("knn.png", (600, 400)), ("loss.png", (1100, 400))):
         with Image.open(out / name) as img:
@@ -49,7 +50,10 @@ def test_compare_two_real_runs(tiny_runs, tmp_path, capsys):
 
     assert main(["compare", str(moco), str(mix), "--out", str(tmp_path / "cli")]) == 0
     printed = capsys.readouterr().out
-    assert "| mocov2plus | mocov2plus | 1 |" in printed and (tmp_path / "cli" / "knn.png").is_file()
+    assert (
+        "| mocov2plus | mocov2plus | resnet18 | 1 |" in printed
+        and (tmp_path / "cli" / "knn.png").is_file()
+    )
 
 
 def test_offline_linear_of_other_weights_is_not_shown(tiny_runs, tmp_path):
@@ -182,7 +186,7 @@ def test_figures_measured_with_different_settings_are_marked(tiny_runs, tmp_path
         assert fragment in line, line
     assert "val_images" not in line  # 16 each: alike
     rows = [[c.strip() for c in r.strip("|").split("|")] for r in result["table"].splitlines()[2:]]
-    assert all(r[5].endswith(" †") for r in rows) and not any(r[3].endswith("†") for r in rows)
+    assert all(r[6].endswith(" †") for r in rows) and not any(r[4].endswith("†") for r in rows)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "† offline linear top-1 measured with different settings:" in report
     assert "- a: preset small, train_images 32, linear.epochs 1, linear.lr 1.0," in report
@@ -209,7 +213,7 @@ def test_figures_measured_with_different_settings_are_marked(tiny_runs, tmp_path
         "0.1 (a), 0.2 (b); these figures do not rank the methods alone"
     ], lines
     rows = [[c.strip() for c in r.strip("|").split("|")] for r in result["table"].splitlines()[2:]]
-    assert all(r[3].endswith(" †") for r in rows) and not any(r[5].endswith("†") for r in rows)
+    assert all(r[4].endswith(" †") for r in rows) and not any(r[6].endswith("†") for r in rows)
     assert main(["compare", str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "cli")]) == 0
     captured = capsys.readouterr()
     assert "- b: knn_eval.T 0.2" in captured.out
@@ -235,8 +239,8 @@ def test_a_collapsed_runs_accuracies_are_marked_and_named(tmp_path, capsys):
     with pytest.warns(ConfigWarning, match="gone collapsed"):
         result = compare_runs([fine, gone], tmp_path / "out")
     rows = [[c.strip() for c in r.strip("|").split("|")] for r in result["table"].splitlines()[2:]]
-    assert (rows[0][3], rows[0][4]) == ("46.88", "9.38")
-    assert (rows[1][3], rows[1][4]) == ("60.00 (collapsed)", "9.38 (collapsed)")
+    assert (rows[0][4], rows[0][5]) == ("46.88", "9.38")
+    assert (rows[1][4], rows[1][5]) == ("60.00 (collapsed)", "9.38 (collapsed)")
     line = "gone collapsed (embedding_std 0.0100, 4.0% of its spread value)"
     assert line in result["notes"] and line in (tmp_path / "out" / "report.md").read_text()
     saved = json.loads((tmp_path / "out" / "compare.json").read_text())
@@ -264,4 +268,183 @@ def test_a_last_epoch_cut_short_is_plotted_at_its_fraction(tmp_path):
     record = load_run(run)
     assert record.knn_curve == {1: 37.5, 1.5: 40.6}
     assert max(record.contrastive_curve) == max(record.total_loss_curve) == 1.5
-    assert epoch_curves(run)["val_knn_acc1"] == {1: 37.5, 2: 40.6}  # epochs not given
+    # epochs not given: epoch 0 is whole (epoch 1 follows it), and tells 8 steps per epoch
+    assert epoch_curves(run)["val_knn_acc1"] == {1: 37.5, 1.5: 40.6}
+
+
+#: ``logs/metrics.csv`` of a real run (max_epochs=3 at 8 steps per epoch, k-NN every 5 steps:
+#: check_val_every_n_epoch=null val_check_interval=5), its epoch, step and k-NN columns.
+MID_EPOCH_VALIDATION_CSV = (
+    "epoch,step,train_nce_loss_epoch,val_knn_acc1\n"
+    "0,0,,28.1\n"  # before training (init_metrics.json)
+    "0,4,,34.4\n"
+    "0,7,2.48,\n"
+    "1,9,,40.6\n"
+    "1,14,,46.9\n"
+    "1,15,2.98,\n"
+    "2,19,,43.8\n"
+    "2,23,,40.6\n"
+    "2,23,2.96,\n"
+)
+
+
+def test_a_validation_inside_an_epoch_is_plotted_where_it_was_measured(tmp_path):
+    """Once: the k-NN measured after 5 of 8 steps was plotted at epoch 1, and the ones after
+    steps 10 and 20 were dropped (each overwritten by the next of its epoch)."""
+    run = _summary_run(tmp_path, "rvci", epochs=3, steps=24, knn_acc1=40.6)
+    (run / "logs").mkdir()
+    (run / "logs" / "metrics.csv").write_text(MID_EPOCH_VALIDATION_CSV)
+    (run / "init_metrics.json").write_text('{"knn_acc1_at_init": 28.1}')
+    expected = {0: 28.1, 0.625: 34.4, 1.25: 40.6, 1.875: 46.9, 2.5: 43.8, 3: 40.6}
+    assert epoch_curves(run, 3) == {
+        "val_knn_acc1": expected,
+        "train_nce_loss_epoch": {1: 2.48, 2: 2.98, 3: 2.96},
+    }
+    assert load_run(run).knn_curve == expected
+    # k-NN every epoch at val_check_interval=5: after 5 of each epoch's 8 steps
+    (run / "logs" / "metrics.csv").write_text(
+        "epoch,step,train_nce_loss_epoch,val_knn_acc1\n"
+        "0,0,,28.1\n0,4,,34.4\n0,7,2.48,\n1,12,,40.6\n1,15,2.98,\n"
+    )
+    assert epoch_curves(run, 2)["val_knn_acc1"] == {0: 28.1, 0.625: 34.4, 1.625: 40.6}
+
+
+def test_a_resumed_runs_mid_epoch_validations_continue_its_steps(tmp_path):
+    """A resume appends to metrics.csv with the global step going on; a run cut by max_steps
+    inside its last epoch keeps that epoch's fraction (1.5 here)."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text(
+        "epoch,step,train_nce_loss_epoch,val_knn_acc1\n"
+        "0,4,,30.0\n0,7,,31.0\n0,7,2.5,\n"  # first session: 1 epoch
+        "1,9,,35.0\n1,11,,36.0\n1,11,2.4,\n"  # resumed, stopped by max_steps=12
+    )
+    assert epoch_curves(tmp_path, 1.5) == {
+        "val_knn_acc1": {0.625: 30.0, 1: 31.0, 1.25: 35.0, 1.5: 36.0},
+        "train_nce_loss_epoch": {1: 2.5, 1.5: 2.4},
+    }
+    # max_time stopped epoch 0 after 4 steps (Lightning ends a stopped epoch as a whole one,
+    # logging its means at step 3), and a resume trained the rest of it: 8 steps, not 4
+    (tmp_path / "logs" / "metrics.csv").write_text(
+        "epoch,step,train_nce_loss_epoch,val_knn_acc1\n"
+        "0,3,2.6,\n0,4,,30.0\n0,7,,31.0\n0,7,2.5,\n1,15,,37.0\n1,15,2.3,\n"
+    )
+    assert epoch_curves(tmp_path, 2) == {
+        "val_knn_acc1": {0.625: 30.0, 1: 31.0, 2: 37.0},
+        "train_nce_loss_epoch": {0.5: 2.6, 1: 2.5, 2: 2.3},
+    }
+
+
+def _cells(table: str) -> list[list[str]]:
+    """The data rows of a Markdown table, as lists of stripped cells."""
+    return [[c.strip() for c in r.strip("|").split("|")] for r in table.splitlines()[2:]]
+
+
+def test_runs_of_different_backbones_are_marked(tmp_path, capsys):
+    """Once: a ResNet-18 and a ResNet-50 run were ranked side by side, and nothing in the table,
+    the warnings or compare.json said that their backbones differed."""
+    small = {"channels": [8, 16, 32, 64], "zero_init_last": True}
+    r18 = _summary_run(
+        tmp_path, "r18", backbone="resnet18", backbone_kwargs=small, knn_acc1=40.0, linear_acc1=9.0
+    )
+    r50 = _summary_run(
+        tmp_path,
+        "r50",
+        backbone="resnet50",
+        backbone_kwargs={"zero_init_last": True, "channels": [8, 16, 32, 64]},
+        knn_acc1=50.0,
+        linear_acc1=12.0,
+    )
+    with pytest.warns(ConfigWarning) as caught:
+        result = compare_runs([r18, r50], tmp_path / "out")
+    lines = [str(w.message) for w in caught]
+    assert (
+        "k-NN top-1 (†) of r18, r50 measured with different settings: backbone resnet18 (r18), "
+        "resnet50 (r50); these figures do not rank the methods alone"
+    ) in lines
+    assert any(line.startswith("online linear top-1 (†) of r18, r50") for line in lines), lines
+    assert not any("backbone_kwargs" in line for line in lines)  # alike, in another key order
+    header = result["table"].splitlines()[0]
+    assert "| backbone |" in header
+    rows = _cells(result["table"])
+    assert [r[2] for r in rows] == ["resnet18", "resnet50"]  # no kwargs differ
+    assert all(r[4].endswith(" †") and r[5].endswith(" †") for r in rows), rows
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert [r["backbone"] for r in saved["rows"]] == ["resnet18", "resnet50"]
+    assert saved["rows"][0]["backbone_kwargs"] == small
+    assert saved["rows"][0]["differs"]["k-NN top-1"] == ["backbone"]
+
+    # one name, other kwargs: the kwargs that differ are named in the column and the warning
+    wide = _summary_run(
+        tmp_path,
+        "wide",
+        backbone="resnet18",
+        backbone_kwargs={**small, "channels": [64, 128, 256, 512]},
+        knn_acc1=45.0,
+    )
+    with pytest.warns(ConfigWarning) as caught:
+        result = compare_runs([r18, wide], tmp_path / "out2")
+    rows = _cells(result["table"])
+    assert [r[2] for r in rows] == [
+        "resnet18 channels=[8, 16, 32, 64]",
+        "resnet18 channels=[64, 128, 256, 512]",
+    ]
+    assert rows[0][4].endswith(" †"), rows
+    line = next(str(w.message) for w in caught if str(w.message).startswith("k-NN top-1"))
+    assert "backbone.kwargs.channels [8, 16, 32, 64] (r18), [64, 128, 256, 512] (wide)" in line
+    assert "zero_init_last" not in line
+
+    # a kwarg one run did not set is its backbone's default, not "not recorded"
+    bare = _summary_run(
+        tmp_path,
+        "bare",
+        backbone="resnet18",
+        backbone_kwargs={"zero_init_last": True},
+        knn_acc1=1.0,
+    )
+    with pytest.warns(
+        ConfigWarning, match=r"channels \[8, 16, 32, 64\] \(r18\), default \(bare\);"
+    ):
+        result = compare_runs([r18, bare], tmp_path / "out4")
+    assert [r[2] for r in _cells(result["table"])] == [
+        "resnet18 channels=[8, 16, 32, 64]",
+        "resnet18",
+    ]
+
+    # an older run's summary.json records neither: '?', marked, and no crash
+    old = _summary_run(tmp_path, "old", knn_acc1=41.0)
+    with pytest.warns(ConfigWarning, match=r"backbone resnet18 \(r18\), not recorded \(old\);"):
+        result = compare_runs([r18, old], tmp_path / "out3")
+    rows = _cells(result["table"])
+    assert rows[1][2] == "?" and rows[1][4].endswith(" †"), rows
+    saved = json.loads((tmp_path / "out3" / "compare.json").read_text())
+    assert (saved["rows"][1]["backbone"], saved["rows"][1]["backbone_kwargs"]) == (None, None)
+
+
+def test_byol_losses_are_not_plotted_on_the_infonce_axis(tmp_path):
+    """Once: loss.png's one "contrastive loss" panel drew a BYOL run's 2 - 2cos next to MoCo's
+    InfoNCE in nats, as if the curves compared."""
+    from solo_mixmask.eval.compare import loss_rows
+
+    runs = {}
+    for name, columns in (
+        ("moco", "train_nce_loss_epoch"),
+        ("byol", "train_byol_loss_epoch,train_mask_loss_epoch"),
+    ):
+        runs[name] = _summary_run(tmp_path, name, method=name, epochs=2)
+        (runs[name] / "logs").mkdir()
+        values = ",".join(["0.5"] * len(columns.split(",")))
+        (runs[name] / "logs" / "metrics.csv").write_text(
+            f"epoch,step,{columns}\n0,7,{values}\n1,15,{values}\n"
+        )
+    records = [load_run(runs["moco"]), load_run(runs["byol"])]
+    assert [(kind, [r.name for r in rows]) for kind, rows in loss_rows(records)] == [
+        ("train_nce_loss_epoch", ["moco"]),
+        ("train_byol_loss_epoch", ["byol"]),
+    ]
+    out = tmp_path / "out"
+    compare_runs([runs["moco"], runs["byol"]], out)
+    with Image.open(out / "loss.png") as img:
+        assert img.size == (1100, 800)  # a row of panels per kind of loss
+    assert "comparable across methods" not in (out / "report.md").read_text()
+    # one kind alone: one row, as before
+    assert [kind for kind, _ in loss_rows(records[:1])] == ["train_nce_loss_epoch"]
