@@ -18,6 +18,8 @@ import json
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -72,6 +74,27 @@ def check_one_process(cfg: DictConfig) -> None:
     )
 
 
+def check_one_folder_per_job(configs: Sequence[DictConfig]) -> None:
+    """ConfigError naming ``checkpoint.run_dir`` when several ``-m`` jobs would train into one
+    fixed folder: the first would train there, and the next would find its run and stop."""
+    from solo_mixmask.config.run_specs import folder_spec
+
+    given: dict[Path, list[Any]] = {}  # the folder -> the values that name it
+    for spec in map(folder_spec, configs):
+        if spec.run_dir:
+            given.setdefault(Path(spec.run_dir).resolve(), []).append(spec.run_dir)
+    shared = next((values for values in given.values() if len(values) > 1), None)
+    if shared is None:
+        return
+    raise ConfigError(
+        "checkpoint.run_dir",
+        shared[0],
+        f"one folder per run, but {len(shared)} jobs of -m would train into it (the second "
+        "would find the first's run and stop); with -m set checkpoint.dir=FOLDER instead, "
+        "where each job gets a folder of its own (<name>-<time stamp>); nothing was run",
+    )
+
+
 def _pretrain(args: argparse.Namespace) -> None:
     from solo_mixmask.run.pretrain import prepare_config, run_pretrain
 
@@ -90,9 +113,12 @@ def _pretrain(args: argparse.Namespace) -> None:
     # -m: one run per combination of the sweep values, each in its own run folder. Every
     # job's config is composed and checked (one process each) before the first one trains.
     jobs = expand_sweeps(args.overrides)
-    for job in jobs:
-        _, cfg = prepare_config(compose_config(args.config_path, args.config_name, job))
+    configs = [
+        prepare_config(compose_config(args.config_path, args.config_name, job))[1] for job in jobs
+    ]
+    for cfg in configs:
         check_one_process(cfg)
+    check_one_folder_per_job(configs)
     runs = []
     for i, job in enumerate(jobs):
         _say(f"[multirun] job {i + 1}/{len(jobs)}: {' '.join(job)}")

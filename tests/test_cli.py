@@ -68,19 +68,23 @@ def test_cfg_job_checks_the_config(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "override",
+    "overrides",
     [
-        "data.train_subset=0",  # the data settings' checks (data_spec)
-        "data.dali_device=tpu",
-        "backbone.name=resnet19",  # the backbone's name and kwargs (built on the meta device)
-        "backbone.kwargs.channels=[8,16]",
+        ["data.train_subset=0"],  # the data settings' checks (data_spec)
+        ["data.dali_device=tpu"],
+        ["backbone.name=resnet19"],  # the backbone's name and kwargs (built on the meta device)
+        ["backbone.kwargs.channels=[8,16]"],
+        # the data format's checks that building its loader makes (check_data_settings)
+        ["data.format=memory", "augmentations.0.equalization.prob=0.5"],
+        ["data.format=dali"],  # fashion_mnist is not an ImageFolder tree
     ],
 )
 def test_cfg_job_runs_the_checks_the_run_makes_before_training(
-    override: str, capsys: pytest.CaptureFixture[str]
+    overrides: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["pretrain", "--cfg", "job", override]) == 2
-    assert override.split("=")[0] in capsys.readouterr().err
+    assert main(["pretrain", "--cfg", "job", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert overrides[-1].split("=")[0].replace(".0.", "[0].") in err, err
 
 
 def test_multirun_leaves_one_run_folder_per_job(tmp_path: Path) -> None:
@@ -131,3 +135,20 @@ def test_multirun_on_several_processes_is_refused_before_any_job(tmp_path: Path)
     assert "num_nodes" in lines[0] and "-m" in lines[0], lines
     assert "[multirun]" not in result.stdout
     assert not runs.exists()
+
+
+def test_multirun_jobs_sharing_one_run_dir_are_refused_before_any_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once: ``-m seed=1,2 checkpoint.run_dir=X`` trained job 1 into X, then job 2 stopped
+    with "continue that run with solo-mixmask resume"."""
+    fixed = tmp_path / "X"
+    args = ["pretrain", "-m", *TINY, "seed=1,2", f"checkpoint.run_dir={fixed}"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = error_lines(captured.err)
+    assert len(lines) == 1, captured.err[-3000:]
+    assert lines[0].startswith(f"error: checkpoint.run_dir='{fixed}' is not allowed: "), lines
+    assert "checkpoint.dir" in lines[0] and "2 jobs" in lines[0], lines
+    assert "[multirun]" not in captured.out
+    assert not fixed.exists()

@@ -361,12 +361,22 @@ def _augment_pixels(images: torch.Tensor, params: AugmentParams, spec: CropSpec)
     return x
 
 
+def check_batchable(spec: CropSpec, where: str = "augmentations[0]") -> None:
+    """ConfigError (key ``{where}.equalization.prob``) when ``spec`` asks for equalization,
+    which has no batched implementation."""
+    if spec.equalization_prob > 0:
+        raise ConfigError(
+            f"{where}.equalization.prob",
+            spec.equalization_prob,
+            "0 (equalization is not supported with data.format=memory)",
+        )
+
+
 class BatchAugment:
     """One crop pipeline on batches: uint8 (N, C, H, W) -> float (N, 3, S, S), every sample with
     its own random parameters from the given generator.
 
-    Raises ConfigError (key ``{where}.equalization.prob``) when the spec asks for
-    equalization, which has no batched implementation. ``compile_backend``: run the pixel ops
+    Raises ConfigError as :func:`check_batchable`. ``compile_backend``: run the pixel ops
     (not the draws, whose generators dynamo does not trace, nor the normalisation) through
     ``torch.compile`` with that backend (fused kernels, one compilation per batch shape; no
     CUDA graphs, whose outputs the next batch would overwrite), None to run them eagerly.
@@ -375,12 +385,7 @@ class BatchAugment:
     def __init__(
         self, spec: CropSpec, where: str = "augmentations[0]", compile_backend: str | None = None
     ):
-        if spec.equalization_prob > 0:
-            raise ConfigError(
-                f"{where}.equalization.prob",
-                spec.equalization_prob,
-                "0 (equalization is not supported with data.format=memory)",
-            )
+        check_batchable(spec, where)
         self.spec = spec
         self.where = where
         self.pixels = (

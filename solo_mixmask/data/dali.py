@@ -72,6 +72,7 @@ __all__ = [
     "augmentation_seed",
     "build_dali_train_loader",
     "build_pretrain_pipeline",
+    "check_dali_settings",
     "dali_available",
     "image_folder_spec",
     "import_dali",
@@ -449,6 +450,19 @@ def _files_and_targets(dataset: Dataset) -> tuple[list[str], list[int]]:
     return [p for p, _ in chosen], [int(t) for _, t in chosen]
 
 
+def check_dali_settings(spec: DataSpec) -> None:
+    """ConfigError for a dataset that is not an ImageFolder tree (whether this machine has
+    ``data.dali_device`` is checked when the loader is built). Reads no image, needs no DALI."""
+    name = spec.dataset
+    if name not in IMAGE_FOLDER_DATASETS:
+        raise ConfigError(
+            "data.format",
+            "dali",
+            f"'image_folder' for data.dataset={name!r}: DALI reads ImageFolder trees "
+            f"(data.dataset one of {', '.join(IMAGE_FOLDER_DATASETS)})",
+        )
+
+
 def build_dali_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DaliTrainLoader:
     """The DALI training loader for ``spec`` (``data.format: dali``), shard ``rank`` of
     ``world_size`` (the Trainer's); its GPU is the launcher's ``LOCAL_RANK``.
@@ -459,14 +473,7 @@ def build_dali_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) 
     Raises ConfigError for datasets that are not ImageFolder trees, DataError when DALI is
     missing or the set is smaller than one batch.
     """
-    name = spec.dataset
-    if name not in IMAGE_FOLDER_DATASETS:
-        raise ConfigError(
-            "data.format",
-            "dali",
-            f"'image_folder' for data.dataset={name!r}: DALI reads ImageFolder trees "
-            f"(data.dataset one of {', '.join(IMAGE_FOLDER_DATASETS)})",
-        )
+    check_dali_settings(spec)
     import_dali()
     device = resolve_device(spec.dali.device)
     batch, seed = spec.batch_size, spec.seed

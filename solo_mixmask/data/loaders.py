@@ -94,6 +94,20 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def check_data_settings(spec: DataSpec) -> None:
+    """The checks of ``spec.format``'s settings that building its loaders makes, without reading
+    an image (``--cfg job`` and ``-m``'s pre-check run them): ConfigError naming the key."""
+    if spec.format == "dali":
+        from solo_mixmask.data.dali import check_dali_settings
+
+        check_dali_settings(spec)
+    elif spec.format == "memory":
+        from solo_mixmask.data.batched_augmentations import check_batchable
+
+        for i, crop in enumerate(spec.crops):
+            check_batchable(crop, f"augmentations[{i}]")
+
+
 def build_train_loader(spec: DataSpec, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Shuffled, drop-last loader of the pretraining views.
 

@@ -107,12 +107,13 @@ def prepare_config(cfg: DictConfig) -> tuple[type[BaseMethod], DictConfig]:
     from solo_mixmask.backbones import build_backbone
     from solo_mixmask.config.data_specs import data_spec
     from solo_mixmask.config.engine_specs import backbone_spec
+    from solo_mixmask.data.loaders import check_data_settings
 
     check_mandatory_values(cfg)  # before defaults are filled in (they would hide '???')
     cls = method_class(cfg)
     cfg = cls.add_and_assert_specific_cfg(cfg)
     run_spec(cfg)
-    data_spec(cfg)
+    check_data_settings(data_spec(cfg))
     backbone = backbone_spec(cfg)
     with torch.device("meta"):  # timm builds it without allocating weights
         build_backbone(backbone.name, backbone.kwargs, backbone.cifar_stem)
