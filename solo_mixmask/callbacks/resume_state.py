@@ -73,6 +73,10 @@ class ResumeState(Callback):
 
     The position is applied as soon as Lightning hands the callback its state (before it builds
     the first training iterator), so the resumed epoch skips exactly the batches already trained.
+    Inside an epoch it also saves the method's partial epoch means (``epoch_means``, its
+    :class:`~solo_mixmask.methods.base.EpochMeans`; Lightning saves none of its own) and
+    restores them when the resumed loader goes on with that epoch, so that the epoch logs the
+    means of all its batches.
     Beside the loader's position it records ``epoch_batches``, the batches an epoch runs
     (:func:`epoch_batches`; fewer than the loader's with ``limit_train_batches``), and
     ``world_size``, the processes that trained the run (:func:`trained_world_size`).
@@ -107,10 +111,23 @@ class ResumeState(Callback):
 
     def _rank_streams(self) -> dict[str, Any]:
         generators = getattr(self._module, "generators", None)
-        return {
+        streams = {
             "rng": capture_rng_state(),
             "generators": generators.state_dict() if generators is not None else {},
         }
+        means = getattr(self._module, "epoch_means", None)
+        if means is not None and self._inside_epoch():
+            streams["epoch_means"] = means.sums()
+        return streams
+
+    def _inside_epoch(self) -> bool:
+        """Whether the loader has trained some but not all of its epoch's batches."""
+        batches = epoch_batches(self._trainer)
+        return (
+            self.loader is not None
+            and batches is not None
+            and 0 < self.loader.batches_done < batches
+        )
 
     def state_dict(self) -> dict[str, Any]:
         streams = self._rank_streams()
@@ -121,11 +138,14 @@ class ResumeState(Callback):
             batches = epoch_batches(self._trainer)
             if batches is not None:
                 state["epoch_batches"] = batches
+        ranks = [streams]
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * world
             # every rank runs dump_checkpoint for every save, so this collective is matched
             torch.distributed.all_gather_object(gathered, streams)
-            state["per_rank"] = gathered
+            state["per_rank"] = ranks = gathered
+        if "epoch_means" in streams:
+            state["epoch_means"] = summed_epoch_means([r["epoch_means"] for r in ranks])
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -142,6 +162,15 @@ class ResumeState(Callback):
             restore_rng_state(state_dict["rng"])
         if self.loader is not None and "loader" in state_dict:
             self.loader.load_state_dict(state_dict["loader"])
+        means = getattr(self._module, "epoch_means", None)
+        if means is not None and "epoch_means" in state_dict and self.loader is not None:
+            if self.loader.batches_done > 0:  # the saved epoch goes on
+                # each rank its own sums; without them (not expected: the loader refuses
+                # another world size), rank 0 all of them, so they are counted once
+                if per_rank is not None and len(per_rank) == world:
+                    means.restore(per_rank[rank].get("epoch_means", {}))
+                else:
+                    means.restore(state_dict["epoch_means"] if rank == 0 else {})
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]
@@ -152,6 +181,17 @@ class ResumeState(Callback):
             batches = epoch_batches(trainer)
             if batches is not None and self.loader.batches_done < batches:
                 reopen_stopped_epoch(checkpoint)
+
+
+def summed_epoch_means(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-rank partial epoch sums ``{name: {"total", "weight"}}`` of ``ranks`` added up."""
+    summed: dict[str, Any] = {}
+    for sums in ranks:
+        for name, parts in sums.items():
+            into = summed.setdefault(name, {k: torch.zeros_like(v) for k, v in parts.items()})
+            for key, value in parts.items():
+                into[key] = into[key] + value
+    return summed
 
 
 def trained_world_size(checkpoint: dict[str, Any]) -> int | None:

@@ -119,6 +119,75 @@ class LabelledFeatures(Metric):
             return self._concatenated()
 
 
+class EpochMean(Metric):
+    """The mean over an epoch and every process of a value logged once per training step,
+    weighted by batch size as Lightning's epoch mean is: ``total`` (sum of value x batch size)
+    over ``weight`` (images). Unlike Lightning's own sums, its states can travel in a
+    checkpoint (:meth:`EpochMeans.sums`)."""
+
+    full_state_update = False
+    total: torch.Tensor
+    weight: torch.Tensor
+
+    def __init__(self, sync_on_compute: bool = True) -> None:
+        super().__init__(sync_on_compute=sync_on_compute)
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, batch_size: int) -> None:
+        """Add one step's scalar ``value`` for ``batch_size`` images (no host sync)."""
+        self.total = self.total + value.detach().to(self.total.dtype) * batch_size
+        self.weight = self.weight + batch_size
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
+
+
+class EpochMeans:
+    """The :class:`EpochMean` of each value the training step logs per epoch, by name.
+
+    Lightning resets them at the end of every epoch (they are logged as metric objects).
+    :meth:`sums` gives this process's partial sums of the epoch so far; :meth:`restore` puts
+    such sums back, each into its mean when the name is next updated (a resumed process
+    creates its means then, on the device of the values).
+    """
+
+    def __init__(self) -> None:
+        self.means: dict[str, EpochMean] = {}
+        #: Images in this step's batch (set by the training step; the weight of its values).
+        self.batch_size = 1
+        self._restored: dict[str, dict[str, torch.Tensor]] = {}
+
+    def update(
+        self, name: str, value: torch.Tensor, batch_size: int | None, sync: bool
+    ) -> EpochMean:
+        """Add this step's ``value`` of ``name`` for ``batch_size`` images (None: the step's
+        batch), after a restored partial sum; returns its mean, synced over processes at the
+        epoch's end when ``sync``."""
+        mean = self.means.get(name)
+        if mean is None:
+            mean = self.means[name] = EpochMean(sync_on_compute=sync).to(value.device)
+        restored = self._restored.pop(name, None)
+        if restored is not None:
+            mean.total = restored["total"].to(mean.total)
+            mean.weight = restored["weight"].to(mean.weight)
+        mean.update(value, self.batch_size if batch_size is None else batch_size)
+        return mean
+
+    def sums(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``{name: {"total", "weight"}}``: this process's sums of the epoch so far, on the CPU."""
+        return {
+            name: {"total": mean.total.detach().cpu(), "weight": mean.weight.detach().cpu()}
+            for name, mean in self.means.items()
+        }
+
+    def restore(self, sums: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Continue the epoch whose partial :meth:`sums` these are: each mean starts from them."""
+        self._restored = dict(sums)
+        for mean in self.means.values():
+            mean.reset()
+
+
 def lr_scheduler(
     optimizer: torch.optim.Optimizer, sch: SchedulerSpec, total_steps: int, steps_per_epoch: int
 ) -> Any:
@@ -230,6 +299,8 @@ class BaseMethod(L.LightningModule):
         #: k-NN memory (validation dataloader 0: clean training images) and queries (dataloader 1).
         self.knn_memory = LabelledFeatures()
         self.knn_queries = LabelledFeatures()
+        #: The epoch means of the values logged per training step (see :meth:`log`).
+        self.epoch_means = EpochMeans()
 
     # ------------------------------------------------------------------ config
     @staticmethod
@@ -347,6 +418,7 @@ class BaseMethod(L.LightningModule):
             # previous step's graph outputs (they are called several times per step)
             torch.compiler.cudagraph_mark_step_begin()
         _, views, targets = batch
+        self.epoch_means.batch_size = int(targets.shape[0])
         chosen = self.online_views if self.online_views is not None else range(len(views))
         online = [views[i] for i in chosen]
         self._forward_online_together(online + self.extra_online_inputs(batch))
@@ -366,6 +438,43 @@ class BaseMethod(L.LightningModule):
                 sync_dist=True,
             )
         return out
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``log``, except for a tensor logged in training with ``on_epoch=True``
+        (mean): its epoch mean is kept in :attr:`epoch_means` and logged from there, so that
+        a checkpoint written inside an epoch can carry the sums so far
+        (:class:`~solo_mixmask.callbacks.ResumeState`; Lightning does not save its own, and a
+        run resumed there logged the mean of the later batches only). Logged under Lightning's
+        names: ``<name>_step`` (unless ``on_step=False``) and ``<name>_epoch``, or ``<name>``
+        alone at the epoch's end with ``on_step=False``."""
+        if args or not self._logs_epoch_mean(value, kwargs):
+            super().log(name, value, *args, **kwargs)
+            return
+        kwargs.pop("on_epoch")
+        kwargs.pop("metric_attribute", None)
+        on_step = kwargs.pop("on_step", None) is not False
+        sync = bool(kwargs.get("sync_dist", False))
+        mean = self.epoch_means.update(name, value, kwargs.get("batch_size"), sync)
+        if on_step:
+            super().log(f"{name}_step", value, on_step=True, on_epoch=False, **kwargs)
+        super().log(
+            f"{name}_epoch" if on_step else name,
+            mean,
+            on_step=False,
+            on_epoch=True,
+            metric_attribute=f"epoch_means.{name}",
+            **kwargs,
+        )
+
+    def _logs_epoch_mean(self, value: Any, kwargs: dict[str, Any]) -> bool:
+        """Whether :meth:`log` keeps the epoch mean of this call (see there)."""
+        return (
+            kwargs.get("on_epoch") is True
+            and kwargs.get("reduce_fx", "mean") in ("mean", torch.mean)
+            and isinstance(value, torch.Tensor)
+            and self._trainer is not None
+            and bool(self.trainer.training)
+        )
 
     # -------------------------------------------------------------- validation
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -13,6 +13,7 @@ from solo_mixmask.core.knn import knn_accuracy
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.methods import METHODS
 from solo_mixmask.methods.base import (
+    EpochMeans,
     LabelledFeatures,
     _masked_accuracy,
     _top_k_accuracy,
@@ -178,6 +179,73 @@ def test_validation_logs_hand_checked_accuracies_and_resets_every_epoch():
     assert model.knn_k == 5
     assert not _updated(model.knn_memory) and not _updated(model.val_top1)
     assert not _updated(model.val_loss_mean)
+
+
+def test_epoch_means_go_on_from_restored_sums_bit_for_bit():
+    """A resumed process restores the partial sums of the epoch so far (ResumeState) and ends
+    with the mean the uninterrupted process logs."""
+    values = torch.rand(5, generator=torch.Generator().manual_seed(0))
+    sizes = [8, 8, 8, 8, 3]
+    whole = EpochMeans()
+    for value, size in zip(values, sizes):
+        whole.batch_size = size
+        mean = whole.update("train_x", value, None, sync=True)
+    expected = float((values * torch.tensor(sizes)).sum() / sum(sizes))
+    assert float(mean.compute()) == pytest.approx(expected, rel=1e-6)
+    before = EpochMeans()
+    for value, size in zip(values[:2], sizes[:2]):
+        before.batch_size = size
+        before.update("train_x", value, None, sync=True)
+    after = EpochMeans()
+    after.restore(before.sums())
+    for value, size in zip(values[2:], sizes[2:]):
+        resumed = after.update("train_x", value, size, sync=True)
+    assert torch.equal(resumed.compute(), mean.compute())
+    assert whole.sums()["train_x"]["weight"] == sum(sizes)
+
+
+def test_training_logs_epoch_means_under_lightnings_names_fresh_every_epoch():
+    """The engine logs its per-step values' epoch means itself (EpochMeans, so that a
+    checkpoint can carry them): same names as Lightning's, the mean of each epoch's steps
+    weighted by batch size (an uneven last batch), none carried into the next epoch."""
+    from tests.methods.test_methods import RandomViews
+
+    class Record(L.Callback):
+        def __init__(self):
+            self.steps, self.epochs = [[], []], []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            step = float(trainer.callback_metrics["train_nce_loss_step"])
+            self.steps[trainer.current_epoch].append((step, len(batch[2])))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.epochs.append(dict(trainer.callback_metrics))
+
+    torch.manual_seed(0)
+    model = METHODS["mocov2plus"](tiny_cfg("mocov2plus"))
+    record = Record()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[record],
+    )
+    train = DataLoader(RandomViews(19), batch_size=8)  # batches of 8, 8 and 3 images
+    trainer.fit(model, train_dataloaders=train)
+    for steps, logged in zip(record.steps, record.epochs, strict=True):
+        assert [size for _, size in steps] == [8, 8, 3]
+        mean = sum(value * size for value, size in steps) / 19
+        assert float(logged["train_nce_loss_epoch"]) == pytest.approx(mean, rel=1e-5)
+        assert {"train_class_loss_epoch", "train_acc1_epoch", "train_embedding_std"} <= set(logged)
+        assert "train_embedding_std_epoch" not in logged
+    assert float(record.epochs[0]["train_nce_loss_epoch"]) != float(
+        record.epochs[1]["train_nce_loss_epoch"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -186,6 +186,45 @@ def test_the_resumed_epoch_line_times_the_resumed_part(runs):
     assert 0 < seconds <= runs["resume_seconds"], lines[0]
 
 
+def test_the_resumed_epoch_logs_the_means_of_the_whole_epoch(runs):
+    """Lightning keeps no running epoch sums in a checkpoint: the epoch resumed in its middle
+    logged the means of its batches after the checkpoint only (train_nce_loss_epoch 2.967151
+    for 2.980243), and the summary's embedding_std and the epoch line with them."""
+    assert runs["resumed"].returncode == 0, runs["resumed"].stderr[-3000:]
+    full, resumed = (_epoch_means(runs["base"] / name, "1") for name in ("full", "killed"))
+    assert {"train_nce_loss_epoch", "train_embedding_std", "train_mask_lambda_epoch"} <= set(full)
+    assert resumed.keys() == full.keys()
+    for key, value in full.items():
+        assert resumed[key] == pytest.approx(value, rel=1e-6), key
+    full_summary, resumed_summary = (
+        final_state(runs["base"] / name)[1] for name in ("full", "killed")
+    )
+    assert resumed_summary["embedding_std"] == full_summary["embedding_std"] is not None
+    assert resumed_summary["collapsed"] == full_summary["collapsed"]
+    assert _epoch_line(runs["resumed"].stdout) == _epoch_line(runs["full"].stdout)
+
+
+def _epoch_means(run_dir, epoch):
+    """``{train_* epoch mean: value}`` of ``epoch``'s (last) training row in metrics.csv."""
+    import csv
+
+    with (run_dir / "logs" / "metrics.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["epoch"] == epoch and r["train_nce_loss_epoch"]]
+    assert rows, f"no training row of epoch {epoch} in {run_dir}"
+    return {
+        key: float(value)
+        for key, value in rows[-1].items()
+        if key.startswith("train_") and not key.endswith("_step") and value
+    }
+
+
+def _epoch_line(stdout):
+    """The console's line of the last epoch, without its speed and time."""
+    lines = [line for line in stdout.splitlines() if line.startswith("epoch 2/2")]
+    assert len(lines) == 1, stdout[-3000:]
+    return [p for p in lines[0].split(", ") if not p.endswith((" img/s", " s"))]
+
+
 def _knn_by_epoch(run_dir):
     import csv
 
