@@ -126,6 +126,8 @@ SUMMARY_KEYS = (
     "knn_acc1_at_init",
     "steps",
     "epochs",
+    "embedding_std",  # the last epoch's training mean: continued across a mid-epoch resume
+    "collapsed",
 )
 
 
