@@ -356,6 +356,18 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[
         return _resume_locked(run_dir, overrides)
 
 
+def _not_yet_applied(saved: DictConfig, overrides: list[str]) -> list[str]:
+    """``overrides`` less the deletions whose key ``saved`` lacks: a DDP child process reads
+    the ``config.yaml`` in which rank 0 has already recorded the overrides (``~max_time``
+    removed the key there, and deleting it again would fail in the child alone)."""
+    absent = object()
+    return [
+        line
+        for line, o in zip(overrides, parse_overrides(overrides), strict=True)
+        if not (o.is_delete() and OmegaConf.select(saved, o.key_or_group, default=absent) is absent)
+    ]
+
+
 def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]:
     """:func:`resume_run` once the run folder's lock is held."""
     config_file, folder = run_dir / CONFIG, run_dir / CHECKPOINTS
@@ -364,6 +376,8 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
     cfg = saved
     if overrides:
         check_resume_overrides(overrides)
+        if not is_rank_zero_process():
+            overrides = _not_yet_applied(saved, overrides)
         cfg = apply_overrides(saved, overrides)  # hydra's grammar, as for pretrain
     if last.exists():
         try:

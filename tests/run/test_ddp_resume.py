@@ -74,7 +74,8 @@ def test_resume_of_a_one_device_run_on_two_processes_is_refused(tmp_path):
 
 def test_a_ddp_run_prints_once_and_resumes_only_on_two_processes(tmp_path):
     """A 2-process run prints one summary (``summary.json``'s) and one ``Run folder:`` line;
-    ``resume RUN max_epochs=2 devices=1`` is refused, ``resume RUN max_epochs=2`` trains."""
+    ``resume RUN max_epochs=2 devices=1`` is refused, ``resume RUN max_epochs=2 ~max_time``
+    trains (rank 1 once failed to delete the ``max_time`` rank 0 had already removed)."""
     run_dir = tmp_path / "run"
     result = run(
         [
@@ -82,6 +83,7 @@ def test_a_ddp_run_prints_once_and_resumes_only_on_two_processes(tmp_path):
             *TINY,
             "devices=2",
             "strategy=ddp",
+            "max_time=00:01:00:00",  # an hour: the epochs end the run
             f"optimizer.batch_size={BATCH}",
             f"checkpoint.run_dir={run_dir}",
         ],
@@ -96,9 +98,10 @@ def test_a_ddp_run_prints_once_and_resumes_only_on_two_processes(tmp_path):
     assert printed == json.loads((run_dir / "summary.json").read_text())
     _refused(run_dir, "max_epochs=2", "devices=1", trained=2, asked=1)
     # on 2 processes it resumes, and prints its summary once
-    result = run(["resume", str(run_dir), "max_epochs=2"], timeout=400)
+    result = run(["resume", str(run_dir), "max_epochs=2", "~max_time"], timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count('"run_dir"') == 1, result.stdout
+    assert "max_time" not in (run_dir / "config.yaml").read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["epochs"], summary["steps"]) == (2, 2 * 64 // (2 * BATCH))
 
