@@ -31,6 +31,10 @@ Profiles:
   only checks it (``over_budget`` and a ``warning:`` line when the estimate passes the budget).
   ``benchmarks/cifar_gpu.sh`` runs it.
 
+Every method's config is checked as the run checks it before anything is planned or trained:
+a bad setting (``--extra``) or method is one ``error:`` line and exit status 2, nothing
+written. A failed run leaves the others' results (the report names it) and exit status 1.
+
 ``--tiny`` shrinks any profile to a check that it runs (tiny network, 8 images per class).
 ``--baseline FILE`` compares every run with the run of the same method and seed in an earlier
 result, epoch by epoch (:mod:`same_seed`).
@@ -44,12 +48,14 @@ result, epoch by epoch (:mod:`same_seed`).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -82,7 +88,7 @@ from same_seed import (  # noqa: E402
 from same_seed import markdown as same_seed_markdown  # noqa: E402
 
 from solo_mixmask.cli import compose_config  # noqa: E402
-from solo_mixmask.errors import RunStopped  # noqa: E402
+from solo_mixmask.errors import ConfigError, RunStopped, suggest  # noqa: E402
 from solo_mixmask.eval.compare import embedding_std_cell, epoch_curves  # noqa: E402
 
 FMNIST_TRAIN_IMAGES = 60_000
@@ -135,8 +141,10 @@ class Profile:
     workers: int = 2
     budget_minutes: float | None = 30.0
     precision: str = "32-true"
-    extra: tuple[str, ...] = field(default_factory=tuple)
-    extra_methods: tuple[str, ...] | None = None  # methods ``extra`` applies to (None: all)
+    extra: tuple[str, ...] = field(default_factory=tuple)  # the profile's own, every method
+    # the overrides given (--extra, --settings-from; None: none), for ``extra_methods`` only
+    user_extra: tuple[str, ...] | None = None
+    extra_methods: tuple[str, ...] | None = None  # methods ``user_extra`` applies to (None: all)
     linear_preset: str | None = "small"  # offline linear probe (configs/linear/), None: none
     linear_overrides: tuple[str, ...] = field(default_factory=tuple)
     dataset: str = "fashion_mnist"  # configs/pretrain/<dataset>/; "cifar" reads --data
@@ -273,8 +281,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--extra-methods",
         nargs="+",
         default=None,
-        help="the methods --extra applies to (default: all); e.g. `mixmask` to "
-        "compare a MixMask variant with the unchanged baseline",
+        help="the methods --extra and --settings-from apply to (default: all; the "
+        "profile's own overrides go to every method); e.g. `mixmask` to compare a MixMask "
+        "variant with the unchanged baseline",
     )
     p.add_argument(
         "--no-linear",
@@ -326,6 +335,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_profile(args: argparse.Namespace) -> Profile:
+    """The profile with the command line's changes; ConfigError for an ``--extra-methods``
+    name that is not run."""
     prof = PROFILES[args.profile]
     if args.tiny:
         prof = replace(prof, **TINY)
@@ -346,8 +357,17 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         changes["budget_minutes"] = args.budget_minutes
     extra = tuple(args.extra) + (winning_settings(args.settings_from) if args.settings_from else ())
     if extra:
-        changes["extra"] = prof.extra + extra
+        changes["user_extra"] = extra
     if args.extra_methods:
+        methods = changes.get("methods", prof.methods)
+        for name in args.extra_methods:
+            if name not in methods:
+                raise ConfigError(
+                    "--extra-methods",
+                    name,
+                    f"one of the methods run (--methods): {', '.join(methods)}"
+                    + suggest(name, methods),
+                )
         changes["extra_methods"] = tuple(args.extra_methods)
     if args.no_linear:
         changes["linear_preset"] = None
@@ -376,7 +396,8 @@ def data_overrides(prof: Profile, data: str | None) -> tuple[str, ...]:
 def overrides(
     prof: Profile, method: str, seed: int, train_subset: int | None, run_dir: Path | None = None
 ) -> list[str]:
-    """Hydra overrides that make every method's config share the profile's settings."""
+    """Hydra overrides that make every method's config share the profile's settings: the
+    profile's own overrides for every method, then the user's for ``extra_methods``."""
     epochs = prof.epochs
     out = [
         *prof.data,
@@ -405,7 +426,7 @@ def overrides(
     if run_dir is not None:
         out.append(f"checkpoint.run_dir={run_dir}")
     applies = prof.extra_methods is None or method in prof.extra_methods
-    return out + (list(prof.extra) if applies else [])
+    return out + list(prof.extra) + (list(prof.user_extra or ()) if applies else [])
 
 
 def run_cfg(
@@ -414,6 +435,53 @@ def run_cfg(
     return compose_config(
         None, f"{prof.dataset}/{method}", overrides(prof, method, seed, train_subset, run_dir)
     )
+
+
+def filled_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` checked and filled with its defaults as the run does it (what its config.yaml
+    holds; :func:`~solo_mixmask.run.pretrain.prepare_config`, ConfigError for what the run
+    would refuse); ``cfg`` itself is left as it is."""
+    from solo_mixmask.run.pretrain import prepare_config
+
+    return prepare_config(copy.deepcopy(cfg))[1]
+
+
+def check_run_configs(prof: Profile) -> None:
+    """ConfigError, naming the method, unless every method's run config passes the run's own
+    checks: a setting a run would refuse stops the invocation before anything is planned,
+    trained or written."""
+    for method in prof.methods:
+        try:
+            filled_config(run_cfg(prof, method, prof.seeds[0], prof.train_subset))
+        except ConfigError as err:
+            raise ConfigError(err.key, err.value, f"{err.allowed} ({method} runs)") from None
+
+
+def run_settings(prof: Profile, train_subset: int | None) -> dict[str, dict[str, Any]]:
+    """What each method's runs are set to, every override applied (the report's header):
+    backbone, batch, epochs, images and the k-NN monitor's k and T."""
+    from solo_mixmask.config.data_specs import data_spec
+    from solo_mixmask.config.engine_specs import engine_spec
+    from solo_mixmask.config.run_specs import trainer_spec
+
+    out = {}
+    for method in prof.methods:
+        cfg = filled_config(run_cfg(prof, method, prof.seeds[0], train_subset))
+        data, engine = data_spec(cfg), engine_spec(cfg)
+        out[method] = {
+            "backbone": engine.backbone.name,
+            "backbone_kwargs": engine.backbone.kwargs,
+            "cifar_stem": engine.backbone.cifar_stem,
+            "batch_size": data.batch_size,
+            "epochs": trainer_spec(cfg).arguments.get("max_epochs"),
+            "train_images": data.train_subset,
+            "val_images": data.val_subset,
+            "knn_memory": data.knn_train_subset,
+            # clamped to the memory, as the runs do (and report as knn_k)
+            "knn_k": min(engine.knn.k, data.knn_train_subset or engine.knn.k),
+            "knn_T": engine.knn.T,
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- budget
@@ -621,30 +689,46 @@ def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:
 
 
 def config_differences(cfg: DictConfig, saved: Path) -> list[str]:
-    """Settings of ``cfg`` that the run's saved config.yaml does not hold (paths aside)."""
+    """``key: saved != wanted`` for every key of the run's saved config.yaml or of ``cfg``
+    filled in as the run fills it (:func:`filled_config`) whose values differ; the paths, the
+    checkpoint frequency and the classes a run counted in the data (``data.num_classes`` that
+    ``cfg`` leaves unset) aside."""
     if not saved.exists():
         return [f"{saved} is missing"]
-    want = _leaves(OmegaConf.to_container(cfg, resolve=True))
+    want = _leaves(OmegaConf.to_container(filled_config(cfg), resolve=True))
     have = _leaves(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
     ignored = {"checkpoint.run_dir", "checkpoint.dir", "checkpoint.frequency"}  # not training
-    return [
-        f"{k}: {have.get(k, '<absent>')!r} != {v!r}"
-        for k, v in want.items()
-        if k not in ignored and have.get(k, "<absent>") != v
-    ]
+    if want.get("data.num_classes") is None:
+        ignored.add("data.num_classes")
+    return _differences(have, want, ignored)
 
 
 def built_differences(cfg: DictConfig, summary: dict[str, Any]) -> list[str]:
-    """Where the run's summary says its backbone was built otherwise than this code builds it
-    from ``cfg``: a ResNet's residual init, a code default that no config held before
-    2026-12-07 (:func:`same_seed.zero_init_of`)."""
+    """``key: built != wanted (backbone_kwargs)`` for every constructor argument (defaults
+    included) that the run's summary says its backbone was built with otherwise than this code
+    builds it from ``cfg``. A summary from before 2026-12-07 records none: the config's, with
+    timm's residual init (:func:`same_seed.zero_init_of`)."""
     from solo_mixmask.backbones import residual_init_kwargs
+    from solo_mixmask.config.engine_specs import backbone_spec
 
-    kwargs = OmegaConf.to_container(cfg.backbone.kwargs, resolve=True)
-    assert isinstance(kwargs, dict)
-    want = zero_init_of({"backbone_kwargs": residual_init_kwargs(str(cfg.backbone.name), kwargs)})
-    have = zero_init_of(summary)
-    return [] if have == want else [f"zero_init_last: {have} != {want} (backbone_kwargs)"]
+    backbone = backbone_spec(filled_config(cfg))
+    want = residual_init_kwargs(str(backbone.name), dict(backbone.kwargs))
+    have = summary.get("backbone_kwargs")
+    if have is None:
+        have = {**want, "zero_init_last": zero_init_of(summary)}
+    return [f"{d} (backbone_kwargs)" for d in _differences(have, want)]
+
+
+def _differences(
+    have: dict[str, Any], want: dict[str, Any], ignored: Container[str] = ()
+) -> list[str]:
+    """``key: have != want`` over the keys of both, ``'<absent>'`` for a missing one."""
+    absent = "<absent>"
+    return [
+        f"{k}: {have.get(k, absent)!r} != {want.get(k, absent)!r}"
+        for k in sorted(have.keys() | want.keys())
+        if k not in ignored and have.get(k, absent) != want.get(k, absent)
+    ]
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -881,25 +965,19 @@ def _spread(s: dict[str, Any], over: str) -> str:
 
 def markdown(res: dict[str, Any]) -> str:
     prof, agg = res["profile"], res["aggregate"]
-    p = res["plan"]
-    # the k the runs used (knn_eval.k clamped to the k-NN memory), as their summaries say
-    knn_k = ", ".join(str(k) for k in sorted({r["knn_k"] for r in res["runs"] if r.get("knn_k")}))
-    knn_k = knn_k or "200"
+    given = list(prof.get("user_extra") or [])
     lines = [
         f"# Fixed-budget k-NN accuracy on "
         f"{DATASET_TITLES.get(prof['dataset'], prof['dataset'])} ({res['profile_name']} profile)",
         "",
         f"Command: `{res['command']}`",
         "",
-        f"Backbone ResNet-18 channels={prof['channels']} stem={prof['stem_width']} (CIFAR "
-        f"stem), batch {prof['batch_size']}, {prof['epochs']} epochs on "
-        f"{p['train_subset'] or 'all'} training images, aug-plus for every method, seeds "
-        f"{list(prof['seeds'])}; k-NN (k={knn_k}, T=0.1): {prof['val_subset'] or 'all'} "
-        f"validation images against a memory of {prof['knn_train_subset'] or 'all'} training "
-        f"images. Extra overrides: {list(prof['extra']) or 'none'}"
+        f"{settings_sentence(res['settings'], res['runs'])}. Aug-plus for every method, seeds "
+        f"{list(prof['seeds'])}. Profile overrides (every method): {list(prof['extra']) or 'none'}"
+        f". Overrides given (--extra, --settings-from): {given or 'none'}"
         + (
             f" (for {', '.join(prof['extra_methods'])} only)"
-            if prof["extra"] and prof.get("extra_methods")
+            if given and prof["extra_methods"]
             else ""
         )
         + f". Wall time of this invocation {res['wall_seconds'] / 60:.1f} min. "
@@ -907,6 +985,13 @@ def markdown(res: dict[str, Any]) -> str:
         "(n=1): one seed, no spread measured.",
         "",
     ]
+    if res.get("errors"):
+        runs = len(prof["methods"]) * len(prof["seeds"])
+        lines += [
+            f"**{len(res['errors'])} of {runs} runs failed** (accuracy.py exits non-zero): "
+            f"{'; '.join(res['errors'])}. The tables hold the runs that finished.",
+            "",
+        ]
     if prof.get("recipe") or prof.get("data_format"):
         lines += [
             f"Recipe for every method: {list(prof.get('recipe') or []) or 'the configs'}; "
@@ -1047,8 +1132,6 @@ def markdown(res: dict[str, Any]) -> str:
                     f"({raw:.2f}%), so this budget cannot tell a helpful mixed branch from a "
                     "harmful one either."
                 )
-    if res.get("errors"):
-        lines += ["", "Failed runs: " + "; ".join(res["errors"])]
     lines += [
         "",
         "k-NN top-1 (%) per epoch (mean over seeds; epoch 0 = random initialisation):",
@@ -1060,6 +1143,30 @@ def markdown(res: dict[str, Any]) -> str:
         name = Path(res["same_seed"]["baseline"]).name
         lines += ["", same_seed_markdown(res["same_seed"], name)]
     return "\n".join(lines)
+
+
+def settings_sentence(settings: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    """What the runs were set to (:func:`run_settings`), in words; one clause per group of
+    methods whose settings differ. k-NN's k is the one the runs report, else the one they
+    were set to (``knn_eval.k`` clamped to the k-NN memory)."""
+
+    def words(method: str, s: dict[str, Any]) -> str:
+        ks = sorted({r["knn_k"] for r in runs if r["method"] == method and r.get("knn_k")})
+        kwargs = ", ".join(f"{k}={v}" for k, v in s["backbone_kwargs"].items())
+        return (
+            f"Backbone {s['backbone']}({kwargs}){' (CIFAR stem)' if s['cifar_stem'] else ''}, "
+            f"batch {s['batch_size']}, {s['epochs']} epochs on {s['train_images'] or 'all'} "
+            f"training images; k-NN (k={', '.join(map(str, ks)) or s['knn_k']}, "
+            f"T={s['knn_T']}): {s['val_images'] or 'all'} validation images against a memory "
+            f"of {s['knn_memory'] or 'all'} training images"
+        )
+
+    groups: dict[str, list[str]] = {}
+    for method, s in settings.items():
+        groups.setdefault(words(method, s), []).append(method)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{', '.join(methods)}: {text}" for text, methods in groups.items())
 
 
 def per_epoch_table(res: dict[str, Any]) -> str:
@@ -1085,6 +1192,7 @@ def report(
     args: argparse.Namespace,
     prof: Profile,
     the_plan: dict[str, Any],
+    settings: dict[str, dict[str, Any]],
     runs: list[dict[str, Any]],
     errors: list[str],
     raw: float | None,
@@ -1095,7 +1203,8 @@ def report(
 ) -> dict[str, Any]:
     """Write ``<stem>.{json,md,png}`` for the runs so far (``done`` false: partial results,
     rewritten after every run so that a run cut short still leaves what it measured); with
-    ``baseline`` (``--baseline``'s results) the same-seed comparison too."""
+    ``baseline`` (``--baseline``'s results) the same-seed comparison too; ``settings``: each
+    method's, from :func:`run_settings`."""
     inits = [r["knn_acc1_at_init"] for r in runs if r.get("knn_acc1_at_init") is not None]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     png = args.out_dir / f"{stem}.png"
@@ -1104,6 +1213,7 @@ def report(
         "profile_name": args.profile + (" (tiny)" if args.tiny else ""),
         "profile": asdict(prof),
         "plan": the_plan,
+        "settings": settings,
         "machine": machine(),
         "wall_seconds": wall,
         "complete": done,
@@ -1150,9 +1260,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     # checked before any training: an error line naming the file
     baseline = load_result(args.baseline, "--baseline") if args.baseline else None
+    try:  # every run's config, checked before anything is planned, trained or written
+        prof = resolve_profile(args)
+        prof = replace(prof, data=data_overrides(prof, args.data))
+        check_run_configs(prof)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     torch.set_num_threads(args.threads)
-    prof = resolve_profile(args)
-    prof = replace(prof, data=data_overrides(prof, args.data))
     needs_budget = prof.budget_minutes and (prof.train_subset is None or prof.epochs_from_budget)
     cal = calibrate(prof) if (needs_budget or args.plan) else None
     the_plan = plan(prof, cal)
@@ -1169,6 +1284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.plan:
         print(json.dumps(the_plan, indent=2))
         return {"plan": the_plan}
+    settings = run_settings(prof, the_plan["train_subset"])
     stem = f"accuracy_{args.profile}{'_tiny' if args.tiny else ''}"
     stem += f"_{args.tag}" if args.tag else ""
     start = time.perf_counter()
@@ -1204,6 +1320,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     args,
                     prof,
                     the_plan,
+                    settings,
                     runs,
                     errors,
                     raw,
@@ -1216,9 +1333,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"error: {stopped}", file=sys.stderr)
                     raise SystemExit(stopped.exit_status)
         wall = time.perf_counter() - start
-    res = report(args, prof, the_plan, runs, errors, raw, wall, stem, True, baseline)
+    res = report(args, prof, the_plan, settings, runs, errors, raw, wall, stem, True, baseline)
     print(markdown(res))
     print(f"\nwrote {args.out_dir / stem}.{{json,md,png}}")
+    if errors:  # the others' results are written: a figure, but not the one asked for
+        print(
+            f"error: {len(errors)} of {len(prof.methods) * len(prof.seeds)} runs failed: "
+            + "; ".join(errors),
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     return res
 
 

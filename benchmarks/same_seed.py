@@ -50,9 +50,19 @@ def epoch_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return dict(sorted(out.items()))
 
 
+def _all_extras(profile: dict[str, Any]) -> dict[str, Any]:
+    """``profile`` with its ``user_extra`` (accuracy.py since 2026-12-07) appended to ``extra``,
+    where results made before recorded both."""
+    merged = {key: value for key, value in profile.items() if key != "user_extra"}
+    merged["extra"] = list(profile.get("extra") or []) + list(profile.get("user_extra") or [])
+    return merged
+
+
 def profile_differences(profile: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
-    """``"field: baseline -> this"`` for every training-relevant profile field that differs."""
+    """``"field: baseline -> this"`` for every training-relevant profile field that differs
+    (the profile's and the user's overrides compared as one list, ``extra``)."""
     out = []
+    profile, baseline = _all_extras(profile), _all_extras(baseline)
     for key in sorted(set(profile) | set(baseline)):
         if key in NOT_TRAINING:
             continue

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from tests.benchmarks.helpers import load, run_script
+from tests.benchmarks.helpers import REPO, load, run_script
 from tests.data.helpers import needs_fmnist
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import accuracy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +107,11 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
     cfg = accuracy.run_cfg(prof, "mixmask", 1, 64, tmp_path)
     saved = tmp_path / "config.yaml"
     assert accuracy.config_differences(cfg, saved) == [f"{saved} is missing"]
-    OmegaConf.save(cfg, saved)
+    OmegaConf.save(accuracy.filled_config(cfg), saved)  # as the run saves it
     assert accuracy.config_differences(cfg, saved) == []
     other = accuracy.run_cfg(
         accuracy.replace(
-            prof, extra=(*prof.extra, "method_kwargs.mask_ratio=0.75"), extra_methods=("mixmask",)
+            prof, user_extra=("method_kwargs.mask_ratio=0.75",), extra_methods=("mixmask",)
         ),
         "mixmask",
         1,
@@ -120,7 +126,7 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
         accuracy.replace(three, checkpoint_every=1), "mixmask", 1, 64, tmp_path
     )
     assert (last_only.checkpoint.frequency, every.checkpoint.frequency) == (3, 1)
-    OmegaConf.save(last_only, saved)
+    OmegaConf.save(accuracy.filled_config(last_only), saved)
     assert accuracy.config_differences(every, saved) == []
     # a run whose residual blocks started otherwise is rerun, though its config agrees: a
     # summary without backbone_kwargs is from before 2026-12-07, built with timm's zero init,
@@ -132,7 +138,7 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
         == []
     )
     assert accuracy.built_differences(cfg, {"backbone_kwargs": built}) == [
-        "zero_init_last: None != True (backbone_kwargs)"  # another model, without the setting
+        "zero_init_last: '<absent>' != True (backbone_kwargs)"  # another model, without it
     ]
     torchvision_init = accuracy.run_cfg(
         accuracy.replace(prof, extra=(*prof.extra, "backbone.kwargs.zero_init_residual=false")),
@@ -146,7 +152,7 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
     ]
     baseline = accuracy.run_cfg(
         accuracy.replace(
-            prof, extra=("method_kwargs.temperature=0.1",), extra_methods=("mixmask",)
+            prof, user_extra=("method_kwargs.temperature=0.1",), extra_methods=("mixmask",)
         ),
         "mocov2plus",
         1,
@@ -156,7 +162,7 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
     assert baseline.method_kwargs.temperature == 0.2  # --extra-methods leaves it alone
     assert (
         accuracy.run_cfg(
-            accuracy.replace(prof, extra=("method_kwargs.temperature=0.1",)),
+            accuracy.replace(prof, user_extra=("method_kwargs.temperature=0.1",)),
             "mocov2plus",
             1,
             64,
@@ -403,7 +409,7 @@ def test_settings_from_a_throughput_result_become_overrides_the_config_accepts(t
     )
     args = accuracy.parse_args(["--smoke", "--settings-from", str(result), "--extra", "seed=3"])
     prof = accuracy.resolve_profile(args)
-    assert prof.extra[-4:] == (
+    assert prof.user_extra == (
         "seed=3",
         "performance.compile=true",
         "performance.optimizer_impl=fused",
@@ -415,3 +421,126 @@ def test_settings_from_a_throughput_result_become_overrides_the_config_accepts(t
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SystemExit, match="--settings-from .*other.json: not a throughput.py"):
         accuracy.winning_settings(tmp_path / "other.json")
+
+
+def _save_run_config(tmp_path, extra):
+    """A smoke mocov2plus run's config.yaml as the run writes it: filled by prepare_config,
+    the classes found in the data and the run folder recorded. Returns its path."""
+    from omegaconf import OmegaConf
+
+    from solo_mixmask.run.pretrain import prepare_config
+
+    prof = accuracy.PROFILES["smoke"]
+    cfg = accuracy.run_cfg(accuracy.replace(prof, extra=prof.extra + extra), "mocov2plus", 1, 64)
+    _, filled = prepare_config(cfg)
+    OmegaConf.update(filled, "data.num_classes", 10, force_add=True)
+    OmegaConf.update(filled, "checkpoint.run_dir", str(tmp_path / "elsewhere"), force_add=True)
+    OmegaConf.save(filled, tmp_path / "config.yaml")
+    return tmp_path / "config.yaml"
+
+
+def test_reuse_compares_the_defaults_a_run_filled_in(tmp_path):
+    # a run made with settings this invocation leaves at their defaults is not the plain run,
+    # though the composed config (before the defaults are filled in) has none of their keys
+    plain = accuracy.run_cfg(accuracy.PROFILES["smoke"], "mocov2plus", 1, 64, tmp_path)
+    assert accuracy.config_differences(plain, _save_run_config(tmp_path, ())) == []
+    other = ("method_kwargs.bn_splits=4", "performance.knn_dtype=bfloat16")
+    assert accuracy.config_differences(plain, _save_run_config(tmp_path, other)) == [
+        "method_kwargs.bn_splits: 4 != 1",
+        "performance.knn_dtype: 'bfloat16' != 'float32'",
+    ]
+    wider = ("+backbone.kwargs.drop_path_rate=0.5",)
+    assert accuracy.config_differences(plain, _save_run_config(tmp_path, wider)) == [
+        "backbone.kwargs.drop_path_rate: 0.5 != '<absent>'"
+    ]
+
+
+def test_reuse_compares_every_backbone_argument_the_run_was_built_with(tmp_path):
+    cfg = accuracy.run_cfg(accuracy.PROFILES["smoke"], "mixmask", 1, 64, tmp_path)
+    built = {"channels": [8, 16, 32, 64], "stem_width": 8, "zero_init_last": True}
+    assert accuracy.built_differences(cfg, {"backbone_kwargs": built}) == []
+    assert accuracy.built_differences(
+        cfg, {"backbone_kwargs": {**built, "drop_path_rate": 0.5}}
+    ) == ["drop_path_rate: 0.5 != '<absent>' (backbone_kwargs)"]
+    assert accuracy.built_differences(cfg, {"backbone_kwargs": {**built, "stem_width": 16}}) == [
+        "stem_width: 16 != 8 (backbone_kwargs)"
+    ]
+
+
+def test_the_profile_overrides_stay_with_every_method_under_extra_methods():
+    # --extra-methods limits the user's --extra, never the profile's own overrides
+    args = ["--smoke", "--extra", "method_kwargs.grid_size=4", "--extra-methods", "mixmask"]
+    prof = accuracy.resolve_profile(accuracy.parse_args(args))
+    moco, mix = (accuracy.run_cfg(prof, m, 1, 64) for m in ("mocov2plus", "mixmask"))
+    for cfg in (moco, mix):  # the smoke profile's queue and projector
+        assert (cfg.method_kwargs.queue_size, cfg.method_kwargs.proj_hidden_dim) == (64, 32)
+    assert mix.method_kwargs.grid_size == 4
+    gpu = accuracy.resolve_profile(accuracy.parse_args(["--profile", "cifar_gpu", *args[1:]]))
+    assert "benchmark=true" in accuracy.overrides(gpu, "mocov2plus", 1, None)
+    assert "method_kwargs.grid_size=4" not in accuracy.overrides(gpu, "mocov2plus", 1, None)
+    typo = accuracy.parse_args([*args[:-1], "mixmsk"])
+    with pytest.raises(accuracy.ConfigError, match="--extra-methods='mixmsk' is not allowed"):
+        accuracy.resolve_profile(typo)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--extra", "method_kwargs.grid_sise=7"], "method_kwargs.grid_sise=7"),
+        (["--methods", "mocov2plus", "mixmsk"], "mixmsk"),
+        (["--plan", "--extra", "method_kwargs.grid_sise=7"], "method_kwargs.grid_sise=7"),
+        (["--extra", "x=1", "--extra-methods", "mixmsk"], "--extra-methods='mixmsk'"),
+    ],
+)
+def test_a_bad_setting_is_one_error_line_before_anything_runs(tmp_path, capsys, argv, named):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        accuracy.main(["--smoke", "--no-linear", "--out-dir", str(out), *argv])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and named in errors[0] and "is not allowed" in errors[0], err
+    assert "plan:" not in err and "Traceback" not in err and not out.exists()
+
+
+def test_failed_runs_exit_1_after_the_others_are_written(tmp_path, monkeypatch, capsys):
+    """A run that fails leaves the others' table (which says so) and exit status 1; the header
+    shows the settings each method ran with, after every override."""
+
+    def one_run(prof, method, seed, train_subset, run_dir, reuse):
+        if method == "mixmask":
+            raise RuntimeError("boom")
+        return {
+            "method": method,
+            "seed": seed,
+            "knn_acc1": 40.0,
+            "knn_k": 200,
+            "curve": [(0, 10.0), (1, 40.0)],
+            "images_per_sec": 100.0,
+            "wall_seconds": 1.0,
+            "reused": False,
+        }
+
+    monkeypatch.setattr(accuracy, "one_run", one_run)
+    monkeypatch.setattr(accuracy, "raw_pixel_knn", lambda *a: 50.0)
+    monkeypatch.setattr(accuracy.torch, "set_num_threads", lambda n: None)
+    argv = ["--profile", "quick", "--methods", "mocov2plus", "mixmask", "--seeds", "1"]
+    argv += ["--epochs", "1", "--train-subset", "256", "--no-linear", "--out-dir", str(tmp_path)]
+    argv += ["--extra", "optimizer.batch_size=64", "--extra-methods", "mixmask"]
+    with pytest.raises(SystemExit) as stop:
+        accuracy.main(argv)
+    assert stop.value.code == 1
+    assert "error: 1 of 2 runs failed" in capsys.readouterr().err
+    res = load(tmp_path / "accuracy_quick.json")
+    assert res["errors"] == ["mixmask seed 1: RuntimeError: boom"] and res["complete"]
+    assert [r["method"] for r in res["runs"]] == ["mocov2plus"]
+    md = (tmp_path / "accuracy_quick.md").read_text()
+    assert "**1 of 2 runs failed**" in md and "| mocov2plus | 1 |" in md
+    assert "mocov2plus: Backbone resnet18" in md and "batch 128, 1 epochs on 256" in md
+    assert "mixmask: Backbone resnet18" in md and "batch 64, 1 epochs on 256" in md
+    assert "Profile overrides (every method): none" in md
+    assert (
+        "Overrides given (--extra, --settings-from): ['optimizer.batch_size=64'] (for mixmask only)"
+        in md
+    )
+    assert (tmp_path / "accuracy_quick.png").is_file()

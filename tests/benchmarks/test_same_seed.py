@@ -144,3 +144,13 @@ def test_runs_built_with_another_residual_init_are_named_as_a_difference():
     assert same_seed.compare(_result([zeroed]), _result([old]))["differences"] == []
     same = same_seed.compare(_result([now]), _result([{**old, "backbone_kwargs": dict(kept)}]))
     assert same["differences"] == []
+
+
+def test_profile_overrides_compare_across_the_extra_split():
+    """A result from before ``user_extra`` recorded the profile's and the user's overrides in
+    ``extra``: the same overrides in the new layout are no difference, another one is."""
+    old = {"extra": ["a=1", "b=2"], "epochs": 3}
+    new = {"extra": ["a=1"], "user_extra": ["b=2"], "epochs": 3}
+    assert same_seed.profile_differences(new, old) == []
+    other = {"extra": ["a=1"], "user_extra": ["b=3"], "epochs": 3}
+    assert same_seed.profile_differences(other, old) == ["extra: ['a=1', 'b=2'] -> ['a=1', 'b=3']"]
