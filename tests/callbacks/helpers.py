@@ -24,6 +24,20 @@ class TinyModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+def quiet_trainer(**settings: Any) -> L.Trainer:
+    """A one-CPU Trainer without logger, checkpoints, progress bar or model summary (each can
+    be set again in ``settings``, with any other Trainer argument)."""
+    quiet = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**quiet, **settings})
+
+
 def fit_tiny(
     callbacks: list[Any],
     batches: int = 8,
@@ -46,9 +60,7 @@ def fit_tiny(
     ``{"seconds": 0}``) end the fit earlier when reached."""
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(2 * batches, 4)), batch_size=2)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = quiet_trainer(
         max_epochs=epochs,
         max_steps=max_steps,
         max_time=max_time,
@@ -56,9 +68,6 @@ def fit_tiny(
         callbacks=callbacks,
         # no checkpoints/ in the working folder unless a test brings its own checkpointing
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         check_val_every_n_epoch=None if val_over_run else val_every or 1,
         val_check_interval=val_interval,
         num_sanity_val_steps=0,

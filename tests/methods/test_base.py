@@ -19,6 +19,7 @@ from solo_mixmask.methods.base import (
     _top_k_accuracy,
     _updated,
 )
+from tests.callbacks.helpers import quiet_trainer
 from tests.conftest import synthetic_batch, tiny_cfg
 
 
@@ -152,14 +153,7 @@ def test_validation_logs_hand_checked_accuracies_and_resets_every_epoch():
         DataLoader(TensorDataset(memory_x, memory_y), batch_size=5),
         DataLoader(TensorDataset(val_x, val_y), batch_size=5),
     ]
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer()
     epochs = []
     for _ in range(2):
         results = trainer.validate(model, dataloaders=loaders, verbose=False)
@@ -224,14 +218,8 @@ def test_training_logs_epoch_means_under_lightnings_names_fresh_every_epoch():
     torch.manual_seed(0)
     model = METHODS["mocov2plus"](tiny_cfg("mocov2plus"))
     record = Record()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = quiet_trainer(
         max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         callbacks=[record],
     )

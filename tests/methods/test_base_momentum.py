@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from solo_mixmask.methods import METHODS
+from tests.callbacks.helpers import quiet_trainer
 from tests.conftest import tiny_cfg
 from tests.methods.test_methods import RandomViews
 
@@ -37,15 +37,10 @@ def test_momentum_moves_once_per_optimiser_step_after_it(monkeypatch):
         update(pairs, tau, foreach_lerp)
 
     monkeypatch.setattr(base, "ema_update_pairs", recording)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=1,
         accumulate_grad_batches=2,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     train = DataLoader(RandomViews(64), batch_size=8, drop_last=True)
     trainer.fit(model, train_dataloaders=train)

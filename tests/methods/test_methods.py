@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from solo_mixmask.losses.moco import moco_loss
 from solo_mixmask.methods import METHODS
+from tests.callbacks.helpers import quiet_trainer
 from tests.conftest import synthetic_batch, tiny_cfg
 
 ALL = sorted(METHODS)
@@ -34,15 +35,9 @@ class RandomViews(Dataset):
 
 
 def _fit(model, steps: int = 3) -> L.Trainer:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = quiet_trainer(
         max_steps=steps,
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=2,
     )

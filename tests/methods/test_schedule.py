@@ -3,13 +3,13 @@ warm-up counted in epochs of batches, the online classifier at its own rate from
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from solo_mixmask.methods import METHODS
+from tests.callbacks.helpers import quiet_trainer
 from tests.conftest import tiny_cfg
 from tests.methods.test_methods import RandomViews
 
@@ -39,15 +39,10 @@ def rates(max_steps: int = -1, **overrides) -> dict[int, dict[str, float]]:
         **overrides,
     )
     record = RatePerStep()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=EPOCHS,
         max_steps=max_steps,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[record],
     )
     loader = DataLoader(RandomViews(IMAGES), batch_size=BATCH, drop_last=True)
