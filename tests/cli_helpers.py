@@ -117,6 +117,22 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+def cli_error_line(capsys, runs: Path, args: Sequence[str]) -> str:
+    """Run ``solo-mixmask ARGS checkpoint.dir=RUNS`` in this process (``cli.main``, what the
+    script calls): its single ``error:`` line, after checking exit status 2, no traceback and no
+    run folder under ``runs``. A failure that is not a user error raises out of the call."""
+    from solo_mixmask import cli
+
+    code = cli.main([*args, f"checkpoint.dir={runs}"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = error_lines(err)
+    assert len(lines) == 1, err[-3000:]
+    assert not runs.exists()
+    return lines[0]
+
+
 #: summary.json entries that a resumed run must share with an uninterrupted one.
 SUMMARY_KEYS = (
     "knn_acc1",

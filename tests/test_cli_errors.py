@@ -1,11 +1,12 @@
-"""Issue 6, parts 1-2: every bad input fails through the real CLI with exit status 2 and one
+"""Issue 6, parts 1-2: every bad input fails through the CLI with exit status 2 and one
 ``error:`` line naming the key, the value and what is allowed (no traceback); unreadable images
 are skipped and counted in summary.json, or fatal with ``data.strict=true``.
 
-All commands of this file run as subprocesses of the installed ``solo-mixmask`` script, started
-together by one module fixture (each start pays the torch + lightning import). Further config
-errors (``_target_`` keys, unknown keys, boundaries) are checked in-process in tests/config/test_schema.py.
-"""
+The refusals run in this process through ``cli.main`` (what the script calls), and a few of them
+again through the installed ``solo-mixmask`` script (SCRIPT_CASES). The runs that train start as
+subprocesses together in one module fixture (each start pays the torch + lightning import).
+Further config errors (``_target_`` keys, unknown keys, boundaries) are checked in
+tests/config/test_schema.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli_helpers import TINY, custom_data, error_lines, run_many
+from tests.cli_helpers import TINY, cli_error_line, custom_data, error_lines, run_many
 
 FMNIST = ["pretrain", *TINY]
 UNMIX = ["pretrain", "--config-name", "unmix", *TINY]
@@ -122,6 +123,9 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
 }
 
+#: Cases run once more through the installed script: a config check and a Trainer-level one.
+SCRIPT_CASES = ("unknown_method", "unknown_precision")
+
 #: Settings that run but make no sense: one ``warning:`` line each at start-up (mask_ratio
 #: 0.01 on the 4x4 grid sets 0 cells; warm-up past the last epoch; k above the 64-image memory).
 WARNINGS = [
@@ -175,20 +179,12 @@ def _custom(root, run_dir, *extra):
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
+    """The subprocess runs: the script's refusals (SCRIPT_CASES) and the runs that train."""
     base = tmp_path_factory.mktemp("cli_errors")
-    (base / "empty" / "some_class").mkdir(parents=True)
     images = base / "images"
     bad = _image_folder(images)
     runs = f"checkpoint.dir={base / 'runs'}"  # where a wrongly accepted config would write
-    commands = {
-        name: [*cmd, runs] if cmd[0] == "pretrain" else cmd for name, (cmd, _) in CASES.items()
-    }
-    commands["empty_dataset"] = [
-        *FMNIST,
-        "data.dataset=custom",
-        f"data.train_path={base}/empty",
-        runs,
-    ]
+    commands = {name: [*CASES[name][0], runs] for name in SCRIPT_CASES}
     # One worker per loader: the skipped files are found in worker processes and still counted.
     commands["bad_files_skipped"] = _custom(images, base / "run_ok", "data.num_workers=1")
     commands["bad_files_strict"] = _custom(images, base / "run_strict", "data.strict=true")
@@ -197,13 +193,6 @@ def results(tmp_path_factory):
     commands["unlabelled"] = _custom(
         images, base / "run_unlabelled", "data.no_labels=true", "knn_eval.enabled=false"
     )
-    # A config file with a python tag: refused as YAML, nothing in it is run.
-    (base / "tagged").mkdir()
-    (base / "tagged" / "tagged.yaml").write_text(
-        f"name: !!python/object/apply:os.mkdir [{str(base / 'pwned')!r}]\nmethod: mixmask\n"
-    )
-    tagged = ["--config-path", str(base / "tagged"), "--config-name", "tagged"]
-    commands["python_tag_in_config_file"] = ["pretrain", *tagged, *TINY, runs]
     commands["warnings"] = [*FMNIST, *WARNINGS, f"checkpoint.run_dir={base / 'run_warn'}"]
     names = list(commands)
     done = run_many([commands[n] for n in names], timeout=400, parallel=3)
@@ -219,22 +208,28 @@ def _single_error(result) -> str:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_exits_2_with_one_error_line(results, name):
-    line = _single_error(results[name])
+def test_bad_input_exits_2_with_one_error_line(capsys, tmp_path, name):
+    # the check fails before a run folder (under checkpoint.dir) is made
+    line = cli_error_line(capsys, tmp_path / "runs", CASES[name][0])
     for fragment in CASES[name][1]:
         assert fragment in line, line
 
 
-def test_empty_dataset_folder(results):
-    line = _single_error(results["empty_dataset"])
-    empty = str(results["base"] / "empty")
-    assert f"data.train_path={empty!r}" in line
-    assert "holds no image files" in line and ".jpg" in line
-
-
-def test_bad_input_creates_no_run_folder(results):
-    # Every check above fails before a run folder (under checkpoint.dir) is made.
+@pytest.mark.parametrize("name", SCRIPT_CASES)
+def test_the_installed_script_prints_the_same_single_line(results, name):
+    line = _single_error(results[name])
+    for fragment in CASES[name][1]:
+        assert fragment in line, line
     assert not (results["base"] / "runs").exists()
+
+
+def test_empty_dataset_folder(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "some_class").mkdir(parents=True)
+    args = [*FMNIST, "data.dataset=custom", f"data.train_path={empty}"]
+    line = cli_error_line(capsys, tmp_path / "runs", args)
+    assert f"data.train_path={str(empty)!r}" in line
+    assert "holds no image files" in line and ".jpg" in line
 
 
 def test_bad_images_are_skipped_and_counted(results):
@@ -267,10 +262,16 @@ def test_strict_mode_stops_naming_the_file(results):
     assert any(f"'{path}'" in line for path in results["bad"]), line
 
 
-def test_python_tag_in_a_config_file(results):
-    line = _single_error(results["python_tag_in_config_file"])
+def test_python_tag_in_a_config_file(capsys, tmp_path):
+    # a config file with a python tag: refused as YAML, nothing in it is run
+    (tmp_path / "tagged").mkdir()
+    (tmp_path / "tagged" / "tagged.yaml").write_text(
+        f"name: !!python/object/apply:os.mkdir [{str(tmp_path / 'pwned')!r}]\nmethod: mixmask\n"
+    )
+    tagged = ["--config-path", str(tmp_path / "tagged"), "--config-name", "tagged"]
+    line = cli_error_line(capsys, tmp_path / "runs", ["pretrain", *tagged, *TINY])
     assert "!!python/object/apply:os.mkdir" in line and "tagged.yaml" in line, line
-    assert not (results["base"] / "pwned").exists()
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_nonsense_settings_warn_once_at_start_up(results):

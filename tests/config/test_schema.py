@@ -22,7 +22,7 @@ from solo_mixmask.config.schema import (
 )
 from solo_mixmask.errors import ConfigError, DataError
 from solo_mixmask.methods import METHODS
-from tests.cli_helpers import TINY
+from tests.cli_helpers import TINY, cli_error_line
 from tests.conftest import tiny_cfg
 
 PACKAGE = Path(cli.__file__).resolve().parent
@@ -381,17 +381,6 @@ def test_backbone_without_channels_is_refused_when_built(kwargs, key):
     assert info.value.key == key
 
 
-def _cli_error(capsys, tmp_path, args) -> str:
-    """Run ``solo-mixmask ARGS`` in-process; the single error line (exit 2, no run folder)."""
-    code = cli.main([*args, f"checkpoint.dir={tmp_path / 'runs'}"])
-    err = capsys.readouterr().err
-    assert code == 2, err[-3000:]
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err[-3000:]
-    assert not (tmp_path / "runs").exists()
-    return lines[0]
-
-
 def _installed(name: str) -> bool:
     import importlib.util
 
@@ -469,7 +458,7 @@ def _installed(name: str) -> bool:
     ],
 )
 def test_start_up_refusals_through_the_cli(capsys, tmp_path, overrides, fragments):
-    line = _cli_error(capsys, tmp_path, ["pretrain", *TINY, *overrides])
+    line = cli_error_line(capsys, tmp_path / "runs", ["pretrain", *TINY, *overrides])
     for fragment in fragments:
         assert fragment in line, line
 
@@ -570,7 +559,7 @@ def test_unavailable_accelerator_names_the_key(capsys, tmp_path):
 
     if torch.cuda.is_available() or torch.backends.mps.is_available():
         pytest.skip("a GPU is available here")
-    line = _cli_error(capsys, tmp_path, ["pretrain", *TINY, "accelerator=gpu"])
+    line = cli_error_line(capsys, tmp_path / "runs", ["pretrain", *TINY, "accelerator=gpu"])
     assert line.startswith("error: accelerator='gpu' is not allowed"), line
     assert "cpu" in line
 
@@ -588,7 +577,7 @@ def test_unavailable_accelerator_names_the_key(capsys, tmp_path):
 def test_unreadable_config_file_is_one_error_line(capsys, tmp_path, text, fragments):
     (tmp_path / "bad.yaml").write_text(text)
     args = ["pretrain", "--config-path", str(tmp_path), "--config-name", "bad", *TINY]
-    line = _cli_error(capsys, tmp_path, args)
+    line = cli_error_line(capsys, tmp_path / "runs", args)
     for fragment in fragments:
         assert fragment in line, line
 
