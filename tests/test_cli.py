@@ -77,6 +77,14 @@ def test_cfg_job_checks_the_config(capsys: pytest.CaptureFixture[str]) -> None:
         # the data format's checks that building its loader makes (check_data_settings)
         ["data.format=memory", "augmentations.0.equalization.prob=0.5"],
         ["data.format=dali"],  # fashion_mnist is not an ImageFolder tree
+        # what the model's construction checks (the method built on the meta device): split
+        # BatchNorm with a backbone that has none was accepted, then refused by the run
+        [
+            "backbone.name=convnext_atto",
+            "backbone.kwargs.channels=null",
+            "backbone.cifar_stem=false",
+            "method_kwargs.bn_splits=2",
+        ],
     ],
 )
 def test_cfg_job_runs_the_checks_the_run_makes_before_training(

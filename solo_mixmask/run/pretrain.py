@@ -102,11 +102,10 @@ def method_class(cfg: DictConfig) -> type[BaseMethod]:
 
 def prepare_config(cfg: DictConfig) -> tuple[type[BaseMethod], DictConfig]:
     """Check the whole config before anything is built or read (keys and values, the run's and
-    the data's settings, the backbone's name and kwargs); returns (method class, filled cfg).
-    ``--cfg job`` and the ``-m`` pre-check run exactly these checks."""
-    from solo_mixmask.backbones import build_backbone
+    the data's settings, the backbone's name and kwargs, and what only the model's construction
+    can check: e.g. ``method_kwargs.bn_splits`` with a backbone that has no BatchNorm); returns
+    (method class, filled cfg). ``--cfg job`` and the ``-m`` pre-check run exactly these checks."""
     from solo_mixmask.config.data_specs import data_spec
-    from solo_mixmask.config.engine_specs import backbone_spec
     from solo_mixmask.data.loaders import check_data_settings
 
     check_mandatory_values(cfg)  # before defaults are filled in (they would hide '???')
@@ -114,9 +113,11 @@ def prepare_config(cfg: DictConfig) -> tuple[type[BaseMethod], DictConfig]:
     cfg = cls.add_and_assert_specific_cfg(cfg)
     run_spec(cfg)
     check_data_settings(data_spec(cfg))
-    backbone = backbone_spec(cfg)
-    with torch.device("meta"):  # timm builds it without allocating weights
-        build_backbone(backbone.name, backbone.kwargs, backbone.cifar_stem)
+    probe = cfg.copy()
+    if probe.data.get("num_classes") is None:  # counted from the data later; any count builds
+        record(probe, "data.num_classes", 2)
+    with torch.device("meta"):  # the model as the run builds it, without allocating weights
+        cls(probe)
     return cls, cfg
 
 
