@@ -48,7 +48,8 @@ _BLOCK_KEYS = {
     "equalization": ("enabled", "prob"),
     "horizontal_flip": ("enabled", "prob"),
 }
-_TOP_KEYS = (*_BLOCK_KEYS, "gaussian_prob", "crop_size", "num_crops", "mean", "std")
+#: The keys of one crop pipeline (an entry of ``augmentations``).
+PIPELINE_KEYS = (*_BLOCK_KEYS, "gaussian_prob", "crop_size", "num_crops", "mean", "std")
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,8 @@ def _as_plain(value: Any) -> Any:
 def _merge_defaults(entry: Mapping, where: str) -> dict[str, Any]:
     """Check the keys of one pipeline and fill the missing ones from DEFAULT_PIPELINE."""
     for key in entry:
-        if key not in _TOP_KEYS:
-            raise ConfigError(f"{where}.{key}", entry[key], f"a key among {list(_TOP_KEYS)}")
+        if key not in PIPELINE_KEYS:
+            raise ConfigError(f"{where}.{key}", entry[key], f"a key among {list(PIPELINE_KEYS)}")
     merged = copy.deepcopy(DEFAULT_PIPELINE)
     for key, value in entry.items():
         if key in _BLOCK_KEYS:

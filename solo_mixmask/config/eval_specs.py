@@ -26,6 +26,7 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from solo_mixmask.config import compose
+from solo_mixmask.config.augmentation_specs import PIPELINE_KEYS
 from solo_mixmask.config.data_specs import DataSpec, data_spec, image_count
 from solo_mixmask.config.dataset_facts import eval_crop_of
 from solo_mixmask.config.schema import (
@@ -180,10 +181,11 @@ RUN_SETUP_ONLY = {
 
 
 def pretraining_only(probe: str | None) -> dict[str, str]:
-    """:data:`PRETRAINING_ONLY` and :data:`RUN_SETUP_ONLY` for a command whose own training
-    settings are ``probe.*`` (None: a command that trains nothing, such as ``knn``). A command
-    that trains a probe reads neither ``precision`` (it runs in float32) nor the k-NN's
-    ``knn_eval`` and ``performance.knn_dtype``."""
+    """:data:`PRETRAINING_ONLY`, :data:`RUN_SETUP_ONLY` and :func:`unread_crop_keys` for a
+    command whose own training settings are ``probe.*`` (None: a command that trains nothing,
+    such as ``knn``). A command that trains a probe reads neither ``precision`` (it runs in
+    float32), nor the k-NN's ``knn_eval`` and ``performance.knn_dtype``, nor
+    ``optimizer.batch_size`` (its images per batch are ``probe.batch_size``)."""
     if probe is None:
         training = {
             key: f"nothing: this command trains nothing ({key} is pretraining's)"
@@ -191,9 +193,34 @@ def pretraining_only(probe: str | None) -> dict[str, str]:
         }
     else:
         training = {key: text.format(probe=probe) for key, text in PRETRAINING_ONLY.items()}
+        training["optimizer.batch_size"] = f"{probe}.batch_size={{value}}"
         training["precision"] = f"nothing: {probe} runs in float32"
         training.update(knn_only(probe))
-    return {**training, **RUN_SETUP_ONLY}
+    return {**training, **RUN_SETUP_ONLY, **unread_crop_keys(probe)}
+
+
+#: The keys of the first crop pipeline that evaluation reads: its images are resized and
+#: centre-cropped to ``crop_size`` and normalised with ``mean`` / ``std``.
+EVAL_CROP_KEYS = ("crop_size", "mean", "std")
+#: Crop pipelines beyond the first that a config may list (pretraining's asymmetric views).
+_LATER_PIPELINES = range(1, 8)
+
+
+def unread_crop_keys(probe: str | None) -> dict[str, str]:
+    """The crop pipelines' keys that no evaluation command reads (every key of
+    ``augmentations.0`` but :data:`EVAL_CROP_KEYS`, and the later pipelines), with what to use
+    instead: a command training a ``probe`` on images draws RandomResizedCrop + flip crops
+    with ``probe.crop_min_scale``."""
+    reads = ", ".join(f"augmentations.0.{k}" for k in EVAL_CROP_KEYS)
+    instead = f"{reads} (evaluation centre-crops the images"
+    instead += (
+        f"; {probe}'s training crops are RandomResizedCrop + flip: {probe}.crop_min_scale)"
+        if probe
+        else ")"
+    )
+    unread = [f"augmentations.0.{k}" for k in PIPELINE_KEYS if k not in EVAL_CROP_KEYS]
+    unread += [f"augmentations.{i}" for i in _LATER_PIPELINES]
+    return dict.fromkeys(unread, instead)
 
 
 def knn_only(command: str) -> dict[str, str]:
@@ -264,7 +291,9 @@ def compose_eval_config(
             if key in deleted:
                 _restore_default(cfg, engine_defaults, key, deleted[key])
                 continue
-            if key == "data.dataset" and "data.num_classes" not in keys:
+            if key in ("data.dataset", "data.train_path") and "data.num_classes" not in keys:
+                # other images: the run's class count is theirs only if they say so; counted
+                # from the training tree (or the dataset's known count) instead
                 OmegaConf.update(cfg, "data.num_classes", None, force_add=True)
             try:
                 OmegaConf.update(cfg, key, value, force_add=True)

@@ -259,8 +259,8 @@ def output_path(checkpoint: str | Path, name: str, out: str | Path | None) -> Pa
     run = run_dir_of(checkpoint)
     if run is not None:
         return run / f"{name}.json"
-    checkpoint = Path(checkpoint)
-    return checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.{name}.json")
+    stem = checkpoint_stem(checkpoint)
+    return stem.with_name(f"{stem.name}.{name}.json")
 
 
 def output_dir(checkpoint: str | Path, name: str, out: str | Path | None) -> Path:
@@ -271,8 +271,20 @@ def output_dir(checkpoint: str | Path, name: str, out: str | Path | None) -> Pat
     run = run_dir_of(checkpoint)
     if run is not None:
         return run / name
-    checkpoint = Path(checkpoint)
-    return checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.{name}")
+    stem = checkpoint_stem(checkpoint)
+    return stem.with_name(f"{stem.name}.{name}")
+
+
+#: What a checkpoint file's name ends with, longest first.
+CHECKPOINT_SUFFIXES = (".pth.tar", ".ckpt", ".pth", ".pt", ".tar", ".pkl")
+
+
+def checkpoint_stem(checkpoint: str | Path) -> Path:
+    """``checkpoint`` without its checkpoint suffix (:data:`CHECKPOINT_SUFFIXES`), every other
+    dot kept: ``model.ep0.ckpt`` and ``model.ep1.ckpt`` give results of their own."""
+    path = Path(checkpoint)
+    suffix = next((s for s in CHECKPOINT_SUFFIXES if path.name.endswith(s)), "")
+    return path.with_name(path.name[: len(path.name) - len(suffix)] if suffix else path.name)
 
 
 def write_result(

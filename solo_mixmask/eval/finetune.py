@@ -265,6 +265,7 @@ def run_finetune(
         "labelled_pool": sum(t >= 0 for t in targets),
         "per_class": {"min": int(present.min()), "max": int(present.max())},
         "val_images": int(val_f.shape[0]),
+        "num_classes": classes,  # the head's outputs
         "features_dim": int(val_f.shape[1]),
         "acc1": round(top1, 4),
         "acc5": round(top5, 4),

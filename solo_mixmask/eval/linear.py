@@ -264,6 +264,7 @@ def run_linear(
         "settings": s.as_dict(),
         "train_images": len(train),  # type: ignore[arg-type]
         "val_images": int(val_f.shape[0]),
+        "num_classes": classes,  # the head's outputs
         "features_dim": features_dim,
         "acc1": round(top1, 4),
         "acc5": round(top5, 4),

@@ -33,9 +33,12 @@ def method_checkpoint(
     kwargs: dict | None = None,
     cifar_stem: bool = False,
     method: str = "mocov2plus",
+    data: dict | None = None,
 ):
-    """Save a Lightning-like checkpoint of an untrained method; returns (path, model)."""
+    """Save a Lightning-like checkpoint of an untrained method (``data``: its config's
+    ``data.*`` settings besides tiny_cfg's); returns (path, model)."""
     cfg = tiny_cfg(method)
+    cfg.data.update(data or {})
     cfg.backbone = OmegaConf.create(
         {"name": backbone, "kwargs": kwargs or {}, "cifar_stem": cifar_stem}
     )

@@ -207,6 +207,26 @@ def test_unknown_override_keys_are_refused(checkpoint, tmp_path, capsys, no_data
             "expected nothing: linear measures no k-NN (knn reads knn_eval) (linear does not "
             "read knn_eval)",
         ),
+        # once accepted and ignored: the probes train with their own batch size and crops
+        (
+            ["finetune", "{ckpt}", "optimizer.batch_size=4", "--out", "{tmp}/ft"],
+            "optimizer.batch_size=4 is not allowed: expected finetune.batch_size=4 (finetune "
+            "does not read optimizer.batch_size)",
+        ),
+        (["linear", "{ckpt}", "optimizer.batch_size=4"], "expected linear.batch_size=4"),
+        (
+            ["finetune", "{ckpt}", "augmentations.0.rrc.crop_min_scale=0.9", "--out", "{tmp}/ft"],
+            "augmentations.0.rrc.crop_min_scale=0.9 is not allowed: expected "
+            "augmentations.0.crop_size, augmentations.0.mean, augmentations.0.std (evaluation "
+            "centre-crops the images; finetune's training crops are RandomResizedCrop + flip: "
+            "finetune.crop_min_scale) (finetune does not read augmentations.0.rrc)",
+        ),
+        (
+            ["knn", "{ckpt}", "augmentations.0.horizontal_flip.prob=0"],
+            "(evaluation centre-crops the images) (knn does not read "
+            "augmentations.0.horizontal_flip)",
+        ),
+        (["linear", "{ckpt}", "augmentations.1.crop_size=16"], "(linear does not read "),
     ],
 )
 def test_keys_a_command_does_not_read_are_refused(

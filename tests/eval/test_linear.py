@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from solo_mixmask.checkpoints.backbone import load_backbone
 from solo_mixmask.config.eval_specs import linear_settings
 from solo_mixmask.errors import ConfigError
-from solo_mixmask.eval.features import eval_config, output_path
+from solo_mixmask.eval.features import eval_config, output_dir, output_path
 from solo_mixmask.eval.linear import (
     LinearSettings,
     evaluate_head,
@@ -147,6 +147,37 @@ def test_eval_config_layers(tiny_runs, tmp_path):
     assert eval_config(bare, path, []).augmentations[0].crop_size == 28  # fashion_mnist default
     assert eval_config(bare, path, ["data.dataset=imagenet"]).augmentations[0].crop_size == 224
     assert output_path(path, "knn", None) == tmp_path / "release.knn.json"
+
+
+def test_other_training_images_are_counted_anew(tmp_path):
+    # the run's data.num_classes (4) was kept for a 6-class data.train_path: a 4-wide head,
+    # then IndexError "Target 5 is out of bounds" (finetune and knn read the same count)
+    four = class_folder_tree(tmp_path / "four", dict.fromkeys("abcd", 3))
+    six = class_folder_tree(tmp_path / "six", dict.fromkeys("abcdef", 3))
+    data = {"dataset": "custom", "train_path": str(four), "val_path": str(four), "num_classes": 4}
+    ckpt, _ = method_checkpoint(
+        tmp_path / "m.ckpt", kwargs={"channels": [8, 16, 32, 64]}, data=data
+    )
+    lb = load_backbone(ckpt)
+    assert eval_config(lb, ckpt, []).data.num_classes == 4  # the run's, for the run's images
+    assert eval_config(lb, ckpt, ["data.num_classes=6"]).data.num_classes == 6
+    settings = ["linear.epochs=1", "linear.batch_size=6", "augmentations.0.crop_size=16"]
+    result = run_linear(
+        ckpt,
+        "small",
+        [f"data.train_path={six}", f"data.val_path={six}", *settings],
+        out=tmp_path / "six.json",
+        device="cpu",
+    )
+    assert result["num_classes"] == 6 and result["train_images"] == result["val_images"] == 18
+
+
+def test_checkpoints_outside_a_run_get_results_of_their_own(tmp_path):
+    # model.ep0.ckpt and model.ep1.ckpt both wrote model.linear.json / model.embed/
+    paths = [output_path(tmp_path / f"model.ep{i}.ckpt", "linear", None) for i in (0, 1)]
+    assert paths == [tmp_path / "model.ep0.linear.json", tmp_path / "model.ep1.linear.json"]
+    assert output_dir(tmp_path / "model.ep1.ckpt", "embed", None) == tmp_path / "model.ep1.embed"
+    assert output_dir(tmp_path / "weights", "embed", None) == tmp_path / "weights.embed"
 
 
 def test_authors_checkpoint_evaluates(tmp_path):
