@@ -8,8 +8,10 @@ The distribution follows :func:`~solo_mixmask.data.augmentations.build_crop_tran
 random resized crop (bicubic) -> colour jitter (random op order) -> grayscale -> Gaussian blur
 -> solarize -> horizontal flip -> normalise. Differences from the PIL path: pixels stay float
 between ops (no uint8 rounding); the crop is resampled straight from the full image by
-``grid_sample`` (bicubic taps may read just outside the box, and down-scaling is not
-antialiased); the flip is folded into the crop, which is exact because every later op commutes
+``grid_sample`` (bicubic taps may read just outside the box, down-scaling is not antialiased,
+and torch's bicubic kernel, a = -0.75, is sharper than PIL's, a = -0.5: on CIFAR-10 the crops
+alone measured 6% more mean |Laplacian| than the PIL path's, the whole aug_plus pipeline 3%,
+within the noise of 2,000 images); the flip is folded into the crop, which is exact because every later op commutes
 with a horizontal flip. Equalization is not supported.
 """
 
@@ -25,9 +27,9 @@ import torch.nn.functional as F
 
 from solo_mixmask.data.augmentations import (
     BLUR_SIGMA,
+    BLUR_WINDOW,
     SOLARIZE_THRESHOLD,
     CropSpec,
-    blur_kernel_size,
 )
 from solo_mixmask.errors import ConfigError
 
@@ -353,7 +355,7 @@ def _augment_pixels(images: torch.Tensor, params: AugmentParams, spec: CropSpec)
     if spec.grayscale_prob > 0:
         x = torch.where(_per_sample(params.grayscale), _gray(x).expand_as(x), x)
     if spec.gaussian_prob > 0:
-        blurred = _gaussian_blur(x, params.sigma, blur_kernel_size(spec.crop_size))
+        blurred = _gaussian_blur(x, params.sigma, BLUR_WINDOW)
         x = torch.where(_per_sample(params.blur), blurred, x)
     if spec.solarization_prob > 0:
         solarized = torch.where(x >= _SOLARIZE_CUT, 1.0 - x, x)

@@ -19,7 +19,7 @@ config's, see :class:`~solo_mixmask.data.augmentations.CropSpec`):
 - grayscale with probability p: the saturation factor set to 0 (luma Y = 0.299 R + 0.587 G +
   0.114 B, torchvision's weights);
 - Gaussian blur with probability p: ``fn.gaussian_blur`` with sigma uniform in [0.1, 2.0] and
-  the window of :func:`~solo_mixmask.data.augmentations.blur_kernel_size`; images that are not
+  the window of :data:`~solo_mixmask.data.augmentations.BLUR_WINDOW`; images that are not
   blurred get sigma 1e-3, which is the identity for that window;
 - solarisation with probability p: pixels >= 128 become 255 - pixel; equalisation with
   probability p: ``fn.equalize``;
@@ -55,7 +55,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from solo_mixmask.config.data_specs import DALI_DEVICES, DEFAULT_SEED, DataSpec
-from solo_mixmask.data.augmentations import CropSpec, blur_kernel_size
+from solo_mixmask.data.augmentations import BLUR_WINDOW, CropSpec
 from solo_mixmask.data.datasets import (
     IMAGE_FOLDER_DATASETS,
     build_dataset,
@@ -83,7 +83,7 @@ INSTALL_HINT = "pip install solo-mixmask[dali]"
 DEVICES = DALI_DEVICES
 ASPECT_RATIO = (3 / 4, 4 / 3)
 BLUR_SIGMA = (0.1, 2.0)
-NO_BLUR_SIGMA = 1e-3  # exp(-1 / (2 sigma^2)) underflows: a 3-tap window keeps only its centre
+NO_BLUR_SIGMA = 1e-3  # exp(-1 / (2 sigma^2)) underflows: any window keeps only its centre
 SOLARIZE_THRESHOLD = 128
 
 
@@ -195,7 +195,7 @@ def _pixel_ops(ops: _Ops, view: Any, spec: CropSpec) -> Any:
     if spec.gaussian_prob > 0:
         on = ops.coin(spec.gaussian_prob)
         sigma = on * ops.uniform(*BLUR_SIGMA) + (1.0 - on) * NO_BLUR_SIGMA
-        view = ops.fn.gaussian_blur(view, window_size=blur_kernel_size(spec.crop_size), sigma=sigma)
+        view = ops.fn.gaussian_blur(view, window_size=BLUR_WINDOW, sigma=sigma)
     if spec.solarization_prob > 0:
         on = ops.on_device(
             ops.fn.random.coin_flip(probability=spec.solarization_prob, dtype=ops.types.UINT8)

@@ -344,7 +344,7 @@ def test_grayscale_and_solarize_match_torchvision():
 @pytest.mark.parametrize("crop", [32, 64])
 def test_blur_matches_torchvision(crop):
     n = 3
-    k = A.blur_kernel_size(crop)
+    k = A.BLUR_WINDOW
     img = _images(n, crop, seed=8)
     x = img.float() / 255
     sigma = torch.tensor([0.1, 0.9, 2.0])
