@@ -941,6 +941,21 @@ def validate_base(cfg: DictConfig) -> None:
     warn_unused_scheduler_settings(cfg)
 
 
+def resolve_interpolations(cfg: DictConfig) -> None:
+    """Resolve every ``${...}`` of ``cfg`` in place, once, at start-up: the run, its checkpoints
+    and ``config.yaml`` hold the values it used. Kept as expressions, ``config.yaml`` was
+    resolved again by each later command (``${oc.env:VS}`` gave ``knn`` another validation
+    subset than the run's, exit 0; ``${now:...}`` made the run impossible to resume or
+    evaluate). An interpolation that does not resolve is a ConfigError naming it."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        OmegaConf.resolve(cfg)
+    except InterpolationResolutionError as err:
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(key, str(err).splitlines()[0], "an interpolation that resolves") from err
+
+
 def to_container(cfg: DictConfig) -> dict:
     """Plain, resolved python dict (for JSON, checkpoints and logging)."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

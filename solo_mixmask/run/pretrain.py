@@ -54,7 +54,12 @@ from solo_mixmask.checkpoints.callbacks import LastCheckpoint
 from solo_mixmask.checkpoints.io import LAST, atomic_write, safe_load_checkpoint
 from solo_mixmask.checkpoints.saved_model import SavedModel, check_model_fits
 from solo_mixmask.config.run_specs import LoggerSpec, RunSpec, method_of, record, run_spec
-from solo_mixmask.config.schema import check_mandatory_values, suggest, warn_one_class
+from solo_mixmask.config.schema import (
+    check_mandatory_values,
+    resolve_interpolations,
+    suggest,
+    warn_one_class,
+)
 from solo_mixmask.core.collapse import COLLAPSE_FRACTION, is_collapsed, spread_std
 from solo_mixmask.errors import (
     CheckpointError,
@@ -109,6 +114,7 @@ def prepare_config(cfg: DictConfig) -> tuple[type[BaseMethod], DictConfig]:
     from solo_mixmask.data.loaders import check_data_settings
 
     check_mandatory_values(cfg)  # before defaults are filled in (they would hide '???')
+    resolve_interpolations(cfg)
     cls = method_class(cfg)
     cfg = cls.add_and_assert_specific_cfg(cfg)
     run_spec(cfg)
