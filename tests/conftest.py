@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 
+import lightning.pytorch  # noqa: F401
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+# Lightning's log handler takes sys.stderr as it is when lightning is first imported: imported
+# here, that is the session's stream, not the stream of one test's capsys (closed after that
+# test, and a "Logging error" traceback in the stderr of every later in-process run).
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"

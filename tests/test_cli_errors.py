@@ -107,6 +107,16 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [*FMNIST, "precision=bf16-true"],
         ["precision='bf16-true'", "expected bf16-mixed", "32-bit weights"],
     ),
+    # devices and num_nodes: null, 0 or a string were Lightning tracebacks that left an empty
+    # run folder; devices=true trained on 1 device and was recorded as true
+    "devices_null": ([*FMNIST, "devices=null"], ["devices=None", "a number of devices"]),
+    "devices_true": ([*FMNIST, "devices=true"], ["devices=True", "[0, 1]"]),
+    "num_nodes_string": ([*FMNIST, "num_nodes='1'"], ["num_nodes='1'", "a positive integer"]),
+    # once an AttributeError traceback
+    "augmentation_entry_null": (
+        [*FMNIST, "augmentations.0=null"],
+        ["augmentations[0]=None", "a mapping of augmentation settings"],
+    ),
     # once a TypeError: the Trainer got 'callbacks' twice
     "trainer_argument_set_by_solo_mixmask": (
         [*FMNIST, "callbacks=x"],

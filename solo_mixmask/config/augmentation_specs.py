@@ -170,7 +170,6 @@ def parse_pipeline(entry: Any, where: str, mean: tuple, std: tuple) -> CropSpec:
     ``where`` is the config path used in error messages, e.g. ``'augmentations[0]'``.
     """
     entry = _as_plain(entry)
-    entry = {} if entry is None else entry
     if not isinstance(entry, Mapping):
         raise ConfigError(where, entry, "a mapping of augmentation settings")
     m = _merge_defaults(entry, where)

@@ -403,6 +403,37 @@ def check_trainer_arguments(cfg: DictConfig) -> None:
             raise ConfigError("deterministic", value, "true, false, 'warn' or null")
     if "max_time" in cfg:
         check_max_time(cfg.max_time)
+    if "devices" in cfg and not _is_devices(cfg.devices):
+        raise ConfigError(
+            "devices",
+            cfg.devices,
+            "a number of devices (1, 2, ...; -1 or 'auto': all), a list of device indices "
+            "([0, 1]) or Lightning's string forms ('2', '0,1')",
+        )
+    if "num_nodes" in cfg:
+        value = cfg.num_nodes
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError("num_nodes", value, "a positive integer (machines)")
+
+
+def _is_devices(value: Any) -> bool:
+    """Whether ``value`` is a ``devices`` Lightning takes (``true`` once trained on 1 device
+    and was recorded as ``devices: true``; null, 0 and -2 were tracebacks)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 1 or value == -1
+    if isinstance(value, str):
+        text = value.strip()
+        if text in ("auto", "-1") or (text.isdigit() and int(text) >= 1):
+            return True
+        indices = [part.strip() for part in text.split(",") if part.strip()]
+        return "," in text and bool(indices) and all(i.isdigit() for i in indices)
+    if OmegaConf.is_list(value):
+        return len(value) > 0 and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+        )
+    return False
 
 
 def max_time_seconds(value: Any) -> float | None:
@@ -518,16 +549,32 @@ def check_known_keys(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
             )
 
 
+def pipeline_entries(cfg: DictConfig) -> list[Any]:
+    """The entries of ``cfg.augmentations``, each a mapping (ConfigError naming the first that
+    is not: ``augmentations.0=null`` was an AttributeError traceback)."""
+    entries = OmegaConf.select(cfg, "augmentations", default=None)
+    if not OmegaConf.is_list(entries) or not entries:
+        raise ConfigError("augmentations", entries, "a non-empty list of crop pipelines")
+    for i, entry in enumerate(entries):
+        if not OmegaConf.is_dict(entry):
+            raise ConfigError(f"augmentations[{i}]", entry, "a mapping of augmentation settings")
+    return list(entries)
+
+
 def crop_size(cfg: DictConfig) -> int:
     """Crop size (pixels) of the first augmentation pipeline."""
-    return int(cfg.augmentations[0].get("crop_size", 32))
+    from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE
+
+    return int(pipeline_entries(cfg)[0].get("crop_size", DEFAULT_PIPELINE["crop_size"]))
 
 
 def smallest_crop_size(cfg: DictConfig) -> int:
     """The smallest crop size (pixels) among the augmentation pipelines."""
     from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE
 
-    return min(int(a.get("crop_size", DEFAULT_PIPELINE["crop_size"])) for a in cfg.augmentations)
+    return min(
+        int(a.get("crop_size", DEFAULT_PIPELINE["crop_size"])) for a in pipeline_entries(cfg)
+    )
 
 
 def check_view_count(cfg: DictConfig, views: int, why: str) -> None:
@@ -536,7 +583,7 @@ def check_view_count(cfg: DictConfig, views: int, why: str) -> None:
     needs that many."""
     from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE
 
-    crops = [int(a.get("num_crops", DEFAULT_PIPELINE["num_crops"])) for a in cfg.augmentations]
+    crops = [int(a.get("num_crops", DEFAULT_PIPELINE["num_crops"])) for a in pipeline_entries(cfg)]
     if sum(crops) != views:
         raise ConfigError(
             "augmentations[*].num_crops", crops, f"{views} views per image in all: {why}"
