@@ -226,6 +226,15 @@ def run_spec(cfg: DictConfig) -> RunSpec:
     )
 
 
+def with_a_class_count(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` that builds the model before the data is read: its ``data.num_classes``,
+    or 2 where the data will count the classes (the count changes no check the build makes)."""
+    probe = cfg.copy()
+    if OmegaConf.select(probe, "data.num_classes") is None:
+        record(probe, "data.num_classes", 2)
+    return probe
+
+
 def record(cfg: DictConfig, key: str, value: Any) -> None:
     """Write ``value`` at dotted ``key`` of ``cfg`` (what the run decided: the classes found in
     the data, the run folder), so that ``config.yaml`` and the checkpoints hold it."""

@@ -53,7 +53,14 @@ from solo_mixmask.callbacks import (
 from solo_mixmask.checkpoints.callbacks import LastCheckpoint
 from solo_mixmask.checkpoints.io import LAST, atomic_write, safe_load_checkpoint
 from solo_mixmask.checkpoints.saved_model import SavedModel, check_model_fits
-from solo_mixmask.config.run_specs import LoggerSpec, RunSpec, method_of, record, run_spec
+from solo_mixmask.config.run_specs import (
+    LoggerSpec,
+    RunSpec,
+    method_of,
+    record,
+    run_spec,
+    with_a_class_count,
+)
 from solo_mixmask.config.schema import (
     check_mandatory_values,
     resolve_interpolations,
@@ -119,11 +126,8 @@ def prepare_config(cfg: DictConfig) -> tuple[type[BaseMethod], DictConfig]:
     cfg = cls.add_and_assert_specific_cfg(cfg)
     run_spec(cfg)
     check_data_settings(data_spec(cfg))
-    probe = cfg.copy()
-    if probe.data.get("num_classes") is None:  # counted from the data later; any count builds
-        record(probe, "data.num_classes", 2)
     with torch.device("meta"):  # the model as the run builds it, without allocating weights
-        cls(probe)
+        cls(with_a_class_count(cfg))
     return cls, cfg
 
 
