@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,67 @@ def yaml_problem(err: Exception) -> str:
             "solo-mixmask never builds python objects from it"
         )
     return f"valid YAML ({text})"
+
+
+def refuse_yaml11_integers(file: Path, prefix: str = "") -> None:
+    """ConfigError for a plain (unquoted) integer in the YAML ``file`` written with a leading
+    zero or a colon: YAML 1.1, which hydra and OmegaConf read, takes ``02000`` as octal 1024 and
+    ``1:30`` as base-60 90, another number than the one written and no error (a command-line
+    ``seed=010`` is refused by hydra's grammar). The key is named by its path in the file after
+    ``prefix`` (a config group's package), with the file."""
+    import yaml
+
+    def scalars(node: Any, keys: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                yield from scalars(value, (*keys, str(key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, value in enumerate(node.value):
+                yield from scalars(value, (*keys, str(i)))
+        elif isinstance(node, yaml.ScalarNode) and node.style is None:
+            yield keys, node
+
+    root = yaml.compose(file.read_text(), Loader=yaml.SafeLoader)
+    for keys, node in scalars(root, (prefix,) if prefix else ()):
+        text = node.value
+        base60 = ":" in text
+        if node.tag == "tag:yaml.org,2002:int" and (base60 or re.fullmatch(r"[-+]?0[0-9_]+", text)):
+            read = f"{'base-60' if base60 else 'octal'} {yaml.safe_load(text)}"
+            fix = "in decimal digits" if base60 else "without the leading zero"
+            raise ConfigError(
+                ".".join(keys),
+                text,
+                f"a decimal number (YAML reads {text} as {read}): write it {fix}, or quote it "
+                f"if you mean the text (in {file})",
+            )
+
+
+def refuse_group_keys_set_before(file: Path, choices: dict[str, Any]) -> None:
+    """ConfigError for a key that the config ``file`` sets and that a config group of its
+    defaults list after ``_self_`` (still chosen: ``choices``, hydra's) also sets: hydra applies
+    the group after the file's own values, so the file's value was silently lost."""
+    import yaml
+
+    body = yaml.safe_load(file.read_text()) or {}
+    defaults = body.get("defaults") if isinstance(body, dict) else None
+    if not isinstance(defaults, list) or "_self_" not in defaults:
+        return
+    for entry in defaults[defaults.index("_self_") + 1 :]:
+        if not isinstance(entry, dict) or len(entry) != 1:
+            continue
+        (group, option), *_ = entry.items()
+        group = str(group).split()[-1]  # without "override " or "optional "
+        held: Any = body
+        for part in group.split("/"):
+            held = held.get(part) if isinstance(held, dict) else None
+        if held is not None and choices.get(group) is not None:
+            raise ConfigError(
+                group.replace("/", "."),
+                f"set in {file}",
+                f"{group} set by the file or by its defaults entry '{group}: {option}', not "
+                "both: that entry comes after _self_ and overrides the file's value; remove one "
+                "of them, or put _self_ last in the defaults list",
+            )
 
 
 def _composes(path: Path, name: str) -> bool:
@@ -226,7 +288,9 @@ def compose_config(
     """Compose a hydra config: ``config_name`` may be ``NAME`` or ``DATASET/NAME`` under
     configs/pretrain. Group overrides (``augmentations=asymmetric``) select configs; other keys
     are set or deleted (``~key``) directly, before any engine default is filled in (see
-    :func:`apply_overrides`)."""
+    :func:`apply_overrides`). The config and the group files it reads are refused for an
+    integer YAML reads as another number (:func:`refuse_yaml11_integers`) and for a key a group
+    chosen after ``_self_`` overrides (:func:`refuse_group_keys_set_before`)."""
     import yaml
     from hydra import compose, initialize_config_dir
 
@@ -244,7 +308,7 @@ def compose_config(
     group_overrides = [o.input_line for o in parsed if o.key_or_group in groups]
     try:
         with initialize_config_dir(config_dir=str(path), version_base="1.3"):
-            cfg = compose(config_name=name, overrides=group_overrides)
+            cfg = compose(config_name=name, overrides=group_overrides, return_hydra_config=True)
     except yaml.YAMLError as err:  # the config file (or one it includes) is not plain YAML
         raise ConfigError("--config-name", config_name, yaml_problem(err)) from err
     except _hydra_errors() as err:
@@ -257,5 +321,15 @@ def compose_config(
         raise ConfigError(
             "overrides", list(overrides), f"valid hydra overrides ({problem})"
         ) from err
+    choices: dict[str, Any] = {str(k): v for k, v in cfg.hydra.runtime.choices.items()}
+    with open_dict(cfg):
+        del cfg["hydra"]  # as compose does without return_hydra_config
+    refuse_group_keys_set_before(path / f"{name}.yaml", choices)
+    refuse_yaml11_integers(path / f"{name}.yaml")
+    for group, option in choices.items():
+        for chosen in option if isinstance(option, list) else [option]:
+            file = path / group / (chosen if str(chosen).endswith(".yaml") else f"{chosen}.yaml")
+            if chosen is not None and file.is_file():  # not hydra's own groups
+                refuse_yaml11_integers(file, group.replace("/", "."))
     plain = [o.input_line for o in parsed if o.key_or_group not in groups]
     return apply_overrides(cfg, plain)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from solo_mixmask.config.compose import configs_root, yaml_problem
+from solo_mixmask.config.compose import configs_root, refuse_yaml11_integers, yaml_problem
 from solo_mixmask.errors import ConfigError
 
 #: The preset a command uses when none is named; it also fills the keys a preset file leaves out.
@@ -29,7 +29,9 @@ def presets_dir(command: str) -> Path:
 def load_preset(preset: str, folder: Path) -> dict[str, Any]:
     """A preset by name (``<folder>/<name>.yaml``, or an old name in PRESET_ALIASES) or by path
     to a YAML file (ConfigError naming ``--preset`` and the known names otherwise, and for a
-    file that is not plain YAML, holds python tags or is not a mapping of config keys)."""
+    file that is not plain YAML, holds python tags or is not a mapping of config keys; naming
+    the key for an integer YAML reads as another number, see
+    :func:`~solo_mixmask.config.compose.refuse_yaml11_integers`)."""
     import yaml
     from omegaconf import DictConfig, OmegaConf
 
@@ -47,6 +49,7 @@ def load_preset(preset: str, folder: Path) -> dict[str, Any]:
         raise ConfigError(
             "--preset", preset, "a YAML mapping of config keys, e.g. 'linear: {epochs: 30}'"
         )
+    refuse_yaml11_integers(path)  # 010 would be read as octal 8
     return OmegaConf.to_container(loaded, resolve=True)  # type: ignore[return-value]
 
 

@@ -116,3 +116,78 @@ def test_a_config_whose_defaults_hydra_cannot_find_is_named_not_the_overrides(tm
     with pytest.raises(ConfigError) as err:  # the config composes: the override is at fault
         compose.compose_config(str(folder), "ok.yaml", ["augmentations=nothere"])
     assert err.value.key == "overrides"
+
+
+def _copy_of_shipped_config(folder, name: str, edit) -> str:
+    """Copy configs/pretrain/fashion_mnist (the config and its groups) into ``folder``, with
+    ``edit`` applied to the text of mixmask.yaml saved as ``name``.yaml; ``--config-path``."""
+    import shutil
+
+    shutil.copytree(compose.configs_root() / "pretrain" / "fashion_mnist", folder)
+    (folder / f"{name}.yaml").write_text(edit((folder / "mixmask.yaml").read_text()))
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "text"),
+    [
+        ("seed: 5", "seed: 0042", "seed", "0042"),  # octal: it printed seed: 34
+        ("val_subset: 2000", "val_subset: 02000", "data.val_subset", "02000"),
+        ("max_epochs: 2", "max_epochs: 1:00", "max_epochs", "1:00"),  # base 60: 60
+    ],
+)
+def test_a_config_file_integer_yaml_reads_as_another_number_is_refused(
+    tmp_path, capsys, old, new, key, text
+) -> None:
+    from tests.cli_helpers import cli_error_line
+
+    folder = _copy_of_shipped_config(tmp_path / "cfg", "mine", lambda t: t.replace(old, new))
+    args = ["pretrain", "--cfg", "job", "--config-path", folder, "--config-name", "mine"]
+    line = cli_error_line(capsys, tmp_path / "runs", args)
+    assert line.startswith(f"error: {key}='{text}' is not allowed: expected a decimal number"), line
+    assert "mine.yaml" in line, line
+
+
+def test_a_group_file_integer_yaml_reads_as_another_number_is_refused(tmp_path) -> None:
+    folder = _copy_of_shipped_config(tmp_path / "cfg", "mine", lambda t: t)
+    aug = tmp_path / "cfg" / "augmentations" / "aug_plus.yaml"
+    aug.write_text(aug.read_text().replace("crop_size: 28", "crop_size: 034"))  # octal 28
+    with pytest.raises(ConfigError, match=r"^augmentations\.0\.crop_size='034'.*aug_plus\.yaml"):
+        compose.compose_config(folder, "mine", [])
+    compose.compose_config(folder, "mine", ["augmentations=asymmetric"])  # not read: composes
+
+
+def test_quoted_text_floats_and_plain_integers_in_a_config_file_stay_accepted(tmp_path) -> None:
+    def edit(text: str) -> str:
+        text = text.replace("lr: 0.06", "lr: 1e-3").replace("seed: 5", "seed: 0")
+        return text.replace("weight_decay: 0.0001", "weight_decay: 0.5") + 'note: "0042"\n'
+
+    folder = _copy_of_shipped_config(tmp_path / "cfg", "mine", edit)
+    cfg = compose.compose_config(folder, "mine", [])
+    assert cfg.optimizer.lr == 1e-3 and cfg.optimizer.weight_decay == 0.5
+    assert cfg.note == "0042" and cfg.seed == 0
+
+
+@pytest.mark.parametrize("group", ["augmentations", "wandb"])
+def test_a_group_key_set_in_the_file_and_chosen_after_self_is_refused(
+    tmp_path, capsys, group
+) -> None:
+    """The shipped configs list ``_self_`` first: a copy that also sets ``augmentations:`` in
+    its body lost it to aug_plus.yaml (crop_size 28 instead of 16), with exit 0."""
+    from tests.cli_helpers import cli_error_line
+
+    body = {"augmentations": "augmentations:\n  - crop_size: 16\n    num_crops: 2\n"}
+    body["wandb"] = "wandb:\n  enabled: false\n  project: mine\n"
+    folder = _copy_of_shipped_config(tmp_path / "cfg", "mine", lambda t: t + body[group])
+    args = ["pretrain", "--cfg", "job", "--config-path", folder, "--config-name", "mine"]
+    line = cli_error_line(capsys, tmp_path / "runs", args)
+    assert line.startswith(f"error: {group}="), line
+    assert "after _self_" in line and "mine.yaml" in line, line
+    # with the group entry removed by an override, the file's value is the one used
+    cfg = compose.compose_config(folder, "mine", [f"~{group}"])
+    assert cfg[group] == OmegaConf.create(body[group])[group]
+
+
+def test_every_shipped_pretraining_config_composes() -> None:
+    for path in sorted((compose.configs_root() / "pretrain").glob("*/*.yaml")):
+        compose.compose_config(str(path.parent), path.stem, [])

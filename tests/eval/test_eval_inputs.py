@@ -259,6 +259,8 @@ def test_a_preset_that_sets_a_key_the_command_does_not_read_is_refused(
             ["--preset=", "python tags", "!!python/object/apply:os.system"],
         ),
         ("finetune", "- 1\n- 2\n", ["--preset=", "a YAML mapping of config keys"]),
+        # YAML 1.1 octal: 010 was read as 8 epochs
+        ("linear", "linear:\n  epochs: 010\n", ["linear.epochs='010'", "octal 8", "preset.yaml"]),
     ],
 )
 def test_bad_preset_files_are_refused(
