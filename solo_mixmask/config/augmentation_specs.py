@@ -228,10 +228,21 @@ def normalisation_stats(cfg: DictConfig) -> tuple[tuple[float, ...], tuple[float
     return mean, std
 
 
+def pipeline_entries(cfg: DictConfig) -> list[Any]:
+    """The entries of ``cfg.augmentations``, each a mapping (ConfigError naming the first that
+    is not: ``augmentations.0=null`` was an AttributeError traceback)."""
+    entries = OmegaConf.select(cfg, "augmentations", default=None)
+    if not OmegaConf.is_list(entries) or not entries:
+        shown = _as_plain(entries)
+        raise ConfigError("augmentations", shown, "a non-empty list of crop pipelines")
+    for i, entry in enumerate(entries):
+        if not OmegaConf.is_dict(entry):
+            raise ConfigError(f"augmentations[{i}]", entry, "a mapping of augmentation settings")
+    return list(entries)
+
+
 def parse_augmentations(cfg: DictConfig) -> list[CropSpec]:
     """All pipelines of ``cfg.augmentations``, validated (ConfigError on a bad value)."""
-    entries = _as_plain(OmegaConf.select(cfg, "augmentations", default=None))
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError("augmentations", entries, "a non-empty list of crop pipelines")
+    entries = pipeline_entries(cfg)
     mean, std = normalisation_stats(cfg)
     return [parse_pipeline(e, f"augmentations[{i}]", mean, std) for i, e in enumerate(entries)]

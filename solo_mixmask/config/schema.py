@@ -549,28 +549,16 @@ def check_known_keys(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
             )
 
 
-def pipeline_entries(cfg: DictConfig) -> list[Any]:
-    """The entries of ``cfg.augmentations``, each a mapping (ConfigError naming the first that
-    is not: ``augmentations.0=null`` was an AttributeError traceback)."""
-    entries = OmegaConf.select(cfg, "augmentations", default=None)
-    if not OmegaConf.is_list(entries) or not entries:
-        raise ConfigError("augmentations", entries, "a non-empty list of crop pipelines")
-    for i, entry in enumerate(entries):
-        if not OmegaConf.is_dict(entry):
-            raise ConfigError(f"augmentations[{i}]", entry, "a mapping of augmentation settings")
-    return list(entries)
-
-
 def crop_size(cfg: DictConfig) -> int:
     """Crop size (pixels) of the first augmentation pipeline."""
-    from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE
+    from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE, pipeline_entries
 
     return int(pipeline_entries(cfg)[0].get("crop_size", DEFAULT_PIPELINE["crop_size"]))
 
 
 def smallest_crop_size(cfg: DictConfig) -> int:
     """The smallest crop size (pixels) among the augmentation pipelines."""
-    from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE
+    from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE, pipeline_entries
 
     return min(
         int(a.get("crop_size", DEFAULT_PIPELINE["crop_size"])) for a in pipeline_entries(cfg)
@@ -581,7 +569,7 @@ def check_view_count(cfg: DictConfig, views: int, why: str) -> None:
     """ConfigError (key ``augmentations[*].num_crops``) unless the pipelines' ``num_crops``
     (the default pipeline's where one leaves it out) add up to ``views`` views per image; ``why`` says who
     needs that many."""
-    from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE
+    from solo_mixmask.config.augmentation_specs import DEFAULT_PIPELINE, pipeline_entries
 
     crops = [int(a.get("num_crops", DEFAULT_PIPELINE["num_crops"])) for a in pipeline_entries(cfg)]
     if sum(crops) != views:
