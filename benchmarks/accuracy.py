@@ -688,14 +688,14 @@ def raw_pixel_knn(prof: Profile, seed: int, train_subset: int | None) -> float:
     return top1
 
 
-def config_differences(cfg: DictConfig, saved: Path) -> list[str]:
-    """``key: saved != wanted`` for every key of the run's saved config.yaml or of ``cfg``
-    filled in as the run fills it (:func:`filled_config`) whose values differ; the paths, the
-    checkpoint frequency and the classes a run counted in the data (``data.num_classes`` that
-    ``cfg`` leaves unset) aside."""
+def config_differences(filled: DictConfig, saved: Path) -> list[str]:
+    """``key: saved != wanted`` for every key of the run's saved config.yaml or of ``filled``
+    (a config filled in as the run fills it: :func:`filled_config`) whose values differ; the
+    paths, the checkpoint frequency and the classes a run counted in the data
+    (``data.num_classes`` that ``filled`` leaves unset) aside."""
     if not saved.exists():
         return [f"{saved} is missing"]
-    want = _leaves(OmegaConf.to_container(filled_config(cfg), resolve=True))
+    want = _leaves(OmegaConf.to_container(filled, resolve=True))
     have = _leaves(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
     ignored = {"checkpoint.run_dir", "checkpoint.dir", "checkpoint.frequency"}  # not training
     if want.get("data.num_classes") is None:
@@ -703,15 +703,15 @@ def config_differences(cfg: DictConfig, saved: Path) -> list[str]:
     return _differences(have, want, ignored)
 
 
-def built_differences(cfg: DictConfig, summary: dict[str, Any]) -> list[str]:
+def built_differences(filled: DictConfig, summary: dict[str, Any]) -> list[str]:
     """``key: built != wanted (backbone_kwargs)`` for every constructor argument (defaults
     included) that the run's summary says its backbone was built with otherwise than this code
-    builds it from ``cfg``. A summary from before 2026-12-07 records none: the config's, with
-    timm's residual init (:func:`same_seed.zero_init_of`)."""
+    builds it from ``filled`` (:func:`filled_config`). A summary from before 2026-12-07
+    records none: the config's, with timm's residual init (:func:`same_seed.zero_init_of`)."""
     from solo_mixmask.backbones import residual_init_kwargs
     from solo_mixmask.config.engine_specs import backbone_spec
 
-    backbone = backbone_spec(filled_config(cfg))
+    backbone = backbone_spec(filled)
     want = residual_init_kwargs(str(backbone.name), dict(backbone.kwargs))
     have = summary.get("backbone_kwargs")
     if have is None:
@@ -746,10 +746,11 @@ def one_run(
 
     summary_file = run_dir / "summary.json"
     cfg = run_cfg(prof, method, seed, train_subset, run_dir)
-    differs = config_differences(cfg, run_dir / "config.yaml") if reuse else []
+    filled = filled_config(cfg) if reuse else None  # filled once for both comparisons
+    differs = config_differences(filled, run_dir / "config.yaml") if filled is not None else []
     saved = json.loads(summary_file.read_text()) if reuse and summary_file.exists() else None
-    if saved is not None and not differs:
-        differs = built_differences(cfg, saved)
+    if saved is not None and filled is not None and not differs:
+        differs = built_differences(filled, saved)
     reused = saved is not None and not differs
     if reused:
         summary = saved

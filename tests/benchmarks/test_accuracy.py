@@ -106,9 +106,10 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
     prof = accuracy.PROFILES["smoke"]
     cfg = accuracy.run_cfg(prof, "mixmask", 1, 64, tmp_path)
     saved = tmp_path / "config.yaml"
-    assert accuracy.config_differences(cfg, saved) == [f"{saved} is missing"]
-    OmegaConf.save(accuracy.filled_config(cfg), saved)  # as the run saves it
-    assert accuracy.config_differences(cfg, saved) == []
+    filled = accuracy.filled_config(cfg)  # as the run fills it
+    assert accuracy.config_differences(filled, saved) == [f"{saved} is missing"]
+    OmegaConf.save(filled, saved)  # as the run saves it
+    assert accuracy.config_differences(filled, saved) == []
     other = accuracy.run_cfg(
         accuracy.replace(
             prof, user_extra=("method_kwargs.mask_ratio=0.75",), extra_methods=("mixmask",)
@@ -118,7 +119,9 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
         64,
         tmp_path,
     )
-    assert accuracy.config_differences(other, saved) == ["method_kwargs.mask_ratio: 0.5 != 0.75"]
+    assert accuracy.config_differences(accuracy.filled_config(other), saved) == [
+        "method_kwargs.mask_ratio: 0.5 != 0.75"
+    ]
     # checkpoints every epoch (what fresh_queue_loss.py scores) change no training setting
     three = accuracy.replace(prof, epochs=3)
     last_only = accuracy.run_cfg(three, "mixmask", 1, 64, tmp_path)
@@ -127,17 +130,17 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
     )
     assert (last_only.checkpoint.frequency, every.checkpoint.frequency) == (3, 1)
     OmegaConf.save(accuracy.filled_config(last_only), saved)
-    assert accuracy.config_differences(every, saved) == []
+    assert accuracy.config_differences(accuracy.filled_config(every), saved) == []
     # a run whose residual blocks started otherwise is rerun, though its config agrees: a
     # summary without backbone_kwargs is from before 2026-12-07, built with timm's zero init,
     # which the shipped configs keep (zero_init_residual: true)
     built = {"channels": [8, 16, 32, 64], "stem_width": 8}
-    assert accuracy.built_differences(cfg, {}) == []
+    assert accuracy.built_differences(filled, {}) == []
     assert (
-        accuracy.built_differences(cfg, {"backbone_kwargs": {**built, "zero_init_last": True}})
+        accuracy.built_differences(filled, {"backbone_kwargs": {**built, "zero_init_last": True}})
         == []
     )
-    assert accuracy.built_differences(cfg, {"backbone_kwargs": built}) == [
+    assert accuracy.built_differences(filled, {"backbone_kwargs": built}) == [
         "zero_init_last: '<absent>' != True (backbone_kwargs)"  # another model, without it
     ]
     torchvision_init = accuracy.run_cfg(
@@ -147,7 +150,7 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
         64,
         tmp_path,
     )
-    assert accuracy.built_differences(torchvision_init, {}) == [
+    assert accuracy.built_differences(accuracy.filled_config(torchvision_init), {}) == [
         "zero_init_last: True != False (backbone_kwargs)"
     ]
     baseline = accuracy.run_cfg(
@@ -442,7 +445,9 @@ def _save_run_config(tmp_path, extra):
 def test_reuse_compares_the_defaults_a_run_filled_in(tmp_path):
     # a run made with settings this invocation leaves at their defaults is not the plain run,
     # though the composed config (before the defaults are filled in) has none of their keys
-    plain = accuracy.run_cfg(accuracy.PROFILES["smoke"], "mocov2plus", 1, 64, tmp_path)
+    plain = accuracy.filled_config(
+        accuracy.run_cfg(accuracy.PROFILES["smoke"], "mocov2plus", 1, 64, tmp_path)
+    )
     assert accuracy.config_differences(plain, _save_run_config(tmp_path, ())) == []
     other = ("method_kwargs.bn_splits=4", "performance.knn_dtype=bfloat16")
     assert accuracy.config_differences(plain, _save_run_config(tmp_path, other)) == [
@@ -456,7 +461,9 @@ def test_reuse_compares_the_defaults_a_run_filled_in(tmp_path):
 
 
 def test_reuse_compares_every_backbone_argument_the_run_was_built_with(tmp_path):
-    cfg = accuracy.run_cfg(accuracy.PROFILES["smoke"], "mixmask", 1, 64, tmp_path)
+    cfg = accuracy.filled_config(
+        accuracy.run_cfg(accuracy.PROFILES["smoke"], "mixmask", 1, 64, tmp_path)
+    )
     built = {"channels": [8, 16, 32, 64], "stem_width": 8, "zero_init_last": True}
     assert accuracy.built_differences(cfg, {"backbone_kwargs": built}) == []
     assert accuracy.built_differences(
