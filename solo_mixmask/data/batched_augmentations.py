@@ -11,8 +11,8 @@ between ops (no uint8 rounding); the crop is resampled straight from the full im
 ``grid_sample`` (bicubic taps may read just outside the box, down-scaling is not antialiased,
 and torch's bicubic kernel, a = -0.75, is sharper than PIL's, a = -0.5: on CIFAR-10 the crops
 alone measured 6% more mean |Laplacian| than the PIL path's, the whole aug_plus pipeline 3%,
-within the noise of 2,000 images); the flip is folded into the crop, which is exact because every later op commutes
-with a horizontal flip. Equalization is not supported.
+within the noise of 2,000 images); the flip is folded into the crop, which is exact because
+every later op commutes with a horizontal flip. Equalization is not supported.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from solo_mixmask.config.data_specs import DALI_DEVICES, DEFAULT_SEED, DataSpec
-from solo_mixmask.data.augmentations import BLUR_WINDOW, CropSpec
+from solo_mixmask.data.augmentations import BLUR_SIGMA, BLUR_WINDOW, SOLARIZE_THRESHOLD, CropSpec
 from solo_mixmask.data.datasets import (
     IMAGE_FOLDER_DATASETS,
     build_dataset,
@@ -82,9 +82,7 @@ __all__ = [
 INSTALL_HINT = "pip install solo-mixmask[dali]"
 DEVICES = DALI_DEVICES
 ASPECT_RATIO = (3 / 4, 4 / 3)
-BLUR_SIGMA = (0.1, 2.0)
 NO_BLUR_SIGMA = 1e-3  # exp(-1 / (2 sigma^2)) underflows: any window keeps only its centre
-SOLARIZE_THRESHOLD = 128
 
 
 def dali_available() -> bool:
