@@ -981,14 +981,9 @@ def resolve_interpolations(cfg: DictConfig) -> None:
     and ``config.yaml`` hold the values it used. Kept as expressions, ``config.yaml`` was
     resolved again by each later command (``${oc.env:VS}`` gave ``knn`` another validation
     subset than the run's, exit 0; ``${now:...}`` made the run impossible to resume or
-    evaluate). An interpolation that does not resolve is a ConfigError naming it."""
-    from omegaconf.errors import InterpolationResolutionError
-
-    try:
-        OmegaConf.resolve(cfg)
-    except InterpolationResolutionError as err:
-        key = getattr(err, "full_key", None) or "config"
-        raise ConfigError(key, str(err).splitlines()[0], "an interpolation that resolves") from err
+    evaluate). Call it after :func:`check_mandatory_values`, which reads every value: an
+    interpolation that does not resolve fails there, naming its key."""
+    OmegaConf.resolve(cfg)
 
 
 def to_container(cfg: DictConfig) -> dict:
