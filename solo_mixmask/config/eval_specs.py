@@ -130,9 +130,30 @@ def _dotted(tree: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
+#: A segment of a :func:`check_not_read` section that stands for any list index but 0: the
+#: crop pipelines beyond the first, pretraining's asymmetric views, are ``augmentations.+``.
+LATER_INDEX = "+"
+
+
 def _under(key: str, sections: Sequence[str]) -> str | None:
-    """The first of ``sections`` that ``key`` is or lies below, else None."""
-    return next((s for s in sections if key == s or key.startswith(f"{s}.")), None)
+    """The first of ``sections`` that ``key`` is or lies below, else None; a section's
+    segment :data:`LATER_INDEX` stands for any list index but 0 (``augmentations.1.crop_size``
+    lies below ``augmentations.+``)."""
+    parts = key.split(".")
+    for section in sections:
+        wanted = section.split(".")
+        if len(parts) >= len(wanted) and all(
+            w == p or (w == LATER_INDEX and p.isdigit() and int(p) > 0)
+            for w, p in zip(wanted, parts)
+        ):
+            return section
+    return None
+
+
+def _named(key: str, section: str) -> str:
+    """``section`` as ``key`` spells it (``augmentations.+`` read from ``augmentations.3.x`` is
+    ``augmentations.3``)."""
+    return ".".join(key.split(".")[: section.count(".") + 1])
 
 
 def check_not_read(
@@ -148,7 +169,8 @@ def check_not_read(
         section = _under(key, list(not_read))
         if section is not None:
             instead = not_read[section].format(value=value)
-            raise ConfigError(key, value, f"{instead} ({command} does not read {section}){where}")
+            named = _named(key, section)
+            raise ConfigError(key, value, f"{instead} ({command} does not read {named}){where}")
 
 
 #: Pretraining settings that no evaluation command reads (it trains no SSL model), with what
@@ -202,8 +224,6 @@ def pretraining_only(probe: str | None) -> dict[str, str]:
 #: The keys of the first crop pipeline that evaluation reads: its images are resized and
 #: centre-cropped to ``crop_size`` and normalised with ``mean`` / ``std``.
 EVAL_CROP_KEYS = ("crop_size", "mean", "std")
-#: Crop pipelines beyond the first that a config may list (pretraining's asymmetric views).
-_LATER_PIPELINES = range(1, 8)
 
 
 def unread_crop_keys(probe: str | None) -> dict[str, str]:
@@ -219,7 +239,7 @@ def unread_crop_keys(probe: str | None) -> dict[str, str]:
         else ")"
     )
     unread = [f"augmentations.0.{k}" for k in PIPELINE_KEYS if k not in EVAL_CROP_KEYS]
-    unread += [f"augmentations.{i}" for i in _LATER_PIPELINES]
+    unread.append(f"augmentations.{LATER_INDEX}")
     return dict.fromkeys(unread, instead)
 
 

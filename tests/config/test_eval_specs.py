@@ -10,6 +10,7 @@ from solo_mixmask.config.eval_specs import (
     FinetuneSettings,
     LinearSettings,
     TrainSettings,
+    check_not_read,
     compose_eval_config,
     eval_spec,
     mask_picture_spec,
@@ -108,6 +109,15 @@ def test_no_evaluation_reads_the_backbone_or_the_launch_settings(probe):
     assert ("precision" in refused, "knn_eval" in refused) == (probe is not None,) * 2
     with pytest.raises(ConfigError, match="does not read backbone"):
         compose_eval_config(None, ["backbone.cifar_stem=false"], not_read=refused)
+
+
+@pytest.mark.parametrize("index", [1, 7, 8, 12])
+def test_every_later_crop_pipeline_is_refused_by_its_own_name(index):
+    """Once the later pipelines were listed as indices 1 to 7: a ninth was dropped, exit 0."""
+    given = [(f"augmentations.{index}.crop_size", 16)]
+    with pytest.raises(ConfigError, match=rf"\(linear does not read augmentations\.{index}\)$"):
+        check_not_read(given, pretraining_only("linear"), "linear")
+    check_not_read([("augmentations.0.crop_size", 16)], pretraining_only("linear"), "linear")
 
 
 def test_show_masks_refuses_what_it_does_not_read():
