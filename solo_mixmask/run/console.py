@@ -61,7 +61,8 @@ class ModelLine(Callback):
 class EpochLine(Callback):
     """Without a progress bar (CI logs, ``nohup``), one line per epoch on rank 0:
     ``epoch 3/10: nce_loss 5.1230, embedding_std 0.0612 (spread 0.0884), k-NN top-1 45.30%,
-    120 img/s, 12.3 s``: the epoch's training img/s (``TrainSpeed``) and wall seconds; the k-NN
+    120 img/s, 12.34 s``: the epoch's training img/s (``TrainSpeed``) and wall seconds (to 10 ms:
+    benchmarks/throughput.py reads an epoch of about 1 s from them); the k-NN
     figure only on epochs that measured it, with the step it was measured after when that was
     inside the epoch (``val_check_interval``): ``k-NN top-1 45.30% (step 5)``."""
 
@@ -107,6 +108,6 @@ class EpochLine(Callback):
         speed = next((c for c in callbacks if hasattr(c, "epoch_images_per_sec")), None)
         if speed is not None and speed.epoch_images_per_sec:  # this epoch's, not the run's
             parts.append(f"{speed.epoch_images_per_sec:.0f} img/s")
-        parts.append(f"{time.perf_counter() - self._start:.1f} s")
+        parts.append(f"{time.perf_counter() - self._start:.2f} s")
         epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
         print(f"{epoch}: {', '.join(parts)}", file=sys.stdout, flush=True)

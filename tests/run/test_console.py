@@ -34,3 +34,11 @@ def test_a_knn_measured_inside_the_epoch_names_its_step(capsys) -> None:
     )
     # every 5 steps over the run: after steps 5 (epoch 1), 10 and 15 (epoch 2)
     assert knn == [("1", "5.00", " (step 5)"), ("2", "15.00", " (step 15)")]
+
+
+def test_the_epochs_seconds_are_printed_to_ten_milliseconds(capsys) -> None:
+    """Once printed to 0.1 s: benchmarks/throughput.py's img/s of a 1-second GPU epoch was then
+    off by up to 5%."""
+    fit_tiny([EpochLine()], batches=2, epochs=2, model=TinyModule())
+    seconds = re.findall(r"^epoch \d/2: .*, (\d+\.\d+) s$", capsys.readouterr().out, re.M)
+    assert len(seconds) == 2 and all(len(s.split(".")[1]) == 2 for s in seconds)
