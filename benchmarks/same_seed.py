@@ -58,11 +58,28 @@ def _all_extras(profile: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+#: The data overrides that name where a copy of the images lies, not which images: the CIFAR
+#: scripts unpack the tars to a folder named by the checksum of their source path.
+DATA_PATH_KEYS = ("data.train_path=", "data.val_path=")
+
+
+def _data_without_paths(profile: dict[str, Any]) -> dict[str, Any]:
+    """``profile`` with the folders of its ``data`` overrides left out (:data:`DATA_PATH_KEYS`);
+    the images themselves are named by the other fields (dataset, per_class)."""
+    data = [
+        f"{item.split('=', 1)[0]}=..." if str(item).startswith(DATA_PATH_KEYS) else item
+        for item in profile.get("data") or []
+    ]
+    return {**profile, "data": data} if "data" in profile else profile
+
+
 def profile_differences(profile: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
     """``"field: baseline -> this"`` for every training-relevant profile field that differs
-    (the profile's and the user's overrides compared as one list, ``extra``)."""
+    (the profile's and the user's overrides compared as one list, ``extra``; the data
+    overrides without the folders the images were unpacked to)."""
     out = []
     profile, baseline = _all_extras(profile), _all_extras(baseline)
+    profile, baseline = _data_without_paths(profile), _data_without_paths(baseline)
     for key in sorted(set(profile) | set(baseline)):
         if key in NOT_TRAINING:
             continue

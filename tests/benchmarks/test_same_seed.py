@@ -154,3 +154,24 @@ def test_profile_overrides_compare_across_the_extra_split():
     assert same_seed.profile_differences(new, old) == []
     other = {"extra": ["a=1"], "user_extra": ["b=3"], "epochs": 3}
     assert same_seed.profile_differences(other, old) == ["extra: ['a=1', 'b=2'] -> ['a=1', 'b=3']"]
+
+
+def test_the_folder_the_images_were_unpacked_to_is_no_difference():
+    """Once every comparison with the committed GPU baseline listed a ``data:`` difference:
+    gpu_env.sh unpacks the tars to a folder named by the checksum of their source path."""
+    old = {
+        "data": ["data.dataset=custom", "data.train_path=/tmp/c/train", "data.val_path=/tmp/c/test"]
+    }
+    moved = {
+        "data": [
+            "data.dataset=custom",
+            "data.train_path=/tmp/c_12/train",
+            "data.val_path=/tmp/c_12/test",
+        ]
+    }
+    assert same_seed.profile_differences(moved, old) == []
+    other = {"data": ["data.dataset=cifar10", *moved["data"][1:]]}
+    assert same_seed.profile_differences(other, old) == [
+        "data: ['data.dataset=custom', 'data.train_path=...', 'data.val_path=...'] -> "
+        "['data.dataset=cifar10', 'data.train_path=...', 'data.val_path=...']"
+    ]
