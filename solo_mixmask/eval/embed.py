@@ -190,7 +190,7 @@ def run_embed(
     ``<run>/embed/``) and returns the ``embed.json`` content plus its path.
     """
     from solo_mixmask.data.augmentations import build_eval_transform
-    from solo_mixmask.data.datasets import build_dataset, num_classes
+    from solo_mixmask.data.datasets import build_dataset, image_folder_spec, num_classes
     from solo_mixmask.data.loaders import IndexedDataset
 
     start = time.perf_counter()
@@ -203,7 +203,8 @@ def run_embed(
     chosen = pick_method(method)  # before the features: a missing package fails at once
     folder = check_output_dir("--out", output_dir(checkpoint, "embed", out))
     seed, channels_last = spec.seed, spec.channels_last
-    val_all = build_dataset(spec.data, "val", build_eval_transform(spec.data.crops[0]))
+    files = image_folder_spec(spec.data)  # decoded with PIL, whatever the run's data.format
+    val_all = build_dataset(files, "val", build_eval_transform(spec.data.crops[0]))
     split = len(val_all)  # type: ignore[arg-type]
     if num_images is None:
         num_images = min(DEFAULT_IMAGES, split)

@@ -207,7 +207,7 @@ def run_finetune(
     settings, image counts, per-epoch history and timings.
     """
     from solo_mixmask.data.augmentations import build_eval_transform
-    from solo_mixmask.data.datasets import build_dataset, num_classes
+    from solo_mixmask.data.datasets import build_dataset, image_folder_spec, num_classes
 
     start = time.perf_counter()
     fraction = check_fraction(fraction)
@@ -223,8 +223,9 @@ def run_finetune(
     folder = output_dir(checkpoint, finetune_dir_name(fraction, random_init), out)
     check_output_dir("--out", folder)  # before the training
 
+    files = image_folder_spec(spec.data)  # decoded with PIL, whatever the run's data.format
     train_all = build_dataset(
-        spec.data, "train_labeled", train_crop_transform(spec.data.crops[0], s.crop_min_scale)
+        files, "train_labeled", train_crop_transform(spec.data.crops[0], s.crop_min_scale)
     )
     targets = dataset_targets(train_all)
     indices = balanced_subset(targets, fraction, seed)
@@ -234,7 +235,7 @@ def run_finetune(
     write_subset(folder / SUBSET_FILE, train_all, indices, targets)
     counts = torch.bincount(torch.tensor([targets[i] for i in indices]), minlength=classes)
     train = Subset(train_all, indices)
-    val_all = build_dataset(spec.data, "val", build_eval_transform(spec.data.crops[0]))
+    val_all = build_dataset(files, "val", build_eval_transform(spec.data.crops[0]))
     val = seeded_subset(val_all, s.val_subset, seed)
 
     backbone = build_model(lb, random_init, seed).to(dev)

@@ -204,7 +204,7 @@ def run_linear(
     and timings; it is written to ``<run>/linear.json`` (see ``features.output_path``).
     """
     from solo_mixmask.data.augmentations import build_eval_transform
-    from solo_mixmask.data.datasets import build_dataset, num_classes
+    from solo_mixmask.data.datasets import build_dataset, image_folder_spec, num_classes
 
     start = time.perf_counter()
     dev = eval_device(device)  # a GPU this machine lacks, before anything is read
@@ -220,13 +220,14 @@ def run_linear(
     model = prepare_backbone(lb, dev, channels_last)
     classes = num_classes(spec.data)
     warn_one_class(classes, spec.data.no_labels)
+    files = image_folder_spec(spec.data)  # decoded with PIL, whatever the run's data.format
     eval_tf = build_eval_transform(spec.data.crops[0])
-    val = seeded_subset(build_dataset(spec.data, "val", eval_tf), s.val_subset, seed)
+    val = seeded_subset(build_dataset(files, "val", eval_tf), s.val_subset, seed)
     val_loader = make_loader(val, s.batch_size, workers, False, seed)
 
     t0 = time.perf_counter()
     if cached:
-        labelled = build_dataset(spec.data, "train_labeled", eval_tf)
+        labelled = build_dataset(files, "train_labeled", eval_tf)
         train = seeded_subset(labelled, s.train_subset, seed)
         train_loader = make_loader(train, s.batch_size, workers, False, seed)
         train_f, train_y = extract_features(model, train_loader, dev, channels_last)
@@ -237,7 +238,7 @@ def run_linear(
         feature_seconds, train_seconds = t1 - t0, time.perf_counter() - t1
     else:
         train_tf = train_crop_transform(spec.data.crops[0], s.crop_min_scale)
-        labelled = build_dataset(spec.data, "train_labeled", train_tf)
+        labelled = build_dataset(files, "train_labeled", train_tf)
         train = seeded_subset(labelled, s.train_subset, seed)
         features_dim = output_width(model, lb.arch, lb.kwargs)
         head, history = train_on_images(

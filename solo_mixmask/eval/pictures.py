@@ -50,10 +50,11 @@ def sample_images(spec: DataSpec, n: int, seed: int) -> tuple[torch.Tensor, list
     """``n`` random training images of ``spec``'s dataset, eval transform of its first crop
     pipeline: (n, 3, H, W) float, targets."""
     from solo_mixmask.data.augmentations import build_eval_transform
-    from solo_mixmask.data.datasets import build_dataset
+    from solo_mixmask.data.datasets import build_dataset, image_folder_spec
     from solo_mixmask.errors import DataError
 
-    dataset = build_dataset(spec, "train", build_eval_transform(spec.crops[0]))
+    files = image_folder_spec(spec)  # decoded with PIL, whatever the run's data.format
+    dataset = build_dataset(files, "train", build_eval_transform(spec.crops[0]))
     total = len(dataset)  # type: ignore[arg-type]
     if total < n:
         raise DataError(f"the dataset has {total} images, fewer than --num-images={n}")

@@ -56,6 +56,48 @@ def no_data(monkeypatch):
     monkeypatch.setattr(datasets, "build_dataset", build)
 
 
+class _Opened(Exception):
+    """What :func:`files_opened` raises once a command opens its first dataset."""
+
+
+@pytest.fixture
+def files_opened(monkeypatch):
+    """The ``data.format`` of the first dataset a command opens (then it stops)."""
+    from solo_mixmask.data import datasets
+
+    formats: list[str] = []
+
+    def build(spec, *args, **kwargs):
+        formats.append(spec.format)
+        raise _Opened
+
+    monkeypatch.setattr(datasets, "build_dataset", build)
+    return formats
+
+
+@pytest.mark.parametrize(
+    ("command", "data_format"),
+    # show-masks checks its config as pretrain does: DALI reads no Fashion-MNIST
+    [(c, f) for c in ("linear", "finetune", "embed") for f in ("memory", "dali")]
+    + [("show-masks", "memory")],
+)
+def test_commands_that_decode_files_read_a_memory_or_dali_run(
+    checkpoint, tmp_path, files_opened, command, data_format
+):
+    """Once linear, finetune, embed and show-masks refused every run pretrained with
+    data.format=memory or dali (exit 2); they decode the files with PIL whatever the format."""
+    argv = (
+        ["show-masks", "--out", "{tmp}/m.png"]
+        if command == "show-masks"
+        else EVAL_COMMANDS[command]
+    )
+    with pytest.raises(_Opened):
+        main(
+            [a.format(ckpt=checkpoint, tmp=tmp_path) for a in argv] + [f"data.format={data_format}"]
+        )
+    assert files_opened == ["image_folder"]
+
+
 # --------------------------------------------------------------------------- non-finite weights
 
 
