@@ -667,6 +667,7 @@ def _image_folder(spec: DataSpec, split: str, transform: Callable | None) -> Dat
                 f"{key}={str(root)!r} has no class sub-folders; for a flat folder "
                 "of unlabeled images set data.no_labels=true"
             )
+        _check_class_count(spec, classes)
         index = {c: i for i, c in enumerate(classes)}  # one map for every split: train's
         samples = _class_samples(key, root, own, index)
     if not samples:
@@ -686,6 +687,23 @@ def _image_folder(spec: DataSpec, split: str, transform: Callable | None) -> Dat
     dataset.bad_files.extend(scanned_bad)  # left out at build time: counted, never read again
     dataset._bad.update(scanned_bad)
     return dataset
+
+
+def _check_class_count(spec: DataSpec, classes: list[str]) -> None:
+    """ConfigError when the training tree has more class folders than ``data.num_classes`` (or
+    the fixed count of ``data.dataset``) allows: its last classes' targets would lie beyond
+    every classifier's outputs."""
+    allowed = num_classes(spec)
+    if len(classes) <= allowed:
+        return
+    found = f"data.train_path={spec.train_path!r} has {len(classes)} class folders"
+    if spec.num_classes is not None:
+        raise ConfigError("data.num_classes", spec.num_classes, f"{len(classes)} or more ({found})")
+    raise ConfigError(
+        "data.dataset",
+        spec.dataset,
+        f"a tree of {allowed} class folders at most ({found}); data.dataset=custom counts them",
+    )
 
 
 def _drop_bad_samples(samples: list[tuple[str, int]], strict: bool) -> list[tuple[str, int]]:

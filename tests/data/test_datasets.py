@@ -247,6 +247,29 @@ def test_val_classes_are_numbered_like_train(tmp_path):
     assert D.num_classes(data_spec(cfg)) == 3
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_more_class_folders_than_the_class_count_is_refused(tmp_path, monkeypatch, split):
+    """Once a 4-folder tree with data.num_classes=3 (or a dataset's fixed count) trained until
+    the classifier met target 3: an IndexError traceback, or a device-side assert on a GPU."""
+    tree = _colour_tree(tmp_path / "train", "abcd", per_class=1)
+    paths = {"train_path": str(tree), "val_path": str(tree)}
+    with pytest.raises(ConfigError, match=r"data.num_classes=3 is not allowed: expected 4 or more"):
+        D.build_dataset(make_spec({"dataset": "custom", "num_classes": 3, **paths}), split, None)
+    assert (
+        len(
+            D.build_dataset(
+                make_spec({"dataset": "custom", "num_classes": 4, **paths}), split, None
+            )
+        )
+        == 4
+    )
+    monkeypatch.setitem(D.DATASET_NUM_CLASSES, "imagenet100", 3)
+    with pytest.raises(
+        ConfigError, match=r"data.dataset='imagenet100' is not allowed: expected a tree of 3"
+    ):
+        D.build_dataset(make_spec({"dataset": "imagenet100", **paths}), split, None)
+
+
 def test_val_class_unknown_to_training_raises(tmp_path):
     train = _colour_tree(tmp_path / "train", "ab")
     val = _colour_tree(tmp_path / "val", "bd")
