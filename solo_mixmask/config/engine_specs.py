@@ -18,13 +18,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from solo_mixmask.config.dataset_facts import num_classes_of
-from solo_mixmask.config.schema import BASE_DEFAULTS, SOLO_LEARN_LARS_KWARGS, crop_size, select
+from solo_mixmask.config.schema import (
+    BASE_DEFAULTS,
+    SOLO_LEARN_LARS_KWARGS,
+    STEP_DECAY_EPOCHS,
+    STEP_DECAY_RATE,
+    crop_size,
+    select,
+)
 from solo_mixmask.errors import ConfigError
-
-#: ``scheduler.lr_decay_steps`` (epochs) and ``scheduler.gamma`` of ``scheduler.name=step``
-#: when absent or null (solo-learn's step schedule; these keys have no BASE_DEFAULTS entry).
-STEP_DECAY_EPOCHS = (60, 80)
-STEP_DECAY_RATE = 0.1
 
 
 def default_of(key: str) -> Any:
@@ -201,7 +203,8 @@ def scheduler_spec(cfg: DictConfig) -> SchedulerSpec:
         warmup_epochs=value_of(cfg, "scheduler.warmup_epochs"),
         warmup_start_lr=value_of(cfg, "scheduler.warmup_start_lr"),
         min_lr=value_of(cfg, "scheduler.min_lr"),
-        lr_decay_steps=tuple(select(cfg, "scheduler.lr_decay_steps", STEP_DECAY_EPOCHS)),
+        # in any order, as MultiStepLR counts them (timm's bisect needs them sorted)
+        lr_decay_steps=tuple(sorted(select(cfg, "scheduler.lr_decay_steps", STEP_DECAY_EPOCHS))),
         gamma=select(cfg, "scheduler.gamma", STEP_DECAY_RATE),
     )
 

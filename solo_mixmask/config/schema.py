@@ -815,6 +815,32 @@ def warn_knn_k(cfg: DictConfig) -> None:
         )
 
 
+#: ``scheduler.lr_decay_steps`` (epochs) and ``scheduler.gamma`` of ``scheduler.name=step``
+#: when absent or null (these keys have no BASE_DEFAULTS entry).
+STEP_DECAY_EPOCHS = (60, 80)
+STEP_DECAY_RATE = 0.1
+
+
+def warn_step_milestones(cfg: DictConfig) -> None:
+    """A ``step`` schedule's milestones at or beyond ``max_epochs`` are never reached: a
+    warning naming them (the default ones, :data:`STEP_DECAY_EPOCHS`, included), never a
+    decay silently missing."""
+    if cfg.scheduler.name != "step":
+        return
+    given = OmegaConf.select(cfg, "scheduler.lr_decay_steps")
+    steps = list(given) if given is not None else list(STEP_DECAY_EPOCHS)
+    late = sorted(s for s in steps if s >= cfg.max_epochs)
+    if late:
+        default = "" if given is not None else "(scheduler.name=step's default) "
+        never = "the rate never decays" if len(late) == len(steps) else "those decays never happen"
+        config_warning(
+            "scheduler.lr_decay_steps",
+            steps,
+            f"{default}has milestones at or beyond max_epochs={cfg.max_epochs} "
+            f"(epochs {', '.join(map(str, late))}): {never}",
+        )
+
+
 def warn_warmup(cfg: DictConfig) -> None:
     """A warm-up longer than training never reaches ``optimizer.lr`` (``max_steps``, known in
     steps only once the data is built, is checked by the method's scheduler)."""
@@ -973,6 +999,7 @@ def validate_base(cfg: DictConfig) -> None:
     parse_augmentations(cfg)  # every pipeline, crop sizes included, before the method's checks
     warn_knn_k(cfg)
     warn_warmup(cfg)
+    warn_step_milestones(cfg)
     warn_unused_scheduler_settings(cfg)
 
 

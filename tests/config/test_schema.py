@@ -631,10 +631,28 @@ def test_scheduler_settings_the_schedule_does_not_read_warn(name, settings, expe
         validate_base(_base(scheduler__name=name, **overrides))
 
 
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        # scheduler.name=step alone once ran a 20-epoch run at a constant rate, with no word
+        (
+            None,
+            "=[60, 80] (scheduler.name=step's default) has milestones at or beyond "
+            "max_epochs=3 (epochs 60, 80): the rate never decays",
+        ),
+        ([3, 1], "=[3, 1] has milestones at or beyond max_epochs=3 (epochs 3): those decays"),
+    ],
+)
+def test_step_milestones_training_never_reaches_warn(steps, expected):
+    extra = {} if steps is None else {"scheduler__lr_decay_steps": steps}
+    with pytest.warns(UserWarning, match=re.escape(f"scheduler.lr_decay_steps{expected}")):
+        validate_base(_base(scheduler__name="step", max_epochs=3, **extra))
+
+
 def test_scheduler_settings_at_their_inert_values_do_not_warn(recwarn):
     for name in ("warmup_cosine", "cosine", "step", "none"):
         extra = {"scheduler__lr_decay_steps": [2]} if name == "step" else {}
-        validate_base(_base(scheduler__name=name, **extra))
+        validate_base(_base(scheduler__name=name, max_epochs=3, **extra))
     assert not [m for m in _config_warnings(recwarn) if "scheduler." in m]
 
 

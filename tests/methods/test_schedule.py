@@ -28,7 +28,7 @@ class RatePerStep(Callback):
         self.rates[trainer.global_step] = {g["name"]: g["lr"] for g in optimizer.param_groups}
 
 
-def rates(max_steps: int = -1, **overrides) -> dict[int, dict[str, float]]:
+def rates(max_steps: int = -1, accumulate: int = 1, **overrides) -> dict[int, dict[str, float]]:
     torch.manual_seed(0)
     cfg = tiny_cfg(
         "mocov2plus",
@@ -44,6 +44,7 @@ def rates(max_steps: int = -1, **overrides) -> dict[int, dict[str, float]]:
         max_steps=max_steps,
         limit_val_batches=0,
         callbacks=[record],
+        accumulate_grad_batches=accumulate,
     )
     loader = DataLoader(RandomViews(IMAGES), batch_size=BATCH, drop_last=True)
     trainer.fit(METHODS["mocov2plus"](cfg), loader)
@@ -59,6 +60,31 @@ def test_step_schedule_lowers_the_rate_from_the_first_step_of_each_milestone_epo
     assert backbone[23] == pytest.approx(base * 0.1)
     assert backbone[24] == pytest.approx(base * 0.01)  # epoch 3
     assert all(r["classifier"] == pytest.approx(CLASSIFIER_LR * SCALE) for r in lr.values())
+
+
+def test_unsorted_milestones_decay_as_sorted_ones():
+    """[3, 2] once lowered the rate twice from epoch 2 (timm's bisect needs them sorted);
+    MultiStepLR, solo-learn's, counts milestones in any order."""
+    lr = rates(scheduler__name="step", scheduler__lr_decay_steps=[3, 2], scheduler__gamma=0.1)
+    base = LR * SCALE
+    assert [lr[s]["backbone"] for s in (15, 16, 24)] == pytest.approx(
+        [base, base * 0.1, base * 0.01]
+    )
+
+
+def test_accumulated_batches_scale_every_rate_as_solo_learn_does():
+    """solo-learn multiplies lr, classifier_lr, warmup_start_lr and min_lr by
+    accumulate_grad_batches (once a standalone run with the same config stepped at half)."""
+    lr = rates(
+        accumulate=2,
+        scheduler__name="warmup_cosine",
+        scheduler__warmup_epochs=1,
+        scheduler__warmup_start_lr=0.001,
+    )
+    assert sorted(lr) == list(range(16))  # 4 optimiser steps per epoch of 8 batches
+    assert lr[0]["backbone"] == pytest.approx(0.002)  # the warm-up's start, x 2
+    assert lr[4]["backbone"] == pytest.approx(LR * SCALE * 2)  # the peak after 1 epoch
+    assert all(r["classifier"] == pytest.approx(CLASSIFIER_LR * SCALE * 2) for r in lr.values())
 
 
 def test_warm_up_epochs_count_whole_epochs_when_max_steps_ends_the_run_early():
