@@ -44,13 +44,16 @@ def ends_a_mid_epoch_step(trainer: L.Trainer, batch_idx: int) -> bool:
 
 def epoch_checkpoint(dirpath: str | Path, every_n_epochs: int) -> ModelCheckpoint:
     """``<dirpath>/epochNNN.ckpt`` (NNN = the epoch index) every ``every_n_epochs`` epochs, after
-    the epoch's evaluation; all kept."""
+    the epoch's evaluation; all kept. A run that ``max_steps`` or ``max_time`` stops inside an
+    epoch writes that epoch's file at its last step; a resume writes the whole epoch over it
+    (never ``epochNNN-v1.ckpt`` beside it)."""
     return ModelCheckpoint(
         dirpath=str(dirpath),
         filename="epoch{epoch:03d}",
         auto_insert_metric_name=False,
         every_n_epochs=int(every_n_epochs),
         save_top_k=-1,
+        enable_version_counter=False,
         save_on_train_epoch_end=True,  # see the module docstring
     )
 

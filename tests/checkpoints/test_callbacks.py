@@ -97,3 +97,15 @@ def test_a_copied_run_folder_leaves_the_original_last_ckpt_alone(tmp_path):
     fit_tiny([LastCheckpoint(copy)], epochs=2, ckpt_path=str(copy / "last.ckpt"))
     assert safe_load_checkpoint(original / "last.ckpt")["global_step"] == 8
     assert safe_load_checkpoint(copy / "last.ckpt")["global_step"] == 16
+
+
+def test_an_epochs_file_is_written_over_never_beside(tmp_path):
+    """A run stopped mid-epoch (max_steps, max_time) writes that epoch's file at its last step.
+    Resumed from a copied or moved folder (the restored checkpoint state names another folder),
+    the whole epoch once went to epoch000-v1.ckpt while epoch000.ckpt kept the half-epoch
+    weights, exit 0. Here a fresh callback meets the partial file."""
+    fit_tiny([epoch_checkpoint(tmp_path, 1)], epochs=1, max_steps=4)
+    assert safe_load_checkpoint(tmp_path / "epoch000.ckpt")["global_step"] == 4
+    fit_tiny([epoch_checkpoint(tmp_path, 1)], epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch000.ckpt"]
+    assert safe_load_checkpoint(tmp_path / "epoch000.ckpt")["global_step"] == 8
