@@ -129,8 +129,8 @@ class NonFiniteLossError(RuntimeError):
             advice.append("use precision=32-true")
         super().__init__(
             f"{what} at step {step} (epoch {epoch}); training stopped and nothing non-finite "
-            f"was saved; {kept}; {', '.join(advice[:-1])} or {advice[-1]}, then start again "
-            "or resume"
+            f"was saved; {kept}; {', '.join(advice[:-1])} or {advice[-1]} in a new run "
+            "(solo-mixmask pretrain: resume keeps the run's settings and meets the same step)"
         )
 
 

@@ -168,6 +168,11 @@ def test_full_precision_is_advised_only_to_a_run_without_it(precision, advised):
     message = str(caught.value)
     assert "lower optimizer.lr" in message and "scheduler.warmup_epochs" in message
     assert ("precision=32-true" in message) is advised
+    # once "then start again or resume": resume refuses another optimizer.lr and meets the NaN
+    assert message.endswith(
+        "in a new run (solo-mixmask pretrain: resume keeps the run's "
+        "settings and meets the same step)"
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
