@@ -133,7 +133,8 @@ class StopCheckpoint(Checkpoint):
         self.dirpath = Path(dirpath)
         #: global step of the checkpoint written because a stop was requested, else None
         self.saved_on_stop: int | None = None
-        self._newest_save: int | None = None  # global step of the newest checkpoint written
+        #: global step of the newest checkpoint written (by any checkpoint callback), else None
+        self.newest_save: int | None = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -143,14 +144,14 @@ class StopCheckpoint(Checkpoint):
             return
         if not ends_a_mid_epoch_step(trainer, batch_idx):
             return  # the step is abandoned; the previous checkpoint is kept
-        if self._newest_save != step:
+        if self.newest_save != step:
             trainer.save_checkpoint(self.dirpath / LAST)
         self.saved_on_stop = step
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]
     ) -> None:
-        self._newest_save = trainer.global_step
+        self.newest_save = trainer.global_step
 
 
 def stopped_error(
@@ -159,8 +160,12 @@ def stopped_error(
     """The :class:`RunStopped` error for a run in ``run_dir`` that a signal stopped (what was
     saved, how to continue); ``saver`` is None when the run writes no checkpoints."""
     signum = stop.signum if stop.signum is not None else signal.SIGTERM
-    if saver is not None and saver.saved_on_stop is not None:
-        kept = f"last.ckpt holds step {saver.saved_on_stop}, the last step trained"
+    # a stop during an epoch's last validation batch comes after the epoch-end saves
+    saved = saver.saved_on_stop if saver is not None else None
+    if saver is not None and saved is None and saver.newest_save == trainer.global_step:
+        saved = saver.newest_save if (saver.dirpath / LAST).exists() else None
+    if saved is not None:
+        kept = f"last.ckpt holds step {saved}, the last step trained"
     elif saver is not None and (saver.dirpath / LAST).exists():
         kept = (
             f"stopped at step {trainer.global_step} before the step's checkpoint could be "

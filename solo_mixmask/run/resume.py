@@ -437,8 +437,9 @@ def _resume_locked(run_dir: Path, overrides: list[str] | None) -> dict[str, Any]
         else:
             trained = f"trained its {done} epochs"
         _warn(
-            f"{run_dir} has {trained} but has no {SUMMARY} (its final save "
-            f"failed): finishing it from {last.name}, evaluated again, nothing trained"
+            f"{run_dir} has {trained} but has no {SUMMARY} (its final save failed, or a "
+            f"stop came after its last checkpoint): finishing it from {last.name}, evaluated "
+            "again, nothing trained"
         )
         if last != folder / LAST:
             atomic_copy(last, folder / LAST)

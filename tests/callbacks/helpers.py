@@ -24,6 +24,13 @@ class TinyModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+class ValidatedTinyModule(TinyModule):
+    """:class:`TinyModule` with a validation step (it logs ``val_loss``)."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self.layer(batch[0]).pow(2).mean())
+
+
 def quiet_trainer(**settings: Any) -> L.Trainer:
     """A one-CPU Trainer without logger, checkpoints, progress bar or model summary (each can
     be set again in ``settings``, with any other Trainer argument)."""

@@ -11,9 +11,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from solo_mixmask.callbacks import StopCheckpoint, stopped_error
 from solo_mixmask.callbacks.stop import GracefulStop
-from solo_mixmask.checkpoints.callbacks import StepCheckpoint
+from solo_mixmask.checkpoints.callbacks import LastCheckpoint, StepCheckpoint
 from solo_mixmask.checkpoints.io import safe_load_checkpoint
-from tests.callbacks.helpers import fit_tiny
+from tests.callbacks.helpers import ValidatedTinyModule, fit_tiny
 
 
 class AskToStop(Callback):
@@ -49,6 +49,32 @@ def test_stop_request_checkpoints_the_step_once(tmp_path, stop_at, saved, saved_
     assert ask.saved == saved
     assert stop_saver.saved_on_stop == saved_on_stop
     assert safe_load_checkpoint(tmp_path / "last.ckpt")["global_step"] == saved[-1]
+
+
+class AskToStopInLastValidationBatch(Callback):
+    """Sets Lightning's stop request in the last validation batch of the first epoch; keeps
+    the trainer."""
+
+    trainer = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
+        if not trainer.sanity_checking and batch_idx == trainer.num_val_batches[0] - 1:
+            trainer._signal_connector.received_sigterm = True
+            self.trainer = trainer
+
+
+def test_a_stop_in_the_last_validation_batch_names_the_epochs_checkpoint(tmp_path):
+    """Lightning finishes the epoch (its saves included) before it stops: the error once said
+    the step's checkpoint was not written and the steps after the previous one would be trained
+    again (and resume, of a last epoch, that the final save had failed)."""
+    stop, saver, ask = GracefulStop(), StopCheckpoint(tmp_path), AskToStopInLastValidationBatch()
+    stop.signum = signal.SIGTERM
+    with pytest.raises(SIGTERMException):
+        fit_tiny([ask, LastCheckpoint(tmp_path), saver], epochs=2, model=ValidatedTinyModule(), val_every=1)
+    assert ask.trainer.global_step == 8  # epoch 0's 8 steps, then the stop
+    assert safe_load_checkpoint(tmp_path / "last.ckpt")["global_step"] == 8
+    message = str(stopped_error(stop, saver, ask.trainer, tmp_path))
+    assert "last.ckpt holds step 8, the last step trained" in message, message
 
 
 def test_stopped_error_says_what_was_kept(tmp_path):

@@ -9,12 +9,7 @@ from lightning.pytorch.callbacks import Callback
 
 from solo_mixmask.checkpoints.callbacks import LastCheckpoint, StepCheckpoint, epoch_checkpoint
 from solo_mixmask.checkpoints.io import safe_load_checkpoint
-from tests.callbacks.helpers import TinyModule, fit_tiny
-
-
-class Validated(TinyModule):
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self.layer(batch[0]).pow(2).mean())
+from tests.callbacks.helpers import ValidatedTinyModule, fit_tiny
 
 
 def test_last_ckpt_follows_every_epoch_whatever_the_frequency(tmp_path):
@@ -65,7 +60,7 @@ def test_epochs_without_validation_still_write_their_checkpoints(tmp_path):
     fit_tiny(
         [epoch_checkpoint(tmp_path, 1), LastCheckpoint(tmp_path), Peek()],
         epochs=3,
-        model=Validated(),
+        model=ValidatedTinyModule(),
         val_every=2,
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == [
