@@ -30,8 +30,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from solo_mixmask.config.eval_specs import (
 )
 from solo_mixmask.errors import ConfigError
 from solo_mixmask.eval.presets import load_preset, preset_defaults
+from solo_mixmask.run.bad_files import BAD_FILES, count_bad_files, watch_bad_files
 from solo_mixmask.run.folder import CONFIG, run_dir_of
 
 
@@ -305,6 +307,25 @@ def write_result(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return {**result, "json": str(path)}
+
+
+@contextlib.contextmanager
+def unreadable_images(images: DataLoader | Subset) -> Iterator[list[str]]:
+    """The image paths that the image-folder datasets below ``images`` (a loader, a subset)
+    skip as unreadable inside the block (in worker processes too; not those skipped before it,
+    such as the files ``data.scan_images`` left out): the yielded list is filled, sorted, when
+    the block ends."""
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / BAD_FILES
+        watched = watch_bad_files([images], report)
+        known = {path for ds in watched for path in ds.bad_files}
+        found: list[str] = []
+        try:
+            yield found
+        finally:
+            found.extend(p for p in count_bad_files(watched, report) if p not in known)
+            for dataset in watched:
+                dataset.report_file = None
 
 
 def seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:

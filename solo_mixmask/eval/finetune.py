@@ -5,8 +5,11 @@ weights, the baseline of the same recipe) gets a new linear head (weights N(0, i
 and both are trained end to end on a class-balanced subset of the labelled training images:
 from each class ``max(1, floor(fraction * n_class))`` images, picked with a ``torch.Generator``
 seeded by the run's seed (the same count per class when the classes are equally large, as in
-Fashion-MNIST, CIFAR and STL-10; ``fraction 1.0`` is every labelled image). The subset is written
-to ``label_subset.csv`` in the output folder so that runs can be compared image for image.
+Fashion-MNIST, CIFAR and STL-10; ``fraction 1.0`` is every labelled image; ``n_class`` counts
+the listed files). The images trained on, the subset but those that could not be decoded, are
+written to ``label_subset.csv`` in the output folder so that runs can be compared image for
+image; ``finetune.json`` counts them (``train_images``, ``unreadable_train_images``, and
+``per_class``, 0 for a class none of whose chosen images decoded, with a warning).
 
 Training: SGD with two parameter groups (``finetune.backbone_lr`` for the backbone,
 ``finetune.head_lr`` for the head), momentum, a step schedule (``finetune.lr_decay_epochs``,
@@ -44,6 +47,7 @@ from solo_mixmask.eval.features import (
     seeded_subset,
     train_crop_transform,
     train_epochs,
+    unreadable_images,
     write_result,
 )
 from solo_mixmask.eval.linear import evaluate_head, new_linear_head
@@ -102,6 +106,16 @@ def dataset_targets(dataset: Dataset) -> list[int]:
         if values is not None:
             return [int(t) for t in values]
     return [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
+
+
+def readable_indices(
+    dataset: Dataset, indices: Sequence[int], unreadable: Sequence[str]
+) -> list[int]:
+    """``indices`` but those whose file (``dataset.samples[i][0]``) is in ``unreadable``."""
+    if not unreadable:
+        return list(indices)
+    bad, samples = set(unreadable), dataset.samples  # type: ignore[attr-defined]
+    return [i for i in indices if samples[i][0] not in bad]
 
 
 def write_subset(path: Path, dataset: Dataset, indices: Sequence[int], targets: Sequence[int]):
@@ -207,7 +221,12 @@ def run_finetune(
     settings, image counts, per-epoch history and timings.
     """
     from solo_mixmask.data.augmentations import build_eval_transform
-    from solo_mixmask.data.datasets import build_dataset, image_folder_spec, num_classes
+    from solo_mixmask.data.datasets import (
+        BadImageWarning,
+        build_dataset,
+        image_folder_spec,
+        num_classes,
+    )
 
     start = time.perf_counter()
     fraction = check_fraction(fraction)
@@ -231,9 +250,6 @@ def run_finetune(
     indices = balanced_subset(targets, fraction, seed)
     if not indices:
         raise DataError("fine-tuning needs labelled training images; the split has none")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_subset(folder / SUBSET_FILE, train_all, indices, targets)
-    counts = torch.bincount(torch.tensor([targets[i] for i in indices]), minlength=classes)
     train = Subset(train_all, indices)
     val_all = build_dataset(files, "val", build_eval_transform(spec.data.crops[0]))
     val = seeded_subset(val_all, s.val_subset, seed)
@@ -249,20 +265,36 @@ def run_finetune(
     features_dim = output_width(backbone, lb.arch, lb.kwargs)
     head = new_linear_head(features_dim, classes, s.init_std).to(dev)
     t0 = time.perf_counter()
-    history = finetune_model(backbone, head, train, s, dev, workers, seed, channels_last)
+    with unreadable_images(train) as unreadable:
+        history = finetune_model(backbone, head, train, s, dev, workers, seed, channels_last)
     t1 = time.perf_counter()
+    trained = readable_indices(train_all, indices, unreadable)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_subset(folder / SUBSET_FILE, train_all, trained, targets)
     backbone.eval()
     val_loader = make_loader(val, s.batch_size, workers, False, seed)
     val_f, val_y = extract_features(backbone, val_loader, dev, channels_last)
     top1, top5 = evaluate_head(head, val_f, val_y)
-    present = counts[counts > 0]
+    chosen = torch.bincount(torch.tensor([targets[i] for i in indices]), minlength=classes)
+    kept = torch.bincount(torch.tensor([targets[i] for i in trained]), minlength=classes)
+    names = getattr(train_all, "classes", None) or list(range(classes))
+    unlabelled = [names[c] for c in ((chosen > 0) & (kept == 0)).nonzero().flatten().tolist()]
+    if unlabelled:
+        warnings.warn(
+            f"classes {unlabelled} trained on no label: their chosen images could not be "
+            "decoded (set data.scan_images=true to draw among readable images only)",
+            BadImageWarning,
+            stacklevel=2,
+        )
+    present = kept[chosen > 0]  # every class drawn from, 0 where none of its images decoded
     fields = {
         "init": "random" if random_init else "checkpoint",
         "preset": preset,
         "label_fraction": fraction,
         "seed": seed,
         "settings": s.as_dict(),
-        "train_images": len(indices),
+        "train_images": len(trained),  # those chosen, but the unreadable ones
+        "unreadable_train_images": len(indices) - len(trained),
         "labelled_pool": sum(t >= 0 for t in targets),
         "per_class": {"min": int(present.min()), "max": int(present.max())},
         "val_images": int(val_f.shape[0]),

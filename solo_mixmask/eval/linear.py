@@ -46,6 +46,7 @@ from solo_mixmask.eval.features import (
     seeded_subset,
     train_crop_transform,
     train_epochs,
+    unreadable_images,
     write_result,
 )
 from solo_mixmask.eval.presets import load_preset as _load_preset
@@ -230,7 +231,8 @@ def run_linear(
         labelled = build_dataset(files, "train_labeled", eval_tf)
         train = seeded_subset(labelled, s.train_subset, seed)
         train_loader = make_loader(train, s.batch_size, workers, False, seed)
-        train_f, train_y = extract_features(model, train_loader, dev, channels_last)
+        with unreadable_images(train_loader) as unreadable:
+            train_f, train_y = extract_features(model, train_loader, dev, channels_last)
         val_f, val_y = extract_features(model, val_loader, dev, channels_last)
         t1 = time.perf_counter()
         head, history = train_on_features(train_f, train_y, classes, s, seed)
@@ -241,16 +243,11 @@ def run_linear(
         labelled = build_dataset(files, "train_labeled", train_tf)
         train = seeded_subset(labelled, s.train_subset, seed)
         features_dim = output_width(model, lb.arch, lb.kwargs)
-        head, history = train_on_images(
-            model,
-            make_loader(train, s.batch_size, workers, True, seed),
-            classes,
-            features_dim,
-            s,
-            dev,
-            channels_last,
-            seed,
-        )
+        train_loader = make_loader(train, s.batch_size, workers, True, seed)
+        with unreadable_images(train_loader) as unreadable:
+            head, history = train_on_images(
+                model, train_loader, classes, features_dim, s, dev, channels_last, seed
+            )
         t1 = time.perf_counter()
         val_f, val_y = extract_features(model, val_loader, dev, channels_last)
         feature_seconds, train_seconds = time.perf_counter() - t1, t1 - t0
@@ -263,7 +260,9 @@ def run_linear(
         if cached
         else f"RandomResizedCrop(scale=({s.crop_min_scale}, 1)) + flip",
         "settings": s.as_dict(),
-        "train_images": len(train),  # type: ignore[arg-type]
+        # the images trained on: the listed ones but those that could not be decoded
+        "train_images": len(train) - len(unreadable),  # type: ignore[arg-type]
+        "unreadable_train_images": len(unreadable),
         "val_images": int(val_f.shape[0]),
         "num_classes": classes,  # the head's outputs
         "features_dim": features_dim,

@@ -70,7 +70,12 @@ def test_a_stop_in_the_last_validation_batch_names_the_epochs_checkpoint(tmp_pat
     stop, saver, ask = GracefulStop(), StopCheckpoint(tmp_path), AskToStopInLastValidationBatch()
     stop.signum = signal.SIGTERM
     with pytest.raises(SIGTERMException):
-        fit_tiny([ask, LastCheckpoint(tmp_path), saver], epochs=2, model=ValidatedTinyModule(), val_every=1)
+        fit_tiny(
+            [ask, LastCheckpoint(tmp_path), saver],
+            epochs=2,
+            model=ValidatedTinyModule(),
+            val_every=1,
+        )
     assert ask.trainer.global_step == 8  # epoch 0's 8 steps, then the stop
     assert safe_load_checkpoint(tmp_path / "last.ckpt")["global_step"] == 8
     message = str(stopped_error(stop, saver, ask.trainer, tmp_path))

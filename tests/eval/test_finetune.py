@@ -132,6 +132,24 @@ def test_finetune_cli_writes_result_and_subset(tiny_setup, tmp_path, capsys):
     assert '"acc1"' in capsys.readouterr().out
 
 
+def test_unreadable_chosen_images_are_left_out_of_the_counts_and_the_subset(tiny_setup, capsys):
+    """train_images, per_class and label_subset.csv once counted the chosen files, unreadable
+    ones included: a class whose one chosen image was unreadable trained on no label while
+    per_class said 1, exit 0."""
+    ckpt, overrides = tiny_setup
+    train = Path(next(o for o in overrides if o.startswith("data.train_path=")).split("=", 1)[1])
+    for path in (train / "c").iterdir():
+        path.write_bytes(b"not an image")  # every image of class c
+    out = ckpt.parent / "ft-bad"
+    argv = ["finetune", str(ckpt), "--label-fraction", "0.2", "--preset", "small", *overrides]
+    with pytest.warns(UserWarning, match=r"classes \['c'\] trained on no label"):
+        assert main([*argv, "--out", str(out)]) == 0
+    result = json.loads((out / "finetune.json").read_text())
+    assert (result["train_images"], result["unreadable_train_images"]) == (2 + 2, 1)
+    assert result["per_class"] == {"min": 0, "max": 2}
+    assert {Path(path).parent.name for _, _, path in read_subset(out / SUBSET_FILE)} == {"a", "b"}
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [

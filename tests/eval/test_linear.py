@@ -172,6 +172,30 @@ def test_other_training_images_are_counted_anew(tmp_path):
     assert result["num_classes"] == 6 and result["train_images"] == result["val_images"] == 18
 
 
+@pytest.mark.filterwarnings("ignore:skipping unreadable image")
+@pytest.mark.parametrize(("cached", "workers"), [(True, 0), (False, 2)])
+def test_unreadable_training_images_are_not_counted_as_trained(tmp_path, cached, workers):
+    """train_images once counted the listed files: 3 that could not be decoded (skipped with a
+    warning) were reported as trained, exit 0."""
+    tree = class_folder_tree(tmp_path / "tree", {"a": 4, "b": 4})
+    for name in ("zero.jpg", "junk.png", "notes.jpg"):
+        (tree / "a" / name).write_bytes(b"" if name == "zero.jpg" else b"not an image")
+    data = {"dataset": "custom", "train_path": str(tree), "val_path": str(tree)}
+    ckpt, _ = method_checkpoint(
+        tmp_path / "m.ckpt", kwargs={"channels": [8, 16, 32, 64]}, data=data
+    )
+    settings = ["linear.epochs=1", "linear.batch_size=4", "augmentations.0.crop_size=16"]
+    result = run_linear(
+        ckpt,
+        "small",
+        [*settings, f"data.num_workers={workers}"],
+        out=tmp_path / "l.json",
+        device="cpu",
+        cached=cached,
+    )
+    assert (result["train_images"], result["unreadable_train_images"]) == (8, 3)
+
+
 def test_checkpoints_outside_a_run_get_results_of_their_own(tmp_path):
     # model.ep0.ckpt and model.ep1.ckpt both wrote model.linear.json / model.embed/
     paths = [output_path(tmp_path / f"model.ep{i}.ckpt", "linear", None) for i in (0, 1)]
