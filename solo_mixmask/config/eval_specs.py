@@ -441,7 +441,7 @@ def _train_settings(cfg: DictConfig, section: str) -> dict[str, Any]:
     return {
         "epochs": _integer(cfg, f"{section}.epochs", low=1),
         "batch_size": _integer(cfg, f"{section}.batch_size", low=1),
-        "momentum": _number(cfg, f"{section}.momentum", low=0, high=1),
+        "momentum": _number(cfg, f"{section}.momentum", low=0, high=1, high_open=True),
         "weight_decay": _number(cfg, f"{section}.weight_decay", low=0),
         "lr_decay_rate": _number(cfg, f"{section}.lr_decay_rate", low=0, low_open=True),
         "init_std": _number(cfg, f"{section}.init_std", low=0),
@@ -461,12 +461,19 @@ def linear_settings(cfg: DictConfig) -> LinearSettings:
 
 
 def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
-    """``cfg.finetune`` read and checked (ConfigError naming the key on a bad value)."""
+    """``cfg.finetune`` read and checked (ConfigError naming the key on a bad value; Nesterov
+    momentum needs a momentum, as pretraining's ``optimizer.kwargs.nesterov`` does)."""
+    settings = _train_settings(cfg, "finetune")
+    nesterov = read_bool(cfg, "finetune.nesterov")
+    if nesterov and settings["momentum"] == 0:
+        raise ConfigError(
+            "finetune.nesterov", True, "false unless finetune.momentum > 0 (Nesterov needs one)"
+        )
     return FinetuneSettings(
-        **_train_settings(cfg, "finetune"),
+        **settings,
         backbone_lr=_number(cfg, "finetune.backbone_lr", low=0),
         head_lr=_number(cfg, "finetune.head_lr", low=0, low_open=True),
-        nesterov=read_bool(cfg, "finetune.nesterov"),
+        nesterov=nesterov,
     )
 
 

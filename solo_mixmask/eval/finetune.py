@@ -157,7 +157,7 @@ def _optimizer(
         ],
         lr=s.backbone_lr,
         momentum=s.momentum,
-        nesterov=s.nesterov and s.momentum > 0,
+        nesterov=s.nesterov,
         weight_decay=s.weight_decay,
     )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(s.lr_decay_epochs), s.lr_decay_rate)

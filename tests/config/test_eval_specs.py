@@ -57,12 +57,16 @@ def test_linear_and_finetune_share_one_base():
         ("performance.channels_last=maybe", None, "performance.channels_last"),
         ("linear.epochs=0", "linear", "linear.epochs"),
         ("finetune.momentum=2", "finetune", "finetune.momentum"),
+        # momentum 1 never forgets a gradient (pretraining refused it, the probes took it)
+        ("linear.momentum=1.0", "linear", "linear.momentum"),
+        # Nesterov without momentum once became plain SGD with no word
+        (("finetune.momentum=0", "finetune.nesterov=true"), "finetune", "finetune.nesterov"),
         ("finetune.lr_decay_epochs=[x]", "finetune", "finetune.lr_decay_epochs"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_key(override, command, key):
     with pytest.raises(ConfigError) as err:
-        _spec(override, command=command)
+        _spec(*([override] if isinstance(override, str) else override), command=command)
     assert err.value.key == key
     assert "\n" not in str(err.value)
 
