@@ -388,7 +388,12 @@ def _train_in(
         )
         stop.check()  # a stop asked during the last batch of the k-NN pass
         if finished is not None and resume_from:
-            model.load_state_dict(safe_load_checkpoint(resume_from)["state_dict"])
+            saved = safe_load_checkpoint(resume_from)
+            model.load_state_dict(saved["state_dict"])
+            # the run's speed and time up to that checkpoint (its summary.json held them)
+            speed_state = (saved.get("callbacks") or {}).get(speed.state_key)
+            if speed_state is not None:
+                speed.load_state_dict(speed_state)
             if val_loaders:  # not logged: metrics.csv would read it as an epoch-0 row
                 loggers, trainer.loggers = trainer.loggers, []
                 try:
@@ -458,11 +463,11 @@ def _train_in(
         "precision": str(trainer.precision),
         **collapse,
         **init,
-        # a run finished from its checkpoint trained nothing here: its speed and time are
-        # unknown (its summary.json, which held them, was never written)
-        "images_per_sec": None if finished else round(speed.images_per_sec, 2),
-        "images_per_sec_clock": None if finished else speed.clock,  # host or cuda events
-        "wall_seconds": None if finished else round(wall + (speed.wall_seconds_before or 0.0), 1),
+        # a run finished from its checkpoint trained nothing here: its speed and time are the
+        # checkpoint's (unknown, null, in a checkpoint without them)
+        "images_per_sec": None if finished and not speed.images else round(speed.images_per_sec, 2),
+        "images_per_sec_clock": speed.clock,  # host or cuda events
+        "wall_seconds": _wall_seconds(finished is not None, wall, speed.wall_seconds_before),
         "train_images": len(train_loader.dataset),
         "bad_images": len(bad),
         "bad_image_files": bad[:20],
@@ -475,6 +480,15 @@ def _train_in(
         if collapse["collapsed"]:
             warnings.warn(collapse_message(collapse), CollapseWarning, stacklevel=2)
     return summary
+
+
+def _wall_seconds(finished_only: bool, wall: float, before: float | None) -> float | None:
+    """The run's wall seconds: this process's ``wall`` after the ``before`` seconds of the
+    processes that trained it earlier; a run this process only finished (it trained nothing)
+    took ``before`` (None: unknown)."""
+    if finished_only:
+        return None if before is None else round(before, 1)
+    return round(wall + (before or 0.0), 1)
 
 
 def without_loggers(spec: LoggerSpec) -> LoggerSpec:

@@ -516,6 +516,10 @@ def test_max_steps_inside_an_epoch_is_validated_counted_and_finished(tmp_path, c
     again = json.loads((run / "summary.json").read_text())
     for key in ("steps", "epochs", "knn_acc1", "linear_acc1"):
         assert again[key] == summary[key], key
+    # the speed and time up to the checkpoint (once null: the lost summary held them)
+    assert again["images_per_sec"] == summary["images_per_sec"]
+    assert again["images_per_sec_clock"] == summary["images_per_sec_clock"] == "host"
+    assert 0 < again["wall_seconds"] <= summary["wall_seconds"]
 
 
 @pytest.mark.parametrize(
