@@ -73,9 +73,11 @@ class RunRecord:
     embedding_std: float | None = None
     embedding_std_spread: float | None = None
     collapsed: bool | None = None
-    #: How the figures of the k-NN and offline linear columns were measured, by setting
-    #: (:func:`knn_recipe`, :func:`probe_recipe`); None where the row shows no figure.
+    #: How the figures of the k-NN, online and offline linear columns were measured, by setting
+    #: (:func:`knn_recipe`, :func:`online_linear_recipe`, :func:`probe_recipe`); None where the
+    #: row shows no figure.
     knn_settings: dict[str, Any] | None = None
+    online_linear_settings: dict[str, Any] | None = None
     offline_linear_settings: dict[str, Any] | None = None
     #: Per column, the settings in which this row's figure differs from another row's
     #: (filled by :func:`mark_differences`); its cell carries :data:`DIFFERS`.
@@ -239,18 +241,37 @@ def probe_recipe(linear: dict[str, Any]) -> dict[str, Any]:
 def knn_recipe(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """What decides a run's online k-NN figure besides the weights: the k it voted with
     (``knn_k``, clamped to its memory), ``knn_eval.T``, the images (``data.knn_train_subset``
-    memory, ``data.val_subset`` queries, the dataset), the similarity dtype and the precision
-    its features were extracted in (resolved as the run did; None when not recorded)."""
+    memory, ``data.val_subset`` queries, the dataset; with subsets, the seed that picked them),
+    the similarity dtype and the precision its features were extracted in (resolved as the run
+    did; None when not recorded)."""
     from solo_mixmask.config.run_specs import monitor_facts
     from solo_mixmask.eval.offline_knn import run_precision
 
     saved = saved_config(run_dir)
-    return {
+    knn = monitor_facts(saved).knn
+    recipe = {
         "dataset": summary.get("dataset"),
         "knn_k": summary.get("knn_k"),
-        **monitor_facts(saved).knn,
+        **knn,
         "precision": run_precision(saved, summary, run_dir / CHECKPOINTS / LAST),
     }
+    if knn["data.knn_train_subset"] is not None or knn["data.val_subset"] is not None:
+        recipe["seed"] = (saved or {}).get("seed")  # picks the subsets' images
+    return recipe
+
+
+def online_linear_recipe(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The images a run's online linear figure was measured on: the dataset and
+    ``data.val_subset``, with a subset the seed that picked it (the classifier's training is
+    the run's recipe, not checked)."""
+    from solo_mixmask.config.run_specs import monitor_facts
+
+    saved = saved_config(run_dir)
+    subset = monitor_facts(saved).knn["data.val_subset"]
+    recipe = {"dataset": summary.get("dataset"), "data.val_subset": subset}
+    if subset is not None:
+        recipe["seed"] = (saved or {}).get("seed")
+    return recipe
 
 
 #: The marker of a cell whose figure was measured with other settings than another row's.
@@ -259,7 +280,7 @@ DIFFERS = "†"
 #: settings of that figure besides the backbone, None: the backbone alone).
 CHECKED_COLUMNS = {
     "k-NN top-1": ("knn_acc1", "knn_settings"),
-    "online linear top-1": ("linear_acc1", None),
+    "online linear top-1": ("linear_acc1", "online_linear_settings"),
     "offline linear top-1": ("offline_linear_acc1", "offline_linear_settings"),
 }
 #: The prefix of a backbone kwarg's setting (the config's key).
@@ -359,6 +380,9 @@ def load_run(run_dir: str | Path) -> RunRecord:
         embedding_std_spread=summary.get("embedding_std_spread"),
         collapsed=summary.get("collapsed"),
         knn_settings=knn_recipe(run_dir, summary) if summary.get("knn_acc1") is not None else None,
+        online_linear_settings=None
+        if summary.get("linear_acc1") is None
+        else online_linear_recipe(run_dir, summary),
         offline_linear_settings=None if offline is None else probe_recipe(linear or {}),
         knn_curve=curves.get("val_knn_acc1", {}),
         loss_kind=loss_kind(curves),

@@ -228,6 +228,32 @@ def _summary_run(root, name: str, **summary) -> object:
     return run
 
 
+@pytest.mark.parametrize("subsets", [True, False])
+def test_monitors_on_images_that_other_seeds_picked_are_marked(tmp_path, subsets):
+    """Once the k-NN and online linear columns of two seeds stood unmarked, although each
+    run's seed picked its own data.val_subset / data.knn_train_subset images (none shared)."""
+    import warnings
+
+    size = 32 if subsets else None
+    runs = []
+    for seed in (1, 2):
+        run = _summary_run(
+            tmp_path, f"s{seed}", dataset="fashion_mnist", knn_acc1=40.0 + seed, linear_acc1=9.0
+        )
+        data = {"val_subset": size, "knn_train_subset": size}
+        (run / "config.yaml").write_text(json.dumps({"seed": seed, "data": data}))
+        runs.append(run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compare_runs(runs, tmp_path / "out")
+    lines = sorted(str(w.message) for w in caught if "different settings" in str(w.message))
+    if not subsets:  # every image of the splits: the seed picks nothing
+        assert lines == []
+        return
+    assert [line.split(" (†)")[0] for line in lines] == ["k-NN top-1", "online linear top-1"]
+    assert all("seed 1 (s1), 2 (s2)" in line for line in lines), lines
+
+
 def test_a_collapsed_runs_accuracies_are_marked_and_named(tmp_path, capsys):
     """Once: a collapsed run's k-NN top-1 60.00 stood unmarked, the best of its column, and
     compare.json's rows did not say it had collapsed."""
