@@ -443,7 +443,8 @@ def _train_in(
     # must not read as "not collapsed" in the summary when the epoch line said collapsed
     std = None if metrics.get(EMBEDDING_STD) is None else float(metrics[EMBEDDING_STD])
     if finished is not None:  # nothing trained now: the last epoch's figure, as logged then
-        std = _last_logged(run_dir / LOGS / METRICS_CSV, EMBEDDING_STD)
+        # the row of the step that ends the run (the epoch-end row a kill may have lost)
+        std = _logged_at(run_dir / LOGS / METRICS_CSV, EMBEDDING_STD, int(finished["steps"]) - 1)
     collapse = collapse_report(std, _embedding_dim(model))
     summary = {
         "method": run.method,
@@ -552,14 +553,15 @@ def _embedding_dim(model: Any) -> int | None:
     return dim
 
 
-def _last_logged(path: Path, column: str) -> float | None:
-    """The last value of ``column`` in a CSV log (None when the file or the value is absent)."""
+def _logged_at(path: Path, column: str, step: int) -> float | None:
+    """The value of ``column`` that a CSV log holds for global step index ``step`` (None when
+    the file, the row or the value is absent: never another step's value)."""
     if not path.is_file():
         return None
     value = None
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            if row.get(column):
+            if row.get(column) and row.get("step") == str(step):
                 value = float(row[column])
     return value
 

@@ -465,12 +465,15 @@ def test_a_run_whose_final_save_found_the_disk_full_is_finished_by_resume(
     original = json.loads((runs / "mixmask" / "summary.json").read_text())
     for key in ("steps", "epochs", "linear_acc1", "linear_acc5", "knn_acc1"):
         assert summary[key] == original[key], key
-    # the failed save also lost the epoch's training row of metrics.csv: the collapse verdict,
-    # the speed and the time are unknown, and said so (they were "collapsed": false, 0.0 img/s
-    # and the evaluation's 0.1 s)
+    # the failed save also lost the epoch's training row of metrics.csv: the collapse verdict
+    # is unknown, and said so (it was "collapsed": false); the speed and the time are those the
+    # checkpoint carries (once 0.0 img/s and the evaluation's 0.1 s, then null)
     assert "train_embedding_std" not in logged
     assert summary["embedding_std"] is None and summary["collapsed"] is None
-    assert summary["images_per_sec"] is None and summary["wall_seconds"] is None
+    state = torch.load(run / "checkpoints" / "epoch000.ckpt", weights_only=True)["callbacks"]
+    speed = state["TrainSpeed"]
+    assert summary["images_per_sec"] == round(speed["images"] / speed["seconds"], 2)
+    assert summary["wall_seconds"] == round(speed["wall_seconds"], 1) > 0
     # the evaluation is not a row of metrics.csv (it was logged as epoch 0, step 0, which
     # compare read as epoch 1's accuracy)
     assert (run / "logs" / "metrics.csv").read_text() == logged
@@ -520,6 +523,26 @@ def test_max_steps_inside_an_epoch_is_validated_counted_and_finished(tmp_path, c
     assert again["images_per_sec"] == summary["images_per_sec"]
     assert again["images_per_sec_clock"] == summary["images_per_sec_clock"] == "host"
     assert 0 < again["wall_seconds"] <= summary["wall_seconds"]
+
+    # a kill between the last save and the last row's write: the embedding_std of the run's
+    # end is unknown, never the previous epoch's (once epoch 1's stood for the run's end)
+    (run / "summary.json").unlink()
+    log = run / "logs" / "metrics.csv"
+    with log.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = list(rows[0])
+    for row in rows:
+        if row["step"] == "11":
+            row["train_embedding_std"] = ""
+    with log.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert any(row["train_embedding_std"] for row in rows)  # epoch 1's row is there
+    code, out, err = _main(capsys, ["resume", run])
+    assert code == 0, err[-3000:]
+    lost = json.loads((run / "summary.json").read_text())
+    assert lost["embedding_std"] is None and lost["collapsed"] is None
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from solo_mixmask.eval.compare import embedding_std_cell
-from solo_mixmask.run.pretrain import _last_logged, collapse_report, fractional_epochs
+from solo_mixmask.run.pretrain import _logged_at, collapse_report, fractional_epochs
 
 DIM = 128  # spread 1/sqrt(128) = 0.08839, collapse below 10% of it: 0.008839
 
@@ -15,9 +15,10 @@ def test_a_value_just_above_the_cut_is_not_collapsed_by_rounding(tmp_path):
     """0.00884 is above the cut; rounded to 4 decimals (0.0088) it was below, and the summary
     said collapsed where the epoch line did not."""
     csv = tmp_path / "metrics.csv"
-    csv.write_text("epoch,train_embedding_std\n0,0.2\n1,0.00884\n")
-    std = _last_logged(csv, "train_embedding_std")
+    csv.write_text("epoch,step,train_embedding_std\n0,7,0.2\n1,15,0.00884\n")
+    std = _logged_at(csv, "train_embedding_std", 15)
     assert std == 0.00884
+    assert _logged_at(csv, "train_embedding_std", 14) is None  # never another step's
     assert 0.00884 > 0.1 / math.sqrt(DIM) > 0.0088
     report = collapse_report(std, DIM)
     assert report["collapsed"] is False and report["embedding_std"] == 0.00884
