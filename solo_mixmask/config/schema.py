@@ -265,8 +265,15 @@ def check_run_name(cfg: DictConfig) -> None:
         or "\\" in name
         or "\0" in name
     ):
+        quote = (  # name=nan, inf, true, 1e3 are read as values
+            f"; it was read as a {type(name).__name__}: quote it, name=\"'...'\""
+            if isinstance(name, bool | float)
+            else ""
+        )
         raise ConfigError(
-            "name", name, "a plain folder name (not empty, no '/' or '\\', not '.' or '..')"
+            "name",
+            name,
+            f"a plain folder name (not empty, no '/' or '\\', not '.' or '..'){quote}",
         )
 
 

@@ -787,3 +787,13 @@ def test_an_unquoted_yaml_max_time_is_refused_with_the_reason(tmp_path):
     value = OmegaConf.load(tmp_path / "run.yaml").max_time
     with pytest.raises(ConfigError, match="quote it"):
         validate_base(_base(max_time=value))
+
+
+@pytest.mark.parametrize(
+    ("name", "quoted"), [("../x", False), ("a/b", False), (float("nan"), True), (True, True)]
+)
+def test_a_run_name_that_is_no_folder_name_is_refused(name, quoted):
+    """name=nan, name=true (read as a float and a boolean) once got no hint to quote them."""
+    with pytest.raises(ConfigError, match="a plain folder name") as info:
+        validate_base(_base(name=name))
+    assert ("quote it" in str(info.value)) is quoted
