@@ -41,7 +41,7 @@ RESULTS = REPO / "benchmarks" / "results"
 MOCO_FAMILY = ("mocov2plus", "mixmask", "unmix", "unmix_mixmask")
 #: Extra query forward + backward passes per step over MoCo (the FLOP-ideal ratio's k).
 EXTRA_PASSES = {"mocov2plus": 0, "mixmask": 1, "unmix": 1, "unmix_mixmask": 2}
-TINY_BACKBONE = {"name": "resnet18", "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8}}
+TINY_BACKBONE = {"name": "resnet18", "kwargs": {"channels": [8, 16, 32, 64]}}
 
 warnings.filterwarnings("ignore", message=".*self.trainer.*")
 warnings.filterwarnings("ignore", message=".*self.log.*")

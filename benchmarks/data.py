@@ -85,7 +85,6 @@ def smoke_overrides(smoke: bool) -> list[str]:
         return []
     return [
         f"backbone.kwargs.channels={TINY_BACKBONE['kwargs']['channels']}",
-        f"backbone.kwargs.stem_width={TINY_BACKBONE['kwargs']['stem_width']}",
         "optimizer.batch_size=16",
         "method_kwargs.queue_size=64",
         "method_kwargs.proj_hidden_dim=32",

@@ -35,6 +35,8 @@ NOT_TRAINING = {
     "linear_preset",
     "linear_overrides",
     "checkpoint_every",
+    # backbone.kwargs.stem_width: the profiles' plain ResNet stem ignores it (64 wide)
+    "stem_width",
 }
 
 

@@ -128,6 +128,13 @@ def build_backbone(
         raise ConfigError(
             "backbone.kwargs", kwargs, f"arguments accepted by timm's {name}: {err}"
         ) from err
+    if "stem_width" in kwargs and isinstance(getattr(model, "conv1", None), nn.Conv2d):
+        config_warning(  # timm reads it for a deep stem only (stem_type deep or deep_tiered)
+            "backbone.kwargs.stem_width",
+            kwargs["stem_width"],
+            f"has no effect on {name}'s plain 7x7 stem, which stays 64 wide (it sets the width "
+            "of a deep stem: backbone.kwargs.stem_type=deep)",
+        )
     if cifar_stem:
         conv1 = getattr(model, "conv1", None)
         if not isinstance(conv1, nn.Conv2d):

@@ -22,7 +22,6 @@ CLI: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", 
 #: ResNet-18, batch 8, a 20-key queue, 64 training images (8 steps per epoch), no workers.
 TINY = [
     "backbone.kwargs.channels=[8,16,32,64]",
-    "backbone.kwargs.stem_width=8",
     "augmentations.0.crop_size=16",
     "method_kwargs.proj_hidden_dim=32",
     "method_kwargs.proj_output_dim=16",

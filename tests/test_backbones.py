@@ -5,6 +5,7 @@ timm's BatchNormAct2d split with its activation."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from solo_mixmask.core.batch_norm import split_batch_norms, unsplit_batch_norms
 from solo_mixmask.errors import ConfigError, ConfigWarning
 from tests.cli_helpers import TINY, run_many
 
-NARROW = {"channels": [4, 4, 4, 4], "stem_width": 4}
+NARROW = {"channels": [4, 4, 4, 4]}
 
 
 def test_a_narrow_resnet_shortcut_is_named_on_the_cpu_only():
@@ -53,7 +54,7 @@ def test_a_narrow_backbone_trains_in_nchw_with_the_results_of_channels_last_fals
     """A ResNet of 4 channels per stage in channels_last aborted on this machine's CPU ("double
     free or corruption", exit -6) in its first backward; it now trains in NCHW, says so once, and
     ends as the run with performance.channels_last=false does."""
-    narrow = ["backbone.kwargs.channels=[4,4,4,4]", "backbone.kwargs.stem_width=4"]
+    narrow = ["backbone.kwargs.channels=[4,4,4,4]"]
     base = ["pretrain", "--config-name", "mocov2plus", *TINY, *narrow, "knn_eval.enabled=false"]
     layouts = {"channels_last": "true", "nchw": "false"}
     done = run_many(
@@ -251,3 +252,15 @@ def test_every_batch_norm_of_a_timm_model_is_split(name):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(split.eval()(x), model.eval()(x))
+
+
+def test_a_stem_width_a_plain_stem_ignores_is_said():
+    """timm's ResNet reads stem_width for a deep stem only: the tests' "stem_width=8" once
+    built a 64-wide 7x7 stem with no word, and summary.json recorded stem_width 8."""
+    with pytest.warns(ConfigWarning, match=r"stem_width=8 has no effect on resnet18's plain"):
+        model, _ = build_backbone("resnet18", {"channels": [8, 16, 32, 64], "stem_width": 8})
+    assert model.conv1.out_channels == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deep stem reads it
+        deep, _ = build_backbone("resnet18", {"stem_type": "deep", "stem_width": 8})
+    assert deep.conv1[0].out_channels == 8

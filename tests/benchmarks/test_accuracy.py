@@ -33,11 +33,7 @@ def test_smoke_runs_both_methods(result):
         assert epochs == [0, 1]  # k-NN at initialisation, then after the epoch
         assert run["curve"][-1][1] == pytest.approx(run["knn_acc1"], abs=1e-3)
         # the network as built (summary.json): the config's zero init under timm's name
-        assert run["backbone_kwargs"] == {
-            "channels": [8, 16, 32, 64],
-            "stem_width": 8,
-            "zero_init_last": True,
-        }
+        assert run["backbone_kwargs"] == {"channels": [8, 16, 32, 64], "zero_init_last": True}
     assert 0 < res["raw_pixel_knn"] <= 100
     # the profile records the subset that ran (same_seed.py compares profiles)
     assert res["profile"]["train_subset"] == res["plan"]["train_subset"] == 64
@@ -134,7 +130,7 @@ def test_reuse_reruns_a_run_whose_config_differs(tmp_path):
     # a run whose residual blocks started otherwise is rerun, though its config agrees: a
     # summary without backbone_kwargs is from before 2026-12-07, built with timm's zero init,
     # which the shipped configs keep (zero_init_residual: true)
-    built = {"channels": [8, 16, 32, 64], "stem_width": 8}
+    built = {"channels": [8, 16, 32, 64]}
     assert accuracy.built_differences(filled, {}) == []
     assert (
         accuracy.built_differences(filled, {"backbone_kwargs": {**built, "zero_init_last": True}})
@@ -464,13 +460,13 @@ def test_reuse_compares_every_backbone_argument_the_run_was_built_with(tmp_path)
     cfg = accuracy.filled_config(
         accuracy.run_cfg(accuracy.PROFILES["smoke"], "mixmask", 1, 64, tmp_path)
     )
-    built = {"channels": [8, 16, 32, 64], "stem_width": 8, "zero_init_last": True}
+    built = {"channels": [8, 16, 32, 64], "zero_init_last": True}
     assert accuracy.built_differences(cfg, {"backbone_kwargs": built}) == []
     assert accuracy.built_differences(
         cfg, {"backbone_kwargs": {**built, "drop_path_rate": 0.5}}
     ) == ["drop_path_rate: 0.5 != '<absent>' (backbone_kwargs)"]
-    assert accuracy.built_differences(cfg, {"backbone_kwargs": {**built, "stem_width": 16}}) == [
-        "stem_width: 16 != 8 (backbone_kwargs)"
+    assert accuracy.built_differences(cfg, {"backbone_kwargs": {**built, "channels": [8] * 4}}) == [
+        "channels: [8, 8, 8, 8] != [8, 16, 32, 64] (backbone_kwargs)"
     ]
 
 

@@ -85,7 +85,6 @@ def _spread_after_steps(recipe: tuple[str, ...], method: str, images: torch.Tens
     prof = replace(
         PROFILES["cifar_cpu"],
         channels=CHANNELS,
-        stem_width=CHANNELS[0],
         batch_size=BATCH,
         recipe=(*recipe, "performance.channels_last=false"),  # NCHW is faster on the CPU
         data=data_overrides(replace(PROFILES["cifar_cpu"], per_class=PER_CLASS), None),

@@ -178,7 +178,7 @@ def test_a_narrow_backbone_is_finetuned_in_nchw_on_the_cpu(tmp_path, capsys):
     (the process aborted here): finetune trains it in NCHW, says so once, and gets the figures
     of performance.channels_last=false."""
     train = class_folder_tree(tmp_path / "train", {"a": 6, "b": 6})
-    narrow = {"channels": [4, 4, 4, 4], "stem_width": 4}
+    narrow = {"channels": [4, 4, 4, 4]}
     ckpt, _ = method_checkpoint(tmp_path / "narrow.ckpt", kwargs=narrow, cifar_stem=True)
     argv = ["finetune", str(ckpt), "--preset", "small", "data.dataset=custom"]
     argv += [f"data.train_path={train}", f"data.val_path={train}", "data.num_workers=0"]
