@@ -180,6 +180,31 @@ def _build_data(
     return train_loader, val_loaders
 
 
+def check_val_interval_fits(trainer: L.Trainer, train_loader: Any) -> None:
+    """ConfigError when an integer ``val_check_interval`` counted within each epoch
+    (``check_val_every_n_epoch`` set) exceeds an epoch's batches (after
+    ``limit_train_batches``): Lightning refuses it only inside ``fit``, with a traceback, after
+    the run folder and the k-NN pass at initialisation."""
+    interval = trainer.val_check_interval
+    if isinstance(interval, bool) or not isinstance(interval, int):
+        return  # a fraction of an epoch or a time
+    if trainer.check_val_every_n_epoch is None:
+        return  # counted over the run
+    try:
+        batches = len(train_loader)
+    except (TypeError, NotImplementedError):  # a loader without a length: Lightning checks it
+        return
+    limit = trainer.limit_train_batches
+    batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
+    if interval > batches:
+        raise ConfigError(
+            "val_check_interval",
+            interval,
+            f"an integer <= {batches} (the training batches of one epoch), a fraction of an "
+            "epoch, or with check_val_every_n_epoch=null a count of batches over the run",
+        )
+
+
 def _initial_metrics(
     knn_enabled: bool,
     trainer: L.Trainer,
@@ -363,6 +388,7 @@ def _train_in(
 
         data = data_spec(cfg)
     train_loader, val_loaders = _build_data(data, run.knn_enabled, trainer, callbacks)
+    check_val_interval_fits(trainer, train_loader)
     run_dir.mkdir(parents=True, exist_ok=True)  # made by rank 0; a no-op on resume
     report = run_dir / BAD_FILES
     watched = watch_bad_files([train_loader, *val_loaders], report)

@@ -437,6 +437,12 @@ def _installed(name: str) -> bool:
         # ran with exit 0 and reported the k-NN of one / two validation batches
         (["+fast_dev_run=true"], ["fast_dev_run=True", "max_steps=N"]),
         (["+limit_val_batches=2"], ["limit_val_batches=2", "data.val_subset"]),
+        # 8 batches an epoch: once a traceback inside fit, and a run folder no run could reuse
+        (["+val_check_interval=20"], ["val_check_interval=20", "an integer <= 8"]),
+        (
+            ["+val_check_interval=5", "+limit_train_batches=4"],
+            ["val_check_interval=5", "an integer <= 4"],
+        ),
         # issue 18: once a RuntimeError from the allocation of a 512 TB queue
         (
             ["method_kwargs.queue_size=1000000000000"],
