@@ -238,40 +238,45 @@ def probe_recipe(linear: dict[str, Any]) -> dict[str, Any]:
     return recipe
 
 
-def knn_recipe(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+def _subset_seed(saved: Any, *subsets: Any) -> dict[str, Any]:
+    """``{"seed": the run's seed}`` when any of ``subsets`` is set (the seed picked their
+    images), else nothing; ``saved``: the run's config (None: not recorded)."""
+    if all(size is None for size in subsets):
+        return {}
+    return {"seed": (saved or {}).get("seed")}
+
+
+def knn_recipe(run_dir: Path, summary: dict[str, Any], saved: Any) -> dict[str, Any]:
     """What decides a run's online k-NN figure besides the weights: the k it voted with
     (``knn_k``, clamped to its memory), ``knn_eval.T``, the images (``data.knn_train_subset``
     memory, ``data.val_subset`` queries, the dataset; with subsets, the seed that picked them),
     the similarity dtype and the precision its features were extracted in (resolved as the run
-    did; None when not recorded)."""
+    did; None when not recorded). ``saved``: the run's config (:func:`saved_config`)."""
     from solo_mixmask.config.run_specs import monitor_facts
     from solo_mixmask.eval.offline_knn import run_precision
 
-    saved = saved_config(run_dir)
     knn = monitor_facts(saved).knn
-    recipe = {
+    return {
         "dataset": summary.get("dataset"),
         "knn_k": summary.get("knn_k"),
         **knn,
         "precision": run_precision(saved, summary, run_dir / CHECKPOINTS / LAST),
+        **_subset_seed(saved, knn["data.knn_train_subset"], knn["data.val_subset"]),
     }
-    if knn["data.knn_train_subset"] is not None or knn["data.val_subset"] is not None:
-        recipe["seed"] = (saved or {}).get("seed")  # picks the subsets' images
-    return recipe
 
 
-def online_linear_recipe(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+def online_linear_recipe(summary: dict[str, Any], saved: Any) -> dict[str, Any]:
     """The images a run's online linear figure was measured on: the dataset and
     ``data.val_subset``, with a subset the seed that picked it (the classifier's training is
-    the run's recipe, not checked)."""
+    the run's recipe, not checked). ``saved``: the run's config (:func:`saved_config`)."""
     from solo_mixmask.config.run_specs import monitor_facts
 
-    saved = saved_config(run_dir)
     subset = monitor_facts(saved).knn["data.val_subset"]
-    recipe = {"dataset": summary.get("dataset"), "data.val_subset": subset}
-    if subset is not None:
-        recipe["seed"] = (saved or {}).get("seed")
-    return recipe
+    return {
+        "dataset": summary.get("dataset"),
+        "data.val_subset": subset,
+        **_subset_seed(saved, subset),
+    }
 
 
 #: The marker of a cell whose figure was measured with other settings than another row's.
@@ -365,6 +370,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
     offline = None if linear is None else linear.get("acc1")
     curves = epoch_curves(run_dir, summary.get("epochs"))
     contrastive, total = ssl_loss_curves(curves)
+    saved = saved_config(run_dir)  # read once for both monitors' settings
     return RunRecord(
         name=run_dir.name,
         method=str(summary.get("method", "?")),
@@ -379,10 +385,12 @@ def load_run(run_dir: str | Path) -> RunRecord:
         embedding_std=summary.get("embedding_std"),
         embedding_std_spread=summary.get("embedding_std_spread"),
         collapsed=summary.get("collapsed"),
-        knn_settings=knn_recipe(run_dir, summary) if summary.get("knn_acc1") is not None else None,
+        knn_settings=None
+        if summary.get("knn_acc1") is None
+        else knn_recipe(run_dir, summary, saved),
         online_linear_settings=None
         if summary.get("linear_acc1") is None
-        else online_linear_recipe(run_dir, summary),
+        else online_linear_recipe(summary, saved),
         offline_linear_settings=None if offline is None else probe_recipe(linear or {}),
         knn_curve=curves.get("val_knn_acc1", {}),
         loss_kind=loss_kind(curves),
